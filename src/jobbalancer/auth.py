@@ -1,0 +1,292 @@
+"""Users, roles, passwords and API keys.
+
+Passwords are hashed with argon2id. API keys are 32 random bytes shown once; the database
+keeps a SHA-256 of each (a key has full entropy, so a slow hash would only slow every
+request) and an 8-character prefix to tell keys apart in lists.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from jobbalancer import errors
+from jobbalancer.db import schema
+from jobbalancer.db.types import AnyRow, utcnow
+
+U, K = schema.users, schema.api_keys
+KEY_PREFIX = "jb_"
+_hasher = PasswordHasher()
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"  # everything
+    OPERATOR = "operator"  # submit; kill, restart, delete any job
+    SUBMITTER = "submitter"  # submit; see and manage own jobs
+    VIEWER = "viewer"  # read-only
+
+
+@dataclass(frozen=True)
+class User:
+    """A user as read from the database (never with its password hash)."""
+
+    id: int
+    name: str
+    role: Role
+    commands_allowed: bool
+    worker_classes: tuple[str, ...] | None  # None: every class
+    disabled: bool
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: AnyRow) -> User:
+        m = row._mapping
+        classes = m["worker_classes"]
+        return cls(
+            id=m["id"],
+            name=m["name"],
+            role=Role(m["role"]),
+            commands_allowed=bool(m["commands_allowed"]),
+            worker_classes=None if classes is None else tuple(classes),
+            disabled=bool(m["disabled"]),
+            created_at=m["created_at"],
+        )
+
+    # -- what the role allows ---------------------------------------------------------
+
+    @property
+    def can_submit(self) -> bool:
+        return self.role in (Role.ADMIN, Role.OPERATOR, Role.SUBMITTER)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+    def can_manage_job(self, owner_id: int | None) -> bool:
+        """Kill, restart or delete a job owned by ``owner_id``."""
+        if self.role in (Role.ADMIN, Role.OPERATOR):
+            return True
+        return self.role == Role.SUBMITTER and owner_id == self.id
+
+    def can_see_job(self, owner_id: int | None) -> bool:
+        return self.role != Role.SUBMITTER or owner_id == self.id
+
+    def may_use_class(self, class_name: str) -> bool:
+        return self.worker_classes is None or class_name in self.worker_classes
+
+
+_USER_COLUMNS = [U.c.id, U.c.name, U.c.role, U.c.commands_allowed, U.c.worker_classes,
+                 U.c.disabled, U.c.created_at]  # fmt: skip
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < 8:
+        raise errors.InvalidInput("password must have at least 8 characters", field="password")
+
+
+def get_user(conn: sa.Connection, user_id: int) -> User:
+    row = conn.execute(sa.select(*_USER_COLUMNS).where(U.c.id == user_id)).first()
+    if row is None:
+        raise errors.NotFound(f"user {user_id} does not exist")
+    return User.from_row(row)
+
+
+def find_user(conn: sa.Connection, name_or_id: str) -> User:
+    """A user by name, or by id when given digits that name nobody."""
+    row = conn.execute(sa.select(*_USER_COLUMNS).where(U.c.name == name_or_id)).first()
+    if row is None and name_or_id.isdigit():
+        return get_user(conn, int(name_or_id))
+    if row is None:
+        raise errors.NotFound(f"user {name_or_id!r} does not exist")
+    return User.from_row(row)
+
+
+def list_users(conn: sa.Connection) -> list[User]:
+    return [User.from_row(r) for r in conn.execute(sa.select(*_USER_COLUMNS).order_by(U.c.name))]
+
+
+def count_users(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(U)).scalar_one())
+
+
+def create_user(
+    conn: sa.Connection,
+    name: str,
+    role: Role | str,
+    password: str | None = None,
+    *,
+    commands_allowed: bool = True,
+    worker_classes: Sequence[str] | None = None,
+) -> User:
+    """Create a user; ``password`` None makes one that can only use API keys."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise errors.InvalidInput("user name must have 1 to 200 characters", field="name")
+    try:
+        role = Role(role)
+    except ValueError:
+        raise errors.InvalidInput(
+            f"role must be one of {', '.join(r.value for r in Role)}", field="role"
+        ) from None
+    if password is not None:
+        check_password_strength(password)
+    if conn.execute(sa.select(U.c.id).where(U.c.name == name)).first() is not None:
+        raise errors.Conflict(f"user {name!r} already exists", field="name")
+    result = conn.execute(
+        sa.insert(U).values(
+            name=name,
+            role=role.value,
+            password_hash=None if password is None else hash_password(password),
+            commands_allowed=commands_allowed,
+            worker_classes=None if worker_classes is None else list(worker_classes),
+            disabled=False,
+            created_at=utcnow(),
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return get_user(conn, int(key[0]))
+
+
+def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -> User:
+    """Change role, password, commands_allowed, worker_classes or disabled."""
+    get_user(conn, user_id)  # raises NotFound
+    values: dict[str, Any] = {}
+    for key in ("commands_allowed", "disabled"):
+        if key in changes:
+            values[key] = bool(changes[key])
+    if "worker_classes" in changes:
+        classes = changes["worker_classes"]
+        values["worker_classes"] = None if classes is None else list(classes)
+    if "role" in changes:
+        try:
+            values["role"] = Role(changes["role"]).value
+        except ValueError:
+            raise errors.InvalidInput("unknown role", field="role") from None
+    if changes.get("password") is not None:
+        check_password_strength(changes["password"])
+        values["password_hash"] = hash_password(changes["password"])
+    if "name" in changes:
+        values["name"] = str(changes["name"]).strip()
+    if values:
+        conn.execute(sa.update(U).where(U.c.id == user_id).values(**values))
+    return get_user(conn, user_id)
+
+
+def delete_user(conn: sa.Connection, user_id: int) -> None:
+    get_user(conn, user_id)
+    conn.execute(sa.delete(K).where(K.c.user_id == user_id))
+    conn.execute(sa.delete(U).where(U.c.id == user_id))
+
+
+def authenticate_password(conn: sa.Connection, name: str, password: str) -> User | None:
+    """The user if ``password`` is theirs and they are enabled; None otherwise."""
+    row = conn.execute(sa.select(*_USER_COLUMNS, U.c.password_hash).where(U.c.name == name)).first()
+    if row is None or row.password_hash is None:
+        _hasher.hash(password)  # same cost whether or not the user exists
+        return None
+    try:
+        _hasher.verify(row.password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    user = User.from_row(row)
+    return None if user.disabled else user
+
+
+# -- API keys -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key's record: never the key itself."""
+
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: AnyRow) -> ApiKey:
+        return cls(**{n: row._mapping[n] for n in cls.__dataclass_fields__})
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(conn: sa.Connection, user_id: int, name: str = "default") -> tuple[ApiKey, str]:
+    """A new key for the user: its record and the key, which is shown this once."""
+    get_user(conn, user_id)
+    name = name.strip() or "default"
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    result = conn.execute(
+        sa.insert(K).values(
+            user_id=user_id,
+            name=name[:200],
+            prefix=key[: len(KEY_PREFIX) + 8],
+            key_hash=_digest(key),
+            created_at=utcnow(),
+        )
+    )
+    pk = result.inserted_primary_key
+    assert pk is not None
+    row = conn.execute(sa.select(K).where(K.c.id == int(pk[0]))).one()
+    return ApiKey.from_row(row), key
+
+
+def list_api_keys(conn: sa.Connection, user_id: int) -> list[ApiKey]:
+    rows = conn.execute(sa.select(K).where(K.c.user_id == user_id).order_by(K.c.id))
+    return [ApiKey.from_row(r) for r in rows]
+
+
+def revoke_api_key(conn: sa.Connection, user_id: int, key_id: int) -> None:
+    result = conn.execute(sa.delete(K).where(K.c.id == key_id, K.c.user_id == user_id))
+    if result.rowcount != 1:
+        raise errors.NotFound(f"user {user_id} has no API key {key_id}")
+
+
+def authenticate_key(conn: sa.Connection, key: str) -> User | None:
+    """The enabled user owning ``key``, or None."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    row = conn.execute(
+        sa.select(*_USER_COLUMNS, K.c.id.label("key_id"))
+        .select_from(K.join(U, U.c.id == K.c.user_id))
+        .where(K.c.key_hash == _digest(key))
+    ).first()
+    if row is None:
+        return None
+    user = User.from_row(row)
+    return None if user.disabled else user
+
+
+def ensure_first_admin(conn: sa.Connection) -> tuple[User, str, str] | None:
+    """On an empty user table: an admin with a random password and an API key.
+
+    Returns (user, password, key) the one time it creates them, else None.
+    """
+    if count_users(conn) > 0:
+        return None
+    password = generate_password()
+    user = create_user(conn, "admin", Role.ADMIN, password)
+    _, key = create_api_key(conn, user.id, "first-start")
+    return user, password, key

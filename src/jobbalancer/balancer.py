@@ -1,0 +1,181 @@
+"""The balancer: which worker runs each waiting job.
+
+A strategy is a small function of (candidate workers with a free slot, cursor) → worker.
+Assignment runs inside a write transaction that holds the ``assign`` lock, so slot counts
+read at its start stay true until it commits, whichever server or worker runs it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from jobbalancer import db, jobs, settings
+from jobbalancer.db import schema
+
+J, W, C = schema.jobs, schema.workers, schema.worker_classes
+CURSOR_KEY = "balancer.round_robin_cursor"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An online, enabled worker with at least one free slot."""
+
+    id: int
+    name: str
+    worker_class_id: int
+    max_jobs: int
+    active: int
+
+    @property
+    def free(self) -> int:
+        return self.max_jobs - self.active
+
+
+Strategy = Callable[[Sequence[Candidate], int], Candidate]
+
+
+def round_robin(candidates: Sequence[Candidate], cursor: int) -> Candidate:
+    """The next worker after the last one chosen, by id, wrapping around."""
+    return next((c for c in candidates if c.id > cursor), candidates[0])
+
+
+def least_loaded(candidates: Sequence[Candidate], cursor: int) -> Candidate:
+    """The worker with the fewest active jobs relative to its max_jobs."""
+    return min(candidates, key=lambda c: (c.active / c.max_jobs, c.active, c.id))
+
+
+def random_worker(candidates: Sequence[Candidate], cursor: int) -> Candidate:
+    """Any worker with a free slot."""
+    return random.choice(candidates)  # noqa: S311 - spreading load, not security
+
+
+def fill_first(candidates: Sequence[Candidate], cursor: int) -> Candidate:
+    """The first worker (by id) with a free slot, so the others can idle or scale down."""
+    return candidates[0]
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "round_robin": round_robin,
+    "least_loaded": least_loaded,
+    "random": random_worker,
+    "fill_first": fill_first,
+}
+
+
+def submit(
+    conn: sa.Connection, specs: Sequence[jobs.Spec], user_id: int | None, user_name: str | None
+) -> list[int]:
+    """Create jobs and assign what can be assigned now, in one transaction.
+
+    A job with need_realtime that found no free slot becomes ``occupied``.
+    """
+    db.lock_row(conn, "assign")
+    ids = jobs.create(conn, specs, user_id, user_name)
+    assign_waiting(conn, class_ids={s.worker_class_id for s in specs}, locked=True)
+    realtime = [i for i, s in zip(ids, specs, strict=True) if s.need_realtime]
+    if realtime:
+        still_waiting = conn.execute(
+            sa.select(J.c.id).where(J.c.id.in_(realtime), J.c.state == jobs.State.WAITING)
+        ).scalars()
+        for job_id in list(still_waiting):
+            jobs.occupy(conn, job_id)
+    return ids
+
+
+def assign_waiting(
+    conn: sa.Connection,
+    *,
+    class_ids: Iterable[int] | None = None,
+    worker_id: int | None = None,
+    locked: bool = False,
+) -> int:
+    """Assign waiting jobs to free slots, highest priority then oldest first.
+
+    Limit the pass to some classes, or to one worker's free slots (a worker that just
+    finished a job fills its own slot). Returns how many jobs were assigned.
+    """
+    if not locked:
+        db.lock_row(conn, "assign")
+    by_class = _candidates(conn, class_ids, worker_id)
+    if not by_class:
+        return 0
+    strategy = STRATEGIES[settings.load_tunables(conn).algorithm]
+    cursor = int(settings.get_value(conn, CURSOR_KEY) or 0)
+    start_cursor, assigned = cursor, 0
+    for class_id, candidates in by_class.items():
+        for job_id in _queue(conn, class_id, sum(c.free for c in candidates)):
+            chosen = strategy(candidates, cursor)
+            if not jobs.assign(conn, job_id, chosen.id):
+                continue
+            assigned += 1
+            cursor = chosen.id
+            candidates = _take_slot(candidates, chosen)
+            if not candidates:
+                break
+    if cursor != start_cursor:
+        settings.put_value(conn, CURSOR_KEY, cursor)
+    return assigned
+
+
+def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:
+    updated = []
+    for c in candidates:
+        if c.id == chosen.id:
+            c = Candidate(c.id, c.name, c.worker_class_id, c.max_jobs, c.active + 1)
+        if c.free > 0:
+            updated.append(c)
+    return updated
+
+
+def _queue(conn: sa.Connection, class_id: int, limit: int) -> list[int]:
+    query = (
+        sa.select(J.c.id)
+        .where(J.c.state == jobs.State.WAITING, J.c.worker_class_id == class_id)
+        .order_by(J.c.priority.desc(), J.c.id)
+        .limit(limit)
+    )
+    return list(conn.execute(query).scalars())
+
+
+def _candidates(
+    conn: sa.Connection, class_ids: Iterable[int] | None, worker_id: int | None
+) -> dict[int, list[Candidate]]:
+    """Online, enabled workers with free slots, by class, ordered by id."""
+    active = (
+        sa.select(sa.func.count())
+        .where(J.c.worker_id == W.c.id, J.c.state.in_([s.value for s in jobs.ACTIVE]))
+        .scalar_subquery()
+    )
+    max_jobs = sa.func.coalesce(W.c.max_jobs, C.c.max_jobs)
+    query = (
+        sa.select(
+            W.c.id,
+            W.c.name,
+            W.c.worker_class_id,
+            max_jobs.label("max_jobs"),
+            active.label("active"),
+        )
+        .select_from(W.join(C, C.c.id == W.c.worker_class_id))
+        .where(W.c.state == "online", W.c.enabled.is_(True))
+        .order_by(W.c.id)
+    )
+    if class_ids is not None:
+        query = query.where(W.c.worker_class_id.in_(list(class_ids)))
+    if worker_id is not None:
+        query = query.where(W.c.id == worker_id)
+    by_class: dict[int, list[Candidate]] = {}
+    for row in conn.execute(query):
+        candidate = Candidate(row.id, row.name, row.worker_class_id, row.max_jobs, row.active)
+        if candidate.free > 0:
+            by_class.setdefault(candidate.worker_class_id, []).append(candidate)
+    return by_class
+
+
+def free_slots(conn: sa.Connection, class_id: int | None = None) -> int:
+    """How many jobs could start right now (in one class, or anywhere)."""
+    by_class = _candidates(conn, None if class_id is None else [class_id], None)
+    return sum(c.free for cands in by_class.values() for c in cands)

@@ -1,0 +1,259 @@
+"""The database layer: engines per backend, transactions, schema upgrades, and the few
+statements that differ between SQLite, PostgreSQL and MariaDB/MySQL, side by side."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+
+from jobbalancer.db import schema
+from jobbalancer.db.types import utcnow
+from jobbalancer.errors import ConfigError, DatabaseUnavailable
+
+__all__ = ["connect", "normalize_url", "read", "schema", "upgrade", "utcnow", "write"]
+
+log = logging.getLogger(__name__)
+
+# The drivers we ship; a bare "postgresql://" or "mysql://" URL gets ours.
+_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "mariadb+pymysql": "mysql+pymysql",
+}
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a database URL, filling in the driver jobbalancer ships for each backend."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"database URL {url!r} is not a valid SQLAlchemy URL") from exc
+    if parsed.drivername in _DRIVERS:
+        parsed = parsed.set(drivername=_DRIVERS[parsed.drivername])
+    if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql"):
+        raise ConfigError(
+            f"database backend {parsed.get_backend_name()!r} is not supported: "
+            "use sqlite:///PATH, postgresql://… or mysql://…"
+        )
+    return parsed
+
+
+def connect(url: str, *, pool_size: int = 10) -> sa.Engine:
+    """An engine for ``url``, set up for its backend."""
+    parsed = normalize_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    kwargs: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_recycle": 3600,
+    }
+    if backend == "mysql":
+        # A queue needs to see rows other sessions just committed, not a snapshot.
+        kwargs["isolation_level"] = "READ COMMITTED"
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    else:
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return sa.create_engine(parsed, **kwargs)
+
+
+def _sqlite_engine(url: URL) -> sa.Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_size=5,
+        max_overflow=10,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below), so pysqlite must not.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # A write transaction takes the write lock up front: a deferred one that upgrades
+        # later gets SQLITE_BUSY at once in WAL mode instead of waiting its turn.
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+@contextlib.contextmanager
+def write(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that will write: committed on success, rolled back on error."""
+    with _translate_errors(), engine.connect() as conn:
+        conn = conn.execution_options(immediate=True)
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def read(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection for reading (one consistent transaction, never writing)."""
+    with _translate_errors(), engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextlib.contextmanager
+def _translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        if is_disconnect(exc):
+            raise DatabaseUnavailable() from exc
+        raise
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is unreachable rather than the statement wrong."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.InterfaceError):
+        return True
+    text = str(exc).lower()
+    needles = (
+        "connection refused",
+        "could not connect",
+        "can't connect",
+        "server closed the connection",
+        "lost connection",
+        "gone away",
+        "terminating connection",
+        "connection is closed",
+        "the database system is",
+        "unable to open database file",
+        "connection timeout",
+        "timed out",
+    )
+    return any(n in text for n in needles)
+
+
+def backend(conn_or_engine: sa.Connection | sa.Engine) -> str:
+    """'sqlite', 'postgresql' or 'mysql'."""
+    name = conn_or_engine.dialect.name
+    return "mysql" if name == "mariadb" else name
+
+
+def now(conn: sa.Connection) -> datetime:
+    """The database clock, the one every timestamp in the database is written with."""
+    value = conn.execute(sa.select(utcnow())).scalar_one()
+    assert isinstance(value, datetime)
+    return value
+
+
+# -- locks -------------------------------------------------------------------------------
+
+
+def lock_row(conn: sa.Connection, name: str) -> None:
+    """Serialize writers on ``name`` until this transaction ends.
+
+    SQLite: a write transaction (BEGIN IMMEDIATE) already excludes every other writer.
+    PostgreSQL and MariaDB: a row lock on the ``locks`` table, released at commit.
+    """
+    if backend(conn) == "sqlite":
+        return
+    t = schema.locks
+    conn.execute(sa.select(t.c.name).where(t.c.name == name).with_for_update()).first()
+
+
+def take_lease(conn: sa.Connection, name: str, holder: str, seconds: float) -> bool:
+    """Hold the lease ``name`` for ``seconds`` more if it is free, expired, or ours."""
+    t = schema.locks
+    expires = now(conn) + timedelta(seconds=seconds)
+    result = conn.execute(
+        sa.update(t)
+        .where(t.c.name == name)
+        .where(sa.or_(t.c.holder == holder, t.c.holder.is_(None), t.c.expires_at < utcnow()))
+        .values(holder=holder, expires_at=expires)
+    )
+    return result.rowcount == 1
+
+
+def release_lease(conn: sa.Connection, name: str, holder: str) -> None:
+    t = schema.locks
+    conn.execute(
+        sa.update(t)
+        .where(t.c.name == name, t.c.holder == holder)
+        .values(holder=None, expires_at=None)
+    )
+
+
+# -- schema upgrades ----------------------------------------------------------------------
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Bring the schema up to ``revision``; safe when several processes start at once."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with _upgrade_lock(engine), engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextlib.contextmanager
+def _upgrade_lock(engine: sa.Engine) -> Iterator[None]:
+    kind = backend(engine)
+    if kind == "sqlite":
+        path = engine.url.database
+        if not path or path == ":memory:":
+            yield
+            return
+        with open(f"{path}.migrate-lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    # A session-level advisory lock on its own connection, held across the migration.
+    with engine.connect() as conn:
+        if kind == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_lock(727274)")
+            release = "SELECT pg_advisory_unlock(727274)"
+        else:
+            conn.exec_driver_sql("SELECT GET_LOCK('jobbalancer_migrate', 300)")
+            release = "SELECT RELEASE_LOCK('jobbalancer_migrate')"
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(release)
+            conn.commit()

@@ -1,0 +1,169 @@
+"""The tables. Alembic migrations in ``db/migrations`` create and change them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from jobbalancer.db.types import Bytes, LongText, UTCDateTime
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Name = sa.String(200)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(255)),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("commands_allowed", sa.Boolean, nullable=False, default=True),
+    # Names of the worker classes the user may submit to; NULL = all of them.
+    sa.Column("worker_classes", sa.JSON),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", Name, nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime),
+    sa.Index(None, "user_id"),
+)
+
+worker_classes = sa.Table(
+    "worker_classes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("max_jobs", sa.Integer, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("worker_class_id", sa.ForeignKey("worker_classes.id"), nullable=False),
+    # The worker's own limit; NULL = its class's.
+    sa.Column("max_jobs", sa.Integer),
+    # A new value every time a worker process (re)registers under this name: the worker
+    # presents it with every write, so a process that was declared dead cannot report.
+    sa.Column("session", sa.String(32), nullable=False),
+    sa.Column("pid", sa.Integer),
+    sa.Column("version", sa.String(40), nullable=False, default=""),
+    sa.Column("load", sa.Float),
+    sa.Column("cpu_count", sa.Integer),
+    sa.Column("memory_total", sa.BigInteger),
+    sa.Column("memory_available", sa.BigInteger),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("last_heartbeat_at", UTCDateTime, nullable=False),
+    sa.Index(None, "state"),
+)
+
+scripts = sa.Table(
+    "scripts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("interpreter", sa.String(255), nullable=False),
+    sa.Column("content", LongText, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("command", LongText),
+    # What the script was when the job was submitted: a restart runs exactly the same.
+    sa.Column("script_id", sa.Integer),
+    sa.Column("script_name", Name),
+    sa.Column("interpreter", sa.String(255)),
+    sa.Column("script_content", LongText),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("env", sa.JSON, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("watchdog", sa.Float),
+    sa.Column("worker_class_id", sa.ForeignKey("worker_classes.id"), nullable=False),
+    sa.Column("need_realtime", sa.Boolean, nullable=False, default=False),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("retries", sa.Integer, nullable=False, default=0),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("retry_of", sa.Integer),
+    sa.Column("restarted_from", sa.Integer),
+    sa.Column("user_id", sa.Integer),
+    sa.Column("user_name", Name),
+    sa.Column("worker_id", sa.Integer),
+    # Fencing: a fresh token per assignment; the worker must present it to report.
+    sa.Column("token", sa.String(32)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("signal", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("kill_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("output_bytes", sa.BigInteger, nullable=False, default=0),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("assigned_at", UTCDateTime),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    # The queue: waiting jobs of a class, highest priority first, then oldest.
+    sa.Index(None, "state", "worker_class_id", "priority", "id"),
+    # A worker's pick-up and the balancer's slot count.
+    sa.Index(None, "worker_id", "state"),
+    sa.Index(None, "user_id", "id"),
+    sa.Index(None, "finished_at"),
+)
+
+job_output = sa.Table(
+    "job_output",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("job_id", sa.Integer, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("stream", sa.String(6), nullable=False),
+    # Byte offsets of this chunk in the job's whole output and in its own stream, so a
+    # reader can resume at any offset of either view without summing earlier chunks.
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("stream_offset", sa.BigInteger, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("data", Bytes, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("job_id", "seq"),
+)
+
+settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.JSON),
+)
+
+# Named locks: the balancer's mutual exclusion (a row lock) and leader leases.
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(100)),
+    sa.Column("expires_at", UTCDateTime),
+)

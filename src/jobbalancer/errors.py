@@ -1,0 +1,94 @@
+"""The exception hierarchy. HTTP answers and CLI exit codes map from these in one place each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobBalancerError(Exception):
+    """Something went wrong in jobbalancer."""
+
+    status: int = 500
+    code: str = "error"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.field = field
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(JobBalancerError):
+    """The request is not valid."""
+
+    status = 422
+    code = "invalid"
+
+
+class BadRequest(JobBalancerError):
+    """The request could not be read."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(JobBalancerError):
+    """An API key or a login is needed: send 'Authorization: Bearer <key>'."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(JobBalancerError):
+    """Your role does not allow this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(JobBalancerError):
+    """No such object."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(JobBalancerError):
+    """The object is not in a state that allows this."""
+
+    status = 409
+    code = "conflict"
+
+
+class Occupied(Conflict):
+    """No worker had a free slot and the job asked for need_realtime."""
+
+    code = "occupied"
+
+    def __init__(self, job: Any, message: str | None = None) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+class StaleAttempt(Conflict):
+    """This attempt of the job is no longer the worker's: it was recovered or killed meanwhile."""
+
+    code = "stale_attempt"
+
+
+class DatabaseUnavailable(JobBalancerError):
+    """The database cannot be reached; try again shortly."""
+
+    status = 503
+    code = "database_unavailable"
+
+
+class ConfigError(JobBalancerError):
+    """The configuration is not valid."""
+
+    code = "config"

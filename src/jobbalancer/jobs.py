@@ -1,0 +1,435 @@
+"""Jobs: the record, its states, and the job manager.
+
+The manager is the only code that changes a job's state. Every transition is one
+conditional statement (``UPDATE … WHERE id = :id AND state IN (…)``) whose row count says
+whether it happened; nothing reads a state, decides in Python, and writes it back. Callers
+hand in a connection inside a write transaction (``db.write``), so a transition and what
+goes with it (a retry, a freed slot filled) commit together.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobbalancer import errors
+from jobbalancer.db import schema
+from jobbalancer.db.types import AnyRow, utcnow
+
+J = schema.jobs
+
+
+class State(enum.StrEnum):
+    WAITING = "waiting"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    KILLED = "killed"
+    LOST = "lost"
+    OCCUPIED = "occupied"
+
+
+ACTIVE = (State.ASSIGNED, State.RUNNING)
+PENDING = (State.WAITING, State.ASSIGNED)
+FINAL = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST, State.OCCUPIED)
+# What a worker may report when a job's process is over.
+OUTCOMES = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED)
+# Ends after which a job with retries left runs again as a new attempt.
+RETRYABLE = (State.FAILED, State.LOST)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What to run and how: everything a submission or a restart copies."""
+
+    worker_class_id: int
+    command: str | None = None
+    script_id: int | None = None
+    script_name: str | None = None
+    interpreter: str | None = None
+    script_content: str | None = None
+    params: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    watchdog: float | None = None
+    need_realtime: bool = False
+    priority: int = 0
+    retries: int = 0
+
+
+# Columns a restart or a retry copies from the job it repeats.
+_SPEC_COLUMNS = (
+    "command",
+    "script_id",
+    "script_name",
+    "interpreter",
+    "script_content",
+    "params",
+    "env",
+    "labels",
+    "watchdog",
+    "worker_class_id",
+    "need_realtime",
+    "priority",
+    "retries",
+    "user_id",
+    "user_name",
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as read from the database. Never mutated: ask the manager for a change."""
+
+    id: int
+    state: State
+    command: str | None
+    script_id: int | None
+    script_name: str | None
+    interpreter: str | None
+    script_content: str | None
+    params: tuple[str, ...]
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    watchdog: float | None
+    worker_class_id: int
+    worker_class: str
+    need_realtime: bool
+    priority: int
+    retries: int
+    attempt: int
+    retry_of: int | None
+    restarted_from: int | None
+    user_id: int | None
+    user_name: str | None
+    worker_id: int | None
+    worker_name: str | None
+    token: str | None
+    pid: int | None
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    kill_requested: bool
+    output_bytes: int
+    created_at: datetime
+    assigned_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: AnyRow) -> Job:
+        m = row._mapping
+        return cls(
+            **{name: m[name] for name in _PLAIN_FIELDS},
+            state=State(m["state"]),
+            params=tuple(m["params"] or ()),
+            env=dict(m["env"] or {}),
+            labels=dict(m["labels"] or {}),
+            kill_requested=bool(m["kill_requested"]),
+            need_realtime=bool(m["need_realtime"]),
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL
+
+
+_SPECIAL = {"state", "params", "env", "labels", "kill_requested", "need_realtime"}
+_PLAIN_FIELDS = [n for n in Job.__dataclass_fields__ if n not in _SPECIAL]
+
+
+def select_jobs() -> sa.Select[Any]:
+    """Jobs with their worker's and class's names, for reading into :class:`Job`."""
+    w, c = schema.workers, schema.worker_classes
+    return sa.select(J, w.c.name.label("worker_name"), c.c.name.label("worker_class")).select_from(
+        J.join(c, c.c.id == J.c.worker_class_id).outerjoin(w, w.c.id == J.c.worker_id)
+    )
+
+
+def get(conn: sa.Connection, job_id: int) -> Job:
+    row = conn.execute(select_jobs().where(J.c.id == job_id)).first()
+    if row is None:
+        raise errors.NotFound(f"job {job_id} does not exist")
+    return Job.from_row(row)
+
+
+def get_many(conn: sa.Connection, ids: Sequence[int]) -> list[Job]:
+    """The jobs with these ids, in the order given."""
+    if not ids:
+        return []
+    rows = conn.execute(select_jobs().where(J.c.id.in_(ids))).all()
+    by_id = {row.id: Job.from_row(row) for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+# -- creating ------------------------------------------------------------------------------
+
+
+def create(
+    conn: sa.Connection, specs: Sequence[Spec], user_id: int | None, user_name: str | None
+) -> list[int]:
+    """Insert waiting jobs; their ids in the order of ``specs``."""
+    ids = []
+    for spec in specs:
+        result = conn.execute(
+            sa.insert(J).values(
+                state=State.WAITING,
+                command=spec.command,
+                script_id=spec.script_id,
+                script_name=spec.script_name,
+                interpreter=spec.interpreter,
+                script_content=spec.script_content,
+                params=list(spec.params),
+                env=dict(spec.env),
+                labels=dict(spec.labels),
+                watchdog=spec.watchdog or None,
+                worker_class_id=spec.worker_class_id,
+                need_realtime=spec.need_realtime,
+                priority=spec.priority,
+                retries=spec.retries,
+                attempt=1,
+                user_id=user_id,
+                user_name=user_name,
+                kill_requested=False,
+                output_bytes=0,
+                created_at=utcnow(),
+            )
+        )
+        ids.append(_inserted_id(result))
+    return ids
+
+
+def restart(conn: sa.Connection, job_id: int, user_id: int | None, user_name: str | None) -> int:
+    """A new waiting job with the same spec as ``job_id``; the old one stays as it was."""
+    new_id = _copy(conn, job_id, attempt=1, restarted_from=job_id, user=(user_id, user_name))
+    if new_id is None:
+        raise errors.NotFound(f"job {job_id} does not exist")
+    return new_id
+
+
+def _copy(
+    conn: sa.Connection,
+    job_id: int,
+    *,
+    attempt: int | None = None,
+    restarted_from: int | None = None,
+    retry_of: int | None = None,
+    user: tuple[int | None, str | None] | None = None,
+) -> int | None:
+    """Insert a waiting copy of a job's spec; None when the job does not exist.
+
+    ``attempt=None`` makes the next attempt of the same job, only if it has retries left.
+    """
+    query = sa.select(*(J.c[n] for n in _SPEC_COLUMNS), J.c.attempt).where(J.c.id == job_id)
+    if attempt is None:
+        query = query.where(J.c.attempt <= J.c.retries)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    values = {n: row._mapping[n] for n in _SPEC_COLUMNS}
+    if user is not None:
+        values["user_id"], values["user_name"] = user
+    result = conn.execute(
+        sa.insert(J).values(
+            **values,
+            state=State.WAITING,
+            attempt=row.attempt + 1 if attempt is None else attempt,
+            restarted_from=restarted_from,
+            retry_of=retry_of,
+            kill_requested=False,
+            output_bytes=0,
+            created_at=utcnow(),
+        )
+    )
+    return _inserted_id(result)
+
+
+def _inserted_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+# -- transitions -------------------------------------------------------------------------
+
+
+def _transition(
+    conn: sa.Connection,
+    job_id: int,
+    from_states: Iterable[State],
+    *conditions: sa.ColumnElement[bool],
+    **values: Any,
+) -> bool:
+    """One conditional UPDATE; True when it happened."""
+    stmt = (
+        sa.update(J)
+        .where(J.c.id == job_id, J.c.state.in_([s.value for s in from_states]), *conditions)
+        .values(**values)
+    )
+    return conn.execute(stmt).rowcount == 1
+
+
+def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
+    """waiting → assigned to ``worker_id``, with a fresh fencing token."""
+    return _transition(
+        conn,
+        job_id,
+        [State.WAITING],
+        state=State.ASSIGNED,
+        worker_id=worker_id,
+        token=secrets.token_hex(8),
+        assigned_at=utcnow(),
+    )
+
+
+def occupy(conn: sa.Connection, job_id: int) -> bool:
+    """waiting → occupied: need_realtime and no free slot; kept for the record."""
+    return _transition(
+        conn,
+        job_id,
+        [State.WAITING],
+        state=State.OCCUPIED,
+        error="no worker had a free slot",
+        finished_at=utcnow(),
+    )
+
+
+def claim(conn: sa.Connection, job_id: int, worker_id: int, token: str) -> bool:
+    """assigned → running: the worker takes the job before starting its process."""
+    return _transition(
+        conn,
+        job_id,
+        [State.ASSIGNED],
+        J.c.worker_id == worker_id,
+        J.c.token == token,
+        state=State.RUNNING,
+        started_at=utcnow(),
+    )
+
+
+def set_pid(conn: sa.Connection, job_id: int, token: str, pid: int) -> bool:
+    """Record the running process's pid (not a change of state)."""
+    stmt = sa.update(J).where(J.c.id == job_id, J.c.token == token, J.c.state == State.RUNNING)
+    return conn.execute(stmt.values(pid=pid)).rowcount == 1
+
+
+def finish(
+    conn: sa.Connection,
+    job_id: int,
+    token: str,
+    state: State,
+    *,
+    exit_code: int | None = None,
+    signal: int | None = None,
+    error: str | None = None,
+    output_bytes: int | None = None,
+) -> bool:
+    """running → done/failed/timeout/killed, as the worker saw it end; retries if allowed.
+
+    False when the attempt is no longer this worker's (recovered, or fenced off).
+    """
+    if state not in OUTCOMES:
+        raise ValueError(f"{state} is not an outcome a worker reports")
+    values: dict[str, Any] = {
+        "state": state,
+        "exit_code": exit_code,
+        "signal": signal,
+        "error": error,
+        "finished_at": utcnow(),
+    }
+    if output_bytes is not None:
+        values["output_bytes"] = output_bytes
+    done = _transition(conn, job_id, [State.RUNNING, State.ASSIGNED], J.c.token == token, **values)
+    if done and state in RETRYABLE:
+        _retry(conn, job_id)
+    return done
+
+
+def _retry(conn: sa.Connection, job_id: int) -> int | None:
+    """Queue the next attempt of a failed or lost job, if it has retries left."""
+    return _copy(conn, job_id, retry_of=job_id)
+
+
+def request_kill(conn: sa.Connection, job_id: int) -> None:
+    """Kill a job: at once if it has not started, by its worker if it runs.
+
+    Raises NotFound for an unknown job and Conflict for one that is already over.
+    """
+    if _transition(
+        conn,
+        job_id,
+        PENDING,
+        state=State.KILLED,
+        error="killed before it started",
+        finished_at=utcnow(),
+    ):
+        return
+    if _transition(conn, job_id, [State.RUNNING], kill_requested=True):
+        return
+    job = get(conn, job_id)  # raises NotFound
+    raise errors.Conflict(f"job {job_id} is already {job.state}; nothing to kill")
+
+
+def unassign_worker(conn: sa.Connection, worker_id: int) -> int:
+    """assigned → waiting for every job a vanished worker had not started yet."""
+    stmt = (
+        sa.update(J)
+        .where(J.c.worker_id == worker_id, J.c.state == State.ASSIGNED)
+        .values(state=State.WAITING, worker_id=None, token=None, assigned_at=None)
+    )
+    return conn.execute(stmt).rowcount
+
+
+def lose_worker_jobs(conn: sa.Connection, worker_id: int, reason: str) -> list[int]:
+    """running → lost for every job of a vanished worker; retries where allowed."""
+    running = conn.execute(
+        sa.select(J.c.id).where(J.c.worker_id == worker_id, J.c.state == State.RUNNING)
+    ).scalars()
+    lost = []
+    for job_id in list(running):
+        if _transition(
+            conn,
+            job_id,
+            [State.RUNNING],
+            J.c.worker_id == worker_id,
+            state=State.LOST,
+            error=reason,
+            finished_at=utcnow(),
+        ):
+            lost.append(job_id)
+            _retry(conn, job_id)
+    return lost
+
+
+def delete(conn: sa.Connection, job_id: int) -> None:
+    """Delete a job and its output; refused while it is assigned or running."""
+    active = [s.value for s in ACTIVE]
+    result = conn.execute(sa.delete(J).where(J.c.id == job_id, J.c.state.not_in(active)))
+    if result.rowcount == 1:
+        conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id == job_id))
+        return
+    job = get(conn, job_id)  # raises NotFound
+    raise errors.Conflict(f"job {job_id} is {job.state}: kill it first, then delete it")
+
+
+def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:
+    """Retention: delete up to ``limit`` finished jobs older than ``cutoff``, with output."""
+    ids = list(
+        conn.execute(
+            sa.select(J.c.id)
+            .where(J.c.finished_at < cutoff, J.c.state.in_([s.value for s in FINAL]))
+            .limit(limit)
+        ).scalars()
+    )
+    if ids:
+        conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
+        conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
+    return len(ids)

@@ -1,0 +1,107 @@
+"""The monitor: worker liveness, recovery of vanished workers' jobs, retention.
+
+Also the supervisor thread every server runs: it holds the ``leader`` lease in the
+database, and only the holder balances and monitors; the others stand by to take over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from jobbalancer import balancer, db, jobs, settings, workers
+from jobbalancer.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def check_workers(engine: sa.Engine) -> list[int]:
+    """Mark workers silent past worker_timeout offline and recover their jobs."""
+    with db.write(engine) as conn:
+        timeout = settings.load_tunables(conn).worker_timeout
+        cutoff = db.now(conn) - timedelta(seconds=timeout)
+        gone = []
+        for worker_id in workers.silent_since(conn, cutoff):
+            if not workers.mark_offline(conn, worker_id, cutoff):
+                continue
+            gone.append(worker_id)
+            back = jobs.unassign_worker(conn, worker_id)
+            lost = jobs.lose_worker_jobs(
+                conn, worker_id, f"its worker was silent for more than {timeout:g} s"
+            )
+            log.warning(
+                "worker %s went offline: %d assigned job(s) back to waiting, %d lost",
+                worker_id, back, len(lost),
+            )  # fmt: skip
+    return gone
+
+
+def apply_retention(engine: sa.Engine) -> int:
+    """Delete finished jobs older than retention_days (0 keeps everything)."""
+    with db.write(engine) as conn:
+        days = settings.load_tunables(conn).retention_days
+        if days <= 0:
+            return 0
+        cutoff = db.now(conn) - timedelta(days=days)
+        return jobs.delete_finished_before(conn, cutoff)
+
+
+class Supervisor:
+    """The server's background loop: leader lease, monitor, balancer, retention."""
+
+    LEASE = "leader"
+
+    def __init__(self, engine: sa.Engine, interval: float = 1.0) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.is_leader = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ticks = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.is_leader:
+            try:
+                with db.write(self.engine) as conn:
+                    db.release_lease(conn, self.LEASE, self.holder)
+            except Exception:
+                log.debug("could not release the leader lease", exc_info=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except DatabaseUnavailable:
+                log.warning("database unavailable; the supervisor retries in %.1f s", self.interval)
+            except Exception:
+                log.exception("supervisor tick failed; retrying")
+            self._stop.wait(self.interval)
+
+    def tick(self) -> None:
+        """One round: renew or take the lease; as leader, monitor and balance."""
+        with db.write(self.engine) as conn:
+            leader = db.take_lease(conn, self.LEASE, self.holder, self.interval * 5)
+        if leader != self.is_leader:
+            log.info("this server %s the balancer", "now runs" if leader else "no longer runs")
+            self.is_leader = leader
+        if not leader:
+            return
+        check_workers(self.engine)
+        with db.write(self.engine) as conn:
+            balancer.assign_waiting(conn)
+        self._ticks += 1
+        if self._ticks % 60 == 1:
+            apply_retention(self.engine)

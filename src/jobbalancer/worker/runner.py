@@ -1,0 +1,733 @@
+"""Run one job's process: private directory, process group, watchdog, kill, output pipes.
+
+The worker loop decides *what* to run and records what happened; this module only runs
+it. A job starts in a new session (so its process group is its own), in a private
+temporary directory, with stdin on /dev/null and stdout/stderr on pipes.
+
+No orphan may survive its job, and a job can shed its process group (``setsid``,
+double forks). So descendants are found three ways, each covering the others' blind
+spots:
+
+* the process tree under the main process, re-read about every half second while the
+  job runs, so a process that later leaves the group or loses its parent is still known;
+* the session: everything the main process started without ``setsid`` keeps its session
+  id, which is the main pid (the main process is kept as a zombie, ``WNOWAIT``, until the
+  end, so that id cannot be reused meanwhile);
+* the environment: ``JOBBALANCER_JOB_ID=<id>`` is inherited by everything the job starts
+  unless it scrubs its environment.
+
+Only processes started after the main process are considered, so nothing older (the
+worker, its parents, other jobs) can ever be claimed by mistake. A worker that calls
+:func:`become_subreaper` also gets orphans re-parented to itself instead of to init;
+:func:`reap_orphans` collects their exit status without stealing that of the jobs'
+own main processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import pwd
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Final
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+JOB_ID_VAR: Final = "JOBBALANCER_JOB_ID"
+CHUNK_SIZE: Final = 64 * 1024
+SCRIPT_NAME: Final = "job-script"
+
+_TICK: Final = 0.1  # longest sleep of the wait loop: bounds how late kill() is noticed
+_COLLECT_EVERY: Final = 0.5  # how often the process tree is re-read
+_DRAIN: Final = 0.5  # reading on after the tree is gone, for output still in the pipes
+_GIVE_UP: Final = 5.0  # after SIGKILL, how long to wait for descendants stuck in the kernel
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+OutputCallback = Callable[[str, bytes], None]
+
+# Pids of main processes that a running JobProcess will reap itself (through Popen).
+# reap_orphans() must never wait for these, or Popen would lose the exit status.
+_owned_lock = threading.Lock()
+_owned_pids: set[int] = set()
+
+
+class StartError(Exception):
+    """The job's process could not be started."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run for one job, and under which limits.
+
+    Exactly one of ``command`` (run by ``/bin/sh -c``, ``params`` become ``$1``…) or
+    ``script`` (written to a file and run as ``[interpreter, file, *params]``; without an
+    interpreter the file is executed itself, so it needs a ``#!`` line) must be given.
+    """
+
+    job_id: int
+    command: str | None
+    interpreter: str | None
+    script: str | None
+    params: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    watchdog: float | None = None
+    kill_grace: float = 5.0
+    run_as: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended.
+
+    ``reason`` is ``"exited"``, ``"timeout"`` (watchdog), ``"killed"`` (kill()) or
+    ``"start_failed"`` (then ``error`` says why). ``exit_code`` is None when a signal
+    ended the main process; ``signal`` is that signal's number.
+    """
+
+    exit_code: int | None
+    signal: int | None
+    reason: str
+    error: str | None
+
+    @classmethod
+    def start_failed(cls, error: str) -> Outcome:
+        return cls(exit_code=None, signal=None, reason="start_failed", error=error)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux); True if it worked.
+
+    Without it an orphan goes to init, where only the environment scan can find it.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)
+        result: int = libc.prctl(_PR_SET_CHILD_SUBREAPER, one, zero, zero, zero)
+    except (OSError, AttributeError):
+        return False
+    return result == 0
+
+
+def reap_orphans() -> None:
+    """Collect the exit status of zombie children no running JobProcess owns.
+
+    A subreaper inherits orphans; unless someone waits for them they stay zombies. Only
+    zombies are waited for, one pid at a time: ``waitpid(-1)`` would also take the exit
+    status of a job's main process away from its Popen.
+    """
+    with _owned_lock:
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid not in _owned_pids and _is_zombie(child):
+                _reap(child.pid)
+
+
+class JobProcess:
+    """One job's process tree, from start until its last descendant is gone.
+
+    ``start()`` launches it; ``wait()`` (in one thread) pumps its output to ``on_output``,
+    enforces the watchdog and returns the :class:`Outcome`; ``kill()`` may be called from
+    any thread. ``on_output(stream, data)`` gets ``"stdout"`` or ``"stderr"`` and the raw
+    bytes as read.
+    """
+
+    def __init__(self, spec: RunSpec, on_output: OutputCallback) -> None:
+        self._spec = spec
+        self._on_output = on_output
+        self._kill_requested = threading.Event()
+        self._run: _Run | None = None
+        self._outcome: Outcome | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._run.proc.pid if self._run is not None else None
+
+    def start(self) -> int:
+        """Start the job and return its pid; raise StartError, leaving nothing behind."""
+        if self._run is not None:
+            raise RuntimeError("start() was already called")
+        spec = self._spec
+        _check_spec(spec)
+        user = _lookup_user(spec.run_as) if spec.run_as else None
+        env = _job_env(spec, user)
+        # Resolved before anything is created, so a missing interpreter leaves nothing.
+        interpreter = _find_interpreter(spec.interpreter, env) if spec.interpreter else None
+        workdir = _make_workdir(spec.job_id, user)
+        try:
+            argv = _argv(spec, interpreter, workdir, user)
+            proc = _spawn(argv, env, workdir, user)
+        except BaseException:
+            _remove_dir(workdir)
+            raise
+        self._run = _Run(proc, workdir, spec.job_id, self._on_output)
+        return proc.pid
+
+    def wait(self) -> Outcome:
+        """Block until the job and every descendant are gone; return how it ended."""
+        if self._outcome is not None:
+            return self._outcome
+        run = self._run
+        if run is None or run.finished:
+            raise RuntimeError("wait() needs a started job")
+        supervisor = _Supervisor(run, self._spec, self._kill_requested)
+        try:
+            supervisor.supervise()
+            run.pipes.drain(_DRAIN)
+        except BaseException:
+            run.abort()  # e.g. on_output failed: the job must not outlive its supervision
+            raise
+        finally:
+            returncode = run.finish()
+        self._outcome = _outcome(returncode, supervisor.reason)
+        return self._outcome
+
+    def kill(self) -> None:
+        """Ask wait() to terminate the job (reason "killed"); safe from any thread."""
+        self._kill_requested.set()
+
+
+# --- starting -------------------------------------------------------------------------
+
+
+def _check_spec(spec: RunSpec) -> None:
+    if (spec.command is None) == (spec.script is None):
+        raise StartError(f"job {spec.job_id}: give exactly one of a command or a script")
+    if spec.command is not None and spec.interpreter is not None:
+        raise StartError(f"job {spec.job_id}: an interpreter goes with a script, not a command")
+
+
+def _lookup_user(name: str) -> pwd.struct_passwd:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise StartError(f"run_as user {name!r} does not exist on this worker") from None
+    if entry.pw_uid == 0:
+        raise StartError(f"run_as user {name!r} is root; name an unprivileged user")
+    return entry
+
+
+def _job_env(spec: RunSpec, user: pwd.struct_passwd | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if user is not None:
+        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    env.update(spec.env)
+    # Set last so a job cannot hide from the environment scan by asking for another id.
+    env[JOB_ID_VAR] = str(spec.job_id)
+    return env
+
+
+def _find_interpreter(name: str, env: Mapping[str, str]) -> str:
+    if os.path.isabs(name):
+        if os.path.isfile(name) and os.access(name, os.X_OK):
+            return name
+        raise StartError(f"interpreter {name!r} not found or not executable")
+    if os.sep in name:
+        raise StartError(f"interpreter {name!r}: give a program name or an absolute path")
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise StartError(f"interpreter {name!r} not found on PATH")
+    return found
+
+
+def _make_workdir(job_id: int, user: pwd.struct_passwd | None) -> str:
+    try:
+        path = tempfile.mkdtemp(prefix=f"jobbalancer-{job_id}-")
+    except OSError as exc:
+        raise StartError(f"cannot create the job's temporary directory: {exc}") from exc
+    try:
+        os.chmod(path, 0o700)  # mkdtemp already does, but a umask must not matter
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    except OSError as exc:
+        _remove_dir(path)
+        raise StartError(f"cannot prepare the job's temporary directory: {exc}") from exc
+    return path
+
+
+def _argv(
+    spec: RunSpec, interpreter: str | None, workdir: str, user: pwd.struct_passwd | None
+) -> list[str]:
+    if spec.command is not None:
+        # Params stay out of the command text: the shell sees them as "$1"…, never parses them.
+        return ["/bin/sh", "-c", spec.command, "sh", *spec.params]
+    script = _write_script(workdir, spec.script or "", user)
+    head = [interpreter] if interpreter is not None else []
+    return [*head, script, *spec.params]
+
+
+def _write_script(workdir: str, body: str, user: pwd.struct_passwd | None) -> str:
+    path = os.path.join(workdir, SCRIPT_NAME)
+    try:
+        data = body.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            os.fchmod(file.fileno(), 0o500)
+            if user is not None:
+                os.fchown(file.fileno(), user.pw_uid, user.pw_gid)
+    except (OSError, UnicodeEncodeError) as exc:
+        raise StartError(f"cannot write the job's script: {exc}") from exc
+    return path
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str], workdir: str, user: pwd.struct_passwd | None
+) -> subprocess.Popen[bytes]:
+    # Switching identity needs privilege; running as oneself does not, so skip it then.
+    switch = user is not None and user.pw_uid != os.geteuid()
+    try:
+        # Registered under the lock before any reap_orphans() can see the child exit.
+        with _owned_lock:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell beyond the job's own
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                user=user.pw_uid if switch and user else None,
+                group=user.pw_gid if switch and user else None,
+                extra_groups=[] if switch else None,
+            )
+            _owned_pids.add(proc.pid)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc
+    return proc
+
+
+# --- a running job --------------------------------------------------------------------
+
+
+class _Run:
+    """What start() leaves for wait(): the process, its pipes, its tree, its directory."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        workdir: str,
+        job_id: int,
+        on_output: OutputCallback,
+    ) -> None:
+        self.proc = proc
+        self.workdir = workdir
+        self.started = time.monotonic()
+        self.pipes = _Pipes(proc, on_output)
+        self.tree = _Tree(job_id, proc.pid)
+        self.tree.scan(deep=False)  # notes the main process's start time
+        self.finished = False
+        self._pidfd = _open_pidfd(proc.pid)
+        if self._pidfd is not None:
+            self.pipes.add_wakeup(self._pidfd)  # so the end of the job wakes wait() at once
+
+    def main_exited(self) -> bool:
+        """Whether the main process has ended; it stays an unreaped zombie until finish()."""
+        try:
+            ended = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        if ended is None:
+            return False
+        self._close_pidfd()
+        return True
+
+    def abort(self) -> None:
+        """SIGKILL everything known, for when supervision itself failed."""
+        with contextlib.suppress(Exception):
+            self.tree.scan(deep=True)
+        self.tree.signal_all(signal.SIGKILL)
+
+    def finish(self) -> int:
+        """Reap the main process, release everything; return its returncode."""
+        self.finished = True
+        returncode = self.proc.wait()
+        with _owned_lock:
+            _owned_pids.discard(self.proc.pid)
+        self.tree.reap()
+        self._close_pidfd()
+        self.pipes.close()
+        _remove_dir(self.workdir)
+        return returncode
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self.pipes.remove_wakeup(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+class _Supervisor:
+    """The wait loop: output, watchdog, kill requests, and taking the tree down.
+
+    Phases: running → SIGTERM sent (grace) → SIGKILL sent. A job also enters them when its
+    main process exits on its own while descendants live on; its reason stays "exited".
+    """
+
+    def __init__(self, run: _Run, spec: RunSpec, kill_requested: threading.Event) -> None:
+        self._run = run
+        self._grace = max(spec.kill_grace, 0.0)
+        limit = spec.watchdog
+        self._deadline = run.started + limit if limit is not None and limit > 0 else None
+        self._kill_requested = kill_requested
+        self.reason: str | None = None
+        self._exited = False
+        self._term_at: float | None = None
+        self._sigkill_at: float | None = None
+        self._sent: signal.Signals | None = None
+        self._next_scan = 0.0
+
+    def supervise(self) -> None:
+        while not self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One turn of the loop; True once the main process and all descendants are gone."""
+        self._run.pipes.pump(self._timeout())
+        if not self._exited:
+            self._exited = self._run.main_exited()
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._scan(deep=self._term_at is not None)
+        if self._term_at is None:
+            return self._while_running(now)
+        if self._sigkill_at is None:
+            return self._while_terminating(now, self._term_at)
+        return self._while_killed(now, self._sigkill_at)
+
+    def _while_running(self, now: float) -> bool:
+        if self._kill_requested.is_set():
+            self.reason = "killed"
+        elif self._deadline is not None and now >= self._deadline:
+            self.reason = "timeout"
+        elif not self._exited:
+            return False
+        elif self._tree_gone():
+            return True
+        self._terminate(now)  # killed, timed out, or the main process left others behind
+        return False
+
+    def _while_terminating(self, now: float, term_at: float) -> bool:
+        if now >= term_at + self._grace:
+            self._send(signal.SIGKILL)
+            self._sigkill_at = now
+            return False
+        return self._exited and self._tree_gone()
+
+    def _while_killed(self, now: float, sigkill_at: float) -> bool:
+        if not self._exited:
+            return False  # SIGKILL always ends it; its exit status is still to come
+        if self._tree_gone():
+            return True
+        if now < sigkill_at + _GIVE_UP:
+            return False
+        pids = sorted(p.pid for p in self._run.tree.alive())
+        log.warning("job pid %d: descendants %s survived SIGKILL", self._run.proc.pid, pids)
+        return True
+
+    def _terminate(self, now: float) -> None:
+        self._send(signal.SIGTERM)
+        self._term_at = now
+
+    def _send(self, sig: signal.Signals) -> None:
+        self._scan(deep=True)  # right before signalling, so late forks and escapees are known
+        self._sent = sig
+        self._run.tree.signal_all(sig)
+
+    def _scan(self, *, deep: bool) -> None:
+        found = self._run.tree.scan(deep=deep)
+        if self._sent is not None:
+            _signal(found, self._sent)  # latecomers get what the others already got
+        self._next_scan = time.monotonic() + _COLLECT_EVERY
+
+    def _tree_gone(self) -> bool:
+        if self._run.tree.alive():
+            return False
+        self._scan(deep=True)  # a last look before saying so
+        return not self._run.tree.alive()
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        edges = [now + _TICK]
+        if self._term_at is None and self._deadline is not None:
+            edges.append(self._deadline)
+        elif self._term_at is not None and self._sigkill_at is None:
+            edges.append(self._term_at + self._grace)
+        return max(min(edges) - now, 0.0)
+
+
+def _outcome(returncode: int, reason: str | None) -> Outcome:
+    if returncode < 0:
+        return Outcome(exit_code=None, signal=-returncode, reason=reason or "exited", error=None)
+    return Outcome(exit_code=returncode, signal=None, reason=reason or "exited", error=None)
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+class _Pipes:
+    """The job's stdout and stderr, read without blocking and handed to on_output."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], on_output: OutputCallback) -> None:
+        self._on_output = on_output
+        self._selector = selectors.DefaultSelector()
+        self._files: dict[int, IO[bytes]] = {}
+        for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            if pipe is None:
+                raise RuntimeError("the job's output pipes are missing")
+            os.set_blocking(pipe.fileno(), False)
+            self._selector.register(pipe.fileno(), selectors.EVENT_READ, stream)
+            self._files[pipe.fileno()] = pipe
+
+    @property
+    def open(self) -> bool:
+        return bool(self._files)
+
+    def add_wakeup(self, fd: int) -> None:
+        """Also wake pump() when fd becomes readable (nothing is read from it)."""
+        self._selector.register(fd, selectors.EVENT_READ, None)
+
+    def remove_wakeup(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to timeout for output and deliver what arrived."""
+        if not self._selector.get_map():
+            time.sleep(timeout)  # both pipes closed: nothing to wait on but the clock
+            return
+        for key, _ in self._selector.select(timeout):
+            if key.data is not None:
+                self._read(key.fd, key.data)
+
+    def drain(self, seconds: float) -> None:
+        """Read what is left, until both pipes end or seconds pass.
+
+        Once the tree is gone a pipe can still be held open by a process nobody could
+        attribute to the job; waiting for its end would hang the worker.
+        """
+        deadline = time.monotonic() + seconds
+        while self.open:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.pump(min(left, _TICK))
+
+    def close(self) -> None:
+        for fd in list(self._files):
+            self._close(fd)
+        self._selector.close()
+
+    def _read(self, fd: int, stream: str) -> None:
+        try:
+            data = os.read(fd, CHUNK_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # an unreadable pipe is as good as a closed one
+        if data:
+            self._on_output(stream, data)
+        else:
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
+        self._files.pop(fd).close()
+
+
+# --- the process tree -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    ppid: int
+    sid: int
+    born: float  # start time, comparable only with rows from the same table
+
+
+class _Tree:
+    """Every process known to belong to one job, except its main process."""
+
+    def __init__(self, job_id: int, leader: int) -> None:
+        self._job_id = str(job_id)
+        self._leader = leader
+        self._born: float | None = None
+        self._known: dict[int, psutil.Process] = {}
+
+    def scan(self, *, deep: bool) -> list[psutil.Process]:
+        """Look for more of the job's processes; return those not known before.
+
+        Shallow: descendants of the main process and of every known process. Deep also
+        claims processes by session id and by JOBBALANCER_JOB_ID in their environment.
+        """
+        table = _process_table()
+        if self._born is None:
+            row = table.get(self._leader)
+            if row is None:
+                return []
+            self._born = row.born
+        # Nothing started before the job's main process can be part of it.
+        young = {pid: row for pid, row in table.items() if row.born >= self._born}
+        young.pop(self._leader, None)
+        pids = self._descendants(young)
+        if deep:
+            pids |= {pid for pid, row in young.items() if self._claims(pid, row)}
+        return self._add(pids - self._known.keys())
+
+    def alive(self) -> list[psutil.Process]:
+        return [proc for proc in self._known.values() if _is_alive(proc)]
+
+    def signal_all(self, sig: signal.Signals) -> None:
+        # The group id is the main pid, held by its zombie until finish(): never reused.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._leader, sig)
+        _signal(self.alive(), sig)
+
+    def reap(self) -> None:
+        """Wait for known descendants that became our zombies (we are their subreaper)."""
+        me = os.getpid()
+        with _owned_lock:
+            for proc in self._known.values():
+                with contextlib.suppress(psutil.Error):
+                    if proc.ppid() == me and proc.pid not in _owned_pids and _is_zombie(proc):
+                        _reap(proc.pid)
+
+    def _descendants(self, young: Mapping[int, _Row]) -> set[int]:
+        children: dict[int, list[int]] = {}
+        for pid, row in young.items():
+            children.setdefault(row.ppid, []).append(pid)
+        found: set[int] = set()
+        todo = [self._leader, *(proc.pid for proc in self.alive())]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+    def _claims(self, pid: int, row: _Row) -> bool:
+        if row.sid == self._leader:
+            return True
+        try:
+            return psutil.Process(pid).environ().get(JOB_ID_VAR) == self._job_id
+        except psutil.Error:  # gone, or not ours to read
+            return False
+
+    def _add(self, pids: Iterable[int]) -> list[psutil.Process]:
+        added = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                self._known[pid] = proc
+                added.append(proc)
+        return added
+
+
+def _process_table() -> dict[int, _Row]:
+    """Parent, session and start time of every process, in one pass over /proc."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return _psutil_table()
+    table = {}
+    for name in names:
+        if name.isdigit():
+            row = _read_stat(name)
+            if row is not None:
+                table[int(name)] = row
+    return table
+
+
+def _read_stat(pid: str) -> _Row | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    return _Row(ppid=int(fields[1]), sid=int(fields[3]), born=float(fields[19]))
+
+
+def _psutil_table() -> dict[int, _Row]:
+    # Without /proc (not Linux): slower, but the same information.
+    table = {}
+    for proc in psutil.process_iter(["ppid", "create_time"]):
+        with contextlib.suppress(OSError):
+            sid = os.getsid(proc.pid)
+            table[proc.pid] = _Row(proc.info["ppid"], sid, proc.info["create_time"])
+    return table
+
+
+# --- small helpers --------------------------------------------------------------------
+
+
+def _signal(procs: Iterable[psutil.Process], sig: signal.Signals) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def _is_alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # cannot tell: assume the worst
+
+
+def _is_zombie(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or a kernel older than 5.3
+        return None
+
+
+def _remove_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+    # A job may leave directories it made read-only; give them back to their owner.
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            sub = os.path.join(root, name)
+            if not os.path.islink(sub):
+                with contextlib.suppress(OSError):
+                    os.chmod(sub, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        log.warning("could not remove the job directory %s", path)

@@ -1,0 +1,229 @@
+"""Workers: the record and its registry (register, heartbeat, state, edits)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobbalancer import errors, jobs
+from jobbalancer.db import schema
+from jobbalancer.db.types import AnyRow, utcnow
+
+W, C, J = schema.workers, schema.worker_classes, schema.jobs
+DEFAULT_CLASS_MAX_JOBS = 5
+LIVE_STATES = ("online", "draining")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A worker as read from the database."""
+
+    id: int
+    name: str
+    host: str
+    state: str
+    enabled: bool
+    worker_class_id: int
+    worker_class: str
+    own_max_jobs: int | None
+    max_jobs: int
+    active_jobs: int
+    pid: int | None
+    version: str
+    load: float | None
+    cpu_count: int | None
+    memory_total: int | None
+    memory_available: int | None
+    started_at: datetime
+    last_heartbeat_at: datetime
+
+    @classmethod
+    def from_row(cls, row: AnyRow) -> Worker:
+        m = row._mapping
+        return cls(
+            **{n: m[n] for n in cls.__dataclass_fields__ if n not in ("own_max_jobs", "enabled")},
+            own_max_jobs=m["own_max_jobs"],
+            enabled=bool(m["enabled"]),
+        )
+
+    @property
+    def display_state(self) -> str:
+        """online | draining | offline | disabled (an online worker taking no new jobs)."""
+        if not self.enabled and self.state == "online":
+            return "disabled"
+        return self.state
+
+
+def select_workers() -> sa.Select[Any]:
+    active = (
+        sa.select(sa.func.count())
+        .where(J.c.worker_id == W.c.id, J.c.state.in_([s.value for s in jobs.ACTIVE]))
+        .scalar_subquery()
+    )
+    return sa.select(
+        W.c.id, W.c.name, W.c.host, W.c.state, W.c.enabled, W.c.worker_class_id,
+        C.c.name.label("worker_class"), W.c.max_jobs.label("own_max_jobs"),
+        sa.func.coalesce(W.c.max_jobs, C.c.max_jobs).label("max_jobs"),
+        active.label("active_jobs"), W.c.pid, W.c.version, W.c.load, W.c.cpu_count,
+        W.c.memory_total, W.c.memory_available, W.c.started_at, W.c.last_heartbeat_at,
+    ).select_from(W.join(C, C.c.id == W.c.worker_class_id))  # fmt: skip
+
+
+def get(conn: sa.Connection, worker_id: int) -> Worker:
+    row = conn.execute(select_workers().where(W.c.id == worker_id)).first()
+    if row is None:
+        raise errors.NotFound(f"worker {worker_id} does not exist")
+    return Worker.from_row(row)
+
+
+def list_all(conn: sa.Connection) -> list[Worker]:
+    return [Worker.from_row(r) for r in conn.execute(select_workers().order_by(W.c.name))]
+
+
+def class_id(conn: sa.Connection, name_or_id: str | int, *, create: bool = False) -> int:
+    """A worker class's id from its name or id; ``create`` makes a missing one by name."""
+    text = str(name_or_id).strip()
+    query = sa.select(C.c.id).where(C.c.name == text)
+    if text.isdigit():
+        query = sa.select(C.c.id).where(sa.or_(C.c.id == int(text), C.c.name == text))
+    found = conn.execute(query.order_by(C.c.name == text)).scalars().first()
+    if found is not None:
+        return int(found)
+    if not create or text.isdigit() or not text:
+        raise errors.InvalidInput(f"worker class {text!r} does not exist", field="worker_class")
+    result = conn.execute(
+        sa.insert(C).values(name=text, max_jobs=DEFAULT_CLASS_MAX_JOBS, description="")
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What a heartbeat reports about the machine."""
+
+    load: float | None = None
+    cpu_count: int | None = None
+    memory_total: int | None = None
+    memory_available: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "load": self.load,
+            "cpu_count": self.cpu_count,
+            "memory_total": self.memory_total,
+            "memory_available": self.memory_available,
+        }
+
+
+def register(
+    conn: sa.Connection,
+    *,
+    name: str,
+    host: str,
+    worker_class: str,
+    max_jobs: int | None,
+    pid: int,
+    version: str,
+    stats: Stats,
+) -> tuple[int, str]:
+    """Make ``name`` online with a fresh session; its id and session.
+
+    Restarting under the same name is the same worker: jobs the database says it was
+    running are marked lost (a new process runs nothing yet); jobs assigned but not started
+    stay assigned and will be picked up.
+    """
+    cid = class_id(conn, worker_class, create=True)
+    session = secrets.token_hex(8)
+    values: dict[str, Any] = {
+        "host": host,
+        "state": "online",
+        "worker_class_id": cid,
+        "session": session,
+        "pid": pid,
+        "version": version,
+        "started_at": utcnow(),
+        "last_heartbeat_at": utcnow(),
+        **stats.values(),
+    }
+    if max_jobs is not None:
+        values["max_jobs"] = max_jobs
+    existing = conn.execute(sa.select(W.c.id).where(W.c.name == name)).scalar_one_or_none()
+    if existing is None:
+        result = conn.execute(sa.insert(W).values(name=name, enabled=True, **values))
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0]), session
+    conn.execute(sa.update(W).where(W.c.id == existing).values(**values))
+    jobs.lose_worker_jobs(conn, existing, f"worker {name} restarted while the job ran")
+    return int(existing), session
+
+
+def heartbeat(conn: sa.Connection, worker_id: int, session: str, stats: Stats) -> str | None:
+    """Record that the worker is alive; its state, or None if this session is no longer
+    the worker's (another process registered under its name, or it was declared offline)."""
+    result = conn.execute(
+        sa.update(W)
+        .where(W.c.id == worker_id, W.c.session == session, W.c.state.in_(LIVE_STATES))
+        .values(last_heartbeat_at=utcnow(), **stats.values())
+    )
+    if result.rowcount != 1:
+        return None
+    return str(conn.execute(sa.select(W.c.state).where(W.c.id == worker_id)).scalar_one())
+
+
+def set_state(conn: sa.Connection, worker_id: int, session: str, state: str) -> bool:
+    """The worker's own change of state: draining when it stops taking jobs, offline at exit."""
+    result = conn.execute(
+        sa.update(W).where(W.c.id == worker_id, W.c.session == session).values(state=state)
+    )
+    return result.rowcount == 1
+
+
+def mark_offline(conn: sa.Connection, worker_id: int, cutoff: datetime) -> bool:
+    """The monitor's verdict: offline, if it is still silent since before ``cutoff``."""
+    result = conn.execute(
+        sa.update(W)
+        .where(
+            W.c.id == worker_id,
+            W.c.state.in_(LIVE_STATES),
+            W.c.last_heartbeat_at < cutoff,
+        )
+        .values(state="offline")
+    )
+    return result.rowcount == 1
+
+
+def silent_since(conn: sa.Connection, cutoff: datetime) -> list[int]:
+    query = sa.select(W.c.id).where(W.c.state.in_(LIVE_STATES), W.c.last_heartbeat_at < cutoff)
+    return list(conn.execute(query).scalars())
+
+
+def update(conn: sa.Connection, worker_id: int, changes: Mapping[str, Any]) -> None:
+    """An operator's edit: max_jobs (None = the class's), worker_class, enabled."""
+    values: dict[str, Any] = {}
+    if "max_jobs" in changes:
+        values["max_jobs"] = changes["max_jobs"]
+    if "worker_class" in changes:
+        values["worker_class_id"] = class_id(conn, changes["worker_class"])
+    if "enabled" in changes:
+        values["enabled"] = bool(changes["enabled"])
+    get(conn, worker_id)  # raises NotFound
+    if values:
+        conn.execute(sa.update(W).where(W.c.id == worker_id).values(**values))
+
+
+def delete(conn: sa.Connection, worker_id: int) -> None:
+    """Remove an offline worker from the list."""
+    if conn.execute(sa.delete(W).where(W.c.id == worker_id, W.c.state == "offline")).rowcount:
+        return
+    worker = get(conn, worker_id)  # raises NotFound
+    raise errors.Conflict(
+        f"worker {worker.name} is {worker.state}: only offline workers can be removed"
+    )
