@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Unpack
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -68,4 +68,4 @@ def _utcnow_mysql(element: utcnow, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 # Any result row, whatever its columns (Row is generic over a tuple of column types).
-AnyRow = sa.Row[Unpack[tuple[Any, ...]]]
+AnyRow = sa.Row[*tuple[Any, ...]]
