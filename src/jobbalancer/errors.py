@@ -92,3 +92,10 @@ class ConfigError(JobBalancerError):
     """The configuration is not valid."""
 
     code = "config"
+
+
+class RootRefused(ConfigError):
+    """Refusing to run jobs as root: start the worker as an unprivileged user, pass
+    --run-as USER to run jobs as that user, or --allow-root if you really mean it."""
+
+    code = "root_refused"

@@ -433,3 +433,15 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
         conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
     return len(ids)
+
+
+def for_worker(conn: sa.Connection, worker_id: int) -> list[Job]:
+    """What a worker must act on: jobs assigned to it, and its running jobs to kill."""
+    query = select_jobs().where(
+        J.c.worker_id == worker_id,
+        sa.or_(
+            J.c.state == State.ASSIGNED,
+            sa.and_(J.c.state == State.RUNNING, J.c.kill_requested.is_(True)),
+        ),
+    )
+    return [Job.from_row(r) for r in conn.execute(query.order_by(J.c.priority.desc(), J.c.id))]

@@ -1,0 +1,1 @@
+"""The worker: registers, heartbeats, picks up assigned jobs and runs them."""

@@ -1,0 +1,416 @@
+"""The worker loop: register, heartbeat, pick up assigned jobs, report, drain.
+
+Deciding and reporting live here; running a process is the runner's
+(:mod:`jobbalancer.worker.runner`), batching output the sink's
+(:mod:`jobbalancer.worker.output`). Each job gets a thread that starts its process,
+waits for it, and reports the outcome through the job manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TypeVar
+
+import psutil
+import sqlalchemy as sa
+
+from jobbalancer import __version__, balancer, db, errors, jobs, settings, workers
+from jobbalancer.settings import Settings, WorkerSettings
+from jobbalancer.worker import runner
+from jobbalancer.worker.output import OutputSink
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def check_privileges(ws: WorkerSettings) -> None:
+    """Refuse to run jobs as root unless told to; check that run_as can be used."""
+    if ws.run_as:
+        try:
+            user = pwd.getpwnam(ws.run_as)
+        except KeyError:
+            raise errors.ConfigError(f"run_as user {ws.run_as!r} does not exist") from None
+        if user.pw_uid == 0:
+            raise errors.RootRefused("run_as must name an unprivileged user, not root")
+        if os.geteuid() != 0 and os.geteuid() != user.pw_uid:
+            raise errors.ConfigError(
+                f"only root can run jobs as {ws.run_as!r}: start the worker as root "
+                "(jobs still run unprivileged) or drop --run-as"
+            )
+        return
+    if os.geteuid() == 0 and not ws.allow_root:
+        raise errors.RootRefused()
+
+
+def machine_stats() -> workers.Stats:
+    memory = psutil.virtual_memory()
+    return workers.Stats(
+        load=round(os.getloadavg()[0], 2),
+        cpu_count=psutil.cpu_count() or None,
+        memory_total=int(memory.total),
+        memory_available=int(memory.available),
+    )
+
+
+@dataclass
+class _Running:
+    job: jobs.Job
+    process: runner.JobProcess | None = None
+    stopping_reason: str | None = None
+
+
+class Worker:
+    """One worker process: ``Worker(settings).run()`` until drained or killed."""
+
+    def __init__(self, settings_: Settings, engine: sa.Engine | None = None) -> None:
+        self.settings = settings_
+        self.ws = settings_.worker
+        self._own_engine = engine is None
+        self.engine = engine or db.connect(settings_.database_url, pool_size=4)
+        self.name = self.ws.name
+        self.worker_id = 0
+        self.session = ""
+        self.tunables = settings.Tunables()
+        self.sink = OutputSink(
+            self.engine,
+            flush_interval=self.ws.flush_interval,
+            flush_bytes=self.ws.flush_bytes,
+            max_buffer_bytes=self.ws.buffer_max_bytes,
+        )
+        self._running: dict[int, _Running] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._draining = threading.Event()
+        self._hard_stop = threading.Event()
+        self._signals = 0
+        self._heartbeat_thread: threading.Thread | None = None
+
+    # -- the whole life ----------------------------------------------------------------
+
+    def run(self, *, burst: bool = False) -> int:
+        """Work until drained (SIGTERM) or killed (a second signal); the exit code.
+
+        ``burst``: run what is assigned now and whatever that frees up, then return
+        (for tests: no sleeping and hoping).
+        """
+        check_privileges(self.ws)
+        runner.become_subreaper()
+        self._install_signal_handlers()
+        self._retry(lambda: db.upgrade(self.engine), "upgrade the schema")
+        self._register()
+        self.sink.start()
+        self._heartbeat_thread = threading.Thread(
+            target=self._heartbeat_loop, name="heartbeat", daemon=True
+        )
+        self._heartbeat_thread.start()
+        log.info("worker %s (id %d) is online", self.name, self.worker_id)
+        try:
+            self._loop(burst)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _loop(self, burst: bool) -> None:
+        interval = self.ws.poll_min
+        while not self._draining.is_set():
+            found = self._poll()
+            if burst and not found and not self._running:
+                return
+            interval = self.ws.poll_min if found else min(interval * 2, self.ws.poll_max)
+            self._wake.wait(interval)
+            self._wake.clear()
+        self._drain()
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop taking jobs; with ``kill``, also kill the running ones."""
+        self._draining.set()
+        if kill:
+            self._hard_stop.set()
+            self._kill_all("the worker was stopped")
+        self._wake.set()
+
+    # -- registration and heartbeat ----------------------------------------------------
+
+    def _register(self) -> None:
+        stats = machine_stats()
+        host = socket.gethostname()
+        if not self.name:
+            self.name = self._retry(lambda: self._free_name(host), "choose a worker name")
+
+        def register() -> tuple[int, str]:
+            with db.write(self.engine) as conn:
+                ids = workers.register(
+                    conn, name=self.name, host=host, worker_class=self.ws.worker_class,
+                    max_jobs=self.ws.max_jobs, pid=os.getpid(), version=__version__,
+                    stats=stats,
+                )  # fmt: skip
+                self.tunables = settings.load_tunables(conn)
+                # A worker joining is a slot freeing up: fill it at once.
+                balancer.assign_waiting(conn, worker_id=ids[0])
+                return ids
+
+        self.worker_id, self.session = self._retry(register, "register")
+
+    def _free_name(self, host: str) -> str:
+        """The host name, or host-2, host-3… when a live worker on this host has it."""
+        with db.read(self.engine) as conn:
+            taken = {w.name: w for w in workers.list_all(conn) if w.name.startswith(host)}
+        for n in range(1, 1000):
+            name = host if n == 1 else f"{host}-{n}"
+            other = taken.get(name)
+            if other is None or other.state == "offline" or other.host != host:
+                return name
+            if other.pid is not None and not psutil.pid_exists(other.pid):
+                return name  # our own earlier incarnation: the same worker
+        raise errors.ConfigError("could not find a free worker name; pass --name")
+
+    def _heartbeat_loop(self) -> None:
+        while not self._hard_stop.wait(self.ws.heartbeat_interval):
+            try:
+                self._heartbeat()
+            except Exception as exc:
+                log.warning("heartbeat failed (%s); retrying", exc)
+
+    def _heartbeat(self) -> None:
+        stats = machine_stats()
+        with db.write(self.engine) as conn:
+            state = workers.heartbeat(conn, self.worker_id, self.session, stats)
+            self.tunables = settings.load_tunables(conn)
+        if state is None and not self._draining.is_set():
+            self._lost_session()
+
+    def _lost_session(self) -> None:
+        # We were declared offline (silent too long) or another process took our name:
+        # our jobs were recovered elsewhere, so stop them and come back as a new session.
+        log.error(
+            "worker %s lost its registration; stopping its jobs and re-registering", self.name
+        )
+        self._kill_all("the worker lost its registration")
+        self._register()
+
+    # -- picking up jobs ---------------------------------------------------------------
+
+    def _poll(self) -> bool:
+        """Start newly assigned jobs and pass on kill requests; True if there was any."""
+        try:
+            with db.read(self.engine) as conn:
+                todo = jobs.for_worker(conn, self.worker_id)
+        except Exception as exc:
+            log.warning("cannot poll for jobs (%s); retrying", exc)
+            return False
+        acted = False
+        for job in todo:
+            with self._lock:
+                current = self._running.get(job.id)
+            if job.state == jobs.State.RUNNING and current is not None and current.process:
+                if current.stopping_reason is None:
+                    current.stopping_reason = "killed by request"
+                    current.process.kill()
+                    acted = True
+            elif job.state == jobs.State.ASSIGNED and current is None:
+                self._start_thread(job)
+                acted = True
+        return acted
+
+    def _start_thread(self, job: jobs.Job) -> None:
+        with self._lock:
+            self._running[job.id] = _Running(job)
+        thread = threading.Thread(target=self._run_job, args=(job,), name=f"job-{job.id}")
+        thread.daemon = True
+        thread.start()
+
+    # -- one job -------------------------------------------------------------------------
+
+    def _run_job(self, job: jobs.Job) -> None:
+        try:
+            self._run_claimed(job)
+        except Exception as exc:
+            # Whatever went wrong, the job must not stay "running" behind anyone's back.
+            log.exception("job %d: unexpected error in the worker", job.id)
+            if job.token is not None:
+                outcome = runner.Outcome.start_failed(f"worker error: {exc}")
+                self._try(lambda: self._report(job, job.token or "", outcome), "report it")
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+            self._wake.set()
+
+    def _run_claimed(self, job: jobs.Job) -> None:
+        assert job.token is not None
+        token = job.token
+
+        def claim() -> bool:
+            with db.write(self.engine) as conn:
+                return jobs.claim(conn, job.id, self.worker_id, token)
+
+        if not self._retry(claim, f"claim job {job.id}"):
+            return  # killed or recovered meanwhile: not ours any more
+        tunables = self.tunables
+        self.sink.open(job.id, tunables.max_log_bytes)
+        process = runner.JobProcess(self._run_spec(job, tunables), self._on_output(job.id))
+        try:
+            pid = process.start()
+        except runner.StartError as exc:
+            self._report(job, token, runner.Outcome.start_failed(str(exc)))
+            return
+        with self._lock:
+            self._running[job.id].process = process
+        self._try(lambda: self._set_pid(job.id, token, pid), f"record pid of job {job.id}")
+        if self._hard_stop.is_set():
+            process.kill()
+        self._report(job, token, process.wait())
+
+    def _run_spec(self, job: jobs.Job, tunables: settings.Tunables) -> runner.RunSpec:
+        return runner.RunSpec(
+            job_id=job.id,
+            command=job.command,
+            interpreter=job.interpreter,
+            script=job.script_content,
+            params=job.params,
+            env=job.env,
+            watchdog=job.watchdog or None,
+            kill_grace=tunables.kill_grace,
+            run_as=self.ws.run_as or None,
+        )
+
+    def _on_output(self, job_id: int) -> Callable[[str, bytes], None]:
+        def on_output(stream: str, data: bytes) -> None:
+            self.sink.write(job_id, stream, data)
+
+        return on_output
+
+    def _set_pid(self, job_id: int, token: str, pid: int) -> None:
+        with db.write(self.engine) as conn:
+            jobs.set_pid(conn, job_id, token, pid)
+
+    def _report(self, job: jobs.Job, token: str, outcome: runner.Outcome) -> None:
+        kept = self.sink.close(job.id)
+        state, error = self._judge(job, outcome)
+
+        def finish() -> bool:
+            with db.write(self.engine) as conn:
+                done = jobs.finish(
+                    conn, job.id, token, state, exit_code=outcome.exit_code,
+                    signal=outcome.signal, error=error, output_bytes=kept,
+                )  # fmt: skip
+                if not self._draining.is_set():
+                    balancer.assign_waiting(conn, worker_id=self.worker_id)
+                return done
+
+        if not self._retry(finish, f"record the end of job {job.id}"):
+            log.warning("job %d ended but was no longer this worker's; result dropped", job.id)
+
+    def _judge(self, job: jobs.Job, outcome: runner.Outcome) -> tuple[jobs.State, str | None]:
+        if outcome.reason == "start_failed":
+            return jobs.State.FAILED, outcome.error or "the job could not start"
+        if outcome.reason == "timeout":
+            return jobs.State.TIMEOUT, f"watchdog: ran longer than {job.watchdog:g} s"
+        if outcome.reason == "killed":
+            with self._lock:
+                running = self._running.get(job.id)
+            reason = running.stopping_reason if running else None
+            return jobs.State.KILLED, reason or "killed"
+        if outcome.exit_code == 0:
+            return jobs.State.DONE, None
+        if outcome.signal is not None:
+            name = signal.Signals(outcome.signal).name if outcome.signal in _SIGNALS else ""
+            return jobs.State.FAILED, f"ended by signal {outcome.signal} {name}".strip()
+        return jobs.State.FAILED, None
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning("%s: draining (running jobs finish; again to kill them)",
+                        signal.Signals(signum).name)  # fmt: skip
+            self.stop()
+        else:
+            log.warning("%s again: killing running jobs and exiting", signal.Signals(signum).name)
+            self.stop(kill=True)
+
+    def _drain(self) -> None:
+        def draining() -> None:
+            with db.write(self.engine) as conn:
+                # Under the assign lock, so no balancer hands us a job after this.
+                db.lock_row(conn, "assign")
+                workers.set_state(conn, self.worker_id, self.session, "draining")
+                jobs.unassign_worker(conn, self.worker_id)
+
+        self._try(draining, "mark the worker draining")
+        while True:
+            with self._lock:
+                left = len(self._running)
+            if not left:
+                break
+            self._wake.wait(0.2)
+            self._wake.clear()
+
+    def _kill_all(self, reason: str) -> None:
+        with self._lock:
+            running = list(self._running.values())
+        for item in running:
+            if item.stopping_reason is None:
+                item.stopping_reason = reason
+            if item.process is not None:
+                item.process.kill()
+
+    def _shutdown(self) -> None:
+        self._hard_stop.set()
+        self.sink.stop()
+
+        def offline() -> None:
+            with db.write(self.engine) as conn:
+                db.lock_row(conn, "assign")
+                workers.set_state(conn, self.worker_id, self.session, "offline")
+                jobs.unassign_worker(conn, self.worker_id)
+
+        self._try(offline, "mark the worker offline")
+        log.info("worker %s stopped", self.name)
+        if self._own_engine:
+            self.engine.dispose()
+
+    # -- database access with retries --------------------------------------------------
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """Call ``fn`` until it works: the database may be away for a while."""
+        delay, warned = 0.1, False
+        while True:
+            try:
+                return fn()
+            except (
+                errors.DatabaseUnavailable,
+                sa.exc.OperationalError,
+                sa.exc.InterfaceError,
+            ) as exc:
+                if self._hard_stop.is_set() and self._signals > 1:
+                    raise
+                if not warned:
+                    log.warning("cannot %s (%s); retrying with backoff", what, exc)
+                    warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _try(self, fn: Callable[[], object], what: str) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            log.warning("could not %s: %s", what, exc)
+
+
+_SIGNALS = {s.value for s in signal.Signals}

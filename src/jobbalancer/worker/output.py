@@ -1,0 +1,223 @@
+"""The output sink: batches the bytes jobs write into ``job_output`` rows.
+
+Runner threads hand bytes in as they read them; a flusher thread writes everything
+pending, for all jobs, in one transaction about every ``flush_interval`` seconds or as
+soon as ``flush_bytes`` are waiting, so a chatty job costs few writes. Chunks are
+insert-only. Each job has a byte cap; past it the rest is dropped and counted, and a
+marker line says how much. While the database is away, output stays buffered up to
+``max_buffer_bytes`` (then dropped and counted the same way) and is written once it is
+back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobbalancer import db
+from jobbalancer.db import schema
+
+log = logging.getLogger(__name__)
+MAX_CHUNK = 1024 * 1024  # one row never holds more than this
+# Stamped with the database clock, like every other time in the database.
+_INSERT = sa.insert(schema.job_output).values(at=db.utcnow())
+
+
+@dataclass
+class _JobOutput:
+    cap: int
+    seq: int = 0
+    offset: int = 0  # bytes sealed into chunks so far, both streams
+    stream_offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    accepted: int = 0  # bytes taken (within the cap)
+    dropped: int = 0  # bytes past the cap or past the buffer
+    dropped_stream: str = "stdout"
+    pending: list[tuple[str, bytearray]] = field(default_factory=list)
+    closed: bool = False
+
+
+class OutputSink:
+    """Collects job output and writes it in batches; thread-safe."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        flush_interval: float = 0.2,
+        flush_bytes: int = 65536,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.engine = engine
+        self.flush_interval = flush_interval
+        self.flush_bytes = flush_bytes
+        self.max_buffer_bytes = max_buffer_bytes
+        self._jobs: dict[int, _JobOutput] = {}
+        self._lock = threading.Lock()  # guards _jobs and their pending buffers
+        self._flush_lock = threading.Lock()  # one flush at a time keeps rows in seq order
+        self._buffered = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing_since: float | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="output-sink", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the flusher after one last flush attempt."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self._try_flush()
+        self._try_flush()
+
+    def _try_flush(self) -> bool:
+        try:
+            self.flush()
+        except Exception as exc:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning("cannot write job output (%s); keeping it buffered", exc)
+            return False
+        if self._failing_since is not None:
+            log.warning(
+                "job output written again after %.1f s", time.monotonic() - self._failing_since
+            )
+            self._failing_since = None
+        return True
+
+    # -- per job ------------------------------------------------------------------------
+
+    def open(self, job_id: int, cap: int) -> None:
+        """Start collecting for ``job_id``, keeping at most ``cap`` bytes of its output."""
+        with self._lock:
+            self._jobs[job_id] = _JobOutput(cap=cap)
+
+    def write(self, job_id: int, stream: str, data: bytes) -> None:
+        """Take bytes a job wrote on ``stream`` ("stdout" or "stderr")."""
+        if not data:
+            return
+        with self._lock:
+            out = self._jobs.get(job_id)
+            if out is None or out.closed:
+                return
+            keep = self._room(out, len(data))
+            if keep < len(data):
+                if out.dropped == 0:
+                    out.dropped_stream = stream
+                out.dropped += len(data) - keep
+            if keep:
+                self._append(out, stream, data[:keep])
+            wake = self._buffered >= self.flush_bytes
+        if wake:
+            self._wake.set()
+
+    def _room(self, out: _JobOutput, size: int) -> int:
+        by_cap = max(0, out.cap - out.accepted)
+        by_buffer = max(0, self.max_buffer_bytes - self._buffered)
+        return min(size, by_cap, by_buffer)
+
+    def _append(self, out: _JobOutput, stream: str, data: bytes) -> None:
+        out.accepted += len(data)
+        self._buffered += len(data)
+        if out.pending and out.pending[-1][0] == stream and len(out.pending[-1][1]) < MAX_CHUNK:
+            out.pending[-1][1].extend(data)
+        else:
+            out.pending.append((stream, bytearray(data)))
+
+    def close(self, job_id: int, *, retry_until: float | None = None) -> int:
+        """Finish ``job_id``'s output: add the truncation marker, write everything.
+
+        Blocks until the job's output is in the database (retrying while it is away, up to
+        ``retry_until`` on the monotonic clock). Returns the bytes kept.
+        """
+        with self._lock:
+            out = self._jobs.get(job_id)
+            if out is None:
+                return 0
+            if out.dropped:
+                marker = f"\n[jobbalancer: output truncated, {out.dropped} bytes dropped]\n"
+                out.pending.append((out.dropped_stream, bytearray(marker.encode())))
+                self._buffered += len(marker)
+            out.closed = True
+            kept = out.accepted
+        delay = 0.1
+        while not self._try_flush():
+            if retry_until is not None and time.monotonic() >= retry_until:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        return kept
+
+    # -- writing ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every pending chunk of every job in one transaction."""
+        with self._flush_lock:
+            rows, sealed = self._seal()
+            if not rows:
+                return
+            try:
+                with db.write(self.engine) as conn:
+                    conn.execute(_INSERT, rows)
+            except Exception:
+                self._unseal(sealed)
+                raise
+            with self._lock:
+                self._buffered -= sum(r["size"] for r in rows)
+                for job_id, out in list(self._jobs.items()):
+                    if out.closed and not out.pending:
+                        del self._jobs[job_id]
+
+    def _seal(self) -> tuple[list[dict[str, Any]], list[tuple[int, list[tuple[str, bytearray]]]]]:
+        rows: list[dict[str, Any]] = []
+        sealed = []
+        with self._lock:
+            for job_id, out in self._jobs.items():
+                if not out.pending:
+                    continue
+                chunks, out.pending = out.pending, []
+                sealed.append((job_id, chunks))
+                for stream, data in chunks:
+                    rows.append(self._row(job_id, out, stream, bytes(data)))
+        return rows, sealed
+
+    def _row(self, job_id: int, out: _JobOutput, stream: str, data: bytes) -> dict[str, Any]:
+        out.seq += 1
+        row = {
+            "job_id": job_id,
+            "seq": out.seq,
+            "stream": stream,
+            "offset": out.offset,
+            "stream_offset": out.stream_offsets[stream],
+            "size": len(data),
+            "data": data,
+        }
+        out.offset += len(data)
+        out.stream_offsets[stream] += len(data)
+        return row
+
+    def _unseal(self, sealed: list[tuple[int, list[tuple[str, bytearray]]]]) -> None:
+        """Put chunks back after a failed write, rewinding the counters they advanced."""
+        with self._lock:
+            for job_id, chunks in sealed:
+                out = self._jobs[job_id]
+                for stream, data in chunks:
+                    out.seq -= 1
+                    out.offset -= len(data)
+                    out.stream_offsets[stream] -= len(data)
+                out.pending = chunks + out.pending
