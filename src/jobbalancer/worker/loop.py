@@ -175,6 +175,8 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         while not self._hard_stop.wait(self.ws.heartbeat_interval):
+            # Descendants that escaped their job and re-parented to us end as zombies here.
+            runner.reap_orphans()
             try:
                 self._heartbeat()
             except Exception as exc:

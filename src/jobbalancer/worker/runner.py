@@ -14,7 +14,9 @@ spots:
   id, which is the main pid (the main process is kept as a zombie, ``WNOWAIT``, until the
   end, so that id cannot be reused meanwhile);
 * the environment: ``JOBBALANCER_JOB_ID=<id>`` is inherited by everything the job starts
-  unless it scrubs its environment.
+  unless it scrubs its environment. A random ``JOBBALANCER_RUN_TAG`` must match too:
+  job ids are only unique within one database, and two installations (or test runs) on
+  one host must never kill each other's jobs.
 
 Only processes started after the main process are considered, so nothing older (the
 worker, its parents, other jobs) can ever be claimed by mistake. A worker that calls
@@ -30,6 +32,7 @@ import ctypes
 import logging
 import os
 import pwd
+import secrets
 import selectors
 import shutil
 import signal
@@ -47,6 +50,7 @@ import psutil
 log = logging.getLogger(__name__)
 
 JOB_ID_VAR: Final = "JOBBALANCER_JOB_ID"
+RUN_TAG_VAR: Final = "JOBBALANCER_RUN_TAG"
 CHUNK_SIZE: Final = 64 * 1024
 SCRIPT_NAME: Final = "job-script"
 
@@ -55,6 +59,8 @@ _COLLECT_EVERY: Final = 0.5  # how often the process tree is re-read
 _DRAIN: Final = 0.5  # reading on after the tree is gone, for output still in the pipes
 _GIVE_UP: Final = 5.0  # after SIGKILL, how long to wait for descendants stuck in the kernel
 _PR_SET_CHILD_SUBREAPER: Final = 36
+_HAS_WAITID: Final = hasattr(os, "waitid")
+_EXITED_NOWAIT: Final = os.WEXITED | os.WNOHANG | os.WNOWAIT if _HAS_WAITID else 0
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -153,6 +159,7 @@ class JobProcess:
         self._spec = spec
         self._on_output = on_output
         self._kill_requested = threading.Event()
+        self._tag = secrets.token_hex(8)
         self._run: _Run | None = None
         self._outcome: Outcome | None = None
 
@@ -167,7 +174,7 @@ class JobProcess:
         spec = self._spec
         _check_spec(spec)
         user = _lookup_user(spec.run_as) if spec.run_as else None
-        env = _job_env(spec, user)
+        env = _job_env(spec, user, self._tag)
         # Resolved before anything is created, so a missing interpreter leaves nothing.
         interpreter = _find_interpreter(spec.interpreter, env) if spec.interpreter else None
         workdir = _make_workdir(spec.job_id, user)
@@ -177,7 +184,12 @@ class JobProcess:
         except BaseException:
             _remove_dir(workdir)
             raise
-        self._run = _Run(proc, workdir, spec.job_id, self._on_output)
+        try:
+            tree = _Tree(spec.job_id, self._tag, proc.pid)
+            self._run = _Run(proc, workdir, tree, self._on_output)
+        except BaseException:
+            _abandon(proc, workdir)
+            raise
         return proc.pid
 
     def wait(self) -> Outcome:
@@ -224,13 +236,16 @@ def _lookup_user(name: str) -> pwd.struct_passwd:
     return entry
 
 
-def _job_env(spec: RunSpec, user: pwd.struct_passwd | None) -> dict[str, str]:
-    env = dict(os.environ)
+def _job_env(spec: RunSpec, user: pwd.struct_passwd | None, tag: str) -> dict[str, str]:
+    # The worker's own settings (a database URL with its password, an API key) are not
+    # the job's business.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBBALANCER_")}
     if user is not None:
         env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
     env.update(spec.env)
     # Set last so a job cannot hide from the environment scan by asking for another id.
     env[JOB_ID_VAR] = str(spec.job_id)
+    env[RUN_TAG_VAR] = tag
     return env
 
 
@@ -292,7 +307,7 @@ def _spawn(
     argv: list[str], env: dict[str, str], workdir: str, user: pwd.struct_passwd | None
 ) -> subprocess.Popen[bytes]:
     # Switching identity needs privilege; running as oneself does not, so skip it then.
-    switch = user is not None and user.pw_uid != os.geteuid()
+    ident = user if user is not None and user.pw_uid != os.geteuid() else None
     try:
         # Registered under the lock before any reap_orphans() can see the child exit.
         with _owned_lock:
@@ -305,9 +320,9 @@ def _spawn(
                 env=env,
                 start_new_session=True,
                 close_fds=True,
-                user=user.pw_uid if switch and user else None,
-                group=user.pw_gid if switch and user else None,
-                extra_groups=[] if switch else None,
+                user=ident.pw_uid if ident else None,
+                group=ident.pw_gid if ident else None,
+                extra_groups=[] if ident else None,
             )
             _owned_pids.add(proc.pid)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -325,14 +340,14 @@ class _Run:
         self,
         proc: subprocess.Popen[bytes],
         workdir: str,
-        job_id: int,
+        tree: _Tree,
         on_output: OutputCallback,
     ) -> None:
         self.proc = proc
         self.workdir = workdir
         self.started = time.monotonic()
         self.pipes = _Pipes(proc, on_output)
-        self.tree = _Tree(job_id, proc.pid)
+        self.tree = tree
         self.tree.scan(deep=False)  # notes the main process's start time
         self.finished = False
         self._pidfd = _open_pidfd(proc.pid)
@@ -341,13 +356,14 @@ class _Run:
 
     def main_exited(self) -> bool:
         """Whether the main process has ended; it stays an unreaped zombie until finish()."""
-        try:
-            ended = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        if ended is None:
-            return False
-        self._close_pidfd()
+        if not _HAS_WAITID:  # reaping now is the only way to know; the pgid may be reused
+            if self.proc.poll() is None:
+                return False
+        else:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitid(os.P_PID, self.proc.pid, _EXITED_NOWAIT) is None:
+                    return False
+        self._close_pidfd()  # a pidfd stays readable once the process ended
         return True
 
     def abort(self) -> None:
@@ -414,12 +430,13 @@ class _Supervisor:
         return self._while_killed(now, self._sigkill_at)
 
     def _while_running(self, now: float) -> bool:
-        if self._kill_requested.is_set():
-            self.reason = "killed"
-        elif self._deadline is not None and now >= self._deadline:
-            self.reason = "timeout"
-        elif not self._exited:
-            return False
+        if not self._exited:
+            if self._kill_requested.is_set():
+                self.reason = "killed"
+            elif self._deadline is not None and now >= self._deadline:
+                self.reason = "timeout"
+            else:
+                return False
         elif self._tree_gone():
             return True
         self._terminate(now)  # killed, timed out, or the main process left others behind
@@ -472,6 +489,19 @@ class _Supervisor:
         elif self._term_at is not None and self._sigkill_at is None:
             edges.append(self._term_at + self._grace)
         return max(min(edges) - now, 0.0)
+
+
+def _abandon(proc: subprocess.Popen[bytes], workdir: str) -> None:
+    """Undo a start that failed after the process was created."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with _owned_lock:
+        _owned_pids.discard(proc.pid)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    _remove_dir(workdir)
 
 
 def _outcome(returncode: int, reason: str | None) -> Outcome:
@@ -567,8 +597,9 @@ class _Row:
 class _Tree:
     """Every process known to belong to one job, except its main process."""
 
-    def __init__(self, job_id: int, leader: int) -> None:
+    def __init__(self, job_id: int, tag: str, leader: int) -> None:
         self._job_id = str(job_id)
+        self._tag = tag
         self._leader = leader
         self._born: float | None = None
         self._known: dict[int, psutil.Process] = {}
@@ -598,9 +629,12 @@ class _Tree:
 
     def signal_all(self, sig: signal.Signals) -> None:
         # The group id is the main pid, held by its zombie until finish(): never reused.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._leader, sig)
-        _signal(self.alive(), sig)
+        alive = self.alive()
+        for each in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
+            # SIGCONT after SIGTERM: a stopped process would not act on SIGTERM before SIGKILL.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._leader, each)
+            _signal(alive, each)
 
     def reap(self) -> None:
         """Wait for known descendants that became our zombies (we are their subreaper)."""
@@ -628,9 +662,10 @@ class _Tree:
         if row.sid == self._leader:
             return True
         try:
-            return psutil.Process(pid).environ().get(JOB_ID_VAR) == self._job_id
+            env = psutil.Process(pid).environ()
         except psutil.Error:  # gone, or not ours to read
             return False
+        return env.get(JOB_ID_VAR) == self._job_id and env.get(RUN_TAG_VAR) == self._tag
 
     def _add(self, pids: Iterable[int]) -> list[psutil.Process]:
         added = []

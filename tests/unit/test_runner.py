@@ -1,0 +1,565 @@
+"""The runner really runs processes: exit codes, output, argv, environment, the private
+directory, watchdog, kill, and no descendant surviving its job (group members, processes
+that ignore SIGTERM, processes that escaped with setsid)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import itertools
+import json
+import os
+import pwd
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from jobbalancer.worker import runner
+
+pytestmark = pytest.mark.timeout(30)
+
+GRACE = 0.5
+LINUX = sys.platform.startswith("linux")
+# Job ids from a random base, so leftovers of another run can never be mistaken for ours.
+_ids = itertools.count(random.randrange(10**6, 10**9))
+# Put in the argv of processes that scrub their environment, so cleanup still finds them.
+MARKER = f"jbtest-{secrets.token_hex(4)}"
+
+# Shell snippets: each started process appends its pid to $PIDFILE.
+WAIT_FOR_PIDS = 'while [ "$(wc -l < "$PIDFILE")" -lt {n} ]; do sleep 0.02; done'
+IGNORES_TERM = """sh -c 'trap "" TERM; echo $$ >> "$PIDFILE"; exec sleep 300' &"""
+ESCAPES = """"$PY" -c 'import os, signal, time
+os.setsid()
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(os.environ["PIDFILE"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+time.sleep(300)' &"""
+BACKGROUND = 'sleep 300 & echo $! >> "$PIDFILE"'
+
+
+def _set_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    args = [ctypes.c_ulong(int(on)), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)]
+    libc.prctl(36, *args)  # PR_SET_CHILD_SUBREAPER
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subreaper() -> Iterator[bool]:
+    enabled = runner.become_subreaper()
+    yield enabled
+    runner.reap_orphans()
+    if enabled:
+        _set_subreaper(False)
+
+
+@pytest.fixture(params=["subreaper", "no-subreaper"])
+def reaper_mode(request: pytest.FixtureRequest, subreaper: bool) -> Iterator[str]:
+    """Run a test with and without the worker being a subreaper."""
+    mode = str(request.param)
+    if mode == "subreaper" and not subreaper:
+        pytest.skip("this platform has no subreaper")
+    if subreaper and mode == "no-subreaper":
+        _set_subreaper(False)
+    yield mode
+    if subreaper:
+        _set_subreaper(True)
+
+
+@dataclass
+class Captured:
+    """An on_output callback that keeps every chunk."""
+
+    chunks: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        self.chunks.append((stream, data))
+
+    def stream(self, name: str) -> bytes:
+        return b"".join(data for stream, data in self.chunks if stream == name)
+
+
+@dataclass
+class Result:
+    outcome: runner.Outcome
+    out: bytes
+    err: bytes
+    elapsed: float
+
+
+class Jobs:
+    """Builds specs, runs jobs, and kills whatever a test leaves behind."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.pidfile = tmp_path / "pids"
+        self.pidfile.touch()
+        self.ids: set[int] = set()
+        self.started: list[runner.JobProcess] = []
+
+    def spec(self, command: str | None = None, **kwargs: Any) -> runner.RunSpec:
+        job_id = next(_ids)
+        self.ids.add(job_id)
+        env = {"PIDFILE": str(self.pidfile), "PY": sys.executable, **kwargs.pop("env", {})}
+        kwargs.setdefault("interpreter", None)
+        kwargs.setdefault("script", None)
+        kwargs.setdefault("kill_grace", GRACE)
+        return runner.RunSpec(job_id=job_id, command=command, env=env, **kwargs)
+
+    def start(self, spec: runner.RunSpec) -> tuple[runner.JobProcess, Captured]:
+        captured = Captured()
+        job = runner.JobProcess(spec, captured)
+        self.started.append(job)
+        job.start()
+        return job, captured
+
+    def run(self, spec: runner.RunSpec) -> Result:
+        began = time.monotonic()
+        job, captured = self.start(spec)
+        outcome = job.wait()
+        return Result(
+            outcome, captured.stream("stdout"), captured.stream("stderr"), time.monotonic() - began
+        )
+
+    def pids(self, n: int, timeout: float = 5.0) -> list[int]:
+        """The first n pids the job's processes wrote, waiting for them if need be."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = [int(line) for line in self.pidfile.read_text().split()]
+            if len(pids) >= n or time.monotonic() > deadline:
+                return pids
+            time.sleep(0.02)
+
+    def cleanup(self) -> None:
+        for job in self.started:
+            job.kill()
+            with contextlib.suppress(RuntimeError):
+                job.wait()
+        for proc in psutil.process_iter():
+            if self._is_ours(proc):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+        runner.reap_orphans()
+
+    def _is_ours(self, proc: psutil.Process) -> bool:
+        if proc.pid == os.getpid():
+            return False
+        try:
+            if MARKER in proc.cmdline():
+                return True
+            return int(proc.environ().get(runner.JOB_ID_VAR, "-1")) in self.ids
+        except (psutil.Error, ValueError):
+            return False
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Iterator[Jobs]:
+    factory = Jobs(tmp_path)
+    yield factory
+    factory.cleanup()
+
+
+def gone(pid: int) -> bool:
+    """Dead: no such process, or only a zombie waiting for its parent."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def leftover_dirs(spec: runner.RunSpec) -> list[str]:
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"jobbalancer-{spec.job_id}-*"))
+
+
+# --- exit status and output ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [0, 3, 255])
+def test_exit_code(jobs: Jobs, code: int) -> None:
+    result = jobs.run(jobs.spec(f"exit {code}"))
+
+    assert result.outcome == runner.Outcome(
+        exit_code=code, signal=None, reason="exited", error=None
+    )
+
+
+def test_stdout_and_stderr_arrive_apart_and_complete(jobs: Jobs) -> None:
+    # Interleaved, and far more than one pipe buffer or one 64 KiB chunk.
+    script = (
+        "import sys\n"
+        "for i in range(2000):\n"
+        "    sys.stdout.write(f'out {i:05d} ' + 'o' * 500 + '\\n')\n"
+        "    sys.stderr.write(f'err {i:05d} ' + 'e' * 100 + '\\n')\n"
+    )
+    result = jobs.run(jobs.spec(interpreter=sys.executable, script=script))
+
+    assert result.outcome.exit_code == 0
+    assert result.out == b"".join(f"out {i:05d} {'o' * 500}\n".encode() for i in range(2000))
+    assert result.err == b"".join(f"err {i:05d} {'e' * 100}\n".encode() for i in range(2000))
+
+
+def test_bytes_pass_through_unchanged(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec(r"printf '\377\000abc\n\303'; printf '\000\376' >&2"))
+
+    assert result.out == b"\xff\x00abc\n\xc3"
+    assert result.err == b"\x00\xfe"
+
+
+def test_output_chunks_are_at_most_64_kib(jobs: Jobs) -> None:
+    captured_sizes: list[int] = []
+
+    def on_output(stream: str, data: bytes) -> None:
+        captured_sizes.append(len(data))
+
+    job = runner.JobProcess(jobs.spec("head -c 1000000 /dev/zero"), on_output)
+    jobs.started.append(job)
+    job.start()
+    job.wait()
+
+    assert sum(captured_sizes) == 1_000_000
+    assert max(captured_sizes) <= runner.CHUNK_SIZE
+
+
+# --- argv, environment, directory ------------------------------------------------------
+
+NASTY = (
+    "$(touch {canary})",
+    "`touch {canary}`",
+    "; rm -rf {canary_dir}; touch {canary}",
+    'it\'s "quoted"',
+    "two  words",
+    "*",
+    "",
+    "\\n not a newline",
+    "--help",
+)
+
+
+def nasty_params(tmp_path: Path) -> tuple[str, ...]:
+    canary = tmp_path / "canary"
+    return tuple(p.format(canary=canary, canary_dir=tmp_path) for p in NASTY)
+
+
+def test_script_params_arrive_literally_as_argv(jobs: Jobs, tmp_path: Path) -> None:
+    params = nasty_params(tmp_path)
+    script = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+
+    result = jobs.run(jobs.spec(interpreter=sys.executable, script=script, params=params))
+
+    assert result.outcome.exit_code == 0, result.err
+    assert json.loads(result.out) == list(params)
+    assert not (tmp_path / "canary").exists()
+    assert (tmp_path / "pids").exists()  # the "rm -rf" never ran
+
+
+def test_command_params_are_positional_not_parsed(jobs: Jobs, tmp_path: Path) -> None:
+    params = nasty_params(tmp_path)
+
+    result = jobs.run(jobs.spec('printf "%s\\0" "$@"', params=params))
+
+    assert result.out.split(b"\0")[:-1] == [p.encode() for p in params]
+    assert not (tmp_path / "canary").exists()
+
+
+def test_interpreter_is_looked_up_on_path_and_script_is_private(jobs: Jobs) -> None:
+    script = 'echo "$0"; stat -c %a "$0"; echo "$1"'
+
+    result = jobs.run(jobs.spec(interpreter="sh", script=script, params=("arg one",)))
+
+    path, mode, arg = result.out.decode().splitlines()
+    assert os.path.basename(path) == runner.SCRIPT_NAME
+    assert mode == "500"
+    assert arg == "arg one"
+
+
+def test_script_without_interpreter_runs_by_its_shebang(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec(script="#!/bin/sh\necho shebang $1\n", params=("ok",)))
+
+    assert result.out == b"shebang ok\n"
+
+
+def test_env_is_added_and_job_id_set(jobs: Jobs) -> None:
+    spec = jobs.spec(
+        'printf "%s|%s|%s" "$FOO" "$JOBBALANCER_JOB_ID" "$PATH"',
+        env={"FOO": "a b $HOME", runner.JOB_ID_VAR: "999"},
+    )
+
+    result = jobs.run(spec)
+
+    # The worker's own environment is kept; the job id cannot be overridden.
+    assert result.out.decode() == f"a b $HOME|{spec.job_id}|{os.environ['PATH']}"
+
+
+def test_cwd_is_a_private_temp_dir_removed_afterwards(jobs: Jobs) -> None:
+    spec = jobs.spec('pwd; stat -c "%a %u" .; ls -A; mkdir -p ro/sub; chmod 500 ro; : > f')
+
+    result = jobs.run(spec)
+
+    cwd, mode_owner = result.out.decode().splitlines()[:2]
+    assert os.path.basename(cwd).startswith(f"jobbalancer-{spec.job_id}-")
+    assert os.path.dirname(cwd) == tempfile.gettempdir()
+    assert mode_owner == f"700 {os.geteuid()}"
+    assert result.out.decode().splitlines()[2:] == []  # empty when the job starts
+    assert not os.path.exists(cwd)
+
+
+def test_stdin_is_dev_null(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec("cat; echo end"))
+
+    assert result.out == b"end\n"
+
+
+# --- failures to start -----------------------------------------------------------------
+
+
+def test_missing_interpreter_raises_start_error_and_leaves_nothing(jobs: Jobs) -> None:
+    spec = jobs.spec(interpreter="nosuch-interpreter", script="print(1)")
+    job = runner.JobProcess(spec, Captured())
+
+    with pytest.raises(runner.StartError, match="interpreter 'nosuch-interpreter' not found"):
+        job.start()
+
+    assert job.pid is None
+    assert leftover_dirs(spec) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"interpreter": "/nonexistent/python", "script": "x"}, "not found or not exec"),
+        ({"interpreter": "bin/python", "script": "x"}, "program name or an absolute path"),
+        ({"run_as": "no-such-user-jbtest"}, "'no-such-user-jbtest' does not exist"),
+        ({"run_as": "root"}, "unprivileged"),
+        ({"env": {"BAD=NAME": "x"}}, "cannot start"),
+        ({"env": {"NUL": "a\0b"}}, "cannot start"),
+        ({"script": "echo no shebang\n"}, "cannot start"),
+    ],
+)
+def test_bad_specs_raise_start_error(jobs: Jobs, kwargs: dict[str, Any], message: str) -> None:
+    command = None if "script" in kwargs else "true"
+    spec = jobs.spec(command, **kwargs)
+
+    with pytest.raises(runner.StartError, match=message):
+        runner.JobProcess(spec, Captured()).start()
+
+    assert leftover_dirs(spec) == []
+
+
+def test_command_and_script_together_are_refused(jobs: Jobs) -> None:
+    with pytest.raises(runner.StartError, match="exactly one"):
+        runner.JobProcess(jobs.spec("true", script="x"), Captured()).start()
+
+
+def test_start_failed_outcome() -> None:
+    outcome = runner.Outcome.start_failed("interpreter 'x' not found on PATH")
+
+    assert outcome.reason == "start_failed"
+    assert outcome.exit_code is None and outcome.signal is None
+
+
+# --- watchdog and kill -----------------------------------------------------------------
+
+
+def test_watchdog_fires(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec("sleep 30", watchdog=0.3))
+
+    assert result.outcome.reason == "timeout"
+    assert result.outcome.signal == signal.SIGTERM
+    assert result.outcome.exit_code is None
+    assert 0.3 <= result.elapsed < 3
+
+
+def test_no_watchdog_when_zero(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec("sleep 0.3; echo done", watchdog=0))
+
+    assert result.outcome.reason == "exited"
+    assert result.out == b"done\n"
+
+
+def test_kill_from_another_thread(jobs: Jobs) -> None:
+    job, _ = jobs.start(jobs.spec("echo started; sleep 30"))
+    timer = threading.Timer(0.3, job.kill)
+    timer.start()
+    began = time.monotonic()
+
+    outcome = job.wait()
+
+    timer.join()
+    assert outcome.reason == "killed"
+    assert outcome.signal == signal.SIGTERM
+    assert time.monotonic() - began < 3
+    job.kill()  # idempotent, also once the job is over
+    assert job.wait() is outcome
+
+
+def test_main_process_ignoring_term_gets_sigkill_after_grace(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec('trap "" TERM; sleep 30', watchdog=0.3))
+
+    assert result.outcome.reason == "timeout"
+    assert result.outcome.signal == signal.SIGKILL
+    assert 0.3 + GRACE <= result.elapsed < 4
+
+
+def test_stopped_job_still_gets_sigterm(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec("kill -STOP $$", watchdog=0.3, kill_grace=5))
+
+    assert result.outcome.signal == signal.SIGTERM  # continued, so it acted on SIGTERM
+    assert result.elapsed < 3
+
+
+@pytest.mark.parametrize("trigger", ["kill", "watchdog"])
+def test_descendants_ignoring_term_or_escaping_die(
+    jobs: Jobs, reaper_mode: str, trigger: str
+) -> None:
+    command = f"{IGNORES_TERM}\n{ESCAPES}\n{BACKGROUND}\nwait"
+    job, _ = jobs.start(jobs.spec(command, watchdog=30 if trigger == "kill" else 1.0))
+    pids = jobs.pids(3)
+    assert len(pids) == 3
+    if trigger == "kill":
+        job.kill()
+
+    outcome = job.wait()
+
+    assert outcome.reason == ("killed" if trigger == "kill" else "timeout")
+    assert [pid for pid in pids if not gone(pid)] == []
+
+
+def test_leftovers_die_when_main_process_exits(jobs: Jobs, reaper_mode: str) -> None:
+    # The main process exits 0 at once, leaving three processes behind on its pipes.
+    command = (
+        f"{IGNORES_TERM}\n{ESCAPES}\n{BACKGROUND}\n{WAIT_FOR_PIDS.format(n=3)}\n"
+        "head -c 300000 /dev/zero | tr '\\0' x; echo end"
+    )
+
+    result = jobs.run(jobs.spec(command))
+
+    assert result.outcome == runner.Outcome(exit_code=0, signal=None, reason="exited", error=None)
+    assert result.out == b"x" * 300000 + b"end\n"  # what was in the pipes still arrives
+    assert [pid for pid in jobs.pids(3) if not gone(pid)] == []
+    assert result.elapsed < GRACE + 3
+
+
+def test_escapee_found_only_by_environment_dies(jobs: Jobs, reaper_mode: str) -> None:
+    # Started late and the main process exits at once: no tree walk ever saw it as a
+    # descendant, and it left the session, so only JOBBALANCER_JOB_ID gives it away.
+    command = f"sleep 0.2\n{ESCAPES}\n{WAIT_FOR_PIDS.format(n=1)}"
+
+    result = jobs.run(jobs.spec(command))
+
+    assert result.outcome.exit_code == 0
+    assert [pid for pid in jobs.pids(1) if not gone(pid)] == []
+
+
+def test_untraceable_pipe_holder_does_not_hang_wait(jobs: Jobs) -> None:
+    # No environment, own session, parent gone before the next tree walk: nothing ties
+    # this process to the job, and it keeps stdout open. wait() must still return.
+    command = (
+        "sleep 0.2\n"
+        'env -i "$PY" -c \'import os, sys, time\n'
+        "os.setsid()\n"
+        'open(sys.argv[1], "a").write(f"{os.getpid()}\\n")\n'
+        f'time.sleep(300)\' "$PIDFILE" {MARKER} &\n'
+        f"{WAIT_FOR_PIDS.format(n=1)}\necho bye"
+    )
+
+    result = jobs.run(jobs.spec(command))
+
+    assert result.outcome.exit_code == 0
+    assert result.out == b"bye\n"
+    assert result.elapsed < 3
+    # The jobs fixture kills it (found by MARKER) if the runner could not.
+
+
+def test_closed_stdout_still_waited_for_and_watchdog_works(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec("exec >&-; echo still here >&2; sleep 30", watchdog=0.5))
+
+    assert result.outcome.reason == "timeout"
+    assert result.err == b"still here\n"
+    assert result.elapsed < 3
+
+
+def test_closed_stdout_and_stderr_still_waited_for(jobs: Jobs) -> None:
+    result = jobs.run(jobs.spec("exec >&- 2>&-; sleep 0.5; exit 4"))
+
+    assert result.outcome.exit_code == 4
+    assert result.elapsed >= 0.5
+
+
+def test_failing_on_output_kills_the_job_and_cleans_up(jobs: Jobs) -> None:
+    def on_output(stream: str, data: bytes) -> None:
+        raise ValueError("sink broke")
+
+    spec = jobs.spec(f"{BACKGROUND}\necho hello; sleep 30")
+    job = runner.JobProcess(spec, on_output)
+    jobs.started.append(job)
+    pid = job.start()
+
+    with pytest.raises(ValueError, match="sink broke"):
+        job.wait()
+
+    assert gone(pid)
+    assert [p for p in jobs.pids(1) if not gone(p)] == []
+    assert leftover_dirs(spec) == []
+
+
+# --- identity and reaping --------------------------------------------------------------
+
+
+def _nobody() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or _nobody() is None, reason="needs root and 'nobody'")
+def test_run_as_switches_user(jobs: Jobs) -> None:
+    nobody = _nobody()
+    assert nobody is not None
+    script = 'id -u; id -g; id -G; echo "$HOME"; echo "$USER $LOGNAME"; stat -c %u .'
+
+    result = jobs.run(jobs.spec(interpreter="sh", script=script, run_as="nobody"))
+
+    assert result.outcome.exit_code == 0, result.err
+    uid, gid, groups, home, names, dir_owner = result.out.decode().splitlines()
+    assert int(uid) == nobody.pw_uid
+    assert int(gid) == nobody.pw_gid
+    assert groups.split() == [str(nobody.pw_gid)]  # root's groups are not kept
+    assert home == nobody.pw_dir
+    assert names == "nobody nobody"
+    assert int(dir_owner) == nobody.pw_uid
+
+
+@pytest.mark.skipif(not LINUX, reason="subreapers are Linux only")
+def test_become_subreaper(subreaper: bool) -> None:
+    assert subreaper is True
+
+
+@pytest.mark.skipif(not LINUX, reason="subreapers are Linux only")
+def test_reap_orphans_takes_orphans_but_not_running_jobs(jobs: Jobs) -> None:
+    # An orphan re-parented to us (we are a subreaper) and exited: a zombie to reap.
+    shell = subprocess.run(["sh", "-c", "sleep 0.1 & echo $!"], capture_output=True, check=True)
+    orphan = int(shell.stdout)
+    # A job whose main process exited but that wait() has not collected yet.
+    job, _ = jobs.start(jobs.spec("exit 7"))
+    pid = job.pid
+    assert pid is not None
+    time.sleep(0.4)
+    assert psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+
+    runner.reap_orphans()
+
+    assert not psutil.pid_exists(orphan)
+    assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert job.wait().exit_code == 7
