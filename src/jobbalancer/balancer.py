@@ -105,20 +105,21 @@ def assign_waiting(
         return 0
     strategy = STRATEGIES[settings.load_tunables(conn).algorithm]
     cursor = int(settings.get_value(conn, CURSOR_KEY) or 0)
-    start_cursor, assigned = cursor, 0
+    start_cursor, chosen_ids = cursor, []
     for class_id, candidates in by_class.items():
         for job_id in _queue(conn, class_id, sum(c.free for c in candidates)):
             chosen = strategy(candidates, cursor)
             if not jobs.assign(conn, job_id, chosen.id):
                 continue
-            assigned += 1
+            chosen_ids.append(chosen.id)
             cursor = chosen.id
             candidates = _take_slot(candidates, chosen)
             if not candidates:
                 break
     if cursor != start_cursor:
         settings.put_value(conn, CURSOR_KEY, cursor)
-    return assigned
+    db.wake_workers(conn, chosen_ids)
+    return len(chosen_ids)
 
 
 def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import errors
+from jobbalancer import db, errors
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -373,6 +373,9 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
     ):
         return
     if _transition(conn, job_id, [State.RUNNING], kill_requested=True):
+        worker_id = conn.execute(sa.select(J.c.worker_id).where(J.c.id == job_id)).scalar()
+        if worker_id is not None:
+            db.wake_workers(conn, [worker_id])
         return
     job = get(conn, job_id)  # raises NotFound
     raise errors.Conflict(f"job {job_id} is already {job.state}; nothing to kill")
@@ -418,6 +421,16 @@ def delete(conn: sa.Connection, job_id: int) -> None:
         return
     job = get(conn, job_id)  # raises NotFound
     raise errors.Conflict(f"job {job_id} is {job.state}: kill it first, then delete it")
+
+
+def move_finished(conn: sa.Connection, from_class_id: int, to_class_id: int) -> int:
+    """File the finished jobs of a class that is being deleted under another class."""
+    stmt = (
+        sa.update(J)
+        .where(J.c.worker_class_id == from_class_id, J.c.state.in_([s.value for s in FINAL]))
+        .values(worker_class_id=to_class_id)
+    )
+    return conn.execute(stmt).rowcount
 
 
 def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,68 @@ def _upgrade_lock(engine: sa.Engine) -> Iterator[None]:
         finally:
             conn.exec_driver_sql(release)
             conn.commit()
+
+
+# -- waking workers -----------------------------------------------------------------------
+
+WAKE_CHANNEL = "jobbalancer_wake"
+
+
+def wake_workers(conn: sa.Connection, worker_ids: Iterable[int]) -> None:
+    """Tell workers they have something to do, when this transaction commits.
+
+    PostgreSQL: NOTIFY with the worker's id, so it picks up at once. Elsewhere workers
+    find out by polling (a cheap indexed query, every few tens of milliseconds).
+    """
+    if backend(conn) != "postgresql":
+        return
+    for worker_id in sorted(set(worker_ids)):
+        conn.execute(sa.select(sa.func.pg_notify(WAKE_CHANNEL, str(worker_id))))
+
+
+class WakeListener:
+    """PostgreSQL: calls ``on_wake`` whenever a NOTIFY names this worker; elsewhere idle."""
+
+    def __init__(
+        self, engine: sa.Engine, worker_id: Callable[[], int], on_wake: Callable[[], None]
+    ):
+        self.engine = engine
+        self.worker_id = worker_id
+        self.on_wake = on_wake
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if backend(self.engine) != "postgresql":
+            return
+        self._thread = threading.Thread(target=self._run, name="wake-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    delay = 0.5
+                    self._listen(conn)
+            except psycopg.Error as exc:
+                log.debug("wake listener: %s; reconnecting in %.1f s", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _listen(self, conn: Any) -> None:
+        while not self._stop.is_set():
+            for note in conn.notifies(timeout=1.0):
+                if note.payload == str(self.worker_id()):
+                    self.on_wake()

@@ -93,6 +93,7 @@ class Worker:
         self._hard_stop = threading.Event()
         self._signals = 0
         self._heartbeat_thread: threading.Thread | None = None
+        self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._wake.set)
 
     # -- the whole life ----------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class Worker:
         self._retry(lambda: db.upgrade(self.engine), "upgrade the schema")
         self._register()
         self.sink.start()
+        self._listener.start()
         self._heartbeat_thread = threading.Thread(
             target=self._heartbeat_loop, name="heartbeat", daemon=True
         )
@@ -374,6 +376,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         self._hard_stop.set()
+        self._listener.stop()
         self.sink.stop()
 
         def offline() -> None:
