@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ def test_round_robin_spreads_jobs_over_workers(make_cluster: Factory) -> None:
     assert Counter(j["worker"]["name"] for j in jobs) == {"a": 2, "b": 2, "c": 2}
     # Consecutive jobs go to different workers, in rotation.
     names = [j["worker"]["name"] for j in jobs]
-    assert all(x != y for x, y in zip(names, names[1:], strict=False))
+    assert all(x != y for x, y in itertools.pairwise(names))
     for job in jobs:
         assert cluster.wait_job(job["id"])["state"] == "done"
 

@@ -218,6 +218,12 @@ def upgrade() -> None:
     op.bulk_insert(
         classes, [{"id": 1, "name": "default", "max_jobs": 5, "description": "Default class"}]
     )
+    if op.get_bind().dialect.name == "postgresql":
+        # An explicit id does not move PostgreSQL's sequence: the next class would get id 1.
+        op.execute(
+            "SELECT setval(pg_get_serial_sequence('worker_classes', 'id'), "
+            "(SELECT MAX(id) FROM worker_classes))"
+        )
     locks = sa.table("locks", sa.column("name", sa.String))
     op.bulk_insert(locks, [{"name": "assign"}, {"name": "leader"}])
 

@@ -1,0 +1,134 @@
+"""Dependencies shared by the routes: the engine, the caller, and role checks.
+
+A caller authenticates with ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. A
+missing or unknown key is 401; a known key whose role does not allow the route is 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from jobbalancer import auth, db, errors, jobs, settings
+from jobbalancer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# auto_error=False: we answer missing keys ourselves, as JSON in our error shape. These
+# also put an "Authorize" button on /docs.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer jb_…`")
+_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+
+
+def get_engine(request: Request) -> sa.Engine:
+    engine: sa.Engine = request.app.state.engine
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    value: Settings = request.app.state.settings
+    return value
+
+
+EngineDep = Annotated[sa.Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def key_from_headers(request: Request) -> str | None:
+    """The API key the request carries in its headers, if any."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key", "").strip() or None
+
+
+def authenticate(engine: sa.Engine, key: str | None) -> auth.User:
+    """The enabled user owning ``key``; Unauthorized otherwise."""
+    if not key:
+        raise errors.Unauthorized()
+    with db.read(engine) as conn:
+        user = auth.authenticate_key(conn, key)
+    if user is None:
+        raise errors.Unauthorized(
+            "the API key is not valid (unknown, revoked, or its user disabled)"
+        )
+    return user
+
+
+def current_user(
+    request: Request,
+    engine: EngineDep,
+    _bearer_key: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _header_key: Annotated[str | None, Depends(_key_header)],
+) -> auth.User:
+    """The caller (the security parameters are for the OpenAPI document only)."""
+    return authenticate(engine, key_from_headers(request))
+
+
+CurrentUser = Annotated[auth.User, Depends(current_user)]
+
+
+def _require(allowed: Callable[[auth.User], bool], what: str) -> Callable[[auth.User], auth.User]:
+    def check(user: CurrentUser) -> auth.User:
+        if not allowed(user):
+            raise errors.Forbidden(f"your role ({user.role}) does not allow {what}")
+        return user
+
+    return check
+
+
+Submitter = Annotated[auth.User, Depends(_require(lambda u: u.can_submit, "submitting jobs"))]
+Operator = Annotated[
+    auth.User,
+    Depends(_require(lambda u: u.role in (auth.Role.ADMIN, auth.Role.OPERATOR), "this change")),
+]
+Admin = Annotated[auth.User, Depends(_require(lambda u: u.is_admin, "this; admins only"))]
+
+
+def visible_job(conn: sa.Connection, user: auth.User, job_id: int) -> jobs.Job:
+    """The job, if ``user`` may see it; NotFound otherwise (others' jobs do not exist for
+    a submitter, so ids do not leak)."""
+    job = jobs.get(conn, job_id)
+    if not user.can_see_job(job.user_id):
+        raise errors.NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def manageable_job(conn: sa.Connection, user: auth.User, job_id: int) -> jobs.Job:
+    """The job, if ``user`` may kill, restart or delete it."""
+    job = visible_job(conn, user, job_id)
+    if not user.can_manage_job(job.user_id):
+        raise errors.Forbidden(f"your role ({user.role}) does not allow changing job {job_id}")
+    return job
+
+
+def metrics_allowed(engine: sa.Engine, config: Settings, key: str | None) -> None:
+    """/metrics is open when an admin made it so; otherwise it needs a valid key."""
+    if config.server.metrics_public:
+        return
+    with db.read(engine) as conn:
+        public = settings.load_tunables(conn).metrics_public
+    if not public:
+        authenticate(engine, key)
+
+
+def get_notifier(request: Request) -> Callable[[], None]:
+    """Call after a commit that assigned jobs: wakes workers (a no-op until one is set)."""
+
+    def notify() -> None:
+        try:
+            request.app.state.on_jobs_assigned()
+        except Exception:
+            # The jobs are committed; a failed wake-up only delays them to the next poll.
+            log.exception("on_jobs_assigned failed")
+
+    return notify
+
+
+Notify = Annotated[Callable[[], None], Depends(get_notifier)]

@@ -1,0 +1,146 @@
+"""The job list: filters, newest first, in pages with an opaque cursor.
+
+The cursor is the id the next page starts below, base64-encoded so clients treat it as
+opaque (and we may change it). Ids only grow, so pages stay stable while jobs are added.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobbalancer import errors, jobs
+from jobbalancer.api.models import LABEL_KEY
+from jobbalancer.classes import parse_id
+from jobbalancer.db import schema
+
+J, W, C = schema.jobs, schema.workers, schema.worker_classes
+_CURSOR_PREFIX = "jobs:"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What to list; None means any. ``owner_id`` limits a submitter to their own jobs."""
+
+    states: Sequence[str] | None = None
+    worker: str | None = None
+    worker_class: str | None = None
+    user: str | None = None
+    q: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    owner_id: int | None = None
+
+
+def parse_states(text: str | None) -> list[str] | None:
+    """``"running,waiting"`` → the states; InvalidInput naming ``state`` on an unknown one."""
+    if not text or not text.strip():
+        return None
+    known = {s.value for s in jobs.State}
+    states = [s.strip().lower() for s in text.split(",") if s.strip()]
+    for s in states:
+        if s not in known:
+            raise errors.InvalidInput(
+                f"state: unknown state {s!r}; use {', '.join(sorted(known))}", field="state"
+            )
+    return states
+
+
+def parse_labels(values: Sequence[str]) -> dict[str, str]:
+    """``["project=x"]`` → ``{"project": "x"}``."""
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or len(key) > 100 or not LABEL_KEY.match(key):
+            raise errors.InvalidInput(
+                f"label: {item!r} is not NAME=VALUE with a valid label name", field="label"
+            )
+        labels[key] = value
+    return labels
+
+
+def encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError):
+        text = ""
+    job_id = (
+        parse_id(text.removeprefix(_CURSOR_PREFIX)) if text.startswith(_CURSOR_PREFIX) else None
+    )
+    if job_id is None:
+        raise errors.InvalidInput("cursor: not a cursor this server gave out", field="cursor")
+    return job_id
+
+
+def _name_or_id(
+    name_col: sa.ColumnElement[str], id_col: sa.ColumnElement[int], ref: str
+) -> sa.ColumnElement[bool]:
+    ref_id = parse_id(ref)
+    if ref_id is None:
+        return name_col == ref
+    return sa.or_(name_col == ref, id_col == ref_id)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _conditions(f: Filters) -> list[sa.ColumnElement[bool]]:
+    where: list[sa.ColumnElement[bool]] = []
+    if f.owner_id is not None:
+        where.append(J.c.user_id == f.owner_id)
+    if f.states:
+        where.append(J.c.state.in_(list(f.states)))
+    if f.worker:
+        where.append(_name_or_id(W.c.name, J.c.worker_id, f.worker))
+    if f.worker_class:
+        where.append(_name_or_id(C.c.name, J.c.worker_class_id, f.worker_class))
+    if f.user:
+        where.append(_name_or_id(J.c.user_name, J.c.user_id, f.user))
+    if f.q:
+        # lower() on both sides, so the database's own idea of case applies to both.
+        pattern = sa.func.lower(sa.literal(_like_pattern(f.q)))
+        where.append(
+            sa.or_(
+                sa.func.lower(J.c.command).like(pattern, escape="\\"),
+                sa.func.lower(J.c.script_name).like(pattern, escape="\\"),
+            )
+        )
+    for key, value in f.labels.items():
+        where.append(J.c.labels[key].as_string() == value)
+    return where
+
+
+def _select_without_bodies() -> sa.Select[Any]:
+    # A script body can be megabytes and a list shows none of it: leave it in the database.
+    query = jobs.select_jobs()
+    columns = [
+        sa.null().label(c.name) if c.name == "script_content" else c for c in query.selected_columns
+    ]
+    return query.with_only_columns(*columns, maintain_column_froms=False)
+
+
+def page(
+    conn: sa.Connection, filters: Filters, limit: int, cursor: str | None
+) -> tuple[list[jobs.Job], str | None]:
+    """One page of matching jobs, newest first, and the cursor of the next (None: last).
+
+    The jobs come without ``script_content``; ask for one job to get it.
+    """
+    query = _select_without_bodies().where(*_conditions(filters))
+    if cursor:
+        query = query.where(J.c.id < decode_cursor(cursor))
+    rows = conn.execute(query.order_by(J.c.id.desc()).limit(limit + 1)).all()
+    found = [jobs.Job.from_row(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return found, encode_cursor(found[-1].id) if more else None

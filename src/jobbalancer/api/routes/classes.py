@@ -1,0 +1,64 @@
+"""``/api/v1/worker-classes``: everyone reads; admins and operators change."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from jobbalancer import balancer, classes, db
+from jobbalancer.api import models
+from jobbalancer.api.deps import CurrentUser, EngineDep, Notify, Operator
+from jobbalancer.classes import MAX_ID
+
+router = APIRouter(prefix="/api/v1/worker-classes", tags=["worker classes"])
+
+ClassId = Annotated[int, Path(ge=1, le=MAX_ID, description="The class's id.")]
+
+
+@router.get("")
+def list_classes(user: CurrentUser, engine: EngineDep) -> list[models.WorkerClass]:
+    """Every worker class, by name; ``default`` always exists."""
+    with db.read(engine) as conn:
+        return [models.WorkerClass.from_class(c) for c in classes.list_all(conn)]
+
+
+@router.post("", status_code=201)
+def create_class(
+    spec: models.WorkerClassIn, user: Operator, engine: EngineDep
+) -> models.WorkerClass:
+    with db.write(engine) as conn:
+        created = classes.create(conn, spec.name, spec.max_jobs, spec.description)
+    return models.WorkerClass.from_class(created)
+
+
+@router.get("/{class_id}")
+def get_class(class_id: ClassId, user: CurrentUser, engine: EngineDep) -> models.WorkerClass:
+    with db.read(engine) as conn:
+        return models.WorkerClass.from_class(classes.get(conn, class_id))
+
+
+@router.patch("/{class_id}")
+def update_class(
+    class_id: ClassId,
+    patch: models.WorkerClassPatch,
+    user: Operator,
+    engine: EngineDep,
+    notify: Notify,
+) -> models.WorkerClass:
+    """Rename (not ``default``), change max_jobs or the description."""
+    with db.write(engine) as conn:
+        updated = classes.update(conn, class_id, patch.model_dump(exclude_unset=True))
+        # A higher max_jobs frees slots on the class's workers at once.
+        assigned = balancer.assign_waiting(conn, class_ids=[class_id])
+    if assigned:
+        notify()
+    return models.WorkerClass.from_class(updated)
+
+
+@router.delete("/{class_id}", status_code=204)
+def delete_class(class_id: ClassId, user: Operator, engine: EngineDep) -> Response:
+    """Delete a class without workers and without waiting or running jobs (else 409)."""
+    with db.write(engine) as conn:
+        classes.delete(conn, class_id)
+    return Response(status_code=204)

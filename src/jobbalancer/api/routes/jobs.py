@@ -1,0 +1,180 @@
+"""``/api/v1/jobs``: submit, list, read, log, kill, restart, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from jobbalancer import balancer, db, jobs, logs
+from jobbalancer.api import listing, models, sse, submission
+from jobbalancer.api.deps import (
+    CurrentUser,
+    EngineDep,
+    Notify,
+    Submitter,
+    manageable_job,
+    visible_job,
+)
+from jobbalancer.classes import MAX_ID
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
+Offset = Annotated[int, Query(ge=0, le=2**62, description="Byte offset in the chosen view.")]
+View = Annotated[logs.View, Query(description="stdout, stderr, or all (both, as written).")]
+_OCCUPIED: dict[int | str, dict[str, Any]] = {
+    409: {"description": "`need_realtime` and no free slot: the job is `occupied`."}
+}
+
+
+@router.post("", status_code=201, responses=_OCCUPIED)
+def submit_job(
+    spec: models.JobSubmit, user: Submitter, engine: EngineDep, notify: Notify
+) -> models.Job:
+    """Submit one job; it is assigned at once if a worker of its class has a free slot."""
+    [job] = submission.submit(engine, user, [spec], prefix=False)
+    notify()
+    if job.state == jobs.State.OCCUPIED:
+        raise submission.occupied(job)
+    return models.Job.from_job(job)
+
+
+@router.post("/batch", status_code=201)
+def submit_batch(
+    batch: models.JobBatch, user: Submitter, engine: EngineDep, notify: Notify
+) -> models.JobsCreated:
+    """Submit up to 1000 jobs: all are accepted or none. need_realtime jobs that found no
+    slot are in the answer with state ``occupied``."""
+    created = submission.submit(engine, user, batch.jobs, prefix=True)
+    notify()
+    return models.JobsCreated(jobs=[models.Job.from_job(j) for j in created])
+
+
+@router.get("")
+def list_jobs(
+    user: CurrentUser,
+    engine: EngineDep,
+    state: Annotated[models.QueryText, Query(description="Comma list: running,waiting")] = None,
+    worker: Annotated[models.QueryText, Query(max_length=200, description="Name or id.")] = None,
+    worker_class: Annotated[models.QueryText, Query(max_length=200)] = None,
+    user_: Annotated[models.QueryText, Query(alias="user", max_length=200)] = None,
+    q: Annotated[
+        models.QueryText, Query(max_length=1000, description="In the command or script name.")
+    ] = None,
+    label: Annotated[
+        list[models.Text] | None, Query(description="NAME=VALUE; repeat to require several.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[models.QueryText, Query(max_length=100)] = None,
+) -> models.JobList:
+    """Jobs, newest first; a submitter sees only their own."""
+    filters = listing.Filters(
+        states=listing.parse_states(state),
+        worker=worker,
+        worker_class=worker_class,
+        user=user_,
+        q=q,
+        labels=listing.parse_labels(label or []),
+        # Whoever may see a job of nobody's may see everyone's; a submitter only their own.
+        owner_id=None if user.can_see_job(None) else user.id,
+    )
+    with db.read(engine) as conn:
+        found, next_cursor = listing.page(conn, filters, limit, cursor)
+    return models.JobList(items=[models.Job.from_job(j) for j in found], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
+    with db.read(engine) as conn:
+        return models.Job.from_job(visible_job(conn, user, job_id))
+
+
+@router.get(
+    "/{job_id}/log",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "The output, UTF-8."}},
+)
+def get_log(
+    job_id: JobId,
+    user: CurrentUser,
+    engine: EngineDep,
+    stream: View = "all",
+    offset: Offset = 0,
+    limit: Annotated[int | None, Query(ge=1, le=logs.DEFAULT_LIMIT_BYTES)] = None,
+) -> Response:
+    """The output from byte ``offset`` on. ``X-Log-Offset`` is the offset to ask for next,
+    ``X-Job-State`` the job's state (poll until it is final and the offset stops moving)."""
+    limit_bytes = limit or logs.DEFAULT_LIMIT_BYTES
+    with db.read(engine) as conn:
+        job = visible_job(conn, user, job_id)
+        data, _ = logs.read(conn, job_id, stream, offset, limit_bytes)
+    if not job.finished or len(data) == limit_bytes:
+        # More may follow: keep a character cut at the end for the next read.
+        data = logs.complete_utf8(data)
+    return Response(
+        data.decode("utf-8", errors="replace"),
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Log-Offset": str(offset + len(data)), "X-Job-State": job.state.value},
+    )
+
+
+@router.get(
+    "/{job_id}/log/stream",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def stream_log(
+    request: Request,
+    job_id: JobId,
+    user: CurrentUser,
+    engine: EngineDep,
+    stream: View = "all",
+    offset: Offset = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
+) -> StreamingResponse:
+    """Server-sent events: ``output`` ({"stream", "data"}) as it is written, then one
+    ``end`` with the final job. A reconnect resumes after ``Last-Event-ID``."""
+    with db.read(engine) as conn:
+        visible_job(conn, user, job_id)
+    start = last_event_id if last_event_id is not None else offset
+    return StreamingResponse(
+        sse.job_events(request, engine, job_id, stream, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/{job_id}/kill", status_code=202)
+def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep, notify: Notify) -> models.Job:
+    """Kill: a waiting or assigned job at once, a running one when its worker stopped it."""
+    with db.write(engine) as conn:
+        job = manageable_job(conn, user, job_id)
+        jobs.request_kill(conn, job_id)
+        if job.state == jobs.State.ASSIGNED:  # its slot is free again
+            balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
+        killed = jobs.get(conn, job_id)
+    notify()
+    return models.Job.from_job(killed)
+
+
+@router.post("/{job_id}/restart", status_code=201, responses=_OCCUPIED)
+def restart_job(job_id: JobId, user: CurrentUser, engine: EngineDep, notify: Notify) -> models.Job:
+    """A new job with the same spec, ``restarted_from`` this one."""
+    with db.read(engine) as conn:
+        job = manageable_job(conn, user, job_id)
+    new = submission.restart(engine, user, job_id, job)
+    notify()
+    if new.state == jobs.State.OCCUPIED:
+        raise submission.occupied(new)
+    return models.Job.from_job(new)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> Response:
+    """Delete a job and its output; an assigned or running one must be killed first."""
+    with db.write(engine) as conn:
+        manageable_job(conn, user, job_id)
+        jobs.delete(conn, job_id)
+    return Response(status_code=204)

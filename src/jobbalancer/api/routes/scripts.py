@@ -1,0 +1,54 @@
+"""``/api/v1/scripts``: everyone reads; admins and operators change."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from jobbalancer import db, scripts
+from jobbalancer.api import models
+from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
+from jobbalancer.classes import MAX_ID
+
+router = APIRouter(prefix="/api/v1/scripts", tags=["scripts"])
+
+ScriptId = Annotated[int, Path(ge=1, le=MAX_ID, description="The script's id.")]
+
+
+@router.get("")
+def list_scripts(user: CurrentUser, engine: EngineDep) -> list[models.Script]:
+    """Every stored script, by name."""
+    with db.read(engine) as conn:
+        return [models.Script.from_script(s) for s in scripts.list_all(conn)]
+
+
+@router.post("", status_code=201)
+def create_script(spec: models.ScriptIn, user: Operator, engine: EngineDep) -> models.Script:
+    """Store a script. Jobs copy it when submitted, so later edits never change them."""
+    with db.write(engine) as conn:
+        created = scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+    return models.Script.from_script(created)
+
+
+@router.get("/{script_id}")
+def get_script(script_id: ScriptId, user: CurrentUser, engine: EngineDep) -> models.Script:
+    with db.read(engine) as conn:
+        return models.Script.from_script(scripts.get(conn, script_id))
+
+
+@router.patch("/{script_id}")
+def update_script(
+    script_id: ScriptId, patch: models.ScriptPatch, user: Operator, engine: EngineDep
+) -> models.Script:
+    with db.write(engine) as conn:
+        updated = scripts.update(conn, script_id, patch.model_dump(exclude_unset=True))
+    return models.Script.from_script(updated)
+
+
+@router.delete("/{script_id}", status_code=204)
+def delete_script(script_id: ScriptId, user: Operator, engine: EngineDep) -> Response:
+    """Delete a script; jobs that ran it keep their copy."""
+    with db.write(engine) as conn:
+        scripts.delete(conn, script_id)
+    return Response(status_code=204)

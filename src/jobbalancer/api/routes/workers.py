@@ -1,0 +1,60 @@
+"""``/api/v1/workers``: list, change, remove."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+
+from jobbalancer import balancer, classes, db, workers
+from jobbalancer.api import models
+from jobbalancer.api.deps import CurrentUser, EngineDep, Notify, Operator
+from jobbalancer.classes import MAX_ID
+
+router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
+
+WorkerId = Annotated[int, Path(ge=1, le=MAX_ID, description="The worker's id.")]
+
+
+@router.get("")
+def list_workers(user: CurrentUser, engine: EngineDep) -> list[models.Worker]:
+    """Every registered worker, by name."""
+    with db.read(engine) as conn:
+        return [models.Worker.from_worker(w) for w in workers.list_all(conn)]
+
+
+@router.get("/{worker_id}")
+def get_worker(worker_id: WorkerId, user: CurrentUser, engine: EngineDep) -> models.Worker:
+    with db.read(engine) as conn:
+        return models.Worker.from_worker(workers.get(conn, worker_id))
+
+
+@router.patch("/{worker_id}")
+def update_worker(
+    worker_id: WorkerId,
+    patch: models.WorkerPatch,
+    user: Operator,
+    engine: EngineDep,
+    notify: Notify,
+) -> models.Worker:
+    """Change max_jobs (null: the class's), worker_class, or enabled. A disabled worker
+    takes no new jobs and finishes those it has."""
+    changes: dict[str, Any] = patch.model_dump(exclude_unset=True)
+    with db.write(engine) as conn:
+        if "worker_class" in changes:
+            changes["worker_class"] = classes.find(conn, changes["worker_class"]).id
+        workers.update(conn, worker_id, changes)
+        # More slots, or another class: waiting jobs may fit now.
+        assigned = balancer.assign_waiting(conn, worker_id=worker_id)
+        worker = workers.get(conn, worker_id)
+    if assigned:
+        notify()
+    return models.Worker.from_worker(worker)
+
+
+@router.delete("/{worker_id}", status_code=204)
+def delete_worker(worker_id: WorkerId, user: Operator, engine: EngineDep) -> Response:
+    """Remove an offline worker from the list (409 while it is online or draining)."""
+    with db.write(engine) as conn:
+        workers.delete(conn, worker_id)
+    return Response(status_code=204)

@@ -1,0 +1,183 @@
+"""Worker classes: named groups of workers, each with a default limit of jobs per worker.
+
+Jobs are submitted to a class and run only on its workers. The class ``default`` always
+exists: it cannot be renamed or deleted, so a fresh worker and a plain submission always
+have somewhere to go.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobbalancer import db, errors, jobs
+from jobbalancer.db import schema
+from jobbalancer.db.types import AnyRow
+
+C, W, J = schema.worker_classes, schema.workers, schema.jobs
+DEFAULT = "default"
+MAX_JOBS_LIMIT = 10_000
+# Ids are 32-bit on every backend; a longer digit string is a name nobody can have.
+MAX_ID = 2**31 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class WorkerClass:
+    """A worker class as read from the database."""
+
+    id: int
+    name: str
+    max_jobs: int
+    description: str
+
+    @classmethod
+    def from_row(cls, row: AnyRow) -> WorkerClass:
+        m = row._mapping
+        return cls(id=m["id"], name=m["name"], max_jobs=m["max_jobs"], description=m["description"])
+
+
+def parse_id(value: str | int) -> int | None:
+    """``value`` as a database id if it is one (an int, or ASCII digits in range), else None."""
+    if isinstance(value, int):
+        return value if 1 <= value <= MAX_ID else None
+    text = value.strip()
+    # isascii: str.isdigit() is also true for "²", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_ID else None
+
+
+def check_name(value: str, what: str, field: str = "name") -> str:
+    """A stripped name of 1..200 printable characters that cannot be mistaken for an id."""
+    name = value.strip()
+    if not 1 <= len(name) <= 200:
+        raise errors.InvalidInput(f"{what} name must have 1 to 200 characters", field=field)
+    if _CONTROL.search(name):
+        raise errors.InvalidInput(f"{what} name must not contain control characters", field=field)
+    if name.isdigit():
+        raise errors.InvalidInput(
+            f"{what} name must not be only digits: it would be taken for an id", field=field
+        )
+    return name
+
+
+def list_all(conn: sa.Connection) -> list[WorkerClass]:
+    return [WorkerClass.from_row(r) for r in conn.execute(sa.select(C).order_by(C.c.name))]
+
+
+def get(conn: sa.Connection, class_id: int) -> WorkerClass:
+    row = conn.execute(sa.select(C).where(C.c.id == class_id)).first()
+    if row is None:
+        raise errors.NotFound(f"worker class {class_id} does not exist")
+    return WorkerClass.from_row(row)
+
+
+def find(conn: sa.Connection, ref: str | int, *, field: str = "worker_class") -> WorkerClass:
+    """A class by name, or by id; InvalidInput naming ``field`` when there is none."""
+    row = None
+    if isinstance(ref, str):
+        row = conn.execute(sa.select(C).where(C.c.name == ref.strip())).first()
+    class_id = parse_id(ref)
+    if row is None and class_id is not None:
+        row = conn.execute(sa.select(C).where(C.c.id == class_id)).first()
+    if row is None:
+        raise errors.InvalidInput(f"worker class {ref!r} does not exist", field=field)
+    return WorkerClass.from_row(row)
+
+
+def _check_max_jobs(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise errors.InvalidInput("max_jobs must be an integer", field="max_jobs")
+    if not 1 <= value <= MAX_JOBS_LIMIT:
+        raise errors.InvalidInput(f"max_jobs must be 1 to {MAX_JOBS_LIMIT}", field="max_jobs")
+    return value
+
+
+def _ensure_free_name(conn: sa.Connection, name: str, except_id: int | None = None) -> None:
+    query = sa.select(C.c.id).where(C.c.name == name)
+    if except_id is not None:
+        query = query.where(C.c.id != except_id)
+    if conn.execute(query).first() is not None:
+        raise errors.Conflict(f"worker class {name!r} already exists", field="name")
+
+
+def create(conn: sa.Connection, name: str, max_jobs: int = 5, description: str = "") -> WorkerClass:
+    """Create a class; Conflict when the name is taken."""
+    name = check_name(name, "worker class")
+    _ensure_free_name(conn, name)
+    try:
+        result = conn.execute(
+            sa.insert(C).values(
+                name=name, max_jobs=_check_max_jobs(max_jobs), description=description
+            )
+        )
+    except sa.exc.IntegrityError as exc:  # created by someone else since the check
+        raise errors.Conflict(f"worker class {name!r} already exists", field="name") from exc
+    key = result.inserted_primary_key
+    assert key is not None
+    return get(conn, int(key[0]))
+
+
+def update(conn: sa.Connection, class_id: int, changes: Mapping[str, Any]) -> WorkerClass:
+    """Change name, max_jobs or description; ``default`` keeps its name."""
+    current = get(conn, class_id)
+    values: dict[str, Any] = {}
+    if "name" in changes:
+        name = check_name(changes["name"], "worker class")
+        if name != current.name:
+            if current.name == DEFAULT:
+                raise errors.Conflict("the class 'default' cannot be renamed", field="name")
+            _ensure_free_name(conn, name, except_id=class_id)
+            values["name"] = name
+    if "max_jobs" in changes:
+        values["max_jobs"] = _check_max_jobs(changes["max_jobs"])
+    if "description" in changes:
+        values["description"] = str(changes["description"])
+    if values:
+        try:
+            conn.execute(sa.update(C).where(C.c.id == class_id).values(**values))
+        except sa.exc.IntegrityError as exc:
+            raise errors.Conflict(f"worker class {values.get('name')!r} exists") from exc
+    return get(conn, class_id)
+
+
+def delete(conn: sa.Connection, class_id: int) -> None:
+    """Delete a class that no worker and no pending or running job uses.
+
+    Finished jobs of the class are filed under ``default`` (their record stays whole
+    otherwise), since a job row must name an existing class.
+    """
+    current = get(conn, class_id)
+    if current.name == DEFAULT:
+        raise errors.Conflict("the class 'default' cannot be deleted")
+    # Submissions take this lock: none can put a job into the class while we look.
+    db.lock_row(conn, "assign")
+    n_workers = _count(conn, W, W.c.worker_class_id == class_id)
+    if n_workers:
+        raise errors.Conflict(
+            f"worker class {current.name!r} has {n_workers} worker(s): "
+            "move them to another class or remove them first"
+        )
+    unfinished = [s.value for s in (jobs.State.WAITING, *jobs.ACTIVE)]
+    n_jobs = _count(conn, J, J.c.worker_class_id == class_id, J.c.state.in_(unfinished))
+    if n_jobs:
+        raise errors.Conflict(
+            f"worker class {current.name!r} has {n_jobs} waiting, assigned or running job(s): "
+            "let them finish or kill them first"
+        )
+    jobs.move_finished(conn, class_id, find(conn, DEFAULT).id)
+    try:
+        conn.execute(sa.delete(C).where(C.c.id == class_id))
+    except sa.exc.IntegrityError as exc:  # a worker registered into it meanwhile
+        raise errors.Conflict(f"worker class {current.name!r} is in use") from exc
+
+
+def _count(conn: sa.Connection, table: sa.Table, *where: sa.ColumnElement[bool]) -> int:
+    query = sa.select(sa.func.count()).select_from(table).where(*where)
+    return int(conn.execute(query).scalar_one())

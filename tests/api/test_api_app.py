@@ -1,0 +1,55 @@
+"""The application itself: its own engine and lifespan, the first admin, the wake-up hook,
+and answers when the database is gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from apihelpers import Api, TestClient, submit
+
+from jobbalancer.api import create_app
+from jobbalancer.settings import Settings
+
+
+def test_own_engine_first_admin_and_supervisor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(data_dir=str(tmp_path))
+    app = create_app(settings)
+    user, password, key = app.state.first_admin
+    printed = capsys.readouterr().out
+    assert user.name in printed and password in printed and key in printed
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+        assert client.get("/healthz").json()["database"] == "ok"
+        assert client.get("/api/v1/me").json()["role"] == "admin"
+    # A second start on the same database creates nobody and prints nothing.
+    again = create_app(settings, supervise=False)
+    assert again.state.first_admin is None
+    assert "API key" not in capsys.readouterr().out
+    again.state.engine.dispose()
+
+    # With the database gone: 503, as JSON, for the health check and for any route.
+    again.state.engine = sa.create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 2}
+    )
+    client = TestClient(again, headers={"Authorization": f"Bearer {key}"})
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.json()["database"] == "unavailable"
+    r = client.get("/api/v1/jobs")
+    assert r.status_code == 503 and r.json()["error"] == "database_unavailable"
+
+
+def test_jobs_assigned_hook_runs_after_submit_and_restart(api: Api) -> None:
+    calls: list[int] = []
+    api.app.state.on_jobs_assigned = lambda: calls.append(1)
+    api.worker("node-1")
+    job = submit(api.admin, command="x")
+    assert calls == [1]
+    api.admin.post("/api/v1/jobs/batch", json={"jobs": [{"command": "y"}]})
+    api.admin.post(f"/api/v1/jobs/{job['id']}/restart")
+    assert len(calls) == 3
+    # A failing hook does not fail the request: the jobs are committed already.
+    api.app.state.on_jobs_assigned = lambda: 1 / 0
+    assert submit(api.admin, command="z")["state"] == "waiting"
