@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from jobbalancer import errors
+from jobbalancer import classes, errors
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -111,8 +111,9 @@ def get_user(conn: sa.Connection, user_id: int) -> User:
 def find_user(conn: sa.Connection, name_or_id: str) -> User:
     """A user by name, or by id when given digits that name nobody."""
     row = conn.execute(sa.select(*_USER_COLUMNS).where(U.c.name == name_or_id)).first()
-    if row is None and name_or_id.isdigit():
-        return get_user(conn, int(name_or_id))
+    user_id = classes.parse_id(name_or_id)
+    if row is None and user_id is not None:
+        return get_user(conn, user_id)
     if row is None:
         raise errors.NotFound(f"user {name_or_id!r} does not exist")
     return User.from_row(row)
@@ -184,7 +185,11 @@ def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -
         check_password_strength(changes["password"])
         values["password_hash"] = hash_password(changes["password"])
     if "name" in changes:
-        values["name"] = str(changes["name"]).strip()
+        name = str(changes["name"]).strip()
+        taken = conn.execute(sa.select(U.c.id).where(U.c.name == name, U.c.id != user_id)).first()
+        if taken is not None:
+            raise errors.Conflict(f"user {name!r} already exists", field="name")
+        values["name"] = name
     if values:
         conn.execute(sa.update(U).where(U.c.id == user_id).values(**values))
     return get_user(conn, user_id)
@@ -262,6 +267,11 @@ def revoke_api_key(conn: sa.Connection, user_id: int, key_id: int) -> None:
     result = conn.execute(sa.delete(K).where(K.c.id == key_id, K.c.user_id == user_id))
     if result.rowcount != 1:
         raise errors.NotFound(f"user {user_id} has no API key {key_id}")
+
+
+def record_key_use(conn: sa.Connection, key: str) -> None:
+    """Stamp the key's last_used_at (callers throttle this: it is a write)."""
+    conn.execute(sa.update(K).where(K.c.key_hash == _digest(key)).values(last_used_at=utcnow()))
 
 
 def authenticate_key(conn: sa.Connection, key: str) -> User | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import errors, jobs
+from jobbalancer import classes, errors, jobs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -85,23 +85,12 @@ def list_all(conn: sa.Connection) -> list[Worker]:
     return [Worker.from_row(r) for r in conn.execute(select_workers().order_by(W.c.name))]
 
 
-def class_id(conn: sa.Connection, name_or_id: str | int, *, create: bool = False) -> int:
-    """A worker class's id from its name or id; ``create`` makes a missing one by name."""
-    text = str(name_or_id).strip()
-    query = sa.select(C.c.id).where(C.c.name == text)
-    if text.isdigit():
-        query = sa.select(C.c.id).where(sa.or_(C.c.id == int(text), C.c.name == text))
-    found = conn.execute(query.order_by(C.c.name == text)).scalars().first()
-    if found is not None:
-        return int(found)
-    if not create or text.isdigit() or not text:
-        raise errors.InvalidInput(f"worker class {text!r} does not exist", field="worker_class")
-    result = conn.execute(
-        sa.insert(C).values(name=text, max_jobs=DEFAULT_CLASS_MAX_JOBS, description="")
-    )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
+def _class_for_worker(conn: sa.Connection, name: str) -> int:
+    """The class a starting worker names; a new class by that name if there is none yet."""
+    try:
+        return classes.find(conn, name).id
+    except errors.InvalidInput:
+        return classes.create(conn, name, DEFAULT_CLASS_MAX_JOBS).id
 
 
 @dataclass(frozen=True)
@@ -139,7 +128,7 @@ def register(
     running are marked lost (a new process runs nothing yet); jobs assigned but not started
     stay assigned and will be picked up.
     """
-    cid = class_id(conn, worker_class, create=True)
+    cid = _class_for_worker(conn, worker_class)
     session = secrets.token_hex(8)
     values: dict[str, Any] = {
         "host": host,
@@ -211,7 +200,7 @@ def update(conn: sa.Connection, worker_id: int, changes: Mapping[str, Any]) -> N
     if "max_jobs" in changes:
         values["max_jobs"] = changes["max_jobs"]
     if "worker_class" in changes:
-        values["worker_class_id"] = class_id(conn, changes["worker_class"])
+        values["worker_class_id"] = classes.find(conn, changes["worker_class"]).id
     if "enabled" in changes:
         values["enabled"] = bool(changes["enabled"])
     get(conn, worker_id)  # raises NotFound

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from apihelpers import Api, TestClient, submit
+from apihelpers import TestClient
 
 from jobbalancer.api import create_app
 from jobbalancer.settings import Settings
@@ -39,17 +39,3 @@ def test_own_engine_first_admin_and_supervisor(
     assert r.status_code == 503 and r.json()["database"] == "unavailable"
     r = client.get("/api/v1/jobs")
     assert r.status_code == 503 and r.json()["error"] == "database_unavailable"
-
-
-def test_jobs_assigned_hook_runs_after_submit_and_restart(api: Api) -> None:
-    calls: list[int] = []
-    api.app.state.on_jobs_assigned = lambda: calls.append(1)
-    api.worker("node-1")
-    job = submit(api.admin, command="x")
-    assert calls == [1]
-    api.admin.post("/api/v1/jobs/batch", json={"jobs": [{"command": "y"}]})
-    api.admin.post(f"/api/v1/jobs/{job['id']}/restart")
-    assert len(calls) == 3
-    # A failing hook does not fail the request: the jobs are committed already.
-    api.app.state.on_jobs_assigned = lambda: 1 / 0
-    assert submit(api.admin, command="z")["state"] == "waiting"

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobbalancer import __version__, auth, db, monitor
-from jobbalancer.api import errors
+from jobbalancer.api import deps, errors
 from jobbalancer.api.routes import (
     classes,
     health,
@@ -68,8 +68,7 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.state.first_admin = first_admin
-    # Called after a commit that assigned jobs; the place for waking workers up.
-    app.state.on_jobs_assigned = lambda: None
+    app.state.key_usage = deps.KeyUsage()
     app.state.metrics_registry = metrics.make_registry(engine)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     errors.install(app)

@@ -7,6 +7,8 @@ missing or unknown key is 401; a known key whose role does not allow the route i
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Annotated
 
@@ -68,7 +70,37 @@ def current_user(
     _header_key: Annotated[str | None, Depends(_key_header)],
 ) -> auth.User:
     """The caller (the security parameters are for the OpenAPI document only)."""
-    return authenticate(engine, key_from_headers(request))
+    key = key_from_headers(request)
+    user = authenticate(engine, key)
+    usage: KeyUsage | None = getattr(request.app.state, "key_usage", None)
+    if usage is not None and key is not None:
+        usage.note(engine, key)
+    return user
+
+
+class KeyUsage:
+    """Stamps API keys' last_used_at, at most once a minute per key and server process:
+    a write on every request would cost more than the request."""
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, engine: sa.Engine, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.INTERVAL) < self.INTERVAL:
+                return
+            self._last[key] = now
+            if len(self._last) > 10_000:  # forget old keys rather than grow without bound
+                self._last = {key: now}
+        try:
+            with db.write(engine) as conn:
+                auth.record_key_use(conn, key)
+        except Exception as exc:
+            log.debug("could not record API key use: %s", exc)
 
 
 CurrentUser = Annotated[auth.User, Depends(current_user)]
@@ -116,19 +148,3 @@ def metrics_allowed(engine: sa.Engine, config: Settings, key: str | None) -> Non
         public = settings.load_tunables(conn).metrics_public
     if not public:
         authenticate(engine, key)
-
-
-def get_notifier(request: Request) -> Callable[[], None]:
-    """Call after a commit that assigned jobs: wakes workers (a no-op until one is set)."""
-
-    def notify() -> None:
-        try:
-            request.app.state.on_jobs_assigned()
-        except Exception:
-            # The jobs are committed; a failed wake-up only delays them to the next poll.
-            log.exception("on_jobs_assigned failed")
-
-    return notify
-
-
-Notify = Annotated[Callable[[], None], Depends(get_notifier)]

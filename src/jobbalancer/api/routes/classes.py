@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Response
 
 from jobbalancer import balancer, classes, db
 from jobbalancer.api import models
-from jobbalancer.api.deps import CurrentUser, EngineDep, Notify, Operator
+from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.classes import MAX_ID
 
 router = APIRouter(prefix="/api/v1/worker-classes", tags=["worker classes"])
@@ -44,15 +44,12 @@ def update_class(
     patch: models.WorkerClassPatch,
     user: Operator,
     engine: EngineDep,
-    notify: Notify,
 ) -> models.WorkerClass:
     """Rename (not ``default``), change max_jobs or the description."""
     with db.write(engine) as conn:
         updated = classes.update(conn, class_id, patch.model_dump(exclude_unset=True))
         # A higher max_jobs frees slots on the class's workers at once.
-        assigned = balancer.assign_waiting(conn, class_ids=[class_id])
-    if assigned:
-        notify()
+        balancer.assign_waiting(conn, class_ids=[class_id])
     return models.WorkerClass.from_class(updated)
 
 

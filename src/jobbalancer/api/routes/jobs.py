@@ -12,7 +12,6 @@ from jobbalancer.api import listing, models, sse, submission
 from jobbalancer.api.deps import (
     CurrentUser,
     EngineDep,
-    Notify,
     Submitter,
     manageable_job,
     visible_job,
@@ -30,25 +29,19 @@ _OCCUPIED: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("", status_code=201, responses=_OCCUPIED)
-def submit_job(
-    spec: models.JobSubmit, user: Submitter, engine: EngineDep, notify: Notify
-) -> models.Job:
+def submit_job(spec: models.JobSubmit, user: Submitter, engine: EngineDep) -> models.Job:
     """Submit one job; it is assigned at once if a worker of its class has a free slot."""
     [job] = submission.submit(engine, user, [spec], prefix=False)
-    notify()
     if job.state == jobs.State.OCCUPIED:
         raise submission.occupied(job)
     return models.Job.from_job(job)
 
 
 @router.post("/batch", status_code=201)
-def submit_batch(
-    batch: models.JobBatch, user: Submitter, engine: EngineDep, notify: Notify
-) -> models.JobsCreated:
+def submit_batch(batch: models.JobBatch, user: Submitter, engine: EngineDep) -> models.JobsCreated:
     """Submit up to 1000 jobs: all are accepted or none. need_realtime jobs that found no
     slot are in the answer with state ``occupied``."""
     created = submission.submit(engine, user, batch.jobs, prefix=True)
-    notify()
     return models.JobsCreated(jobs=[models.Job.from_job(j) for j in created])
 
 
@@ -147,7 +140,7 @@ def stream_log(
 
 
 @router.post("/{job_id}/kill", status_code=202)
-def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep, notify: Notify) -> models.Job:
+def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
     """Kill: a waiting or assigned job at once, a running one when its worker stopped it."""
     with db.write(engine) as conn:
         job = manageable_job(conn, user, job_id)
@@ -155,17 +148,15 @@ def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep, notify: Notify
         if job.state == jobs.State.ASSIGNED:  # its slot is free again
             balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
         killed = jobs.get(conn, job_id)
-    notify()
     return models.Job.from_job(killed)
 
 
 @router.post("/{job_id}/restart", status_code=201, responses=_OCCUPIED)
-def restart_job(job_id: JobId, user: CurrentUser, engine: EngineDep, notify: Notify) -> models.Job:
+def restart_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
     """A new job with the same spec, ``restarted_from`` this one."""
     with db.read(engine) as conn:
         job = manageable_job(conn, user, job_id)
     new = submission.restart(engine, user, job_id, job)
-    notify()
     if new.state == jobs.State.OCCUPIED:
         raise submission.occupied(new)
     return models.Job.from_job(new)

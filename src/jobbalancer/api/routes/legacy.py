@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jobbalancer import auth, errors, jobs
 from jobbalancer.api import models, submission
-from jobbalancer.api.deps import EngineDep, Notify, authenticate, key_from_headers
+from jobbalancer.api.deps import EngineDep, authenticate, key_from_headers
 from jobbalancer.api.errors import describe
 
 router = APIRouter(tags=["legacy"])
@@ -139,7 +139,7 @@ def _accepted(job: jobs.Job) -> JSONResponse:
         }
     },
 )
-async def add_job(request: Request, engine: EngineDep, notify: Notify) -> JSONResponse:
+async def add_job(request: Request, engine: EngineDep) -> JSONResponse:
     """Submit a job the way the original Job Balancer took it."""
     try:
         data = await _read_body(request)
@@ -150,5 +150,4 @@ async def add_job(request: Request, engine: EngineDep, notify: Notify) -> JSONRe
         field = _LEGACY_NAMES.get(exc.field or "", exc.field)
         extra = {"error": exc.code} | ({"field": field} if field else {})
         return _answer(exc.status, False, exc.message, **extra)
-    await run_in_threadpool(notify)
     return _accepted(job)

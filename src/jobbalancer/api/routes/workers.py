@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Response
 
 from jobbalancer import balancer, classes, db, workers
 from jobbalancer.api import models
-from jobbalancer.api.deps import CurrentUser, EngineDep, Notify, Operator
+from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.classes import MAX_ID
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
@@ -35,7 +35,6 @@ def update_worker(
     patch: models.WorkerPatch,
     user: Operator,
     engine: EngineDep,
-    notify: Notify,
 ) -> models.Worker:
     """Change max_jobs (null: the class's), worker_class, or enabled. A disabled worker
     takes no new jobs and finishes those it has."""
@@ -45,10 +44,8 @@ def update_worker(
             changes["worker_class"] = classes.find(conn, changes["worker_class"]).id
         workers.update(conn, worker_id, changes)
         # More slots, or another class: waiting jobs may fit now.
-        assigned = balancer.assign_waiting(conn, worker_id=worker_id)
+        balancer.assign_waiting(conn, worker_id=worker_id)
         worker = workers.get(conn, worker_id)
-    if assigned:
-        notify()
     return models.Worker.from_worker(worker)
 
 

@@ -1,0 +1,113 @@
+"""Run the HTTP server: the API app under uvicorn, with TLS when configured."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from jobbalancer import errors
+from jobbalancer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Open live log streams would hold a graceful shutdown forever; past this they are cut.
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def run_server(settings: Settings, *, access_log: bool = False) -> None:
+    """Serve the API until SIGTERM or SIGINT, then shut down gracefully and return.
+
+    Binds ``server.host``:``server.port`` first, so a taken port is a clear
+    :class:`~jobbalancer.errors.ConfigError` rather than a log line; serves HTTPS when
+    ``server.tls_cert`` and ``server.tls_key`` are both set.
+    """
+    from jobbalancer.api.app import create_app  # the app pulls in the whole web stack
+
+    cert, key = tls_files(settings)
+    with bind(settings.server.host, settings.server.port) as sock:
+        config = uvicorn.Config(
+            create_app(settings),
+            access_log=access_log,
+            log_level=settings.log_level.lower(),
+            ssl_certfile=cert,
+            ssl_keyfile=key,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            server_header=False,
+        )
+        host, port = sock.getsockname()[:2]
+        log.info("serving on %s://%s:%s", "https" if cert else "http", _url_host(host), port)
+        with _return_after_signal():
+            uvicorn.Server(config).run(sockets=[sock])
+
+
+def tls_files(settings: Settings) -> tuple[str | None, str | None]:
+    """(certificate, key) paths when TLS is on, else (None, None); checks they exist."""
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if not cert and not key:
+        return None, None
+    if not (cert and key):
+        raise errors.ConfigError(
+            "TLS needs both a certificate and a key: give --tls-cert and --tls-key "
+            "(server.tls_cert / server.tls_key in the config file)"
+        )
+    for what, path in (("certificate", cert), ("key", key)):
+        if not Path(path).is_file():
+            raise errors.ConfigError(f"TLS {what} {path} does not exist or is not a file")
+    return cert, key
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a ConfigError that says what to change."""
+    try:
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except socket.gaierror as exc:
+        raise errors.ConfigError(
+            f"cannot resolve host {host!r} ({exc.strerror}): set --host / server.host "
+            "to an address of this machine, e.g. 127.0.0.1 or 0.0.0.0"
+        ) from exc
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise errors.ConfigError(
+            f"cannot listen on {host}:{port}: {reason}. Is another server running there? "
+            "Stop it, or pick another port with --port / server.port"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.contextmanager
+def _return_after_signal() -> Iterator[None]:
+    """Make a signal-triggered graceful shutdown end in a normal return.
+
+    uvicorn re-raises the signal it shut down for once it is done, through the handler
+    that was installed before it; with the defaults that kills the process (SIGTERM) or
+    raises KeyboardInterrupt (SIGINT) after the clean shutdown. A no-op handler there lets
+    ``run_server`` return and the process exit 0.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _ignore) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    log.debug("signal %s after shutdown ignored", signum)

@@ -1,0 +1,484 @@
+"""The `jobbalancer` command on temporary SQLite databases (Typer's CliRunner, in-process)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import typer
+from typer.testing import CliRunner
+
+from jobbalancer import auth, cli, db
+from jobbalancer.client import Client
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No JOBBALANCER_* variable of the host, and no ./jobbalancer.toml, leaks in."""
+    for key in list(os.environ):
+        if key.startswith("JOBBALANCER_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def engine(url: str) -> Iterator[sa.Engine]:
+    """The test database as the CLI leaves it (the CLI creates the schema itself)."""
+    eng = db.connect(url)
+    yield eng
+    eng.dispose()
+
+
+def run(runner: CliRunner, *args: str, **kwargs: Any) -> Any:
+    return runner.invoke(cli.app, list(args), **kwargs)
+
+
+def last_line(output: str) -> str:
+    return output.rstrip("\n").splitlines()[-1]
+
+
+# -- users and keys -----------------------------------------------------------------------
+
+
+def test_users_create_prints_a_working_password_as_the_last_line(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    result = run(runner, "users", "create", "alice", "--role", "submitter", "--database-url", url)
+
+    assert result.exit_code == 0, result.output
+    password = last_line(result.output)
+    assert "alice" in result.output.splitlines()[0]
+    with db.read(engine) as conn:
+        user = auth.authenticate_password(conn, "alice", password)
+    assert user is not None and user.role == auth.Role.SUBMITTER
+
+
+def test_users_create_with_limits(runner: CliRunner, url: str, engine: sa.Engine) -> None:
+    result = run(
+        runner,
+        "users",
+        "create",
+        "bob",
+        "--role",
+        "operator",
+        "--scripts-only",
+        "--classes",
+        "gpu, default",
+        "--database-url",
+        url,
+    )
+
+    assert result.exit_code == 0, result.output
+    with db.read(engine) as conn:
+        bob = auth.find_user(conn, "bob")
+    assert not bob.commands_allowed
+    assert bob.worker_classes == ("gpu", "default")
+
+
+def test_password_stdin_sets_that_password_and_prints_none(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    result = run(
+        runner,
+        "users",
+        "create",
+        "carol",
+        "--role",
+        "viewer",
+        "--password-stdin",
+        "--database-url",
+        url,
+        input="correct horse\n",
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "correct horse" not in result.output
+    with db.read(engine) as conn:
+        assert auth.authenticate_password(conn, "carol", "correct horse") is not None
+
+
+def test_password_stdin_refuses_an_empty_password(runner: CliRunner, url: str) -> None:
+    result = run(
+        runner,
+        "users",
+        "create",
+        "dan",
+        "--role",
+        "viewer",
+        "--password-stdin",
+        "--database-url",
+        url,
+        input="",
+    )
+
+    assert result.exit_code == cli.RET_USAGE
+    assert "standard input" in result.output
+
+
+def test_reset_password_prints_the_new_one_last(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    run(runner, "users", "create", "erin", "--role", "admin", "--database-url", url)
+
+    result = run(runner, "users", "reset-password", "erin", "--database-url", url)
+
+    assert result.exit_code == 0, result.output
+    with db.read(engine) as conn:
+        assert auth.authenticate_password(conn, "erin", last_line(result.output)) is not None
+
+
+def test_keys_create_prints_a_key_that_authenticates_as_the_last_line(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    run(runner, "users", "create", "frank", "--role", "operator", "--database-url", url)
+
+    result = run(runner, "keys", "create", "frank", "--name", "ci", "--database-url", url)
+
+    assert result.exit_code == 0, result.output
+    key = last_line(result.output)
+    assert key.startswith(auth.KEY_PREFIX)
+    with db.read(engine) as conn:
+        user = auth.authenticate_key(conn, key)
+    assert user is not None and user.name == "frank"
+
+
+def test_keys_list_and_revoke(runner: CliRunner, url: str, engine: sa.Engine) -> None:
+    run(runner, "users", "create", "gina", "--role", "viewer", "--database-url", url)
+    key = last_line(run(runner, "keys", "create", "gina", "--database-url", url).output)
+    with db.read(engine) as conn:
+        key_id = auth.list_api_keys(conn, auth.find_user(conn, "gina").id)[0].id
+
+    listed = run(runner, "keys", "list", "gina", "--json", "--database-url", url)
+    revoked = run(runner, "keys", "revoke", "gina", str(key_id), "--database-url", url)
+    again = run(runner, "keys", "revoke", "gina", str(key_id), "--database-url", url)
+
+    assert listed.exit_code == 0 and key[:11] in listed.output
+    assert key not in listed.output
+    assert revoked.exit_code == 0, revoked.output
+    with db.read(engine) as conn:
+        assert auth.authenticate_key(conn, key) is None
+    assert again.exit_code == cli.RET_NOT_FOUND
+
+
+def test_users_list(runner: CliRunner, url: str) -> None:
+    run(runner, "users", "create", "hank", "--role", "viewer", "--database-url", url)
+
+    result = run(runner, "users", "list", "--database-url", url)
+
+    assert result.exit_code == 0, result.output
+    assert "hank" in result.output and "viewer" in result.output
+
+
+def test_bad_role_is_a_clear_error(runner: CliRunner, url: str) -> None:
+    result = run(runner, "users", "create", "ivan", "--role", "boss", "--database-url", url)
+
+    assert result.exit_code == cli.RET_USAGE
+    assert "role must be one of admin, operator, submitter, viewer" in result.output
+
+
+def test_duplicate_user_is_a_conflict(runner: CliRunner, url: str) -> None:
+    run(runner, "users", "create", "judy", "--role", "viewer", "--database-url", url)
+
+    result = run(runner, "users", "create", "judy", "--role", "viewer", "--database-url", url)
+
+    assert result.exit_code == cli.RET_CONFLICT
+    assert "already exists" in result.output
+
+
+def test_unknown_user_for_a_key(runner: CliRunner, url: str) -> None:
+    result = run(runner, "keys", "create", "nobody-here", "--database-url", url)
+
+    assert result.exit_code == cli.RET_NOT_FOUND
+    assert "does not exist" in result.output
+
+
+# -- environment variables ----------------------------------------------------------------
+
+
+def test_environment_variables_reach_options(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    env = {"JOBBALANCER_DATABASE_URL": url, "JOBBALANCER_USER_ROLE": "operator"}
+
+    result = run(runner, "users", "create", "kate", env=env)
+
+    assert result.exit_code == 0, result.output
+    with db.read(engine) as conn:
+        assert auth.find_user(conn, "kate").role == auth.Role.OPERATOR
+
+
+def test_data_dir_from_the_environment(runner: CliRunner, tmp_path: Path) -> None:
+    data = tmp_path / "elsewhere"
+
+    result = run(runner, "db", "upgrade", env={"JOBBALANCER_DATA_DIR": str(data)})
+
+    assert result.exit_code == 0, result.output
+    assert (data / "jobbalancer.db").exists()
+
+
+def _options(command: Any, path: str = "jobbalancer") -> Iterator[tuple[str, Any]]:
+    for param in getattr(command, "params", []):
+        if param.param_type_name == "option" and not param.hidden:
+            yield path, param
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _options(sub, f"{path} {name}")
+
+
+def test_every_option_has_an_environment_variable_shown_in_help(runner: CliRunner) -> None:
+    command = typer.main.get_command(cli.app)
+    skip = {"help", "install_completion", "show_completion"}
+    helps: dict[str, str] = {}
+    checked = 0
+    for path, option in _options(command):
+        if option.name in skip:
+            continue
+        assert option.envvar, f"{path} {option.opts[0]} has no environment variable"
+        assert str(option.envvar).startswith("JOBBALANCER_")
+        if path not in helps:
+            words = path.split()[1:]
+            helps[path] = run(runner, *words, "--help", env={"COLUMNS": "300"}).output
+        assert option.envvar in helps[path], f"{path} --help does not show {option.envvar}"
+        checked += 1
+    assert checked > 40
+
+
+def test_option_variables_do_not_trip_the_settings_loader(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    """Command-only variables must not look like JOBBALANCER_<SECTION>_<KEY> settings."""
+    command = typer.main.get_command(cli.app)
+    env = {str(o.envvar): "x" for _, o in _options(command) if o.envvar}
+    settings_like = {k for k in env if k.split("_")[1].lower() in ("database", "server", "worker")}
+    allowed = {
+        "JOBBALANCER_DATABASE_URL",
+        "JOBBALANCER_SERVER_HOST",
+        "JOBBALANCER_SERVER_PORT",
+        "JOBBALANCER_SERVER_TLS_CERT",
+        "JOBBALANCER_SERVER_TLS_KEY",
+        "JOBBALANCER_WORKER_NAME",
+        "JOBBALANCER_WORKER_WORKER_CLASS",
+        "JOBBALANCER_WORKER_MAX_JOBS",
+        "JOBBALANCER_WORKER_RUN_AS",
+        "JOBBALANCER_WORKER_ALLOW_ROOT",
+    }
+    assert settings_like <= allowed
+
+
+# -- db -----------------------------------------------------------------------------------
+
+
+def test_db_upgrade_then_current(runner: CliRunner, url: str, engine: sa.Engine) -> None:
+    before = run(runner, "db", "current", "--database-url", url)
+    upgraded = run(runner, "db", "upgrade", "--database-url", url)
+    after = run(runner, "db", "current", "--database-url", url)
+    repeated = run(runner, "db", "upgrade", "--database-url", url)
+
+    assert before.exit_code == 0 and "db upgrade" in before.output
+    assert upgraded.exit_code == 0, upgraded.output
+    revision = db.current_revision(engine)
+    assert revision and revision in upgraded.output
+    assert after.output.startswith(revision) and "up to date" in after.output
+    assert repeated.exit_code == 0
+
+
+def test_bad_database_url_is_a_config_error(runner: CliRunner) -> None:
+    result = run(runner, "db", "upgrade", "--database-url", "oracle://x/y")
+
+    assert result.exit_code == cli.RET_CONFIG
+    assert "not supported" in result.output
+
+
+def test_missing_config_file_is_a_config_error(runner: CliRunner, tmp_path: Path) -> None:
+    result = run(runner, "db", "upgrade", "--config", str(tmp_path / "nope.toml"))
+
+    assert result.exit_code == cli.RET_CONFIG
+    assert "does not exist" in result.output
+
+
+def test_unreachable_database(runner: CliRunner) -> None:
+    result = run(
+        runner, "db", "upgrade", "--database-url", "postgresql://u:secret@127.0.0.1:1/jobbalancer"
+    )
+
+    assert result.exit_code == cli.RET_DATABASE
+    assert "--database-url" in result.output
+    assert "secret" not in result.output
+
+
+# -- client commands without a server -------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_server_says_what_to_do(runner: CliRunner) -> None:
+    server = f"http://127.0.0.1:{_closed_port()}"
+
+    result = run(runner, "jobs", "--url", server, "--api-key", "jb_x")
+
+    assert result.exit_code == cli.RET_CONNECT
+    assert server in result.output and "jobbalancer server" in result.output
+
+
+def test_submit_needs_something_to_run(runner: CliRunner) -> None:
+    nothing = run(runner, "submit")
+    both = run(runner, "submit", "--script", "s", "--", "echo", "hi")
+    bad_env = run(runner, "submit", "--env", "NOEQUALS", "--", "true")
+
+    assert nothing.exit_code == cli.RET_USAGE and "nothing to run" in nothing.output
+    assert both.exit_code == cli.RET_USAGE and "not both" in both.output
+    assert bad_env.exit_code == cli.RET_USAGE and "KEY=VALUE" in bad_env.output
+
+
+def test_submit_joins_command_words_with_shell_quoting() -> None:
+    one = cli._submit_spec(["echo hi | wc -c"], None, [], [], [])
+    many = cli._submit_spec(["printf", "%s\n", "a b"], None, [], ["K=v=w"], ["team=x"])
+    script = cli._submit_spec([], "7", ["in file", "-x"], [], [])
+
+    assert one["command"] == "echo hi | wc -c"
+    assert many["command"] == "printf '%s\n' 'a b'"
+    assert many["env"] == {"K": "v=w"} and many["labels"] == {"team": "x"}
+    assert script["script"] == 7 and script["params"] == ["in file", "-x"]
+
+
+@pytest.mark.parametrize(
+    ("job", "code"),
+    [
+        ({"state": "done", "exit_code": 0}, 0),
+        ({"state": "failed", "exit_code": 3}, 3),
+        ({"state": "failed", "exit_code": None}, 1),
+        ({"state": "failed", "exit_code": None, "signal": 9}, 137),
+        ({"state": "timeout", "exit_code": None}, cli.RET_JOB_TIMEOUT),
+        ({"state": "killed"}, cli.RET_JOB_KILLED),
+        ({"state": "lost"}, cli.RET_TEMPFAIL),
+        ({"state": "occupied"}, cli.RET_TEMPFAIL),
+    ],
+)
+def test_job_exit_codes(job: dict[str, Any], code: int) -> None:
+    assert cli.job_exit_code(job) == code
+
+
+# -- worker -------------------------------------------------------------------------------
+
+
+def test_worker_as_root_is_refused_with_a_named_code(
+    runner: CliRunner, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    result = run(runner, "worker", "--database-url", url)
+
+    assert result.exit_code == cli.RET_ROOT
+    assert "--run-as USER" in result.output and "--allow-root" in result.output
+
+
+# -- real processes -----------------------------------------------------------------------
+
+
+def _spawn(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    out = tmp_path / f"{name}.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBBALANCER_")}
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jobbalancer", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+        )
+    return proc, out
+
+
+def _wait_for(out: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = out.read_text(errors="replace")
+        if text in content:
+            return content
+        assert proc.poll() is None, f"exited with {proc.returncode}:\n{content}"
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear:\n{out.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; whatever still runs at the end is killed with its group."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.e2e
+def test_server_stops_cleanly_on_sigterm_and_refuses_a_taken_port(
+    tmp_path: Path, reaper: list[subprocess.Popen[bytes]]
+) -> None:
+    port = str(_closed_port())
+    server, out = _spawn(tmp_path, "server", "server", "--port", port)
+    reaper.append(server)
+    _wait_for(out, "serving on http://127.0.0.1:" + port, server)
+    _wait_for(out, "Application startup complete", server)
+
+    second, second_out = _spawn(tmp_path, "second", "server", "--port", port)
+    reaper.append(second)
+    assert second.wait(timeout=30) == cli.RET_CONFIG
+    assert "pick another port with --port" in second_out.read_text()
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+
+
+@pytest.mark.e2e
+def test_up_prints_credentials_once_runs_jobs_and_stops_on_ctrl_c(
+    tmp_path: Path, reaper: list[subprocess.Popen[bytes]]
+) -> None:
+    port = _closed_port()
+    up, out = _spawn(tmp_path, "up", "up", "--port", str(port), "--workers", "1")
+    reaper.append(up)
+    panel = _wait_for(out, "Try it:", up)
+    key = re.search(r"API key\s+(jb_[\w-]+)", panel)
+    assert key is not None, panel
+    assert f'curl -H "Authorization: Bearer {key[1]}"' in panel
+
+    with Client(f"http://127.0.0.1:{port}", key[1]) as c:
+        job = c.submit(command="echo from-up")
+        assert c.wait(job["id"], timeout=30)["state"] == "done"
+        assert c.log(job["id"])[0] == "from-up\n"
+
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=30) == cli.RET_OK
+    assert "stopping" in out.read_text()
+
+    again, again_out = _spawn(tmp_path, "again", "up", "--port", str(port), "--workers", "0")
+    reaper.append(again)
+    text = _wait_for(again_out, "jobbalancer is running", again)
+    assert "printed on the first start" in text and key[1] not in text
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=30) == cli.RET_OK
