@@ -200,7 +200,9 @@ def make_cluster(
         cli("db", "upgrade", env=env)
         cli("users", "create", "tester", "--role", "admin", "--password-stdin",
             env=env, stdin="tester-password\n")  # fmt: skip
-        cluster.key = cli("keys", "create", "tester", "--name", "e2e", env=env).strip().splitlines()[-1]
+        cluster.key = (
+            cli("keys", "create", "tester", "--name", "e2e", env=env).strip().splitlines()[-1]
+        )
         if server:
             cluster.start_server()
             # Faster liveness than the default 15 s, so recovery tests stay short.

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.e2e
 Factory = Any
 
 
-def test_command_output_and_exit_codes_on_every_backend(make_cluster: Factory, backend: str) -> None:
+def test_command_output_and_exit_codes_on_every_backend(
+    make_cluster: Factory, backend: str
+) -> None:
     # Given a server and one worker on this backend
     cluster: Cluster = make_cluster(backend)
     cluster.start_worker("w1", "--allow-root")
@@ -131,7 +133,7 @@ def test_script_params_are_passed_literally(make_cluster: Factory, tmp_path: Pat
     )
     assert r.status_code == 201, r.text
     canary = tmp_path / "pwned"
-    params = [f"$(touch {canary})", f"; touch {canary}", "it's \"quoted\"", "a b", "`id`", "*"]
+    params = [f"$(touch {canary})", f"; touch {canary}", 'it\'s "quoted"', "a b", "`id`", "*"]
     job = cluster.submit(script="argv", params=params)
     assert cluster.wait_job(job["id"])["state"] == "done"
     assert json.loads(cluster.log(job["id"], "stdout")) == params
