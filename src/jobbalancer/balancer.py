@@ -103,8 +103,12 @@ def assign_waiting(
     by_class = _candidates(conn, class_ids, worker_id)
     if not by_class:
         return 0
-    strategy = STRATEGIES[settings.load_tunables(conn).algorithm]
-    cursor = int(settings.get_value(conn, CURSOR_KEY) or 0)
+    if worker_id is not None:
+        # One candidate: every strategy picks it, so skip reading the setting and cursor.
+        strategy, cursor = fill_first, 0
+    else:
+        strategy = STRATEGIES[settings.load_tunables(conn).algorithm]
+        cursor = int(settings.get_value(conn, CURSOR_KEY) or 0)
     start_cursor, chosen_ids = cursor, []
     for class_id, candidates in by_class.items():
         for job_id in _queue(conn, class_id, sum(c.free for c in candidates)):
@@ -116,7 +120,7 @@ def assign_waiting(
             candidates = _take_slot(candidates, chosen)
             if not candidates:
                 break
-    if cursor != start_cursor:
+    if cursor != start_cursor and worker_id is None:
         settings.put_value(conn, CURSOR_KEY, cursor)
     db.wake_workers(conn, chosen_ids)
     return len(chosen_ids)

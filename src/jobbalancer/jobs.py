@@ -331,6 +331,7 @@ def finish(
     signal: int | None = None,
     error: str | None = None,
     output_bytes: int | None = None,
+    pid: int | None = None,
 ) -> bool:
     """running → done/failed/timeout/killed, as the worker saw it end; retries if allowed.
 
@@ -347,6 +348,8 @@ def finish(
     }
     if output_bytes is not None:
         values["output_bytes"] = output_bytes
+    if pid is not None:
+        values["pid"] = pid
     done = _transition(conn, job_id, [State.RUNNING, State.ASSIGNED], J.c.token == token, **values)
     if done and state in RETRYABLE:
         _retry(conn, job_id)

@@ -87,6 +87,7 @@ class Worker:
             max_buffer_bytes=self.ws.buffer_max_bytes,
         )
         self._running: dict[int, _Running] = {}
+        self._started: list[tuple[int, str, int]] = []  # (job, token, pid) to record
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._draining = threading.Event()
@@ -211,19 +212,56 @@ class Worker:
         except Exception as exc:
             log.warning("cannot poll for jobs (%s); retrying", exc)
             return False
-        acted = False
+        self._record_pids()
+        fresh = []
         for job in todo:
             with self._lock:
                 current = self._running.get(job.id)
-            if job.state == jobs.State.RUNNING and current is not None and current.process:
-                if current.stopping_reason is None:
-                    current.stopping_reason = "killed by request"
-                    current.process.kill()
-                    acted = True
-            elif job.state == jobs.State.ASSIGNED and current is None:
-                self._start_thread(job)
-                acted = True
-        return acted
+            if job.state == jobs.State.ASSIGNED and current is None:
+                fresh.append(job)
+            elif job.state == jobs.State.RUNNING and current is not None:
+                self._pass_kill(current)
+        for job in self._claim(fresh):
+            self._start_thread(job)
+        return bool(todo)
+
+    def _pass_kill(self, current: _Running) -> None:
+        if current.process is not None and current.stopping_reason is None:
+            current.stopping_reason = "killed by request"
+            current.process.kill()
+
+    def _claim(self, assigned: list[jobs.Job]) -> list[jobs.Job]:
+        """assigned → running for all of them in one transaction; those we got."""
+        if not assigned:
+            return []
+
+        def claim() -> list[jobs.Job]:
+            with db.write(self.engine) as conn:
+                return [
+                    job for job in assigned
+                    if jobs.claim(conn, job.id, self.worker_id, job.token or "")
+                ]  # fmt: skip
+
+        try:
+            return self._retry(claim, "claim jobs")
+        except Exception as exc:
+            log.warning("could not claim jobs (%s); they stay assigned", exc)
+            return []
+
+    def _record_pids(self) -> None:
+        """Write the pids of jobs started since the last poll, all in one transaction
+        (a job that ends first records its pid with its result)."""
+        with self._lock:
+            started, self._started = self._started, []
+        if not started:
+            return
+
+        def record() -> None:
+            with db.write(self.engine) as conn:
+                for job_id, token, pid in started:
+                    jobs.set_pid(conn, job_id, token, pid)
+
+        self._try(record, "record job pids")
 
     def _start_thread(self, job: jobs.Job) -> None:
         with self._lock:
@@ -242,7 +280,7 @@ class Worker:
             log.exception("job %d: unexpected error in the worker", job.id)
             if job.token is not None:
                 outcome = runner.Outcome.start_failed(f"worker error: {exc}")
-                self._try(lambda: self._report(job, job.token or "", outcome), "report it")
+                self._try(lambda: self._report(job, job.token or "", outcome, None), "report it")
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
@@ -251,27 +289,21 @@ class Worker:
     def _run_claimed(self, job: jobs.Job) -> None:
         assert job.token is not None
         token = job.token
-
-        def claim() -> bool:
-            with db.write(self.engine) as conn:
-                return jobs.claim(conn, job.id, self.worker_id, token)
-
-        if not self._retry(claim, f"claim job {job.id}"):
-            return  # killed or recovered meanwhile: not ours any more
         tunables = self.tunables
         self.sink.open(job.id, tunables.max_log_bytes)
         process = runner.JobProcess(self._run_spec(job, tunables), self._on_output(job.id))
         try:
             pid = process.start()
         except runner.StartError as exc:
-            self._report(job, token, runner.Outcome.start_failed(str(exc)))
+            self._report(job, token, runner.Outcome.start_failed(str(exc)), None)
             return
         with self._lock:
             self._running[job.id].process = process
-        self._try(lambda: self._set_pid(job.id, token, pid), f"record pid of job {job.id}")
+            self._started.append((job.id, token, pid))
+        self._wake.set()
         if self._hard_stop.is_set():
             process.kill()
-        self._report(job, token, process.wait())
+        self._report(job, token, process.wait(), pid)
 
     def _run_spec(self, job: jobs.Job, tunables: settings.Tunables) -> runner.RunSpec:
         return runner.RunSpec(
@@ -292,25 +324,20 @@ class Worker:
 
         return on_output
 
-    def _set_pid(self, job_id: int, token: str, pid: int) -> None:
-        with db.write(self.engine) as conn:
-            jobs.set_pid(conn, job_id, token, pid)
-
-    def _report(self, job: jobs.Job, token: str, outcome: runner.Outcome) -> None:
-        kept = self.sink.close(job.id)
+    def _report(self, job: jobs.Job, token: str, outcome: runner.Outcome, pid: int | None) -> None:
         state, error = self._judge(job, outcome)
 
-        def finish() -> bool:
-            with db.write(self.engine) as conn:
-                done = jobs.finish(
-                    conn, job.id, token, state, exit_code=outcome.exit_code,
-                    signal=outcome.signal, error=error, output_bytes=kept,
-                )  # fmt: skip
-                if not self._draining.is_set():
-                    balancer.assign_waiting(conn, worker_id=self.worker_id)
-                return done
+        def finish(conn: sa.Connection, kept: int) -> bool:
+            done = jobs.finish(
+                conn, job.id, token, state, exit_code=outcome.exit_code,
+                signal=outcome.signal, error=error, output_bytes=kept, pid=pid,
+            )  # fmt: skip
+            if not self._draining.is_set():
+                # A slot just freed up: fill it in the same transaction.
+                balancer.assign_waiting(conn, worker_id=self.worker_id)
+            return done
 
-        if not self._retry(finish, f"record the end of job {job.id}"):
+        if not self._retry(lambda: self.sink.finish(job.id, finish), f"record job {job.id}"):
             log.warning("job %d ended but was no longer this worker's; result dropped", job.id)
 
     def _judge(self, job: jobs.Job, outcome: runner.Outcome) -> tuple[jobs.State, str | None]:

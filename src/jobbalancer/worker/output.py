@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -23,6 +24,7 @@ from jobbalancer import db
 from jobbalancer.db import schema
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_CHUNK = 1024 * 1024  # one row never holds more than this
 # Stamped with the database clock, like every other time in the database.
 _INSERT = sa.insert(schema.job_output).values(at=db.utcnow())
@@ -139,29 +141,33 @@ class OutputSink:
         else:
             out.pending.append((stream, bytearray(data)))
 
-    def close(self, job_id: int, *, retry_until: float | None = None) -> int:
-        """Finish ``job_id``'s output: add the truncation marker, write everything.
+    def finish(self, job_id: int, report: Callable[[sa.Connection, int], T]) -> T:
+        """Write the rest of ``job_id``'s output and ``report`` its end, in one transaction.
 
-        Blocks until the job's output is in the database (retrying while it is away, up to
-        ``retry_until`` on the monotonic clock). Returns the bytes kept.
+        ``report(conn, kept)`` gets the bytes kept. The truncation marker is added once,
+        however often this is retried after a failure (the database may be away).
         """
         with self._lock:
-            out = self._jobs.get(job_id)
-            if out is None:
-                return 0
-            if out.dropped:
-                marker = f"\n[jobbalancer: output truncated, {out.dropped} bytes dropped]\n"
-                out.pending.append((out.dropped_stream, bytearray(marker.encode())))
-                self._buffered += len(marker)
-            out.closed = True
+            out = self._jobs.setdefault(job_id, _JobOutput(cap=0))
+            if not out.closed:
+                out.closed = True
+                if out.dropped:
+                    marker = f"\n[jobbalancer: output truncated, {out.dropped} bytes dropped]\n"
+                    out.pending.append((out.dropped_stream, bytearray(marker.encode())))
+                    self._buffered += len(marker)
             kept = out.accepted
-        delay = 0.1
-        while not self._try_flush():
-            if retry_until is not None and time.monotonic() >= retry_until:
-                break
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        return kept
+        with self._flush_lock:
+            rows, sealed = self._seal(only=job_id)
+            try:
+                with db.write(self.engine) as conn:
+                    if rows:
+                        conn.execute(_INSERT, rows)
+                    result = report(conn, kept)
+            except Exception:
+                self._unseal(sealed)
+                raise
+            self._written(rows)
+        return result
 
     # -- writing ------------------------------------------------------------------------
 
@@ -177,18 +183,24 @@ class OutputSink:
             except Exception:
                 self._unseal(sealed)
                 raise
-            with self._lock:
-                self._buffered -= sum(r["size"] for r in rows)
-                for job_id, out in list(self._jobs.items()):
-                    if out.closed and not out.pending:
-                        del self._jobs[job_id]
+            self._written(rows)
 
-    def _seal(self) -> tuple[list[dict[str, Any]], list[tuple[int, list[tuple[str, bytearray]]]]]:
+    def _written(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._buffered -= sum(r["size"] for r in rows)
+            for job_id, out in list(self._jobs.items()):
+                if out.closed and not out.pending:
+                    del self._jobs[job_id]
+
+    def _seal(
+        self, only: int | None = None
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, list[tuple[str, bytearray]]]]]:
+        """Take pending chunks (of one job, or all) as rows, numbering them in order."""
         rows: list[dict[str, Any]] = []
         sealed = []
         with self._lock:
             for job_id, out in self._jobs.items():
-                if not out.pending:
+                if not out.pending or (only is not None and job_id != only):
                     continue
                 chunks, out.pending = out.pending, []
                 sealed.append((job_id, chunks))
