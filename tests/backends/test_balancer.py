@@ -1,0 +1,424 @@
+"""The balancer on every backend: who gets each job, in which order, and never too many."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from jobbalancer import balancer, classes, db, jobs, settings, workers
+from jobbalancer.db import schema
+from jobbalancer.jobs import State
+
+J, W, C = schema.jobs, schema.workers, schema.worker_classes
+DEFAULT_CLASS = 1
+
+WorkerFactory = Callable[..., int]
+
+
+# -- factories ----------------------------------------------------------------------------
+# Each test gets a fresh database (the ``engine`` fixture), which goes with everything
+# these factories made.
+
+
+@pytest.fixture
+def worker_factory(engine: sa.Engine) -> WorkerFactory:
+    """make(name, worker_class="default", max_jobs=None) → the id of a new online worker."""
+
+    def make(name: str, worker_class: str = "default", max_jobs: int | None = None) -> int:
+        with db.write(engine) as conn:
+            worker_id, _ = workers.register(
+                conn, name=name, host="test-host", worker_class=worker_class, max_jobs=max_jobs,
+                pid=4242, version="test", stats=workers.Stats(),
+            )  # fmt: skip
+        return worker_id
+
+    return make
+
+
+def make_class(engine: sa.Engine, name: str, max_jobs: int) -> int:
+    with db.write(engine) as conn:
+        return classes.create(conn, name, max_jobs).id
+
+
+def spec(**kw: Any) -> jobs.Spec:
+    kw.setdefault("worker_class_id", DEFAULT_CLASS)
+    kw.setdefault("command", "true")
+    return jobs.Spec(**kw)
+
+
+def submit(engine: sa.Engine, *specs: jobs.Spec) -> list[int]:
+    """One submission (one API request): its job ids."""
+    with db.write(engine) as conn:
+        return balancer.submit(conn, list(specs) or [spec()], 7, "alice")
+
+
+def submit_one(engine: sa.Engine, **kw: Any) -> int:
+    (job_id,) = submit(engine, spec(**kw))
+    return job_id
+
+
+def get(engine: sa.Engine, job_id: int) -> jobs.Job:
+    with db.read(engine) as conn:
+        return jobs.get(conn, job_id)
+
+
+def worker_of(engine: sa.Engine, job_ids: list[int]) -> list[int | None]:
+    return [get(engine, i).worker_id for i in job_ids]
+
+
+def active_per_worker(engine: sa.Engine) -> Counter[int]:
+    with db.read(engine) as conn:
+        rows = conn.execute(
+            sa.select(J.c.worker_id, sa.func.count())
+            .where(J.c.state.in_([s.value for s in jobs.ACTIVE]))
+            .group_by(J.c.worker_id)
+        )
+        return Counter({worker_id: n for worker_id, n in rows})
+
+
+def states(engine: sa.Engine) -> Counter[str]:
+    with db.read(engine) as conn:
+        rows = conn.execute(sa.select(J.c.state, sa.func.count()).group_by(J.c.state))
+        return Counter({state: n for state, n in rows})
+
+
+def finish_and_refill(engine: sa.Engine, job_id: int) -> None:
+    """What a worker does when a job ends: claim it (if not yet), report it, fill its slot."""
+    with db.write(engine) as conn:
+        job = jobs.get(conn, job_id)
+        assert job.worker_id is not None and job.token is not None
+        jobs.claim(conn, job_id, job.worker_id, job.token)
+        assert jobs.finish(conn, job_id, job.token, State.DONE, exit_code=0)
+        balancer.assign_waiting(conn, worker_id=job.worker_id)
+
+
+def assign_waiting(engine: sa.Engine, **kw: Any) -> int:
+    with db.write(engine) as conn:
+        return balancer.assign_waiting(conn, **kw)
+
+
+def set_algorithm(engine: sa.Engine, algorithm: str) -> None:
+    with db.write(engine) as conn:
+        settings.save_tunables(conn, {"algorithm": algorithm})
+
+
+# -- submission ---------------------------------------------------------------------------
+
+
+def test_submit_assigns_at_once_when_a_slot_is_free_else_waits(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given one worker with one slot
+    w1 = worker_factory("w1", max_jobs=1)
+    # When a job is submitted, then it is assigned within the submission
+    job = get(engine, submit_one(engine))
+    assert (job.state, job.worker_id, job.worker_name) == (State.ASSIGNED, w1, "w1")
+    assert job.token is not None
+    # When another is submitted while the slot is taken, then it waits
+    second = submit_one(engine)
+    assert (get(engine, second).state, get(engine, second).worker_id) == (State.WAITING, None)
+    # When a second worker has joined and a third job arrives, then the older job goes first
+    w2 = worker_factory("w2", max_jobs=1)
+    third = submit_one(engine)
+    assert worker_of(engine, [second, third]) == [w2, None]
+
+
+def test_jobs_go_only_to_workers_of_their_class(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker of the default class and one of class gpu (2 slots)
+    cpu = worker_factory("cpu")
+    gpu = worker_factory("gpu-1", worker_class="gpu", max_jobs=2)
+    gpu_class = get_worker(engine, gpu).worker_class_id
+    # When three gpu jobs and one default job are submitted
+    gpu_jobs = submit(engine, *(spec(worker_class_id=gpu_class) for _ in range(3)))
+    default_job = submit_one(engine)
+    # Then gpu jobs run only on the gpu worker, and the third waits though cpu is idle
+    assert worker_of(engine, gpu_jobs) == [gpu, gpu, None]
+    assert get(engine, gpu_jobs[2]).state == State.WAITING
+    assert worker_of(engine, [default_job]) == [cpu]
+
+
+def get_worker(engine: sa.Engine, worker_id: int) -> workers.Worker:
+    with db.read(engine) as conn:
+        return workers.get(conn, worker_id)
+
+
+def test_a_worker_takes_at_most_its_own_max_jobs_else_its_class(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given class "small" allowing 3 jobs per worker, a worker relying on it, and one that
+    # overrides it with 1
+    small = make_class(engine, "small", max_jobs=3)
+    by_class = worker_factory("by-class", worker_class="small")
+    own = worker_factory("own", worker_class="small", max_jobs=1)
+    assert (get_worker(engine, by_class).max_jobs, get_worker(engine, own).max_jobs) == (3, 1)
+    # When more jobs arrive than the two can take
+    ids = submit(engine, *(spec(worker_class_id=small) for _ in range(6)))
+    # Then each runs as many as its limit allows, and the rest wait
+    assert active_per_worker(engine) == {by_class: 3, own: 1}
+    assert states(engine) == {State.ASSIGNED: 4, State.WAITING: 2}
+    # And a full worker is no candidate even when asked for by id
+    assert assign_waiting(engine, worker_id=by_class) == 0
+    assert len(ids) == 6
+
+
+def test_a_raised_limit_is_used_on_the_next_assignment(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    w1 = worker_factory("w1", max_jobs=1)
+    submit(engine, spec(), spec(), spec())
+    assert states(engine) == {State.ASSIGNED: 1, State.WAITING: 2}
+    with db.write(engine) as conn:
+        workers.update(conn, w1, {"max_jobs": 2})
+    assert assign_waiting(engine) == 1
+    with db.write(engine) as conn:
+        workers.update(conn, w1, {"max_jobs": None})  # back to the class's 5
+    assert assign_waiting(engine) == 1
+    assert active_per_worker(engine) == {w1: 3}
+
+
+def test_need_realtime_without_a_free_slot_is_occupied(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given no worker at all: a realtime job is occupied, a normal one waits
+    occupied, waiting = submit(engine, spec(need_realtime=True), spec())
+    job = get(engine, occupied)
+    assert (job.state, job.error) == (State.OCCUPIED, "no worker had a free slot")
+    assert job.finished_at is not None
+    assert get(engine, waiting).state == State.WAITING
+
+    # Given a worker with one free slot (the waiting job took the other)
+    w1 = worker_factory("w1", max_jobs=2)
+    assert assign_waiting(engine) == 1
+    # When two realtime jobs arrive together, then the first gets the slot
+    first, second = submit(engine, spec(need_realtime=True), spec(need_realtime=True))
+    assert (get(engine, first).state, get(engine, first).worker_id) == (State.ASSIGNED, w1)
+    assert get(engine, second).state == State.OCCUPIED
+    # And an occupied job never runs later, even when a slot frees up
+    finish_and_refill(engine, first)
+    assert get(engine, second).state == State.OCCUPIED
+
+
+# -- the queue ----------------------------------------------------------------------------
+
+
+def test_a_freed_slot_takes_the_highest_priority_then_the_oldest_job(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker with one slot, busy
+    w1 = worker_factory("w1", max_jobs=1)
+    busy = submit_one(engine)
+    # And jobs waiting, submitted in this order
+    low = submit_one(engine, priority=0)
+    high_old = submit_one(engine, priority=5)
+    mid = submit_one(engine, priority=2)
+    high_new = submit_one(engine, priority=5)
+    negative = submit_one(engine, priority=-3)
+    assert states(engine) == {State.ASSIGNED: 1, State.WAITING: 5}
+    # When the worker finishes one job after the other
+    order = []
+    current = busy
+    for _ in range(5):
+        finish_and_refill(engine, current)
+        (current,) = [j for j in all_ids(engine) if get(engine, j).state == State.ASSIGNED]
+        order.append(current)
+        assert get(engine, current).worker_id == w1
+    # Then the waiting jobs ran by priority, oldest first within one
+    assert order == [high_old, high_new, mid, low, negative]
+
+
+def all_ids(engine: sa.Engine) -> list[int]:
+    with db.read(engine) as conn:
+        return list(conn.execute(sa.select(J.c.id).order_by(J.c.id)).scalars())
+
+
+def test_a_joining_worker_gets_the_waiting_jobs_in_order(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given jobs waiting while no worker is there
+    ids = submit(engine, spec(priority=1), spec(priority=9), spec(priority=1), spec())
+    # When a worker with two slots joins and the balancer runs
+    w1 = worker_factory("w1", max_jobs=2)
+    assert assign_waiting(engine) == 2
+    # Then it got the highest priority job and the older of the two with priority 1
+    assert worker_of(engine, ids) == [w1, w1, None, None]
+    # And a second worker joining gets the rest
+    w2 = worker_factory("w2", max_jobs=2)
+    assert assign_waiting(engine, worker_id=w2) == 2
+    assert worker_of(engine, ids) == [w1, w1, w2, w2]
+    assert assign_waiting(engine) == 0
+
+
+def test_assign_waiting_for_one_worker_fills_only_its_slots(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    w1, w2 = worker_factory("w1", max_jobs=1), worker_factory("w2", max_jobs=1)
+    set_algorithm(engine, "fill_first")
+    a, b, c = submit(engine, spec(), spec(), spec())
+    assert worker_of(engine, [a, b, c]) == [w1, w2, None]
+    # w2 finishes first: its slot, not w1's, takes the waiting job
+    with db.write(engine) as conn:
+        job = jobs.get(conn, b)
+        assert job.token is not None
+        jobs.claim(conn, b, w2, job.token)
+        jobs.finish(conn, b, job.token, State.DONE, exit_code=0)
+        assert balancer.assign_waiting(conn, worker_id=w1) == 0
+        assert balancer.assign_waiting(conn, worker_id=w2) == 1
+    assert worker_of(engine, [c]) == [w2]
+
+
+def test_disabled_draining_and_offline_workers_get_nothing(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a disabled worker, a draining one and an offline one
+    disabled, draining, offline = (worker_factory(n) for n in ("disabled", "draining", "offline"))
+    with db.write(engine) as conn:
+        workers.update(conn, disabled, {"enabled": False})
+        conn.execute(sa.update(W).where(W.c.id == draining).values(state="draining"))
+        conn.execute(sa.update(W).where(W.c.id == offline).values(state="offline"))
+        assert balancer.free_slots(conn) == 0
+    # When jobs are submitted, then none is assigned
+    ids = submit(engine, spec(), spec(), spec(need_realtime=True))
+    assert [get(engine, i).state for i in ids] == [State.WAITING, State.WAITING, State.OCCUPIED]
+    assert assign_waiting(engine) == 0
+    # When the disabled worker is enabled again, then it takes the waiting jobs
+    with db.write(engine) as conn:
+        workers.update(conn, disabled, {"enabled": True})
+    assert assign_waiting(engine) == 2
+    assert worker_of(engine, ids[:2]) == [disabled, disabled]
+
+
+def test_free_slots_counts_online_enabled_workers_by_class(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    worker_factory("a")  # 5 slots from the default class
+    worker_factory("b", max_jobs=2)
+    gpu = worker_factory("g", worker_class="gpu", max_jobs=1)
+    gpu_class = get_worker(engine, gpu).worker_class_id
+    submit_one(engine)
+    with db.read(engine) as conn:
+        assert balancer.free_slots(conn) == 5 + 2 + 1 - 1
+        assert balancer.free_slots(conn, DEFAULT_CLASS) == 5 + 2 - 1
+        assert balancer.free_slots(conn, gpu_class) == 1
+
+
+# -- strategies in the database -------------------------------------------------------------
+
+
+def test_round_robin_spreads_evenly_and_its_cursor_survives_a_restart(
+    engine: sa.Engine, database_url: str, worker_factory: WorkerFactory
+) -> None:
+    # Given three workers and the default strategy
+    w = [worker_factory(f"w{i}") for i in (1, 2, 3)]
+    # When seven jobs are submitted one request at a time
+    ids = [submit_one(engine) for _ in range(7)]
+    # Then they went round in turn
+    assert worker_of(engine, ids) == [w[0], w[1], w[2], w[0], w[1], w[2], w[0]]
+    # When the server restarts (a new engine, nothing kept in memory)
+    engine.dispose()
+    restarted = db.connect(database_url)
+    try:
+        # Then the rotation continues where it stopped rather than at the first worker
+        with db.write(restarted) as conn:
+            (next_id,) = balancer.submit(conn, [spec()], None, None)
+            assert settings.get_value(conn, balancer.CURSOR_KEY) == w[1]
+        assert worker_of(restarted, [next_id]) == [w[1]]
+    finally:
+        restarted.dispose()
+
+
+def test_round_robin_spreads_one_batch_too(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    w = [worker_factory(f"w{i}") for i in (1, 2, 3)]
+    ids = submit(engine, *(spec() for _ in range(9)))
+    assert Counter(worker_of(engine, ids)) == {w[0]: 3, w[1]: 3, w[2]: 3}
+    assert worker_of(engine, ids[:3]) == w
+
+
+def test_switching_the_algorithm_takes_effect_on_the_next_assignment(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given two workers (five slots each) under round_robin
+    w1, w2 = worker_factory("w1"), worker_factory("w2")
+    assert worker_of(engine, [submit_one(engine) for _ in range(2)]) == [w1, w2]
+    # When an admin switches to fill_first, then the next jobs pack the first worker
+    set_algorithm(engine, "fill_first")
+    assert worker_of(engine, [submit_one(engine) for _ in range(3)]) == [w1, w1, w1]
+    # When switched to least_loaded (w1 runs 4, w2 1), then w2 catches up
+    set_algorithm(engine, "least_loaded")
+    assert worker_of(engine, [submit_one(engine) for _ in range(3)]) == [w2, w2, w2]
+    # When switched to random, then it only picks workers with a free slot: one left each
+    set_algorithm(engine, "random")
+    submit(engine, spec(), spec())
+    assert active_per_worker(engine) == {w1: 5, w2: 5}
+
+
+def test_least_loaded_balances_by_ratio_in_the_database(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    set_algorithm(engine, "least_loaded")
+    big, small = worker_factory("big", max_jobs=4), worker_factory("small", max_jobs=2)
+    ids = submit(engine, *(spec() for _ in range(6)))
+    assert active_per_worker(engine) == {big: 4, small: 2}
+    # big (0/4) ties small (0/2) and wins by id; then small (0/2) beats big (1/4)
+    assert worker_of(engine, ids[:3]) == [big, small, big]
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+def test_concurrent_submissions_never_give_a_worker_more_than_max_jobs(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given two workers with two slots each
+    w1, w2 = worker_factory("w1", max_jobs=2), worker_factory("w2", max_jobs=2)
+    threads, per_thread = 4, 25
+    start = threading.Barrier(threads)
+    finished = Counter[str]()
+
+    def client(n: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            with db.write(engine) as conn:
+                balancer.submit(conn, [spec(labels={"thread": str(n)})], None, f"client{n}")
+            # Whatever is committed at any moment never exceeds a worker's slots.
+            assert max(active_per_worker(engine).values()) <= 2
+            if i % 5 == 4:
+                # Now and then a worker ends a job, which frees a slot and refills it.
+                finished[str(n)] += finish_any(engine)
+
+    # When four clients submit at once
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(client, range(threads)))
+    # Then no worker ever got more than its two slots
+    assert active_per_worker(engine) == {w1: 2, w2: 2}
+    counts = states(engine)
+    assert sum(counts.values()) == threads * per_thread
+    assert counts[State.DONE] == sum(finished.values())
+    # And no slot stayed free while jobs waited
+    assert counts[State.WAITING] > 0
+    assert assign_waiting(engine) == 0
+
+
+def finish_any(engine: sa.Engine) -> int:
+    """Claim and finish one assigned job, as its worker would; 1 if this caller did it."""
+    with db.write(engine) as conn:
+        row = conn.execute(
+            sa.select(J.c.id, J.c.worker_id, J.c.token)
+            .where(J.c.state == State.ASSIGNED)
+            .order_by(J.c.id)
+            .limit(1)
+        ).first()
+        if row is None or not jobs.claim(conn, row.id, row.worker_id, row.token):
+            return 0  # another client took it meanwhile
+        assert jobs.finish(conn, row.id, row.token, State.DONE, exit_code=0)
+        balancer.assign_waiting(conn, worker_id=row.worker_id)
+        return 1

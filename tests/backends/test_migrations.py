@@ -1,0 +1,106 @@
+"""Schema upgrades on every backend: a fresh database reaches head, again and again, at once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from jobbalancer import classes, db
+from jobbalancer.db import schema
+
+
+@pytest.fixture
+def fresh(database_url: str) -> Iterator[sa.Engine]:
+    """An engine on a fresh, empty database: no schema yet."""
+    engine = db.connect(database_url)
+    yield engine
+    engine.dispose()
+
+
+def head() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(db.MIGRATIONS))
+    revision = ScriptDirectory.from_config(cfg).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def seeded_rows(engine: sa.Engine) -> tuple[list[tuple[int, str, int]], list[str]]:
+    """The worker classes and the lock names the first migration puts in."""
+    c, locks = schema.worker_classes, schema.locks
+    with db.read(engine) as conn:
+        classes = conn.execute(sa.select(c.c.id, c.c.name, c.c.max_jobs).order_by(c.c.id)).all()
+        names = conn.execute(sa.select(locks.c.name).order_by(locks.c.name)).scalars().all()
+    return [tuple(r) for r in classes], list(names)  # type: ignore[misc]
+
+
+def test_upgrade_of_a_fresh_database_reaches_head(fresh: sa.Engine) -> None:
+    assert db.current_revision(fresh) is None
+    db.upgrade(fresh)
+    assert db.current_revision(fresh) == head()
+    tables = set(sa.inspect(fresh).get_table_names())
+    assert set(schema.metadata.tables) <= tables
+    # The default class every worker and job falls back to, and the named locks
+    assert seeded_rows(fresh) == ([(1, "default", 5)], ["assign", "leader"])
+
+
+def test_the_migrated_schema_matches_the_tables_the_code_uses(fresh: sa.Engine) -> None:
+    db.upgrade(fresh)
+    with fresh.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, schema.metadata) == []
+
+
+def test_upgrade_is_idempotent_and_keeps_data(fresh: sa.Engine) -> None:
+    db.upgrade(fresh)
+    with db.write(fresh) as conn:
+        classes.create(conn, "gpu")
+    db.upgrade(fresh)
+    db.upgrade(fresh)
+    assert db.current_revision(fresh) == head()
+    assert seeded_rows(fresh) == ([(1, "default", 5), (2, "gpu", 5)], ["assign", "leader"])
+
+
+def test_a_new_class_gets_a_new_id_after_the_seeded_default(fresh: sa.Engine) -> None:
+    # The default class is inserted with an explicit id: the next one must not collide.
+    db.upgrade(fresh)
+    with db.write(fresh) as conn:
+        first = classes.create(conn, "gpu").id
+        second = classes.create(conn, "arm").id
+    assert len({1, first, second}) == 3
+    with db.read(fresh) as conn:
+        assert classes.find(conn, "default").id == 1
+        assert classes.find(conn, "1").id == 1
+
+
+def test_several_servers_upgrading_one_fresh_database_at_once_all_succeed(
+    database_url: str,
+) -> None:
+    # Given four processes' engines on one fresh database
+    count = 4
+    engines = [db.connect(database_url) for _ in range(count)]
+    together = threading.Barrier(count)
+
+    def start_server(engine: sa.Engine) -> str | None:
+        together.wait()
+        db.upgrade(engine)
+        return db.current_revision(engine)
+
+    try:
+        # When they all upgrade at the same moment
+        with ThreadPoolExecutor(count) as pool:
+            revisions = list(pool.map(start_server, engines))
+        # Then every one succeeded, and the seeded rows exist once
+        assert revisions == [head()] * count
+        assert seeded_rows(engines[0]) == ([(1, "default", 5)], ["assign", "leader"])
+    finally:
+        for engine in engines:
+            engine.dispose()
