@@ -103,6 +103,7 @@ def assign_waiting(
     by_class = _candidates(conn, class_ids, worker_id)
     if not by_class:
         return 0
+    strategy: Strategy
     if worker_id is not None:
         # One candidate: every strategy picks it, so skip reading the setting and cursor.
         strategy, cursor = fill_first, 0

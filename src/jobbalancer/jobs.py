@@ -350,7 +350,7 @@ def finish(
         values["output_bytes"] = output_bytes
     if pid is not None:
         values["pid"] = pid
-    done = _transition(conn, job_id, [State.RUNNING, State.ASSIGNED], J.c.token == token, **values)
+    done = _transition(conn, job_id, [State.RUNNING], J.c.token == token, **values)
     if done and state in RETRYABLE:
         _retry(conn, job_id)
     return done

@@ -88,6 +88,7 @@ class Worker:
         )
         self._running: dict[int, _Running] = {}
         self._started: list[tuple[int, str, int]] = []  # (job, token, pid) to record
+        self._poll_failing_since: float | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._draining = threading.Event()
@@ -210,8 +211,14 @@ class Worker:
             with db.read(self.engine) as conn:
                 todo = jobs.for_worker(conn, self.worker_id)
         except Exception as exc:
-            log.warning("cannot poll for jobs (%s); retrying", exc)
+            if self._poll_failing_since is None:
+                self._poll_failing_since = time.monotonic()
+                log.warning("cannot poll for jobs (%s); running jobs go on, retrying", exc)
             return False
+        if self._poll_failing_since is not None:
+            away = time.monotonic() - self._poll_failing_since
+            log.warning("polling for jobs works again after %.1f s", away)
+            self._poll_failing_since = None
         self._record_pids()
         fresh = []
         for job in todo:
