@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.core [--jobs 2000] [--backend sqlite|postgresql|mysql]
 
-Prints jobs/s for batch submission through the HTTP API with 2 workers × 2 slots, the
+Prints jobs/s for batch submission through the HTTP API with 2 workers x 2 slots, the
 ratio to a plain Python loop spawning the same command 4 at a time, and start latency
 (submit → process started, submit → finished) for jobs submitted one at a time into idle
 workers. Times inside the cluster come from the database clock, so they compare.
