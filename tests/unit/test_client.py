@@ -64,10 +64,12 @@ class Live:
         for stream, data in output:
             sink.write(job_id, stream, data)
             sink.flush()
-        size = sink.close(job_id)
         state = jobs.State.DONE if exit_code == 0 else jobs.State.FAILED
-        with db.write(self.engine) as conn:
-            jobs.finish(conn, job_id, token, state, exit_code=exit_code, output_bytes=size)
+
+        def report(conn: sa.Connection, kept: int) -> bool:
+            return jobs.finish(conn, job_id, token, state, exit_code=exit_code, output_bytes=kept)
+
+        assert sink.finish(job_id, report)
 
 
 @pytest.fixture

@@ -563,3 +563,145 @@ def test_reap_orphans_takes_orphans_but_not_running_jobs(jobs: Jobs) -> None:
     assert not psutil.pid_exists(orphan)
     assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert job.wait().exit_code == 7
+
+
+# --- the cheap check at exit -----------------------------------------------------------
+
+
+@pytest.fixture
+def walks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the runner's walks over all of /proc (one entry per walk)."""
+    counted: list[int] = []
+    table = runner._process_table
+
+    def counting() -> dict[int, Any]:
+        counted.append(1)
+        return table()
+
+    monkeypatch.setattr(runner, "_process_table", counting)
+    return counted
+
+
+def survivors(job_id: int) -> list[int]:
+    """Live processes that carry the job's id in their environment."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(runner.JOB_ID_VAR) == str(job_id) and not gone(proc.pid):
+                found.append(proc.pid)
+    return found
+
+
+def test_short_job_needs_no_walk_in_a_subreaper(
+    jobs: Jobs, reaper_mode: str, walks: list[int]
+) -> None:
+    result = jobs.run(jobs.spec("echo hi"))
+
+    assert result.out == b"hi\n"
+    if reaper_mode == "subreaper":
+        assert walks == []  # the worker's children showed nothing could be left
+    else:
+        assert walks != []  # orphans went to init: only a walk can tell
+
+
+@pytest.mark.parametrize("leftover", ["background", "escapee", "both"])
+def test_leftovers_of_a_main_process_that_exited_0_at_once_die(
+    jobs: Jobs, reaper_mode: str, walks: list[int], leftover: str
+) -> None:
+    # No waiting: the main process may be gone before its children even ran.
+    parts = {"background": [BACKGROUND], "escapee": [ESCAPES], "both": [BACKGROUND, ESCAPES]}
+    spec = jobs.spec("\n".join([*parts[leftover], "exit 0"]))
+
+    result = jobs.run(spec)
+
+    assert result.outcome.exit_code == 0
+    assert walks != []  # something was left, so the job was searched for
+    time.sleep(0.3)  # a missed escapee would have written its pid by now
+    assert [pid for pid in jobs.pids(0) if not gone(pid)] == []
+    assert survivors(spec.job_id) == []
+
+
+def test_untrusted_child_lists_fall_back_to_a_walk(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch, walks: list[int]
+) -> None:
+    monkeypatch.setattr(runner, "_worker_children", lambda: None)
+    spec = jobs.spec(f"{BACKGROUND}\nexit 0")
+
+    result = jobs.run(spec)
+
+    assert result.outcome.exit_code == 0
+    assert walks != []
+    assert [pid for pid in jobs.pids(1) if not gone(pid)] == []
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc")
+def test_worker_children_include_those_of_other_threads() -> None:
+    # The thread lives on while the lists are read: when a thread ends, its children
+    # move to the main thread, which would hide a runner reading only its own list.
+    started: list[subprocess.Popen[bytes]] = []
+    done = threading.Event()
+
+    def start_and_stay() -> None:
+        started.append(subprocess.Popen(["sleep", "30"]))
+        done.wait(10)
+
+    thread = threading.Thread(target=start_and_stay)
+    thread.start()
+    try:
+        while not started:
+            time.sleep(0.01)
+
+        children = runner._worker_children()
+
+        assert children is not None
+        assert children.get(started[0].pid) is True  # listed, and running
+    finally:
+        done.set()
+        thread.join()
+        for child in started:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.skipif(not LINUX, reason="reads /proc")
+def test_young_running_strays_are_seen_old_and_ended_ones_not() -> None:
+    old = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.05)  # start times count in clock ticks (10 ms)
+    young = subprocess.Popen(["sleep", "30"])
+    try:
+        row = runner._process_row(young.pid)
+        assert row is not None
+        with runner._owned_lock:
+            assert runner._no_young_strays(row.born) is False
+        young.kill()
+        os.waitid(os.P_PID, young.pid, os.WEXITED | os.WNOWAIT)  # a zombie now, not reaped
+        with runner._owned_lock:
+            assert runner._no_young_strays(row.born) is True  # ended, and old is too old
+    finally:
+        for child in (old, young):
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.skipif(not LINUX, reason="subreapers are Linux only")
+def test_concurrent_jobs_leave_nothing_behind(jobs: Jobs) -> None:
+    # Short jobs in parallel, half of them leaving a child behind: each job's exit check
+    # runs while other jobs' mains start, end and leave strays.
+    commands = ["echo hi", f"{BACKGROUND}\n{IGNORES_TERM}\necho hi"] * 8
+    specs = [jobs.spec(command) for command in commands]
+    results: dict[int, Result] = {}
+
+    def run_some(part: list[runner.RunSpec]) -> None:
+        for spec in part:
+            results[spec.job_id] = jobs.run(spec)
+
+    threads = [threading.Thread(target=run_some, args=(specs[k::4],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(results) == len(specs)
+    assert all(r.outcome.exit_code == 0 and r.out == b"hi\n" for r in results.values())
+    assert [pid for pid in jobs.pids(8) if not gone(pid)] == []  # the 8 from BACKGROUND, at least
+    assert [pid for spec in specs for pid in survivors(spec.job_id)] == []

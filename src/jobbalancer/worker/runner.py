@@ -23,12 +23,21 @@ worker, its parents, other jobs) can ever be claimed by mistake. A worker that c
 :func:`become_subreaper` also gets orphans re-parented to itself instead of to init;
 :func:`reap_orphans` collects their exit status without stealing that of the jobs'
 own main processes.
+
+Walking all of /proc costs milliseconds, far more than a short job, so a job whose main
+process exits on its own is first judged from the worker's own children (see
+:meth:`_Tree.surely_gone`): in a subreaper, every survivor of a job descends from a live
+child of the worker started after the job. Only when there is such a child, or when the
+worker is no subreaper, are the walks above done; kills and timeouts always do them.
+Non-owned children of the worker must only be reaped through this module (never with
+``waitpid(-1)``), under ``_owned_lock``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import pwd
@@ -59,6 +68,9 @@ _COLLECT_EVERY: Final = 0.5  # how often the process tree is re-read
 _DRAIN: Final = 0.5  # reading on after the tree is gone, for output still in the pipes
 _GIVE_UP: Final = 5.0  # after SIGKILL, how long to wait for descendants stuck in the kernel
 _PR_SET_CHILD_SUBREAPER: Final = 36
+_PR_GET_CHILD_SUBREAPER: Final = 37
+_SURE_TRIES: Final = 3  # reads of the worker's children before falling back to a /proc walk
+_HAVE_PROC: Final = os.path.exists("/proc/self/stat")
 _HAS_WAITID: Final = hasattr(os, "waitid")
 _EXITED_NOWAIT: Final = os.WEXITED | os.WNOHANG | os.WNOWAIT if _HAS_WAITID else 0
 
@@ -118,14 +130,11 @@ def become_subreaper() -> bool:
 
     Without it an orphan goes to init, where only the environment scan can find it.
     """
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)
-        result: int = libc.prctl(_PR_SET_CHILD_SUBREAPER, one, zero, zero, zero)
-    except (OSError, AttributeError):
-        return False
+    one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)
+    result: int = libc.prctl(_PR_SET_CHILD_SUBREAPER, one, zero, zero, zero)
     return result == 0
 
 
@@ -348,7 +357,6 @@ class _Run:
         self.started = time.monotonic()
         self.pipes = _Pipes(proc, on_output)
         self.tree = tree
-        self.tree.scan(deep=False)  # notes the main process's start time
         self.finished = False
         self._pidfd = _open_pidfd(proc.pid)
         if self._pidfd is not None:
@@ -375,9 +383,7 @@ class _Run:
     def finish(self) -> int:
         """Reap the main process, release everything; return its returncode."""
         self.finished = True
-        returncode = self.proc.wait()
-        with _owned_lock:
-            _owned_pids.discard(self.proc.pid)
+        returncode = _reap_main(self.proc)
         self.tree.reap()
         self._close_pidfd()
         self.pipes.close()
@@ -409,7 +415,8 @@ class _Supervisor:
         self._term_at: float | None = None
         self._sigkill_at: float | None = None
         self._sent: signal.Signals | None = None
-        self._next_scan = 0.0
+        # No walk at once: a short job is over before one could find anything.
+        self._next_scan = time.monotonic() + _COLLECT_EVERY
 
     def supervise(self) -> None:
         while not self._step():
@@ -437,7 +444,7 @@ class _Supervisor:
                 self.reason = "timeout"
             else:
                 return False
-        elif self._tree_gone():
+        elif self._tree_gone(cheap=True):
             return True
         self._terminate(now)  # killed, timed out, or the main process left others behind
         return False
@@ -475,9 +482,16 @@ class _Supervisor:
             _signal(found, self._sent)  # latecomers get what the others already got
         self._next_scan = time.monotonic() + _COLLECT_EVERY
 
-    def _tree_gone(self) -> bool:
+    def _tree_gone(self, *, cheap: bool = False) -> bool:
+        """Whether no process of the job is left; cheap allows skipping the /proc walk.
+
+        Only a main process that exited on its own allows it. A job being killed or timed
+        out is no short job worth sparing a walk, and there the walks find what to signal.
+        """
         if self._run.tree.alive():
             return False
+        if cheap and self._run.tree.surely_gone():
+            return True
         self._scan(deep=True)  # a last look before saying so
         return not self._run.tree.alive()
 
@@ -495,13 +509,24 @@ def _abandon(proc: subprocess.Popen[bytes], workdir: str) -> None:
     """Undo a start that failed after the process was created."""
     with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    with _owned_lock:
-        _owned_pids.discard(proc.pid)
+    _reap_main(proc)
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
     _remove_dir(workdir)
+
+
+def _reap_main(proc: subprocess.Popen[bytes]) -> int:
+    """Reap a job's main process once it has exited, and stop owning it; its returncode."""
+    if _HAS_WAITID:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # wait, but keep the zombie
+    # Reaping takes a pid off the worker's child list, which _Tree.surely_gone() reads
+    # under this lock: a pid vanishing mid-read can hide others from it.
+    with _owned_lock:
+        returncode = proc.wait()
+        _owned_pids.discard(proc.pid)
+    return returncode
 
 
 def _outcome(returncode: int, reason: str | None) -> Outcome:
@@ -601,7 +626,11 @@ class _Tree:
         self._job_id = str(job_id)
         self._tag = tag
         self._leader = leader
-        self._born: float | None = None
+        # The leader is our unreaped child, so its row is there; if not, scan() retries.
+        row = _process_row(leader)
+        self._born: float | None = row.born if row is not None else None
+        # Orphans re-parent to the worker only if it was a subreaper all along.
+        self._subreaper_at_start = _is_subreaper()
         self._known: dict[int, psutil.Process] = {}
 
     def scan(self, *, deep: bool) -> list[psutil.Process]:
@@ -627,6 +656,24 @@ class _Tree:
     def alive(self) -> list[psutil.Process]:
         return [proc for proc in self._known.values() if _is_alive(proc)]
 
+    def surely_gone(self) -> bool:
+        """Whether, judged from the worker's children alone, nothing of the job is left.
+
+        Call it once the main process has exited and no known process is alive. False
+        means "unsure": then walk /proc. The reasoning: while the worker is a subreaper,
+        a process whose parent dies is re-parented to the nearest living ancestor that is
+        a subreaper, which is one of the job's processes or the worker. So every living
+        process of the job has an ancestor (maybe itself) that is a living child of the
+        worker, was started after the main process, and is not a main process of any job.
+        No such child: nothing is left.
+        """
+        if self._born is None or not self._subreaper_at_start or not _is_subreaper():
+            return False
+        # Held throughout: no main process is started or reaped meanwhile, so the owned
+        # set matches the lists read, and no reap by this module can make a read skip.
+        with _owned_lock:
+            return _no_young_strays(self._born)
+
     def signal_all(self, sig: signal.Signals) -> None:
         # The group id is the main pid, held by its zombie until finish(): never reused.
         alive = self.alive()
@@ -638,6 +685,8 @@ class _Tree:
 
     def reap(self) -> None:
         """Wait for known descendants that became our zombies (we are their subreaper)."""
+        if not self._known:
+            return  # the usual short job: no need to queue for the lock behind a spawn
         me = os.getpid()
         with _owned_lock:
             for proc in self._known.values():
@@ -679,10 +728,9 @@ class _Tree:
 
 def _process_table() -> dict[int, _Row]:
     """Parent, session and start time of every process, in one pass over /proc."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
+    if not _HAVE_PROC:
         return _psutil_table()
+    names = os.listdir("/proc")
     table = {}
     for name in names:
         if name.isdigit():
@@ -692,10 +740,20 @@ def _process_table() -> dict[int, _Row]:
     return table
 
 
+def _process_row(pid: int) -> _Row | None:
+    """One process's row, comparable with those of _process_table()."""
+    if _HAVE_PROC:
+        return _read_stat(str(pid))
+    try:
+        proc = psutil.Process(pid)
+        return _Row(proc.ppid(), os.getsid(pid), proc.create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
 def _read_stat(pid: str) -> _Row | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            data = file.read()
+        data = _read_file(f"/proc/{pid}/stat")
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
@@ -711,6 +769,91 @@ def _psutil_table() -> dict[int, _Row]:
             sid = os.getsid(proc.pid)
             table[proc.pid] = _Row(proc.info["ppid"], sid, proc.info["create_time"])
     return table
+
+
+# --- the worker's own children --------------------------------------------------------
+
+
+def _no_young_strays(born: float) -> bool:
+    """Whether the worker has no running child started at or after born, except main
+    processes of jobs; the caller holds _owned_lock. False also when unsure.
+
+    Two reads of the child lists, with the states checked in between; a child that
+    appears only in the second (say re-parented meanwhile) makes it start over. If the
+    second adds nothing, every child the worker had when the second began was in the
+    first and found ended, old or a main process; an ended process never runs again.
+    So at that moment no stray ran, and with none running a job cannot grow a new one.
+    """
+    for _ in range(_SURE_TRIES):
+        first = _worker_children()
+        if first is None:
+            continue
+        strays = first.keys() - _owned_pids
+        if any(first[pid] and _is_young(pid, born) for pid in strays):
+            return False
+        second = _worker_children()
+        if second is not None and second.keys() - _owned_pids <= strays:
+            return True
+    return False
+
+
+def _worker_children() -> dict[int, bool] | None:
+    """The worker's children, each with whether it still runs; None if unsure.
+
+    A process is the child of the thread that started it, so every thread's list is
+    read. The kernel walks a list without holding a lock between entries: if a listed
+    child is reaped (or a thread ends) during the read, it may skip others. So a read
+    is trusted only if every pid it listed is still our child afterwards and the same
+    threads are there.
+    """
+    if not _HAS_WAITID:
+        return None
+    try:
+        threads = os.listdir("/proc/self/task")
+        listed: list[int] = []
+        # Orphans, and the children of a thread that ends, go to the first live thread
+        # (listed first: the main thread). Read last, it also holds what moved meanwhile.
+        for tid in reversed(threads):
+            children = _read_file(f"/proc/self/task/{tid}/children")
+            listed.extend(int(pid) for pid in children.split())
+        if sorted(os.listdir("/proc/self/task")) != sorted(threads):
+            return None
+    except (OSError, ValueError):  # no /proc, or a kernel without the children files
+        return None
+    running = {}
+    for pid in listed:
+        try:
+            running[pid] = os.waitid(os.P_PID, pid, _EXITED_NOWAIT) is None
+        except ChildProcessError:
+            return None  # reaped during the read
+    return running
+
+
+def _is_young(pid: int, born: float) -> bool:
+    row = _process_row(pid)
+    return row is None or row.born >= born  # unreadable: assume the worst
+
+
+def _is_subreaper() -> bool:
+    libc = _libc()
+    if libc is None:
+        return False
+    flag, zero = ctypes.c_int(0), ctypes.c_ulong(0)
+    result: int = libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), zero, zero, zero)
+    return result == 0 and flag.value != 0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, if it has prctl (Linux); loading it each time costs too much."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl  # noqa: B018 - a missing symbol raises AttributeError here, not later
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 # --- small helpers --------------------------------------------------------------------
@@ -738,6 +881,18 @@ def _is_zombie(proc: psutil.Process) -> bool:
         return False
 
 
+def _read_file(path: str) -> bytes:
+    # Without open()'s buffered wrapper: /proc files are read by the hundred.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = []
+        while part := os.read(fd, CHUNK_SIZE):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -751,6 +906,9 @@ def _open_pidfd(pid: int) -> int | None:
 
 
 def _remove_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # most jobs leave it empty: one call, where rmtree walks and opens
+        return
     shutil.rmtree(path, ignore_errors=True)
     if not os.path.lexists(path):
         return
