@@ -53,7 +53,7 @@ def throughput(cluster: Cluster, n: int) -> float:
         counts = cluster.http.get("/api/v1/stats").json()["jobs"]
         if counts.get("done", 0) + counts.get("failed", 0) >= n:
             break
-        time.sleep(0.05)
+        time.sleep(0.2)
     return n / (time.perf_counter() - start)
 
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import random
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -98,10 +101,37 @@ def _sqlite_engine(url: URL) -> sa.Engine:
     def _on_begin(conn: sa.Connection) -> None:
         # A write transaction takes the write lock up front: a deferred one that upgrades
         # later gets SQLITE_BUSY at once in WAL mode instead of waiting its turn.
-        immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get("immediate", False):
+            _begin_immediate(conn.connection.driver_connection)
+        else:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _begin_immediate(raw: Any) -> None:
+    """BEGIN IMMEDIATE, waiting for the write lock in short, jittered steps.
+
+    SQLite's own busy handler sleeps in steps of up to 100 ms, so with several processes
+    writing small transactions most of the time goes to sleeping while the lock is free.
+    Waiting here in steps of at most a few milliseconds keeps the lock busy instead.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    step = 0.0002
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise
+            time.sleep(step * (0.5 + random.random()))  # noqa: S311 - jitter, not security
+            step = min(step * 1.5, 0.004)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from jobbalancer.worker.output import OutputSink
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PID_RECORD_DELAY = 0.5  # seconds a job runs before its pid is written on its own
 
 
 def check_privileges(ws: WorkerSettings) -> None:
@@ -87,7 +88,7 @@ class Worker:
             max_buffer_bytes=self.ws.buffer_max_bytes,
         )
         self._running: dict[int, _Running] = {}
-        self._started: list[tuple[int, str, int]] = []  # (job, token, pid) to record
+        self._started: list[tuple[int, str, int, float]] = []  # (job, token, pid, when)
         self._poll_failing_since: float | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -256,10 +257,12 @@ class Worker:
             return []
 
     def _record_pids(self) -> None:
-        """Write the pids of jobs started since the last poll, all in one transaction
-        (a job that ends first records its pid with its result)."""
+        """Write the pids of jobs running for a while, all in one transaction (a short
+        job records its pid with its result, saving a write)."""
+        settled = time.monotonic() - PID_RECORD_DELAY
         with self._lock:
-            started, self._started = self._started, []
+            started = [(j, t, p) for j, t, p, at in self._started if at <= settled]
+            self._started = [s for s in self._started if s[3] > settled and s[0] in self._running]
         if not started:
             return
 
@@ -306,7 +309,7 @@ class Worker:
             return
         with self._lock:
             self._running[job.id].process = process
-            self._started.append((job.id, token, pid))
+            self._started.append((job.id, token, pid, time.monotonic()))
         self._wake.set()
         if self._hard_stop.is_set():
             process.kill()
