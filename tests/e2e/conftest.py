@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from jobbalancer import auth, db
+
 pytestmark = pytest.mark.e2e
 
 # Short intervals so liveness and recovery happen within a test's patience.
@@ -36,14 +38,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cli(*args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60) -> str:
-    """Run the jobbalancer CLI to completion; its stdout (fails the test on error)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobbalancer", *args],
-        env=env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, f"jobbalancer {' '.join(args)} failed:\n{proc.stderr}"
-    return proc.stdout
+def _admin_key(url: str) -> str:
+    """Schema and an admin with an API key, set up in-process: quicker than three CLI runs
+    (the CLI's own `users create` and `keys create` are tested in tests/unit/test_cli.py)."""
+    engine = db.connect(url)
+    try:
+        db.upgrade(engine)
+        with db.write(engine) as conn:
+            user = auth.create_user(conn, "tester", auth.Role.ADMIN, "tester-password")
+            return auth.create_api_key(conn, user.id, "e2e")[1]
+    finally:
+        engine.dispose()
 
 
 @dataclass
@@ -197,12 +202,7 @@ def make_cluster(
         env.pop("JOBBALANCER_CONFIG", None)
         cluster = Cluster(database_url=url, tmp=home, env=env)
         clusters.append(cluster)
-        cli("db", "upgrade", env=env)
-        cli("users", "create", "tester", "--role", "admin", "--password-stdin",
-            env=env, stdin="tester-password\n")  # fmt: skip
-        cluster.key = (
-            cli("keys", "create", "tester", "--name", "e2e", env=env).strip().splitlines()[-1]
-        )
+        cluster.key = _admin_key(url)
         if server:
             cluster.start_server()
             # Faster liveness than the default 15 s, so recovery tests stay short.
