@@ -95,8 +95,10 @@ STUBBORN = (
 )
 
 
-def test_kill_leaves_no_descendant_alive(make_cluster: Factory, tmp_path: Path) -> None:
-    cluster: Cluster = make_cluster()
+def test_kill_leaves_no_descendant_alive(
+    make_cluster: Factory, backend: str, tmp_path: Path
+) -> None:
+    cluster: Cluster = make_cluster(backend)
     cluster.start_worker("w", "--allow-root")
     pids = tmp_path / "kill.pids"
     job = cluster.submit(command=STUBBORN.format(pids=pids))
@@ -140,9 +142,11 @@ def test_script_params_are_passed_literally(make_cluster: Factory, tmp_path: Pat
     assert not canary.exists()
 
 
-def test_sigkilled_worker_jobs_are_recovered(make_cluster: Factory, tmp_path: Path) -> None:
+def test_sigkilled_worker_jobs_are_recovered(
+    make_cluster: Factory, backend: str, tmp_path: Path
+) -> None:
     # Given two workers and a job that hangs on its first attempt only
-    cluster: Cluster = make_cluster()
+    cluster: Cluster = make_cluster(backend)
     first = cluster.start_worker("first", "--allow-root")
     marker = tmp_path / "attempted"
     command = f"if [ -e {marker} ]; then echo second attempt; else touch {marker}; sleep 300; fi"
