@@ -258,3 +258,51 @@ def test_run_as_drops_privileges(make_cluster: Factory) -> None:
     job = cluster.submit(command="id -u")
     assert cluster.wait_job(job["id"])["state"] == "done"
     assert cluster.log(job["id"]).strip() == str(nobody.pw_uid)
+
+
+def test_output_cap_and_bytes_that_are_not_text(make_cluster: Factory) -> None:
+    cluster: Cluster = make_cluster()
+    assert cluster.api.patch("/api/v1/settings", json={"max_log_bytes": 1024}).status_code == 200
+    cluster.start_worker("w", "--allow-root")
+    chatty = cluster.submit(command="head -c 5000 /dev/zero | tr '\\0' x")
+    binary = cluster.submit(command="printf 'ok \\377\\376 \\000 end\\n'")
+    chatty, binary = cluster.wait_job(chatty["id"]), cluster.wait_job(binary["id"])
+    assert chatty["state"] == "done"
+    log = cluster.log(chatty["id"])
+    assert log.startswith("x" * 1024)
+    assert log.endswith("[jobbalancer: output truncated, 3976 bytes dropped]\n")
+    assert chatty["output_bytes"] == 1024
+    # Invalid UTF-8 comes back readable, with replacement characters; the NUL is kept.
+    assert binary["state"] == "done"
+    assert cluster.log(binary["id"]) == "ok \ufffd\ufffd \x00 end\n"
+
+
+def test_failed_job_is_retried_as_new_attempts(make_cluster: Factory) -> None:
+    cluster: Cluster = make_cluster()
+    cluster.start_worker("w", "--allow-root")
+    first = cluster.submit(command="echo try; exit 2", retries=2)
+    attempts = [cluster.wait_job(first["id"])]
+    for _ in range(2):
+
+        def next_attempt(prev: int = attempts[-1]["id"]) -> dict[str, Any] | None:
+            items = cluster.api.get("/api/v1/jobs", params={"limit": 20}).json()["items"]
+            return next((j for j in items if j.get("retry_of") == prev), None)
+
+        job = cluster.wait_for(next_attempt, "the next attempt")
+        attempts.append(cluster.wait_job(job["id"]))
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert all(a["state"] == "failed" and a["exit_code"] == 2 for a in attempts)
+    time.sleep(1)  # no fourth attempt comes
+    items = cluster.api.get("/api/v1/jobs", params={"limit": 20}).json()["items"]
+    assert not any(j.get("retry_of") == attempts[-1]["id"] for j in items)
+
+
+def test_waiting_jobs_start_when_a_worker_joins(make_cluster: Factory) -> None:
+    cluster: Cluster = make_cluster()
+    jobs = [cluster.submit(command=f"echo {i}") for i in range(3)]
+    assert {j["state"] for j in jobs} == {"waiting"}
+    cluster.start_worker("late", "--allow-root")
+    for job in jobs:
+        finished = cluster.wait_job(job["id"])
+        assert finished["state"] == "done"
+        assert finished["worker"]["name"] == "late"
