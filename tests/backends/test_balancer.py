@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from jobbalancer import balancer, classes, db, jobs, settings, workers
@@ -19,26 +18,6 @@ J, W, C = schema.jobs, schema.workers, schema.worker_classes
 DEFAULT_CLASS = 1
 
 WorkerFactory = Callable[..., int]
-
-
-# -- factories ----------------------------------------------------------------------------
-# Each test gets a fresh database (the ``engine`` fixture), which goes with everything
-# these factories made.
-
-
-@pytest.fixture
-def worker_factory(engine: sa.Engine) -> WorkerFactory:
-    """make(name, worker_class="default", max_jobs=None) → the id of a new online worker."""
-
-    def make(name: str, worker_class: str = "default", max_jobs: int | None = None) -> int:
-        with db.write(engine) as conn:
-            worker_id, _ = workers.register(
-                conn, name=name, host="test-host", worker_class=worker_class, max_jobs=max_jobs,
-                pid=4242, version="test", stats=workers.Stats(),
-            )  # fmt: skip
-        return worker_id
-
-    return make
 
 
 def make_class(engine: sa.Engine, name: str, max_jobs: int) -> int:

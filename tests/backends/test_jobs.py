@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import db, errors, jobs, workers
+from jobbalancer import db, errors, jobs
 from jobbalancer.db import schema
 from jobbalancer.jobs import State
 
@@ -19,42 +19,13 @@ DEFAULT_CLASS = 1
 JobFactory = Callable[..., int]
 
 
-# -- factories ----------------------------------------------------------------------------
-# Each test gets a fresh database (the ``engine`` fixture), which goes with everything
-# these factories made.
-
-
-@pytest.fixture
-def job_factory(engine: sa.Engine) -> JobFactory:
-    """make(**spec) → the id of a new waiting job (a command, owned by alice, id 7)."""
-
-    def make(user: tuple[int | None, str | None] = (7, "alice"), **spec: Any) -> int:
-        spec.setdefault("command", "echo hello")
-        spec.setdefault("worker_class_id", DEFAULT_CLASS)
-        with db.write(engine) as conn:
-            (job_id,) = jobs.create(conn, [jobs.Spec(**spec)], *user)
-        return job_id
-
-    return make
-
-
-@pytest.fixture
-def worker_factory(engine: sa.Engine) -> Callable[[str], int]:
-    """make(name) → the id of a new online worker of the default class."""
-
-    def make(name: str) -> int:
-        with db.write(engine) as conn:
-            worker_id, _ = workers.register(
-                conn, name=name, host="test-host", worker_class="default", max_jobs=None,
-                pid=4242, version="test", stats=workers.Stats(),
-            )  # fmt: skip
-        return worker_id
-
-    return make
+# -- fixtures -----------------------------------------------------------------------------
+# job_factory and worker_factory come from conftest.py.
 
 
 @pytest.fixture
 def worker(worker_factory: Callable[[str], int]) -> int:
+    """An online worker, w1, of the default class."""
     return worker_factory("w1")
 
 

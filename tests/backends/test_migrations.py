@@ -1,10 +1,12 @@
-"""Schema upgrades on every backend: a fresh database reaches head, again and again, at once."""
+"""Schema upgrades on every backend: a fresh database reaches head, again and again, at once;
+and the ``engine`` fixture's copy of a migrated template is just like a migrated database."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -104,3 +106,61 @@ def test_several_servers_upgrading_one_fresh_database_at_once_all_succeed(
     finally:
         for engine in engines:
             engine.dispose()
+
+
+# -- the engine fixture's copies -----------------------------------------------------------
+
+# How each backend describes its tables: the statements that make them, or their catalog.
+SCHEMA_QUERIES: dict[str, Callable[[sa.Connection, list[str]], list[Any]]] = {
+    "sqlite": lambda conn, _: conn.exec_driver_sql(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    ).all(),
+    "mysql": lambda conn, tables: [
+        conn.exec_driver_sql(f"SHOW CREATE TABLE `{table}`").one() for table in tables
+    ],
+    "postgresql": lambda conn, _: [
+        conn.exec_driver_sql(query).all()
+        for query in (
+            "SELECT table_name, column_name, ordinal_position, data_type,"
+            " character_maximum_length, is_nullable, column_default"
+            " FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 3",
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+            " FROM pg_constraint WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+            "SELECT sequencename, last_value FROM pg_sequences WHERE schemaname = 'public'"
+            " ORDER BY 1",
+        )
+    ],
+}
+
+
+def described(engine: sa.Engine) -> tuple[list[Any], dict[str, list[Any]]]:
+    """A database's tables as its backend describes them, and every row in each."""
+    with engine.connect() as conn:
+        tables = sorted(sa.inspect(conn).get_table_names())
+        quote = conn.dialect.identifier_preparer.quote
+        rows = {
+            table: sorted(conn.exec_driver_sql(f"SELECT * FROM {quote(table)}").all(), key=repr)
+            for table in tables
+        }
+        return SCHEMA_QUERIES[db.backend(conn)](conn, tables), rows
+
+
+def test_the_engine_fixture_database_is_a_migrated_one_of_its_own(
+    engine: sa.Engine, backend: str, make_database_url: Callable[..., str]
+) -> None:
+    migrated = db.connect(make_database_url(backend))
+    another = db.connect(make_database_url(backend, migrated=True))
+    try:
+        db.upgrade(migrated)
+        # The copy of the template is what the migrations make: tables, keys, indexes,
+        # counters and seeded rows alike
+        assert described(engine) == described(migrated)
+        # And what a test writes stays in its copy
+        with db.write(engine) as conn:
+            classes.create(conn, "gpu")
+        assert described(another) == described(migrated)
+        assert described(engine) != described(migrated)
+    finally:
+        migrated.dispose()
+        another.dispose()

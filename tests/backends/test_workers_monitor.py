@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, errors, jobs, monitor, settings, workers
+from jobbalancer import db, errors, jobs, monitor, settings, workers
 from jobbalancer.db import schema
 from jobbalancer.jobs import State
 
@@ -22,8 +22,8 @@ DEFAULT_CLASS = 1
 
 
 # -- factories ----------------------------------------------------------------------------
-# Each test gets a fresh database (the ``engine`` fixture), which goes with everything
-# these factories made; supervisors are stopped.
+# job_factory comes from conftest.py. Each test gets a fresh database (the ``engine``
+# fixture), which goes with everything made here; supervisors are stopped.
 
 
 def register(engine: sa.Engine, name: str, **kw: Any) -> tuple[int, str]:
@@ -34,20 +34,6 @@ def register(engine: sa.Engine, name: str, **kw: Any) -> tuple[int, str]:
     }  # fmt: skip
     with db.write(engine) as conn:
         return workers.register(conn, name=name, **{**args, **kw})
-
-
-@pytest.fixture
-def job_factory(engine: sa.Engine) -> Callable[..., int]:
-    """make(**spec) → the id of a submitted job (assigned at once if a slot is free)."""
-
-    def make(**spec: Any) -> int:
-        with db.write(engine) as conn:
-            (job_id,) = balancer.submit(
-                conn, [jobs.Spec(worker_class_id=DEFAULT_CLASS, command="true", **spec)], 7, "a"
-            )
-        return job_id
-
-    return make
 
 
 @pytest.fixture
@@ -160,7 +146,9 @@ def test_re_registering_under_the_same_name_is_the_same_worker_with_a_new_sessio
     # Given a worker, disabled by an operator, running two jobs (one may retry) with a
     # third assigned to it
     worker_id, old_session = register(engine, "w1", max_jobs=3)
-    running, retried, assigned = job_factory(), job_factory(retries=1), job_factory()
+    running = job_factory(submit=True)
+    retried = job_factory(submit=True, retries=1)
+    assigned = job_factory(submit=True)
     claim(engine, running)
     claim(engine, retried)
     with db.write(engine) as conn:
@@ -209,8 +197,10 @@ def test_a_silent_worker_goes_offline_and_its_jobs_are_recovered(
     fresh, _ = register(engine, "fresh", max_jobs=3)
     with db.write(engine) as conn:
         settings.save_tunables(conn, {"algorithm": "fill_first"})
-    running, retried, assigned = job_factory(), job_factory(retries=1), job_factory()
-    fresh_job = job_factory()
+    running = job_factory(submit=True)
+    retried = job_factory(submit=True, retries=1)
+    assigned = job_factory(submit=True)
+    fresh_job = job_factory(submit=True)
     claim(engine, running)
     claim(engine, retried)
     claim(engine, fresh_job)
@@ -317,7 +307,7 @@ def test_only_the_leader_monitors_and_balances(
     assert (leader.is_leader, standby.is_leader) == (True, False)
     # And a worker gone silent with a job assigned, and a fresh idle worker
     silent, _ = register(engine, "silent", max_jobs=1)
-    job_id = job_factory()
+    job_id = job_factory(submit=True)
     fresh, _ = register(engine, "fresh", max_jobs=1)
     silence(engine, silent, 60)
     # When the standby ticks, then it neither marks the worker offline nor moves the job
