@@ -287,13 +287,19 @@ def _safe_url(url: str) -> str:
 
 @contextlib.contextmanager
 def _database(
-    ctx: typer.Context, config: Path | None, database_url: str | None, data_dir: str | None
+    ctx: typer.Context,
+    config: Path | None,
+    database_url: str | None,
+    data_dir: str | None,
+    *,
+    upgrade: bool = True,
 ) -> Iterator[sa.Engine]:
     """An engine on the configured database, with the schema brought up to date."""
     loaded = _load_settings(ctx, config, data_dir=data_dir, **{"database.url": database_url})
     engine = db.connect(loaded.database_url, pool_size=2)
     try:
-        db.upgrade(engine)
+        if upgrade:
+            db.upgrade(engine)
         yield engine
     finally:
         engine.dispose()
@@ -831,14 +837,10 @@ def db_upgrade(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create or upgrade the database schema to this version's (safe to repeat)."""
-    loaded = _load_settings(ctx, config, data_dir=data_dir, **{"database.url": database_url})
-    engine = db.connect(loaded.database_url, pool_size=1)
-    try:
-        db.upgrade(engine)
+    with _database(ctx, config, database_url, data_dir) as engine:
         revision = db.current_revision(engine)
-    finally:
-        engine.dispose()
-    _out().print(f"database {escape(_safe_url(loaded.database_url))} is at revision {revision}")
+        where = engine.url.render_as_string(hide_password=True)
+    _out().print(f"database {escape(where)} is at revision {revision}")
 
 
 @db_app.command("current")
@@ -849,12 +851,8 @@ def db_current(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Print the schema revision of the database, and whether an upgrade is due."""
-    loaded = _load_settings(ctx, config, data_dir=data_dir, **{"database.url": database_url})
-    engine = db.connect(loaded.database_url, pool_size=1)
-    try:
+    with _database(ctx, config, database_url, data_dir, upgrade=False) as engine:
         revision = db.current_revision(engine)
-    finally:
-        engine.dispose()
     head = _head_revision()
     if revision is None:
         note = "no schema yet: run `jobbalancer db upgrade`"
