@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from jobbalancer import classes, errors
+from jobbalancer import errors, refs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -111,7 +111,7 @@ def get_user(conn: sa.Connection, user_id: int) -> User:
 def find_user(conn: sa.Connection, name_or_id: str) -> User:
     """A user by name, or by id when given digits that name nobody."""
     row = conn.execute(sa.select(*_USER_COLUMNS).where(U.c.name == name_or_id)).first()
-    user_id = classes.parse_id(name_or_id)
+    user_id = refs.parse_id(name_or_id)
     if row is None and user_id is not None:
         return get_user(conn, user_id)
     if row is None:

@@ -7,23 +7,19 @@ have somewhere to go.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import db, errors, jobs
+from jobbalancer import db, errors, jobs, refs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow
 
 C, W, J = schema.worker_classes, schema.workers, schema.jobs
 DEFAULT = "default"
 MAX_JOBS_LIMIT = 10_000
-# Ids are 32-bit on every backend; a longer digit string is a name nobody can have.
-MAX_ID = 2**31 - 1
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -41,32 +37,6 @@ class WorkerClass:
         return cls(id=m["id"], name=m["name"], max_jobs=m["max_jobs"], description=m["description"])
 
 
-def parse_id(value: str | int) -> int | None:
-    """``value`` as a database id if it is one (an int, or ASCII digits in range), else None."""
-    if isinstance(value, int):
-        return value if 1 <= value <= MAX_ID else None
-    text = value.strip()
-    # isascii: str.isdigit() is also true for "²", which int() refuses.
-    if not (text.isascii() and text.isdigit()) or len(text) > 10:
-        return None
-    number = int(text)
-    return number if 1 <= number <= MAX_ID else None
-
-
-def check_name(value: str, what: str, field: str = "name") -> str:
-    """A stripped name of 1..200 printable characters that cannot be mistaken for an id."""
-    name = value.strip()
-    if not 1 <= len(name) <= 200:
-        raise errors.InvalidInput(f"{what} name must have 1 to 200 characters", field=field)
-    if _CONTROL.search(name):
-        raise errors.InvalidInput(f"{what} name must not contain control characters", field=field)
-    if name.isdigit():
-        raise errors.InvalidInput(
-            f"{what} name must not be only digits: it would be taken for an id", field=field
-        )
-    return name
-
-
 def list_all(conn: sa.Connection) -> list[WorkerClass]:
     return [WorkerClass.from_row(r) for r in conn.execute(sa.select(C).order_by(C.c.name))]
 
@@ -80,12 +50,7 @@ def get(conn: sa.Connection, class_id: int) -> WorkerClass:
 
 def find(conn: sa.Connection, ref: str | int, *, field: str = "worker_class") -> WorkerClass:
     """A class by name, or by id; InvalidInput naming ``field`` when there is none."""
-    row = None
-    if isinstance(ref, str):
-        row = conn.execute(sa.select(C).where(C.c.name == ref.strip())).first()
-    class_id = parse_id(ref)
-    if row is None and class_id is not None:
-        row = conn.execute(sa.select(C).where(C.c.id == class_id)).first()
+    row = refs.find_row(conn, C, ref)
     if row is None:
         raise errors.InvalidInput(f"worker class {ref!r} does not exist", field=field)
     return WorkerClass.from_row(row)
@@ -99,18 +64,10 @@ def _check_max_jobs(value: Any) -> int:
     return value
 
 
-def _ensure_free_name(conn: sa.Connection, name: str, except_id: int | None = None) -> None:
-    query = sa.select(C.c.id).where(C.c.name == name)
-    if except_id is not None:
-        query = query.where(C.c.id != except_id)
-    if conn.execute(query).first() is not None:
-        raise errors.Conflict(f"worker class {name!r} already exists", field="name")
-
-
 def create(conn: sa.Connection, name: str, max_jobs: int = 5, description: str = "") -> WorkerClass:
     """Create a class; Conflict when the name is taken."""
-    name = check_name(name, "worker class")
-    _ensure_free_name(conn, name)
+    name = refs.check_name(name, "worker class")
+    refs.ensure_free_name(conn, C, name, "worker class")
     try:
         result = conn.execute(
             sa.insert(C).values(
@@ -129,11 +86,11 @@ def update(conn: sa.Connection, class_id: int, changes: Mapping[str, Any]) -> Wo
     current = get(conn, class_id)
     values: dict[str, Any] = {}
     if "name" in changes:
-        name = check_name(changes["name"], "worker class")
+        name = refs.check_name(changes["name"], "worker class")
         if name != current.name:
             if current.name == DEFAULT:
                 raise errors.Conflict("the class 'default' cannot be renamed", field="name")
-            _ensure_free_name(conn, name, except_id=class_id)
+            refs.ensure_free_name(conn, C, name, "worker class", except_id=class_id)
             values["name"] = name
     if "max_jobs" in changes:
         values["max_jobs"] = _check_max_jobs(changes["max_jobs"])

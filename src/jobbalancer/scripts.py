@@ -14,8 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import errors
-from jobbalancer.classes import check_name, parse_id
+from jobbalancer import errors, refs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -96,23 +95,10 @@ def get(conn: sa.Connection, script_id: int) -> Script:
 
 def find(conn: sa.Connection, ref: str | int, *, field: str = "script") -> Script:
     """A script by name, or by id; InvalidInput naming ``field`` when there is none."""
-    row = None
-    if isinstance(ref, str):
-        row = conn.execute(sa.select(S).where(S.c.name == ref.strip())).first()
-    script_id = parse_id(ref)
-    if row is None and script_id is not None:
-        row = conn.execute(sa.select(S).where(S.c.id == script_id)).first()
+    row = refs.find_row(conn, S, ref)
     if row is None:
         raise errors.InvalidInput(f"script {ref!r} does not exist", field=field)
     return Script.from_row(row)
-
-
-def _ensure_free_name(conn: sa.Connection, name: str, except_id: int | None = None) -> None:
-    query = sa.select(S.c.id).where(S.c.name == name)
-    if except_id is not None:
-        query = query.where(S.c.id != except_id)
-    if conn.execute(query).first() is not None:
-        raise errors.Conflict(f"script {name!r} already exists", field="name")
 
 
 def create(
@@ -123,10 +109,10 @@ def create(
     description: str = "",
 ) -> Script:
     """Store a new script; Conflict when the name is taken."""
-    name = check_name(name, "script")
+    name = refs.check_name(name, "script")
     content = check_content(content)
     interpreter = check_interpreter(interpreter, content)
-    _ensure_free_name(conn, name)
+    refs.ensure_free_name(conn, S, name, "script")
     try:
         result = conn.execute(
             sa.insert(S).values(
@@ -150,8 +136,8 @@ def update(conn: sa.Connection, script_id: int, changes: Mapping[str, Any]) -> S
     current = get(conn, script_id)
     values: dict[str, Any] = {}
     if "name" in changes:
-        values["name"] = check_name(changes["name"], "script")
-        _ensure_free_name(conn, values["name"], except_id=script_id)
+        values["name"] = refs.check_name(changes["name"], "script")
+        refs.ensure_free_name(conn, S, values["name"], "script", except_id=script_id)
     content = current.content
     if "content" in changes:
         content = values["content"] = check_content(changes["content"])

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from jobbalancer import errors, jobs
 from jobbalancer.api.models import LABEL_KEY
-from jobbalancer.classes import parse_id
 from jobbalancer.db import schema
+from jobbalancer.refs import parse_id
 
 J, W, C = schema.jobs, schema.workers, schema.worker_classes
 _CURSOR_PREFIX = "jobs:"

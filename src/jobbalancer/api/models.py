@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from jobbalancer import auth, classes, jobs, scripts, stats, workers
-from jobbalancer.classes import MAX_ID
+from jobbalancer.refs import MAX_ID
 
 # Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
 ARG_MAX_BYTES = 128 * 1024 - 1

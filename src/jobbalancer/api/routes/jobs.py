@@ -16,7 +16,7 @@ from jobbalancer.api.deps import (
     manageable_job,
     visible_job,
 )
-from jobbalancer.classes import MAX_ID
+from jobbalancer.refs import MAX_ID
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Response
 from jobbalancer import db, scripts
 from jobbalancer.api import models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
-from jobbalancer.classes import MAX_ID
+from jobbalancer.refs import MAX_ID
 
 router = APIRouter(prefix="/api/v1/scripts", tags=["scripts"])
 

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Path, Response
 from jobbalancer import auth, classes, db, errors
 from jobbalancer.api import models
 from jobbalancer.api.deps import Admin, CurrentUser, EngineDep
-from jobbalancer.classes import MAX_ID
 from jobbalancer.db import schema
+from jobbalancer.refs import MAX_ID
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 
