@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from jobbalancer import auth, db
+from jobbalancer.worker import runner
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +79,7 @@ class Cluster:
     port: int = 0
     key: str = ""
     procs: list[Proc] = field(default_factory=list)
+    worker_names: set[str] = field(default_factory=set)
     http: httpx.Client | None = None
 
     @property
@@ -121,6 +123,7 @@ class Cluster:
         return proc
 
     def start_worker(self, name: str, *args: str, wait: bool = True) -> Proc:
+        self.worker_names.add(name)
         proc = self.spawn(name, "worker", "--name", name, *args)
         if wait:
             self.wait_for(lambda: self.worker(name, "online"), f"worker {name} online", proc)
@@ -170,6 +173,9 @@ class Cluster:
             self.http.close()
         for proc in reversed(self.procs):
             _kill_group(proc.popen)
+        # Jobs run in sessions of their own: a worker killed with SIGKILL leaves them behind.
+        for name in self.worker_names:
+            runner.clean_up_after(name)
 
 
 def _kill_group(popen: subprocess.Popen[bytes]) -> None:

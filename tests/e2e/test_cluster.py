@@ -148,8 +148,11 @@ def test_sigkilled_worker_jobs_are_recovered(
     # Given two workers and a job that hangs on its first attempt only
     cluster: Cluster = make_cluster(backend)
     first = cluster.start_worker("first", "--allow-root")
-    marker = tmp_path / "attempted"
-    command = f"if [ -e {marker} ]; then echo second attempt; else touch {marker}; sleep 300; fi"
+    marker, pidfile = tmp_path / "attempted", tmp_path / "first.pid"
+    command = (
+        f"if [ -e {marker} ]; then echo second attempt; "
+        f"else touch {marker}; echo $$ > {pidfile}; exec sleep 300; fi"
+    )
     job = cluster.submit(command=command, retries=1)
     assert job["worker"]["name"] == "first"
     cluster.wait_for(marker.exists, "first attempt to start")
@@ -174,6 +177,11 @@ def test_sigkilled_worker_jobs_are_recovered(
     assert again["worker"]["name"] == "second"
     assert cluster.log(again["id"]) == "second attempt\n"
     assert cluster.wait_for(lambda: cluster.worker("first", "offline"), "first offline")
+    # The first attempt's process outlived its worker; the worker's next start ends it.
+    orphan = int(pidfile.read_text())
+    assert psutil.pid_exists(orphan)
+    cluster.start_worker("first", "--allow-root")
+    cluster.wait_for(lambda: not psutil.pid_exists(orphan), "the orphan to be killed")
 
 
 def test_cli_submit_wait_exits_with_the_job_exit_code(make_cluster: Factory) -> None:

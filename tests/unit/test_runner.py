@@ -13,6 +13,7 @@ import os
 import pwd
 import random
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -705,3 +706,35 @@ def test_concurrent_jobs_leave_nothing_behind(jobs: Jobs) -> None:
     assert all(r.outcome.exit_code == 0 and r.out == b"hi\n" for r in results.values())
     assert [pid for pid in jobs.pids(8) if not gone(pid)] == []  # the 8 from BACKGROUND, at least
     assert [pid for spec in specs for pid in survivors(spec.job_id)] == []
+
+
+def test_clean_up_after_takes_only_what_its_owner_left() -> None:
+    # Given a job of worker "node" and one of worker "node-2", both left behind
+    left = [
+        runner.JobProcess(
+            runner.RunSpec(job_id=90 + i, command="sleep 300", interpreter=None, script=None,
+                           owner=owner),
+            lambda stream, data: None,
+        )
+        for i, owner in enumerate(("node", "node-2"))
+    ]  # fmt: skip
+    pids = [job.start() for job in left]
+    mine = tempfile.mkdtemp(prefix="jobbalancer-node@7-")
+    other = tempfile.mkdtemp(prefix="jobbalancer-node-2@8-")
+    try:
+        # When "node" cleans up after its predecessor
+        killed, removed = runner.clean_up_after("node")
+        # Then only its own process and directories are gone
+        assert killed >= 1  # the shell and its sleep, however many processes that makes
+        assert removed == 2  # the stale one, and the live job's own
+        assert left[0].wait().signal == signal.SIGKILL
+        assert psutil.pid_exists(pids[1])
+        assert os.path.isdir(other)
+        assert not os.path.exists(mine)
+    finally:
+        left[1].kill()
+        left[1].wait()
+        left[0].kill()
+        left[0].wait()
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 import signal
 import socket
 import threading
@@ -80,6 +81,7 @@ class Worker:
         self.name = self.ws.name
         self.worker_id = 0
         self.session = ""
+        self.owner = ""
         self.tunables = settings.Tunables()
         self.sink = OutputSink(
             self.engine,
@@ -111,6 +113,7 @@ class Worker:
         self._install_signal_handlers()
         self._retry(lambda: db.upgrade(self.engine), "upgrade the schema")
         self._register()
+        self._clean_up_after_predecessor()
         self.sink.start()
         self._listener.start()
         self._heartbeat_thread = threading.Thread(
@@ -164,6 +167,18 @@ class Worker:
                 return ids
 
         self.worker_id, self.session = self._retry(register, "register")
+
+    def _clean_up_after_predecessor(self) -> None:
+        """Kill what jobs of an earlier run of this worker left running, and remove their
+        temp dirs: a worker killed with SIGKILL cannot clean up after its jobs, which were
+        recovered (lost, retried elsewhere) when it registered again."""
+        self.owner = re.sub(r"[^A-Za-z0-9._-]", "_", self.name)
+        killed, removed = runner.clean_up_after(self.owner)
+        if killed or removed:
+            log.warning(
+                "an earlier run of %s left %d job process(es) running and %d temp dir(s); "
+                "removed them", self.name, killed, removed,
+            )  # fmt: skip
 
     def _free_name(self, host: str) -> str:
         """The host name, or host-2, host-3… when a live worker on this host has it."""
@@ -326,6 +341,7 @@ class Worker:
             watchdog=job.watchdog or None,
             kill_grace=tunables.kill_grace,
             run_as=self.ws.run_as or None,
+            owner=self.owner,
         )
 
     def _on_output(self, job_id: int) -> Callable[[str, bytes], None]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import glob
 import logging
 import os
 import pwd
@@ -52,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Final
 
 import psutil
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 
 JOB_ID_VAR: Final = "JOBBALANCER_JOB_ID"
 RUN_TAG_VAR: Final = "JOBBALANCER_RUN_TAG"
+OWNER_VAR: Final = "JOBBALANCER_JOB_OWNER"
 CHUNK_SIZE: Final = 64 * 1024
 SCRIPT_NAME: Final = "job-script"
 
@@ -104,6 +107,9 @@ class RunSpec:
     watchdog: float | None = None
     kill_grace: float = 5.0
     run_as: str | None = None
+    # Who runs it (a worker's name): marks the job's processes and names its temp dir, so a
+    # worker restarted after a crash can find what its dead predecessor left running.
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,33 @@ class Outcome:
     @classmethod
     def start_failed(cls, error: str) -> Outcome:
         return cls(exit_code=None, signal=None, reason="start_failed", error=error)
+
+
+def _workdir_prefix(owner: str) -> str:
+    # "@" ends the owner (worker names cannot hold it), so "a" never matches "a-1".
+    return f"jobbalancer-{owner}@" if owner else "jobbalancer-"
+
+
+def clean_up_after(owner: str) -> tuple[int, int]:
+    """Kill processes and remove temp dirs left by jobs of an earlier process of ``owner``
+    that died with them running (SIGKILL, a crash). Call it before running any job as
+    ``owner``: everything marked so then belongs to the dead predecessor, whose jobs were
+    recovered elsewhere. Returns (processes killed, directories removed)."""
+    if not owner:
+        return 0, 0
+    killed = 0
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(OWNER_VAR) == owner:
+                proc.kill()
+                killed += 1
+    removed = 0
+    prefix = _workdir_prefix(owner)
+    for path in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}*"):
+        if path.is_dir() and not path.is_symlink():
+            _remove_dir(str(path))
+            removed += 1
+    return killed, removed
 
 
 def become_subreaper() -> bool:
@@ -186,7 +219,7 @@ class JobProcess:
         env = _job_env(spec, user, self._tag)
         # Resolved before anything is created, so a missing interpreter leaves nothing.
         interpreter = _find_interpreter(spec.interpreter, env) if spec.interpreter else None
-        workdir = _make_workdir(spec.job_id, user)
+        workdir = _make_workdir(f"{_workdir_prefix(spec.owner)}{spec.job_id}-", user)
         try:
             argv = _argv(spec, interpreter, workdir, user)
             proc = _spawn(argv, env, workdir, user)
@@ -255,6 +288,8 @@ def _job_env(spec: RunSpec, user: pwd.struct_passwd | None, tag: str) -> dict[st
     # Set last so a job cannot hide from the environment scan by asking for another id.
     env[JOB_ID_VAR] = str(spec.job_id)
     env[RUN_TAG_VAR] = tag
+    if spec.owner:
+        env[OWNER_VAR] = spec.owner
     return env
 
 
@@ -271,9 +306,9 @@ def _find_interpreter(name: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def _make_workdir(job_id: int, user: pwd.struct_passwd | None) -> str:
+def _make_workdir(prefix: str, user: pwd.struct_passwd | None) -> str:
     try:
-        path = tempfile.mkdtemp(prefix=f"jobbalancer-{job_id}-")
+        path = tempfile.mkdtemp(prefix=prefix)
     except OSError as exc:
         raise StartError(f"cannot create the job's temporary directory: {exc}") from exc
     try:
