@@ -227,6 +227,14 @@ DataDirOpt = Annotated[
         help=f"Where the SQLite database lives. Default: ./{settings_mod.DEFAULT_DATA_DIR}.",
     ),
 ]
+HostOpt = Annotated[
+    str | None,
+    _opt(
+        "--host",
+        env="SERVER_HOST",
+        help="Address to serve on (0.0.0.0: every interface). Default: 127.0.0.1.",
+    ),
+]
 LogLevelOpt = Annotated[
     str | None,
     _opt("--log-level", env="LOG_LEVEL", help="debug, info, warning or error. Default: info."),
@@ -339,14 +347,7 @@ def up(
             "--port", env="SERVER_PORT", min=1, max=65535, help="Port to serve on. Default: 8080."
         ),
     ] = None,
-    host: Annotated[
-        str | None,
-        _opt(
-            "--host",
-            env="SERVER_HOST",
-            help="Address to serve on (0.0.0.0: every interface). Default: 127.0.0.1.",
-        ),
-    ] = None,
+    host: HostOpt = None,
     data_dir: DataDirOpt = None,
     run_as: Annotated[
         str | None,
@@ -691,14 +692,7 @@ def _print_try_it(url: str, key: str) -> None:
 @app.command()
 def server(
     ctx: typer.Context,
-    host: Annotated[
-        str | None,
-        _opt(
-            "--host",
-            env="SERVER_HOST",
-            help="Address to serve on (0.0.0.0: every interface). Default: 127.0.0.1.",
-        ),
-    ] = None,
+    host: HostOpt = None,
     port: Annotated[
         int | None,
         _opt(
