@@ -29,6 +29,24 @@ users = sa.Table(
     sa.Column("worker_classes", sa.JSON),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Web login lockout: failures since the last success, and the end of a lockout.
+    sa.Column("failed_logins", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("locked_until", UTCDateTime),
+)
+
+# Web UI sessions. The cookie holds a random token; only its SHA-256 is stored, so a
+# database dump does not hand out live sessions.
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen_at", UTCDateTime, nullable=False),
+    sa.Index(None, "user_id"),
+    sa.Index(None, "expires_at"),
 )
 
 api_keys = sa.Table(
