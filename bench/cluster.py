@@ -65,7 +65,7 @@ class Cluster:
         self._cli("users", "create", "bench", "--role", "admin", "--password-stdin",
                   stdin="bench-password\n")  # fmt: skip
         self.key = self._cli("keys", "create", "bench").strip().splitlines()[-1]
-        self.server = self._spawn("server", "--port", str(self.port))
+        self.server = self._spawn("server", "--port", str(self.port), "--allow-root")
         self.http = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=60
         )

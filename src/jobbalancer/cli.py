@@ -433,7 +433,10 @@ class _UpPlan:
 
     def server_argv(self) -> list[str]:
         server = self.settings.server
-        return ["server", "--host", server.host, "--port", str(server.port), *self.common_args()]
+        argv = ["server", "--host", server.host, "--port", str(server.port), *self.common_args()]
+        # `up` is the all-in-one for one box, and as root its jobs already run as nobody
+        # (or as told): starting it as root is the documented way, so its server may too.
+        return argv + (["--allow-root"] if os.geteuid() == 0 else [])
 
     def worker_names(self) -> list[str]:
         host = socket.gethostname().split(".")[0] or "worker"
@@ -715,6 +718,14 @@ def server(
         bool,
         _opt("--access-log", env="ACCESS_LOG", help="Log every request."),
     ] = False,
+    allow_root: Annotated[
+        bool,
+        _opt(
+            "--allow-root",
+            env="SERVER_ALLOW_ROOT",
+            help="Serve as root. Refused without this: run the server as an unprivileged user.",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
@@ -741,8 +752,19 @@ def server(
             "server.tls_key": tls_key,
         },
     )
+    check_server_privileges(allow_root=allow_root)
     _setup_logging(loaded.log_level)
     run_server(loaded, access_log=access_log)
+
+
+def check_server_privileges(*, allow_root: bool) -> None:
+    """The server runs no jobs, so it never needs root; a hole in it would give root away."""
+    if os.geteuid() == 0 and not allow_root:
+        raise errors.RootRefused(
+            "refusing to run the server as root: start it as an unprivileged user "
+            "(it needs no privileges), or pass --allow-root "
+            f"({ENV}SERVER_ALLOW_ROOT=1) if you really mean it"
+        )
 
 
 @app.command()

@@ -105,7 +105,9 @@ class Cluster:
 
     def start_server(self) -> Proc:
         self.port = free_port()
-        proc = self.spawn("server", "server", "--host", "127.0.0.1", "--port", str(self.port))
+        proc = self.spawn(
+            "server", "server", "--host", "127.0.0.1", "--port", str(self.port), "--allow-root"
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.popen.poll() is None, f"server died:\n{proc.log()}"

@@ -441,12 +441,12 @@ def test_server_stops_cleanly_on_sigterm_and_refuses_a_taken_port(
     tmp_path: Path, reaper: list[subprocess.Popen[bytes]]
 ) -> None:
     port = str(_closed_port())
-    server, out = _spawn(tmp_path, "server", "server", "--port", port)
+    server, out = _spawn(tmp_path, "server", "server", "--port", port, "--allow-root")
     reaper.append(server)
     _wait_for(out, "serving on http://127.0.0.1:" + port, server)
     _wait_for(out, "Application startup complete", server)
 
-    second, second_out = _spawn(tmp_path, "second", "server", "--port", port)
+    second, second_out = _spawn(tmp_path, "second", "server", "--port", port, "--allow-root")
     reaper.append(second)
     assert second.wait(timeout=30) == cli.RET_CONFIG
     assert "pick another port with --port" in second_out.read_text()

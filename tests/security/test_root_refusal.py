@@ -1,0 +1,58 @@
+"""Server and worker refuse to start as root unless told to, and say how to go on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobbalancer import cli, settings
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to test the refusal")
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBBALANCER_")}
+    env["JOBBALANCER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'jb.db'}"
+    return subprocess.run(
+        [sys.executable, "-m", "jobbalancer", *args],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("server", "--port", "0"), ("worker", "--name", "rootless")],
+    ids=["server", "worker"],
+)
+def test_root_is_refused_with_a_message_that_says_what_to_do(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # When started as root without the override
+    done = _run(tmp_path, *args)
+    # Then it exits at once with the "refused root" code, naming the way out
+    assert done.returncode == cli.RET_ROOT, done.stdout + done.stderr
+    message = " ".join((done.stdout + done.stderr).split())
+    assert "root" in message
+    assert "--allow-root" in message
+    # and it never started serving or registered
+    assert "serving on" not in message
+
+
+def test_worker_refuses_run_as_root_user(tmp_path: Path) -> None:
+    done = _run(tmp_path, "worker", "--name", "w", "--run-as", "root")
+    assert done.returncode == cli.RET_ROOT
+    assert "unprivileged" in done.stdout + done.stderr
+
+
+def test_up_as_root_passes_the_override_to_its_own_server_only() -> None:
+    # `up` as root runs jobs as nobody, so its server is started with --allow-root while
+    # its workers get --run-as nobody (not --allow-root).
+    plan = cli._UpPlan.make(settings.Settings(), 1, None)
+    assert "--allow-root" in plan.server_argv()
+    worker_argv = plan.worker_argv("w-1")
+    assert "--allow-root" not in worker_argv
+    assert worker_argv[worker_argv.index("--run-as") + 1] == "nobody"
