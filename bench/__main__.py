@@ -1,0 +1,176 @@
+"""The benchmark suite: ``.venv/bin/python -m bench`` (or ``make bench``) prints a table.
+
+    python -m bench [--quick] [--backend sqlite,postgresql,mysql]
+                    [--only throughput,latency,scale,output,footprint] [--repeat N]
+
+1. throughput: 2000 jobs of ``sh -c 'echo hi'`` through the HTTP API, in batches and one
+   request per job (4 clients), 2 workers x 2 slots; jobs/s and the ratio to a raw-spawn
+   baseline (a Python loop spawning the same command 4 at a time, output captured)
+   measured right before, in the same run;
+2. latency: 200 jobs at 20/s into idle workers; submit → started, submit → finished;
+3. scale: 500 simulated workers and 1k / 10k / 100k waiting jobs: cost of a submit, of a
+   finish that fills its slot, of a worker's poll and of a balancing pass; list API time;
+4. output: one job writing 100 MB; MB/s into the database, worker peak RSS growth, and
+   log read-back speed;
+5. footprint: idle RSS of the server and a worker; CPU ms per job (throughput runs).
+
+``--quick`` runs fewer jobs (400, 50 for latency, queue up to 10k, 20 MB of output).
+The machine may be shared: figures are medians of ``--repeat`` runs and the ratios compare
+with a baseline taken in the same run. PostgreSQL and MariaDB are expected on 127.0.0.1
+(see bench/cluster.py); each run uses a new database and drops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from bench import output as output_bench
+from bench import scale as scale_bench
+from bench import throughput as tp
+from bench.cluster import BACKENDS, Cluster
+
+SECTIONS = ("throughput", "latency", "scale", "output", "footprint")
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print(
+        "  ".join(
+            h.rjust(w) if i else h.ljust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    )
+    for row in rows:
+        print(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    sys.stdout.flush()  # fmt: skip
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+Rows = dict[str, list[list[str]]]
+
+
+def run_cluster_benches(args: argparse.Namespace, backend: str, out: Rows) -> None:
+    """Throughput, latency and footprint share one cluster per backend."""
+    want = set(args.only)
+    with Cluster(backend, workers=2, slots=2) as cluster:
+        time.sleep(1)
+        if "footprint" in want:
+            rss = tp.idle_rss(cluster)
+        batch: list[tp.Run] = []
+        single: list[tp.Run] = []
+        raw: list[float] = []
+        if want & {"throughput", "footprint"}:
+            for _ in range(args.repeat):
+                raw.append(tp.raw_spawn(min(args.jobs, 1000)))
+                batch.append(tp.throughput(cluster, args.jobs, batch=True))
+                if "throughput" in want:
+                    single.append(tp.throughput(cluster, args.jobs, batch=False))
+        if "throughput" in want:
+            base = statistics.median(raw)
+            b = statistics.median(r.rate for r in batch)
+            s = statistics.median(r.rate for r in single)
+            out["throughput"].append([
+                backend, _f(base, 0), _f(b, 0), f"{b / base:.0%}", _f(s, 0), f"{s / base:.0%}",
+            ])  # fmt: skip
+        if "latency" in want:
+            lat = tp.latency(cluster, args.latency_jobs)
+            row = [backend]
+            for name in ("start", "finish"):
+                v = lat[name]
+                row += [_f(tp.pct(v, 50)), _f(tp.pct(v, 99)), _f(max(v))]
+            out["latency"].append(row)
+        if "footprint" in want:
+            cpu = {k: statistics.median(r.cpu_ms[k] for r in batch) for k in batch[0].cpu_ms}
+            out["footprint"].append([
+                backend, _f(rss["server"], 0), _f(rss["worker"], 0),
+                _f(cpu["server"], 2), _f(cpu["workers"], 2),
+            ])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer jobs, smaller queues")
+    parser.add_argument("--backend", default="sqlite,postgresql,mysql",
+                        help="comma list of sqlite, postgresql, mysql")  # fmt: skip
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per figure (median)")
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per throughput run")
+    args = parser.parse_args()
+    args.backend = [b.strip() for b in args.backend.split(",") if b.strip()]
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for b in args.backend:
+        if b not in BACKENDS:
+            parser.error(f"unknown backend {b!r}")
+    for s in args.only:
+        if s not in SECTIONS:
+            parser.error(f"unknown section {s!r}")
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    args.jobs = args.jobs or (400 if args.quick else 2000)
+    args.latency_jobs = 50 if args.quick else 200
+    levels = [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
+    output_mb = 20 if args.quick else 100
+
+    out: dict[str, list[list[str]]] = {s: [] for s in SECTIONS}
+    for backend in args.backend:
+        print(f"running {backend} ...", file=sys.stderr, flush=True)
+        if set(args.only) & {"throughput", "latency", "footprint"}:
+            run_cluster_benches(args, backend, out)
+        if "scale" in args.only:
+            for level, costs in scale_bench.scale(backend, levels, 50).items():
+                out["scale"].append([backend, f"{level:,}", *(_f(v, 2) for v in costs.values())])
+        if "output" in args.only:
+            o = output_bench.output(backend, output_mb)
+            out["output"].append([backend, f"{output_mb} MB", _f(o.mb_per_s), _f(o.rss_growth_mb),
+                                  _f(o.read_mb_per_s)])  # fmt: skip
+
+    n = args.jobs
+    if out["throughput"]:
+        _table(
+            f"1. Throughput: {n} jobs of sh -c 'echo hi', 2 workers x 2 slots, jobs/s "
+            f"(median of {args.repeat})",
+            ["backend", "raw spawn", "batch", "of raw", "one by one", "of raw"],
+            out["throughput"],
+        )
+    if out["latency"]:
+        _table(
+            f"2. Start latency: {args.latency_jobs} jobs at 20/s into idle workers, ms",
+            ["backend", "start p50", "p99", "max", "finish p50", "p99", "max"],
+            out["latency"],
+        )
+    if out["scale"]:
+        _table(
+            f"3. Scale: {scale_bench.WORKERS} workers, all slots busy; median ms per operation",
+            ["backend", "waiting", "submit", "finish+assign", "poll", "balance pass",
+             "list API", "list waiting", "list worker"],
+            out["scale"],
+        )  # fmt: skip
+    if out["output"]:
+        _table(
+            "4. Output: one job writing 64-byte lines",
+            ["backend", "size", "MB/s into DB", "worker RSS +MB", "read back MB/s"],
+            out["output"],
+        )
+    if out["footprint"]:
+        _table(
+            "5. Footprint: idle RSS (MiB); CPU ms per job in the batch throughput runs",
+            ["backend", "server RSS", "worker RSS", "server CPU ms/job", "workers CPU ms/job"],
+            out["footprint"],
+        )
+
+
+if __name__ == "__main__":
+    main()
