@@ -3,6 +3,10 @@
 Passwords are hashed with argon2id. API keys are 32 random bytes shown once; the database
 keeps a SHA-256 of each (a key has full entropy, so a slow hash would only slow every
 request) and an 8-character prefix to tell keys apart in lists.
+
+Web sessions (the last section) work the same way: the cookie holds a random token, the
+database its SHA-256 and the session's CSRF token. Repeated failed logins lock the
+account for a while.
 """
 
 from __future__ import annotations
@@ -12,18 +16,18 @@ import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from jobbalancer import errors, refs
+from jobbalancer import db, errors, refs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
-U, K = schema.users, schema.api_keys
+U, K, WS = schema.users, schema.api_keys, schema.web_sessions
 KEY_PREFIX = "jb_"
 _hasher = PasswordHasher()
 
@@ -190,8 +194,12 @@ def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -
         if taken is not None:
             raise errors.Conflict(f"user {name!r} already exists", field="name")
         values["name"] = name
+    if "password_hash" in values:  # a reset also lifts a lockout
+        values.update(failed_logins=0, locked_until=None)
     if values:
         conn.execute(sa.update(U).where(U.c.id == user_id).values(**values))
+    if "password_hash" in values or values.get("disabled"):
+        end_sessions(conn, user_id)  # whoever was logged in must log in again (or cannot)
     return get_user(conn, user_id)
 
 
@@ -300,3 +308,147 @@ def ensure_first_admin(conn: sa.Connection) -> tuple[User, str, str] | None:
     user = create_user(conn, "admin", Role.ADMIN, password)
     _, key = create_api_key(conn, user.id, "first-start")
     return user, password, key
+
+
+# -- web sessions and login lockout ---------------------------------------------------------
+
+SESSION_COOKIE = "jb_session"  # the cookie that carries the token
+CSRF_HEADER = "X-CSRF-Token"  # htmx and scripts send the CSRF token here; forms as csrf_token
+SESSION_IDLE = timedelta(hours=8)  # a session unused this long ends
+SESSION_MAX = timedelta(days=7)  # and none lasts longer than this, used or not
+SESSION_TOUCH = timedelta(minutes=1)  # last_seen_at is written at most this often
+LOCKOUT_FAILURES = 5  # failed logins in a row that lock an account …
+LOCKOUT_TIME = timedelta(minutes=5)  # … for this long
+
+
+@dataclass(frozen=True)
+class WebSession:
+    """A logged-in browser: its user, and the CSRF token its forms must carry."""
+
+    user: User
+    token_hash: str
+    csrf_token: str
+    created_at: datetime
+    expires_at: datetime
+    last_seen_at: datetime
+
+
+def check_login(conn: sa.Connection, name: str, password: str) -> User:
+    """The user ``name`` if ``password`` is theirs; read-only, so the slow hash runs
+    outside a write transaction. Raises LoginLocked while the account is locked (without
+    looking at the password), Unauthorized for a wrong name or password, Forbidden for a
+    disabled account (told only to whoever knows its password)."""
+    locked = sa.case((U.c.locked_until > utcnow(), True), else_=False).label("locked")
+    row = conn.execute(
+        sa.select(*_USER_COLUMNS, U.c.password_hash, locked).where(U.c.name == name)
+    ).first()
+    if row is not None and row.locked:
+        raise errors.LoginLocked(
+            f"too many failed logins: {name!r} is locked for a few minutes; try again later "
+            "or ask an admin to reset the password"
+        )
+    wrong = errors.Unauthorized("wrong user name or password")
+    if row is None or row.password_hash is None:
+        _hasher.hash(password)  # same cost whether or not the user exists
+        raise wrong
+    try:
+        _hasher.verify(row.password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        raise wrong from None
+    user = User.from_row(row)
+    if user.disabled:
+        raise errors.Forbidden(f"the account {name!r} is disabled; ask an admin")
+    return user
+
+
+def record_failed_login(conn: sa.Connection, name: str) -> bool:
+    """Count a failed login for ``name``; True when this one locked the account."""
+    conn.execute(sa.update(U).where(U.c.name == name).values(failed_logins=U.c.failed_logins + 1))
+    locked = conn.execute(
+        sa.update(U)
+        .where(U.c.name == name, U.c.failed_logins >= LOCKOUT_FAILURES)
+        .values(failed_logins=0, locked_until=db.now(conn) + LOCKOUT_TIME)
+    )
+    return locked.rowcount > 0
+
+
+def create_session(conn: sa.Connection, user_id: int) -> tuple[str, WebSession]:
+    """A new session for a user who just logged in: (cookie token, session).
+
+    Every login gets a fresh token, so a token planted before login is worth nothing.
+    """
+    conn.execute(sa.update(U).where(U.c.id == user_id).values(failed_logins=0, locked_until=None))
+    now = db.now(conn)
+    conn.execute(sa.delete(WS).where(WS.c.expires_at <= now))  # tidy up on the way
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        sa.insert(WS).values(
+            token_hash=_digest(token),
+            user_id=user_id,
+            csrf_token=secrets.token_urlsafe(32),
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + SESSION_IDLE,
+        )
+    )
+    session = _find_session(conn, _digest(token))
+    assert session is not None
+    return token, session
+
+
+def _find_session(conn: sa.Connection, token_hash: str) -> WebSession | None:
+    row = conn.execute(
+        sa.select(*_USER_COLUMNS, WS.c.token_hash, WS.c.csrf_token, WS.c.expires_at,
+                  WS.c.last_seen_at, WS.c.created_at.label("session_created_at"))
+        .select_from(WS.join(U, U.c.id == WS.c.user_id))
+        .where(WS.c.token_hash == token_hash, WS.c.expires_at > utcnow())
+    ).first()  # fmt: skip
+    if row is None:
+        return None
+    user = User.from_row(row)
+    if user.disabled:
+        return None
+    return WebSession(
+        user=user,
+        token_hash=row.token_hash,
+        csrf_token=row.csrf_token,
+        created_at=row.session_created_at,
+        expires_at=row.expires_at,
+        last_seen_at=row.last_seen_at,
+    )
+
+
+def find_session(conn: sa.Connection, token: str) -> WebSession | None:
+    """The live session of the cookie ``token`` (its user enabled), or None."""
+    if not token or len(token) > 200:
+        return None
+    return _find_session(conn, _digest(token))
+
+
+def session_needs_touch(session: WebSession, now: datetime) -> bool:
+    return now - session.last_seen_at >= SESSION_TOUCH
+
+
+def touch_session(conn: sa.Connection, session: WebSession) -> None:
+    """Slide the session's expiry: idle time counts from now, up to its maximum age."""
+    now = db.now(conn)
+    expires = min(now + SESSION_IDLE, session.created_at + SESSION_MAX)
+    conn.execute(
+        sa.update(WS)
+        .where(WS.c.token_hash == session.token_hash)
+        .values(last_seen_at=now, expires_at=expires)
+    )
+
+
+def end_session(conn: sa.Connection, token: str) -> None:
+    """Log out: the session's row goes, so the cookie is worth nothing anywhere."""
+    conn.execute(sa.delete(WS).where(WS.c.token_hash == _digest(token)))
+
+
+def end_sessions(conn: sa.Connection, user_id: int) -> int:
+    """Log a user out everywhere (after a password reset, or when disabled); how many."""
+    return int(conn.execute(sa.delete(WS).where(WS.c.user_id == user_id)).rowcount)
+
+
+def csrf_matches(session: WebSession, token: str | None) -> bool:
+    return token is not None and secrets.compare_digest(session.csrf_token, token)

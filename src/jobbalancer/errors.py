@@ -51,6 +51,13 @@ class Forbidden(JobBalancerError):
     code = "forbidden"
 
 
+class LoginLocked(JobBalancerError):
+    """Too many failed logins: this account is locked for a few minutes."""
+
+    status = 429
+    code = "locked"
+
+
 class NotFound(JobBalancerError):
     """No such object."""
 

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbalancer import __version__, auth, db, monitor
+from jobbalancer import __version__, auth, db, monitor, web
 from jobbalancer.api import deps, errors
 from jobbalancer.api.routes import (
     classes,
@@ -29,6 +29,7 @@ from jobbalancer.api.routes import (
     workers,
 )
 from jobbalancer.settings import Settings
+from jobbalancer.web import security
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,11 @@ def create_app(
     app.state.key_usage = deps.KeyUsage()
     app.state.metrics_registry = metrics.make_registry(engine)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(security.SecurityHeaders)
     errors.install(app)
     for module in ROUTERS:
         app.include_router(module.router)
+    web.install(app)  # the UI's pages (after the API's error handlers, which it wraps)
     return app
 
 

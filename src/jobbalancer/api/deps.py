@@ -1,7 +1,10 @@
 """Dependencies shared by the routes: the engine, the caller, and role checks.
 
-A caller authenticates with ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. A
-missing or unknown key is 401; a known key whose role does not allow the route is 403.
+A caller authenticates with ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, or
+with the web UI's session cookie; a request authenticated by the cookie that changes
+something (not GET/HEAD/OPTIONS) must also carry the session's CSRF token in
+``X-CSRF-Token``. A missing or unknown key is 401; a known key whose role does not allow
+the route is 403.
 """
 
 from __future__ import annotations
@@ -63,6 +66,46 @@ def authenticate(engine: sa.Engine, key: str | None) -> auth.User:
     return user
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def web_session(request: Request) -> auth.WebSession | None:
+    """The live session of the request's cookie, if any (looked up once per request); its
+    expiry slides forward, with a write at most once a minute."""
+    if hasattr(request.state, "web_session"):
+        found: auth.WebSession | None = request.state.web_session
+        return found
+    engine = get_engine(request)
+    token = request.cookies.get(auth.SESSION_COOKIE)
+    session = None
+    if token:
+        with db.read(engine) as conn:
+            session = auth.find_session(conn, token)
+            now = db.now(conn) if session is not None else None
+        if session is not None and now is not None and auth.session_needs_touch(session, now):
+            try:
+                with db.write(engine) as conn:
+                    auth.touch_session(conn, session)
+            except errors.DatabaseUnavailable as exc:
+                log.debug("could not extend a web session: %s", exc)
+    request.state.web_session = session
+    return session
+
+
+def _session_user(request: Request) -> auth.User:
+    session = web_session(request)
+    if session is None:
+        raise errors.Unauthorized()
+    if request.method not in SAFE_METHODS and not auth.csrf_matches(
+        session, request.headers.get(auth.CSRF_HEADER)
+    ):
+        raise errors.Forbidden(
+            f"a request with the session cookie that changes something needs the session's "
+            f"CSRF token in {auth.CSRF_HEADER} (or use an API key)"
+        )
+    return session.user
+
+
 def current_user(
     request: Request,
     engine: EngineDep,
@@ -71,6 +114,8 @@ def current_user(
 ) -> auth.User:
     """The caller (the security parameters are for the OpenAPI document only)."""
     key = key_from_headers(request)
+    if key is None and request.cookies.get(auth.SESSION_COOKIE):
+        return _session_user(request)
     user = authenticate(engine, key)
     usage: KeyUsage | None = getattr(request.app.state, "key_usage", None)
     if usage is not None and key is not None:

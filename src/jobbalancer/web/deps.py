@@ -1,0 +1,102 @@
+"""Who is asking, for the web pages: the signed-in user with their session, a CSRF check
+on every request that changes something, and role checks.
+
+Anonymous visitors raise :class:`LoginRequired` (answered with a redirect to the login
+form); a role that does not allow the page raises ``errors.Forbidden`` (a 403 page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Depends, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+
+from jobbalancer import auth, errors
+from jobbalancer.api import deps as api_deps
+from jobbalancer.web import pages
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class LoginRequired(Exception):
+    """The page needs a signed-in user."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """A signed-in request: the session, the parsed form of a POST, and how to render."""
+
+    request: Request
+    session: auth.WebSession
+    form: FormData | None = None
+
+    @property
+    def user(self) -> auth.User:
+        return self.session.user
+
+    @property
+    def engine(self) -> sa.Engine:
+        return api_deps.get_engine(self.request)
+
+    def field(self, name: str, default: str = "") -> str:
+        """A form field as text (an upload or a missing field: ``default``)."""
+        value = self.form.get(name) if self.form is not None else None
+        return value if isinstance(value, str) else default
+
+    def fields(self, name: str) -> list[str]:
+        """Every value of a repeated form field (checkboxes)."""
+        if self.form is None:
+            return []
+        return [v for v in self.form.getlist(name) if isinstance(v, str)]
+
+    def render(
+        self, template: str, *, active: str = "", status: int = 200, **values: Any
+    ) -> Response:
+        return pages.render(
+            self.request, template, session=self.session, active=active, status=status, **values
+        )
+
+
+async def signed_in(request: Request) -> Page:
+    session = await run_in_threadpool(api_deps.web_session, request)
+    if session is None:
+        raise LoginRequired()
+    form = None
+    if request.method not in api_deps.SAFE_METHODS:
+        if request.headers.get("content-type", "").split(";")[0].strip() in FORM_TYPES:
+            form = await request.form()
+        token = request.headers.get(auth.CSRF_HEADER)
+        if token is None and form is not None:
+            value = form.get("csrf_token")
+            token = value if isinstance(value, str) else None
+        if not auth.csrf_matches(session, token):
+            raise errors.Forbidden(
+                "this form is out of date (its security token does not match your session); "
+                "reload the page and try again"
+            )
+    return Page(request=request, session=session, form=form)
+
+
+def _require(allowed: Callable[[auth.User], bool], what: str) -> Callable[[Page], Awaitable[Page]]:
+    async def check(page: Annotated[Page, Depends(signed_in)]) -> Page:
+        if not allowed(page.user):
+            raise errors.Forbidden(f"your role ({page.user.role}) does not allow {what}")
+        return page
+
+    return check
+
+
+def can_operate(user: auth.User) -> bool:
+    return user.role in (auth.Role.ADMIN, auth.Role.OPERATOR)
+
+
+Viewer = Annotated[Page, Depends(signed_in)]
+Submitter = Annotated[Page, Depends(_require(lambda u: u.can_submit, "submitting jobs"))]
+Operator = Annotated[Page, Depends(_require(can_operate, "this change"))]
+Admin = Annotated[Page, Depends(_require(lambda u: u.is_admin, "this; admins only"))]

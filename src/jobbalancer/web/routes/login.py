@@ -1,0 +1,103 @@
+"""``/login`` and ``/logout``. The login form is also what ``/`` shows anonymous visitors.
+
+Before there is a session, the form is protected by a double-submit token: a random value
+in a cookie and in the form, which a page on another site can neither read nor set.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from jobbalancer import auth, db, errors
+from jobbalancer.api import deps as api_deps
+from jobbalancer.web import deps, pages
+
+router = APIRouter(include_in_schema=False)
+LOGIN_CSRF_COOKIE = "jb_login_csrf"
+
+
+def login_form(
+    request: Request, *, error: str | None = None, status: int = 200, name: str = ""
+) -> Response:
+    token = request.cookies.get(LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
+    response = pages.render(
+        request,
+        "login.html",
+        session=None,
+        status=status,
+        error=error,
+        name=name,
+        login_csrf=token,
+        next=pages.safe_next(request.query_params.get("next")),
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE, token, httponly=True, samesite="lax", path="/login",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
+    return response
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    if api_deps.web_session(request) is not None:
+        return pages.redirect(pages.safe_next(request.query_params.get("next")))
+    return login_form(request)
+
+
+@router.post("/login")
+def log_in(
+    request: Request,
+    name: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=1000)] = "",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not cookie or not secrets.compare_digest(cookie, csrf_token):
+        return login_form(
+            request, error="The login form expired; please try again.", status=403, name=name
+        )
+    engine = api_deps.get_engine(request)
+    try:
+        with db.read(engine) as conn:
+            user = auth.check_login(conn, name.strip(), password)
+    except errors.Unauthorized as exc:
+        with db.write(engine) as conn:
+            locked = auth.record_failed_login(conn, name.strip())
+        message = exc.message
+        if locked:
+            message = (
+                f"Too many failed logins: {name.strip()!r} is locked for "
+                f"{int(auth.LOCKOUT_TIME.total_seconds() // 60)} minutes."
+            )
+        return login_form(request, error=message, status=401, name=name)
+    except (errors.LoginLocked, errors.Forbidden) as exc:
+        return login_form(request, error=exc.message, status=exc.status, name=name)
+    with db.write(engine) as conn:
+        token, _ = auth.create_session(conn, user.id)
+    response = pages.redirect(pages.safe_next(next))
+    response.set_cookie(
+        auth.SESSION_COOKIE, token, httponly=True, samesite="lax", path="/",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+async def log_out(page: deps.Viewer) -> Response:
+    token = page.request.cookies.get(auth.SESSION_COOKIE, "")
+
+    def end() -> None:
+        with db.write(page.engine) as conn:
+            auth.end_session(conn, token)
+
+    await run_in_threadpool(end)
+    response = pages.redirect("/login", "You are logged out.")
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    return response

@@ -1,0 +1,250 @@
+"""Logging in and out of the web UI: session cookies, CSRF, lockout, and what a session
+may do on the API."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from jobbalancer import auth, db
+from jobbalancer.db import schema
+from tests.web.conftest import PASSWORD, Web, csrf_of
+
+WS, U = schema.web_sessions, schema.users
+
+
+def _session_rows(web: Web) -> list[sa.Row[tuple[str, int]]]:
+    with db.read(web.engine) as conn:
+        return list(conn.execute(sa.select(WS.c.token_hash, WS.c.user_id)))
+
+
+def test_anonymous_visitors_get_the_login_form(web: Web) -> None:
+    client = web.browser()
+    home = client.get("/")
+    assert home.status_code == 303 and home.headers["location"] == "/login"
+    form = client.get("/login")
+    assert 'action="/login"' in form.text and 'name="password"' in form.text
+    assert "<nav" not in form.text  # nothing of the cluster before logging in
+
+    jobs = client.get("/dashboard/live?x=1")
+    assert jobs.status_code == 303
+    assert jobs.headers["location"] == "/login?next=/dashboard/live%3Fx%3D1"
+
+
+def test_the_first_admin_logs_in_and_out(web: Web) -> None:
+    client = web.browser()
+    r = web.post_login(client, "admin", web.admin_password)
+    assert r.status_code == 303 and r.headers["location"] == "/"  # type: ignore[attr-defined]
+    cookie = r.headers["set-cookie"]  # type: ignore[attr-defined]
+    assert cookie.startswith(f"{auth.SESSION_COOKIE}=")
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
+    token = client.cookies[auth.SESSION_COOKIE]
+    # Only the token's hash is stored.
+    [(token_hash, _)] = _session_rows(web)
+    assert token_hash == hashlib.sha256(token.encode()).hexdigest() != token
+
+    home = client.get("/")
+    assert home.status_code == 200
+    assert "Dashboard" in home.text and "admin" in home.text and "<nav" in home.text
+
+    refused = client.post("/logout")  # no CSRF token
+    assert refused.status_code == 403
+    assert "security token" in refused.text
+
+    out = client.post("/logout", data={"csrf_token": csrf_of(home.text)})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert _session_rows(web) == []
+    # The old cookie is worth nothing now, even if a browser kept it.
+    client.cookies.set(auth.SESSION_COOKIE, token)
+    assert client.get("/dashboard/live").status_code == 303
+
+
+def test_every_login_gets_a_new_token(web: Web) -> None:
+    client = web.browser()
+    client.cookies.set(auth.SESSION_COOKIE, "planted-by-someone-else", domain="testserver.local")
+    web.post_login(client, "admin", web.admin_password)
+    first = client.cookies[auth.SESSION_COOKIE]
+    assert first != "planted-by-someone-else"
+    other = web.browser()
+    web.post_login(other, "admin", web.admin_password)
+    assert other.cookies[auth.SESSION_COOKIE] != first
+    assert len(_session_rows(web)) == 2
+
+
+def test_cookie_is_secure_under_tls(web: Web) -> None:
+    client = web.browser("https://testserver")
+    r = web.post_login(client, "admin", web.admin_password)
+    assert "Secure" in r.headers["set-cookie"]  # type: ignore[attr-defined]
+
+
+def test_login_needs_the_forms_token(web: Web) -> None:
+    client = web.browser()
+    r = client.post("/login", data={"name": "admin", "password": web.admin_password})
+    assert r.status_code == 403
+    assert auth.SESSION_COOKIE not in client.cookies
+
+
+def test_wrong_password_and_unknown_user_read_the_same(web: Web) -> None:
+    client = web.browser()
+    wrong = web.post_login(client, "admin", "not the password")
+    nobody = web.post_login(client, "nobody", "not the password")
+    assert wrong.status_code == nobody.status_code == 401  # type: ignore[attr-defined]
+    assert "wrong user name or password" in wrong.text  # type: ignore[attr-defined]
+    assert "wrong user name or password" in nobody.text  # type: ignore[attr-defined]
+
+
+def test_repeated_failures_lock_the_account(web: Web) -> None:
+    web.user("carol", "operator")
+    client = web.browser()
+    for _ in range(auth.LOCKOUT_FAILURES - 1):
+        assert web.post_login(client, "carol", "guess").status_code == 401  # type: ignore[attr-defined]
+    last = web.post_login(client, "carol", "guess")
+    assert "locked" in last.text  # type: ignore[attr-defined]
+    # Now even the right password is refused, saying why.
+    right = web.post_login(client, "carol", PASSWORD)
+    assert right.status_code == 429  # type: ignore[attr-defined]
+    assert "too many failed logins" in right.text  # type: ignore[attr-defined]
+    assert auth.SESSION_COOKIE not in client.cookies
+    # Other accounts are not affected.
+    web.login()
+
+    # When the lock runs out, the right password works, and the count starts again.
+    with db.write(web.engine) as conn:
+        past = db.now(conn) - timedelta(seconds=1)
+        conn.execute(sa.update(U).where(U.c.name == "carol").values(locked_until=past))
+    assert web.post_login(client, "carol", PASSWORD).status_code == 303  # type: ignore[attr-defined]
+    with db.read(web.engine) as conn:
+        assert conn.execute(sa.select(U.c.failed_logins).where(U.c.name == "carol")).scalar() == 0
+
+
+def test_a_password_reset_lifts_the_lock_and_ends_sessions(web: Web) -> None:
+    user = web.user("dave", "submitter")
+    logged_in, _ = web.login("dave", PASSWORD)
+    client = web.browser()
+    for _ in range(auth.LOCKOUT_FAILURES):
+        web.post_login(client, "dave", "guess")
+    with db.write(web.engine) as conn:
+        auth.update_user(conn, user.id, {"password": "a brand new one"})
+    assert logged_in.get("/dashboard/live").status_code == 303  # logged out by the reset
+    assert web.post_login(client, "dave", "a brand new one").status_code == 303  # type: ignore[attr-defined]
+
+
+def test_disabled_users_cannot_log_in_and_are_logged_out(web: Web) -> None:
+    user = web.user("erin", "operator")
+    logged_in, _ = web.login("erin", PASSWORD)
+    with db.write(web.engine) as conn:
+        auth.update_user(conn, user.id, {"disabled": True})
+    assert [row for row in _session_rows(web) if row.user_id == user.id] == []
+    assert logged_in.get("/").headers["location"] == "/login"  # logged out
+    r = web.post_login(web.browser(), "erin", PASSWORD)
+    assert r.status_code == 403  # type: ignore[attr-defined]
+    assert "disabled" in r.text  # type: ignore[attr-defined]
+
+
+def test_expired_sessions_end(web: Web) -> None:
+    client, _ = web.login()
+    with db.write(web.engine) as conn:
+        past = db.now(conn) - timedelta(seconds=1)
+        conn.execute(sa.update(WS).values(expires_at=past))
+    r = client.get("/dashboard/live")
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+def test_use_slides_the_expiry_forward(web: Web) -> None:
+    client, _ = web.login()
+    with db.write(web.engine) as conn:
+        now = db.now(conn)
+        conn.execute(
+            sa.update(WS).values(
+                last_seen_at=now - timedelta(hours=1), expires_at=now + timedelta(minutes=5)
+            )
+        )
+    assert client.get("/").status_code == 200
+    with db.read(web.engine) as conn:
+        expires = conn.execute(sa.select(WS.c.expires_at)).scalar_one()
+    assert expires > now + auth.SESSION_IDLE - timedelta(minutes=1)
+
+
+def test_login_redirects_only_within_the_site(web: Web) -> None:
+    client = web.browser()
+    form = client.get("/login?next=//evil.example/x")
+    r = client.post(
+        "/login",
+        data={"name": "admin", "password": web.admin_password, "csrf_token": csrf_of(form.text),
+              "next": "//evil.example/x"},
+    )  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    form = client.get("/login?next=/jobs")
+    assert 'name="next" value="/jobs"' in form.text or client.get("/login").status_code == 303
+
+
+def test_the_api_accepts_a_session_and_needs_csrf_to_change_things(web: Web) -> None:
+    client, csrf = web.login()
+    me = client.get("/api/v1/me")
+    assert me.status_code == 200 and me.json()["name"] == "admin"
+
+    spec = {"command": "echo hi"}
+    refused = client.post("/api/v1/jobs", json=spec)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"].startswith("application/json")
+    assert "X-CSRF-Token" in refused.json()["message"]
+    wrong = client.post("/api/v1/jobs", json=spec, headers={auth.CSRF_HEADER: "nope"})
+    assert wrong.status_code == 403
+    ok = client.post("/api/v1/jobs", json=spec, headers={auth.CSRF_HEADER: csrf})
+    assert ok.status_code == 201, ok.text
+    # An API key still works without any of this.
+    keyed = web.browser().post(
+        "/api/v1/jobs", json=spec, headers={"Authorization": f"Bearer {web.admin_key}"}
+    )
+    assert keyed.status_code == 201
+
+
+def test_a_viewer_session_has_a_viewers_rights_on_the_api(web: Web) -> None:
+    web.user("vera", "viewer")
+    client, csrf = web.login("vera", PASSWORD)
+    r = client.post("/api/v1/jobs", json={"command": "true"}, headers={auth.CSRF_HEADER: csrf})
+    assert r.status_code == 403
+    assert "viewer" in r.json()["message"]
+
+
+def test_security_headers_on_pages_and_api(web: Web) -> None:
+    client = web.browser()
+    for path in ("/", "/login", "/api/v1/me", "/healthz", "/static/app.css"):
+        r = client.get(path)
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+        assert "frame-ancestors 'none'" in csp
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "same-origin"
+    # The API docs page loads Swagger UI from its CDN: its own, looser policy.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+def test_errors_are_pages_for_browsers_and_json_for_the_api(web: Web) -> None:
+    client, _ = web.login()
+    page = client.get("/no/such/page")
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "There is no page at /no/such/page" in page.text and "<nav" in page.text
+    api = client.get("/api/v1/no/such/thing")
+    assert api.status_code == 404 and api.json()["error"] == "not_found"
+    # A program that does not ask for HTML gets JSON wherever it strays.
+    curl = client.get("/no/such/page", headers={"Accept": "*/*"})
+    assert curl.status_code == 404 and curl.json()["error"] == "not_found"
+    # An htmx request gets a fragment for the flash area, not a whole page.
+    frag = client.get("/no/such/page", headers={"HX-Request": "true"})
+    assert frag.status_code == 404 and "<html" not in frag.text and "flash-error" in frag.text
+
+
+def test_htmx_requests_of_a_lost_session_are_sent_to_the_login(web: Web) -> None:
+    client = web.browser()
+    r = client.get(
+        "/dashboard/live",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://testserver/jobs?state=done"},
+    )
+    assert r.status_code == 200
+    assert r.headers["HX-Redirect"] == "/login?next=/jobs%3Fstate%3Ddone"
