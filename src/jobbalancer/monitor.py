@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -20,11 +20,20 @@ from jobbalancer.errors import DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 
-def check_workers(engine: sa.Engine) -> list[int]:
-    """Mark workers silent past worker_timeout offline and recover their jobs."""
+def check_workers(engine: sa.Engine, *, reachable_since: datetime | None = None) -> list[int]:
+    """Mark workers silent past worker_timeout offline and recover their jobs.
+
+    ``reachable_since``: when (database clock) this server could reach the database again
+    after an outage. A worker could not heartbeat then either, so nobody is judged until a
+    full worker_timeout has passed since: a database restart must not look like every
+    worker dying at once (their running jobs would be lost and killed).
+    """
     with db.write(engine) as conn:
         timeout = settings.load_tunables(conn).worker_timeout
-        cutoff = db.now(conn) - timedelta(seconds=timeout)
+        now = db.now(conn)
+        if reachable_since is not None and now - reachable_since < timedelta(seconds=timeout):
+            return []
+        cutoff = now - timedelta(seconds=timeout)
         gone = []
         for worker_id in workers.silent_since(conn, cutoff):
             if not workers.mark_offline(conn, worker_id, cutoff):
@@ -64,6 +73,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ticks = 0
+        self._unreachable = False  # the last tick could not reach the database
+        self._reachable_since: datetime | None = None  # database clock, after an outage
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -84,8 +95,11 @@ class Supervisor:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except DatabaseUnavailable:
-                log.warning("database unavailable; the supervisor retries in %.1f s", self.interval)
+            except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError):
+                if not self._unreachable:
+                    log.warning("database unavailable; the supervisor retries every %.1f s",
+                                self.interval)  # fmt: skip
+                self._unreachable = True
             except Exception:
                 log.exception("supervisor tick failed; retrying")
             self._stop.wait(self.interval)
@@ -94,12 +108,16 @@ class Supervisor:
         """One round: renew or take the lease; as leader, monitor and balance."""
         with db.write(self.engine) as conn:
             leader = db.take_lease(conn, self.LEASE, self.holder, self.interval * 5)
+            if self._unreachable:
+                self._unreachable = False
+                self._reachable_since = db.now(conn)
+                log.info("database reachable again; liveness checks resume after worker_timeout")
         if leader != self.is_leader:
             log.info("this server %s the balancer", "now runs" if leader else "no longer runs")
             self.is_leader = leader
         if not leader:
             return
-        check_workers(self.engine)
+        check_workers(self.engine, reachable_since=self._reachable_since)
         with db.write(self.engine) as conn:
             balancer.assign_waiting(conn)
         self._ticks += 1

@@ -1,0 +1,131 @@
+"""Fault 3: the database restarts under load (PostgreSQL and MariaDB).
+
+Between the processes and the database sits a forwarder (tests/chaos/proxy.py); the
+"restart" resets every connection and refuses new ones for a few seconds, which is what a
+restarting database server looks like to its clients. The machine's shared database
+servers are left alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.chaos.conftest import Cluster
+from tests.chaos.proxy import Proxy
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(180)]
+OUTAGE = 6.0  # seconds: longer than worker_timeout (3 s), so liveness must not misjudge it
+LINES = 80  # the steady job prints one line every 0.1 s, before, during and after
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[Proxy]]:
+    made: list[Proxy] = []
+    yield made
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
+def make_database_url(
+    make_database_url: Callable[..., str], proxies: list[Proxy]
+) -> Callable[..., str]:
+    """The usual fresh database, reached through a forwarder of its own."""
+
+    def make(backend: str, *, migrated: bool = False) -> str:
+        url = sa.make_url(make_database_url(backend, migrated=migrated))
+        proxy = Proxy((url.host or "127.0.0.1", url.port or 0))
+        proxies.append(proxy)
+        return url.set(port=proxy.port).render_as_string(hide_password=False)
+
+    return make
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_database_restart_under_load(make_cluster: Any, backend: str, proxies: list[Proxy]) -> None:
+    cluster: Cluster = make_cluster(backend)
+    proxy = proxies[0]
+    r = cluster.api.post("/api/v1/worker-classes", json={"name": "small"})
+    assert r.status_code == 201, r.text
+    cluster.start_worker("steady", "--allow-root", "--max-jobs", "8")
+    # A worker whose output buffer is as small as allowed, to overflow it during the outage
+    small_worker = cluster.spawn(
+        "small", "worker", "--name", "small", "--class", "small", "--allow-root",
+        extra_env={"JOBBALANCER_WORKER_BUFFER_MAX_BYTES": "65536"},
+    )  # fmt: skip
+    cluster.worker_names.add("small")
+    cluster.wait_for(lambda: cluster.worker("small", "online"), "small online", small_worker)
+    flag = cluster.tmp / "outage"
+
+    steady = cluster.submit(
+        command=f"for i in $(seq {LINES}); do echo line $i; sleep 0.1; done"
+    )  # fmt: skip
+    shorts = [cluster.submit(command=f"sleep 1; echo short {i}") for i in range(6)]
+    chatty = cluster.submit(
+        command=f"echo begin; while [ ! -e {flag} ]; do sleep 0.05; done; "
+        "head -c 300000 /dev/zero | tr '\\0' y; echo; echo end",
+        worker_class="small",
+    )
+    cluster.wait_for(lambda: "line 10" in cluster.log(steady["id"]), "steady output")
+    cluster.wait_for(lambda: "begin" in cluster.log(chatty["id"]), "chatty started")
+    processes = [p for p in cluster.procs if p.name in ("server", "steady", "small")]
+
+    # When the database goes away
+    proxy.cut()
+    cut_at = time.monotonic()
+    flag.touch()
+    # Then the API says so with 503 and a message, and nothing dies
+    answers: list[int] = []
+    body: dict[str, Any] = {}
+    with httpx.Client(
+        base_url=cluster.url, headers={"Authorization": f"Bearer {cluster.key}"}, timeout=10
+    ) as http:
+        while time.monotonic() - cut_at < OUTAGE:
+            r = http.get(f"/api/v1/jobs/{steady['id']}")
+            answers.append(r.status_code)
+            if r.status_code == 503:
+                body = r.json()
+            health = http.get("/healthz")
+            assert health.status_code in (200, 503)
+            time.sleep(0.2)
+    assert 503 in answers, answers
+    assert set(answers) <= {200, 503}, answers
+    assert body["error"] == "database_unavailable"
+    assert body["message"]
+    assert health.status_code == 503
+    assert health.json()["database"] == "unavailable"
+    assert all(p.popen.poll() is None for p in processes), [p.log() for p in processes]
+    proxy.restore()
+    back_at = time.monotonic()
+
+    # and once it is back: everything running finished, all its output kept
+    final = cluster.wait_job(steady["id"], timeout=60)
+    recovered = time.monotonic() - back_at
+    assert final["state"] == "done", final
+    assert cluster.log(steady["id"]) == "".join(f"line {i}\n" for i in range(1, LINES + 1))
+    for job in shorts:
+        assert cluster.wait_job(job["id"])["state"] == "done"
+    # the small buffer overflowed: what fit is kept, a marker says how much was dropped
+    chatty_final = cluster.wait_job(chatty["id"], timeout=60)
+    assert chatty_final["state"] == "done", chatty_final
+    log = cluster.log(chatty["id"])
+    assert log.startswith("begin\n")
+    assert "dropped" in log
+    assert all(p.popen.poll() is None for p in processes)
+    assert cluster.worker("steady", "online") and cluster.worker("small", "online")
+    # New work runs as before
+    after = cluster.submit(command="echo after")
+    assert cluster.wait_job(after["id"])["state"] == "done"
+    print(
+        f"\n[fault 3, {backend}] outage {OUTAGE:.0f} s; API answers during it: "
+        f"{answers.count(503)}x503 {answers.count(200)}x200; jobs submitted 8, done 8; "
+        f"steady job done {recovered:.1f} s after the database came back; chatty log kept "
+        f"{chatty_final['output_bytes']} bytes (log {len(log)} chars) with a marker: "
+        f"{log[-80:]!r}"
+    )
