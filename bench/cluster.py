@@ -177,15 +177,19 @@ class Cluster:
         assert self.http is not None
         return sum(w["state"] == "online" for w in self.http.get("/api/v1/workers").json())
 
-    def wait_finished(self, n: int, timeout: float = 900) -> None:
-        """Until ``n`` jobs are over (done or failed)."""
-        assert self.http is not None
+    def wait_finished(self, ids: list[int], timeout: float = 900) -> None:
+        """Until the jobs ``min(ids)..max(ids)`` are all over. Asks the database directly
+        (an indexed count every 50 ms), so waiting costs the server nothing."""
+        j = db.schema.jobs
+        query = sa.select(sa.func.count()).where(
+            j.c.id.between(min(ids), max(ids)), j.c.finished_at.is_(None)
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            counts = self.http.get("/api/v1/stats").json()["jobs"]
-            if counts.get("done", 0) + counts.get("failed", 0) >= n:
-                return
-            time.sleep(0.1)
+            with self.engine.connect() as conn:
+                if conn.execute(query).scalar_one() == 0:
+                    return
+            time.sleep(0.05)
         raise RuntimeError(f"jobs did not finish in {timeout} s; see {self.tmp / 'log'}")
 
     def cpu_seconds(self) -> dict[str, float]:

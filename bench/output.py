@@ -55,7 +55,7 @@ def output(backend: str, size_mb: int) -> OutputRun:
         r = cluster.http.post("/api/v1/jobs", json={"command": command})
         r.raise_for_status()
         job_id = r.json()["id"]
-        cluster.wait_finished(1, timeout=600)
+        cluster.wait_finished([job_id], timeout=600)
         watch.stop.set()
         watch.join()
         j = schema.jobs

@@ -102,17 +102,11 @@ class Run:
 def throughput(cluster: Cluster, n: int, *, batch: bool) -> Run:
     before = cluster.cpu_seconds()
     ids = (submit_batch if batch else submit_singly)(cluster, n)
-    cluster.wait_finished(len(ids) + _finished_before(cluster, ids))
+    cluster.wait_finished(ids)
     after = cluster.cpu_seconds()
     _check_done(cluster, ids)
     cpu = {k: (after[k] - before[k]) * 1000 / n for k in after}
     return Run(n / _span(cluster, ids), cpu)
-
-
-def _finished_before(cluster: Cluster, ids: list[int]) -> int:
-    j = schema.jobs
-    with cluster.engine.connect() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).where(j.c.id < min(ids))).scalar_one())
 
 
 def latency(cluster: Cluster, n: int = 200, rate: float = 20.0) -> dict[str, list[float]]:
@@ -128,7 +122,7 @@ def latency(cluster: Cluster, n: int = 200, rate: float = 20.0) -> dict[str, lis
         ids.append(r.json()["id"])
         next_at += 1 / rate
         time.sleep(max(0.0, next_at - time.monotonic()))
-    cluster.wait_finished(ids[-1])
+    cluster.wait_finished(ids)
     j = schema.jobs
     with cluster.engine.connect() as conn:
         rows = conn.execute(
