@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -127,6 +128,20 @@ def assign_waiting(
     return len(chosen_ids)
 
 
+def take_for_worker(conn: sa.Connection, worker_id: int) -> list[int]:
+    """Fill a worker's free slots from its class's queue, the jobs going straight to
+    ``running`` (:func:`jobs.take`): the worker itself calls this when jobs ended, in the
+    transaction that reports them, and starts what it got. The ids taken, in queue order.
+    """
+    db.lock_row(conn, "assign")
+    taken = []
+    for class_id, candidates in _candidates(conn, None, worker_id).items():
+        for job_id in _queue(conn, class_id, sum(c.free for c in candidates)):
+            if jobs.take(conn, job_id, worker_id) is not None:
+                taken.append(job_id)
+    return taken
+
+
 def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:
     updated = []
     for c in candidates:
@@ -137,27 +152,26 @@ def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candi
     return updated
 
 
+_QUEUE = (
+    sa.select(J.c.id)
+    .where(J.c.state == jobs.State.WAITING.value, J.c.worker_class_id == sa.bindparam("b_class"))
+    .order_by(J.c.priority.desc(), J.c.id)
+    .limit(sa.bindparam("b_limit", type_=sa.Integer))
+)
+
+
 def _queue(conn: sa.Connection, class_id: int, limit: int) -> list[int]:
-    query = (
-        sa.select(J.c.id)
-        .where(J.c.state == jobs.State.WAITING, J.c.worker_class_id == class_id)
-        .order_by(J.c.priority.desc(), J.c.id)
-        .limit(limit)
-    )
-    return list(conn.execute(query).scalars())
+    return list(conn.execute(_QUEUE, {"b_class": class_id, "b_limit": limit}).scalars())
 
 
-def _candidates(
-    conn: sa.Connection, class_ids: Iterable[int] | None, worker_id: int | None
-) -> dict[int, list[Candidate]]:
-    """Online, enabled workers with free slots, by class, ordered by id."""
+def _candidates_query() -> sa.Select[Any]:
     active = (
         sa.select(sa.func.count())
         .where(J.c.worker_id == W.c.id, J.c.state.in_([s.value for s in jobs.ACTIVE]))
         .scalar_subquery()
     )
     max_jobs = sa.func.coalesce(W.c.max_jobs, C.c.max_jobs)
-    query = (
+    return (
         sa.select(
             W.c.id,
             W.c.name,
@@ -169,12 +183,23 @@ def _candidates(
         .where(W.c.state == "online", W.c.enabled.is_(True))
         .order_by(W.c.id)
     )
+
+
+_CANDIDATES = _candidates_query()
+_ONE_CANDIDATE = _CANDIDATES.where(W.c.id == sa.bindparam("b_worker"))
+
+
+def _candidates(
+    conn: sa.Connection, class_ids: Iterable[int] | None, worker_id: int | None
+) -> dict[int, list[Candidate]]:
+    """Online, enabled workers with free slots, by class, ordered by id."""
+    query, params = _CANDIDATES, {}
+    if worker_id is not None:
+        query, params = _ONE_CANDIDATE, {"b_worker": worker_id}
     if class_ids is not None:
         query = query.where(W.c.worker_class_id.in_(list(class_ids)))
-    if worker_id is not None:
-        query = query.where(W.c.id == worker_id)
     by_class: dict[int, list[Candidate]] = {}
-    for row in conn.execute(query):
+    for row in conn.execute(query, params):
         candidate = Candidate(row.id, row.name, row.worker_class_id, row.max_jobs, row.active)
         if candidate.free > 0:
             by_class.setdefault(candidate.worker_class_id, []).append(candidate)

@@ -154,6 +154,9 @@ def select_jobs() -> sa.Select[Any]:
     )
 
 
+_GET_MANY = select_jobs().where(J.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+
+
 def get(conn: sa.Connection, job_id: int) -> Job:
     row = conn.execute(select_jobs().where(J.c.id == job_id)).first()
     if row is None:
@@ -165,7 +168,7 @@ def get_many(conn: sa.Connection, ids: Sequence[int]) -> list[Job]:
     """The jobs with these ids, in the order given."""
     if not ids:
         return []
-    rows = conn.execute(select_jobs().where(J.c.id.in_(ids))).all()
+    rows = conn.execute(_GET_MANY, {"b_ids": list(ids)}).all()
     by_id = {row.id: Job.from_row(row) for row in rows}
     return [by_id[i] for i in ids if i in by_id]
 
@@ -290,6 +293,30 @@ def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
     )
 
 
+def take(conn: sa.Connection, job_id: int, worker_id: int) -> str | None:
+    """waiting → running on ``worker_id`` at once: a worker filling its own freed slot
+    assigns and claims in one statement (it starts the process right after the commit).
+
+    The fencing token, or None when the job was no longer waiting.
+    """
+    token = secrets.token_hex(8)
+    params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
+    return token if conn.execute(_TAKE, params).rowcount == 1 else None
+
+
+_TAKE = (
+    sa.update(J)
+    .where(J.c.id == sa.bindparam("b_id"), J.c.state == State.WAITING.value)
+    .values(
+        state=State.RUNNING.value,
+        worker_id=sa.bindparam("b_worker"),
+        token=sa.bindparam("b_token"),
+        assigned_at=utcnow(),
+        started_at=utcnow(),
+    )
+)
+
+
 def occupy(conn: sa.Connection, job_id: int) -> bool:
     """waiting → occupied: need_realtime and no free slot; kept for the record."""
     return _transition(
@@ -302,17 +329,24 @@ def occupy(conn: sa.Connection, job_id: int) -> bool:
     )
 
 
+# The statements a job's normal life runs many times a second are built once: building
+# and cache-keying a SQLAlchemy statement costs more than executing it on SQLite.
+_CLAIM = (
+    sa.update(J)
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state == State.ASSIGNED.value,
+        J.c.worker_id == sa.bindparam("b_worker"),
+        J.c.token == sa.bindparam("b_token"),
+    )
+    .values(state=State.RUNNING.value, started_at=utcnow())
+)
+
+
 def claim(conn: sa.Connection, job_id: int, worker_id: int, token: str) -> bool:
     """assigned → running: the worker takes the job before starting its process."""
-    return _transition(
-        conn,
-        job_id,
-        [State.ASSIGNED],
-        J.c.worker_id == worker_id,
-        J.c.token == token,
-        state=State.RUNNING,
-        started_at=utcnow(),
-    )
+    params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
+    return conn.execute(_CLAIM, params).rowcount == 1
 
 
 def set_pid(conn: sa.Connection, job_id: int, token: str, pid: int) -> bool:
@@ -339,21 +373,34 @@ def finish(
     """
     if state not in OUTCOMES:
         raise ValueError(f"{state} is not an outcome a worker reports")
-    values: dict[str, Any] = {
-        "state": state,
-        "exit_code": exit_code,
-        "signal": signal,
-        "error": error,
-        "finished_at": utcnow(),
-    }
-    if output_bytes is not None:
-        values["output_bytes"] = output_bytes
-    if pid is not None:
-        values["pid"] = pid
-    done = _transition(conn, job_id, [State.RUNNING], J.c.token == token, **values)
+    params = {
+        "b_id": job_id, "b_token": token, "b_state": state.value, "b_exit_code": exit_code,
+        "b_signal": signal, "b_error": error, "b_output_bytes": output_bytes, "b_pid": pid,
+    }  # fmt: skip
+    done = conn.execute(_FINISH, params).rowcount == 1
     if done and state in RETRYABLE:
         _retry(conn, job_id)
     return done
+
+
+_FINISH = (
+    sa.update(J)
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state == State.RUNNING.value,
+        J.c.token == sa.bindparam("b_token"),
+    )
+    .values(
+        state=sa.bindparam("b_state"),
+        exit_code=sa.bindparam("b_exit_code"),
+        signal=sa.bindparam("b_signal"),
+        error=sa.bindparam("b_error"),
+        finished_at=utcnow(),
+        # None: keep what is there.
+        output_bytes=sa.func.coalesce(sa.bindparam("b_output_bytes"), J.c.output_bytes),
+        pid=sa.func.coalesce(sa.bindparam("b_pid"), J.c.pid),
+    )
+)
 
 
 def _retry(conn: sa.Connection, job_id: int) -> int | None:
@@ -453,11 +500,17 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
 
 def for_worker(conn: sa.Connection, worker_id: int) -> list[Job]:
     """What a worker must act on: jobs assigned to it, and its running jobs to kill."""
-    query = select_jobs().where(
-        J.c.worker_id == worker_id,
+    return [Job.from_row(r) for r in conn.execute(_FOR_WORKER, {"b_worker": worker_id})]
+
+
+_FOR_WORKER = (
+    select_jobs()
+    .where(
+        J.c.worker_id == sa.bindparam("b_worker"),
         sa.or_(
-            J.c.state == State.ASSIGNED,
-            sa.and_(J.c.state == State.RUNNING, J.c.kill_requested.is_(True)),
+            J.c.state == State.ASSIGNED.value,
+            sa.and_(J.c.state == State.RUNNING.value, J.c.kill_requested.is_(True)),
         ),
     )
-    return [Job.from_row(r) for r in conn.execute(query.order_by(J.c.priority.desc(), J.c.id))]
+    .order_by(J.c.priority.desc(), J.c.id)
+)

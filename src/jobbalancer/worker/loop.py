@@ -70,6 +70,18 @@ class _Running:
     stopping_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class _Report:
+    """A job that ended, waiting to be recorded with the others that ended meanwhile."""
+
+    job: jobs.Job
+    token: str
+    state: jobs.State
+    error: str | None
+    outcome: runner.Outcome
+    pid: int | None
+
+
 class Worker:
     """One worker process: ``Worker(settings).run()`` until drained or killed."""
 
@@ -91,14 +103,17 @@ class Worker:
         )
         self._running: dict[int, _Running] = {}
         self._started: list[tuple[int, str, int, float]] = []  # (job, token, pid, when)
+        self._reports: list[_Report] = []  # ended jobs not recorded yet, oldest first
         self._poll_failing_since: float | None = None
+        self._report_failing_since: float | None = None
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # something to do: a job ended, or poll now
+        self._poll_now = threading.Event()  # told that jobs were assigned or are to be killed
         self._draining = threading.Event()
         self._hard_stop = threading.Event()
         self._signals = 0
         self._heartbeat_thread: threading.Thread | None = None
-        self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._wake.set)
+        self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._woken)
 
     # -- the whole life ----------------------------------------------------------------
 
@@ -128,15 +143,28 @@ class Worker:
         return 0
 
     def _loop(self, burst: bool) -> None:
+        """Record ended jobs as soon as they end (taking new ones for the freed slots in
+        the same transaction); poll when told to (a wake-up) or when the adaptive poll
+        interval is up."""
         interval = self.ws.poll_min
+        next_poll = 0.0
         while not self._draining.is_set():
-            found = self._poll()
-            if burst and not found and not self._running:
-                return
-            interval = self.ws.poll_min if found else min(interval * 2, self.ws.poll_max)
-            self._wake.wait(interval)
             self._wake.clear()
+            reported = self._flush_reports()
+            found = False
+            if burst or self._poll_now.is_set() or time.monotonic() >= next_poll:
+                self._poll_now.clear()
+                found = self._poll()
+                interval = self.ws.poll_min if found else min(interval * 2, self.ws.poll_max)
+                next_poll = time.monotonic() + interval
+            if burst and not found and not reported and not self._running:
+                return
+            self._wake.wait(max(0.0, next_poll - time.monotonic()))
         self._drain()
+
+    def _woken(self) -> None:
+        self._poll_now.set()
+        self._wake.set()
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop taking jobs; with ``kill``, also kill the running ones."""
@@ -298,37 +326,34 @@ class Worker:
     # -- one job -------------------------------------------------------------------------
 
     def _run_job(self, job: jobs.Job) -> None:
+        """A job's thread: run it, then hand its end to the main loop to record. The job
+        stays in ``_running`` (holding its slot) until its end is in the database."""
         try:
-            self._run_claimed(job)
+            report = self._run_claimed(job)
         except Exception as exc:
             # Whatever went wrong, the job must not stay "running" behind anyone's back.
             log.exception("job %d: unexpected error in the worker", job.id)
-            if job.token is not None:
-                outcome = runner.Outcome.start_failed(f"worker error: {exc}")
-                self._try(lambda: self._report(job, job.token or "", outcome, None), "report it")
-        finally:
-            with self._lock:
-                self._running.pop(job.id, None)
-            self._wake.set()
+            outcome = runner.Outcome.start_failed(f"worker error: {exc}")
+            report = self._make_report(job, outcome, None)
+        with self._lock:
+            self._reports.append(report)
+        self._wake.set()
 
-    def _run_claimed(self, job: jobs.Job) -> None:
+    def _run_claimed(self, job: jobs.Job) -> _Report:
         assert job.token is not None
-        token = job.token
         tunables = self.tunables
         self.sink.open(job.id, tunables.max_log_bytes)
         process = runner.JobProcess(self._run_spec(job, tunables), self._on_output(job.id))
         try:
             pid = process.start()
         except runner.StartError as exc:
-            self._report(job, token, runner.Outcome.start_failed(str(exc)), None)
-            return
+            return self._make_report(job, runner.Outcome.start_failed(str(exc)), None)
         with self._lock:
             self._running[job.id].process = process
-            self._started.append((job.id, token, pid, time.monotonic()))
-        self._wake.set()
+            self._started.append((job.id, job.token, pid, time.monotonic()))
         if self._hard_stop.is_set():
             process.kill()
-        self._report(job, token, process.wait(), pid)
+        return self._make_report(job, process.wait(), pid)
 
     def _run_spec(self, job: jobs.Job, tunables: settings.Tunables) -> runner.RunSpec:
         return runner.RunSpec(
@@ -350,21 +375,72 @@ class Worker:
 
         return on_output
 
-    def _report(self, job: jobs.Job, token: str, outcome: runner.Outcome, pid: int | None) -> None:
+    def _make_report(self, job: jobs.Job, outcome: runner.Outcome, pid: int | None) -> _Report:
         state, error = self._judge(job, outcome)
+        return _Report(job, job.token or "", state, error, outcome, pid)
 
-        def finish(conn: sa.Connection, kept: int) -> bool:
-            done = jobs.finish(
-                conn, job.id, token, state, exit_code=outcome.exit_code,
-                signal=outcome.signal, error=error, output_bytes=kept, pid=pid,
-            )  # fmt: skip
-            if not self._draining.is_set():
-                # A slot just freed up: fill it in the same transaction.
-                balancer.assign_waiting(conn, worker_id=self.worker_id)
-            return done
+    def _flush_reports(self) -> bool:
+        """Record every job that ended since the last call, with its last output, in one
+        transaction; in the same transaction take waiting jobs for the freed slots, and
+        start them. True if anything was recorded."""
+        with self._lock:
+            reports = list(self._reports)
+        if not reports:
+            return False
+        take = not self._draining.is_set()
 
-        if not self._retry(lambda: self.sink.finish(job.id, finish), f"record job {job.id}"):
-            log.warning("job %d ended but was no longer this worker's; result dropped", job.id)
+        def record(conn: sa.Connection, kept: dict[int, int]) -> tuple[list[int], list[jobs.Job]]:
+            stale = [r.job.id for r in reports if not self._finish(conn, r, kept[r.job.id])]
+            fresh = []
+            if take:
+                fresh = jobs.get_many(conn, balancer.take_for_worker(conn, self.worker_id))
+            return stale, fresh
+
+        try:
+            stale, fresh = self.sink.finish_many([r.job.id for r in reports], record)
+        except (errors.DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            # The database is away: keep the reports (and their output) and try again.
+            if self._report_failing_since is None:
+                self._report_failing_since = time.monotonic()
+                log.warning("cannot record ended jobs (%s); retrying", exc)
+            return False
+        except Exception:
+            log.exception("could not record %d ended jobs together; one by one", len(reports))
+            stale, fresh = self._report_singly(reports), []
+        if self._report_failing_since is not None:
+            away = time.monotonic() - self._report_failing_since
+            log.warning("recording ended jobs works again after %.1f s", away)
+            self._report_failing_since = None
+        for job_id in stale:
+            log.warning("job %d ended but was no longer this worker's; result dropped", job_id)
+        done = {r.job.id for r in reports}
+        with self._lock:
+            self._reports = [r for r in self._reports if r.job.id not in done]
+            for job_id in done:
+                self._running.pop(job_id, None)
+        for job in fresh:
+            self._start_thread(job)
+        return True
+
+    def _report_singly(self, reports: list[_Report]) -> list[int]:
+        stale = []
+        for r in reports:
+
+            def record(conn: sa.Connection, kept: int, r: _Report = r) -> bool:
+                return self._finish(conn, r, kept)
+
+            try:
+                if not self.sink.finish(r.job.id, record):
+                    stale.append(r.job.id)
+            except Exception:
+                log.exception("job %d: could not record its end", r.job.id)
+        return stale
+
+    def _finish(self, conn: sa.Connection, r: _Report, kept: int) -> bool:
+        return jobs.finish(
+            conn, r.job.id, r.token, r.state, exit_code=r.outcome.exit_code,
+            signal=r.outcome.signal, error=r.error, output_bytes=kept, pid=r.pid,
+        )  # fmt: skip
 
     def _judge(self, job: jobs.Job, outcome: runner.Outcome) -> tuple[jobs.State, str | None]:
         if outcome.reason == "start_failed":
@@ -411,12 +487,16 @@ class Worker:
 
         self._try(draining, "mark the worker draining")
         while True:
+            self._wake.clear()
+            self._flush_reports()
             with self._lock:
                 left = len(self._running)
+                unreported = left - len(self._reports)
             if not left:
                 break
+            if self._hard_stop.is_set() and self._signals > 1 and not unreported:
+                break  # told twice to go, and the database is away: recovery handles them
             self._wake.wait(0.2)
-            self._wake.clear()
 
     def _kill_all(self, reason: str) -> None:
         with self._lock:
@@ -429,6 +509,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         self._hard_stop.set()
+        self._try(self._flush_reports, "record ended jobs")
         self._listener.stop()
         self.sink.stop()
 

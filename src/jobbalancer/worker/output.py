@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -147,17 +147,26 @@ class OutputSink:
         ``report(conn, kept)`` gets the bytes kept. The truncation marker is added once,
         however often this is retried after a failure (the database may be away).
         """
+        return self.finish_many([job_id], lambda conn, kept: report(conn, kept[job_id]))
+
+    def finish_many(
+        self, job_ids: Sequence[int], report: Callable[[sa.Connection, dict[int, int]], T]
+    ) -> T:
+        """:meth:`finish` for several jobs in one transaction (a worker reports the jobs
+        that ended since its last write together). ``report`` gets the bytes kept by job."""
+        kept: dict[int, int] = {}
         with self._lock:
-            out = self._jobs.setdefault(job_id, _JobOutput(cap=0))
-            if not out.closed:
-                out.closed = True
-                if out.dropped:
-                    marker = f"\n[jobbalancer: output truncated, {out.dropped} bytes dropped]\n"
-                    out.pending.append((out.dropped_stream, bytearray(marker.encode())))
-                    self._buffered += len(marker)
-            kept = out.accepted
+            for job_id in job_ids:
+                out = self._jobs.setdefault(job_id, _JobOutput(cap=0))
+                if not out.closed:
+                    out.closed = True
+                    if out.dropped:
+                        marker = f"\n[jobbalancer: output truncated, {out.dropped} bytes dropped]\n"
+                        out.pending.append((out.dropped_stream, bytearray(marker.encode())))
+                        self._buffered += len(marker)
+                kept[job_id] = out.accepted
         with self._flush_lock:
-            rows, sealed = self._seal(only=job_id)
+            rows, sealed = self._seal(only=set(job_ids))
             try:
                 with db.write(self.engine) as conn:
                     if rows:
@@ -193,14 +202,14 @@ class OutputSink:
                     del self._jobs[job_id]
 
     def _seal(
-        self, only: int | None = None
+        self, only: set[int] | None = None
     ) -> tuple[list[dict[str, Any]], list[tuple[int, list[tuple[str, bytearray]]]]]:
         """Take pending chunks (of one job, or all) as rows, numbering them in order."""
         rows: list[dict[str, Any]] = []
         sealed = []
         with self._lock:
             for job_id, out in self._jobs.items():
-                if not out.pending or (only is not None and job_id != only):
+                if not out.pending or (only is not None and job_id not in only):
                     continue
                 chunks, out.pending = out.pending, []
                 sealed.append((job_id, chunks))
