@@ -10,7 +10,8 @@ Where things are
   partials named ``_<page>_<part>.html`` for what htmx refreshes or swaps.
 * ``static/`` — ``app.css`` (ours), ``app.js`` (ours: no inline scripts, the CSP forbids
   them), vendored ``htmx.min.js`` with its licence. No build step: edit and reload.
-* ``deps.py`` — who is asking: :data:`deps.Viewer` (any signed-in user),
+* ``deps.py`` — who is asking: :data:`deps.Viewer` (any signed-in user), :data:`deps.Actor`
+  (any role but viewer),
   :data:`deps.Submitter`, :data:`deps.Operator`, :data:`deps.Admin`. Each gives a
   :class:`deps.Page`; anonymous visitors are sent to the login form, a wrong role gets a
   403 page. On POST/PUT/PATCH/DELETE the dependency has already checked the CSRF token

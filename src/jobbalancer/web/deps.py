@@ -98,5 +98,9 @@ def can_operate(user: auth.User) -> bool:
 
 Viewer = Annotated[Page, Depends(signed_in)]
 Submitter = Annotated[Page, Depends(_require(lambda u: u.can_submit, "submitting jobs"))]
+Actor = Annotated[
+    Page,
+    Depends(_require(lambda u: u.role != auth.Role.VIEWER, "changing anything; it is read-only")),
+]
 Operator = Annotated[Page, Depends(_require(can_operate, "this change"))]
 Admin = Annotated[Page, Depends(_require(lambda u: u.is_admin, "this; admins only"))]

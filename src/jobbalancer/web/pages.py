@@ -50,6 +50,19 @@ def fmt_dt(value: datetime | None, seconds: bool = True) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
+def short_dt(value: datetime | None, now: datetime | None = None) -> str:
+    """``18:20:03`` today, ``11-28 18:20`` before (UTC): dense, for tables."""
+    if value is None:
+        return "—"
+    value = value.astimezone(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    if value.date() == now.date():
+        return value.strftime("%H:%M:%S")
+    if value.year == now.year:
+        return value.strftime("%m-%d %H:%M")
+    return value.strftime("%Y-%m-%d")
+
+
 def iso(value: datetime | None) -> str:
     if value is None:
         return ""
@@ -102,7 +115,9 @@ def size(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-TEMPLATES.env.filters.update(dt=fmt_dt, iso=iso, seconds=fmt_seconds, size=size, ago=ago)
+TEMPLATES.env.filters.update(
+    dt=fmt_dt, short_dt=short_dt, iso=iso, seconds=fmt_seconds, size=size, ago=ago
+)
 TEMPLATES.env.globals.update(duration=duration, version=__version__)
 
 

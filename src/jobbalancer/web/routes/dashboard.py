@@ -1,16 +1,27 @@
-"""``/``: the dashboard for a signed-in user; anyone else is sent to the login form."""
+"""``/``: the dashboard (anyone else is sent to the login form). Its figures refresh
+themselves: htmx fetches ``/dashboard/live`` every few seconds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from jobbalancer import db, stats
+from jobbalancer import db, jobs, stats
 from jobbalancer.web import deps
 
 router = APIRouter(include_in_schema=False)
+
+J = jobs.J
+MINUTES = 60
+FAILURES = [s.value for s in (jobs.State.FAILED, jobs.State.TIMEOUT, jobs.State.KILLED,
+                              jobs.State.LOST)]  # fmt: skip
+# The chart's drawing area, in SVG user units (the SVG scales to its box).
+WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 250, 30, 18, 8
 
 
 @router.get("/")
@@ -24,12 +35,84 @@ def dashboard_live(page: deps.Viewer) -> Response:
     return page.render("_dashboard_live.html", **_figures(page))
 
 
+@dataclass(frozen=True)
+class Minute:
+    start: datetime
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    width: float
+    ok_y: float
+    ok_h: float
+    bad_y: float
+    bad_h: float
+    title: str
+
+
+def per_minute(conn: sa.Connection, minutes: int = MINUTES) -> list[Minute]:
+    """Jobs that ended well (done) and badly (failed, timeout, killed, lost) in each of
+    the last ``minutes`` minutes, oldest first; the last is the current minute."""
+    now = db.now(conn).replace(second=0, microsecond=0)
+    starts = [now - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
+    ends = [*starts[1:], now + timedelta(minutes=1)]
+    sums = []
+    for a, b in zip(starts, ends, strict=True):
+        in_minute = sa.and_(J.c.finished_at >= a, J.c.finished_at < b)
+        sums.append(sa.func.sum(sa.case((sa.and_(in_minute, J.c.state == "done"), 1), else_=0)))
+        sums.append(sa.func.sum(sa.case((sa.and_(in_minute, J.c.state.in_(FAILURES)), 1), else_=0)))
+    # One row of conditional sums: portable, and it reads only the last hour's index range.
+    row = conn.execute(sa.select(*sums).where(J.c.finished_at >= starts[0])).one()
+    values = [int(v or 0) for v in row]
+    return [Minute(s, values[2 * i], values[2 * i + 1]) for i, s in enumerate(starts)]
+
+
+def chart(minutes: list[Minute]) -> dict[str, Any]:
+    """Stacked bars (done below, failures above) scaled to the busiest minute."""
+    top = max([m.done + m.failed for m in minutes] + [1])
+    scale = (HEIGHT - BOTTOM - TOP) / _nice(top)
+    step = (WIDTH - LEFT) / len(minutes)
+    base = HEIGHT - BOTTOM
+    bars = []
+    for i, m in enumerate(minutes):
+        ok_h, bad_h = m.done * scale, m.failed * scale
+        title = f"{m.start:%H:%M} UTC: {m.done} done, {m.failed} failed"
+        bars.append(Bar(LEFT + i * step + 1, max(step - 2, 1), base - ok_h, ok_h,
+                        base - ok_h - bad_h, bad_h, title))  # fmt: skip
+    ticks = [(base - f * _nice(top) * scale, round(f * _nice(top))) for f in (0, 0.5, 1)]
+    return {
+        "bars": bars, "ticks": ticks, "width": WIDTH, "height": HEIGHT, "left": LEFT,
+        "base": base, "labels": [(LEFT + i * step, minutes[i].start) for i in (0, 15, 30, 45)]
+        + [(WIDTH - 2, minutes[-1].start)],
+    }  # fmt: skip
+
+
+def _nice(n: int) -> int:
+    """The axis top: ``n`` rounded up to 2, 5 or 10 times a power of ten (even, so the
+    middle tick is whole)."""
+    magnitude = 1
+    while True:
+        for m in (2, 4, 10):
+            if n <= m * magnitude:
+                return m * magnitude
+        magnitude *= 10
+
+
 def _figures(page: deps.Page) -> dict[str, Any]:
     with db.read(page.engine) as conn:
         summary = stats.summary(conn)
-    online = sum(1 for w in summary.workers if w.state in ("online", "draining", "disabled"))
+        minutes = per_minute(conn)
+    live = [w for w in summary.workers if w.state != "offline"]
     return {
         "summary": summary,
-        "workers_online": online,
-        "workers_offline": len(summary.workers) - online,
+        "states": [s.value for s in jobs.State],
+        "total_jobs": sum(summary.jobs.values()),
+        "workers_online": len(live),
+        "workers_offline": len(summary.workers) - len(live),
+        "done_hour": sum(m.done for m in minutes),
+        "failed_hour": sum(m.failed for m in minutes),
+        "chart": chart(minutes),
     }

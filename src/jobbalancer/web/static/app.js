@@ -1,12 +1,22 @@
 /* jobbalancer web UI behaviour. No inline scripts anywhere (the CSP forbids them): pages
-   mark elements with data-* attributes and this file wires them up. */
+   mark elements with classes and data-* attributes, and this file wires them up. */
 (function () {
   "use strict";
 
-  function csrfToken() {
-    var headers = document.body.getAttribute("hx-headers");
-    if (!headers) return "";
-    try { return JSON.parse(headers)["X-CSRF-Token"] || ""; } catch (e) { return ""; }
+  function $(selector, root) { return (root || document).querySelector(selector); }
+  function $all(selector, root) { return Array.prototype.slice.call((root || document).querySelectorAll(selector)); }
+
+  function showFlash(message) {
+    var flash = document.getElementById("flash");
+    if (!flash) return;
+    flash.innerHTML = "";
+    var div = document.createElement("div");
+    div.className = "flash flash-error";
+    div.setAttribute("role", "alert");
+    var span = document.createElement("span");
+    span.textContent = message;
+    div.appendChild(span);
+    flash.appendChild(div);
   }
 
   /* Flash messages: dismiss button. */
@@ -18,8 +28,7 @@
   /* An htmx request that failed: the server answers with a flash fragment; show it in
      the flash area instead of swapping it into the target. */
   document.addEventListener("htmx:beforeSwap", function (ev) {
-    var status = ev.detail.xhr.status;
-    if (status >= 400) {
+    if (ev.detail.xhr.status >= 400) {
       ev.detail.shouldSwap = true;
       ev.detail.isError = false;
       ev.detail.target = document.getElementById("flash");
@@ -27,26 +36,113 @@
     }
   });
   document.addEventListener("htmx:sendError", function () {
+    showFlash("The server did not answer. Is it running? Retrying…");
+  });
+  document.addEventListener("htmx:afterRequest", function (ev) {
+    // A refresh that works again clears the "did not answer" message.
     var flash = document.getElementById("flash");
-    if (flash) {
-      flash.innerHTML = "";
-      var div = document.createElement("div");
-      div.className = "flash flash-error";
-      div.setAttribute("role", "alert");
-      var span = document.createElement("span");
-      span.textContent = "The server did not answer. Is it running? Retrying…";
-      div.appendChild(span);
-      flash.appendChild(div);
-    }
+    if (ev.detail.successful && flash && /did not answer/.test(flash.textContent)) flash.innerHTML = "";
   });
 
-  /* Forms with data-confirm ask first (htmx elements use hx-confirm instead). */
+  /* Forms (or their buttons) with data-confirm ask first. */
   document.addEventListener("submit", function (ev) {
     var form = ev.target;
     var submitter = ev.submitter;
     var message = (submitter && submitter.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
-    if (message && !window.confirm(message)) ev.preventDefault();
+    if (message && !window.confirm(message)) { ev.preventDefault(); return; }
+    if (form.id === "bulk-form") {
+      var back = form.querySelector("input[name=back]");
+      if (back) back.value = window.location.pathname + window.location.search;
+    }
   });
 
-  window.jobbalancer = { csrfToken: csrfToken };
+  /* The job list: a selection that survives the table's refreshes. */
+  var selected = new Set();
+
+  function syncSelection() {
+    var boxes = $all("input.js-select");
+    boxes.forEach(function (box) {
+      box.checked = selected.has(box.value);
+      var row = box.closest("tr");
+      if (row) row.classList.toggle("selected", box.checked);
+    });
+    var all = $(".js-select-all");
+    if (all) all.checked = boxes.length > 0 && boxes.every(function (b) { return b.checked; });
+    var count = $(".js-selected-count");
+    if (count) count.textContent = selected.size ? selected.size + " selected" : "No jobs selected";
+    $all(".js-needs-selection").forEach(function (button) { button.disabled = selected.size === 0; });
+    // Boxes of jobs no longer shown still count: they go with the form as hidden fields.
+    var form = document.getElementById("bulk-form");
+    if (form) {
+      $all("input.js-kept", form).forEach(function (input) { input.remove(); });
+      var shown = new Set(boxes.map(function (b) { return b.value; }));
+      selected.forEach(function (id) {
+        if (shown.has(id)) return;
+        var input = document.createElement("input");
+        input.type = "hidden"; input.name = "ids"; input.value = id; input.className = "js-kept";
+        form.appendChild(input);
+      });
+    }
+  }
+
+  document.addEventListener("change", function (ev) {
+    var t = ev.target;
+    if (t.classList.contains("js-select")) {
+      if (t.checked) selected.add(t.value); else selected.delete(t.value);
+      syncSelection();
+    } else if (t.classList.contains("js-select-all")) {
+      $all("input.js-select").forEach(function (box) {
+        if (t.checked) selected.add(box.value); else selected.delete(box.value);
+      });
+      syncSelection();
+    } else if (t.classList.contains("js-stream-toggle")) {
+      var log = document.getElementById("log");
+      if (log) log.classList.toggle("hide-" + t.getAttribute("data-stream"), !t.checked);
+    }
+  });
+  document.addEventListener("htmx:afterSettle", syncSelection);
+
+  /* Changing a filter starts again at the newest page. */
+  document.addEventListener("input", function (ev) {
+    var form = ev.target.closest && ev.target.closest("#job-filters");
+    if (!form) return;
+    var cursor = form.querySelector("input[name=cursor]");
+    if (cursor) cursor.remove();
+    selected.clear();
+  }, true);
+
+  /* A job's log, live: server-sent events from the API, from where the page stopped. */
+  function streamLog() {
+    var log = document.getElementById("log");
+    if (!log || !log.dataset.streamUrl || !window.EventSource) return;
+    var url = log.dataset.streamUrl + "?offset=" + encodeURIComponent(log.dataset.offset || "0");
+    var source = new EventSource(url);
+    source.addEventListener("output", function (ev) {
+      var item = JSON.parse(ev.data);
+      var stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+      var last = log.lastElementChild;
+      if (last && last.className === item.stream) {
+        last.textContent += item.data;
+      } else {
+        var span = document.createElement("span");
+        span.className = item.stream;
+        span.textContent = item.data;
+        log.appendChild(span);
+      }
+      var empty = $(".js-log-empty");
+      if (empty) empty.remove();
+      if (stick) log.scrollTop = log.scrollHeight;
+    });
+    source.addEventListener("end", function () {
+      source.close();
+      // The job is over: show its final state, exit code and buttons.
+      window.setTimeout(function () { window.location.reload(); }, 300);
+    });
+    source.addEventListener("error", function (ev) {
+      if (ev.data) { source.close(); showFlash(JSON.parse(ev.data).message || "The log stream ended."); }
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", streamLog);
+  else streamLog();
 })();

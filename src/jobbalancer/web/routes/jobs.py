@@ -1,0 +1,323 @@
+"""``/jobs``: the job list (filters, cursor pages, self-refreshing table, kill/delete of a
+selection), the submit form, and ``/jobs/{id}``: a job with its live log and actions.
+
+Reads use the API's own listing; every change goes through the same manager calls as
+the API (jobs.py via api.submission, balancer), never to the tables.
+"""
+
+from __future__ import annotations
+
+import codecs
+import urllib.parse
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import pydantic
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
+
+from jobbalancer import auth, balancer, classes, db, errors, jobs, logs, scripts
+from jobbalancer.api import deps as api_deps
+from jobbalancer.api import errors as api_errors
+from jobbalancer.api import listing, models, submission
+from jobbalancer.refs import MAX_ID
+from jobbalancer.web import deps, pages
+
+router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 50
+LOG_PAGE_BYTES = 4 * 1024 * 1024  # shown in the page; the download has it all
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+Text = Annotated[str, Query(max_length=1000)]
+
+
+# -- the list -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The list's filters as the page's form sends them (empty: any)."""
+
+    state: str = ""
+    worker: str = ""
+    worker_class: str = ""
+    user: str = ""
+    q: str = ""
+    cursor: str = ""
+
+    def filters(self, viewer: auth.User) -> listing.Filters:
+        return listing.Filters(
+            states=listing.parse_states(self.state),
+            worker=self.worker.strip() or None,
+            worker_class=self.worker_class.strip() or None,
+            user=self.user.strip() or None,
+            q=self.q.strip() or None,
+            owner_id=None if viewer.can_see_job(None) else viewer.id,
+        )
+
+    def url(self, path: str = "/jobs", **changes: str) -> str:
+        values = {**self.__dict__, **changes}
+        query = urllib.parse.urlencode({k: v for k, v in values.items() if v})
+        return f"{path}?{query}" if query else path
+
+
+def _list_query(
+    state: Text = "",
+    worker: Text = "",
+    worker_class: Annotated[str, Query(alias="class", max_length=1000)] = "",
+    user: Text = "",
+    q: Text = "",
+    cursor: Annotated[str, Query(max_length=100)] = "",
+) -> ListQuery:
+    return ListQuery(state, worker, worker_class, user, q, cursor)
+
+
+def _table(page: deps.Page, query: ListQuery) -> dict[str, Any]:
+    """What the table partial shows; a bad filter becomes a message, not an error page."""
+    try:
+        filters = query.filters(page.user)
+        with db.read(page.engine) as conn:
+            found, next_cursor = listing.page(conn, filters, PAGE_SIZE, query.cursor or None)
+            now = db.now(conn)
+    except errors.InvalidInput as exc:
+        return {"jobs": [], "next_url": None, "filter_error": exc.message, "query": query}
+    return {
+        "jobs": found,
+        "now": now,
+        "query": query,
+        "next_url": query.url(cursor=next_cursor) if next_cursor else None,
+        "first_url": query.url(cursor="") if query.cursor else None,
+        "filter_error": None,
+        "can_manage": lambda job: page.user.can_manage_job(job.user_id),
+    }
+
+
+def _form_choices(page: deps.Page) -> dict[str, Any]:
+    with db.read(page.engine) as conn:
+        return {
+            "classes": classes.list_all(conn),
+            "scripts": scripts.list_all(conn),
+            "worker_names": conn.execute(
+                sa.select(db.schema.workers.c.name).order_by(db.schema.workers.c.name)
+            ).scalars().all(),
+        }  # fmt: skip
+
+
+@router.get("/jobs")
+def jobs_page(page: deps.Viewer, query: Annotated[ListQuery, Depends(_list_query)]) -> Response:
+    return _render_jobs(page, query)
+
+
+def _render_jobs(
+    page: deps.Page,
+    query: ListQuery,
+    *,
+    form: dict[str, str] | None = None,
+    form_error: str | None = None,
+    status: int = 200,
+) -> Response:
+    return page.render(
+        "jobs.html",
+        active="jobs",
+        status=status,
+        states=[s.value for s in jobs.State],
+        form=form or {"kind": "command", "worker_class": "default"},
+        form_error=form_error,
+        **_form_choices(page),
+        **_table(page, query),
+    )
+
+
+@router.get("/jobs/table")
+def jobs_table(page: deps.Viewer, query: Annotated[ListQuery, Depends(_list_query)]) -> Response:
+    """The table alone, for the page's refresh and its filters (htmx)."""
+    response = page.render("_jobs_table.html", **_table(page, query))
+    response.headers["HX-Replace-Url"] = query.url()
+    return response
+
+
+# -- acting on a selection -----------------------------------------------------------------
+
+
+@router.post("/jobs/bulk")
+def bulk_action(page: deps.Actor) -> Response:
+    """Kill or delete the selected jobs; says what happened to each that could not be."""
+    action = page.field("action")
+    if action not in ("kill", "delete"):
+        raise errors.InvalidInput("choose Kill or Delete", field="action")
+    ids = sorted({int(v) for v in page.fields("ids") if v.isdigit() and 0 < int(v) <= MAX_ID})
+    back = pages.safe_next(page.field("back") or "/jobs")
+    if not ids:
+        return pages.redirect(back, "Select jobs first (the boxes on the left).", error=True)
+    done, refused = [], []
+    for job_id in ids[:500]:
+        try:
+            (kill if action == "kill" else delete)(page, job_id)
+            done.append(job_id)
+        except errors.JobBalancerError as exc:
+            refused.append(f"#{job_id}: {exc.message}")
+    verb = "Kill requested for" if action == "kill" else "Deleted"
+    message = f"{verb} {len(done)} job{'s' if len(done) != 1 else ''}." if done else ""
+    if refused:
+        message = "\n".join([message, "Not done:", *refused[:10]]).strip()
+    return pages.redirect(back, message, error=bool(refused))
+
+
+def kill(page: deps.Page, job_id: int) -> jobs.Job:
+    """As ``POST /api/v1/jobs/{id}/kill``."""
+    with db.write(page.engine) as conn:
+        job = api_deps.manageable_job(conn, page.user, job_id)
+        jobs.request_kill(conn, job_id)
+        if job.state == jobs.State.ASSIGNED:  # its slot is free again
+            balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
+        return jobs.get(conn, job_id)
+
+
+def delete(page: deps.Page, job_id: int) -> None:
+    """As ``DELETE /api/v1/jobs/{id}``."""
+    with db.write(page.engine) as conn:
+        api_deps.manageable_job(conn, page.user, job_id)
+        jobs.delete(conn, job_id)
+
+
+# -- submitting -----------------------------------------------------------------------------
+
+_FORM_FIELDS = ("kind", "command", "script", "params", "watchdog", "worker_class",
+                "priority", "retries", "need_realtime")  # fmt: skip
+
+
+@router.post("/jobs")
+def submit(page: deps.Submitter) -> Response:
+    form = {name: page.field(name) for name in _FORM_FIELDS}
+    try:
+        spec = _spec_from_form(form)
+        [job] = submission.submit(page.engine, page.user, [spec], prefix=False)
+    except pydantic.ValidationError as exc:
+        _, message = api_errors.describe(exc.errors()[0])
+        return _render_jobs(page, ListQuery(), form=form, form_error=message, status=422)
+    except errors.JobBalancerError as exc:
+        message = (
+            f"{exc.field}: {exc.message}"
+            if exc.field and exc.field not in exc.message
+            else exc.message
+        )
+        return _render_jobs(page, ListQuery(), form=form, form_error=message, status=exc.status)
+    if job.state == jobs.State.OCCUPIED:
+        return pages.redirect(
+            f"/jobs/{job.id}",
+            f"No worker of class {job.worker_class!r} had a free slot: job {job.id} was not run "
+            "(need_realtime).",
+            error=True,
+        )
+    return pages.redirect(f"/jobs/{job.id}", f"Job {job.id} submitted.")
+
+
+def _spec_from_form(form: dict[str, str]) -> models.JobSubmit:
+    """The form as the API's submit body, so the API's validation (and messages) apply."""
+    body: dict[str, Any] = {
+        "params": [line for line in form["params"].replace("\r\n", "\n").split("\n") if line],
+        "worker_class": form["worker_class"].strip() or "default",
+        "need_realtime": form["need_realtime"] in ("on", "true", "1"),
+    }
+    if form["kind"] == "script":
+        body["script"] = form["script"].strip() or None
+        if body["script"] is None:
+            raise errors.InvalidInput("choose a script", field="script")
+    else:
+        body["command"] = form["command"]
+    for name in ("watchdog", "priority", "retries"):
+        if form[name].strip():
+            body[name] = form[name].strip()
+    return models.JobSubmit.model_validate(body)
+
+
+# -- one job --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogPart:
+    stream: str
+    text: str
+
+
+def _log_parts(conn: sa.Connection, job_id: int) -> tuple[list[LogPart], int, bool]:
+    """The log as (stream, text) runs, the offset after them, and whether it was cut."""
+    decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")}
+    parts: list[LogPart] = []
+    offset, size, after_seq = 0, 0, -1
+    while True:
+        batch = logs.chunks(conn, job_id, after_seq=after_seq)
+        for chunk in batch:
+            text = decoders[chunk.stream].decode(chunk.data) if chunk.stream in decoders else ""
+            if parts and parts[-1].stream == chunk.stream:
+                parts[-1] = LogPart(chunk.stream, parts[-1].text + text)
+            elif text:
+                parts.append(LogPart(chunk.stream, text))
+            offset, size, after_seq = chunk.end, size + len(chunk.data), chunk.seq
+            if size >= LOG_PAGE_BYTES:
+                return parts, offset, True
+        if len(batch) < logs.BATCH:
+            return parts, offset, False
+
+
+@router.get("/jobs/{job_id}")
+def job_page(job_id: JobId, page: deps.Viewer) -> Response:
+    with db.read(page.engine) as conn:
+        job = api_deps.visible_job(conn, page.user, job_id)
+        parts, offset, cut = _log_parts(conn, job_id)
+        now = db.now(conn)
+        restarts = conn.execute(
+            sa.select(jobs.J.c.id).where(jobs.J.c.restarted_from == job_id).order_by(jobs.J.c.id)
+        ).scalars().all()  # fmt: skip
+    may_manage = page.user.can_manage_job(job.user_id)
+    return page.render(
+        "job.html",
+        active="jobs",
+        job=job,
+        now=now,
+        parts=parts,
+        log_offset=offset,
+        log_cut=cut,
+        restarts=restarts,
+        can_kill=may_manage and not job.finished,
+        can_restart=may_manage and page.user.can_submit,
+        can_delete=may_manage and job.state not in jobs.ACTIVE,
+    )
+
+
+@router.get("/jobs/{job_id}/log.txt")
+def download_log(job_id: JobId, page: deps.Viewer) -> Response:
+    with db.read(page.engine) as conn:
+        api_deps.visible_job(conn, page.user, job_id)
+        data, _ = logs.read(conn, job_id, "all")
+    return Response(
+        data,
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="job-{job_id}.log"'},
+    )
+
+
+@router.post("/jobs/{job_id}/kill")
+def kill_job(job_id: JobId, page: deps.Actor) -> Response:
+    job = kill(page, job_id)
+    said = "killed" if job.state == jobs.State.KILLED else "asked to stop; its worker kills it now"
+    return pages.redirect(f"/jobs/{job_id}", f"Job {job_id} {said}.")
+
+
+@router.post("/jobs/{job_id}/restart")
+def restart_job(job_id: JobId, page: deps.Actor) -> Response:
+    with db.read(page.engine) as conn:
+        job = api_deps.manageable_job(conn, page.user, job_id)
+    new = submission.restart(page.engine, page.user, job_id, job)
+    if new.state == jobs.State.OCCUPIED:
+        return pages.redirect(
+            f"/jobs/{new.id}", f"Job {new.id} found no free slot (need_realtime).", error=True
+        )
+    return pages.redirect(f"/jobs/{new.id}", f"Job {new.id} restarted from job {job_id}.")
+
+
+@router.post("/jobs/{job_id}/delete")
+def delete_job(job_id: JobId, page: deps.Actor) -> Response:
+    delete(page, job_id)
+    return pages.redirect("/jobs", f"Job {job_id} deleted, with its output.")

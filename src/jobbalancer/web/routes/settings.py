@@ -1,0 +1,54 @@
+"""``/settings`` (admins): the cluster-wide tunables, effective at once everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from jobbalancer import db, errors, settings
+from jobbalancer.web import deps, pages
+
+router = APIRouter(include_in_schema=False)
+
+ALGORITHMS = {
+    "round_robin": "Round robin: each worker in turn (the rotation survives restarts).",
+    "least_loaded": "Least loaded: the worker with the fewest jobs for its size.",
+    "random": "Random: any worker with a free slot.",
+    "fill_first": "Fill first: pack the first workers, so others can scale down.",
+}
+NUMBERS = ("worker_timeout", "kill_grace", "max_log_bytes", "retention_days")
+
+
+@router.get("/settings")
+def settings_page(page: deps.Admin) -> Response:
+    with db.read(page.engine) as conn:
+        current = settings.load_tunables(conn)
+    return _render(page, current.model_dump())
+
+
+def _render(page: deps.Page, values: dict[str, Any], **extra: Any) -> Response:
+    return page.render(
+        "settings.html",
+        active="settings",
+        values=values,
+        algorithms=ALGORITHMS,
+        metrics_forced=page.request.app.state.settings.server.metrics_public,
+        **extra,
+    )
+
+
+@router.post("/settings")
+def save_settings(page: deps.Admin) -> Response:
+    changes: dict[str, Any] = {name: page.field(name).strip() for name in NUMBERS}
+    changes["algorithm"] = page.field("algorithm")
+    changes["metrics_public"] = page.field("metrics_public") in ("on", "true", "1")
+    try:
+        with db.write(page.engine) as conn:
+            settings.save_tunables(conn, changes)
+    except errors.InvalidInput as exc:
+        return _render(page, changes, error=exc.message, error_field=exc.field, status=422)
+    return pages.redirect(
+        "/settings", "Settings saved; they apply now, on every server and worker."
+    )

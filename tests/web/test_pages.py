@@ -1,0 +1,220 @@
+"""The pages over HTTP: jobs list, submit form, job page and its actions, settings, and
+what each role may see and do. (Real browsers and workers: tests/browser.)"""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+
+from jobbalancer import auth, db, jobs, settings
+from tests.web.conftest import PASSWORD, Web
+
+
+def _submit(web: Web, command: str = "sleep 60", **spec: object) -> int:
+    r = web.browser().post(
+        "/api/v1/jobs",
+        json={"command": command, **spec},
+        headers={"Authorization": f"Bearer {web.admin_key}"},
+    )
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def _state(web: Web, job_id: int) -> str | None:
+    with db.read(web.engine) as conn:
+        return conn.execute(sa.select(jobs.J.c.state).where(jobs.J.c.id == job_id)).scalar()
+
+
+def _row_ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr data-id="(\d+)"', html)]
+
+
+def test_the_jobs_page_lists_filters_and_pages(web: Web) -> None:
+    client, _ = web.login()
+    ids = [_submit(web, f"echo job-{i}") for i in range(55)]
+    page = client.get("/jobs")
+    assert page.status_code == 200
+    assert _row_ids(page.text) == ids[::-1][:50]  # newest first, 50 a page
+    assert 'class="badge st-waiting"' in page.text and "echo job-54" in page.text
+    older = re.search(r'href="(/jobs\?cursor=[^"]+)">Older', page.text)
+    assert older, "no link to the next page"
+    assert _row_ids(client.get(older.group(1).replace("&amp;", "&")).text) == ids[::-1][50:]
+
+    found = client.get("/jobs/table", params={"q": "JOB-7", "state": "waiting"})
+    assert _row_ids(found.text) == [ids[7]]
+    assert found.headers["HX-Replace-Url"] == "/jobs?state=waiting&q=JOB-7"
+    assert _row_ids(client.get("/jobs/table", params={"state": "done"}).text) == []
+    bad = client.get("/jobs/table", params={"state": "sleeping"})
+    assert bad.status_code == 200 and "unknown state &#39;sleeping&#39;" in bad.text
+
+
+def test_submitting_from_the_form(web: Web) -> None:
+    client, csrf = web.login()
+    form = {"csrf_token": csrf, "kind": "command", "command": "echo $1", "params": "a b\r\nc",
+            "worker_class": "default", "watchdog": "30", "priority": "5",
+            "retries": "1"}  # fmt: skip
+    r = client.post("/jobs", data=form)
+    assert r.status_code == 303
+    job_id = int(r.headers["location"].rsplit("/", 1)[1])
+    with db.read(web.engine) as conn:
+        job = jobs.get(conn, job_id)
+    assert (job.command, job.params, job.watchdog, job.priority, job.retries) == (
+        "echo $1", ("a b", "c"), 30.0, 5, 1,
+    )  # fmt: skip
+    page = client.get(r.headers["location"])
+    assert f"Job {job_id} submitted." in page.text and "a b" in page.text
+
+
+def test_the_form_shows_the_apis_validation_errors(web: Web) -> None:
+    client, csrf = web.login()
+    base = {"csrf_token": csrf, "kind": "command", "worker_class": "default"}
+    cases = [
+        ({"command": "  "}, "command: must not be empty"),
+        (
+            {"command": "true", "retries": "500"},
+            "retries: input should be less than or equal to 100",
+        ),
+        ({"command": "true", "worker_class": "gpu"}, "worker class"),
+        ({"kind": "script", "script": ""}, "choose a script"),
+        ({"kind": "script", "script": "nope"}, "nope"),
+    ]
+    for fields, message in cases:
+        r = client.post("/jobs", data={**base, **fields})
+        assert r.status_code in (404, 422), (fields, r.status_code)
+        assert message in r.text.replace("&#39;", "'"), (fields, r.text[:2000])
+        assert '<details class="card submit-card" id="submit" open>' in r.text  # stays open
+    with db.read(web.engine) as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(jobs.J)).scalar() == 0
+
+
+def test_job_page_kill_restart_delete(web: Web) -> None:
+    client, csrf = web.login()
+    job_id = _submit(web, "echo hi", labels={"team": "a"})
+    page = client.get(f"/jobs/{job_id}")
+    assert page.status_code == 200
+    for text in (f"Job {job_id}", "echo hi", "team=a", ">Kill<", ">Restart<", ">Delete<"):
+        assert text in page.text, text
+
+    assert client.post(f"/jobs/{job_id}/kill").status_code == 403  # no CSRF token
+    r = client.post(f"/jobs/{job_id}/kill", data={"csrf_token": csrf})
+    assert r.status_code == 303 and _state(web, job_id) == "killed"
+    again = client.post(f"/jobs/{job_id}/kill", data={"csrf_token": csrf})
+    assert again.status_code == 409 and "already killed" in again.text
+
+    r = client.post(f"/jobs/{job_id}/restart", data={"csrf_token": csrf})
+    new_id = int(r.headers["location"].rsplit("/", 1)[1])
+    assert new_id != job_id and _state(web, new_id) == "waiting"
+    new_page = client.get(f"/jobs/{new_id}").text
+    assert f'Restarted from <a href="/jobs/{job_id}">job {job_id}</a>' in new_page
+    assert f'<a href="/jobs/{new_id}">job {new_id}</a>' in client.get(f"/jobs/{job_id}").text
+
+    r = client.post(f"/jobs/{job_id}/delete", data={"csrf_token": csrf})
+    assert r.status_code == 303 and _state(web, job_id) is None
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+
+
+def test_the_log_download(web: Web) -> None:
+    client, _ = web.login()
+    job_id = _submit(web, "true")
+    r = client.get(f"/jobs/{job_id}/log.txt")
+    assert r.status_code == 200 and r.text == ""
+    assert r.headers["content-disposition"] == f'attachment; filename="job-{job_id}.log"'
+
+
+def test_killing_and_deleting_a_selection(web: Web) -> None:
+    client, csrf = web.login()
+    ids = [_submit(web) for _ in range(3)]
+    r = client.post(
+        "/jobs/bulk",
+        data={"csrf_token": csrf, "action": "kill", "ids": [str(i) for i in ids[:2]],
+              "back": "/jobs?state=waiting"},
+    )  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == "/jobs?state=waiting"
+    assert [_state(web, i) for i in ids] == ["killed", "killed", "waiting"]
+    assert "Kill requested for 2 jobs." in client.get("/jobs").text
+
+    r = client.post(
+        "/jobs/bulk",
+        data={"csrf_token": csrf, "action": "delete", "ids": [str(ids[0]), str(ids[1]), "999999"]},
+    )
+    assert [_state(web, i) for i in ids] == [None, None, "waiting"]
+    flash = client.get("/jobs").text
+    assert "Deleted 2 jobs." in flash and "#999999: job 999999 does not exist" in flash
+
+
+def test_settings_apply_and_refuse_bad_values(web: Web) -> None:
+    client, csrf = web.login()
+    page = client.get("/settings")
+    assert page.status_code == 200 and 'value="round_robin" checked' in page.text
+    good = {"csrf_token": csrf, "algorithm": "least_loaded", "worker_timeout": "20",
+            "kill_grace": "2", "max_log_bytes": "2048", "retention_days": "7"}  # fmt: skip
+    assert client.post("/settings", data=good).status_code == 303
+    with db.read(web.engine) as conn:
+        now = settings.load_tunables(conn)
+    assert (now.algorithm, now.worker_timeout, now.retention_days) == ("least_loaded", 20, 7)
+    assert now.metrics_public is False
+
+    bad = client.post("/settings", data={**good, "worker_timeout": "1"})
+    assert bad.status_code == 422
+    assert "worker_timeout" in bad.text and "greater than or equal to 2" in bad.text
+    wrong = client.post("/settings", data={**good, "algorithm": "fastest"})
+    assert wrong.status_code == 422 and "algorithm" in wrong.text
+    with db.read(web.engine) as conn:
+        assert settings.load_tunables(conn).worker_timeout == 20
+
+
+def test_a_viewer_sees_no_buttons_and_is_refused_anyway(web: Web) -> None:
+    job_id = _submit(web)
+    web.user("vic", "viewer")
+    client, csrf = web.login("vic", PASSWORD)
+    listing = client.get("/jobs").text
+    assert str(job_id) in listing
+    for absent in ("Submit a job", "js-select", "Kill selected", 'method="post" action="/jobs"'):
+        assert absent not in listing, absent
+    page = client.get(f"/jobs/{job_id}").text
+    for absent in (">Kill<", ">Restart<", ">Delete<"):
+        assert absent not in page, absent
+    assert "Submit a job" not in client.get("/").text
+
+    for path, data in [
+        ("/jobs", {"kind": "command", "command": "true"}),
+        (f"/jobs/{job_id}/kill", {}),
+        (f"/jobs/{job_id}/restart", {}),
+        (f"/jobs/{job_id}/delete", {}),
+        ("/jobs/bulk", {"action": "kill", "ids": str(job_id)}),
+        ("/settings", {"algorithm": "random"}),
+    ]:
+        r = client.post(path, data={"csrf_token": csrf, **data})
+        assert r.status_code == 403, (path, r.status_code)
+        assert "viewer" in r.text or "Not allowed" in r.text
+    assert client.get("/settings").status_code == 403
+    assert _state(web, job_id) == "waiting"
+
+
+def test_a_submitter_sees_and_manages_only_their_own_jobs(web: Web) -> None:
+    theirs = _submit(web)
+    web.user("sam", "submitter")
+    client, csrf = web.login("sam", PASSWORD)
+    r = client.post("/jobs", data={"csrf_token": csrf, "kind": "command", "command": "sleep 9"})
+    mine = int(r.headers["location"].rsplit("/", 1)[1])
+    assert _row_ids(client.get("/jobs").text) == [mine]
+    assert client.get(f"/jobs/{theirs}").status_code == 404
+    r = client.post(
+        "/jobs/bulk", data={"csrf_token": csrf, "action": "kill", "ids": [str(theirs), str(mine)]}
+    )
+    assert [_state(web, theirs), _state(web, mine)] == ["waiting", "killed"]
+    assert "Settings" not in client.get("/").text.split("</nav>")[0]
+    assert auth.Role.SUBMITTER.value in client.get("/").text
+
+
+def test_the_dashboard_counts(web: Web) -> None:
+    client, _ = web.login()
+    for _ in range(3):
+        _submit(web)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert re.search(r"Waiting</div><div class=\"tile-value\">3<", page.text)
+    assert "No worker has registered yet" in page.text
+    live = client.get("/dashboard/live", headers={"HX-Request": "true"})
+    assert live.status_code == 200 and "<html" not in live.text and "<svg" in live.text
