@@ -176,6 +176,13 @@ class OutputSink:
                 self._unseal(sealed)
                 raise
             self._written(rows)
+        with self._lock:
+            # Forgotten only now: a retried report must still find what was kept, even if
+            # the flusher wrote the job's last chunks between the tries.
+            for job_id in job_ids:
+                out = self._jobs.get(job_id)
+                if out is not None and not out.pending:
+                    del self._jobs[job_id]
         return result
 
     # -- writing ------------------------------------------------------------------------
@@ -197,9 +204,6 @@ class OutputSink:
     def _written(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
             self._buffered -= sum(r["size"] for r in rows)
-            for job_id, out in list(self._jobs.items()):
-                if out.closed and not out.pending:
-                    del self._jobs[job_id]
 
     def _seal(
         self, only: set[int] | None = None
