@@ -180,8 +180,8 @@ class OutputSink:
             # Forgotten only now: a retried report must still find what was kept, even if
             # the flusher wrote the job's last chunks between the tries.
             for job_id in job_ids:
-                out = self._jobs.get(job_id)
-                if out is not None and not out.pending:
+                left = self._jobs.get(job_id)
+                if left is not None and not left.pending:
                     del self._jobs[job_id]
         return result
 
