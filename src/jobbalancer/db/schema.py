@@ -151,6 +151,8 @@ jobs = sa.Table(
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),
     sa.Index(None, "finished_at"),
+    # A job's page lists the jobs restarted from it.
+    sa.Index(None, "restarted_from"),
 )
 
 job_output = sa.Table(
