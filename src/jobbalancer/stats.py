@@ -92,11 +92,16 @@ def finished_per_minute(conn: sa.Connection, minutes: int = 60) -> list[tuple[da
     starts = [now - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
     ends = [*starts[1:], now + timedelta(minutes=1)]
     # One row of conditional sums: portable, and it reads only the last hour's index range.
+    # The state test is inside the sums: in the WHERE clause it made SQLite scan the state
+    # index (every done job) instead of the last hour of finished_at (~50 ms at 100k jobs).
+    finished = J.c.state.in_(_FINISHED)
     buckets = [
-        sa.func.sum(sa.case((sa.and_(J.c.finished_at >= a, J.c.finished_at < b), 1), else_=0))
+        sa.func.sum(
+            sa.case((sa.and_(J.c.finished_at >= a, J.c.finished_at < b, finished), 1), else_=0)
+        )
         for a, b in zip(starts, ends, strict=True)
     ]
-    query = sa.select(*buckets).where(J.c.finished_at >= starts[0], J.c.state.in_(_FINISHED))
+    query = sa.select(*buckets).where(J.c.finished_at >= starts[0])
     row = conn.execute(query).one()
     return [(start, int(count or 0)) for start, count in zip(starts, row, strict=True)]
 

@@ -153,6 +153,8 @@ jobs = sa.Table(
     sa.Index(None, "finished_at"),
     # A job's page lists the jobs restarted from it.
     sa.Index(None, "restarted_from"),
+    # The job list by state, newest first: without it SQLite sorts every job of the state.
+    sa.Index(None, "state", "id"),
 )
 
 job_output = sa.Table(

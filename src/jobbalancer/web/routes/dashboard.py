@@ -103,8 +103,9 @@ def _nice(n: int) -> int:
 
 def _figures(page: deps.Page) -> dict[str, Any]:
     with db.read(page.engine) as conn:
-        summary = stats.summary(conn)
-        minutes = per_minute(conn)
+        per_worker = stats.by_worker(conn)
+        summary = stats.Summary(stats.jobs_by_state(conn), per_worker, stats.slots(per_worker))
+        minutes = per_minute(conn)  # done and failures apart, which the summary's are not
     live = [w for w in summary.workers if w.state != "offline"]
     return {
         "summary": summary,
