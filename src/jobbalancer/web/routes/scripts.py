@@ -1,0 +1,214 @@
+"""``/scripts``: the stored scripts, and ``/scripts/{id}``: one in an editor with syntax
+highlighting for its interpreter (CodeMirror 5, vendored; wired up by
+``static/scripts.js``), where operators save, rename and delete it, and anyone who may
+submit runs it with parameters typed into the page.
+
+Saving reads the form as the API's body (``models.ScriptIn``/``ScriptPatch``) and running
+it as a ``models.JobSubmit``, so the rules and messages are the API's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from jobbalancer import classes, db, errors, jobs, scripts
+from jobbalancer.api import errors as api_errors
+from jobbalancer.api import models, submission
+from jobbalancer.refs import MAX_ID
+from jobbalancer.web import deps, pages
+
+router = APIRouter(include_in_schema=False)
+
+ScriptId = Annotated[int, Path(ge=1, le=MAX_ID)]
+# The picker's choices; anything else is a program name or path typed in ("custom").
+INTERPRETERS = ("sh", "bash", "python3", "node", "php", "perl", "ruby")
+SHEBANG = "shebang"  # the picker's value for "the script's own #! line"
+CUSTOM = "custom"
+NEW_SCRIPT = (
+    "#!/bin/sh\n"
+    "# $1, $2, ... are the parameters given when the job is submitted.\n"
+    'echo "hello, ${1:-world}"\n'
+)
+
+
+@dataclass(frozen=True)
+class ScriptForm:
+    """The editor's fields as the page sends them back."""
+
+    name: str = ""
+    choice: str = SHEBANG
+    custom: str = ""
+    content: str = NEW_SCRIPT
+    description: str = ""
+
+    @classmethod
+    def of(cls, script: scripts.Script) -> ScriptForm:
+        interpreter = script.interpreter or ""
+        if not interpreter:
+            choice, custom = SHEBANG, ""
+        elif interpreter in INTERPRETERS:
+            choice, custom = interpreter, ""
+        else:
+            choice, custom = CUSTOM, interpreter
+        return cls(script.name, choice, custom, script.content, script.description)
+
+    @classmethod
+    def read(cls, page: deps.Page) -> ScriptForm:
+        return cls(
+            name=page.field("name"),
+            choice=page.field("interpreter_choice", SHEBANG),
+            custom=page.field("interpreter_path"),
+            # Browsers send CRLF line ends from a textarea; scripts want LF.
+            content=page.field("content").replace("\r\n", "\n"),
+            description=page.field("description"),
+        )
+
+    @property
+    def interpreter(self) -> str | None:
+        if self.choice == SHEBANG:
+            return None
+        return self.custom.strip() if self.choice == CUSTOM else self.choice
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "interpreter": self.interpreter,
+            "content": self.content,
+            "description": self.description,
+        }
+
+
+# -- the list -------------------------------------------------------------------------------
+
+
+@router.get("/scripts")
+def scripts_page(page: deps.Viewer) -> Response:
+    with db.read(page.engine) as conn:
+        found = scripts.list_all(conn)
+    return page.render("scripts.html", active="scripts", scripts=found)
+
+
+# -- the editor -----------------------------------------------------------------------------
+
+
+@router.get("/scripts/new")
+def new_script(page: deps.Operator) -> Response:
+    return _render_editor(page, None, ScriptForm())
+
+
+@router.post("/scripts")
+def create_script(page: deps.Operator) -> Response:
+    form = ScriptForm.read(page)
+    try:
+        spec = models.ScriptIn.model_validate(form.body())
+        with db.write(page.engine) as conn:
+            created = scripts.create(
+                conn, spec.name, spec.interpreter, spec.content, spec.description
+            )
+    except pydantic.ValidationError as exc:
+        return _render_editor(page, None, form, error=_message(exc), status=422)
+    except errors.JobBalancerError as exc:
+        return _render_editor(page, None, form, error=exc.message, status=exc.status)
+    return pages.redirect(f"/scripts/{created.id}", f"Script {created.name} saved.")
+
+
+@router.get("/scripts/{script_id}")
+def script_page(script_id: ScriptId, page: deps.Viewer) -> Response:
+    with db.read(page.engine) as conn:
+        script = scripts.get(conn, script_id)
+    return _render_editor(page, script, ScriptForm.of(script))
+
+
+@router.post("/scripts/{script_id}")
+def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
+    """Save the editor: name (a rename), interpreter, body and description."""
+    form = ScriptForm.read(page)
+    with db.read(page.engine) as conn:
+        script = scripts.get(conn, script_id)
+    try:
+        patch = models.ScriptPatch.model_validate(form.body())
+        with db.write(page.engine) as conn:
+            saved = scripts.update(conn, script_id, patch.model_dump())
+    except pydantic.ValidationError as exc:
+        return _render_editor(page, script, form, error=_message(exc), status=422)
+    except errors.JobBalancerError as exc:
+        return _render_editor(page, script, form, error=exc.message, status=exc.status)
+    renamed = f" (renamed from {script.name})" if saved.name != script.name else ""
+    return pages.redirect(f"/scripts/{script_id}", f"Script {saved.name} saved{renamed}.")
+
+
+@router.post("/scripts/{script_id}/delete")
+def delete_script(script_id: ScriptId, page: deps.Operator) -> Response:
+    with db.write(page.engine) as conn:
+        name = scripts.get(conn, script_id).name
+        scripts.delete(conn, script_id)
+    return pages.redirect("/scripts", f"Script {name} deleted; jobs that ran it keep their copy.")
+
+
+def _render_editor(
+    page: deps.Page,
+    script: scripts.Script | None,
+    form: ScriptForm,
+    *,
+    error: str | None = None,
+    run: dict[str, str] | None = None,
+    run_error: str | None = None,
+    status: int = 200,
+) -> Response:
+    with db.read(page.engine) as conn:
+        found = classes.list_all(conn)
+    return page.render(
+        "script.html",
+        active="scripts",
+        status=status,
+        script=script,
+        form=form,
+        interpreters=INTERPRETERS,
+        shebang=SHEBANG,
+        custom=CUSTOM,
+        classes=[c for c in found if page.user.may_use_class(c.name)],
+        error=error,
+        run=run or {"params": "", "worker_class": classes.DEFAULT, "watchdog": ""},
+        run_error=run_error,
+    )
+
+
+def _message(exc: pydantic.ValidationError) -> str:
+    return api_errors.describe(exc.errors()[0])[1]
+
+
+# -- running it -----------------------------------------------------------------------------
+
+
+@router.post("/scripts/{script_id}/run")
+def run_script(script_id: ScriptId, page: deps.Submitter) -> Response:
+    """Submit a job running the stored script with the page's parameters, one a line."""
+    run = {n: page.field(n) for n in ("params", "worker_class", "watchdog")}
+    with db.read(page.engine) as conn:
+        script = scripts.get(conn, script_id)
+    body: dict[str, Any] = {
+        "script": script.id,
+        "params": [p for p in run["params"].replace("\r\n", "\n").split("\n") if p],
+        "worker_class": run["worker_class"].strip() or classes.DEFAULT,
+    }
+    if run["watchdog"].strip():
+        body["watchdog"] = run["watchdog"].strip()
+    try:
+        spec = models.JobSubmit.model_validate(body)
+        [job] = submission.submit(page.engine, page.user, [spec], prefix=False)
+    except pydantic.ValidationError as exc:
+        message = _message(exc)
+    except errors.JobBalancerError as exc:
+        message = exc.message
+    else:
+        if job.state == jobs.State.OCCUPIED:  # not possible without need_realtime; say so
+            return pages.redirect(f"/jobs/{job.id}", f"Job {job.id} was not run.", error=True)
+        return pages.redirect(f"/jobs/{job.id}", f"Job {job.id} submitted: script {script.name}.")
+    return _render_editor(
+        page, script, ScriptForm.of(script), run=run, run_error=message, status=422
+    )
