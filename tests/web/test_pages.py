@@ -218,3 +218,27 @@ def test_the_dashboard_counts(web: Web) -> None:
     assert "No worker has registered yet" in page.text
     live = client.get("/dashboard/live", headers={"HX-Request": "true"})
     assert live.status_code == 200 and "<html" not in live.text and "<svg" in live.text
+
+
+def test_submitting_a_stored_script_with_params(web: Web) -> None:
+    admin = {"Authorization": f"Bearer {web.admin_key}"}
+    r = web.browser().post(
+        "/api/v1/scripts",
+        json={"name": "greet", "interpreter": "bash", "content": 'echo "hi $1"'},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    client, csrf = web.login()
+    assert '<option value="greet">greet (bash)</option>' in client.get("/jobs").text
+    r = client.post(
+        "/jobs",
+        data={"csrf_token": csrf, "kind": "script", "script": "greet", "command": "ignored",
+              "params": "a; rm -rf /\n$HOME"},
+    )  # fmt: skip
+    assert r.status_code == 303, r.text
+    job_id = int(r.headers["location"].rsplit("/", 1)[1])
+    with db.read(web.engine) as conn:
+        job = jobs.get(conn, job_id)
+    assert (job.command, job.script_name, job.params) == (None, "greet", ("a; rm -rf /", "$HOME"))
+    page = client.get(f"/jobs/{job_id}").text
+    assert "greet" in page and "echo &#34;hi $1&#34;" in page  # the body, as copied

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from jobbalancer import auth, db
 from jobbalancer.db import schema
+from jobbalancer.web import pages
 from tests.web.conftest import PASSWORD, Web, csrf_of
 
 WS, U = schema.web_sessions, schema.users
@@ -176,6 +177,9 @@ def test_login_redirects_only_within_the_site(web: Web) -> None:
               "next": "//evil.example/x"},
     )  # fmt: skip
     assert r.status_code == 303 and r.headers["location"] == "/"
+    for target in ("/\t/evil.example", "https://evil.example", "/\\evil.example"):
+        assert pages.safe_next(target) == "/", target
+    assert pages.safe_next("/jobs?state=done") == "/jobs?state=done"
     form = client.get("/login?next=/jobs")
     assert 'name="next" value="/jobs"' in form.text or client.get("/login").status_code == 303
 

@@ -182,6 +182,10 @@ def read_flash(request: Request) -> dict[str, Any] | None:
 
 def safe_next(target: str | None) -> str:
     """Where to go after logging in: a path on this site only (no ``//evil``)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if not target or not target.startswith("/") or "\\" in target:
+        return "/"
+    # Browsers drop tabs and newlines in URLs: "/\t/evil.example" would become "//evil…".
+    cleaned = "".join(c for c in target if c > " ")
+    if cleaned != target or cleaned.startswith("//"):
         return "/"
     return target
