@@ -145,8 +145,6 @@ jobs = sa.Table(
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
-    # The queue: waiting jobs of a class, highest priority first, then oldest.
-    sa.Index(None, "state", "worker_class_id", "priority", "id"),
     # A worker's pick-up and the balancer's slot count.
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),
@@ -156,6 +154,10 @@ jobs = sa.Table(
     # The job list by state, newest first: without it SQLite sorts every job of the state.
     sa.Index(None, "state", "id"),
 )
+
+# The queue: waiting jobs of a class, highest priority first, then oldest; priority
+# descending, so the queue's order is the index's (no sort of the whole queue per pick-up).
+sa.Index("ix_jobs_queue", jobs.c.state, jobs.c.worker_class_id, jobs.c.priority.desc(), jobs.c.id)
 
 job_output = sa.Table(
     "job_output",
