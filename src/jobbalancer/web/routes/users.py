@@ -149,6 +149,12 @@ def _render_user(
     return response
 
 
+@router.get("/users/{user_id}/{action}")
+def back_to_user(user_id: UserId, action: str, page: deps.Admin) -> Response:
+    """A reload or bookmark of a form's address (a secret's page was a POST's answer)."""
+    return pages.redirect(f"/users/{user_id}")
+
+
 @router.post("/users/{user_id}/edit")
 def edit_user(user_id: UserId, page: deps.Admin) -> Response:
     """Role, scripts-only flag and allowed classes."""

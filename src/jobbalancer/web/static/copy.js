@@ -1,4 +1,4 @@
-/* Copy buttons (.js-copy, data-copy = the id of the element whose text to copy), for a
+/* Secrets shown once (a new password or API key on a user's page). Copy buttons (.js-copy, data-copy = the id of the element whose text to copy), for a
    password or API key shown once. The clipboard API needs a secure context (https or
    localhost); elsewhere the text is selected and copied the old way. */
 (function () {
@@ -18,6 +18,11 @@
     button.textContent = text;
     window.setTimeout(function () { button.textContent = label; }, 2000);
   }
+
+  /* A page showing a secret once was the answer to a POST: make its address the plain
+     page, so a reload shows the page without the secret (and posts nothing again). */
+  var shown = document.querySelector(".js-shown-once[data-url]");
+  if (shown && window.history.replaceState) window.history.replaceState(null, "", shown.getAttribute("data-url"));
 
   document.addEventListener("click", function (ev) {
     var button = ev.target.closest && ev.target.closest(".js-copy");
