@@ -179,35 +179,43 @@ def get_many(conn: sa.Connection, ids: Sequence[int]) -> list[Job]:
 def create(
     conn: sa.Connection, specs: Sequence[Spec], user_id: int | None, user_name: str | None
 ) -> list[int]:
-    """Insert waiting jobs; their ids in the order of ``specs``."""
-    ids = []
-    for spec in specs:
-        result = conn.execute(
-            sa.insert(J).values(
-                state=State.WAITING,
-                command=spec.command,
-                script_id=spec.script_id,
-                script_name=spec.script_name,
-                interpreter=spec.interpreter,
-                script_content=spec.script_content,
-                params=list(spec.params),
-                env=dict(spec.env),
-                labels=dict(spec.labels),
-                watchdog=spec.watchdog or None,
-                worker_class_id=spec.worker_class_id,
-                need_realtime=spec.need_realtime,
-                priority=spec.priority,
-                retries=spec.retries,
-                attempt=1,
-                user_id=user_id,
-                user_name=user_name,
-                kill_requested=False,
-                output_bytes=0,
-                created_at=utcnow(),
-            )
-        )
-        ids.append(_inserted_id(result))
-    return ids
+    """Insert waiting jobs; their ids in the order of ``specs``.
+
+    One multi-row INSERT … RETURNING where the database can (SQLite, PostgreSQL,
+    MariaDB); a row at a time elsewhere.
+    """
+    rows = [_row(spec, user_id, user_name) for spec in specs]
+    if len(rows) > 1 and conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+        stmt = _INSERT.returning(J.c.id, sort_by_parameter_order=True)
+        return [int(i) for i in conn.execute(stmt, rows).scalars()]
+    return [_inserted_id(conn.execute(_INSERT, row)) for row in rows]
+
+
+_INSERT = sa.insert(J).values(created_at=utcnow())
+
+
+def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, Any]:
+    return {
+        "state": State.WAITING.value,
+        "command": spec.command,
+        "script_id": spec.script_id,
+        "script_name": spec.script_name,
+        "interpreter": spec.interpreter,
+        "script_content": spec.script_content,
+        "params": list(spec.params),
+        "env": dict(spec.env),
+        "labels": dict(spec.labels),
+        "watchdog": spec.watchdog or None,
+        "worker_class_id": spec.worker_class_id,
+        "need_realtime": spec.need_realtime,
+        "priority": spec.priority,
+        "retries": spec.retries,
+        "attempt": 1,
+        "user_id": user_id,
+        "user_name": user_name,
+        "kill_requested": False,
+        "output_bytes": 0,
+    }
 
 
 def restart(conn: sa.Connection, job_id: int, user_id: int | None, user_name: str | None) -> int:

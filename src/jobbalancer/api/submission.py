@@ -15,15 +15,40 @@ from jobbalancer import auth, balancer, classes, db, errors, jobs, scripts
 from jobbalancer.api import models
 
 
+class _Lookups:
+    """Classes and scripts a batch names, each looked up once (a batch of 1000 jobs of
+    one class reads the class once, not 1000 times)."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self._classes: dict[str | int, classes.WorkerClass] = {}
+        self._scripts: dict[str | int, scripts.Script] = {}
+
+    def wclass(self, ref: str | int, field: str) -> classes.WorkerClass:
+        if ref not in self._classes:
+            self._classes[ref] = classes.find(self.conn, ref, field=field)
+        return self._classes[ref]
+
+    def script(self, ref: str | int, field: str) -> scripts.Script:
+        if ref not in self._scripts:
+            self._scripts[ref] = scripts.find(self.conn, ref, field=field)
+        return self._scripts[ref]
+
+
 def to_spec(
-    conn: sa.Connection, user: auth.User, job: models.JobSubmit, where: str = ""
+    conn: sa.Connection,
+    user: auth.User,
+    job: models.JobSubmit,
+    where: str = "",
+    lookups: _Lookups | None = None,
 ) -> jobs.Spec:
     """The job's spec; errors name the field as ``where`` + its name (``jobs.3.script``)."""
     if (job.command is None) == (job.script is None):
         raise errors.InvalidInput(
             "give exactly one of 'command' or 'script'", field=f"{where}command"
         )
-    wclass = classes.find(conn, job.worker_class, field=f"{where}worker_class")
+    lookups = lookups or _Lookups(conn)
+    wclass = lookups.wclass(job.worker_class, f"{where}worker_class")
     if not user.may_use_class(wclass.name):
         raise errors.Forbidden(
             f"you may not submit to worker class {wclass.name!r}", field=f"{where}worker_class"
@@ -47,7 +72,7 @@ def to_spec(
             raise errors.InvalidInput(f"{where}command: must not be empty", field=f"{where}command")
         return dataclasses.replace(base, command=job.command)
     assert job.script is not None
-    script = scripts.find(conn, job.script, field=f"{where}script")
+    script = lookups.script(job.script, f"{where}script")
     return dataclasses.replace(
         base,
         script_id=script.id,
@@ -65,8 +90,10 @@ def submit(
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
     """
     with db.write(engine) as conn:
+        lookups = _Lookups(conn)
         specs = [
-            to_spec(conn, user, job, f"jobs.{i}." if prefix else "") for i, job in enumerate(batch)
+            to_spec(conn, user, job, f"jobs.{i}." if prefix else "", lookups)
+            for i, job in enumerate(batch)
         ]
         ids = balancer.submit(conn, specs, user.id, user.name)
     with db.read(engine) as conn:
