@@ -177,7 +177,7 @@ class Cluster:
             _kill_group(proc.popen)
         # Jobs run in sessions of their own: a worker killed with SIGKILL leaves them behind.
         for name in self.worker_names:
-            runner.clean_up_after(name)
+            runner.clean_up_after(runner.owner_tag(name, self.database_url))
 
 
 def _kill_group(popen: subprocess.Popen[bytes]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import re
 import signal
 import socket
 import threading
@@ -200,7 +199,7 @@ class Worker:
         """Kill what jobs of an earlier run of this worker left running, and remove their
         temp dirs: a worker killed with SIGKILL cannot clean up after its jobs, which were
         recovered (lost, retried elsewhere) when it registered again."""
-        self.owner = re.sub(r"[^A-Za-z0-9._-]", "_", self.name)
+        self.owner = runner.owner_tag(self.name, str(self.engine.url))
         killed, removed = runner.clean_up_after(self.owner)
         if killed or removed:
             log.warning(

@@ -39,9 +39,11 @@ import contextlib
 import ctypes
 import functools
 import glob
+import hashlib
 import logging
 import os
 import pwd
+import re
 import secrets
 import selectors
 import shutil
@@ -134,6 +136,21 @@ class Outcome:
 def _workdir_prefix(owner: str) -> str:
     # "@" ends the owner (worker names cannot hold it), so "a" never matches "a-1".
     return f"jobbalancer-{owner}@" if owner else "jobbalancer-"
+
+
+def owner_tag(name: str, database_url: str) -> str:
+    """What marks the jobs of worker ``name`` of the installation on ``database_url``.
+
+    The name alone is not enough: two installations (or test runs) on one host may both
+    have a worker "w", and a restarted "w" must never kill the other one's jobs. So the
+    database (backend, host, port, database; never the password) is part of it.
+    """
+    import sqlalchemy as sa  # only here: the runner itself does not need the database
+
+    url = sa.make_url(database_url)
+    where = f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:10]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.{digest}"
 
 
 def clean_up_after(owner: str) -> tuple[int, int]:
