@@ -127,3 +127,7 @@ def test_a_viewer_reads_scripts_but_cannot_act(
     expect(page.locator("main button")).to_have_count(0)
     expect(page.locator("#run")).to_have_count(0)
     screenshot(page, "script-viewer")
+    # The editor follows the system's dark setting, as the rest of the UI does
+    page.emulate_media(color_scheme="dark")
+    expect(page.locator(".CodeMirror .cm-string").first).to_have_css("color", "rgb(195, 232, 141)")
+    screenshot(page, "script-viewer-dark")
