@@ -69,6 +69,10 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
     """A server on SQLite with one worker (2 slots)."""
     c = make_cluster("sqlite")
+    # The e2e harness sets a 3 s worker timeout for its recovery tests; on a busy machine
+    # that declares a slow worker dead mid-test. Nothing here tests recovery.
+    r = c.api.patch("/api/v1/settings", json={"worker_timeout": 30})
+    assert r.status_code == 200, r.text
     c.start_worker("w1", "--allow-root", "--max-jobs", "2")
     return c
 

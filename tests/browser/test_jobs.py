@@ -185,7 +185,7 @@ def test_the_dashboard_shows_the_cluster(
     # It refreshes itself: a job submitted now shows up without a reload
     cluster.submit(command="sleep 60")
     expect(admin_page.locator(".tile:has-text('Running') .tile-value")).to_have_text(
-        "1", timeout=15_000
+        "1", timeout=30_000
     )
     screenshot(admin_page, "dashboard")
 
