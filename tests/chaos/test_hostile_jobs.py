@@ -4,6 +4,7 @@ keeps its memory, and leaves no process behind."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -34,12 +35,13 @@ def _alive(pids: list[int]) -> list[int]:
     return alive
 
 
-def _tagged(job_id: int) -> list[int]:
-    """Processes whose environment says they belong to job ``job_id``."""
+def _tagged(tag: str) -> list[int]:
+    """Live processes whose environment carries ``CHAOS_TAG=tag`` (job ids alone repeat
+    across the databases of test runs sharing the machine)."""
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("JOBBALANCER_JOB_ID") == str(job_id):
+            if proc.environ().get("CHAOS_TAG") == tag:
                 found.append(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
@@ -65,7 +67,8 @@ def test_fork_bomb_and_setsid_escaper_leave_no_survivor(
     cluster.start_worker("w", "--allow-root")
     pids = tmp_path / "pids"
     pids.touch()
-    spec: dict[str, Any] = {"command": FORK_BOMB.format(pids=pids)}
+    tag = secrets.token_hex(8)
+    spec: dict[str, Any] = {"command": FORK_BOMB.format(pids=pids), "env": {"CHAOS_TAG": tag}}
     if how == "watchdog":
         spec["watchdog"] = 4
     job = cluster.submit(**spec)
@@ -76,12 +79,12 @@ def test_fork_bomb_and_setsid_escaper_leave_no_survivor(
     if how == "kill":
         assert cluster.api.post(f"/api/v1/jobs/{job['id']}/kill").status_code == 202
     final = cluster.wait_job(job["id"], timeout=60)
-    assert final["state"] == ("killed" if how == "kill" else "timeout")
+    assert final["state"] == ("killed" if how == "kill" else "timeout"), final
     assert _alive(written) == []
-    assert _tagged(job["id"]) == []
+    assert _tagged(tag) == []
     # and the worker is still there, taking jobs
     after = cluster.submit(command="echo alive")
-    assert cluster.wait_job(after["id"])["state"] == "done"
+    assert (j := cluster.wait_job(after["id"]))["state"] == "done", j
     print(f"\n[fault 6, {backend}, {how}] 201 processes, survivors: 0")
 
 
@@ -95,7 +98,7 @@ def test_gigabyte_flood_is_capped_worker_memory_flat_server_responsive(
     worker = cluster.start_worker("w", "--allow-root")
     rss = psutil.Process(worker.popen.pid)
     warm = cluster.submit(command="echo warm")
-    assert cluster.wait_job(warm["id"])["state"] == "done"
+    assert (j := cluster.wait_job(warm["id"]))["state"] == "done", j
     baseline = rss.memory_info().rss
 
     job = cluster.submit(command="head -c 1G /dev/zero | tr '\\0' x; echo; echo tail >&2")
@@ -128,7 +131,7 @@ def test_gigabyte_flood_is_capped_worker_memory_flat_server_responsive(
         prober.join(timeout=15)
     took = time.monotonic() - started
     final = cluster.wait_job(job["id"])
-    assert final["state"] == "done"
+    assert final["state"] == "done", final
     assert final["output_bytes"] == cap
     log = cluster.log(job["id"])
     assert log.startswith("x" * 1000)
@@ -164,11 +167,11 @@ def test_closed_output_still_running_is_tracked_until_exit_and_kill(
     assert cluster.job(quiet["id"])["state"] == "running"
     assert cluster.job(stuck["id"])["state"] == "running"
     final = cluster.wait_job(quiet["id"])
-    assert flag.exists()
+    assert flag.exists(), final
     assert (final["state"], final["exit_code"]) == ("failed", 4)
     # The other one is killed with its process, though nothing ties it to a pipe any more.
     assert cluster.api.post(f"/api/v1/jobs/{stuck['id']}/kill").status_code == 202
-    assert cluster.wait_job(stuck["id"])["state"] == "killed"
+    assert (j := cluster.wait_job(stuck["id"]))["state"] == "killed", j
     assert _alive([int(pidfile.read_text())]) == []
 
 
@@ -183,7 +186,7 @@ def test_invalid_utf8_and_nul_bytes_are_stored_and_read_back(
     job = cluster.submit(
         command="printf 'a\\000b\\377\\376 c\\303(\\n'; printf '\\000\\000\\342\\202\\n' >&2"
     )
-    assert cluster.wait_job(job["id"])["state"] == "done"
+    assert (j := cluster.wait_job(job["id"]))["state"] == "done", j
     # Stored byte for byte ...
     engine = db.connect(cluster.database_url, pool_size=1)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import signal
 from typing import Any
 
@@ -22,11 +23,13 @@ pytestmark = [
 ID = "echo uid=$(id -ru) euid=$(id -u) gid=$(id -g) groups=$(id -G)"
 
 
-def _job_processes(job_id: int) -> list[psutil.Process]:
+def _job_processes(tag: str) -> list[psutil.Process]:
+    """Processes of the job submitted with ``CHAOS_TAG=tag`` (job ids alone repeat across
+    the databases of test runs sharing the machine)."""
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("JOBBALANCER_JOB_ID") == str(job_id):
+            if proc.environ().get("CHAOS_TAG") == tag:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
@@ -45,16 +48,17 @@ def test_worker_restart_while_jobs_run_as_nobody(make_cluster: Any, backend: str
     worker = cluster.start_worker("w", "--run-as", "nobody", "--max-jobs", "4")
 
     # Jobs run with every id of the configured user: real, effective, saved; no root group
-    long = [cluster.submit(command=f"{ID}; exec sleep 300") for _ in range(2)]
-    for job in long:
+    tags = [secrets.token_hex(8) for _ in range(2)]
+    long = [cluster.submit(command=f"{ID}; exec sleep 300", env={"CHAOS_TAG": t}) for t in tags]
+    for job, tag in zip(long, tags, strict=True):
         cluster.wait_for(lambda j=job: "uid=" in cluster.log(j["id"]), "job started")
         assert cluster.log(job["id"]).strip() == _expected(nobody)
-        procs = cluster.wait_for(lambda j=job: _job_processes(j["id"]), "its processes")
+        procs = cluster.wait_for(lambda t=tag: _job_processes(t), "its processes")
         for proc in procs:
             assert set(proc.uids()) == {nobody.pw_uid}
             assert set(proc.gids()) == {nobody.pw_gid}
             assert 0 not in proc.gids()
-    pids = [p.pid for job in long for p in _job_processes(job["id"])]
+    pids = [p.pid for tag in tags for p in _job_processes(tag)]
 
     # When the worker is SIGKILLed while they run, and started again under its name
     os.killpg(worker.popen.pid, signal.SIGKILL)
@@ -64,11 +68,11 @@ def test_worker_restart_while_jobs_run_as_nobody(make_cluster: Any, backend: str
 
     # Then the new process ends its predecessor's jobs (they are lost, not run twice) ...
     for job in long:
-        assert cluster.wait_job(job["id"])["state"] == "lost"
+        assert (j := cluster.wait_job(job["id"]))["state"] == "lost", j
     cluster.wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), "orphans killed")
     # ... and still drops privileges for new jobs
     again = cluster.submit(command=ID)
-    assert cluster.wait_job(again["id"])["state"] == "done"
+    assert (j := cluster.wait_job(again["id"]))["state"] == "done", j
     assert cluster.log(again["id"]).strip() == _expected(nobody)
 
     # A drain (SIGTERM) while a job runs: it finishes as nobody, the worker exits cleanly
@@ -80,5 +84,5 @@ def test_worker_restart_while_jobs_run_as_nobody(make_cluster: Any, backend: str
     assert cluster.log(slow["id"]).splitlines()[-1] == _expected(nobody)
     cluster.start_worker("w", "--run-as", "nobody")
     last = cluster.submit(command="id -u")
-    assert cluster.wait_job(last["id"])["state"] == "done"
+    assert (j := cluster.wait_job(last["id"]))["state"] == "done", j
     assert cluster.log(last["id"]).strip() == str(nobody.pw_uid)
