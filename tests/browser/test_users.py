@@ -75,6 +75,10 @@ def test_create_a_user_and_a_key_and_use_it(
     page.goto("/users")
     expect(page.locator("tr[data-name='sam']")).to_contain_text("scripts only")
     screenshot(page, "users")
+    page.set_viewport_size({"width": 820, "height": 900})
+    page.goto(f"/users/{sam['id']}")
+    assert page.evaluate("(m => m.scrollWidth <= m.clientWidth)(document.querySelector('main'))")
+    screenshot(page, "user-narrow")
 
 
 def test_reset_password_and_disable_end_the_session(

@@ -75,6 +75,12 @@ def test_drain_enable_and_edit_a_worker(
     expect(page.locator("#flash")).to_contain_text("saved")
     assert cluster.worker("w1")["own_max_jobs"] is None  # type: ignore[index]
 
+    # On a narrow window the table scrolls sideways inside its frame; the page does not
+    page.set_viewport_size({"width": 820, "height": 900})
+    page.goto("/workers")
+    assert page.evaluate("(m => m.scrollWidth <= m.clientWidth)(document.querySelector('main'))")
+    screenshot(page, "workers-narrow")
+
 
 def test_classes_create_rename_delete_and_in_use(
     admin_page: Page, cluster: Cluster, screenshot: Shot
