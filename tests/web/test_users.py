@@ -117,6 +117,9 @@ def test_api_keys_shown_once_work_and_revoke(web: Web) -> None:
 
     page = client.get(f"/users/{sam.id}").text
     assert key not in page and "ci" in page
+    # Reloading the address the key was shown at shows the user's page, without it
+    again = client.get(f"/users/{sam.id}/keys")
+    assert again.status_code == 303 and again.headers["location"] == f"/users/{sam.id}"
     with db.read(web.engine) as conn:
         [record] = auth.list_api_keys(conn, sam.id)
     assert record.last_used_at is not None

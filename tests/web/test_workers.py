@@ -51,7 +51,11 @@ def test_the_list_shows_every_figure_and_refreshes(web: Web) -> None:
     table = client.get("/workers/table")
     assert table.status_code == 200 and f'<tr data-id="{worker_id}">' in table.text
     assert "<nav" not in table.text  # a partial, not a page
-    assert client.get(f"/workers/{worker_id}").status_code == 200
+    page = client.get(f"/workers/{worker_id}")
+    assert page.status_code == 200 and f'hx-get="/workers/{worker_id}/machine"' in page.text
+    machine = client.get(f"/workers/{worker_id}/machine")
+    assert machine.status_code == 200 and "<nav" not in machine.text
+    assert "1.25" in machine.text and "0 running of 5 slots" in machine.text
     assert client.get("/workers/999999").status_code == 404
 
 

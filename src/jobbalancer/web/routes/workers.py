@@ -47,6 +47,15 @@ def worker_page(worker_id: WorkerId, page: deps.Viewer) -> Response:
     return _render_worker(page, worker_id)
 
 
+@router.get("/workers/{worker_id}/machine")
+def worker_machine(worker_id: WorkerId, page: deps.Viewer) -> Response:
+    """The worker's figures alone, for its page's refresh (htmx)."""
+    with db.read(page.engine) as conn:
+        worker = workers.get(conn, worker_id)
+        now = db.now(conn)
+    return page.render("_worker_machine.html", worker=worker, now=now)
+
+
 def _render_worker(
     page: deps.Page,
     worker_id: int,
