@@ -3,6 +3,8 @@ description, delete, and deleting a class in use refused with the reason on the 
 
 from __future__ import annotations
 
+import pytest
+
 from jobbalancer import classes, db, workers
 from tests.web.conftest import Web
 
@@ -83,8 +85,9 @@ def test_deleting_a_class_in_use_is_refused_with_the_reason(web: Web) -> None:
     assert _class(web, "gpu") is not None
 
 
-def test_a_viewer_sees_no_forms_and_is_refused(web: Web) -> None:
-    web.user("vera", "viewer")
+@pytest.mark.parametrize("role", ["viewer", "submitter"])
+def test_a_viewer_sees_no_forms_and_is_refused(web: Web, role: str) -> None:
+    web.user("vera", role)
     client, csrf = web.login("vera", "correct horse battery")
     page = client.get("/classes").text.split("<main", 1)[1]
     assert "<button" not in page and "<input" not in page and "default" in page

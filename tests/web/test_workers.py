@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import sqlalchemy as sa
 
 from jobbalancer import classes, db, workers
@@ -121,9 +122,10 @@ def test_disable_enable_and_remove(web: Web) -> None:
         assert workers.list_all(conn) == []
 
 
-def test_a_viewer_sees_no_buttons_and_is_refused(web: Web) -> None:
+@pytest.mark.parametrize("role", ["viewer", "submitter"])
+def test_a_viewer_sees_no_buttons_and_is_refused(web: Web, role: str) -> None:
     worker_id = _register(web)
-    web.user("vera", "viewer")
+    web.user("vera", role)
     client, csrf = web.login("vera", "correct horse battery")
     for path in ("/workers", f"/workers/{worker_id}"):
         page = client.get(path).text.split("<main", 1)[1]  # past the nav's Logout
