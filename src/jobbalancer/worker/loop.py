@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import queue
 import signal
 import socket
 import threading
@@ -103,6 +104,8 @@ class Worker:
         self._running: dict[int, _Running] = {}
         self._started: list[tuple[int, str, int, float]] = []  # (job, token, pid, when)
         self._reports: list[_Report] = []  # ended jobs not recorded yet, oldest first
+        self._job_queue: queue.SimpleQueue[jobs.Job] = queue.SimpleQueue()
+        self._idle_threads = 0  # job threads waiting on _job_queue
         self._poll_failing_since: float | None = None
         self._report_failing_since: float | None = None
         self._lock = threading.Lock()
@@ -316,11 +319,22 @@ class Worker:
         self._try(record, "record job pids")
 
     def _start_thread(self, job: jobs.Job) -> None:
+        """Hand the job to an idle job thread, starting one if none is idle (threads are
+        kept: starting a thread waits until it runs, a slow step on a busy machine)."""
         with self._lock:
             self._running[job.id] = _Running(job)
-        thread = threading.Thread(target=self._run_job, args=(job,), name=f"job-{job.id}")
-        thread.daemon = True
-        thread.start()
+            spawn = self._idle_threads == 0
+            if not spawn:
+                self._idle_threads -= 1
+        self._job_queue.put(job)
+        if spawn:
+            threading.Thread(target=self._job_thread, name="job", daemon=True).start()
+
+    def _job_thread(self) -> None:
+        while True:
+            self._run_job(self._job_queue.get())
+            with self._lock:
+                self._idle_threads += 1
 
     # -- one job -------------------------------------------------------------------------
 
