@@ -242,3 +242,16 @@ def test_submitting_a_stored_script_with_params(web: Web) -> None:
     assert (job.command, job.script_name, job.params) == (None, "greet", ("a; rm -rf /", "$HOME"))
     page = client.get(f"/jobs/{job_id}").text
     assert "greet" in page and "echo &#34;hi $1&#34;" in page  # the body, as copied
+
+
+def test_the_run_card_refreshes_until_the_job_is_over(web: Web) -> None:
+    client, csrf = web.login()
+    job_id = _submit(web)
+    page = client.get(f"/jobs/{job_id}").text
+    assert f'hx-get="/jobs/{job_id}/run" hx-trigger="every 2s"' in page
+    card = client.get(f"/jobs/{job_id}/run", headers={"HX-Request": "true"})
+    assert card.status_code == 200 and "<html" not in card.text and "st-waiting" in card.text
+    client.post(f"/jobs/{job_id}/kill", data={"csrf_token": csrf})
+    over = client.get(f"/jobs/{job_id}/run", headers={"HX-Request": "true"})
+    assert over.status_code == 286 and "st-killed" in over.text  # htmx stops polling
+    assert "hx-trigger" not in client.get(f"/jobs/{job_id}").text.split('id="job-run"')[1][:80]
