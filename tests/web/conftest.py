@@ -42,8 +42,13 @@ class Web:
     admin_key: str
     _clients: list[TestClient] = field(default_factory=list)
 
-    def browser(self, base_url: str = "http://testserver") -> TestClient:
-        client = TestClient(self.app, base_url=base_url, follow_redirects=False)
+    def browser(
+        self, base_url: str = "http://testserver", *, raise_errors: bool = True
+    ) -> TestClient:
+        client = TestClient(
+            self.app, base_url=base_url, follow_redirects=False,
+            raise_server_exceptions=raise_errors,
+        )  # fmt: skip
         client.headers["Accept"] = "text/html,application/xhtml+xml,*/*;q=0.8"  # as browsers
         self._clients.append(client)
         return client
@@ -60,9 +65,11 @@ class Web:
             data={"name": name, "password": password, "csrf_token": csrf_of(form.text)},
         )
 
-    def login(self, name: str = "admin", password: str | None = None) -> tuple[TestClient, str]:
+    def login(
+        self, name: str = "admin", password: str | None = None, *, raise_errors: bool = True
+    ) -> tuple[TestClient, str]:
         """A logged-in browser and its CSRF token."""
-        client = self.browser()
+        client = self.browser(raise_errors=raise_errors)
         r = self.post_login(client, name, password or self.admin_password)
         assert r.status_code == 303, r.text  # type: ignore[attr-defined]
         home = client.get("/")

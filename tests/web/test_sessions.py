@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, db
+from jobbalancer import auth, db, stats
 from jobbalancer.db import schema
 from jobbalancer.web import pages
 from tests.web.conftest import PASSWORD, Web, csrf_of
@@ -72,6 +73,15 @@ def test_every_login_gets_a_new_token(web: Web) -> None:
     web.post_login(other, "admin", web.admin_password)
     assert other.cookies[auth.SESSION_COOKIE] != first
     assert len(_session_rows(web)) == 2
+    # Logging in again from a browser that has a session ends that one.
+    web.user("olga", "viewer")
+    other.cookies.set("jb_login_csrf", "chosen-token", domain="testserver.local", path="/login")
+    again = other.post(
+        "/login", data={"name": "olga", "password": PASSWORD, "csrf_token": "chosen-token"}
+    )
+    assert again.status_code == 303
+    assert len(_session_rows(web)) == 2  # the first browser's and olga's
+    assert "olga" in other.get("/").text
 
 
 def test_cookie_is_secure_under_tls(web: Web) -> None:
@@ -252,3 +262,18 @@ def test_htmx_requests_of_a_lost_session_are_sent_to_the_login(web: Web) -> None
     )
     assert r.status_code == 200
     assert r.headers["HX-Redirect"] == "/login?next=/jobs%3Fstate%3Ddone"
+
+
+def test_a_bug_is_a_plain_500_page(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = web.login(raise_errors=False)
+
+    def broken(conn: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(stats, "jobs_by_state", broken)
+    r = client.get("/")
+    assert r.status_code == 500 and r.headers["content-type"].startswith("text/html")
+    assert "Server error" in r.text and "the server log has the details" in r.text
+    assert "secret internals" not in r.text and "Traceback" not in r.text
+    api = client.get("/api/v1/stats")
+    assert api.status_code == 500 and api.json()["error"] == "internal"

@@ -79,6 +79,9 @@ def log_in(
     except (errors.LoginLocked, errors.Forbidden) as exc:
         return login_form(request, error=exc.message, status=exc.status, name=name)
     with db.write(engine) as conn:
+        old = request.cookies.get(auth.SESSION_COOKIE)
+        if old:  # logging in again, maybe as someone else: the old session ends here
+            auth.end_session(conn, old)
         token, _ = auth.create_session(conn, user.id)
     response = pages.redirect(pages.safe_next(next))
     response.set_cookie(

@@ -143,6 +143,18 @@
     });
   }
 
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", streamLog);
-  else streamLog();
+  /* /jobs#submit (the dashboard's "Submit a job") opens the form. */
+  function openFromHash() {
+    if (window.location.hash !== "#submit") return;
+    var details = document.getElementById("submit");
+    if (details && details.tagName === "DETAILS") {
+      details.open = true;
+      var first = details.querySelector("textarea, select");
+      if (first) first.focus();
+    }
+  }
+
+  function ready() { streamLog(); openFromHash(); }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", ready);
+  else ready();
 })();
