@@ -255,3 +255,15 @@ def test_the_run_card_refreshes_until_the_job_is_over(web: Web) -> None:
     over = client.get(f"/jobs/{job_id}/run", headers={"HX-Request": "true"})
     assert over.status_code == 286 and "st-killed" in over.text  # htmx stops polling
     assert "hx-trigger" not in client.get(f"/jobs/{job_id}").text.split('id="job-run"')[1][:80]
+
+
+def test_a_scripts_only_user_gets_no_command_field(web: Web) -> None:
+    with db.write(web.engine) as conn:
+        auth.create_user(conn, "sol", "submitter", PASSWORD, commands_allowed=False,
+                         worker_classes=["default"])  # fmt: skip
+    client, csrf = web.login("sol", PASSWORD)
+    page = client.get("/jobs").text
+    assert 'name="command"' not in page and 'value="script" checked' in page
+    r = client.post("/jobs", data={"csrf_token": csrf, "kind": "command", "command": "id"})
+    assert r.status_code == 403
+    assert "you may run stored scripts only" in r.text
