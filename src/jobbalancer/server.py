@@ -69,6 +69,10 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.create_server((host, port), family=family, backlog=2048)
+        # Say it is TCP (create_server leaves proto 0): asyncio turns Nagle off only on
+        # sockets that do, and with Nagle on every answer on a kept-alive connection
+        # waited ~40 ms for the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, sock.detach())
     except socket.gaierror as exc:
         raise errors.ConfigError(
             f"cannot resolve host {host!r} ({exc.strerror}): set --host / server.host "
