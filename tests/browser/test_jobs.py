@@ -134,7 +134,8 @@ def test_the_list_filters_refreshes_and_acts_on_a_selection(
     for job_id in slow:
         page.check(f"tr[data-id='{job_id}'] input.js-select")
     expect(page.locator(".js-selected-count")).to_have_text("2 selected")
-    page.wait_for_timeout(3500)  # one refresh of the table
+    row = page.locator(f"tr[data-id='{slow[0]}']").element_handle()
+    row.wait_for_element_state("hidden")  # the table's own refresh (every 3 s) replaced it
     expect(page.locator("input.js-select:checked")).to_have_count(2)
     screenshot(page, "jobs-selected")
     page.click("button:has-text('Kill selected')")
