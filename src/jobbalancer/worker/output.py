@@ -60,6 +60,9 @@ class OutputSink:
         self.max_buffer_bytes = max_buffer_bytes
         self._jobs: dict[int, _JobOutput] = {}
         self._lock = threading.Lock()  # guards _jobs and their pending buffers
+        self._drained = threading.Condition(self._lock)  # _buffered went down
+        # Past this much pending, a job's writes wait for the flusher (see write()).
+        self.high_water = min(max_buffer_bytes // 2, max(16 * flush_bytes, 8 * 1024 * 1024))
         self._flush_lock = threading.Lock()  # one flush at a time keeps rows in seq order
         self._buffered = 0
         self._wake = threading.Event()
@@ -127,6 +130,19 @@ class OutputSink:
             wake = self._buffered >= self.flush_bytes
         if wake:
             self._wake.set()
+        self._throttle()
+
+    def _throttle(self) -> None:
+        """Hold back a job that writes faster than the database takes its output: its
+        reader waits here, so the job blocks on a full pipe instead of its output piling
+        up in memory and then being dropped. Only while writes succeed (a database that
+        is away is what the buffer is for), and for at most 0.1 s per call, so the runner
+        still notices kills and timeouts."""
+        with self._drained:
+            self._drained.wait_for(
+                lambda: self._buffered < self.high_water or self._failing_since is not None,
+                timeout=0.1,
+            )
 
     def _room(self, out: _JobOutput, size: int) -> int:
         by_cap = max(0, out.cap - out.accepted)
@@ -204,6 +220,7 @@ class OutputSink:
     def _written(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
             self._buffered -= sum(r["size"] for r in rows)
+            self._drained.notify_all()
 
     def _seal(
         self, only: set[int] | None = None
