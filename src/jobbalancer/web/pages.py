@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -115,8 +116,24 @@ def size(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def signal_name(number: int | None) -> str:
+    """``15`` → ``SIGTERM (15)``; a number no signal has stays a number."""
+    if not number:
+        return "—"
+    try:
+        return f"{signal.Signals(number).name} ({number})"
+    except ValueError:
+        return str(number)
+
+
 TEMPLATES.env.filters.update(
-    dt=fmt_dt, short_dt=short_dt, iso=iso, seconds=fmt_seconds, size=size, ago=ago
+    signal=signal_name,
+    dt=fmt_dt,
+    short_dt=short_dt,
+    iso=iso,
+    seconds=fmt_seconds,
+    size=size,
+    ago=ago,
 )
 TEMPLATES.env.globals.update(duration=duration, version=__version__)
 
