@@ -332,25 +332,26 @@ class Worker:
 
     def _job_thread(self) -> None:
         while True:
-            self._run_job(self._job_queue.get())
+            report = self._run_job(self._job_queue.get())
             with self._lock:
+                # Idle from the moment its report is seen: the main loop that records it
+                # then hands the next job to this thread, not to a new one.
                 self._idle_threads += 1
+                self._reports.append(report)
+            self._wake.set()
 
     # -- one job -------------------------------------------------------------------------
 
-    def _run_job(self, job: jobs.Job) -> None:
-        """A job's thread: run it, then hand its end to the main loop to record. The job
-        stays in ``_running`` (holding its slot) until its end is in the database."""
+    def _run_job(self, job: jobs.Job) -> _Report:
+        """Run a job; its end, for the main loop to record. The job stays in
+        ``_running`` (holding its slot) until its end is in the database."""
         try:
-            report = self._run_claimed(job)
+            return self._run_claimed(job)
         except Exception as exc:
             # Whatever went wrong, the job must not stay "running" behind anyone's back.
             log.exception("job %d: unexpected error in the worker", job.id)
             outcome = runner.Outcome.start_failed(f"worker error: {exc}")
-            report = self._make_report(job, outcome, None)
-        with self._lock:
-            self._reports.append(report)
-        self._wake.set()
+            return self._make_report(job, outcome, None)
 
     def _run_claimed(self, job: jobs.Job) -> _Report:
         assert job.token is not None
