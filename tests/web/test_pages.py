@@ -4,10 +4,14 @@ what each role may see and do. (Real browsers and workers: tests/browser.)"""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
+import pytest
 import sqlalchemy as sa
 
 from jobbalancer import auth, db, jobs, settings
+from jobbalancer.db import schema
+from jobbalancer.web.routes import jobs as web_jobs
 from tests.web.conftest import PASSWORD, Web
 
 
@@ -267,3 +271,50 @@ def test_a_scripts_only_user_gets_no_command_field(web: Web) -> None:
     r = client.post("/jobs", data={"csrf_token": csrf, "kind": "command", "command": "id"})
     assert r.status_code == 403
     assert "you may run stored scripts only" in r.text
+
+
+def _output(web: Web, job_id: int, parts: list[tuple[str, bytes]]) -> None:
+    """Output as a worker writes it: chunks with their offsets (played in the database)."""
+    offset, per_stream = 0, {"stdout": 0, "stderr": 0}
+    rows = []
+    for seq, (stream, data) in enumerate(parts):
+        rows.append({"job_id": job_id, "seq": seq, "stream": stream, "offset": offset,
+                     "stream_offset": per_stream[stream], "size": len(data), "data": data,
+                     "at": datetime.now(UTC)})  # fmt: skip
+        offset += len(data)
+        per_stream[stream] += len(data)
+    with db.write(web.engine) as conn:
+        conn.execute(sa.insert(schema.job_output), rows)
+
+
+def test_the_log_tells_the_streams_apart_and_stops_at_a_page(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = web.login()
+    job_id = _submit(web)
+    _output(web, job_id, [("stdout", b"out <1>\n"), ("stderr", b"err \xff\n"),
+                          ("stdout", "caf\u00e9\n".encode())])  # fmt: skip
+    page = client.get(f"/jobs/{job_id}").text
+    assert (
+        '<span class="stdout">out &lt;1&gt;\n</span><span class="stderr">err \ufffd\n</span>'
+        '<span class="stdout">caf\u00e9\n</span>'
+    ) in page
+    # Still running: the page streams the rest from where it stopped
+    assert f'data-stream-url="/api/v1/jobs/{job_id}/log/stream" data-offset="20"' in page
+
+    monkeypatch.setattr(web_jobs, "LOG_PAGE_BYTES", 10)
+    cut = client.get(f"/jobs/{job_id}").text
+    assert "out &lt;1&gt;" in cut and "caf" not in cut and "the download has everything" in cut
+    assert "data-stream-url" not in cut
+    assert client.get(f"/jobs/{job_id}/log.txt").content == b"out <1>\nerr \xff\ncaf\xc3\xa9\n"
+
+
+def test_htmx_sends_the_token_in_a_header(web: Web) -> None:
+    client, csrf = web.login()
+    job_id = _submit(web)
+    r = client.post(f"/jobs/{job_id}/kill", headers={"HX-Request": "true", "X-CSRF-Token": csrf})
+    assert r.status_code == 303 and _state(web, job_id) == "killed"
+    wrong = client.post(
+        f"/jobs/{job_id}/delete", headers={"HX-Request": "true", "X-CSRF-Token": "x"}
+    )
+    assert wrong.status_code == 403 and "flash-error" in wrong.text and "<html" not in wrong.text
