@@ -750,9 +750,10 @@ def server(
             "server.port": port,
             "server.tls_cert": tls_cert,
             "server.tls_key": tls_key,
+            "server.allow_root": allow_root or None,
         },
     )
-    check_server_privileges(allow_root=allow_root)
+    check_server_privileges(allow_root=loaded.server.allow_root)
     _setup_logging(loaded.log_level)
     run_server(loaded, access_log=access_log)
 

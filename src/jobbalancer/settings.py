@@ -43,6 +43,7 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     tls_cert: str = ""
     tls_key: str = ""
+    allow_root: bool = False  # the server needs no privileges: refused as root without this
     metrics_public: bool = False
     balance_interval: float = Field(default=1.0, gt=0, le=60)
     monitor_interval: float = Field(default=1.0, gt=0, le=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,25 @@ def test_up_as_root_passes_the_override_to_its_own_server_only() -> None:
     worker_argv = plan.worker_argv("w-1")
     assert "--allow-root" not in worker_argv
     assert worker_argv[worker_argv.index("--run-as") + 1] == "nobody"
+
+
+def test_the_override_also_works_from_the_environment(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBBALANCER_")}
+    env["JOBBALANCER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'jb.db'}"
+    env["JOBBALANCER_SERVER_ALLOW_ROOT"] = "1"
+    out = tmp_path / "server.log"
+    with open(out, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jobbalancer", "server", "--port", "0"],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "serving on" not in out.read_text(errors="replace"):
+            assert server.poll() is None, out.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

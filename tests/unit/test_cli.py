@@ -275,6 +275,7 @@ def test_option_variables_do_not_trip_the_settings_loader(
         "JOBBALANCER_SERVER_PORT",
         "JOBBALANCER_SERVER_TLS_CERT",
         "JOBBALANCER_SERVER_TLS_KEY",
+        "JOBBALANCER_SERVER_ALLOW_ROOT",
         "JOBBALANCER_WORKER_NAME",
         "JOBBALANCER_WORKER_WORKER_CLASS",
         "JOBBALANCER_WORKER_MAX_JOBS",
