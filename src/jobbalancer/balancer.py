@@ -187,17 +187,22 @@ def _candidates_query() -> sa.Select[Any]:
 
 _CANDIDATES = _candidates_query()
 _ONE_CANDIDATE = _CANDIDATES.where(W.c.id == sa.bindparam("b_worker"))
+_CLASS_CANDIDATES = _CANDIDATES.where(
+    W.c.worker_class_id.in_(sa.bindparam("b_classes", expanding=True))
+)
 
 
 def _candidates(
     conn: sa.Connection, class_ids: Iterable[int] | None, worker_id: int | None
 ) -> dict[int, list[Candidate]]:
     """Online, enabled workers with free slots, by class, ordered by id."""
-    query, params = _CANDIDATES, {}
+    query, params = _CANDIDATES, dict[str, Any]()
     if worker_id is not None:
         query, params = _ONE_CANDIDATE, {"b_worker": worker_id}
-    if class_ids is not None:
-        query = query.where(W.c.worker_class_id.in_(list(class_ids)))
+        if class_ids is not None:
+            query = query.where(W.c.worker_class_id.in_(list(class_ids)))
+    elif class_ids is not None:
+        query, params = _CLASS_CANDIDATES, {"b_classes": list(class_ids)}
     by_class: dict[int, list[Candidate]] = {}
     for row in conn.execute(query, params):
         candidate = Candidate(row.id, row.name, row.worker_class_id, row.max_jobs, row.active)

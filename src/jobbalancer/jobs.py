@@ -290,15 +290,20 @@ def _transition(
 
 def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
     """waiting → assigned to ``worker_id``, with a fresh fencing token."""
-    return _transition(
-        conn,
-        job_id,
-        [State.WAITING],
-        state=State.ASSIGNED,
-        worker_id=worker_id,
-        token=secrets.token_hex(8),
+    params = {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
+    return conn.execute(_ASSIGN, params).rowcount == 1
+
+
+_ASSIGN = (
+    sa.update(J)
+    .where(J.c.id == sa.bindparam("b_id"), J.c.state == State.WAITING.value)
+    .values(
+        state=State.ASSIGNED.value,
+        worker_id=sa.bindparam("b_worker"),
+        token=sa.bindparam("b_token"),
         assigned_at=utcnow(),
     )
+)
 
 
 def take(conn: sa.Connection, job_id: int, worker_id: int) -> str | None:

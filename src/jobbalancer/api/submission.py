@@ -1,5 +1,5 @@
 """Turning submissions into jobs: resolve scripts and classes, check what the user may do,
-submit in one transaction, and read the jobs back after the commit.
+submit and read the jobs back in one transaction.
 
 Shared by ``POST /api/v1/jobs``, its batch form, restarts and the legacy ``/addJob``.
 """
@@ -96,7 +96,7 @@ def submit(
             for i, job in enumerate(batch)
         ]
         ids = balancer.submit(conn, specs, user.id, user.name)
-    with db.read(engine) as conn:
+        # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
 
 
