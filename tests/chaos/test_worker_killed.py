@@ -17,7 +17,7 @@ JOBS = 1000
 WORKER_TIMEOUT = 3  # set by the harness
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql"])
 def test_worker_sigkilled_under_load(make_cluster: Any, backend: str, marks: Marks) -> None:
     # Given three workers working through 1000 short jobs, half of them with a retry
     cluster: Cluster = make_cluster(backend)
