@@ -189,6 +189,14 @@ def test_the_dashboard_shows_the_cluster(
         "1", timeout=30_000
     )
     screenshot(admin_page, "dashboard")
+    # On a narrow screen the nav wraps and wide tables scroll in their box
+    admin_page.set_viewport_size({"width": 720, "height": 900})
+    screenshot(admin_page, "dashboard-narrow")
+    admin_page.goto("/jobs")
+    expect(admin_page.locator("tbody tr[data-id]").first).to_be_visible()
+    screenshot(admin_page, "jobs-narrow")
+    width = admin_page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 720, f"the page is {width}px wide: something does not wrap or scroll"
 
 
 def test_changing_the_algorithm_applies_at_once(
