@@ -1,22 +1,30 @@
 """Fault 3: the database restarts under load (PostgreSQL and MariaDB).
 
-Between the processes and the database sits a forwarder (tests/chaos/proxy.py); the
-"restart" resets every connection and refuses new ones for a few seconds, which is what a
-restarting database server looks like to its clients. The machine's shared database
-servers are left alone.
+The machine's shared database servers are left alone. On PostgreSQL the test starts a
+server of its own (initdb in a temporary directory, a free port) and really stops and
+starts it. For both backends, a forwarder between the processes and the shared server
+(tests/chaos/proxy.py) also plays the restart: it resets every connection and refuses new
+ones for a few seconds, which is what a restarting server looks like to its clients.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.chaos.conftest import Cluster
+from tests.chaos.conftest import Cluster, free_port
 from tests.chaos.proxy import Proxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -32,13 +40,68 @@ def proxies() -> Iterator[list[Proxy]]:
         p.close()
 
 
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, in a temporary directory, on a free port."""
+
+    bin: Path
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.data),
+             "-w", "-t", "60", *args],
+            check=True, capture_output=True, timeout=90,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+        self._ctl("-o", options, "-l", str(self.data / "server.log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")  # what a restart does: clients are disconnected
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins or os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and PostgreSQL's binaries in /usr/lib/postgresql/*/bin")
+    base = Path(tempfile.mkdtemp(prefix="jb-chaos-pg-"))
+    base.chmod(0o755)  # the postgres user must reach its data directory
+    data = base / "data"
+    data.mkdir()
+    shutil.chown(data, "postgres", "postgres")
+    server = PrivatePostgres(bins[-1].parent, data, free_port())
+    try:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(server.bin / "initdb"), "-D", str(data),
+             "-A", "trust", "-U", "postgres", "--no-sync"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        server.start()
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            server._ctl("-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
 def make_database_url(
-    make_database_url: Callable[..., str], proxies: list[Proxy]
+    make_database_url: Callable[..., str], proxies: list[Proxy], request: pytest.FixtureRequest
 ) -> Callable[..., str]:
     """The usual fresh database, reached through a forwarder of its own."""
 
     def make(backend: str, *, migrated: bool = False) -> str:
+        if backend == "private-postgresql":
+            private: PrivatePostgres = request.getfixturevalue("private_postgres")
+            return private.url
         url = sa.make_url(make_database_url(backend, migrated=migrated))
         proxy = Proxy((url.host or "127.0.0.1", url.port or 0))
         proxies.append(proxy)
@@ -51,6 +114,21 @@ def make_database_url(
 def test_database_restart_under_load(make_cluster: Any, backend: str, proxies: list[Proxy]) -> None:
     cluster: Cluster = make_cluster(backend)
     proxy = proxies[0]
+    _restart_under_load(cluster, backend, proxy.cut, proxy.restore)
+
+
+def test_private_postgresql_really_restarted_under_load(
+    private_postgres: PrivatePostgres, make_cluster: Any
+) -> None:
+    # The honest version: a PostgreSQL server of the test's own, stopped and started again.
+    cluster: Cluster = make_cluster("private-postgresql")
+    _restart_under_load(cluster, "private PostgreSQL", private_postgres.stop,
+                        private_postgres.start)  # fmt: skip
+
+
+def _restart_under_load(
+    cluster: Cluster, backend: str, stop: Callable[[], None], start: Callable[[], None]
+) -> None:
     r = cluster.api.post("/api/v1/worker-classes", json={"name": "small"})
     assert r.status_code == 201, r.text
     cluster.start_worker("steady", "--allow-root", "--max-jobs", "8")
@@ -77,7 +155,7 @@ def test_database_restart_under_load(make_cluster: Any, backend: str, proxies: l
     processes = [p for p in cluster.procs if p.name in ("server", "steady", "small")]
 
     # When the database goes away
-    proxy.cut()
+    stop()
     cut_at = time.monotonic()
     flag.touch()
     # Then the API says so with 503 and a message, and nothing dies
@@ -101,7 +179,7 @@ def test_database_restart_under_load(make_cluster: Any, backend: str, proxies: l
     assert health.status_code == 503
     assert health.json()["database"] == "unavailable"
     assert all(p.popen.poll() is None for p in processes), [p.log() for p in processes]
-    proxy.restore()
+    start()
     back_at = time.monotonic()
 
     # and once it is back: everything running finished, all its output kept
