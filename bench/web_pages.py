@@ -152,7 +152,13 @@ def run(client: TestClient, name: str, password: str, key: str, args: argparse.N
         ("web  /  (dashboard)", "/", {}),
         ("web  /jobs", "/jobs", {}),
         ("web  /jobs/table (the 3 s refresh)", "/jobs/table", {}),
+        ("web  /jobs?state=done (85% of jobs)", "/jobs/table?state=done", {}),
         ("web  /jobs?state=failed", "/jobs/table?state=failed", {}),
+        (
+            "web  /jobs?state=failed,timeout,killed,lost",
+            "/jobs/table?state=failed,timeout,killed,lost",
+            {},
+        ),
         ("web  /jobs?state=waiting", "/jobs/table?state=waiting", {}),
         ("web  /jobs?worker=node-3", "/jobs/table?worker=node-3", {}),
         ("web  /jobs?user=bob", "/jobs/table?user=bob", {}),
