@@ -318,3 +318,28 @@ def test_htmx_sends_the_token_in_a_header(web: Web) -> None:
         f"/jobs/{job_id}/delete", headers={"HX-Request": "true", "X-CSRF-Token": "x"}
     )
     assert wrong.status_code == 403 and "flash-error" in wrong.text and "<html" not in wrong.text
+
+
+def test_garbage_posts_are_never_a_5xx(web: Web) -> None:
+    client, csrf = web.login(raise_errors=False)
+    job_id = _submit(web)
+    paths = ["/jobs", "/jobs/bulk", f"/jobs/{job_id}/kill", f"/jobs/{job_id}/restart",
+             f"/jobs/{job_id}/delete", "/settings", "/login", "/logout"]  # fmt: skip
+    bodies: list[tuple[dict[str, str], bytes]] = [
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nnonsense"),
+        ({"Content-Type": "multipart/form-data"}, b"no boundary"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"%%%&&&==\xff\xfe"),
+        ({"Content-Type": "application/json"}, b'{"csrf_token": 1}'),
+        ({"Content-Type": "application/x-www-form-urlencoded"},
+         f"csrf_token={csrf}&action=kill&ids=-1&ids=99999999999999999999&ids=x&watchdog=1e999"
+         "&priority=abc&retries=-5&kind=script&script=\x00&params=\x00".encode()),
+    ]  # fmt: skip
+    for path in paths:
+        for headers, body in bodies:
+            r = client.post(path, content=body, headers=headers)
+            assert r.status_code < 500, (path, body[:40], r.status_code, r.text[:300])
+    for path in ["/jobs/0", "/jobs/99999999999999", "/jobs/abc", "/jobs?state=%00",
+                 "/jobs?cursor=zzz", "/jobs/table?cursor=%ff", f"/jobs/{job_id}/log.txt?x=1",
+                 "/jobs?q=" + "x" * 5000]:  # fmt: skip
+        r = client.get(path)
+        assert r.status_code < 500, (path, r.status_code, r.text[:300])
