@@ -332,7 +332,7 @@ def test_garbage_posts_are_never_a_5xx(web: Web) -> None:
         ({"Content-Type": "application/json"}, b'{"csrf_token": 1}'),
         ({"Content-Type": "application/x-www-form-urlencoded"},
          f"csrf_token={csrf}&action=kill&ids=-1&ids=99999999999999999999&ids=x&watchdog=1e999"
-         "&priority=abc&retries=-5&kind=script&script=\x00&params=\x00".encode()),
+         "&ids=%C2%B2&priority=abc&retries=-5&kind=script&script=\x00&params=\x00".encode()),
     ]  # fmt: skip
     for path in paths:
         for headers, body in bodies:

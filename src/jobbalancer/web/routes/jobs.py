@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from jobbalancer import auth, balancer, classes, db, errors, jobs, logs, scripts
+from jobbalancer import auth, balancer, classes, db, errors, jobs, logs, refs, scripts
 from jobbalancer.api import deps as api_deps
 from jobbalancer.api import errors as api_errors
 from jobbalancer.api import listing, models, submission
@@ -146,7 +146,7 @@ def bulk_action(page: deps.Actor) -> Response:
     action = page.field("action")
     if action not in ("kill", "delete"):
         raise errors.InvalidInput("choose Kill or Delete", field="action")
-    ids = sorted({int(v) for v in page.fields("ids") if v.isdigit() and 0 < int(v) <= MAX_ID})
+    ids = sorted({i for v in page.fields("ids") if (i := refs.parse_id(v)) is not None})
     back = pages.safe_next(page.field("back") or "/jobs")
     if not ids:
         return pages.redirect(back, "Select jobs first (the boxes on the left).", error=True)
