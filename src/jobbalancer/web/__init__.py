@@ -10,14 +10,15 @@ Where things are
   partials named ``_<page>_<part>.html`` for what htmx refreshes or swaps.
 * ``static/`` — ``app.css`` (ours), ``app.js`` (ours: no inline scripts, the CSP forbids
   them), vendored ``htmx.min.js`` with its licence. No build step: edit and reload.
-* ``deps.py`` — who is asking: :data:`deps.Viewer` (any signed-in user), :data:`deps.Actor`
-  (any role but viewer),
-  :data:`deps.Submitter`, :data:`deps.Operator`, :data:`deps.Admin`. Each gives a
+* ``deps.py`` — who is asking: :data:`deps.Viewer` (any signed-in user),
+  :data:`deps.Actor` (any role but viewer), :data:`deps.Submitter`, :data:`deps.Operator`,
+  :data:`deps.Admin`. Each gives a
   :class:`deps.Page`; anonymous visitors are sent to the login form, a wrong role gets a
   403 page. On POST/PUT/PATCH/DELETE the dependency has already checked the CSRF token
   (hidden field ``csrf_token`` in forms, header ``X-CSRF-Token`` from htmx, which
   ``<body hx-headers>`` adds to every htmx request) and parsed the form (``page.form``).
-* ``pages.py`` — templates, filters (``dt``, ``ago``, ``duration``, ``size``), the nav,
+* ``pages.py`` — templates, filters (``dt``, ``short_dt``, ``ago``, ``seconds``, ``size``,
+  ``signal``) and ``duration()``, the nav,
   :func:`pages.redirect` with a flash message.
 * ``errors.py`` — errors on browser routes become readable HTML pages (JSON stays for
   ``/api``); ``security.py`` — security headers (CSP: scripts and styles from 'self' only,
