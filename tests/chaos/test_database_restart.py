@@ -1,8 +1,8 @@
 """Fault 3: the database restarts under load (PostgreSQL and MariaDB).
 
-The machine's shared database servers are left alone. On PostgreSQL the test starts a
-server of its own (initdb in a temporary directory, a free port) and really stops and
-starts it. For both backends, a forwarder between the processes and the shared server
+The machine's shared database servers are left alone. The test starts a server of its
+own (initdb / mariadb-install-db in a temporary directory, a free port) and really stops
+and starts it. For both backends, a forwarder between the processes and the shared server
 (tests/chaos/proxy.py) also plays the restart: it resets every connection and refuses new
 ones for a few seconds, which is what a restarting server looks like to its clients.
 """
@@ -68,7 +68,7 @@ class PrivatePostgres:
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
+def private_postgresql() -> Iterator[PrivatePostgres]:
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not bins or os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("needs root and PostgreSQL's binaries in /usr/lib/postgresql/*/bin")
@@ -92,6 +92,71 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@dataclass
+class PrivateMariaDb:
+    """A MariaDB server of the test's own, in a temporary directory, on a free port."""
+
+    data: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://root@127.0.0.1:{self.port}/jb"
+
+    def start(self) -> None:
+        with open(self.data.parent / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["mariadbd", "--no-defaults", f"--datadir={self.data}", "--user=mysql",
+                 f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-log-bin",
+                 f"--socket={self.data}/mysqld.sock", f"--pid-file={self.data}/mysqld.pid"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, "the private MariaDB did not start"
+            engine = sa.create_engine(f"mysql+pymysql://root@127.0.0.1:{self.port}/mysql")
+            try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("CREATE DATABASE IF NOT EXISTS jb")
+                return
+            except sa.exc.OperationalError:
+                assert time.monotonic() < deadline, "the private MariaDB did not answer"
+                time.sleep(0.2)
+            finally:
+                engine.dispose()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # a normal shutdown: clients are disconnected
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def private_mysql() -> Iterator[PrivateMariaDb]:
+    if os.geteuid() != 0 or shutil.which("mariadbd") is None:
+        pytest.skip("needs root and mariadbd")
+    base = Path(tempfile.mkdtemp(prefix="jb-chaos-mariadb-"))
+    base.chmod(0o755)
+    data = base / "data"
+    data.mkdir()
+    shutil.chown(data, "mysql", "mysql")
+    server = PrivateMariaDb(data, free_port())
+    try:
+        subprocess.run(
+            ["mariadb-install-db", f"--datadir={data}", "--user=mysql", "--skip-test-db",
+             "--auth-root-authentication-method=normal"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        server.start()
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
 def make_database_url(
     make_database_url: Callable[..., str], proxies: list[Proxy], request: pytest.FixtureRequest
@@ -99,8 +164,10 @@ def make_database_url(
     """The usual fresh database, reached through a forwarder of its own."""
 
     def make(backend: str, *, migrated: bool = False) -> str:
-        if backend == "private-postgresql":
-            private: PrivatePostgres = request.getfixturevalue("private_postgres")
+        if backend.startswith("private-"):
+            private: PrivatePostgres | PrivateMariaDb = request.getfixturevalue(
+                backend.replace("-", "_")
+            )
             return private.url
         url = sa.make_url(make_database_url(backend, migrated=migrated))
         proxy = Proxy((url.host or "127.0.0.1", url.port or 0))
@@ -117,13 +184,14 @@ def test_database_restart_under_load(make_cluster: Any, backend: str, proxies: l
     _restart_under_load(cluster, backend, proxy.cut, proxy.restore)
 
 
-def test_private_postgresql_really_restarted_under_load(
-    private_postgres: PrivatePostgres, make_cluster: Any
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_private_database_really_restarted_under_load(
+    backend: str, request: pytest.FixtureRequest, make_cluster: Any
 ) -> None:
-    # The honest version: a PostgreSQL server of the test's own, stopped and started again.
-    cluster: Cluster = make_cluster("private-postgresql")
-    _restart_under_load(cluster, "private PostgreSQL", private_postgres.stop,
-                        private_postgres.start)  # fmt: skip
+    # The honest version: a database server of the test's own, stopped and started again.
+    private: PrivatePostgres | PrivateMariaDb = request.getfixturevalue(f"private_{backend}")
+    cluster: Cluster = make_cluster(f"private-{backend}")
+    _restart_under_load(cluster, f"private {backend}", private.stop, private.start)
 
 
 def _restart_under_load(
