@@ -155,8 +155,9 @@ class Worker:
             reported = self._flush_reports()
             found = False
             if burst or self._poll_now.is_set() or time.monotonic() >= next_poll:
+                woken = self._poll_now.is_set()
                 self._poll_now.clear()
-                found = self._poll()
+                found = self._poll(woken)
                 interval = self.ws.poll_min if found else min(interval * 2, self.ws.poll_max)
                 next_poll = time.monotonic() + interval
             if burst and not found and not reported and not self._running:
@@ -251,11 +252,25 @@ class Worker:
 
     # -- picking up jobs ---------------------------------------------------------------
 
-    def _poll(self) -> bool:
-        """Start newly assigned jobs and pass on kill requests; True if there was any."""
+    def _poll(self, woken: bool = False) -> bool:
+        """Start newly assigned jobs and pass on kill requests; True if there was any.
+
+        ``woken``: we were told there is something for us, so look and claim in one write
+        transaction (a round trip less to the start of the job); otherwise look first in
+        a read-only one, which on SQLite does not take the write lock.
+        """
+        claimed: list[jobs.Job] | None = None
         try:
-            with db.read(self.engine) as conn:
-                todo = jobs.for_worker(conn, self.worker_id)
+            if woken:
+                with db.write(self.engine) as conn:
+                    todo = jobs.for_worker(conn, self.worker_id)
+                    claimed = [
+                        job for job in self._fresh(todo)
+                        if jobs.claim(conn, job.id, self.worker_id, job.token or "")
+                    ]  # fmt: skip
+            else:
+                with db.read(self.engine) as conn:
+                    todo = jobs.for_worker(conn, self.worker_id)
         except Exception as exc:
             if self._poll_failing_since is None:
                 self._poll_failing_since = time.monotonic()
@@ -266,17 +281,21 @@ class Worker:
             log.warning("polling for jobs works again after %.1f s", away)
             self._poll_failing_since = None
         self._record_pids()
-        fresh = []
         for job in todo:
             with self._lock:
                 current = self._running.get(job.id)
-            if job.state == jobs.State.ASSIGNED and current is None:
-                fresh.append(job)
-            elif job.state == jobs.State.RUNNING and current is not None:
+            if job.state == jobs.State.RUNNING and current is not None:
                 self._pass_kill(current)
-        for job in self._claim(fresh):
+        if claimed is None:
+            claimed = self._claim(self._fresh(todo))
+        for job in claimed:
             self._start_thread(job)
         return bool(todo)
+
+    def _fresh(self, todo: list[jobs.Job]) -> list[jobs.Job]:
+        """The assigned jobs we have not started."""
+        with self._lock:
+            return [j for j in todo if j.state == jobs.State.ASSIGNED and j.id not in self._running]
 
     def _pass_kill(self, current: _Running) -> None:
         if current.process is not None and current.stopping_reason is None:
