@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from jobbalancer import db, jobs, settings
 from jobbalancer.db import schema
 
-J, W, C = schema.jobs, schema.workers, schema.worker_classes
+J, W, C, S = schema.jobs, schema.workers, schema.worker_classes, schema.settings
 CURSOR_KEY = "balancer.round_robin_cursor"
 
 
@@ -109,8 +109,7 @@ def assign_waiting(
         # One candidate: every strategy picks it, so skip reading the setting and cursor.
         strategy, cursor = fill_first, 0
     else:
-        strategy = STRATEGIES[settings.load_tunables(conn).algorithm]
-        cursor = int(settings.get_value(conn, CURSOR_KEY) or 0)
+        strategy, cursor = _strategy_and_cursor(conn)
     start_cursor, chosen_ids = cursor, []
     for class_id, candidates in by_class.items():
         for job_id in _queue(conn, class_id, sum(c.free for c in candidates)):
@@ -140,6 +139,19 @@ def take_for_worker(conn: sa.Connection, worker_id: int) -> list[int]:
             if jobs.take(conn, job_id, worker_id) is not None:
                 taken.append(job_id)
     return taken
+
+
+_DEFAULT_ALGORITHM = settings.Tunables().algorithm
+_SETTINGS = sa.select(S.c.key, S.c.value).where(S.c.key.in_(["algorithm", CURSOR_KEY]))
+
+
+def _strategy_and_cursor(conn: sa.Connection) -> tuple[Strategy, int]:
+    """The algorithm setting and the round-robin cursor, in one query (every submit
+    needs both). Stored settings were validated when saved; anything else is a default."""
+    stored: dict[str, Any] = {key: value for key, value in conn.execute(_SETTINGS)}
+    strategy = STRATEGIES.get(str(stored.get("algorithm")), STRATEGIES[_DEFAULT_ALGORITHM])
+    cursor = stored.get(CURSOR_KEY)
+    return strategy, cursor if isinstance(cursor, int) else 0
 
 
 def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:
