@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,8 +87,8 @@ class Pages:
         self.contexts: list[object] = []
         self.console_errors: list[str] = []
 
-    def new(self) -> Page:
-        context = self.browser.new_context(base_url=self.cluster.url, viewport=VIEWPORT)
+    def new(self, **options: Any) -> Page:
+        context = self.browser.new_context(base_url=self.cluster.url, viewport=VIEWPORT, **options)
         context.set_default_timeout(15_000)
         self.contexts.append(context)
         page = context.new_page()
@@ -99,8 +100,9 @@ class Pages:
         page.on("pageerror", lambda exc: self.console_errors.append(str(exc)))
         return page
 
-    def login(self, name: str, password: str) -> Page:
-        page = self.new()
+    def login(self, name: str, password: str, **options: Any) -> Page:
+        """A page logged in as ``name``; ``options`` for its browser context."""
+        page = self.new(**options)
         log_in(page, name, password)
         return page
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import Cluster
+from tests.browser.conftest import ADMIN, Cluster, Pages
 
 Shot = Callable[[Page, str], Path]
 # Long enough to be killed while it runs; it prints as it goes, to both streams.
@@ -259,3 +260,23 @@ def test_a_viewer_cannot_act(
     expect(page.locator("h1")).to_have_text("Not allowed")
     expect(page.locator(".error-message")).to_contain_text("admins only")
     screenshot(page, "forbidden")
+
+
+def test_times_show_in_the_browsers_time_zone(pages: Pages, cluster: Cluster) -> None:
+    job = cluster.wait_job(cluster.submit(command="true")["id"])
+    page = pages.login(*ADMIN, timezone_id="Asia/Tokyo")  # UTC+9, no summer time
+    page.goto(f"/jobs/{job['id']}")
+    created = datetime.fromisoformat(job["created_at"].replace("Z", "+00:00"))
+    shown = page.locator("#job-run time").first
+    expect(shown).to_have_text((created + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S"))
+    assert shown.get_attribute("title") == created.strftime("%Y-%m-%d %H:%M:%S UTC")
+    # The table's refreshed rows too
+    page.goto("/jobs")
+    cell = page.locator(f"tr[data-id='{job['id']}'] time").first
+    local = created + timedelta(hours=9)
+    expect(cell).to_have_text(re.compile(local.strftime("%H:%M")))
+    row = page.locator(f"tr[data-id='{job['id']}']").element_handle()
+    row.wait_for_element_state("hidden")  # replaced by the table's refresh
+    expect(page.locator(f"tr[data-id='{job['id']}'] time").first).to_have_text(
+        re.compile(local.strftime("%H:%M"))
+    )

@@ -64,6 +64,17 @@ def short_dt(value: datetime | None, now: datetime | None = None) -> str:
     return value.strftime("%Y-%m-%d")
 
 
+def when(value: datetime | None, now: datetime | None = None, *, short: bool = False) -> Markup:
+    """A time as ``<time>``: UTC in the page, shown in the browser's time zone by app.js
+    (the UTC time stays in its tooltip). ``short``: as :func:`short_dt`, for tables."""
+    if value is None:
+        return Markup("—")
+    text = short_dt(value, now) if short else fmt_dt(value)
+    return Markup('<time datetime="{}" data-when="{}" title="{} UTC">{}</time>').format(
+        iso(value), "short" if short else "full", fmt_dt(value), text
+    )
+
+
 def iso(value: datetime | None) -> str:
     if value is None:
         return ""
@@ -135,7 +146,7 @@ TEMPLATES.env.filters.update(
     size=size,
     ago=ago,
 )
-TEMPLATES.env.globals.update(duration=duration, version=__version__)
+TEMPLATES.env.globals.update(duration=duration, when=when, version=__version__)
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -154,7 +154,29 @@
     }
   }
 
-  function ready() { streamLog(); openFromHash(); }
+  /* Times: the server writes UTC into <time data-when>; show them in the browser's zone,
+     as dense as the server's ("18:20:03" today, "11-28 18:20" this year), UTC on hover. */
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function localize(root) {
+    var now = new Date();
+    $all("time[data-when]", root || document).forEach(function (el) {
+      var d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d.getTime())) return;
+      var date = d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+      var time = pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+      var text = date + " " + time;
+      if (el.getAttribute("data-when") === "short") {
+        if (d.toDateString() === now.toDateString()) text = time;
+        else if (d.getFullYear() === now.getFullYear()) text = date.slice(5) + " " + time.slice(0, 5);
+        else text = date;
+      }
+      el.textContent = text;
+    });
+  }
+  // afterSwap runs before the browser paints the new rows: no flash of UTC times.
+  document.addEventListener("htmx:afterSwap", function (ev) { localize(ev.detail.target); });
+
+  function ready() { localize(); streamLog(); openFromHash(); }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", ready);
   else ready();
 })();
