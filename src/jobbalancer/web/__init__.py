@@ -18,7 +18,8 @@ Where things are
   (hidden field ``csrf_token`` in forms, header ``X-CSRF-Token`` from htmx, which
   ``<body hx-headers>`` adds to every htmx request) and parsed the form (``page.form``).
 * ``pages.py`` — templates, filters (``dt``, ``short_dt``, ``ago``, ``seconds``, ``size``,
-  ``signal``) and ``duration()``, the nav,
+  ``signal``), ``duration()`` and ``when()`` (a ``<time>`` that app.js shows in the
+  browser's time zone: use it for every time on a page), the nav,
   :func:`pages.redirect` with a flash message.
 * ``errors.py`` — errors on browser routes become readable HTML pages (JSON stays for
   ``/api``); ``security.py`` — security headers (CSP: scripts and styles from 'self' only,
