@@ -108,11 +108,13 @@ def duration(start: datetime | None, end: datetime | None, now: datetime | None 
 
 
 def ago(value: datetime | None, now: datetime | None = None) -> str:
-    """``5s ago``; ``—`` for none."""
+    """``5.0s ago``, ``just now`` under a second (a heartbeat's milliseconds are noise);
+    ``—`` for none."""
     if value is None:
         return "—"
     now = now or datetime.now(UTC)
-    return f"{fmt_seconds(max((now - value).total_seconds(), 0.0))} ago"
+    seconds = (now - value).total_seconds()
+    return "just now" if seconds < 1 else f"{fmt_seconds(seconds)} ago"
 
 
 def size(n: int | None) -> str:
