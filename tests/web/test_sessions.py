@@ -233,9 +233,16 @@ def test_security_headers_on_pages_and_api(web: Web) -> None:
         assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["referrer-policy"] == "same-origin"
-    # The API docs page loads Swagger UI from its CDN: its own, looser policy.
-    docs = client.get("/docs")
-    assert docs.status_code == 200 and "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+    # The API reference needs a session; its Swagger UI is vendored: scripts from this
+    # server only, inline styles allowed there alone.
+    assert client.get("/docs", follow_redirects=False).status_code == 303
+    signed_in, _ = web.login()
+    docs = signed_in.get("/docs")
+    csp = docs.headers["content-security-policy"]
+    assert docs.status_code == 200 and "/static/vendor/swagger-ui/" in docs.text
+    assert "script-src 'self';" in csp and "style-src 'self' 'unsafe-inline'" in csp
+    assert "http" not in csp  # no CDN
+    assert signed_in.get("/openapi.json").json()["info"]["title"] == "jobbalancer"
 
 
 def test_errors_are_pages_for_browsers_and_json_for_the_api(web: Web) -> None:

@@ -46,7 +46,8 @@ def test_the_list_shows_every_figure_and_refreshes(web: Web) -> None:
     page = client.get("/workers")
     assert page.status_code == 200
     for text in ("w1.example", "pid 4242", 'class="badge st-online"', "default", "1.25",
-                 "/ 4 CPU", "2.0 GiB / 8.0 GiB", "0 / 5", "(class)", "9.8.7", "just now"):  # fmt: skip
+                 "/ 4 CPU", "2.0 GiB / 8.0 GiB", "0 / 5", "(class)", "9.8.7",
+                 "just now"):  # fmt: skip
         assert text in page.text, text
     assert 'hx-get="/workers/table" hx-trigger="every 3s"' in page.text
     table = client.get("/workers/table")

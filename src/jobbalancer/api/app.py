@@ -18,6 +18,7 @@ from jobbalancer import __version__, auth, db, monitor, web
 from jobbalancer.api import deps, errors
 from jobbalancer.api.routes import (
     classes,
+    docs,
     health,
     jobs,
     legacy,
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 # Larger than any sane job or script (scripts stop at 10 MiB), small enough to refuse
 # before a client fills the server's memory.
 MAX_BODY_BYTES = 20 * 1024 * 1024
-ROUTERS = (jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics)
+ROUTERS = (jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs)
 
 FirstAdmin = tuple[auth.User, str, str]
 
@@ -64,6 +65,11 @@ def create_app(
         version=__version__,
         summary="Spread shell commands and stored scripts over a cluster of workers.",
         description="Authenticate with `Authorization: Bearer <api-key>` (or `X-API-Key`).",
+        # Served by routes of our own, for signed-in callers only: api/routes/docs.py
+        # (the schema) and web/routes/docs.py (Swagger UI, vendored).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
         lifespan=_lifespan(engine, settings, supervise=supervise, owns_engine=owns_engine),
     )
     app.state.engine = engine

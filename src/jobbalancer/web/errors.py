@@ -29,7 +29,7 @@ from jobbalancer.web.deps import LoginRequired
 Handler = Callable[[Request, Any], Awaitable[Response]]
 AnyHandler = Callable[[Request, Any], Response | Awaitable[Response]]
 # Paths that belong to the API and machines: their errors stay JSON.
-API_PATHS = ("/api/", "/addJob", "/healthz", "/metrics", "/openapi.json", "/docs", "/redoc")
+API_PATHS = ("/api/", "/addJob", "/healthz", "/metrics", "/openapi.json")
 TITLES = {
     400: "Bad request",
     401: "Please log in",

@@ -38,6 +38,7 @@ NAV = (
     NavItem("scripts", "/scripts", "Scripts"),
     NavItem("users", "/users", "Users", admin_only=True),
     NavItem("settings", "/settings", "Settings", admin_only=True),
+    NavItem("docs", "/docs", "API"),
 )
 
 
