@@ -90,21 +90,31 @@ def _name_or_id(
     return sa.or_(name_col == ref, id_col == ref_id)
 
 
+def _ref_ids(conn: sa.Connection, table: sa.Table, ref: str) -> list[int]:
+    """The ids a worker or class reference stands for: rows named ``ref``, and ``ref``
+    itself when it is an id (jobs keep the id of a worker that was removed). Looked up
+    first, so the job query filters on the jobs' own indexed column instead of OR-ing
+    across a join, which no index serves."""
+    ids = list(conn.execute(sa.select(table.c.id).where(table.c.name == ref)).scalars())
+    ref_id = parse_id(ref)
+    return ids if ref_id is None else [*ids, ref_id]
+
+
 def _like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
-def _conditions(f: Filters) -> list[sa.ColumnElement[bool]]:
+def _conditions(conn: sa.Connection, f: Filters) -> list[sa.ColumnElement[bool]]:
     where: list[sa.ColumnElement[bool]] = []
     if f.owner_id is not None:
         where.append(J.c.user_id == f.owner_id)
     if f.states:
         where.append(J.c.state.in_(list(f.states)))
     if f.worker:
-        where.append(_name_or_id(W.c.name, J.c.worker_id, f.worker))
+        where.append(J.c.worker_id.in_(_ref_ids(conn, W, f.worker)))
     if f.worker_class:
-        where.append(_name_or_id(C.c.name, J.c.worker_class_id, f.worker_class))
+        where.append(J.c.worker_class_id.in_(_ref_ids(conn, C, f.worker_class)))
     if f.user:
         where.append(_name_or_id(J.c.user_name, J.c.user_id, f.user))
     if f.q:
@@ -137,10 +147,14 @@ def page(
 
     The jobs come without ``script_content``; ask for one job to get it.
     """
-    query = _select_without_bodies().where(*_conditions(filters))
+    # The page's ids first, from the jobs table alone (its indexes, no join to sort
+    # through), then those rows with their names: MariaDB otherwise joined first and
+    # sorted every job (210 ms at 100 000 jobs).
+    ids_query = sa.select(J.c.id).where(*_conditions(conn, filters))
     if cursor:
-        query = query.where(J.c.id < decode_cursor(cursor))
-    rows = conn.execute(query.order_by(J.c.id.desc()).limit(limit + 1)).all()
-    found = [jobs.Job.from_row(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    return found, encode_cursor(found[-1].id) if more else None
+        ids_query = ids_query.where(J.c.id < decode_cursor(cursor))
+    ids = list(conn.execute(ids_query.order_by(J.c.id.desc()).limit(limit + 1)).scalars())
+    rows = conn.execute(_select_without_bodies().where(J.c.id.in_(ids[:limit]))).all()
+    found = sorted((jobs.Job.from_row(r) for r in rows), key=lambda j: -j.id)
+    more = len(ids) > limit
+    return found, encode_cursor(ids[limit - 1]) if more else None
