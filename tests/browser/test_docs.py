@@ -25,9 +25,8 @@ def test_the_api_reference_renders_and_tries_a_route_with_the_session(
     me.locator(".opblock-summary").click()
     me.get_by_role("button", name="Try it out").click()
     me.get_by_role("button", name="Execute").click()
-    expect(me.locator(".live-responses-table tr.response td.response-col_status").first).to_have_text(
-        "200", timeout=10_000
-    )
+    status = me.locator(".live-responses-table tr.response td.response-col_status")
+    expect(status.first).to_have_text("200", timeout=10_000)
     expect(me.locator(".highlight-code").first).to_contain_text('"role": "admin"')
     screenshot(page, "api-docs")
     assert script_errors(errors) == []  # no script or style refused by the CSP
