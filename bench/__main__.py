@@ -17,7 +17,8 @@
 ``--quick`` runs fewer jobs (400, 50 for latency, queue up to 10k, 20 MB of output).
 The machine may be shared: figures are medians of ``--repeat`` runs and the ratios compare
 with a baseline taken in the same run. PostgreSQL and MariaDB are expected on 127.0.0.1
-(see bench/cluster.py); each run uses a new database and drops it.
+(see bench/cluster.py); each run uses a new database and drops it. The web pages have
+their own benchmark: ``python -m bench.web_pages``.
 """
 
 from __future__ import annotations
