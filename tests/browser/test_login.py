@@ -62,7 +62,9 @@ def test_the_printed_admin_password_logs_in_and_out(
         assert page.locator("nav a[aria-current=page]").inner_text() == "Dashboard"
         # every link of the nav, the admin-only ones too
         links = page.locator("nav a").all_inner_texts()
-        assert links == ["Dashboard", "Jobs", "Workers", "Classes", "Scripts", "Users", "Settings"]
+        assert links == [
+            "Dashboard", "Jobs", "Workers", "Classes", "Scripts", "Users", "Settings", "API",
+        ]  # fmt: skip
 
         # And Logout ends the session
         page.click("button:has-text('Logout')")
@@ -84,6 +86,6 @@ def test_nav_shows_each_role_its_pages(
     viewer = login_as("viewer")
     assert viewer.locator(".role").inner_text().lower() == "viewer"
     assert viewer.locator("nav a").all_inner_texts() == [
-        "Dashboard", "Jobs", "Workers", "Classes", "Scripts",
+        "Dashboard", "Jobs", "Workers", "Classes", "Scripts", "API",
     ]  # fmt: skip
     assert viewer.locator("a:has-text('Submit a job')").count() == 0
