@@ -59,6 +59,19 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
+# A client cut off mid-transaction (its host's link down) must not hold the `assign` lock
+# until TCP gives up, hours later: keepalives and a send timeout find a dead peer in about
+# 30 s, and the server ends a transaction left idle for a minute (ours last milliseconds).
+POSTGRES_LIVENESS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+    "options": "-c idle_in_transaction_session_timeout=60000",
+}
+
+
 def connect(url: str, *, pool_size: int = 10) -> sa.Engine:
     """An engine for ``url``, set up for its backend."""
     parsed = normalize_url(url)
@@ -77,7 +90,7 @@ def connect(url: str, *, pool_size: int = 10) -> sa.Engine:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         kwargs["connect_args"] = {"connect_timeout": 10}
     else:
-        kwargs["connect_args"] = {"connect_timeout": 10}
+        kwargs["connect_args"] = {"connect_timeout": 10, **POSTGRES_LIVENESS}
     return sa.create_engine(parsed, **kwargs)
 
 
