@@ -60,15 +60,16 @@ def normalize_url(url: str) -> URL:
 
 
 # A client cut off mid-transaction (its host's link down) must not hold the `assign` lock
-# until TCP gives up, hours later: keepalives and a send timeout find a dead peer in about
-# 30 s, and the server ends a transaction left idle for a minute (ours last milliseconds).
+# until TCP gives up, hours later, stalling every balancer and the monitor meanwhile: the
+# server ends a transaction left idle for 10 s (ours last milliseconds and never wait on a
+# client), and keepalives and a send timeout let the client find a dead server.
 POSTGRES_LIVENESS: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,
-    "options": "-c idle_in_transaction_session_timeout=60000",
+    "options": "-c idle_in_transaction_session_timeout=10000",
 }
 
 
