@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -212,15 +212,27 @@ def delete_user(conn: sa.Connection, user_id: int) -> None:
 def authenticate_password(conn: sa.Connection, name: str, password: str) -> User | None:
     """The user if ``password`` is theirs and they are enabled; None otherwise."""
     row = conn.execute(sa.select(*_USER_COLUMNS, U.c.password_hash).where(U.c.name == name)).first()
-    if row is None or row.password_hash is None:
-        _hasher.hash(password)  # same cost whether or not the user exists
-        return None
-    try:
-        _hasher.verify(row.password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+    if not _password_fits(row, password):
         return None
     user = User.from_row(row)
     return None if user.disabled else user
+
+
+def _password_fits(row: AnyRow | None, password: str) -> TypeGuard[AnyRow]:
+    """Whether ``row`` is a user whose password is ``password``. As slow when there is no
+    such user or it has no password (key-only), so timing does not tell names apart."""
+    password_hash = None if row is None else row._mapping["password_hash"]
+    if password_hash is None:
+        _hasher.hash(password)
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
 
 
 # -- API keys -----------------------------------------------------------------------------
@@ -347,14 +359,8 @@ def check_login(conn: sa.Connection, name: str, password: str) -> User:
             f"too many failed logins: {name!r} is locked for a few minutes; try again later "
             "or ask an admin to reset the password"
         )
-    wrong = errors.Unauthorized("wrong user name or password")
-    if row is None or row.password_hash is None:
-        _hasher.hash(password)  # same cost whether or not the user exists
-        raise wrong
-    try:
-        _hasher.verify(row.password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        raise wrong from None
+    if not _password_fits(row, password):
+        raise errors.Unauthorized("wrong user name or password")
     user = User.from_row(row)
     if user.disabled:
         raise errors.Forbidden(f"the account {name!r} is disabled; ask an admin")
