@@ -633,7 +633,7 @@ def _answers(url: str) -> bool:
 
 def _print_up_panel(plan: _UpPlan, first_admin: tuple[auth.User, str, str] | None) -> None:
     out = _out()
-    lines = [_row("URL", plan.url), _row("API docs", f"{plan.url}/docs")]
+    lines = [_row("Web UI", plan.url), _row("API docs", f"{plan.url}/docs")]
     names = plan.worker_names()
     lines.append(_row("Workers", f"{len(names)}: {', '.join(names) or 'none'}"))
     if plan.default_run_as:
