@@ -290,8 +290,7 @@ def _transition(
 
 def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
     """waiting → assigned to ``worker_id``, with a fresh fencing token."""
-    params = {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
-    return conn.execute(_ASSIGN, params).rowcount == 1
+    return _fence(conn, _ASSIGN, job_id, worker_id) is not None
 
 
 _ASSIGN = (
@@ -312,22 +311,18 @@ def take(conn: sa.Connection, job_id: int, worker_id: int) -> str | None:
 
     The fencing token, or None when the job was no longer waiting.
     """
+    return _fence(conn, _TAKE, job_id, worker_id)
+
+
+_TAKE = _ASSIGN.values(state=State.RUNNING.value, started_at=utcnow())
+
+
+def _fence(conn: sa.Connection, stmt: sa.Update, job_id: int, worker_id: int) -> str | None:
+    """Give a waiting job to ``worker_id`` with a fresh fencing token (``stmt``: to
+    assigned or straight to running); the token, or None if it was no longer waiting."""
     token = secrets.token_hex(8)
     params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
-    return token if conn.execute(_TAKE, params).rowcount == 1 else None
-
-
-_TAKE = (
-    sa.update(J)
-    .where(J.c.id == sa.bindparam("b_id"), J.c.state == State.WAITING.value)
-    .values(
-        state=State.RUNNING.value,
-        worker_id=sa.bindparam("b_worker"),
-        token=sa.bindparam("b_token"),
-        assigned_at=utcnow(),
-        started_at=utcnow(),
-    )
-)
+    return token if conn.execute(stmt, params).rowcount == 1 else None
 
 
 def occupy(conn: sa.Connection, job_id: int) -> bool:

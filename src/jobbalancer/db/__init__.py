@@ -341,6 +341,14 @@ def wake_address(url: URL, worker_id: int) -> str | None:
     """The local wake-up socket of a worker of the database at ``url``: a Linux abstract
     UNIX socket (no file to clean up), named after the database so that clusters on one
     host do not wake each other. None where there are no abstract sockets."""
+    prefix = _wake_prefix(url)
+    return None if prefix is None else f"{prefix}{worker_id}"
+
+
+@functools.lru_cache(maxsize=16)
+def _wake_prefix(url: URL) -> str | None:
+    """The database's part of the address: worked out once per database, not on every
+    assignment (on SQLite it resolves the file's path)."""
     if not sys.platform.startswith("linux"):
         return None
     if url.get_backend_name() == "sqlite":
@@ -348,7 +356,7 @@ def wake_address(url: URL, worker_id: int) -> str | None:
     else:
         ident = f"{url.get_backend_name()}://{url.host}:{url.port}/{url.database}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
-    return f"\0jobbalancer-wake-{digest}-{worker_id}"
+    return f"\0jobbalancer-wake-{digest}-"
 
 
 def _send_wakes(engine: sa.Engine, worker_ids: Iterable[int]) -> None:
