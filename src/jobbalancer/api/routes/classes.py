@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from jobbalancer import balancer, classes, db
-from jobbalancer.api import models
+from jobbalancer import classes, db
+from jobbalancer.api import actions, models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
 
@@ -47,9 +47,7 @@ def update_class(
 ) -> models.WorkerClass:
     """Rename (not ``default``), change max_jobs or the description."""
     with db.write(engine) as conn:
-        updated = classes.update(conn, class_id, patch.model_dump(exclude_unset=True))
-        # A higher max_jobs frees slots on the class's workers at once.
-        balancer.assign_waiting(conn, class_ids=[class_id])
+        updated = actions.update_class(conn, class_id, patch.model_dump(exclude_unset=True))
     return models.WorkerClass.from_class(updated)
 
 

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from jobbalancer import balancer, db, jobs, logs
-from jobbalancer.api import listing, models, sse, submission
+from jobbalancer import db, jobs, logs
+from jobbalancer.api import actions, listing, models, sse, submission
 from jobbalancer.api.deps import (
     CurrentUser,
     EngineDep,
@@ -143,11 +143,7 @@ def stream_log(
 def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
     """Kill: a waiting or assigned job at once, a running one when its worker stopped it."""
     with db.write(engine) as conn:
-        job = manageable_job(conn, user, job_id)
-        jobs.request_kill(conn, job_id)
-        if job.state == jobs.State.ASSIGNED:  # its slot is free again
-            balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
-        killed = jobs.get(conn, job_id)
+        killed = actions.kill_job(conn, user, job_id)
     return models.Job.from_job(killed)
 
 

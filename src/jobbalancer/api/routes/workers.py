@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
-from jobbalancer import balancer, classes, db, workers
-from jobbalancer.api import models
+from jobbalancer import db, workers
+from jobbalancer.api import actions, models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
 
@@ -40,12 +40,7 @@ def update_worker(
     takes no new jobs and finishes those it has."""
     changes: dict[str, Any] = patch.model_dump(exclude_unset=True)
     with db.write(engine) as conn:
-        if "worker_class" in changes:
-            changes["worker_class"] = classes.find(conn, changes["worker_class"]).id
-        workers.update(conn, worker_id, changes)
-        # More slots, or another class: waiting jobs may fit now.
-        balancer.assign_waiting(conn, worker_id=worker_id)
-        worker = workers.get(conn, worker_id)
+        worker = actions.update_worker(conn, worker_id, changes)
     return models.Worker.from_worker(worker)
 
 

@@ -14,9 +14,9 @@ import pydantic
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
-from jobbalancer import balancer, classes, db, errors, workers
+from jobbalancer import classes, db, errors, workers
+from jobbalancer.api import actions, models
 from jobbalancer.api import errors as api_errors
-from jobbalancer.api import models
 from jobbalancer.refs import MAX_ID
 from jobbalancer.web import deps, pages
 
@@ -81,9 +81,7 @@ def edit_class(class_id: ClassId, page: deps.Operator) -> Response:
         patch = models.WorkerClassPatch.model_validate(changes)
         with db.write(page.engine) as conn:
             before = classes.get(conn, class_id)
-            updated = classes.update(conn, class_id, patch.model_dump(exclude_unset=True))
-            # A higher max_jobs frees slots on the class's workers at once.
-            balancer.assign_waiting(conn, class_ids=[class_id])
+            updated = actions.update_class(conn, class_id, patch.model_dump(exclude_unset=True))
     except pydantic.ValidationError as exc:
         return pages.redirect("/classes", _message(exc), error=True)
     except (errors.InvalidInput, errors.Conflict) as exc:

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from jobbalancer import auth, balancer, classes, db, errors, jobs, logs, refs, scripts
+from jobbalancer import auth, classes, db, errors, jobs, logs, refs, scripts
+from jobbalancer.api import actions, listing, models, submission
 from jobbalancer.api import deps as api_deps
 from jobbalancer.api import errors as api_errors
-from jobbalancer.api import listing, models, submission
 from jobbalancer.refs import MAX_ID
 from jobbalancer.web import deps, pages
 
@@ -167,11 +167,7 @@ def bulk_action(page: deps.Actor) -> Response:
 def kill(page: deps.Page, job_id: int) -> jobs.Job:
     """As ``POST /api/v1/jobs/{id}/kill``."""
     with db.write(page.engine) as conn:
-        job = api_deps.manageable_job(conn, page.user, job_id)
-        jobs.request_kill(conn, job_id)
-        if job.state == jobs.State.ASSIGNED:  # its slot is free again
-            balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
-        return jobs.get(conn, job_id)
+        return actions.kill_job(conn, page.user, job_id)
 
 
 def delete(page: deps.Page, job_id: int) -> None:

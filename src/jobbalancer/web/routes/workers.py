@@ -15,9 +15,9 @@ import pydantic
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
-from jobbalancer import balancer, classes, db, errors, workers
+from jobbalancer import classes, db, errors, workers
+from jobbalancer.api import actions, models
 from jobbalancer.api import errors as api_errors
-from jobbalancer.api import models
 from jobbalancer.refs import MAX_ID
 from jobbalancer.web import deps, pages
 
@@ -128,12 +128,7 @@ def remove_worker(worker_id: WorkerId, page: deps.Operator) -> Response:
 def _update(page: deps.Page, worker_id: int, changes: dict[str, Any]) -> str:
     """As ``PATCH /api/v1/workers/{id}``; the worker's name."""
     with db.write(page.engine) as conn:
-        if "worker_class" in changes:
-            changes["worker_class"] = classes.find(conn, changes["worker_class"]).id
-        workers.update(conn, worker_id, changes)
-        # More slots, another class, or enabled again: waiting jobs may fit now.
-        balancer.assign_waiting(conn, worker_id=worker_id)
-        return workers.get(conn, worker_id).name
+        return actions.update_worker(conn, worker_id, changes).name
 
 
 def _back(page: deps.Page, worker_id: int) -> str:
