@@ -427,10 +427,17 @@ class _Run:
         return True
 
     def abort(self) -> None:
-        """SIGKILL everything known, for when supervision itself failed."""
+        """SIGKILL everything known, for when supervision itself failed.
+
+        Returns once they are dead (or after _GIVE_UP): a signalled process dies only when
+        it is next scheduled, and the caller reports the job over once this returns.
+        """
         with contextlib.suppress(Exception):
             self.tree.scan(deep=True)
         self.tree.signal_all(signal.SIGKILL)
+        deadline = time.monotonic() + _GIVE_UP
+        while self.tree.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def finish(self) -> int:
         """Reap the main process, release everything; return its returncode."""
