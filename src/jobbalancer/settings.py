@@ -57,6 +57,8 @@ class WorkerSettings(_Section):
     max_jobs: int | None = Field(default=None, ge=1, le=10_000)
     run_as: str = ""
     allow_root: bool = False
+    # Track each job by a cgroup of its own where the host allows (see worker/cgroups.py).
+    cgroups: bool = True
     heartbeat_interval: float = Field(default=3.0, gt=0, le=60)
     poll_min: float = Field(default=0.01, gt=0, le=5)
     poll_max: float = Field(default=0.1, gt=0, le=10)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from jobbalancer import db
 from jobbalancer.db import schema
+from jobbalancer.worker import cgroups
 from tests.chaos.conftest import Cluster
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -86,6 +87,35 @@ def test_fork_bomb_and_setsid_escaper_leave_no_survivor(
     after = cluster.submit(command="echo alive")
     assert (j := cluster.wait_job(after["id"]))["state"] == "done", j
     print(f"\n[fault 6, {backend}, {how}] 201 processes, survivors: 0")
+
+
+# Forks, leaves its session, clears its environment and is re-parented to init before a
+# tree walk could see it: only the job's cgroup still holds it.
+UNTRACEABLE = (
+    "cat /proc/self/cgroup; "
+    "env -i sh -c '(setsid sh -c \"echo \\$\\$ >> {pids}; exec sleep 300\" &)'; "
+    "while [ ! -s {pids} ]; do sleep 0.05; done; echo started; exec sleep 300"
+)
+
+
+@pytest.mark.skipif(cgroups.base_dir() is None, reason="this host lets workers make no cgroups")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_untraceable_escaper_dies_with_its_jobs_cgroup(
+    make_cluster: Any, backend: str, tmp_path: Path
+) -> None:
+    cluster: Cluster = make_cluster(backend)
+    cluster.start_worker("w", "--allow-root")
+    pids = tmp_path / "pids"
+    pids.touch()
+    job = cluster.submit(command=UNTRACEABLE.format(pids=pids))
+    cluster.wait_for(lambda: "started" in cluster.log(job["id"]), "the escaper", timeout=60)
+    escaper = [int(p) for p in pids.read_text().split()]
+    assert len(_alive(escaper)) == 1
+    assert f"@{job['id']}-" in cluster.log(job["id"])  # it ran in a cgroup of its own
+    assert cluster.api.post(f"/api/v1/jobs/{job['id']}/kill").status_code == 202
+    assert (final := cluster.wait_job(job["id"], timeout=60))["state"] == "killed", final
+    assert _alive(escaper) == []
+    print(f"\n[fault 6, {backend}] untraceable escaper killed through the job's cgroup")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

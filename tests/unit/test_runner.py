@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import pytest
 
-from jobbalancer.worker import runner
+from jobbalancer.worker import cgroups, runner
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -103,7 +103,8 @@ class Result:
 class Jobs:
     """Builds specs, runs jobs, and kills whatever a test leaves behind."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, *, cgroup: bool) -> None:
+        self.cgroup = cgroup  # track the jobs by cgroup, or by session, tree and environment
         self.pidfile = tmp_path / "pids"
         self.pidfile.touch()
         self.ids: set[int] = set()
@@ -116,6 +117,7 @@ class Jobs:
         kwargs.setdefault("interpreter", None)
         kwargs.setdefault("script", None)
         kwargs.setdefault("kill_grace", GRACE)
+        kwargs.setdefault("cgroup", self.cgroup)
         return runner.RunSpec(job_id=job_id, command=command, env=env, **kwargs)
 
     def start(self, spec: runner.RunSpec) -> tuple[runner.JobProcess, Captured]:
@@ -164,9 +166,30 @@ class Jobs:
             return False
 
 
+@pytest.fixture(params=["cgroup", "session"])
+def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Jobs]:
+    """Jobs tracked by a cgroup of their own, and (the fallback) without one."""
+    if request.param == "cgroup" and cgroups.base_dir() is None:
+        pytest.skip("this host lets the worker make no cgroups")
+    factory = Jobs(tmp_path, cgroup=request.param == "cgroup")
+    yield factory
+    factory.cleanup()
+
+
 @pytest.fixture
-def jobs(tmp_path: Path) -> Iterator[Jobs]:
-    factory = Jobs(tmp_path)
+def cgroup_jobs(tmp_path: Path) -> Iterator[Jobs]:
+    """For the tests of what only a cgroup does."""
+    if cgroups.base_dir() is None:
+        pytest.skip("this host lets the worker make no cgroups")
+    factory = Jobs(tmp_path, cgroup=True)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def session_jobs(tmp_path: Path) -> Iterator[Jobs]:
+    """For the tests of the fallback's own machinery (walks, child lists)."""
+    factory = Jobs(tmp_path, cgroup=False)
     yield factory
     factory.cleanup()
 
@@ -344,7 +367,9 @@ def test_missing_interpreter_raises_start_error_and_leaves_nothing(jobs: Jobs) -
         ({"run_as": "root"}, "unprivileged"),
         ({"env": {"BAD=NAME": "x"}}, "cannot start"),
         ({"env": {"NUL": "a\0b"}}, "cannot start"),
-        ({"script": "echo no shebang\n"}, "cannot start"),
+        ({"script": "echo no shebang\n"}, "cannot start the script: it has no #! line"),
+        ({"script": "#!\necho x\n"}, "names no interpreter"),
+        ({"script": "#!/nonexistent/sh\necho x\n"}, "'/nonexistent/sh' is not an executable"),
     ],
 )
 def test_bad_specs_raise_start_error(jobs: Jobs, kwargs: dict[str, Any], message: str) -> None:
@@ -451,15 +476,15 @@ def test_leftovers_die_when_main_process_exits(jobs: Jobs, reaper_mode: str) -> 
     assert result.elapsed < GRACE + 3
 
 
-def test_escapee_found_only_by_environment_dies(jobs: Jobs, reaper_mode: str) -> None:
+def test_escapee_found_only_by_environment_dies(session_jobs: Jobs, reaper_mode: str) -> None:
     # Started late and the main process exits at once: no tree walk ever saw it as a
     # descendant, and it left the session, so only JOBBALANCER_JOB_ID gives it away.
     command = f"sleep 0.2\n{ESCAPES}\n{WAIT_FOR_PIDS.format(n=1)}"
 
-    result = jobs.run(jobs.spec(command))
+    result = session_jobs.run(session_jobs.spec(command))
 
     assert result.outcome.exit_code == 0
-    assert [pid for pid in jobs.pids(1) if not gone(pid)] == []
+    assert [pid for pid in session_jobs.pids(1) if not gone(pid)] == []
 
 
 def test_untraceable_pipe_holder_does_not_hang_wait(jobs: Jobs) -> None:
@@ -512,6 +537,111 @@ def test_failing_on_output_kills_the_job_and_cleans_up(jobs: Jobs) -> None:
     assert gone(pid)
     assert [p for p in jobs.pids(1) if not gone(p)] == []
     assert leftover_dirs(spec) == []
+
+
+# --- cgroups ---------------------------------------------------------------------------
+
+needs_cgroups = pytest.mark.skipif(
+    cgroups.base_dir() is None, reason="this host lets the worker make no cgroups"
+)
+# Leaves the session, scrubs its environment and is re-parented to init before anything
+# could see it as the job's: only a cgroup still knows it belongs to the job.
+UNTRACEABLE = (
+    'env -i "$PY" -c \'import os, sys, time\n'
+    "if os.fork(): sys.exit(0)\n"
+    "os.setsid()\n"
+    'open(sys.argv[1], "a").write(f"{os.getpid()}\\n")\n'
+    f'time.sleep(300)\' "$PIDFILE" {MARKER}'
+)
+
+
+def job_cgroups(spec: runner.RunSpec) -> list[str]:
+    base = cgroups.base_dir() or "/nonexistent"
+    return glob.glob(os.path.join(base, f"jobbalancer-*{spec.job_id}-*"))
+
+
+@pytest.mark.parametrize("kind", ["command", "script"])
+def test_the_job_runs_in_its_own_cgroup_which_is_removed_after(
+    cgroup_jobs: Jobs, kind: str
+) -> None:
+    body = "cat /proc/self/cgroup; sleep 0.1 & wait"
+    spec = (
+        cgroup_jobs.spec(body)
+        if kind == "command"
+        else cgroup_jobs.spec(script=f"#!/bin/sh\n{body}\n")
+    )
+
+    result = cgroup_jobs.run(spec)
+
+    assert result.outcome.exit_code == 0
+    assert f"@{spec.job_id}-".encode() in result.out or f"-{spec.job_id}-".encode() in result.out
+    assert job_cgroups(spec) == []
+
+
+def test_gated_command_gets_dev_null_as_stdin(cgroup_jobs: Jobs) -> None:
+
+    result = cgroup_jobs.run(
+        cgroup_jobs.spec('cat; read x || echo "eof:$x"; ls -l /proc/self/fd/0')
+    )
+
+    assert result.outcome.exit_code == 0
+    assert b"eof:" in result.out
+    assert b"/dev/null" in result.out
+
+
+def test_an_untraceable_process_dies_with_its_job_in_a_cgroup(cgroup_jobs: Jobs) -> None:
+    spec = cgroup_jobs.spec(f"{UNTRACEABLE}\n{WAIT_FOR_PIDS.format(n=1)}\necho started")
+
+    result = cgroup_jobs.run(spec)
+
+    assert result.outcome.exit_code == 0
+    assert result.out == b"started\n"
+    escapee = cgroup_jobs.pids(1)
+    assert escapee and all(gone(pid) for pid in escapee)
+    assert job_cgroups(spec) == []
+
+
+@pytest.mark.parametrize("trigger", ["kill", "watchdog"])
+def test_a_job_forking_as_fast_as_it_can_leaves_no_survivor(jobs: Jobs, trigger: str) -> None:
+    # Each round leaves an orphan (re-parented at once) in a new session: bounded to 1000.
+    command = (
+        'echo $$ >> "$PIDFILE"; i=0\n'
+        "while [ $i -lt 1000 ]; do setsid sleep 300 & i=$((i+1)); done\nwait"
+    )
+    spec = jobs.spec(command, watchdog=30 if trigger == "kill" else 1.0)
+    job, _ = jobs.start(spec)
+    jobs.pids(1)
+    time.sleep(0.3)  # forking at full speed by now
+    if trigger == "kill":
+        job.kill()
+
+    outcome = job.wait()
+
+    assert outcome.reason == ("killed" if trigger == "kill" else "timeout")
+    time.sleep(0.2)  # a survivor would still be there
+    assert survivors(spec.job_id) == []
+
+
+@needs_cgroups
+def test_clean_up_after_kills_what_is_left_in_its_cgroups() -> None:
+    # Given a cgroup of a dead worker's job, holding a process nothing else could find
+    owner = f"jbtest-{secrets.token_hex(4)}"
+    group = cgroups.create(owner, 5, "dead")
+    assert group is not None
+    proc = subprocess.Popen(["env", "-i", "sleep", "300"], start_new_session=True)
+    try:
+        group.add(proc.pid)
+        assert group.pids() == [proc.pid]
+        # When its successor cleans up
+        killed, _ = runner.clean_up_after(owner)
+        # Then the process is dead and the cgroup is gone
+        assert killed >= 1
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert not os.path.exists(group.path)
+    finally:
+        proc.kill()
+        proc.wait()
+        group.remove()
 
 
 # --- identity and reaping --------------------------------------------------------------
@@ -594,9 +724,9 @@ def survivors(job_id: int) -> list[int]:
 
 
 def test_short_job_needs_no_walk_in_a_subreaper(
-    jobs: Jobs, reaper_mode: str, walks: list[int]
+    session_jobs: Jobs, reaper_mode: str, walks: list[int]
 ) -> None:
-    result = jobs.run(jobs.spec("echo hi"))
+    result = session_jobs.run(session_jobs.spec("echo hi"))
 
     assert result.out == b"hi\n"
     if reaper_mode == "subreaper":
@@ -607,32 +737,32 @@ def test_short_job_needs_no_walk_in_a_subreaper(
 
 @pytest.mark.parametrize("leftover", ["background", "escapee", "both"])
 def test_leftovers_of_a_main_process_that_exited_0_at_once_die(
-    jobs: Jobs, reaper_mode: str, walks: list[int], leftover: str
+    session_jobs: Jobs, reaper_mode: str, walks: list[int], leftover: str
 ) -> None:
     # No waiting: the main process may be gone before its children even ran.
     parts = {"background": [BACKGROUND], "escapee": [ESCAPES], "both": [BACKGROUND, ESCAPES]}
-    spec = jobs.spec("\n".join([*parts[leftover], "exit 0"]))
+    spec = session_jobs.spec("\n".join([*parts[leftover], "exit 0"]))
 
-    result = jobs.run(spec)
+    result = session_jobs.run(spec)
 
     assert result.outcome.exit_code == 0
     assert walks != []  # something was left, so the job was searched for
     time.sleep(0.3)  # a missed escapee would have written its pid by now
-    assert [pid for pid in jobs.pids(0) if not gone(pid)] == []
+    assert [pid for pid in session_jobs.pids(0) if not gone(pid)] == []
     assert survivors(spec.job_id) == []
 
 
 def test_untrusted_child_lists_fall_back_to_a_walk(
-    jobs: Jobs, monkeypatch: pytest.MonkeyPatch, walks: list[int]
+    session_jobs: Jobs, monkeypatch: pytest.MonkeyPatch, walks: list[int]
 ) -> None:
     monkeypatch.setattr(runner, "_worker_children", lambda: None)
-    spec = jobs.spec(f"{BACKGROUND}\nexit 0")
+    spec = session_jobs.spec(f"{BACKGROUND}\nexit 0")
 
-    result = jobs.run(spec)
+    result = session_jobs.run(spec)
 
     assert result.outcome.exit_code == 0
     assert walks != []
-    assert [pid for pid in jobs.pids(1) if not gone(pid)] == []
+    assert [pid for pid in session_jobs.pids(1) if not gone(pid)] == []
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")

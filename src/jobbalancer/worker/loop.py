@@ -400,6 +400,7 @@ class Worker:
             kill_grace=tunables.kill_grace,
             run_as=self.ws.run_as or None,
             owner=self.owner,
+            cgroup=self.ws.cgroups,
         )
 
     def _on_output(self, job_id: int) -> Callable[[str, bytes], None]:

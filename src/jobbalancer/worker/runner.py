@@ -5,7 +5,12 @@ it. A job starts in a new session (so its process group is its own), in a privat
 temporary directory, with stdin on /dev/null and stdout/stderr on pipes.
 
 No orphan may survive its job, and a job can shed its process group (``setsid``,
-double forks). So descendants are found three ways, each covering the others' blind
+double forks). Where the host allows, a job gets a cgroup of its own (see
+:mod:`cgroups`): it holds every process of the job, so its list is the job's processes
+and ``cgroup.kill`` ends them all. A command is gated so its shell starts nothing before
+it is in the cgroup: it waits for a line on its stdin (a pipe), written once it is moved;
+a script is started the same way, by a shell that then execs it.
+Without a cgroup, descendants are found three ways, each covering the others' blind
 spots:
 
 * the process tree under the main process, re-read about every half second while the
@@ -60,6 +65,8 @@ from typing import IO, Final
 
 import psutil
 
+from jobbalancer.worker import cgroups
+
 log = logging.getLogger(__name__)
 
 JOB_ID_VAR: Final = "JOBBALANCER_JOB_ID"
@@ -78,6 +85,11 @@ _SURE_TRIES: Final = 3  # reads of the worker's children before falling back to 
 _HAVE_PROC: Final = os.path.exists("/proc/self/stat")
 _HAS_WAITID: Final = hasattr(os, "waitid")
 _EXITED_NOWAIT: Final = os.WEXITED | os.WNOHANG | os.WNOWAIT if _HAS_WAITID else 0
+# Put before a command run in a cgroup (a script is run by a shell doing the same, then
+# exec'ing it): the shell waits for a line on stdin (a pipe the worker writes once it has
+# moved the shell into the job's cgroup), then takes /dev/null as stdin. So nothing of
+# the job can start outside its cgroup.
+_GATE: Final = "read _; exec </dev/null; "
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -112,6 +124,8 @@ class RunSpec:
     # Who runs it (a worker's name): marks the job's processes and names its temp dir, so a
     # worker restarted after a crash can find what its dead predecessor left running.
     owner: str = ""
+    # Track the job by a cgroup of its own where the host allows one (see cgroups.py).
+    cgroup: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,7 +174,7 @@ def clean_up_after(owner: str) -> tuple[int, int]:
     recovered elsewhere. Returns (processes killed, directories removed)."""
     if not owner:
         return 0, 0
-    killed = 0
+    killed = cgroups.clean_up_after(owner)
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
             if proc.environ().get(OWNER_VAR) == owner:
@@ -237,18 +251,33 @@ class JobProcess:
         # Resolved before anything is created, so a missing interpreter leaves nothing.
         interpreter = _find_interpreter(spec.interpreter, env) if spec.interpreter else None
         workdir = _make_workdir(f"{_workdir_prefix(spec.owner)}{spec.job_id}-", user)
+        group = cgroups.create(spec.owner, spec.job_id, self._tag) if spec.cgroup else None
+        gate: _Gate | None = None
         try:
-            argv = _argv(spec, interpreter, workdir, user)
-            proc = _spawn(argv, env, workdir, user)
+            if group is not None:
+                gate = _Gate()
+            argv = _argv(spec, interpreter, workdir, user, gated=gate is not None)
+            proc = _spawn(argv, env, workdir, user, stdin=gate.read_end if gate else None)
         except BaseException:
             _remove_dir(workdir)
+            if gate is not None:
+                gate.close()
+            if group is not None:
+                group.remove()
             raise
         try:
-            tree = _Tree(spec.job_id, self._tag, proc.pid)
+            if group is not None:
+                group = _move_in(group, proc.pid)
+            if gate is not None:
+                gate.open()
+            tree = _Tree(spec.job_id, self._tag, proc.pid, group)
             self._run = _Run(proc, workdir, tree, self._on_output)
         except BaseException:
-            _abandon(proc, workdir)
+            _abandon(proc, workdir, group)
             raise
+        finally:
+            if gate is not None:
+                gate.close()
         return proc.pid
 
     def wait(self) -> Outcome:
@@ -339,14 +368,39 @@ def _make_workdir(prefix: str, user: pwd.struct_passwd | None) -> str:
 
 
 def _argv(
-    spec: RunSpec, interpreter: str | None, workdir: str, user: pwd.struct_passwd | None
+    spec: RunSpec,
+    interpreter: str | None,
+    workdir: str,
+    user: pwd.struct_passwd | None,
+    *,
+    gated: bool = False,
 ) -> list[str]:
     if spec.command is not None:
         # Params stay out of the command text: the shell sees them as "$1"…, never parses them.
-        return ["/bin/sh", "-c", spec.command, "sh", *spec.params]
+        command = _GATE + spec.command if gated else spec.command
+        return ["/bin/sh", "-c", command, "sh", *spec.params]
+    if interpreter is None:
+        _check_shebang(spec.script or "")
     script = _write_script(workdir, spec.script or "", user)
     head = [interpreter] if interpreter is not None else []
+    if gated:  # the same gate, in a shell that then becomes the script's own process
+        return ["/bin/sh", "-c", _GATE + 'exec "$0" "$@"', *head, script, *spec.params]
     return [*head, script, *spec.params]
+
+
+def _check_shebang(body: str) -> None:
+    """A script run without an interpreter names its own on a ``#!`` line; refuse one
+    that names none, or one that is not there, as starting it would fail."""
+    first = body.split("\n", 1)[0]
+    if not first.startswith("#!"):
+        raise StartError("cannot start the script: it has no #! line and no interpreter")
+    words = first[2:].split()
+    if not words:
+        raise StartError("cannot start the script: its #! line names no interpreter")
+    if os.path.isabs(words[0]) and not (os.path.isfile(words[0]) and os.access(words[0], os.X_OK)):
+        raise StartError(
+            f"cannot start the script: its #! interpreter {words[0]!r} is not an executable"
+        )
 
 
 def _write_script(workdir: str, body: str, user: pwd.struct_passwd | None) -> str:
@@ -365,7 +419,12 @@ def _write_script(workdir: str, body: str, user: pwd.struct_passwd | None) -> st
 
 
 def _spawn(
-    argv: list[str], env: dict[str, str], workdir: str, user: pwd.struct_passwd | None
+    argv: list[str],
+    env: dict[str, str],
+    workdir: str,
+    user: pwd.struct_passwd | None,
+    *,
+    stdin: int | None = None,
 ) -> subprocess.Popen[bytes]:
     # Switching identity needs privilege; running as oneself does not, so skip it then.
     ident = user if user is not None and user.pw_uid != os.geteuid() else None
@@ -374,7 +433,7 @@ def _spawn(
         with _owned_lock:
             proc = subprocess.Popen(  # noqa: S603 - argv list, no shell beyond the job's own
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=workdir,
@@ -389,6 +448,40 @@ def _spawn(
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc
     return proc
+
+
+class _Gate:
+    """The pipe a gated command waits on (see _GATE) until the worker opens it."""
+
+    def __init__(self) -> None:
+        try:
+            self.read_end, self._write_end = os.pipe()
+        except OSError as exc:
+            raise StartError(f"cannot make a pipe for the job: {exc}") from exc
+        self._closed = False
+
+    def open(self) -> None:
+        with contextlib.suppress(OSError):  # the shell is gone already: nothing to wait for
+            os.write(self._write_end, b"\n")
+
+    def close(self) -> None:
+        """Idempotent; closing without open() lets the shell go on too (it reads nothing)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self.read_end)
+            os.close(self._write_end)
+
+
+def _move_in(group: cgroups.JobCgroup, pid: int) -> cgroups.JobCgroup | None:
+    """Move the job's main process, still waiting at its gate, into its cgroup. None if
+    that failed: then the job is tracked without one, which is removed."""
+    try:
+        group.add(pid)
+    except OSError as exc:
+        log.warning("job pid %d: cannot use its cgroup %s (%s)", pid, group.path, exc)
+        group.remove()
+        return None
+    return group
 
 
 # --- a running job --------------------------------------------------------------------
@@ -436,7 +529,10 @@ class _Run:
             self.tree.scan(deep=True)
         self.tree.signal_all(signal.SIGKILL)
         deadline = time.monotonic() + _GIVE_UP
-        while self.tree.alive() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            empty = self.tree.empty()
+            if empty or (empty is None and not self.tree.alive()):
+                return
             time.sleep(0.01)
 
     def finish(self) -> int:
@@ -447,6 +543,8 @@ class _Run:
         self._close_pidfd()
         self.pipes.close()
         _remove_dir(self.workdir)
+        if self.tree.cgroup is not None:
+            _remove_cgroup(self.tree.cgroup)
         return returncode
 
     def _close_pidfd(self) -> None:
@@ -547,6 +645,9 @@ class _Supervisor:
         Only a main process that exited on its own allows it. A job being killed or timed
         out is no short job worth sparing a walk, and there the walks find what to signal.
         """
+        empty = self._run.tree.empty()
+        if empty is not None:
+            return empty  # one read of the cgroup's own answer
         if self._run.tree.alive():
             return False
         if cheap and self._run.tree.surely_gone():
@@ -564,8 +665,10 @@ class _Supervisor:
         return max(min(edges) - now, 0.0)
 
 
-def _abandon(proc: subprocess.Popen[bytes], workdir: str) -> None:
+def _abandon(proc: subprocess.Popen[bytes], workdir: str, group: cgroups.JobCgroup | None) -> None:
     """Undo a start that failed after the process was created."""
+    if group is not None:
+        group.kill()
     with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)
     _reap_main(proc)
@@ -573,6 +676,15 @@ def _abandon(proc: subprocess.Popen[bytes], workdir: str) -> None:
         if pipe is not None:
             pipe.close()
     _remove_dir(workdir)
+    if group is not None:
+        _remove_cgroup(group)
+
+
+def _remove_cgroup(group: cgroups.JobCgroup) -> None:
+    """Remove a job's cgroup once its processes are gone; one that survived SIGKILL (stuck
+    in the kernel) keeps it, and the worker's next start cleans it up."""
+    if not group.remove():
+        log.warning("job cgroup %s still has processes %s", group.path, group.pids())
 
 
 def _reap_main(proc: subprocess.Popen[bytes]) -> int:
@@ -681,10 +793,14 @@ class _Row:
 class _Tree:
     """Every process known to belong to one job, except its main process."""
 
-    def __init__(self, job_id: int, tag: str, leader: int) -> None:
+    def __init__(
+        self, job_id: int, tag: str, leader: int, cgroup: cgroups.JobCgroup | None = None
+    ) -> None:
         self._job_id = str(job_id)
         self._tag = tag
         self._leader = leader
+        # With a cgroup of its own, everything of the job is in it: no /proc walks needed.
+        self.cgroup = cgroup
         # The leader is our unreaped child, so its row is there; if not, scan() retries.
         row = _process_row(leader)
         self._born: float | None = row.born if row is not None else None
@@ -697,7 +813,10 @@ class _Tree:
 
         Shallow: descendants of the main process and of every known process. Deep also
         claims processes by session id and by JOBBALANCER_JOB_ID in their environment.
+        A job in a cgroup: whatever its cgroup holds, either way.
         """
+        if self.cgroup is not None:
+            return self._add(set(self.cgroup.pids()) - {self._leader} - self._known.keys())
         table = _process_table()
         if self._born is None:
             row = table.get(self._leader)
@@ -714,6 +833,13 @@ class _Tree:
 
     def alive(self) -> list[psutil.Process]:
         return [proc for proc in self._known.values() if _is_alive(proc)]
+
+    def empty(self) -> bool | None:
+        """Whether nothing of the job runs (its main process included); None if only a
+        /proc walk can tell, for a job without a cgroup."""
+        if self.cgroup is None:
+            return None
+        return not self.cgroup.populated()
 
     def surely_gone(self) -> bool:
         """Whether, judged from the worker's children alone, nothing of the job is left.
@@ -734,6 +860,8 @@ class _Tree:
             return _no_young_strays(self._born)
 
     def signal_all(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGKILL and self.cgroup is not None and self.cgroup.kill():
+            return  # all of it, even a process forking right now
         # The group id is the main pid, held by its zombie until finish(): never reused.
         alive = self.alive()
         for each in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):

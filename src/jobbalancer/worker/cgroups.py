@@ -1,0 +1,217 @@
+"""A cgroup (version 2) per job, where the host lets the worker make them.
+
+A cgroup holds every process of a job whatever it does: a process can leave its session,
+double-fork, clear its environment and be re-parented to init, but only a privileged
+process that writes it elsewhere can take it out of its cgroup. So where the worker may
+create cgroups, the runner tracks a job by its cgroup: ``cgroup.procs`` lists its
+processes, ``cgroup.events`` says whether any is left, and ``cgroup.kill`` (Linux 5.14)
+SIGKILLs all of them at once, including ones forking at that moment.
+
+The job's cgroups are made inside the worker's own cgroup, named like its temp
+directories (``jobbalancer-<owner>@<job id>-<random>``), so a restarted worker finds
+those its dead predecessor left (:func:`clean_up_after`). Nothing here enables a
+controller: the cgroups only group processes, they limit nothing.
+
+Hosts without a writable cgroup2 hierarchy (a worker that is not root, cgroup v1 only,
+a container without its cgroup mounted) get ``None`` from :func:`create`, and the
+runner falls back to tracking by session, process tree and environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+_PREFIX: Final = "jobbalancer-"
+_KILL_WAIT: Final = 5.0  # how long clean_up_after waits for a killed cgroup to empty
+
+
+class JobCgroup:
+    """One job's cgroup: a directory in the cgroup2 hierarchy."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def add(self, pid: int) -> None:
+        """Move a process (and, from then on, everything it starts) into the cgroup."""
+        _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+
+    def pids(self) -> list[int]:
+        """The processes in it now (zombies are not listed); [] once it is gone."""
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "rb") as file:
+                return [int(pid) for pid in file.read().split()]
+        except (OSError, ValueError):
+            return []
+
+    def populated(self) -> bool:
+        """Whether any process of the job still runs (a zombie does not count)."""
+        return _populated(self.path)
+
+    def kill(self) -> bool:
+        """SIGKILL every process in it at once; False if this kernel cannot (then signal
+        the pids one by one)."""
+        try:
+            _write(os.path.join(self.path, "cgroup.kill"), "1")
+        except FileNotFoundError:
+            return False
+        except OSError:  # removed meanwhile, so nothing is left in it
+            return True
+        return True
+
+    def remove(self) -> bool:
+        """Remove the empty cgroup; False if processes are still in it."""
+        return _remove(self.path)
+
+
+def create(owner: str, job_id: int, tag: str) -> JobCgroup | None:
+    """A new cgroup for one job, or None where the host does not allow one."""
+    base = base_dir()
+    if base is None:
+        return None
+    path = os.path.join(base, f"{_prefix(owner)}{job_id}-{tag}")
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return JobCgroup(path)  # the same random tag twice: cannot happen in practice
+    except OSError as exc:
+        _report_unusable(base, exc)
+        return None
+    return JobCgroup(path)
+
+
+def clean_up_after(owner: str) -> int:
+    """Kill what is left in the cgroups of ``owner``'s jobs and remove them.
+
+    Called by a worker before it runs anything: these cgroups belong to its dead
+    predecessor's jobs, already recovered elsewhere. Returns how many processes were
+    in them.
+    """
+    base = base_dir()
+    if base is None or not owner:
+        return 0
+    killed = 0
+    for path in glob.glob(os.path.join(glob.escape(base), f"{glob.escape(_prefix(owner))}*")):
+        cgroup = JobCgroup(path)
+        left = cgroup.pids()
+        killed += len(left)
+        if left and not cgroup.kill():
+            _signal_each(left)
+        deadline = time.monotonic() + _KILL_WAIT
+        while not cgroup.remove() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if os.path.isdir(path):
+            log.warning("could not remove the job cgroup %s", path)
+    return killed
+
+
+@functools.cache
+def base_dir() -> str | None:
+    """The worker's own cgroup in the cgroup2 hierarchy, if it may make cgroups there."""
+    own = _own_cgroup()
+    if own is None:
+        return None
+    for mount, root in _cgroup2_mounts():
+        relative = os.path.relpath(own, root)
+        if relative.startswith(".."):
+            continue  # this mount shows another part of the hierarchy
+        path = os.path.normpath(os.path.join(mount, relative))
+        if os.path.isfile(os.path.join(path, "cgroup.procs")) and os.access(path, os.W_OK):
+            return path
+    return None
+
+
+def _own_cgroup() -> str | None:
+    """This process's cgroup2 path, from the ``0::`` line of /proc/self/cgroup."""
+    try:
+        with open("/proc/self/cgroup") as file:
+            for line in file:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup2_mounts() -> Iterator[tuple[str, str]]:
+    """(mount point, root in the hierarchy) of each cgroup2 mount."""
+    try:
+        with open("/proc/self/mountinfo") as file:
+            lines = file.readlines()
+    except OSError:
+        return
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if right.split()[:1] == ["cgroup2"] and len(fields) >= 5:
+            yield _unescape(fields[4]), _unescape(fields[3])
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    for code in ("\\040", "\\011", "\\012", "\\134"):
+        field = field.replace(code, chr(int(code[1:], 8)))
+    return field
+
+
+def _prefix(owner: str) -> str:
+    # "@" ends the owner (worker names cannot hold it), as for the temp directories.
+    return f"{_PREFIX}{owner}@" if owner else _PREFIX
+
+
+def _populated(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "cgroup.events"), "rb") as file:
+            for line in file:
+                if line.startswith(b"populated "):
+                    return line.split()[1] != b"0"
+    except FileNotFoundError:
+        return False  # removed: nothing in it
+    except OSError:
+        pass
+    return True  # cannot tell: assume the worst
+
+
+def _remove(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def _signal_each(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+_reported: set[str] = set()
+
+
+def _report_unusable(base: str, exc: OSError) -> None:
+    if base not in _reported:
+        _reported.add(base)
+        log.warning(
+            "cannot create job cgroups in %s (%s): tracking jobs by session and process "
+            "tree instead", base, exc,
+        )  # fmt: skip
