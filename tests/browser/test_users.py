@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import PASSWORD as ROLE_PASSWORD
 from tests.browser.conftest import Cluster, Pages
 
 Shot = Callable[[Page, str], Path]
@@ -119,3 +120,40 @@ def test_only_admins_see_users(login_as: Callable[[str], Page], screenshot: Shot
     expect(page.locator("h1")).to_have_text("Not allowed")
     expect(page.locator(".error-message")).to_contain_text("admins only")
     screenshot(page, "users-forbidden")
+
+
+def test_a_viewer_makes_a_key_and_changes_the_password_on_the_account_page(
+    login_as: Callable[[str], Page], pages: Pages, cluster: Cluster, screenshot: Shot
+) -> None:
+    # Given a viewer, who sees no Users page, opening the account from the top bar
+    page = login_as("viewer")
+    page.on("dialog", lambda dialog: dialog.accept())
+    name = page.locator(".who-name").inner_text()
+    page.click(".who-name")
+    expect(page.locator("h1")).to_contain_text(name)
+    expect(page.locator("main")).to_contain_text("reads everything, changes nothing")
+
+    # When they create a key, it is shown once and works on the API
+    page.fill("input[name=name]", "grafana")
+    page.click("button:has-text('Create key')")
+    key = page.locator("#new-secret").inner_text()
+    assert key.startswith("jb_")
+    screenshot(page, "account-key-created")
+    with httpx.Client(base_url=cluster.url, headers={"Authorization": f"Bearer {key}"}) as api:
+        assert api.get("/api/v1/me").json()["name"] == name
+        page.goto("/account")
+        expect(page.locator("#new-secret")).to_have_count(0)
+        page.locator("table.keys tbody tr").locator("button:has-text('Revoke')").click()
+        expect(page.locator("#flash")).to_contain_text("API key revoked")
+        assert api.get("/api/v1/me").status_code == 401
+
+    # And a password change keeps this browser signed in; the new password works elsewhere
+    page.fill("input[name=current_password]", ROLE_PASSWORD)
+    page.fill("input[name=new_password]", "a-newer-password")
+    page.fill("input[name=repeat_password]", "a-newer-password")
+    page.click("button:has-text('Change password')")
+    expect(page.locator("#flash")).to_contain_text("Password changed.")
+    screenshot(page, "account")
+    page.goto("/jobs")
+    expect(page.locator("h1")).to_contain_text("Jobs")
+    pages.login(name, "a-newer-password")

@@ -1,0 +1,119 @@
+"""``/account``: every signed-in user's own page. What they may do (role, scripts-only,
+classes), their password (changed by typing the current one), and their API keys
+(created, shown once, revoked) — so a submitter or viewer needs no admin to use the API.
+
+Changing the password ends the user's other web sessions; this browser gets a new one.
+A wrong current password counts as a failed login, so a borrowed session cannot be
+used to guess it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from jobbalancer import auth, db, errors
+from jobbalancer.api import models
+from jobbalancer.refs import MAX_ID
+from jobbalancer.web import deps, pages
+from jobbalancer.web.routes.users import ROLE_HELP, _message
+
+router = APIRouter(include_in_schema=False)
+
+KeyId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+@router.get("/account")
+def account_page(page: deps.Viewer) -> Response:
+    return _render(page)
+
+
+@router.get("/account/{action:path}")
+def back_to_account(action: str, page: deps.Viewer) -> Response:
+    """A reload or bookmark of a form's address (a new key's page was a POST's answer)."""
+    return pages.redirect("/account")
+
+
+def _render(
+    page: deps.Page,
+    *,
+    shown: dict[str, str] | None = None,
+    note: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    with db.read(page.engine) as conn:
+        keys = auth.list_api_keys(conn, page.user.id)
+    response = page.render(
+        "account.html",
+        active="account",
+        status=status,
+        keys=keys,
+        roles=ROLE_HELP,
+        shown=shown or {},
+        note=note,
+        error=error,
+    )
+    if shown:  # a secret: no cache may keep the page
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/account/password")
+def change_password(page: deps.Viewer) -> Response:
+    current, new = page.field("current_password"), page.field("new_password")
+    if new != page.field("repeat_password"):
+        return _render(page, error="The new password and its repetition differ.", status=422)
+    try:
+        auth.check_password_strength(new)
+    except errors.InvalidInput as exc:
+        return _render(page, error=exc.message, status=exc.status)
+    if new == current:
+        return _render(page, error="The new password is the same as the current one.", status=422)
+    user = page.user
+    try:
+        with db.read(page.engine) as conn:
+            auth.check_login(conn, user.name, current)
+    except errors.Unauthorized:
+        with db.write(page.engine) as conn:
+            auth.record_failed_login(conn, user.name)
+        return _render(page, error="The current password is wrong.", status=403)
+    except errors.JobBalancerError as exc:
+        return _render(page, error=exc.message, status=exc.status)
+    with db.write(page.engine) as conn:
+        auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
+        token, _ = auth.create_session(conn, user.id)
+    response = pages.redirect("/account", "Password changed. Your other sessions were logged out.")
+    response.set_cookie(
+        auth.SESSION_COOKIE, token, httponly=True, samesite="lax", path="/",
+        secure=page.request.url.scheme == "https",
+    )  # fmt: skip
+    return response
+
+
+@router.post("/account/keys")
+def create_key(page: deps.Viewer) -> Response:
+    """A new key of one's own, shown once (with a Copy button)."""
+    form: dict[str, Any] = {"name": page.field("name").strip() or "default"}
+    try:
+        spec = models.ApiKeyIn.model_validate(form)
+    except pydantic.ValidationError as exc:
+        return _render(page, error=_message(exc), status=422)
+    with db.write(page.engine) as conn:
+        record, key = auth.create_api_key(conn, page.user.id, spec.name)
+    return _render(
+        page, shown={"key": key, "key_name": record.name}, note=f"API key {record.name} created."
+    )
+
+
+@router.post("/account/keys/{key_id}/revoke")
+def revoke_key(key_id: KeyId, page: deps.Viewer) -> Response:
+    try:
+        with db.write(page.engine) as conn:
+            auth.revoke_api_key(conn, page.user.id, key_id)  # only ever one of their own
+    except errors.NotFound:
+        return pages.redirect("/account", "You have no such API key.", error=True)
+    return pages.redirect("/account", "API key revoked: it stops working at once.")
