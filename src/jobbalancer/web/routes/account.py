@@ -19,7 +19,7 @@ from jobbalancer import auth, db, errors
 from jobbalancer.api import models
 from jobbalancer.refs import MAX_ID
 from jobbalancer.web import deps, pages
-from jobbalancer.web.routes.users import ROLE_HELP, _message
+from jobbalancer.web.routes.users import _message, render_keys_page
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,19 +47,10 @@ def _render(
 ) -> Response:
     with db.read(page.engine) as conn:
         keys = auth.list_api_keys(conn, page.user.id)
-    response = page.render(
-        "account.html",
-        active="account",
-        status=status,
-        keys=keys,
-        roles=ROLE_HELP,
-        shown=shown or {},
-        note=note,
-        error=error,
-    )
-    if shown:  # a secret: no cache may keep the page
-        response.headers["Cache-Control"] = "no-store"
-    return response
+    return render_keys_page(
+        page, "account.html", active="account", shown=shown, note=note, error=error,
+        status=status, keys=keys,
+    )  # fmt: skip
 
 
 @router.post("/account/password")

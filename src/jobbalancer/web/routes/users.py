@@ -132,19 +132,30 @@ def _render_user(
         target = auth.get_user(conn, user_id)
         keys = auth.list_api_keys(conn, user_id)
         all_classes = classes.list_all(conn)
+    return render_keys_page(
+        page, "user.html", active="users", shown=shown, note=note, error=error, status=status,
+        target=target, keys=keys, classes=all_classes,
+    )  # fmt: skip
+
+
+def render_keys_page(
+    page: deps.Page,
+    template: str,
+    *,
+    active: str,
+    shown: dict[str, str] | None,
+    note: str | None,
+    error: str | None,
+    status: int,
+    **values: Any,
+) -> Response:
+    """A page with API keys (a user's, or one's own account): ``shown`` holds a secret
+    just made (a password or key), which only this answer carries and no cache keeps."""
     response = page.render(
-        "user.html",
-        active="users",
-        status=status,
-        target=target,
-        keys=keys,
-        classes=all_classes,
-        roles=ROLE_HELP,
-        shown=shown or {},
-        note=note,
-        error=error,
-    )
-    if shown:  # a secret: no cache may keep the page
+        template, active=active, status=status, roles=ROLE_HELP, shown=shown or {},
+        note=note, error=error, **values,
+    )  # fmt: skip
+    if shown:
         response.headers["Cache-Control"] = "no-store"
     return response
 
