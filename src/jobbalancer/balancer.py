@@ -127,17 +127,15 @@ def assign_waiting(
     return len(chosen_ids)
 
 
-def take_for_worker(conn: sa.Connection, worker_id: int) -> list[int]:
+def take_for_worker(conn: sa.Connection, worker_id: int) -> list[jobs.Job]:
     """Fill a worker's free slots from its class's queue, the jobs going straight to
     ``running`` (:func:`jobs.take`): the worker itself calls this when jobs ended, in the
-    transaction that reports them, and starts what it got. The ids taken, in queue order.
+    transaction that reports them, and starts what it got. The jobs taken, in queue order.
     """
     db.lock_row(conn, "assign")
     taken = []
     for class_id, candidates in _candidates(conn, None, worker_id).items():
-        for job_id in _queue(conn, class_id, sum(c.free for c in candidates)):
-            if jobs.take(conn, job_id, worker_id) is not None:
-                taken.append(job_id)
+        taken += jobs.take(conn, worker_id, class_id, sum(c.free for c in candidates))
     return taken
 
 
@@ -164,12 +162,7 @@ def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candi
     return updated
 
 
-_QUEUE = (
-    sa.select(J.c.id)
-    .where(J.c.state == jobs.State.WAITING.value, J.c.worker_class_id == sa.bindparam("b_class"))
-    .order_by(J.c.priority.desc(), J.c.id)
-    .limit(sa.bindparam("b_limit", type_=sa.Integer))
-)
+_QUEUE = jobs.QUEUE
 
 
 def _queue(conn: sa.Connection, class_id: int, limit: int) -> list[int]:

@@ -305,21 +305,63 @@ _ASSIGN = (
 )
 
 
-def take(conn: sa.Connection, job_id: int, worker_id: int) -> str | None:
-    """waiting → running on ``worker_id`` at once: a worker filling its own freed slot
-    assigns and claims in one statement (it starts the process right after the commit).
+def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list[Job]:
+    """The first ``limit`` waiting jobs of a class, in queue order, waiting → running on
+    ``worker_id`` at once: a worker filling its own freed slots assigns and claims in one
+    statement (it starts the processes right after the commit). The jobs it got.
 
-    The fencing token, or None when the job was no longer waiting.
+    They share one fresh fencing token: what fences is that each assignment of a job
+    gets a token no earlier assignment of it had. Reading the queue skips rows another
+    transaction holds (PostgreSQL, MariaDB) rather than waiting to find them taken.
     """
-    return _fence(conn, _TAKE, job_id, worker_id)
+    if limit <= 0:
+        return []
+    token = secrets.token_hex(8)
+    params = {"b_worker": worker_id, "b_token": token, "b_class": class_id, "b_limit": limit}
+    if conn.dialect.update_returning:  # the queue as a subquery: one statement
+        conn.execute(_TAKE_FIRST, params)
+    else:  # MariaDB/MySQL cannot update a table it reads in a subquery
+        ids = list(conn.execute(_QUEUE_LOCKED, params).scalars())
+        if not ids:
+            return []
+        conn.execute(_TAKE_IDS, {**params, "b_ids": ids})
+    return [Job.from_row(r) for r in conn.execute(_TAKEN, params)]
 
 
-_TAKE = _ASSIGN.values(state=State.RUNNING.value, started_at=utcnow())
+_TAKE = (
+    sa.update(J)
+    .where(J.c.state == State.WAITING.value)
+    .values(
+        state=State.RUNNING.value,
+        worker_id=sa.bindparam("b_worker"),
+        token=sa.bindparam("b_token"),
+        assigned_at=utcnow(),
+        started_at=utcnow(),
+    )
+)
+QUEUE = (
+    sa.select(J.c.id)
+    .where(J.c.state == State.WAITING.value, J.c.worker_class_id == sa.bindparam("b_class"))
+    .order_by(J.c.priority.desc(), J.c.id)
+    .limit(sa.bindparam("b_limit", type_=sa.Integer))
+)
+_QUEUE_LOCKED = QUEUE.with_for_update(skip_locked=True)
+_TAKE_FIRST = _TAKE.where(J.c.id.in_(_QUEUE_LOCKED.scalar_subquery()))
+_TAKE_IDS = _TAKE.where(J.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+_TAKEN = (
+    select_jobs()
+    .where(
+        J.c.worker_id == sa.bindparam("b_worker"),
+        J.c.state == State.RUNNING.value,
+        J.c.token == sa.bindparam("b_token"),
+    )
+    .order_by(J.c.priority.desc(), J.c.id)
+)
 
 
 def _fence(conn: sa.Connection, stmt: sa.Update, job_id: int, worker_id: int) -> str | None:
-    """Give a waiting job to ``worker_id`` with a fresh fencing token (``stmt``: to
-    assigned or straight to running); the token, or None if it was no longer waiting."""
+    """Give a waiting job to ``worker_id`` with a fresh fencing token; the token, or None
+    if it was no longer waiting."""
     token = secrets.token_hex(8)
     params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
     return token if conn.execute(stmt, params).rowcount == 1 else None

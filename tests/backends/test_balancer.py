@@ -401,3 +401,101 @@ def finish_any(engine: sa.Engine) -> int:
         assert jobs.finish(conn, row.id, row.token, State.DONE, exit_code=0)
         balancer.assign_waiting(conn, worker_id=row.worker_id)
         return 1
+
+
+# -- a worker filling its own freed slots ---------------------------------------------------
+
+
+def take(engine: sa.Engine, worker_id: int) -> list[jobs.Job]:
+    with db.write(engine) as conn:
+        return balancer.take_for_worker(conn, worker_id)
+
+
+def test_a_worker_takes_its_free_slots_in_queue_order_straight_to_running(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker with three slots, one busy, and jobs of two classes waiting
+    w1 = worker_factory("w1", max_jobs=3)
+    busy = submit_one(engine)
+    other = make_class(engine, "other", 5)
+    with db.write(engine) as conn:
+        ids = jobs.create(conn, [spec(priority=p) for p in (0, 5, 0, 5)], None, None)
+        foreign = jobs.create(conn, [spec(worker_class_id=other, priority=9)], None, None)
+    # When it takes jobs for its free slots
+    taken = take(engine, w1)
+    # Then it got two, highest priority then oldest, running, each with a token that works
+    assert [j.id for j in taken] == [ids[1], ids[3]]
+    for job in taken:
+        assert job.state == State.RUNNING and job.worker_id == w1 and job.worker_name == "w1"
+        assert job.started_at is not None and job.assigned_at is not None
+        assert get(engine, job.id).token == job.token
+        with db.write(engine) as conn:
+            assert job.token is not None
+            assert jobs.finish(conn, job.id, job.token, State.DONE, exit_code=0)
+            assert not jobs.claim(conn, job.id, w1, job.token)
+    # And never a job of another class, nor more than its slots
+    assert get(engine, foreign[0]).state == State.WAITING
+    assert get(engine, busy).state == State.ASSIGNED
+    assert [j.id for j in take(engine, w1)] == [ids[0], ids[2]]
+    assert take(engine, w1) == []
+
+
+def test_a_take_gives_a_fresh_token_that_fences_off_the_last_assignment(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a job taken, then given back (its worker vanished before it started)
+    w1 = worker_factory("w1", max_jobs=1)
+    with db.write(engine) as conn:
+        (job_id,) = jobs.create(conn, [spec()], None, None)
+    (first,) = take(engine, w1)
+    with db.write(engine) as conn:
+        conn.execute(sa.update(J).where(J.c.id == job_id).values(state=State.WAITING.value))
+    # When it is taken again
+    (second,) = take(engine, w1)
+    # Then the old token no longer reports it, the new one does
+    assert first.token != second.token
+    with db.write(engine) as conn:
+        assert first.token is not None and second.token is not None
+        assert not jobs.finish(conn, job_id, first.token, State.DONE, exit_code=0)
+        assert jobs.finish(conn, job_id, second.token, State.DONE, exit_code=0)
+
+
+def test_workers_taking_while_clients_submit_never_exceed_their_slots_or_share_a_job(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given two workers with two slots each, and jobs waiting
+    ids = [worker_factory(f"w{i}", max_jobs=2) for i in range(2)]
+    with db.write(engine) as conn:
+        jobs.create(conn, [spec() for _ in range(40)], None, None)
+    start = threading.Barrier(4)
+    ran = Counter[int]()
+
+    def worker(worker_id: int) -> None:
+        start.wait()
+        for _ in range(15):
+            with db.write(engine) as conn:
+                # What the server assigned to it, claimed; then its freed slots filled
+                assigned = [
+                    job for job in jobs.for_worker(conn, worker_id)
+                    if jobs.claim(conn, job.id, worker_id, job.token or "")
+                ]  # fmt: skip
+                for job in assigned + balancer.take_for_worker(conn, worker_id):
+                    ran[job.id] += 1
+                    assert job.token is not None
+                    assert jobs.finish(conn, job.id, job.token, State.DONE, exit_code=0)
+            assert max(active_per_worker(engine).values(), default=0) <= 2
+
+    def client() -> None:
+        start.wait()
+        for _ in range(10):
+            submit(engine, spec())
+            assert max(active_per_worker(engine).values(), default=0) <= 2
+
+    # When both workers take and finish jobs while two clients submit more
+    with ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(worker, w) for w in ids] + [pool.submit(client) for _ in range(2)]:
+            f.result()
+    # Then no job ran twice and no worker ever held more than its slots
+    assert ran and max(ran.values()) == 1
+    assert states(engine)[State.DONE] == len(ran)
+    assert max(active_per_worker(engine).values(), default=0) <= 2

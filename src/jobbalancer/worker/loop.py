@@ -427,7 +427,7 @@ class Worker:
             stale = [r.job.id for r in reports if not self._finish(conn, r, kept[r.job.id])]
             fresh = []
             if take:
-                fresh = jobs.get_many(conn, balancer.take_for_worker(conn, self.worker_id))
+                fresh = balancer.take_for_worker(conn, self.worker_id)
             return stale, fresh
 
         try:
