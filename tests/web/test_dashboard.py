@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import db, jobs
+from jobbalancer import db, jobs, stats
 from jobbalancer.web.routes import dashboard
 from tests.web.conftest import Web
 
@@ -43,7 +43,7 @@ def test_finished_jobs_are_counted_in_their_minute(web: Web) -> None:
                        ("killed", 59), ("done", 61), ("occupied", 0)]:  # fmt: skip
         _finished(web, state, ago + offset * 0.5 if ago else offset * 0.5)
     with db.read(web.engine) as conn:
-        minutes = dashboard.per_minute(conn)
+        minutes = stats.per_minute(conn)
     assert len(minutes) == 60
     assert [m.start for m in minutes] == sorted(m.start for m in minutes)
     assert (minutes[-1].done, minutes[-1].failed) == (2, 1)  # occupied never ran: not counted

@@ -4,10 +4,8 @@ themselves: htmx fetches ``/dashboard/live`` every few seconds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -16,10 +14,6 @@ from jobbalancer.web import deps
 
 router = APIRouter(include_in_schema=False)
 
-J = jobs.J
-MINUTES = 60
-FAILURES = [s.value for s in (jobs.State.FAILED, jobs.State.TIMEOUT, jobs.State.KILLED,
-                              jobs.State.LOST)]  # fmt: skip
 # The chart's drawing area, in SVG user units (the SVG scales to its box).
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 250, 30, 18, 8
 
@@ -36,13 +30,6 @@ def dashboard_live(page: deps.Viewer) -> Response:
 
 
 @dataclass(frozen=True)
-class Minute:
-    start: datetime
-    done: int
-    failed: int
-
-
-@dataclass(frozen=True)
 class Bar:
     x: float
     width: float
@@ -53,42 +40,7 @@ class Bar:
     title: str
 
 
-def per_minute(conn: sa.Connection, minutes: int = MINUTES) -> list[Minute]:
-    """Jobs that ended well (done) and badly (failed, timeout, killed, lost) in each of
-    the last ``minutes`` minutes, oldest first; the last is the current minute."""
-    now = db.now(conn).replace(second=0, microsecond=0)
-    starts = [now - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
-    # Each row finds its minute by binary search in a nested CASE (a few comparisons, the
-    # same SQL on every backend), over the last hour's index range only; then one count
-    # per minute and state.
-    rows = sa.select(_minute_of(J.c.finished_at, starts, 0, minutes).label("minute"), J.c.state)
-    recent = rows.where(J.c.finished_at >= starts[0]).subquery()
-    counts = sa.select(recent.c.minute, recent.c.state, sa.func.count()).group_by(
-        recent.c.minute, recent.c.state
-    )
-    done, failed = [0] * minutes, [0] * minutes
-    for minute, state, count in conn.execute(counts):
-        if state == jobs.State.DONE:
-            done[int(minute)] += int(count)
-        elif state in FAILURES:
-            failed[int(minute)] += int(count)
-    return [Minute(s, done[i], failed[i]) for i, s in enumerate(starts)]
-
-
-def _minute_of(
-    column: sa.ColumnElement[Any], starts: list[datetime], lo: int, hi: int
-) -> sa.ColumnElement[int]:
-    """The index in ``starts[lo:hi]`` of the minute ``column`` falls in."""
-    if hi - lo == 1:
-        return sa.literal(lo, sa.Integer)
-    mid = (lo + hi) // 2
-    return sa.case(
-        (column < starts[mid], _minute_of(column, starts, lo, mid)),
-        else_=_minute_of(column, starts, mid, hi),
-    )
-
-
-def chart(minutes: list[Minute]) -> dict[str, Any]:
+def chart(minutes: list[stats.Minute]) -> dict[str, Any]:
     """Stacked bars (done below, failures above) scaled to the busiest minute."""
     top = max([m.done + m.failed for m in minutes] + [1])
     scale = (HEIGHT - BOTTOM - TOP) / _nice(top)
@@ -123,7 +75,7 @@ def _figures(page: deps.Page) -> dict[str, Any]:
     with db.read(page.engine) as conn:
         per_worker = stats.by_worker(conn)
         summary = stats.Summary(stats.jobs_by_state(conn), per_worker, stats.slots(per_worker))
-        minutes = per_minute(conn)  # done and failures apart, which the summary's are not
+        minutes = stats.per_minute(conn)  # done and failures apart, unlike the summary's
     live = [w for w in summary.workers if w.state != "offline"]
     return {
         "summary": summary,
