@@ -8,6 +8,7 @@ waits for it, and reports the outcome through the job manager.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pwd
@@ -108,6 +109,7 @@ class Worker:
         self._idle_threads = 0  # job threads waiting on _job_queue
         self._poll_failing_since: float | None = None
         self._report_failing_since: float | None = None
+        self._report_tries: dict[int, int] = {}  # failed tries to record a job's end
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something to do: a job ended, or poll now
         self._poll_now = threading.Event()  # told that jobs were assigned or are to be killed
@@ -432,7 +434,7 @@ class Worker:
 
         try:
             stale, fresh = self.sink.finish_many([r.job.id for r in reports], record)
-        except (errors.DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except _DATABASE_AWAY as exc:
             # The database is away: keep the reports (and their output) and try again.
             if self._report_failing_since is None:
                 self._report_failing_since = time.monotonic()
@@ -440,7 +442,8 @@ class Worker:
             return False
         except Exception:
             log.exception("could not record %d ended jobs together; one by one", len(reports))
-            stale, fresh = self._report_singly(reports), []
+            (stale, later), fresh = self._report_singly(reports), []
+            reports = [r for r in reports if r.job.id not in later]
         if self._report_failing_since is not None:
             away = time.monotonic() - self._report_failing_since
             log.warning("recording ended jobs works again after %.1f s", away)
@@ -456,21 +459,61 @@ class Worker:
             self._start_thread(job)
         return True
 
-    def _report_singly(self, reports: list[_Report]) -> list[int]:
-        stale = []
+    def _report_singly(self, reports: list[_Report]) -> tuple[list[int], set[int]]:
+        """Record each job's end on its own, after recording them together failed for a
+        reason other than the database being away: one bad report must not hold up the
+        others. Returns the ids no longer this worker's, and those to try again later.
+
+        A report that keeps failing (_REPORT_TRIES times) is recorded as ``failed`` with
+        the reason, rather than left ``running`` for as long as the worker lives.
+        """
+        stale: list[int] = []
+        later: set[int] = set()
         for r in reports:
+            job_id = r.job.id
 
             def record(conn: sa.Connection, kept: int, r: _Report = r) -> bool:
                 return self._finish(conn, r, kept)
 
             try:
-                if not self.sink.finish(r.job.id, record):
-                    stale.append(r.job.id)
-            except Exception:
-                log.exception("job %d: could not record its end", r.job.id)
-        return stale
+                if not self.sink.finish(job_id, record):
+                    stale.append(job_id)
+            except _DATABASE_AWAY as exc:
+                log.warning("job %d: cannot record its end (%s); retrying", job_id, exc)
+                later.add(job_id)
+                continue
+            except Exception as exc:
+                tries = self._report_tries[job_id] = self._report_tries.get(job_id, 0) + 1
+                if tries < _REPORT_TRIES:
+                    log.exception("job %d: could not record its end (try %d)", job_id, tries)
+                    later.add(job_id)
+                    continue
+                log.exception("job %d: could not record its end; recording it as failed", job_id)
+                if not self._record_as_failed(r, exc):
+                    stale.append(job_id)
+            self._report_tries.pop(job_id, None)
+        return stale, later
 
-    def _finish(self, conn: sa.Connection, r: _Report, kept: int) -> bool:
+    def _record_as_failed(self, r: _Report, exc: Exception) -> bool:
+        """The last resort for a job whose end cannot be recorded: ``failed``, saying why,
+        with its output if that can still be written. False if no longer ours."""
+        why = f"the worker could not record how this job ended ({type(exc).__name__}: {exc})"
+        failed = dataclasses.replace(r, state=jobs.State.FAILED, error=why[:2000])
+        try:
+            return self.sink.finish(r.job.id, lambda conn, kept: self._finish(conn, failed, kept))
+        except Exception:
+            log.exception("job %d: recording it with its output failed too; without", r.job.id)
+        try:
+            with db.write(self.engine) as conn:
+                return self._finish(conn, failed, None)
+        except Exception:
+            log.exception(
+                "job %d: its end is not recorded; it is marked lost when this worker starts "
+                "again", r.job.id,
+            )  # fmt: skip
+            return True
+
+    def _finish(self, conn: sa.Connection, r: _Report, kept: int | None) -> bool:
         return jobs.finish(
             conn, r.job.id, r.token, r.state, exit_code=r.outcome.exit_code,
             signal=r.outcome.signal, error=r.error, output_bytes=kept, pid=r.pid,
@@ -587,3 +630,7 @@ class Worker:
 
 
 _SIGNALS = {s.value for s in signal.Signals}
+# Errors that mean the database is away (for now): a report is kept and tried again.
+_DATABASE_AWAY = (errors.DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)
+# Tries to record a job's end that failed otherwise, before it is recorded as failed.
+_REPORT_TRIES = 3

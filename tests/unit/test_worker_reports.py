@@ -1,0 +1,91 @@
+"""A worker in this process, on SQLite: a job's end that cannot be recorded (for a reason
+other than the database being away) neither holds up the other jobs' ends nor stays
+``running`` while the worker lives: it is tried again, then recorded as ``failed``."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from jobbalancer import balancer, db, jobs
+from jobbalancer import logs as logs_
+from jobbalancer.settings import Settings, WorkerSettings
+from jobbalancer.worker import loop
+
+pytestmark = pytest.mark.timeout(60)
+DEFAULT_CLASS = 1
+
+
+def _submit(engine: sa.Engine, *commands: str) -> list[int]:
+    specs = [jobs.Spec(worker_class_id=DEFAULT_CLASS, command=c) for c in commands]
+    with db.write(engine) as conn:
+        return balancer.submit(conn, specs, None, None)
+
+
+def _run_worker(engine: sa.Engine) -> None:
+    """Until nothing is left to do (``burst``), in a thread: no signal handlers."""
+    settings = Settings(worker=WorkerSettings(name="w", allow_root=True, max_jobs=4))
+    worker = loop.Worker(settings, engine=engine)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True}, daemon=True)
+    thread.start()
+    thread.join(45)
+    assert not thread.is_alive(), "the worker did not finish its jobs"
+
+
+def test_a_report_that_keeps_failing_is_recorded_as_failed_and_holds_up_no_other(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, flaky, broken = _submit(sqlite_engine, "echo good", "echo flaky", "echo broken")
+    real_finish = jobs.finish
+    tries: Counter[int] = Counter()
+
+    def finish(conn: sa.Connection, job_id: int, token: str, state: jobs.State, **kw: Any) -> bool:
+        tries[job_id] += 1
+        if job_id == flaky and tries[job_id] <= 2:
+            raise ValueError("a passing fault")
+        if job_id == broken and state == jobs.State.DONE:
+            raise ValueError("a fault this report always meets")
+        return real_finish(conn, job_id, token, state, **kw)
+
+    monkeypatch.setattr(jobs, "finish", finish)
+
+    _run_worker(sqlite_engine)
+
+    with db.read(sqlite_engine) as conn:
+        ended = {i: jobs.get(conn, i) for i in (good, flaky, broken)}
+    assert ended[good].state == jobs.State.DONE
+    assert ended[flaky].state == jobs.State.DONE  # the third try went through
+    assert ended[broken].state == jobs.State.FAILED
+    assert ended[broken].error is not None
+    assert "could not record how this job ended" in ended[broken].error
+    assert "a fault this report always meets" in ended[broken].error
+    assert ended[broken].exit_code == 0  # what is known of its end is kept
+    with db.read(sqlite_engine) as conn:
+        logs = {i: logs_.read(conn, i)[0] for i in (flaky, broken)}
+    assert logs == {flaky: b"flaky\n", broken: b"broken\n"}  # and its output
+
+
+def test_reports_wait_while_the_database_is_away_rather_than_being_dropped(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (job_id,) = _submit(sqlite_engine, "echo hi")
+    real_finish = jobs.finish
+    calls = Counter[str]()
+
+    def finish(conn: sa.Connection, *args: Any, **kw: Any) -> bool:
+        calls["finish"] += 1
+        if calls["finish"] <= 5:
+            raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("database is locked"))
+        return real_finish(conn, *args, **kw)
+
+    monkeypatch.setattr(jobs, "finish", finish)
+
+    _run_worker(sqlite_engine)
+
+    with db.read(sqlite_engine) as conn:
+        assert jobs.get(conn, job_id).state == jobs.State.DONE
+    assert calls["finish"] == 6
