@@ -346,7 +346,12 @@ QUEUE = (
     .limit(sa.bindparam("b_limit", type_=sa.Integer))
 )
 _QUEUE_LOCKED = QUEUE.with_for_update(skip_locked=True)
-_TAKE_FIRST = _TAKE.where(J.c.id.in_(_QUEUE_LOCKED.scalar_subquery()))
+# The queue's head is read once, before the update. As a plain `IN (subquery)`,
+# PostgreSQL may plan it as a loop that reads the subquery again for every row it updates;
+# each time the rows it has just taken are skipped (locked), so the next ones qualify and
+# a long queue went to one worker whole, past its slots. MATERIALIZED forbids that.
+_QUEUE_HEAD = _QUEUE_LOCKED.cte("queue_head").prefix_with("MATERIALIZED", dialect="postgresql")
+_TAKE_FIRST = _TAKE.where(J.c.id.in_(sa.select(_QUEUE_HEAD.c.id)))
 _TAKE_IDS = _TAKE.where(J.c.id.in_(sa.bindparam("b_ids", expanding=True)))
 _TAKEN = (
     select_jobs()

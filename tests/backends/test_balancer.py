@@ -499,3 +499,22 @@ def test_workers_taking_while_clients_submit_never_exceed_their_slots_or_share_a
     assert ran and max(ran.values()) == 1
     assert states(engine)[State.DONE] == len(ran)
     assert max(active_per_worker(engine).values(), default=0) <= 2
+
+
+def test_a_take_from_a_long_queue_takes_only_the_free_slots(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a long queue (the database may then plan the take differently) and a worker
+    # with two slots, one of them busy
+    w1 = worker_factory("w1", max_jobs=2)
+    busy = submit_one(engine)
+    with db.write(engine) as conn:
+        ids = jobs.create(conn, [spec() for _ in range(1000)], None, None)
+    # When it takes jobs, again and again
+    taken = [j.id for j in take(engine, w1)]
+    # Then it got exactly its one free slot's worth, the oldest job
+    assert taken == [ids[0]]
+    assert take(engine, w1) == []
+    assert active_per_worker(engine) == {w1: 2}
+    assert states(engine) == {State.WAITING: 999, State.RUNNING: 1, State.ASSIGNED: 1}
+    assert get(engine, busy).worker_id == w1
