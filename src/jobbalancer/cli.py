@@ -812,6 +812,14 @@ def worker(
             help="Run jobs as root. Refused without this when the worker runs as root.",
         ),
     ] = False,
+    cgroups: Annotated[
+        bool | None,
+        _opt(
+            "--cgroups/--no-cgroups",
+            env="WORKER_CGROUPS",
+            help="Give each job a cgroup of its own where the host allows. Default: on.",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
@@ -836,6 +844,7 @@ def worker(
             "worker.max_jobs": max_jobs,
             "worker.run_as": run_as,
             "worker.allow_root": allow_root or None,
+            "worker.cgroups": cgroups,
         },
     )
     check_privileges(loaded.worker)

@@ -232,3 +232,13 @@ def test_invalid_utf8_and_nul_bytes_are_stored_and_read_back(
     # ... and read back readable, with replacement characters, NULs kept.
     assert cluster.log(job["id"], "stdout") == raw_out.decode("utf-8", "replace")
     assert cluster.log(job["id"], "stderr") == raw_err.decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(cgroups.base_dir() is None, reason="this host lets workers make no cgroups")
+def test_no_cgroups_runs_jobs_without_one(make_cluster: Any) -> None:
+    cluster: Cluster = make_cluster("sqlite")
+    cluster.start_worker("w", "--allow-root", "--no-cgroups")
+    job = cluster.submit(command="cat /proc/self/cgroup")
+    assert (final := cluster.wait_job(job["id"]))["state"] == "done", final
+    assert "0::" in cluster.log(job["id"])
+    assert f"@{job['id']}-" not in cluster.log(job["id"])  # in the worker's own cgroup
