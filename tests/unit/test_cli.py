@@ -281,6 +281,7 @@ def test_option_variables_do_not_trip_the_settings_loader(
         "JOBBALANCER_WORKER_MAX_JOBS",
         "JOBBALANCER_WORKER_RUN_AS",
         "JOBBALANCER_WORKER_ALLOW_ROOT",
+        "JOBBALANCER_WORKER_CGROUPS",
     }
     assert settings_like <= allowed
 
