@@ -141,9 +141,7 @@ def create_user(
     worker_classes: Sequence[str] | None = None,
 ) -> User:
     """Create a user; ``password`` None makes one that can only use API keys."""
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise errors.InvalidInput("user name must have 1 to 200 characters", field="name")
+    name = refs.check_name(name, "user")
     try:
         role = Role(role)
     except ValueError:
@@ -152,8 +150,7 @@ def create_user(
         ) from None
     if password is not None:
         check_password_strength(password)
-    if conn.execute(sa.select(U.c.id).where(U.c.name == name)).first() is not None:
-        raise errors.Conflict(f"user {name!r} already exists", field="name")
+    refs.ensure_free_name(conn, U, name, "user")
     result = conn.execute(
         sa.insert(U).values(
             name=name,
@@ -189,10 +186,8 @@ def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -
         check_password_strength(changes["password"])
         values["password_hash"] = hash_password(changes["password"])
     if "name" in changes:
-        name = str(changes["name"]).strip()
-        taken = conn.execute(sa.select(U.c.id).where(U.c.name == name, U.c.id != user_id)).first()
-        if taken is not None:
-            raise errors.Conflict(f"user {name!r} already exists", field="name")
+        name = refs.check_name(str(changes["name"]), "user")
+        refs.ensure_free_name(conn, U, name, "user", except_id=user_id)
         values["name"] = name
     if "password_hash" in values:  # a reset also lifts a lockout
         values.update(failed_logins=0, locked_until=None)

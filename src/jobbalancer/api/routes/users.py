@@ -12,7 +12,6 @@ from fastapi import APIRouter, Path, Response
 from jobbalancer import auth, classes, db, errors
 from jobbalancer.api import models
 from jobbalancer.api.deps import Admin, CurrentUser, EngineDep
-from jobbalancer.db import schema
 from jobbalancer.refs import MAX_ID
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
@@ -30,13 +29,6 @@ def _class_names(conn: sa.Connection, refs: Sequence[str | int] | None) -> list[
     if refs is None:
         return None
     return [classes.find(conn, r, field=f"worker_classes.{i}").name for i, r in enumerate(refs)]
-
-
-def _ensure_free_name(conn: sa.Connection, name: str, user_id: int) -> None:
-    U = schema.users
-    taken = conn.execute(sa.select(U.c.id).where(U.c.name == name, U.c.id != user_id)).first()
-    if taken is not None:
-        raise errors.Conflict(f"user {name!r} already exists", field="name")
 
 
 def _keep_an_admin(conn: sa.Connection, target: auth.User, changes: Mapping[str, Any]) -> None:
@@ -99,8 +91,6 @@ def update_user(
     with db.write(engine) as conn:
         target = auth.get_user(conn, user_id)
         _keep_an_admin(conn, target, changes)
-        if "name" in changes:
-            _ensure_free_name(conn, changes["name"], user_id)
         if "worker_classes" in changes:
             changes["worker_classes"] = _class_names(conn, changes["worker_classes"])
         updated = auth.update_user(conn, user_id, changes)
