@@ -622,6 +622,22 @@ def test_a_job_forking_as_fast_as_it_can_leaves_no_survivor(jobs: Jobs, trigger:
     assert survivors(spec.job_id) == []
 
 
+def test_without_cgroup_kill_the_cgroups_processes_are_signalled_one_by_one(
+    cgroup_jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older kernel (before 5.14) has no cgroup.kill: the cgroup still lists them all.
+    monkeypatch.setattr(cgroups.JobCgroup, "kill", lambda self: False)
+    command = f"{IGNORES_TERM}\n{UNTRACEABLE} &\n{WAIT_FOR_PIDS.format(n=2)}\nsleep 300"
+    job, _ = cgroup_jobs.start(cgroup_jobs.spec(command))
+    pids = cgroup_jobs.pids(2)
+    job.kill()
+
+    outcome = job.wait()
+
+    assert outcome.reason == "killed"
+    assert [pid for pid in pids if not gone(pid)] == []
+
+
 @needs_cgroups
 def test_clean_up_after_kills_what_is_left_in_its_cgroups() -> None:
     # Given a cgroup of a dead worker's job, holding a process nothing else could find

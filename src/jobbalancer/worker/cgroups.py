@@ -62,10 +62,8 @@ class JobCgroup:
         the pids one by one)."""
         try:
             _write(os.path.join(self.path, "cgroup.kill"), "1")
-        except FileNotFoundError:
-            return False
-        except OSError:  # removed meanwhile, so nothing is left in it
-            return True
+        except OSError:  # no cgroup.kill (Linux < 5.14), or the cgroup is gone: nothing left
+            return not os.path.isdir(self.path)
         return True
 
     def remove(self) -> bool:
