@@ -80,10 +80,11 @@ def connect(url: str, *, pool_size: int = 10) -> sa.Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed)
     kwargs: dict[str, Any] = {
-        "pool_pre_ping": True,
         "pool_size": pool_size,
         "max_overflow": pool_size,
         "pool_recycle": 3600,
+        # The connection used last is used next: it is the one least likely to be stale.
+        "pool_use_lifo": True,
     }
     if backend == "mysql":
         # A queue needs to see rows other sessions just committed, not a snapshot.
@@ -92,7 +93,38 @@ def connect(url: str, *, pool_size: int = 10) -> sa.Engine:
         kwargs["connect_args"] = {"connect_timeout": 10}
     else:
         kwargs["connect_args"] = {"connect_timeout": 10, **POSTGRES_LIVENESS}
-    return sa.create_engine(parsed, **kwargs)
+    engine = sa.create_engine(parsed, **kwargs)
+    _ping_after_idle(engine)
+    return engine
+
+
+# A connection back from the pool is checked (a round trip) only when it has been idle
+# this long: one in steady use answered a moment ago, and a ping on every checkout was a
+# round trip more on every transaction (a worker's report, a submission).
+PING_AFTER_IDLE = 1.0
+_IDLE_SINCE = "jobbalancer.idle_since"
+
+
+def _ping_after_idle(engine: sa.Engine) -> None:
+    """SQLAlchemy's pre-ping, skipped for a connection checked in less than
+    :data:`PING_AFTER_IDLE` ago. A server that went away in between fails the first
+    statement instead, as it would have a moment later: callers handle that anyway
+    (:class:`DatabaseUnavailable`), and the pool then replaces every older connection."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # just connected, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool drops this connection and checks out a fresh one.
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 def _sqlite_engine(url: URL) -> sa.Engine:
