@@ -196,7 +196,7 @@ def write(engine: sa.Engine) -> Iterator[sa.Connection]:
         conn.info.pop(_WAKE_KEY, None)
         with conn.begin():
             yield conn
-        _send_wakes(engine, conn.info.pop(_WAKE_KEY, ()))
+        _send_wakes(conn, conn.info.pop(_WAKE_KEY, ()))
 
 
 @contextlib.contextmanager
@@ -352,16 +352,12 @@ WAKE_CHANNEL = "jobbalancer_wake"
 
 
 def wake_workers(conn: sa.Connection, worker_ids: Iterable[int]) -> None:
-    """Tell workers they have something to do, when this transaction commits.
+    """Tell workers they have something to do, when this :func:`write` transaction commits.
 
-    After the commit of a :func:`write` transaction, a datagram to each worker's local
-    wake-up socket (workers on this host: the quickest way). PostgreSQL also sends a NOTIFY
-    with the worker's id, for workers on other hosts; elsewhere those find out by polling.
+    After the commit, a datagram to each worker's local wake-up socket (workers on this
+    host: the quickest way). On PostgreSQL, a NOTIFY with the id of each worker no local
+    socket took (workers on other hosts); elsewhere those find out by polling.
     """
-    worker_ids = set(worker_ids)
-    if backend(conn) == "postgresql":
-        for worker_id in sorted(worker_ids):
-            conn.execute(sa.select(sa.func.pg_notify(WAKE_CHANNEL, str(worker_id))))
     conn.info.setdefault(_WAKE_KEY, set()).update(worker_ids)
 
 
@@ -391,20 +387,50 @@ def _wake_prefix(url: URL) -> str | None:
     return f"\0jobbalancer-wake-{digest}-"
 
 
-def _send_wakes(engine: sa.Engine, worker_ids: Iterable[int]) -> None:
+def _send_wakes(conn: sa.Connection, worker_ids: Iterable[int]) -> None:
+    """Wake workers after a commit: by datagram where one listens on this host, else (on
+    PostgreSQL) by NOTIFY. A NOTIFY inside the transaction was a round trip more on every
+    submission, and woke a worker on this host a second time, for a poll that found
+    nothing."""
+    far = [w for w in sorted(worker_ids) if not _send_datagram(conn.engine.url, w)]
+    if far and backend(conn) == "postgresql":
+        _notify(conn, far)
+
+
+def _send_datagram(url: URL, worker_id: int) -> bool:
+    """True when the worker's local wake-up socket took it (or is full: it has been told)."""
     global _wake_socket
-    for worker_id in worker_ids:
-        address = wake_address(engine.url, worker_id)
-        if address is None:
-            return
+    address = wake_address(url, worker_id)
+    if address is None:
+        return False
+    try:
+        if _wake_socket is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)  # a worker that does not read must not stop us
+            _wake_socket = sock
+        _wake_socket.sendto(b"w", address)
+    except BlockingIOError:
+        return True  # its buffer is full of wake-ups it has not read yet
+    except OSError:
+        return False  # nobody listens there: no such worker on this host
+    return True
+
+
+def _notify(conn: sa.Connection, worker_ids: list[int]) -> None:
+    """NOTIFY each worker, in one statement outside any transaction (the one that made the
+    change has committed). A failure only delays the job until the worker polls."""
+    raw: Any = conn.connection.driver_connection
+    try:
+        raw.autocommit = True
         try:
-            if _wake_socket is None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                sock.setblocking(False)  # a worker that does not read must not stop us
-                _wake_socket = sock
-            _wake_socket.sendto(b"w", address)
-        except OSError:
-            pass  # no such worker on this host (or its buffer is full: it has been told)
+            raw.execute(
+                "SELECT pg_notify(%s, w) FROM unnest(%s::text[]) AS w",
+                (WAKE_CHANNEL, [str(w) for w in worker_ids]),
+            )
+        finally:
+            raw.autocommit = False
+    except Exception as exc:
+        log.debug("could not NOTIFY workers %s (%s); they will poll", worker_ids, exc)
 
 
 class WakeListener:
