@@ -553,6 +553,54 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
     return len(ids)
 
 
+def claim_for_worker(conn: sa.Connection, worker_id: int) -> tuple[list[Job], list[Job]]:
+    """assigned → running for every job assigned to ``worker_id``, and its running jobs
+    to kill, in one statement (PostgreSQL): the jobs claimed, and those to kill.
+
+    What :func:`for_worker` then :func:`claim` do in two. The token check of ``claim``
+    guards a token read earlier; here the job is claimed in the statement that reads it,
+    so it is the current assignment's.
+    """
+    claimed: list[Job] = []
+    to_kill: list[Job] = []
+    for row in conn.execute(_CLAIM_ALL, {"b_worker": worker_id}):
+        (claimed if row.claimed else to_kill).append(Job.from_row(row))
+    return claimed, to_kill
+
+
+def _claim_all() -> sa.CompoundSelect[Any]:
+    w, c = schema.workers, schema.worker_classes
+    claimed = (
+        sa.update(J)
+        .where(J.c.worker_id == sa.bindparam("b_worker"), J.c.state == State.ASSIGNED.value)
+        .values(state=State.RUNNING.value, started_at=utcnow())
+        .returning(*J.c)
+        .cte("claimed")
+    )
+    names = (w.c.name.label("worker_name"), c.c.name.label("worker_class"))
+    got = sa.select(*claimed.c, *names, sa.true().label("claimed")).select_from(
+        claimed.join(c, c.c.id == claimed.c.worker_class_id).outerjoin(
+            w, w.c.id == claimed.c.worker_id
+        )
+    )
+    # The statement's snapshot predates its update: a job just claimed is not in here.
+    kill = (
+        select_jobs()
+        .add_columns(sa.false().label("claimed"))
+        .where(
+            J.c.worker_id == sa.bindparam("b_worker"),
+            J.c.state == State.RUNNING.value,
+            J.c.kill_requested.is_(True),
+        )
+    )
+    order: list[sa.ColumnElement[Any]] = [sa.literal_column("priority").desc()]
+    order.append(sa.literal_column("id"))
+    return sa.union_all(got, kill).order_by(*order)
+
+
+_CLAIM_ALL = _claim_all()
+
+
 def for_worker(conn: sa.Connection, worker_id: int) -> list[Job]:
     """What a worker must act on: jobs assigned to it, and its running jobs to kill."""
     return [Job.from_row(r) for r in conn.execute(_FOR_WORKER, {"b_worker": worker_id})]

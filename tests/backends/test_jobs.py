@@ -621,3 +621,38 @@ def test_delete_finished_before_respects_its_limit(
     with db.write(engine) as conn:
         assert jobs.delete_finished_before(conn, cutoff, limit=3) == 0
     assert all_jobs(engine) == []
+
+
+def test_claim_for_worker_claims_what_is_assigned_and_lists_its_kills_in_one_statement(
+    engine: sa.Engine, job_factory: JobFactory, worker: int, worker_factory: Any
+) -> None:
+    if db.backend(engine) == "sqlite":
+        with pytest.raises(ValueError), db.one_statement(engine):
+            pass
+    if db.backend(engine) != "postgresql":
+        return  # UPDATE … RETURNING in a WITH is PostgreSQL's; the others poll, then claim
+    # Given two jobs assigned to a worker, one of its jobs running and to be killed, a
+    # running job not to be killed, and a job assigned to another worker
+    other = worker_factory("other")
+    high, low = job_factory(priority=5), job_factory()
+    tokens = {high: assign(engine, high, worker), low: assign(engine, low, worker)}
+    doomed, calm, elsewhere = job_factory(), job_factory(), job_factory()
+    start(engine, doomed, worker)
+    start(engine, calm, worker)
+    assign(engine, elsewhere, other)
+    do(engine, jobs.request_kill, doomed)
+    # When the worker polls
+    with db.one_statement(engine) as conn:
+        claimed, to_kill = jobs.claim_for_worker(conn, worker)
+    # Then both assigned jobs are its, running, in queue order, with their tokens
+    assert [j.id for j in claimed] == [high, low]
+    for job in claimed:
+        assert job.state == State.RUNNING and job.started_at is not None
+        assert job.token == tokens[job.id] and job.worker_name is not None
+        assert get(engine, job.id).state == State.RUNNING
+    # And the job to kill is listed, nothing else
+    assert [j.id for j in to_kill] == [doomed]
+    assert get(engine, elsewhere).state == State.ASSIGNED
+    # And a second poll claims nothing again
+    with db.one_statement(engine) as conn:
+        assert jobs.claim_for_worker(conn, worker) == ([], [to_kill[0]])

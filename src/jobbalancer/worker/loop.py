@@ -118,6 +118,7 @@ class Worker:
         self._signals = 0
         self._heartbeat_thread: threading.Thread | None = None
         self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._woken)
+        self._claim_in_one = db.backend(self.engine) == "postgresql"
 
     # -- the whole life ----------------------------------------------------------------
 
@@ -259,11 +260,16 @@ class Worker:
 
         ``woken``: we were told there is something for us, so look and claim in one write
         transaction (a round trip less to the start of the job); otherwise look first in
-        a read-only one, which on SQLite does not take the write lock.
+        a read-only one, which on SQLite does not take the write lock. On PostgreSQL
+        one statement outside a transaction claims and looks, woken or not (a poll is
+        then one round trip).
         """
         claimed: list[jobs.Job] | None = None
         try:
-            if woken:
+            if self._claim_in_one:
+                with db.one_statement(self.engine) as conn:
+                    claimed, todo = jobs.claim_for_worker(conn, self.worker_id)
+            elif woken:
                 with db.write(self.engine) as conn:
                     todo = jobs.for_worker(conn, self.worker_id)
                     claimed = [
@@ -292,7 +298,7 @@ class Worker:
             claimed = self._claim(self._fresh(todo))
         for job in claimed:
             self._start_thread(job)
-        return bool(todo)
+        return bool(todo or claimed)
 
     def _fresh(self, todo: list[jobs.Job]) -> list[jobs.Job]:
         """The assigned jobs we have not started."""
