@@ -369,7 +369,10 @@ def test_missing_interpreter_raises_start_error_and_leaves_nothing(jobs: Jobs) -
         ({"env": {"NUL": "a\0b"}}, "cannot start"),
         ({"script": "echo no shebang\n"}, "cannot start the script: it has no #! line"),
         ({"script": "#!\necho x\n"}, "names no interpreter"),
-        ({"script": "#!/nonexistent/sh\necho x\n"}, "'/nonexistent/sh' is not an executable"),
+        ({"script": "#!/nonexistent/sh\necho x\n"}, "'/nonexistent/sh' is not a program"),
+        ({"script": "#!/bin/sh\r\necho x\r\n"}, "carriage return"),
+        ({"script": "#!sh\necho x\n"}, "not an absolute path"),
+        ({"script": "#!/etc/passwd\necho x\n"}, "not a program"),  # text, no #!
     ],
 )
 def test_bad_specs_raise_start_error(jobs: Jobs, kwargs: dict[str, Any], message: str) -> None:
@@ -622,20 +625,93 @@ def test_a_job_forking_as_fast_as_it_can_leaves_no_survivor(jobs: Jobs, trigger:
     assert survivors(spec.job_id) == []
 
 
-def test_without_cgroup_kill_the_cgroups_processes_are_signalled_one_by_one(
+def test_without_cgroup_kill_the_cgroup_is_frozen_and_emptied_by_hand(
     cgroup_jobs: Jobs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An older kernel (before 5.14) has no cgroup.kill: the cgroup still lists them all.
-    monkeypatch.setattr(cgroups.JobCgroup, "kill", lambda self: False)
-    command = f"{IGNORES_TERM}\n{UNTRACEABLE} &\n{WAIT_FOR_PIDS.format(n=2)}\nsleep 300"
-    job, _ = cgroup_jobs.start(cgroup_jobs.spec(command))
+    write = cgroups._write
+
+    def no_kill_file(path: str, data: str) -> None:
+        if path.endswith("cgroup.kill"):
+            raise FileNotFoundError(path)
+        write(path, data)
+
+    monkeypatch.setattr(cgroups, "_write", no_kill_file)
+    forks = "i=0; while [ $i -lt 3000 ]; do (sleep 300 &); i=$((i+1)); done &"
+    command = f"{IGNORES_TERM}\n{UNTRACEABLE} &\n{WAIT_FOR_PIDS.format(n=2)}\n{forks}\nsleep 300"
+    spec = cgroup_jobs.spec(command)
+    job, _ = cgroup_jobs.start(spec)
     pids = cgroup_jobs.pids(2)
+    time.sleep(0.3)  # forking by now
     job.kill()
 
     outcome = job.wait()
 
     assert outcome.reason == "killed"
     assert [pid for pid in pids if not gone(pid)] == []
+    assert survivors(spec.job_id) == []
+    assert job_cgroups(spec) == []
+
+
+# The job's own cgroup, as a command finds it ($CGROOT: where job cgroups are made).
+OWN_CGROUP = 'CG="$CGROOT/$(sed -n "s#^0::.*/##p" /proc/self/cgroup)"'
+
+
+def test_a_main_process_that_leaves_its_cgroup_and_ignores_term_still_dies(
+    cgroup_jobs: Jobs,
+) -> None:
+    # Only a job privileged enough can (root; or the worker's own user, delegated).
+    command = 'trap "" TERM; echo $$ > "$CGROOT/cgroup.procs"; while :; do sleep 1; done'
+    spec = cgroup_jobs.spec(command, env={"CGROOT": cgroups.base_dir() or ""})
+    job, _ = cgroup_jobs.start(spec)
+    time.sleep(0.3)
+    job.kill()
+
+    outcome = job.wait()
+
+    assert (outcome.reason, outcome.signal) == ("killed", signal.SIGKILL)
+
+
+def test_a_process_that_leaves_its_cgroup_is_still_found_when_the_job_ends(
+    cgroup_jobs: Jobs,
+) -> None:
+    leaves = """sh -c 'echo $$ > "$CGROOT/cgroup.procs"; echo $$ >> "$PIDFILE"; exec sleep 300' &"""
+    spec = cgroup_jobs.spec(
+        f"{leaves}\n{WAIT_FOR_PIDS.format(n=1)}\nexit 0", env={"CGROOT": cgroups.base_dir() or ""}
+    )
+
+    result = cgroup_jobs.run(spec)
+
+    assert result.outcome.exit_code == 0
+    assert [pid for pid in cgroup_jobs.pids(1) if not gone(pid)] == []
+
+
+@pytest.mark.parametrize("how", ["kill", "exit"])
+def test_cgroups_a_job_makes_below_its_own_are_emptied_and_removed(
+    cgroup_jobs: Jobs, how: str
+) -> None:
+    below = (
+        f'{OWN_CGROUP}; mkdir "$CG/sub"\n'
+        """sh -c 'echo $$ > "$CG/sub/cgroup.procs"; echo $$ >> "$PIDFILE"; exec sleep 300' &\n"""
+        f"{WAIT_FOR_PIDS.format(n=1)}\n"
+    )
+    command = below + ("sleep 300" if how == "kill" else "exit 0")
+    spec = cgroup_jobs.spec(command, env={"CGROOT": cgroups.base_dir() or ""})
+    job, _ = cgroup_jobs.start(spec)
+    pids = cgroup_jobs.pids(1)
+    if how == "kill":
+        job.kill()
+
+    job.wait()
+
+    assert [pid for pid in pids if not gone(pid)] == []
+    assert job_cgroups(spec) == []
+
+
+def test_gated_stdin_is_dev_null_open_for_writing_too(cgroup_jobs: Jobs) -> None:
+    result = cgroup_jobs.run(cgroup_jobs.spec("echo x >&0 && echo wrote"))
+
+    assert (result.outcome.exit_code, result.out) == (0, b"wrote\n")
 
 
 @needs_cgroups
@@ -646,7 +722,8 @@ def test_clean_up_after_kills_what_is_left_in_its_cgroups() -> None:
     assert group is not None
     proc = subprocess.Popen(["env", "-i", "sleep", "300"], start_new_session=True)
     try:
-        group.add(proc.pid)
+        os.mkdir(os.path.join(group.path, "sub"))  # the job made one below its own
+        cgroups.JobCgroup(os.path.join(group.path, "sub")).add(proc.pid)
         assert group.pids() == [proc.pid]
         # When its successor cleans up
         killed, _ = runner.clean_up_after(owner)
@@ -668,6 +745,17 @@ def _nobody() -> pwd.struct_passwd | None:
         return pwd.getpwnam("nobody")
     except KeyError:
         return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or _nobody() is None, reason="needs root and 'nobody'")
+def test_a_shebang_the_run_as_user_may_not_execute_is_refused(jobs: Jobs, tmp_path: Path) -> None:
+    private = tmp_path / "sh"
+    shutil.copy("/bin/sh", private)
+    private.chmod(0o700)  # root may run it; nobody may not
+    spec = jobs.spec(script=f"#!{private}\necho x\n", run_as="nobody")
+
+    with pytest.raises(runner.StartError, match="not a program user 'nobody' may run"):
+        runner.JobProcess(spec, Captured()).start()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or _nobody() is None, reason="needs root and 'nobody'")

@@ -33,10 +33,15 @@ log = logging.getLogger(__name__)
 
 _PREFIX: Final = "jobbalancer-"
 _KILL_WAIT: Final = 5.0  # how long clean_up_after waits for a killed cgroup to empty
+_BY_HAND: Final = 2.0  # without cgroup.kill: how long to keep killing what is left
 
 
 class JobCgroup:
-    """One job's cgroup: a directory in the cgroup2 hierarchy."""
+    """One job's cgroup: a directory in the cgroup2 hierarchy.
+
+    A job may make cgroups below its own (if it may write there): reads and kills cover
+    the whole subtree, and removal goes bottom-up.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -46,29 +51,63 @@ class JobCgroup:
         _write(os.path.join(self.path, "cgroup.procs"), str(pid))
 
     def pids(self) -> list[int]:
-        """The processes in it now (zombies are not listed); [] once it is gone."""
-        try:
-            with open(os.path.join(self.path, "cgroup.procs"), "rb") as file:
-                return [int(pid) for pid in file.read().split()]
-        except (OSError, ValueError):
-            return []
+        """The processes in it and below it now (zombies are not listed); [] once gone."""
+        found: list[int] = []
+        for path in _subtree(self.path):
+            try:
+                with open(os.path.join(path, "cgroup.procs"), "rb") as file:
+                    found.extend(int(pid) for pid in file.read().split())
+            except (OSError, ValueError):
+                continue  # removed meanwhile
+        return found
 
     def populated(self) -> bool:
-        """Whether any process of the job still runs (a zombie does not count)."""
+        """Whether any process of the job still runs, below too (a zombie does not count)."""
         return _populated(self.path)
 
     def kill(self) -> bool:
-        """SIGKILL every process in it at once; False if this kernel cannot (then signal
-        the pids one by one)."""
+        """SIGKILL every process in it and below it; True once none is left.
+
+        ``cgroup.kill`` (Linux 5.14) does it at once, even to a process forking at that
+        moment. Without it the cgroup is frozen (Linux 5.2; a frozen process still dies
+        of SIGKILL), and its processes are killed one by one until none is left.
+        """
         try:
             _write(os.path.join(self.path, "cgroup.kill"), "1")
-        except OSError:  # no cgroup.kill (Linux < 5.14), or the cgroup is gone: nothing left
-            return not os.path.isdir(self.path)
+        except OSError:
+            if not os.path.isdir(self.path):
+                return True  # removed: nothing is left in it
+            return self._kill_one_by_one()
         return True
 
     def remove(self) -> bool:
-        """Remove the empty cgroup; False if processes are still in it."""
-        return _remove(self.path)
+        """Remove the empty cgroup, and any below it; False if processes are still in it."""
+        for path in _subtree(self.path):
+            if not _remove(path):
+                return False
+        return True
+
+    def _kill_one_by_one(self) -> bool:
+        freeze = os.path.join(self.path, "cgroup.freeze")
+        try:
+            _write(freeze, "1")  # no more forks while we read and kill
+            frozen = True
+        except OSError:
+            frozen = False
+        try:
+            deadline = time.monotonic() + _BY_HAND
+            while True:
+                left = self.pids()
+                if not left and not self.populated():
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                _signal_each(left)
+                time.sleep(0.01)
+        finally:
+            if frozen:
+                with contextlib.suppress(OSError):
+                    _write(freeze, "0")
 
 
 def create(owner: str, job_id: int, tag: str) -> JobCgroup | None:
@@ -100,10 +139,9 @@ def clean_up_after(owner: str) -> int:
     killed = 0
     for path in glob.glob(os.path.join(glob.escape(base), f"{glob.escape(_prefix(owner))}*")):
         cgroup = JobCgroup(path)
-        left = cgroup.pids()
-        killed += len(left)
-        if left and not cgroup.kill():
-            _signal_each(left)
+        if cgroup.populated():
+            killed += len(cgroup.pids())
+            cgroup.kill()
         deadline = time.monotonic() + _KILL_WAIT
         while not cgroup.remove() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -164,6 +202,12 @@ def _unescape(field: str) -> str:
 def _prefix(owner: str) -> str:
     # "@" ends the owner (worker names cannot hold it), as for the temp directories.
     return f"{_PREFIX}{owner}@" if owner else _PREFIX
+
+
+def _subtree(path: str) -> list[str]:
+    """A cgroup and those below it, the deepest first (the order to remove them in)."""
+    below = [os.path.join(root, name) for root, dirs, _ in os.walk(path) for name in dirs]
+    return [*sorted(below, key=lambda p: p.count(os.sep), reverse=True), path]
 
 
 def _populated(path: str) -> bool:

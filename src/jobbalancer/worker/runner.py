@@ -89,7 +89,7 @@ _EXITED_NOWAIT: Final = os.WEXITED | os.WNOHANG | os.WNOWAIT if _HAS_WAITID else
 # exec'ing it): the shell waits for a line on stdin (a pipe the worker writes once it has
 # moved the shell into the job's cgroup), then takes /dev/null as stdin. So nothing of
 # the job can start outside its cgroup.
-_GATE: Final = "read _; exec </dev/null; "
+_GATE: Final = "read _; exec 0<>/dev/null; "
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -380,7 +380,7 @@ def _argv(
         command = _GATE + spec.command if gated else spec.command
         return ["/bin/sh", "-c", command, "sh", *spec.params]
     if interpreter is None:
-        _check_shebang(spec.script or "")
+        _check_shebang(spec.script or "", user)
     script = _write_script(workdir, spec.script or "", user)
     head = [interpreter] if interpreter is not None else []
     if gated:  # the same gate, in a shell that then becomes the script's own process
@@ -388,19 +388,56 @@ def _argv(
     return [*head, script, *spec.params]
 
 
-def _check_shebang(body: str) -> None:
-    """A script run without an interpreter names its own on a ``#!`` line; refuse one
-    that names none, or one that is not there, as starting it would fail."""
+def _check_shebang(body: str, user: pwd.struct_passwd | None) -> None:
+    """A script run without an interpreter names its own on a ``#!`` line. Refuse, as
+    the kernel would, one that names none or names no program the job's user may run:
+    started through a shell (the cgroup gate) such a script would not fail to start but
+    fail later, or worse, run under that shell."""
     first = body.split("\n", 1)[0]
     if not first.startswith("#!"):
         raise StartError("cannot start the script: it has no #! line and no interpreter")
-    words = first[2:].split()
-    if not words:
-        raise StartError("cannot start the script: its #! line names no interpreter")
-    if os.path.isabs(words[0]) and not (os.path.isfile(words[0]) and os.access(words[0], os.X_OK)):
+    if first.endswith("\r"):
         raise StartError(
-            f"cannot start the script: its #! interpreter {words[0]!r} is not an executable"
+            "cannot start the script: its #! line ends in a carriage return (Windows line "
+            "endings); save it with Unix line endings"
         )
+    words = first[2:].lstrip(" \t").replace("\t", " ").split(" ", 1)
+    program = words[0]
+    if not program:
+        raise StartError("cannot start the script: its #! line names no interpreter")
+    if not os.path.isabs(program):
+        raise StartError(f"cannot start the script: its #! interpreter {program!r} is not an "
+                         "absolute path (use #!/usr/bin/env NAME to look it up)")  # fmt: skip
+    if not (os.path.isfile(program) and _may_execute(program, user)):
+        raise StartError(
+            f"cannot start the script: its #! interpreter {program!r} is not a program "
+            f"{'user ' + repr(user.pw_name) if user else 'the worker'} may run"
+        )
+    try:
+        with open(program, "rb") as file:
+            magic = file.read(4)
+    except OSError as exc:
+        raise StartError(f"cannot start the script: cannot read {program!r}: {exc}") from exc
+    if magic != b"\x7fELF" and not magic.startswith(b"#!"):
+        raise StartError(
+            f"cannot start the script: its #! interpreter {program!r} is not a program"
+        )
+
+
+def _may_execute(path: str, user: pwd.struct_passwd | None) -> bool:
+    """Whether ``user`` (None: this process) may execute ``path``, by its mode bits; a job
+    run as ``user`` has only that user's primary group."""
+    if user is None:
+        return os.access(path, os.X_OK)
+    try:
+        mode, uid, gid = (st := os.stat(path)).st_mode, st.st_uid, st.st_gid
+    except OSError:
+        return False
+    if user.pw_uid == uid:
+        return bool(mode & 0o100)
+    if user.pw_gid == gid:
+        return bool(mode & 0o010)
+    return bool(mode & 0o001)
 
 
 def _write_script(workdir: str, body: str, user: pwd.struct_passwd | None) -> str:
@@ -530,8 +567,7 @@ class _Run:
         self.tree.signal_all(signal.SIGKILL)
         deadline = time.monotonic() + _GIVE_UP
         while time.monotonic() < deadline:
-            empty = self.tree.empty()
-            if empty or (empty is None and not self.tree.alive()):
+            if self.tree.empty() is not False and not self.tree.alive():
                 return
             time.sleep(0.01)
 
@@ -645,9 +681,9 @@ class _Supervisor:
         Only a main process that exited on its own allows it. A job being killed or timed
         out is no short job worth sparing a walk, and there the walks find what to signal.
         """
-        empty = self._run.tree.empty()
-        if empty is not None:
-            return empty  # one read of the cgroup's own answer
+        if self._run.tree.empty() is False:
+            return False  # one read of the cgroup's own answer
+        # Empty (or no cgroup): the checks below also find a process that left it.
         if self._run.tree.alive():
             return False
         if cheap and self._run.tree.surely_gone():
@@ -813,20 +849,24 @@ class _Tree:
 
         Shallow: descendants of the main process and of every known process. Deep also
         claims processes by session id and by JOBBALANCER_JOB_ID in their environment.
-        A job in a cgroup: whatever its cgroup holds, either way.
+        A job in a cgroup: shallow is whatever its cgroup holds (no /proc walk); deep adds
+        the above, for a process privileged enough to have moved itself out of it.
         """
+        in_cgroup: set[int] = set()
         if self.cgroup is not None:
-            return self._add(set(self.cgroup.pids()) - {self._leader} - self._known.keys())
+            in_cgroup = set(self.cgroup.pids()) - {self._leader}
+            if not deep:
+                return self._add(in_cgroup - self._known.keys())
         table = _process_table()
         if self._born is None:
             row = table.get(self._leader)
             if row is None:
-                return []
+                return self._add(in_cgroup - self._known.keys())
             self._born = row.born
         # Nothing started before the job's main process can be part of it.
         young = {pid: row for pid, row in table.items() if row.born >= self._born}
         young.pop(self._leader, None)
-        pids = self._descendants(young)
+        pids = self._descendants(young) | in_cgroup
         if deep:
             pids |= {pid for pid, row in young.items() if self._claims(pid, row)}
         return self._add(pids - self._known.keys())
@@ -860,8 +900,9 @@ class _Tree:
             return _no_young_strays(self._born)
 
     def signal_all(self, sig: signal.Signals) -> None:
-        if sig == signal.SIGKILL and self.cgroup is not None and self.cgroup.kill():
-            return  # all of it, even a process forking right now
+        if sig == signal.SIGKILL and self.cgroup is not None:
+            self.cgroup.kill()  # all in it, even a process forking right now; and then
+            # the group and every known process too, for one that moved out of it
         # The group id is the main pid, held by its zombie until finish(): never reused.
         alive = self.alive()
         for each in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
