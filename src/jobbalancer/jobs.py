@@ -421,8 +421,10 @@ def finish(
     error: str | None = None,
     output_bytes: int | None = None,
     pid: int | None = None,
+    retry: bool = True,
 ) -> bool:
-    """running → done/failed/timeout/killed, as the worker saw it end; retries if allowed.
+    """running → done/failed/timeout/killed, as the worker saw it end; retries if allowed
+    (and ``retry``: not when the worker could not tell how the job really ended).
 
     False when the attempt is no longer this worker's (recovered, or fenced off).
     """
@@ -433,7 +435,7 @@ def finish(
         "b_signal": signal, "b_error": error, "b_output_bytes": output_bytes, "b_pid": pid,
     }  # fmt: skip
     done = conn.execute(_FINISH, params).rowcount == 1
-    if done and state in RETRYABLE:
+    if done and retry and state in RETRYABLE:
         _retry(conn, job_id)
     return done
 

@@ -113,3 +113,21 @@ def test_report_runs_in_the_same_transaction_as_the_last_chunks(
     # …and a retry writes both.
     assert sink.finish(6, lambda conn, kept: kept) == 5
     assert [r.data for r in _rows(sqlite_engine, 6)] == [b"tail\n"]
+
+
+def test_a_discarded_job_frees_its_buffer_and_holds_up_no_later_write(
+    sqlite_engine: sa.Engine,
+) -> None:
+    sink = OutputSink(sqlite_engine)
+    sink.open(4, cap=1000)
+    sink.open(5, cap=1000)
+    sink.write(4, "stdout", b"never written")
+    sink.write(5, "stdout", b"kept")
+
+    sink.discard(4)  # its end was recorded without its output
+    sink.write(4, "stdout", b"late")  # a job that is gone takes nothing more
+    sink.flush()
+
+    assert _rows(sqlite_engine, 4) == []
+    assert [r.data for r in _rows(sqlite_engine, 5)] == [b"kept"]
+    assert sink._buffered == 0

@@ -5,6 +5,7 @@ other than the database being away) neither holds up the other jobs' ends nor st
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.timeout(60)
 DEFAULT_CLASS = 1
 
 
-def _submit(engine: sa.Engine, *commands: str) -> list[int]:
-    specs = [jobs.Spec(worker_class_id=DEFAULT_CLASS, command=c) for c in commands]
+def _submit(engine: sa.Engine, *commands: str, retries: int = 0) -> list[int]:
+    specs = [jobs.Spec(worker_class_id=DEFAULT_CLASS, command=c, retries=retries) for c in commands]
     with db.write(engine) as conn:
         return balancer.submit(conn, specs, None, None)
 
@@ -39,16 +40,21 @@ def _run_worker(engine: sa.Engine) -> None:
 def test_a_report_that_keeps_failing_is_recorded_as_failed_and_holds_up_no_other(
     sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    good, flaky, broken = _submit(sqlite_engine, "echo good", "echo flaky", "echo broken")
+    good, flaky, broken, stubborn = _submit(
+        sqlite_engine, "echo good", "echo flaky", "echo broken", "echo stubborn", retries=1
+    )
     real_finish = jobs.finish
     tries: Counter[int] = Counter()
+    began = time.monotonic()
 
     def finish(conn: sa.Connection, job_id: int, token: str, state: jobs.State, **kw: Any) -> bool:
         tries[job_id] += 1
         if job_id == flaky and tries[job_id] <= 2:
             raise ValueError("a passing fault")
-        if job_id == broken and state == jobs.State.DONE:
+        if job_id in (broken, stubborn) and state == jobs.State.DONE:
             raise ValueError("a fault this report always meets")
+        if job_id == stubborn and time.monotonic() < began + 5:
+            raise ValueError("at first even recording it as failed fails")
         return real_finish(conn, job_id, token, state, **kw)
 
     monkeypatch.setattr(jobs, "finish", finish)
@@ -56,14 +62,17 @@ def test_a_report_that_keeps_failing_is_recorded_as_failed_and_holds_up_no_other
     _run_worker(sqlite_engine)
 
     with db.read(sqlite_engine) as conn:
-        ended = {i: jobs.get(conn, i) for i in (good, flaky, broken)}
+        ended = {i: jobs.get(conn, i) for i in (good, flaky, broken, stubborn)}
+        retried = conn.execute(sa.select(jobs.J.c.retry_of).where(jobs.J.c.attempt > 1)).all()
     assert ended[good].state == jobs.State.DONE
-    assert ended[flaky].state == jobs.State.DONE  # the third try went through
-    assert ended[broken].state == jobs.State.FAILED
-    assert ended[broken].error is not None
-    assert "could not record how this job ended" in ended[broken].error
-    assert "a fault this report always meets" in ended[broken].error
-    assert ended[broken].exit_code == 0  # what is known of its end is kept
+    assert ended[flaky].state == jobs.State.DONE  # a later try went through
+    for job in (ended[broken], ended[stubborn]):
+        assert job.state == jobs.State.FAILED
+        assert job.error is not None
+        assert "could not record how this job ended" in job.error
+        assert "ValueError: a fault this report always meets" in job.error
+        assert job.exit_code == 0  # what is known of its end is kept
+    assert retried == []  # it may have done its work: no retry runs it again
     with db.read(sqlite_engine) as conn:
         logs = {i: logs_.read(conn, i)[0] for i in (flaky, broken)}
     assert logs == {flaky: b"flaky\n", broken: b"broken\n"}  # and its output

@@ -110,6 +110,8 @@ class Worker:
         self._poll_failing_since: float | None = None
         self._report_failing_since: float | None = None
         self._report_tries: dict[int, int] = {}  # failed tries to record a job's end
+        self._report_not_before: dict[int, float] = {}  # when to try such a job's again
+        self._report_errors: dict[int, str] = {}  # why it failed last, said if it is given up
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something to do: a job ended, or poll now
         self._poll_now = threading.Event()  # told that jobs were assigned or are to be killed
@@ -425,8 +427,9 @@ class Worker:
         """Record every job that ended since the last call, with its last output, in one
         transaction; in the same transaction take waiting jobs for the freed slots, and
         start them. True if anything was recorded."""
+        now = time.monotonic()
         with self._lock:
-            reports = list(self._reports)
+            reports = [r for r in self._reports if self._report_not_before.get(r.job.id, 0) <= now]
         if not reports:
             return False
         take = not self._draining.is_set()
@@ -457,6 +460,10 @@ class Worker:
         for job_id in stale:
             log.warning("job %d ended but was no longer this worker's; result dropped", job_id)
         done = {r.job.id for r in reports}
+        for job_id in done:
+            self._report_tries.pop(job_id, None)
+            self._report_not_before.pop(job_id, None)
+            self._report_errors.pop(job_id, None)
         with self._lock:
             self._reports = [r for r in self._reports if r.job.id not in done]
             for job_id in done:
@@ -470,59 +477,79 @@ class Worker:
         reason other than the database being away: one bad report must not hold up the
         others. Returns the ids no longer this worker's, and those to try again later.
 
-        A report that keeps failing (_REPORT_TRIES times) is recorded as ``failed`` with
-        the reason, rather than left ``running`` for as long as the worker lives.
+        A report that keeps failing is tried again later and later (up to every 30 s);
+        after _REPORT_TRIES tries the job is recorded as ``failed``, saying why, without
+        a retry (it may well have done its work), rather than left ``running``.
         """
         stale: list[int] = []
         later: set[int] = set()
         for r in reports:
             job_id = r.job.id
+            tries = self._report_tries.get(job_id, 0)
 
             def record(conn: sa.Connection, kept: int, r: _Report = r) -> bool:
                 return self._finish(conn, r, kept)
 
             try:
-                if not self.sink.finish(job_id, record):
+                if tries >= _REPORT_TRIES:
+                    recorded = self._record_as_failed(r)
+                elif self.sink.finish(job_id, record):
+                    recorded = True
+                else:
                     stale.append(job_id)
+                    continue
             except _DATABASE_AWAY as exc:
                 log.warning("job %d: cannot record its end (%s); retrying", job_id, exc)
                 later.add(job_id)
                 continue
             except Exception as exc:
-                tries = self._report_tries[job_id] = self._report_tries.get(job_id, 0) + 1
-                if tries < _REPORT_TRIES:
-                    log.exception("job %d: could not record its end (try %d)", job_id, tries)
-                    later.add(job_id)
-                    continue
-                log.exception("job %d: could not record its end; recording it as failed", job_id)
-                if not self._record_as_failed(r, exc):
-                    stale.append(job_id)
-            self._report_tries.pop(job_id, None)
+                log.exception("job %d: could not record its end (try %d)", job_id, tries + 1)
+                self._report_errors[job_id] = _describe(exc)
+                recorded = None
+            if recorded is None:  # try again, later
+                self._report_tries[job_id] = tries + 1
+                self._report_not_before[job_id] = time.monotonic() + min(0.5 * 2**tries, 30.0)
+                later.add(job_id)
+            elif not recorded:
+                stale.append(job_id)
+        for r in reports:
+            if r.job.id not in later:
+                self._report_errors.pop(r.job.id, None)
         return stale, later
 
-    def _record_as_failed(self, r: _Report, exc: Exception) -> bool:
+    def _record_as_failed(self, r: _Report) -> bool | None:
         """The last resort for a job whose end cannot be recorded: ``failed``, saying why,
-        with its output if that can still be written. False if no longer ours."""
-        why = f"the worker could not record how this job ended ({type(exc).__name__}: {exc})"
-        failed = dataclasses.replace(r, state=jobs.State.FAILED, error=why[:2000])
+        with no retry; with its output if that can still be written, else without. False
+        if no longer ours; None if even that failed (then it is tried again later)."""
+        why = self._report_errors.get(r.job.id, "unknown")
+        failed = dataclasses.replace(
+            r,
+            state=jobs.State.FAILED,
+            error=f"the worker could not record how this job ended ({why})",
+        )
+
+        def record(conn: sa.Connection, kept: int) -> bool:
+            return self._finish(conn, failed, kept, retry=False)
+
         try:
-            return self.sink.finish(r.job.id, lambda conn, kept: self._finish(conn, failed, kept))
+            return self.sink.finish(r.job.id, record)
         except Exception:
             log.exception("job %d: recording it with its output failed too; without", r.job.id)
         try:
             with db.write(self.engine) as conn:
-                return self._finish(conn, failed, None)
+                recorded = self._finish(conn, failed, None, retry=False)
         except Exception:
-            log.exception(
-                "job %d: its end is not recorded; it is marked lost when this worker starts "
-                "again", r.job.id,
-            )  # fmt: skip
-            return True
+            log.exception("job %d: its end cannot be recorded; trying again later", r.job.id)
+            return None
+        self.sink.discard(r.job.id)  # recorded without its output: it is not kept
+        return recorded
 
-    def _finish(self, conn: sa.Connection, r: _Report, kept: int | None) -> bool:
+    def _finish(
+        self, conn: sa.Connection, r: _Report, kept: int | None, *, retry: bool = True
+    ) -> bool:
         return jobs.finish(
             conn, r.job.id, r.token, r.state, exit_code=r.outcome.exit_code,
-            signal=r.outcome.signal, error=r.error, output_bytes=kept, pid=r.pid,
+            signal=r.outcome.signal, error=r.error, output_bytes=kept, pid=r.pid, retry=retry,
         )  # fmt: skip
 
     def _judge(self, job: jobs.Job, outcome: runner.Outcome) -> tuple[jobs.State, str | None]:
@@ -640,3 +667,11 @@ _SIGNALS = {s.value for s in signal.Signals}
 _DATABASE_AWAY = (errors.DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)
 # Tries to record a job's end that failed otherwise, before it is recorded as failed.
 _REPORT_TRIES = 3
+
+
+def _describe(exc: Exception) -> str:
+    """An error in a line, for a job's record: a database error's own message, never the
+    statement and parameters (a fencing token, output) SQLAlchemy adds to it."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text}"[:300] if text else type(cause).__name__

@@ -157,6 +157,15 @@ class OutputSink:
         else:
             out.pending.append((stream, bytearray(data)))
 
+    def discard(self, job_id: int) -> None:
+        """Forget a job and the output it has not written (its end was recorded without
+        it), so it holds up no later write and no buffer space."""
+        with self._lock:
+            out = self._jobs.pop(job_id, None)
+            if out is not None:
+                self._buffered -= sum(len(data) for _, data in out.pending)
+                self._drained.notify_all()
+
     def finish(self, job_id: int, report: Callable[[sa.Connection, int], T]) -> T:
         """Write the rest of ``job_id``'s output and ``report`` its end, in one transaction.
 
@@ -257,7 +266,11 @@ class OutputSink:
         """Put chunks back after a failed write, rewinding the counters they advanced."""
         with self._lock:
             for job_id, chunks in sealed:
-                out = self._jobs[job_id]
+                out = self._jobs.get(job_id)
+                if out is None:  # discarded meanwhile: its output goes with it
+                    self._buffered -= sum(len(data) for _, data in chunks)
+                    self._drained.notify_all()
+                    continue
                 for stream, data in chunks:
                     out.seq -= 1
                     out.offset -= len(data)
