@@ -86,6 +86,8 @@ def test_changing_the_password_keeps_this_session_and_ends_the_others(web: Web) 
         ({"current_password": PASSWORD, "new_password": PASSWORD,
           "repeat_password": PASSWORD}, 422, "is the same as the current one"),
         ({}, 422, "password must have at least 8 characters"),
+        ({"current_password": PASSWORD, "new_password": "x" * 1001,
+          "repeat_password": "x" * 1001}, 422, "at most 1000 characters"),
     ],
 )  # fmt: skip
 def test_a_refused_password_change_says_why_and_changes_nothing(

@@ -24,6 +24,7 @@ from jobbalancer.web.routes.users import _message, render_keys_page
 router = APIRouter(include_in_schema=False)
 
 KeyId = Annotated[int, Path(ge=1, le=MAX_ID)]
+_MAX_PASSWORD = 1000  # as the login form's
 
 
 @router.get("/account")
@@ -56,6 +57,10 @@ def _render(
 @router.post("/account/password")
 def change_password(page: deps.Viewer) -> Response:
     current, new = page.field("current_password"), page.field("new_password")
+    if max(len(current), len(new)) > _MAX_PASSWORD:
+        return _render(
+            page, error=f"A password has at most {_MAX_PASSWORD} characters.", status=422
+        )
     if new != page.field("repeat_password"):
         return _render(page, error="The new password and its repetition differ.", status=422)
     try:
@@ -77,7 +82,10 @@ def change_password(page: deps.Viewer) -> Response:
     with db.write(page.engine) as conn:
         auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
         token, _ = auth.create_session(conn, user.id)
-    response = pages.redirect("/account", "Password changed. Your other sessions were logged out.")
+    response = pages.redirect(
+        "/account",
+        "Password changed. Your other sessions were logged out; your API keys still work.",
+    )
     response.set_cookie(
         auth.SESSION_COOKIE, token, httponly=True, samesite="lax", path="/",
         secure=page.request.url.scheme == "https",
