@@ -29,6 +29,22 @@ def test_postgresql_ends_a_transaction_its_client_abandoned(
         engine.dispose()
 
 
+def test_mariadb_ends_a_transaction_its_client_abandoned(
+    make_database_url: Callable[..., str],
+) -> None:
+    """The same limit on MariaDB (MySQL has no such setting: there it is not set)."""
+    engine = db.connect(make_database_url("mysql"))
+    try:
+        with engine.connect() as conn:
+            server = str(conn.exec_driver_sql("SELECT VERSION()").scalar())
+            if "mariadb" not in server.lower():
+                pytest.skip(f"{server} is MySQL, which has no idle transaction limit")
+            limit = conn.exec_driver_sql("SELECT @@session.idle_transaction_timeout")
+            assert limit.scalar() == 10
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 def test_a_pooled_connection_is_pinged_only_after_being_idle(
     make_database_url: Callable[..., str], backend: str, monkeypatch: pytest.MonkeyPatch

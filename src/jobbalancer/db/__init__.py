@@ -90,12 +90,26 @@ def connect(url: str, *, pool_size: int = 10) -> sa.Engine:
         # A queue needs to see rows other sessions just committed, not a snapshot.
         kwargs["isolation_level"] = "READ COMMITTED"
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-        kwargs["connect_args"] = {"connect_timeout": 10}
+        kwargs["connect_args"] = {"connect_timeout": 10, "write_timeout": 30}
     else:
         kwargs["connect_args"] = {"connect_timeout": 10, **POSTGRES_LIVENESS}
     engine = sa.create_engine(parsed, **kwargs)
     _ping_after_idle(engine)
+    if backend == "mysql":
+        _end_idle_transactions_on_mariadb(engine)
     return engine
+
+
+def _end_idle_transactions_on_mariadb(engine: sa.Engine) -> None:
+    """MariaDB's counterpart of PostgreSQL's idle transaction limit (MySQL has none): a
+    client cut off mid-transaction does not hold the `assign` lock past 10 s. A failed
+    write gives up after 30 s (``write_timeout``), as PostgreSQL's ``tcp_user_timeout``."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        if "mariadb" in str(dbapi_conn.get_server_info()).lower():
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute("SET SESSION idle_transaction_timeout = 10")
 
 
 # A connection back from the pool is checked (a round trip) only when it has been idle
