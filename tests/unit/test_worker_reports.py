@@ -4,9 +4,11 @@ other than the database being away) neither holds up the other jobs' ends nor st
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,10 +17,23 @@ import sqlalchemy as sa
 from jobbalancer import balancer, db, jobs
 from jobbalancer import logs as logs_
 from jobbalancer.settings import Settings, WorkerSettings
-from jobbalancer.worker import loop
+from jobbalancer.worker import loop, runner
 
 pytestmark = pytest.mark.timeout(60)
 DEFAULT_CLASS = 1
+
+
+@pytest.fixture(autouse=True)
+def _no_subreaper_left_behind() -> Iterator[None]:
+    """The worker makes this process a child subreaper; later tests (an orphan that must
+    die, say) would find orphans re-parented here as zombies nobody reaps."""
+    was = runner._is_subreaper()
+    yield
+    runner.reap_orphans()
+    if not was:
+        libc = ctypes.CDLL(None, use_errno=True)
+        off = [ctypes.c_ulong(0)] * 4
+        libc.prctl(36, *off)  # PR_SET_CHILD_SUBREAPER, 0
 
 
 def _submit(engine: sa.Engine, *commands: str, retries: int = 0) -> list[int]:
