@@ -72,6 +72,7 @@ def test_a_transaction_that_fails_wakes_nobody(
         local_worker.recv(64)
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # NOTIFY is PostgreSQL's
 def test_postgresql_notifies_only_workers_no_local_socket_took(
     engine: sa.Engine,
     local_worker: socket.socket,
