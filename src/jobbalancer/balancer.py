@@ -162,11 +162,8 @@ def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candi
     return updated
 
 
-_QUEUE = jobs.QUEUE
-
-
 def _queue(conn: sa.Connection, class_id: int, limit: int) -> list[int]:
-    return list(conn.execute(_QUEUE, {"b_class": class_id, "b_limit": limit}).scalars())
+    return list(conn.execute(jobs.QUEUE, {"b_class": class_id, "b_limit": limit}).scalars())
 
 
 def _candidates_query() -> sa.Select[Any]:

@@ -290,7 +290,8 @@ def _transition(
 
 def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
     """waiting → assigned to ``worker_id``, with a fresh fencing token."""
-    return _fence(conn, _ASSIGN, job_id, worker_id) is not None
+    params = {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
+    return conn.execute(_ASSIGN, params).rowcount == 1
 
 
 _ASSIGN = (
@@ -362,14 +363,6 @@ _TAKEN = (
     )
     .order_by(J.c.priority.desc(), J.c.id)
 )
-
-
-def _fence(conn: sa.Connection, stmt: sa.Update, job_id: int, worker_id: int) -> str | None:
-    """Give a waiting job to ``worker_id`` with a fresh fencing token; the token, or None
-    if it was no longer waiting."""
-    token = secrets.token_hex(8)
-    params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
-    return token if conn.execute(stmt, params).rowcount == 1 else None
 
 
 def occupy(conn: sa.Connection, job_id: int) -> bool:
