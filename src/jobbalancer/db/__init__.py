@@ -265,6 +265,12 @@ def is_disconnect(exc: BaseException) -> bool:
     return any(n in text for n in needles)
 
 
+def writable_ctes(engine: sa.Engine) -> bool:
+    """Whether an UPDATE … RETURNING may sit in a WITH of a SELECT (PostgreSQL): then a
+    change and the reads around it are one statement (see :func:`one_statement`)."""
+    return backend(engine) == "postgresql"
+
+
 def backend(conn_or_engine: sa.Connection | sa.Engine) -> str:
     """'sqlite', 'postgresql' or 'mysql'."""
     name = conn_or_engine.dialect.name

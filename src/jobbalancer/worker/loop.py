@@ -71,6 +71,15 @@ class _Running:
     stopping_reason: str | None = None
 
 
+@dataclass
+class _Trouble:
+    """A job's end that failed to be recorded (not because the database was away)."""
+
+    tries: int = 0
+    not_before: float = 0.0  # monotonic time of the next try
+    error: str = "unknown"  # the last failure, said if the job is recorded as failed
+
+
 @dataclass(frozen=True)
 class _Report:
     """A job that ended, waiting to be recorded with the others that ended meanwhile."""
@@ -109,9 +118,7 @@ class Worker:
         self._idle_threads = 0  # job threads waiting on _job_queue
         self._poll_failing_since: float | None = None
         self._report_failing_since: float | None = None
-        self._report_tries: dict[int, int] = {}  # failed tries to record a job's end
-        self._report_not_before: dict[int, float] = {}  # when to try such a job's again
-        self._report_errors: dict[int, str] = {}  # why it failed last, said if it is given up
+        self._report_trouble: dict[int, _Trouble] = {}  # ends that failed to be recorded
         self._lock = threading.Lock()
         self._wake = threading.Event()  # something to do: a job ended, or poll now
         self._poll_now = threading.Event()  # told that jobs were assigned or are to be killed
@@ -120,7 +127,7 @@ class Worker:
         self._signals = 0
         self._heartbeat_thread: threading.Thread | None = None
         self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._woken)
-        self._claim_in_one = db.backend(self.engine) == "postgresql"
+        self._claim_in_one = db.writable_ctes(self.engine)
 
     # -- the whole life ----------------------------------------------------------------
 
@@ -429,7 +436,7 @@ class Worker:
         start them. True if anything was recorded."""
         now = time.monotonic()
         with self._lock:
-            reports = [r for r in self._reports if self._report_not_before.get(r.job.id, 0) <= now]
+            reports = [r for r in self._reports if self._due(r.job.id, now)]
         if not reports:
             return False
         take = not self._draining.is_set()
@@ -461,9 +468,7 @@ class Worker:
             log.warning("job %d ended but was no longer this worker's; result dropped", job_id)
         done = {r.job.id for r in reports}
         for job_id in done:
-            self._report_tries.pop(job_id, None)
-            self._report_not_before.pop(job_id, None)
-            self._report_errors.pop(job_id, None)
+            self._report_trouble.pop(job_id, None)
         with self._lock:
             self._reports = [r for r in self._reports if r.job.id not in done]
             for job_id in done:
@@ -485,14 +490,14 @@ class Worker:
         later: set[int] = set()
         for r in reports:
             job_id = r.job.id
-            tries = self._report_tries.get(job_id, 0)
+            trouble = self._report_trouble.get(job_id) or _Trouble()
 
             def record(conn: sa.Connection, kept: int, r: _Report = r) -> bool:
                 return self._finish(conn, r, kept)
 
             try:
-                if tries >= _REPORT_TRIES:
-                    recorded = self._record_as_failed(r)
+                if trouble.tries >= _REPORT_TRIES:
+                    recorded = self._record_as_failed(r, trouble.error)
                 elif self.sink.finish(job_id, record):
                     recorded = True
                 else:
@@ -503,25 +508,29 @@ class Worker:
                 later.add(job_id)
                 continue
             except Exception as exc:
-                log.exception("job %d: could not record its end (try %d)", job_id, tries + 1)
-                self._report_errors[job_id] = _describe(exc)
+                log.exception(
+                    "job %d: could not record its end (try %d)", job_id, trouble.tries + 1
+                )
+                trouble.error = _describe(exc)
                 recorded = None
             if recorded is None:  # try again, later
-                self._report_tries[job_id] = tries + 1
-                self._report_not_before[job_id] = time.monotonic() + min(0.5 * 2**tries, 30.0)
+                trouble.not_before = time.monotonic() + min(0.5 * 2**trouble.tries, 30.0)
+                trouble.tries += 1
+                self._report_trouble[job_id] = trouble
                 later.add(job_id)
             elif not recorded:
                 stale.append(job_id)
-        for r in reports:
-            if r.job.id not in later:
-                self._report_errors.pop(r.job.id, None)
         return stale, later
 
-    def _record_as_failed(self, r: _Report) -> bool | None:
+    def _due(self, job_id: int, now: float) -> bool:
+        """Whether a job's end is to be recorded now (not waiting after failed tries)."""
+        trouble = self._report_trouble.get(job_id)
+        return trouble is None or trouble.not_before <= now
+
+    def _record_as_failed(self, r: _Report, why: str) -> bool | None:
         """The last resort for a job whose end cannot be recorded: ``failed``, saying why,
         with no retry; with its output if that can still be written, else without. False
         if no longer ours; None if even that failed (then it is tried again later)."""
-        why = self._report_errors.get(r.job.id, "unknown")
         failed = dataclasses.replace(
             r,
             state=jobs.State.FAILED,
