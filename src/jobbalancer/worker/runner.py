@@ -567,7 +567,7 @@ class _Run:
         self.tree.signal_all(signal.SIGKILL)
         deadline = time.monotonic() + _GIVE_UP
         while time.monotonic() < deadline:
-            if self.tree.empty() is not False and not self.tree.alive():
+            if not self.tree.in_cgroup() and not self.tree.alive():
                 return
             time.sleep(0.01)
 
@@ -681,7 +681,7 @@ class _Supervisor:
         Only a main process that exited on its own allows it. A job being killed or timed
         out is no short job worth sparing a walk, and there the walks find what to signal.
         """
-        if self._run.tree.empty() is False:
+        if self._run.tree.in_cgroup():
             return False  # one read of the cgroup's own answer
         # Empty (or no cgroup): the checks below also find a process that left it.
         if self._run.tree.alive():
@@ -874,12 +874,10 @@ class _Tree:
     def alive(self) -> list[psutil.Process]:
         return [proc for proc in self._known.values() if _is_alive(proc)]
 
-    def empty(self) -> bool | None:
-        """Whether nothing of the job runs (its main process included); None if only a
-        /proc walk can tell, for a job without a cgroup."""
-        if self.cgroup is None:
-            return None
-        return not self.cgroup.populated()
+    def in_cgroup(self) -> bool:
+        """Whether the job's cgroup still holds a running process (its main process
+        included); False without a cgroup, where only the other checks can tell."""
+        return self.cgroup is not None and self.cgroup.populated()
 
     def surely_gone(self) -> bool:
         """Whether, judged from the worker's children alone, nothing of the job is left.
