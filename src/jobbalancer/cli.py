@@ -37,7 +37,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from jobbalancer import __version__, auth, db, errors
+from jobbalancer import __version__, auth, db, errors, procsec
 from jobbalancer import client as client_mod
 from jobbalancer import settings as settings_mod
 from jobbalancer.settings import Settings
@@ -219,6 +219,14 @@ DatabaseUrlOpt = Annotated[
         help="SQLAlchemy URL of the shared database. Default: SQLite in the data dir.",
     ),
 ]
+DatabaseUrlFileOpt = Annotated[
+    str | None,
+    _opt(
+        "--database-url-file",
+        env="DATABASE_URL_FILE",
+        help="File (mode 0600) holding the database URL: keeps its password off command lines.",
+    ),
+]
 DataDirOpt = Annotated[
     str | None,
     _opt(
@@ -279,10 +287,37 @@ PasswordStdinOpt = Annotated[
 
 
 def _load_settings(ctx: typer.Context, config: Path | None, **overrides: Any) -> Settings:
-    """Settings from file, environment and flags; remembers the database URL for messages."""
+    """Settings from file, environment and flags; remembers the database URL for messages.
+
+    Every command that opens the database comes through here: it warns about a password
+    given on the command line, and makes the SQLite data dir private (0700).
+    """
+    _warn_password_flag(ctx)
+    overrides.setdefault("database.url_file", ctx.params.get("database_url_file"))
     loaded = settings_mod.load(config, **overrides)
     ctx.meta["jobbalancer.database_url"] = _safe_url(loaded.database_url)
+    data_dir = loaded.private_data_dir
+    if data_dir is not None and (repaired := procsec.make_private_dir(data_dir)):
+        logging.getLogger(__name__).warning(
+            "made the data dir private to its user (others could read it): %s", repaired
+        )
     return loaded
+
+
+def _warn_password_flag(ctx: typer.Context) -> None:
+    """One line on stderr when --database-url carries a password: every local user can
+    read a command line (/proc/PID/cmdline, ps)."""
+    url = ctx.params.get("database_url")
+    source = ctx.get_parameter_source("database_url")  # typer's own click's enum
+    if not url or getattr(source, "name", None) != "COMMANDLINE":
+        return
+    if settings_mod.has_password(url):
+        _err().print(
+            "[yellow]warning:[/] the password in --database-url is visible to every local "
+            "user in /proc/PID/cmdline; give the URL by "
+            f"{ENV}DATABASE_URL, --database-url-file (mode 0600) or the config file "
+            "(mode 0600) instead"
+        )
 
 
 def _safe_url(url: str) -> str:
@@ -363,6 +398,7 @@ def up(
     ] = False,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Start everything on this machine: the server and local workers, on SQLite.
@@ -384,6 +420,7 @@ def up(
             "worker.allow_root": allow_root or None,
         },
     )
+    procsec.make_undumpable()  # it holds the database URL, and so does its environment
     plan = _UpPlan.make(loaded, workers, config)
     plan.check_privileges()
     first_admin = _prepare_database(loaded.database_url)
@@ -427,9 +464,19 @@ class _UpPlan:
         check_privileges(self.settings.worker.model_copy(update={"run_as": self.run_as}))
 
     def common_args(self) -> list[str]:
-        args = ["--database-url", self.settings.database_url]
-        args += ["--data-dir", self.settings.data_dir, "--log-level", self.settings.log_level]
+        # No database URL here: a command line is world-readable (/proc/PID/cmdline).
+        # It goes by the children's environment (child_env), which only they may read.
+        args = ["--data-dir", self.settings.data_dir, "--log-level", self.settings.log_level]
         return args + (["--config", str(self.config)] if self.config else [])
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of the server and workers: ours, plus the database URL as
+        resolved here (from a flag, a variable, a file or the config), and no URL file
+        to read (a config file naming one must not make it two ways)."""
+        env = dict(os.environ)
+        env[ENV + "DATABASE_URL"] = self.settings.database_url
+        env[ENV + "DATABASE_URL_FILE"] = ""
+        return env
 
     def server_argv(self) -> list[str]:
         server = self.settings.server
@@ -533,7 +580,11 @@ class _Supervisor:
         argv = [sys.executable, "-m", "jobbalancer", *args]
         # Own process group: Ctrl-C reaches only `up`, which forwards it once, in order.
         process = subprocess.Popen(  # noqa: S603
-            argv, stdin=subprocess.DEVNULL, process_group=0, preexec_fn=_die_with_parent
+            argv,
+            stdin=subprocess.DEVNULL,
+            env=self.plan.child_env(),
+            process_group=0,
+            preexec_fn=_die_with_parent,
         )
         child = _Child(name, process, is_worker)
         self.children.append(child)
@@ -675,7 +726,7 @@ def _later_start_lines(plan: _UpPlan) -> list[str]:
 def _where_flags(loaded: Settings) -> str:
     """The flags that point another command at the same database as this one."""
     if loaded.database.url:
-        return " --database-url URL"
+        return f" --database-url-file FILE (or {ENV}DATABASE_URL=URL)"
     if loaded.data_dir != settings_mod.DEFAULT_DATA_DIR:
         return f" --data-dir {shlex.quote(loaded.data_dir)}"
     return ""
@@ -729,6 +780,7 @@ def server(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Serve the API and web UI, and balance jobs over the workers.
@@ -823,6 +875,7 @@ def worker(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Run jobs the server assigns to this machine, until stopped.
@@ -860,6 +913,7 @@ def db_upgrade(
     ctx: typer.Context,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create or upgrade the database schema to this version's (safe to repeat)."""
@@ -874,6 +928,7 @@ def db_current(
     ctx: typer.Context,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Print the schema revision of the database, and whether an upgrade is due."""
@@ -930,6 +985,7 @@ def users_create(
     ] = None,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a user. Without --password-stdin a password is generated and printed as the
@@ -956,6 +1012,7 @@ def users_list(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """List the users with their roles and limits."""
@@ -987,6 +1044,7 @@ def users_reset_password(
     password_stdin: PasswordStdinOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Set a new password. Without --password-stdin one is generated and printed as the
@@ -1010,6 +1068,7 @@ def keys_create(
     ] = "default",
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create an API key for a user; the key is printed once, as the last line."""
@@ -1027,6 +1086,7 @@ def keys_list(
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """List a user's API keys (their prefixes; keys themselves are never stored)."""
@@ -1050,6 +1110,7 @@ def keys_revoke(
     key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).", min=1)],
     config: ConfigOpt = None,
     database_url: DatabaseUrlOpt = None,
+    database_url_file: DatabaseUrlFileOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Revoke an API key: requests with it are refused from now on."""

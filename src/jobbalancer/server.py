@@ -13,7 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
-from jobbalancer import errors
+from jobbalancer import errors, procsec
 from jobbalancer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     """
     from jobbalancer.api.app import create_app  # the app pulls in the whole web stack
 
+    # It holds the database password: no other process of its uid may read its memory or
+    # environment, and whatever it creates is its user's alone (it starts no jobs).
+    procsec.make_undumpable()
+    procsec.private_umask()
     cert, key = tls_files(settings)
     with bind(settings.server.host, settings.server.port) as sock:
         config = uvicorn.Config(

@@ -9,7 +9,9 @@ effect without a restart.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +19,13 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from jobbalancer.db import schema
 from jobbalancer.errors import ConfigError, InvalidInput
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "JOBBALANCER_"
 DEFAULT_DATA_DIR = "jobbalancer-data"
@@ -30,9 +36,14 @@ class _Section(BaseModel):
 
 
 class DatabaseSettings(_Section):
-    """Where the shared database is: a SQLAlchemy URL. Empty means SQLite in the data dir."""
+    """Where the shared database is: a SQLAlchemy URL. Empty means SQLite in the data dir.
+
+    ``url_file`` names a file (mode 0600) holding the URL instead: the way to give a
+    password that is neither on a command line nor in a process's environment.
+    """
 
     url: str = ""
+    url_file: str = ""
     pool_size: int = Field(default=10, ge=1, le=200)
 
 
@@ -83,6 +94,13 @@ class Settings(_Section):
         path = Path(self.data_dir).resolve() / "jobbalancer.db"
         return f"sqlite:///{path}"
 
+    @property
+    def private_data_dir(self) -> Path | None:
+        """The data dir, when the database is SQLite in it: then it is jobbalancer's
+        alone (mode 0700). A ``sqlite:///`` URL's directory is left as it is (it may be
+        shared, /tmp say); its files are made private all the same."""
+        return None if self.database.url else Path(self.data_dir).resolve()
+
 
 def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read settings: defaults, then the TOML file, then the environment, then overrides.
@@ -91,28 +109,93 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settin
     ``overrides`` are dotted keys (``"worker.name"``) with values from CLI flags; ``None``
     values are ignored so unset flags do not clobber the file.
     """
-    data = _read_file(path)
+    config, data = _read_file(path)
+    section = data.get("database")
+    file_url = str(section.get("url", "")) if isinstance(section, dict) else ""
+    # The file's URL is the one used unless a variable or a flag gives another (as `up`
+    # does for its children: then `up` itself has warned already).
+    if ENV_PREFIX + "DATABASE_URL" in os.environ or overrides.get("database.url") is not None:
+        file_url = ""
     _merge_env(data, os.environ)
     for dotted, value in overrides.items():
         if value is not None:
             _put(data, dotted.split("."), value)
     try:
-        return Settings.model_validate(data)
+        loaded = Settings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"setting {where}: {first['msg']}", field=where) from exc
+    if config is not None and file_url:
+        _check_config_mode(config, file_url)
+    return _with_url_from_file(loaded)
 
 
-def _read_file(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+def has_password(url: str) -> bool:
+    """Whether a database URL carries a password (an unparsable one: assume it may)."""
+    try:
+        return bool(make_url(url).password)
+    except ArgumentError:
+        return ":" in url.partition("@")[0].rpartition("//")[2]
+
+
+def _check_config_mode(config: Path, url: str) -> None:
+    """Warn when the config file that gives the database password is readable by others."""
+    mode = stat.S_IMODE(config.stat().st_mode)
+    if has_password(url) and mode & 0o044:
+        log.warning(
+            "config file %s holds the database password and is readable by other users "
+            "(mode %04o): chmod 600 %s",
+            config,
+            mode,
+            config,
+        )
+
+
+def _with_url_from_file(loaded: Settings) -> Settings:
+    """``database.url`` read from ``database.url_file``, which only its owner may read."""
+    name = loaded.database.url_file
+    if not name:
+        return loaded
+    if loaded.database.url:
+        raise ConfigError(
+            "database.url and database.url_file are both set: give the URL one way "
+            f"(the file {name}, or --database-url / {ENV_PREFIX}DATABASE_URL)",
+            field="database.url_file",
+        )
+    path = Path(name)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        url = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the database URL file {path}: {exc.strerror or exc}",
+            field="database.url_file",
+        ) from exc
+    if mode & 0o077:
+        # Refused, not warned about: the file exists only to keep the secret, and one
+        # chmod fixes it (as ssh does with a private key).
+        raise ConfigError(
+            f"database URL file {path} may be read by other users (mode {mode:04o}): "
+            f"chmod 600 {path}",
+            field="database.url_file",
+        )
+    if not url:
+        raise ConfigError(f"database URL file {path} is empty", field="database.url_file")
+    database = loaded.database.model_copy(update={"url": url})
+    return loaded.model_copy(update={"database": database})
+
+
+def _read_file(path: str | os.PathLike[str] | None) -> tuple[Path | None, dict[str, Any]]:
+    """The config file read (None if there is none) and its contents."""
     explicit = path or os.environ.get(ENV_PREFIX + "CONFIG")
     candidate = Path(explicit) if explicit else Path("jobbalancer.toml")
     if not candidate.exists():
         if explicit:
             raise ConfigError(f"config file {candidate} does not exist")
-        return {}
+        return None, {}
     try:
-        return tomllib.loads(candidate.read_text())
+        return candidate, tomllib.loads(candidate.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {candidate}: {exc}") from exc
 

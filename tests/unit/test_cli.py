@@ -271,6 +271,7 @@ def test_option_variables_do_not_trip_the_settings_loader(
     settings_like = {k for k in env if k.split("_")[1].lower() in ("database", "server", "worker")}
     allowed = {
         "JOBBALANCER_DATABASE_URL",
+        "JOBBALANCER_DATABASE_URL_FILE",
         "JOBBALANCER_SERVER_HOST",
         "JOBBALANCER_SERVER_PORT",
         "JOBBALANCER_SERVER_TLS_CERT",

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
+from jobbalancer import procsec
 from jobbalancer.db import schema
 from jobbalancer.db.types import utcnow
 from jobbalancer.errors import ConfigError, DatabaseUnavailable
@@ -141,9 +142,13 @@ def _ping_after_idle(engine: sa.Engine) -> None:
             raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
+# SQLite's files beside the database: WAL, shared memory, rollback journal, our lock.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal", ".migrate-lock")
+
+
 def _sqlite_engine(url: URL) -> sa.Engine:
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_files(Path(url.database))
     engine = sa.create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -172,6 +177,28 @@ def _sqlite_engine(url: URL) -> sa.Engine:
             conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def private_sqlite_files(path: Path) -> None:
+    """The SQLite database at ``path`` and its side files readable by this user alone.
+
+    The database holds every job's environment and every password hash, so a job (or
+    any local user) must not read it. A missing database is created empty with mode 0600
+    before SQLite opens it: SQLite gives its ``-wal`` and ``-shm`` files the database's
+    mode, whatever the umask. A missing directory is created 0700. Files an older version
+    left readable by others are made 0600, and the log says so once.
+    """
+    if not path.parent.exists():
+        procsec.make_private_dir(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, procsec.PRIVATE_FILE_MODE))
+    candidates = [path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)]
+    repaired = [r for r in map(procsec.make_private_file, candidates) if r]
+    if repaired:
+        log.warning(
+            "made the SQLite database private to its user (others could read it): %s",
+            "; ".join(repaired),
+        )
 
 
 def _begin_immediate(raw: Any) -> None:
@@ -354,7 +381,9 @@ def _upgrade_lock(engine: sa.Engine) -> Iterator[None]:
         if not path or path == ":memory:":
             yield
             return
-        with open(f"{path}.migrate-lock", "a") as fh:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        lock_fd = os.open(f"{path}.migrate-lock", flags, procsec.PRIVATE_FILE_MODE)
+        with os.fdopen(lock_fd, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -1,0 +1,82 @@
+"""Keeping a jobbalancer process's secrets from the jobs it runs and other local users.
+
+A server or worker holds the database URL, password included, in its memory and (when
+given through ``JOBBALANCER_DATABASE_URL``) in its environment. ``/proc/PID/environ`` and
+``/proc/PID/mem`` are readable by any process of the same uid, which, for a worker not
+started as root, includes the jobs it runs. :func:`make_undumpable` closes that door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_PR_SET_DUMPABLE = 4
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_undumpable() -> bool:
+    """Mark this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``), best effort.
+
+    Its ``/proc/PID/environ``, ``mem`` and ``fd`` then belong to root, so processes of
+    the same uid can no longer read its environment or ptrace it, and it writes no core
+    dump. (``/proc/PID/cmdline`` stays world-readable: no secret goes on a command
+    line.) ``execve`` resets the flag, so every process that holds a secret calls this
+    itself. True when it took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            return True
+    log.debug("could not make the process non-dumpable; same-uid processes can read it")
+    return False
+
+
+def private_umask() -> int:
+    """Files this process creates are its user's alone from now on (umask 077); the old
+    umask. Only for processes that start no jobs: a worker's umask would be its jobs'."""
+    return os.umask(0o077)
+
+
+def make_private_dir(path: Path) -> str | None:
+    """``path`` as a directory of mode 0700, created so or repaired; what was repaired.
+
+    A directory of ours that others may enter (an older version made it 0755) is
+    chmod'ed; the answer says so (``"dir 0755 -> 0700"``) for the start-up log.
+    """
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+        return None
+    except FileExistsError:
+        pass
+    return _repair(path, PRIVATE_DIR_MODE)
+
+
+def make_private_file(path: Path) -> str | None:
+    """An existing file others may read or write made 0600; what was repaired, or None."""
+    return _repair(path, PRIVATE_FILE_MODE)
+
+
+def _repair(path: Path, private: int) -> str | None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077 == 0:
+            return None
+        path.chmod(private)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # not ours (another user's database): say so, carry on
+        log.warning("cannot make %s private to its user (%s): others may read it", path, exc)
+        return None
+    return f"{path} {mode:04o} -> {private:04o}"
