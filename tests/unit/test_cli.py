@@ -485,3 +485,132 @@ def test_up_prints_credentials_once_runs_jobs_and_stops_on_ctrl_c(
     assert "printed on the first start" in text and key[1] not in text
     again.send_signal(signal.SIGTERM)
     assert again.wait(timeout=30) == cli.RET_OK
+
+
+# -- credentials and the data dir -----------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+PASSWORD_URL = "postgresql://u:s3cret@127.0.0.1:1/jobbalancer"
+
+
+def test_a_password_given_as_a_flag_is_warned_about_in_one_line(runner: CliRunner) -> None:
+    result = run(runner, "db", "current", "--database-url", PASSWORD_URL)
+
+    lines = [line for line in result.output.splitlines() if "warning:" in line]
+    assert len(lines) == 1, result.output
+    assert "/proc/PID/cmdline" in lines[0]
+    assert "JOBBALANCER_DATABASE_URL" in lines[0] and "--database-url-file" in lines[0]
+    assert "s3cret" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--database-url", "sqlite:///x.db"], {}),  # no password
+        ([], {"JOBBALANCER_DATABASE_URL": PASSWORD_URL}),  # by variable: the safe way
+    ],
+)
+def test_no_password_warning_without_a_password_on_the_command_line(
+    runner: CliRunner, args: list[str], env: dict[str, str]
+) -> None:
+    result = run(runner, "db", "current", *args, env=env)
+
+    assert "warning:" not in result.output
+
+
+def test_database_url_file_option(runner: CliRunner, url: str, tmp_path: Path) -> None:
+    name = tmp_path / "db-url"
+    name.write_text(url + "\n")
+    name.chmod(0o600)
+
+    result = run(runner, "db", "upgrade", "--database-url-file", str(name))
+
+    assert result.exit_code == 0, result.output
+    assert "cli.db" in result.output
+
+
+def test_database_url_file_readable_by_others_is_a_config_error(
+    runner: CliRunner, url: str, tmp_path: Path
+) -> None:
+    name = tmp_path / "db-url"
+    name.write_text(url)
+    name.chmod(0o644)
+
+    result = run(runner, "users", "list", env={"JOBBALANCER_DATABASE_URL_FILE": str(name)})
+
+    assert result.exit_code == cli.RET_CONFIG
+    assert f"chmod 600 {name}" in result.output
+
+
+def test_up_puts_the_database_url_in_its_childrens_environment_not_their_argv(
+    tmp_path: Path,
+) -> None:
+    loaded = cli.settings_mod.load(**{"database.url": PASSWORD_URL})
+    plan = cli._UpPlan.make(loaded, 2, tmp_path / "c.toml")
+
+    argvs = [plan.server_argv(), *(plan.worker_argv(n) for n in plan.worker_names())]
+
+    for argv in argvs:
+        assert not any("s3cret" in arg or "postgresql" in arg for arg in argv), argv
+        assert "--database-url" not in argv
+    env = plan.child_env()
+    assert env["JOBBALANCER_DATABASE_URL"] == PASSWORD_URL
+    assert env["JOBBALANCER_DATABASE_URL_FILE"] == ""
+
+
+def test_a_new_sqlite_data_dir_is_private(runner: CliRunner, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    old = os.umask(0o022)  # what an older version created under
+    try:
+        result = run(runner, "db", "upgrade", "--data-dir", str(data))
+    finally:
+        os.umask(old)
+
+    assert result.exit_code == 0, result.output
+    assert _mode(data) == 0o700
+    files = sorted(p.name for p in data.iterdir())
+    assert "jobbalancer.db" in files
+    assert {p.name: _mode(p) for p in data.iterdir()} == dict.fromkeys(files, 0o600)
+
+
+def test_an_old_world_readable_data_dir_is_repaired_and_said_once(
+    runner: CliRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    assert run(runner, "db", "upgrade", "--data-dir", str(data)).exit_code == 0
+    data.chmod(0o755)
+    names = ["jobbalancer.db", "jobbalancer.db-wal", "jobbalancer.db-shm"]
+    for name in names:
+        (data / name).touch()
+        (data / name).chmod(0o644)
+
+    first = run(runner, "users", "list", "--data-dir", str(data))
+    repairs = [r.getMessage() for r in caplog.records if "private" in r.getMessage()]
+    caplog.clear()
+    second = run(runner, "users", "list", "--data-dir", str(data))
+
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert _mode(data) == 0o700
+    left = [data / name for name in names if (data / name).exists()]  # SQLite removes -wal
+    assert left and all(_mode(path) == 0o600 for path in left)
+    assert len(repairs) == 2, repairs  # the dir in one line, its files in another
+    assert "0755 -> 0700" in repairs[0] and all(f"{n} 0644 -> 0600" in repairs[1] for n in names)
+    assert not [r for r in caplog.records if "private" in r.getMessage()]
+
+
+def test_an_explicit_sqlite_files_directory_is_left_alone(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+
+    result = run(runner, "db", "upgrade", "--database-url", f"sqlite:///{shared / 'jb.db'}")
+
+    assert result.exit_code == 0, result.output
+    assert _mode(shared) == 0o755  # maybe /tmp, or a home: not ours to close
+    assert _mode(shared / "jb.db") == 0o600

@@ -318,3 +318,131 @@ def test_a_stored_value_that_no_longer_validates_falls_back_to_its_default(
     with db.read(sqlite_engine) as conn:
         t = settings.load_tunables(conn)
     assert (t.algorithm, t.worker_timeout) == ("round_robin", 40.0)
+
+
+# -- credentials: a URL file, and config files others can read ------------------------------
+
+PG_URL = "postgresql://jb:s3cret@db-host/jobbalancer"
+
+
+def url_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_database_url_from_a_private_file(tmp_path: Path) -> None:
+    name = url_file(tmp_path / "db-url", PG_URL + "\n")
+
+    s = settings.load(**{"database.url_file": str(name)})
+
+    assert s.database.url == PG_URL and s.database_url == PG_URL
+
+
+def test_database_url_file_from_the_environment_and_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = url_file(tmp_path / "db-url", PG_URL)
+    config = write_config(tmp_path / "c.toml", f'[database]\nurl_file = "{name}"\n')
+    assert settings.load(config).database_url == PG_URL
+
+    monkeypatch.setenv("JOBBALANCER_DATABASE_URL_FILE", str(name))
+    assert settings.load().database_url == PG_URL
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_url_file_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    name = url_file(tmp_path / "db-url", PG_URL, mode)
+
+    with pytest.raises(ConfigError, match=rf"chmod 600 {name}") as caught:
+        settings.load(**{"database.url_file": str(name)})
+
+    assert caught.value.field == "database.url_file"
+    assert f"{mode:04o}" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_a_missing_or_empty_url_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the database URL file"):
+        settings.load(**{"database.url_file": str(tmp_path / "nope")})
+    empty = url_file(tmp_path / "empty", "\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        settings.load(**{"database.url_file": str(empty)})
+
+
+def test_a_url_and_a_url_file_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = url_file(tmp_path / "db-url", PG_URL)
+    monkeypatch.setenv("JOBBALANCER_DATABASE_URL", "sqlite:///x.db")
+
+    with pytest.raises(ConfigError, match="both set"):
+        settings.load(**{"database.url_file": str(name)})
+
+
+def test_an_empty_url_file_setting_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` passes JOBBALANCER_DATABASE_URL_FILE="" to its children next to the URL."""
+    monkeypatch.setenv("JOBBALANCER_DATABASE_URL", PG_URL)
+    monkeypatch.setenv("JOBBALANCER_DATABASE_URL_FILE", "")
+
+    assert settings.load().database_url == PG_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (PG_URL, True),
+        ("mysql://root@127.0.0.1/jb", False),
+        ("sqlite:////var/lib/jb.db", False),
+        ("postgresql://u:@h/db", False),
+        ("not a url://u:pw@h", True),
+    ],
+)
+def test_has_password(url: str, expected: bool) -> None:
+    assert settings.has_password(url) is expected
+
+
+def test_a_config_file_with_a_password_readable_by_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_config(tmp_path / "c.toml", f'[database]\nurl = "{PG_URL}"\n')
+    config.chmod(0o644)
+
+    settings.load(config)
+
+    (record,) = [r for r in caplog.records if r.name == "jobbalancer.settings"]
+    assert record.levelname == "WARNING"
+    assert f"chmod 600 {config}" in record.getMessage() and "0644" in record.getMessage()
+    assert "s3cret" not in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "env"),
+    [
+        (f'[database]\nurl = "{PG_URL}"\n', 0o600, {}),  # private: fine
+        ('[database]\nurl = "mysql://root@h/jb"\n', 0o644, {}),  # no password in it
+        (f'[database]\nurl = "{PG_URL}"\n', 0o644, {"JOBBALANCER_DATABASE_URL": "sqlite://"}),
+    ],
+)
+def test_no_config_file_warning_when_there_is_nothing_to_protect(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    mode: int,
+    env: dict[str, str],
+) -> None:
+    """The last: `up`'s children get the URL by variable; `up` itself warned already."""
+    config = write_config(tmp_path / "c.toml", text)
+    config.chmod(mode)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    settings.load(config)
+
+    assert not [r for r in caplog.records if r.name == "jobbalancer.settings"]
+
+
+def test_private_data_dir_only_for_sqlite_in_the_data_dir(tmp_path: Path) -> None:
+    assert settings.load(data_dir="d").private_data_dir == (tmp_path / "d").resolve()
+    assert settings.load(**{"database.url": "sqlite:////tmp/x.db"}).private_data_dir is None
+    assert settings.load(**{"database.url": PG_URL}).private_data_dir is None
