@@ -726,7 +726,7 @@ def _later_start_lines(plan: _UpPlan) -> list[str]:
 def _where_flags(loaded: Settings) -> str:
     """The flags that point another command at the same database as this one."""
     if loaded.database.url:
-        return f" --database-url-file FILE (or {ENV}DATABASE_URL=URL)"
+        return " --database-url-file FILE"
     if loaded.data_dir != settings_mod.DEFAULT_DATA_DIR:
         return f" --data-dir {shlex.quote(loaded.data_dir)}"
     return ""
