@@ -190,7 +190,8 @@ def private_sqlite_files(path: Path) -> None:
     """
     if not path.parent.exists():
         procsec.make_private_dir(path.parent)
-    with contextlib.suppress(FileExistsError):
+    # Exists already, or cannot be made here: then SQLite's own error says so, as before.
+    with contextlib.suppress(OSError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, procsec.PRIVATE_FILE_MODE))
     candidates = [path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)]
     repaired = [r for r in map(procsec.make_private_file, candidates) if r]
