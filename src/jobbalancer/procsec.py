@@ -71,11 +71,12 @@ def make_private_file(path: Path) -> str | None:
 def _repair(path: Path, private: int) -> str | None:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077 == 0:
-            return None
-        path.chmod(private)
-    except FileNotFoundError:
+    except OSError:
+        return None  # no such file: nothing to keep private
+    if mode & 0o077 == 0:
         return None
+    try:
+        path.chmod(private)
     except OSError as exc:  # not ours (another user's database): say so, carry on
         log.warning("cannot make %s private to its user (%s): others may read it", path, exc)
         return None

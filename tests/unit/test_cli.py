@@ -614,3 +614,15 @@ def test_an_explicit_sqlite_files_directory_is_left_alone(
     assert result.exit_code == 0, result.output
     assert _mode(shared) == 0o755  # maybe /tmp, or a home: not ours to close
     assert _mode(shared / "jb.db") == 0o600
+
+
+def test_a_sqlite_database_that_cannot_be_created_is_a_database_error(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+
+    result = run(runner, "db", "upgrade", "--database-url", f"sqlite:///{not_a_dir / 'x.db'}")
+
+    assert result.exit_code == cli.RET_DATABASE, result.output
+    assert "Traceback" not in result.output

@@ -383,7 +383,10 @@ def _upgrade_lock(engine: sa.Engine) -> Iterator[None]:
             yield
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        lock_fd = os.open(f"{path}.migrate-lock", flags, procsec.PRIVATE_FILE_MODE)
+        try:
+            lock_fd = os.open(f"{path}.migrate-lock", flags, procsec.PRIVATE_FILE_MODE)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot use the SQLite database {path}: {exc}") from exc
         with os.fdopen(lock_fd, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
