@@ -216,7 +216,9 @@ DatabaseUrlOpt = Annotated[
     _opt(
         "--database-url",
         env="DATABASE_URL",
-        help="SQLAlchemy URL of the shared database. Default: SQLite in the data dir.",
+        help="SQLAlchemy URL of the shared database. Default: SQLite in the data dir. "
+        "A password here is visible to every local user: use the variable or "
+        "--database-url-file instead.",
     ),
 ]
 DatabaseUrlFileOpt = Annotated[
@@ -420,7 +422,6 @@ def up(
             "worker.allow_root": allow_root or None,
         },
     )
-    procsec.make_undumpable()  # it holds the database URL, and so does its environment
     plan = _UpPlan.make(loaded, workers, config)
     plan.check_privileges()
     first_admin = _prepare_database(loaded.database_url)
@@ -547,6 +548,7 @@ class _Supervisor:
     last_signal: float = -_SIGNAL_DEBOUNCE
 
     def run(self, announce: Callable[[], None]) -> int:
+        procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._run(announce)
