@@ -18,7 +18,9 @@ ALGORITHMS = {
     "random": "Random: any worker with a free slot.",
     "fill_first": "Fill first: pack the first workers, so others can scale down.",
 }
-NUMBERS = ("worker_timeout", "kill_grace", "max_log_bytes", "retention_days")
+NUMBERS = ("worker_timeout", "kill_grace", "max_log_bytes", "retention_days",
+           "max_waiting_per_user", "submit_rate", "submit_burst", "max_submitter_priority",
+           "max_streams_per_user")  # fmt: skip
 
 
 @router.get("/settings")
