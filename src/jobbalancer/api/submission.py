@@ -237,8 +237,9 @@ def restart(
     """A new job with the spec of ``job``, started at once if a slot is free.
 
     The restarting user's current limits apply, as to a submission. A need_realtime job
-    that finds no free slot ends ``occupied``, as it would on submit. The env is copied
-    in the database, so an operator's restart of another's job runs with its real values.
+    that finds no free slot ends ``occupied``, as it would on submit. The new job is the
+    old one's owner's; its env is copied in the database, so an operator's restart of
+    another's job runs with the real values without showing them to the operator.
     """
     with db.write(engine) as conn:
         limits = settings.load_tunables(conn)
@@ -247,7 +248,9 @@ def restart(
         check_may_rerun(conn, user, job)
         check_priority(user, job.priority, limits.max_submitter_priority)
         _check_waiting(conn, user, 1, limits.max_waiting_per_user)
-        new_id = jobs.restart(conn, job_id, user.id, user.name)
+        # The re-run stays the owner's: its env values are theirs, and an operator who
+        # restarts it must not become their owner (and see them) by doing so.
+        new_id = jobs.restart(conn, job_id, job.user_id, job.user_name)
         balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
         if job.need_realtime:
             jobs.occupy(conn, new_id)  # a no-op unless it is still waiting
