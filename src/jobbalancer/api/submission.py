@@ -167,11 +167,7 @@ def to_spec(
             "give exactly one of 'command' or 'script'", field=f"{where}command"
         )
     lookups = lookups or _Lookups(conn)
-    wclass = lookups.wclass(job.worker_class, f"{where}worker_class")
-    if not user.may_use_class(wclass.name):
-        raise errors.Forbidden(
-            f"you may not submit to worker class {wclass.name!r}", field=f"{where}worker_class"
-        )
+    wclass = _class_for(user, lookups, job.worker_class, f"{where}worker_class")
     check_env(user, job.env, where)
     base = jobs.Spec(
         worker_class_id=wclass.id,
@@ -200,6 +196,15 @@ def to_spec(
         interpreter=script.interpreter,
         script_content=script.content,
     )
+
+
+def _class_for(
+    user: auth.User, lookups: _Lookups, ref: str | int, field: str
+) -> classes.WorkerClass:
+    wclass = lookups.wclass(ref, field)
+    if not user.may_use_class(wclass.name):
+        raise errors.Forbidden(f"you may not submit to worker class {wclass.name!r}", field=field)
+    return wclass
 
 
 def submit(
