@@ -484,3 +484,22 @@ def test_up_prints_credentials_once_runs_jobs_and_stops_on_ctrl_c(
     assert "printed on the first start" in text and key[1] not in text
     again.send_signal(signal.SIGTERM)
     assert again.wait(timeout=30) == cli.RET_OK
+
+
+@pytest.mark.parametrize(
+    ("env", "shown", "hidden_note"),
+    [({"TOKEN": "s3cret"}, "TOKEN=s3cret", False), ({"TOKEN": "****"}, "TOKEN=****", True)],
+)
+def test_show_prints_env_a_line_each_and_says_when_values_are_hidden(
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    shown: str,
+    hidden_note: bool,
+) -> None:
+    # The server masks others' values; show prints what it got and says why.
+    monkeypatch.setattr(Client, "job", lambda self, job_id: {"id": job_id, "env": env})
+    result = run(runner, "show", "7", "--url", "http://127.0.0.1:9", "--api-key", "jb_x")
+    assert result.exit_code == 0, result.output
+    assert shown in result.output
+    assert ("only the job's owner and admins" in result.output) == hidden_note
