@@ -405,3 +405,34 @@ def test_a_log_stream_of_a_web_session_ends_with_the_session(web: Web) -> None:
     finally:
         guard.cancel()
     assert events == ["error"]
+
+
+def test_a_scripts_only_user_cannot_restart_a_job_of_a_deleted_script_on_the_page(
+    web: Web,
+) -> None:
+    with db.write(web.engine) as conn:
+        auth.create_user(conn, "sam", "submitter", PASSWORD, commands_allowed=False)
+    api = web.browser()
+    admin = {"Authorization": f"Bearer {web.admin_key}"}
+    script = api.post(
+        "/api/v1/scripts", json={"name": "s", "interpreter": "bash", "content": "true"},
+        headers=admin,
+    ).json()  # fmt: skip
+    client, csrf = web.login("sam", PASSWORD, raise_errors=False)
+    made = client.post(f"/scripts/{script['id']}/run", data={"csrf_token": csrf, "params": ""})
+    assert made.status_code == 303, made.text
+    job_id = int(made.headers["location"].rsplit("/", 1)[1])
+    assert api.delete(f"/api/v1/scripts/{script['id']}", headers=admin).status_code == 204
+    r = client.post(f"/jobs/{job_id}/restart", data={"csrf_token": csrf})
+    assert r.status_code == 409 and "was deleted" in r.text
+
+
+def test_the_submit_form_says_when_the_rate_is_exceeded(web: Web) -> None:
+    with db.write(web.engine) as conn:
+        settings.save_tunables(conn, {"submit_burst": 1, "submit_rate": 0.001})
+    web.user("sue", "submitter")
+    client, csrf = web.login("sue", PASSWORD)
+    form = {"csrf_token": csrf, "kind": "command", "command": "true", "worker_class": "default"}
+    assert client.post("/jobs", data=form).status_code == 303
+    again = client.post("/jobs", data=form)
+    assert again.status_code == 429 and "submissions a second" in again.text
