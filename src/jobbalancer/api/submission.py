@@ -128,9 +128,13 @@ def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) 
     Counted in the submit's transaction; two batches submitted at the same instant on
     PostgreSQL or MariaDB may both pass, so the cap can be overshot by one batch."""
     J = db.schema.jobs
+    # "user_id + 0" keeps the planner off the (user_id, id) index, which walks all of a
+    # user's history (68 ms a submit for 200k finished jobs on SQLite), and on the state
+    # index, which walks the waiting jobs only (0.8 ms with 5k waiting, 15 ms with 100k).
+    # An index on (user_id, state) would make both cheap; that is a schema change.
     mine = (
         sa.select(J.c.id)
-        .where(J.c.user_id == user.id, J.c.state == jobs.State.WAITING.value)
+        .where(J.c.user_id + 0 == user.id, J.c.state == jobs.State.WAITING.value)
         .limit(cap + 1)
         .subquery()
     )
