@@ -248,7 +248,7 @@ def test_a_stream_ends_when_its_key_is_revoked(api: Api) -> None:
     assert sse.stream_slots(api.app.state).count(vic_id) == 0
 
 
-@pytest.mark.parametrize("how", ["disable", "demote"])
+@pytest.mark.parametrize("how", ["disable", "delete_user", "demote"])
 def test_a_stream_ends_when_its_user_is_disabled_or_loses_sight_of_the_job(
     api: Api, how: str
 ) -> None:
@@ -260,12 +260,14 @@ def test_a_stream_ends_when_its_user_is_disabled_or_loses_sight_of_the_job(
         if how == "disable":
             r = api.admin.patch(f"/api/v1/users/{vic_id}", json={"disabled": True})
             assert r.status_code == 200
+        elif how == "delete_user":
+            assert api.admin.delete(f"/api/v1/users/{vic_id}").status_code == 204
         else:  # a submitter sees their own jobs only
             r = api.admin.patch(f"/api/v1/users/{vic_id}", json={"role": "submitter"})
             assert r.status_code == 200
 
     events = _stream_until_end(api, api.client(vic), job_id, act)
-    expected = "unauthorized" if how == "disable" else "not_found"
+    expected = "not_found" if how == "demote" else "unauthorized"
     assert events[-1][0] == "error" and events[-1][1]["error"] == expected
 
 
