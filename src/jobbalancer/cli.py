@@ -1512,8 +1512,18 @@ def show(
     table.add_column(overflow="fold")
     for key, value in job.items():
         shown = _state(value) if key == "state" else escape(_value(value))
+        if key == "env" and isinstance(value, dict) and value:
+            shown = escape(_env_lines(value))
         table.add_row(key, shown)
     Console(highlight=False).print(table)
+
+
+def _env_lines(env: dict[str, Any]) -> str:
+    """One NAME=value a line; the server masks values that are not the caller's."""
+    lines = [f"{k}={v}" for k, v in env.items()]
+    if any(v == "****" for v in env.values()):
+        lines.append("(values hidden: only the job's owner and admins see them)")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -232,6 +232,14 @@ class Tunables(BaseModel):
     max_log_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=10 * 1024**3)
     retention_days: int = Field(default=30, ge=0, le=36500)
     metrics_public: bool = False
+    # Limits on one submitter (admins and operators are exempt): waiting jobs at a time,
+    # submit requests per second with a burst (per server process), the highest priority
+    # they may set; and open log streams per user (any role, per server process).
+    max_waiting_per_user: int = Field(default=10_000, ge=1, le=100_000_000)
+    submit_rate: float = Field(default=20.0, gt=0, le=1_000_000)
+    submit_burst: int = Field(default=100, ge=1, le=1_000_000)
+    max_submitter_priority: int = Field(default=100, ge=-1_000_000_000, le=1_000_000_000)
+    max_streams_per_user: int = Field(default=20, ge=1, le=100_000)
 
     @field_validator("algorithm", mode="before")
     @classmethod

@@ -127,7 +127,7 @@ def test_restart_makes_a_new_job_that_starts_at_once(api: Api) -> None:
     assert again["restarted_from"] == first["id"]
     assert again["state"] == "assigned"  # the slot is free again: started at once
     assert (again["command"], again["params"], again["labels"]) == ("exit 3", ["p"], {"k": "v"})
-    assert again["user"] == "olga"
+    assert again["user"] == "admin"  # the owner's still, not the restarter's
     old = api.admin.get(f"/api/v1/jobs/{first['id']}").json()
     assert old["state"] == "failed" and old["exit_code"] == 3
 

@@ -626,3 +626,22 @@ def test_a_sqlite_database_that_cannot_be_created_is_a_database_error(
 
     assert result.exit_code == cli.RET_DATABASE, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "shown", "hidden_note"),
+    [({"TOKEN": "s3cret"}, "TOKEN=s3cret", False), ({"TOKEN": "****"}, "TOKEN=****", True)],
+)
+def test_show_prints_env_a_line_each_and_says_when_values_are_hidden(
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    shown: str,
+    hidden_note: bool,
+) -> None:
+    # The server masks others' values; show prints what it got and says why.
+    monkeypatch.setattr(Client, "job", lambda self, job_id: {"id": job_id, "env": env})
+    result = run(runner, "show", "7", "--url", "http://127.0.0.1:9", "--api-key", "jb_x")
+    assert result.exit_code == 0, result.output
+    assert shown in result.output
+    assert ("only the job's owner and admins" in result.output) == hidden_note

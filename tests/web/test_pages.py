@@ -4,12 +4,13 @@ what each role may see and do. (Real browsers and workers: tests/browser.)"""
 from __future__ import annotations
 
 import re
+import threading
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, db, jobs, settings
+from jobbalancer import auth, balancer, db, jobs, settings, workers
 from jobbalancer.db import schema
 from jobbalancer.web.routes import jobs as web_jobs
 from tests.web.conftest import PASSWORD, Web
@@ -343,3 +344,95 @@ def test_garbage_posts_are_never_a_5xx(web: Web) -> None:
                  "/jobs?q=" + "x" * 5000]:  # fmt: skip
         r = client.get(path)
         assert r.status_code < 500, (path, r.status_code, r.text[:300])
+
+
+def test_the_job_page_shows_env_values_to_the_owner_and_admins_only(web: Web) -> None:
+    job_id = _submit(web, env={"TOKEN": "s3cret"})
+    admin, _ = web.login()
+    assert "TOKEN=s3cret" in admin.get(f"/jobs/{job_id}").text
+    for role in ("viewer", "operator"):
+        web.user(f"u-{role}", role)
+        client, _ = web.login(f"u-{role}", PASSWORD)
+        page = client.get(f"/jobs/{job_id}").text
+        assert "TOKEN=****" in page and "s3cret" not in page
+
+
+def test_the_settings_page_sets_the_per_user_limits(web: Web) -> None:
+    client, csrf = web.login()
+    page = client.get("/settings").text
+    assert 'name="max_waiting_per_user" value="10000"' in page
+    form = {"csrf_token": csrf, "algorithm": "round_robin", "worker_timeout": "15",
+            "kill_grace": "5", "max_log_bytes": "10485760", "retention_days": "30",
+            "max_waiting_per_user": "50", "submit_rate": "2.5", "submit_burst": "10",
+            "max_submitter_priority": "7", "max_streams_per_user": "3"}  # fmt: skip
+    assert client.post("/settings", data=form).status_code == 303
+    with db.read(web.engine) as conn:
+        now = settings.load_tunables(conn)
+    assert (now.max_waiting_per_user, now.submit_rate, now.submit_burst) == (50, 2.5, 10)
+    assert (now.max_submitter_priority, now.max_streams_per_user) == (7, 3)
+    bad = client.post("/settings", data={**form, "max_streams_per_user": "0"})
+    assert bad.status_code == 422 and "max_streams_per_user" in bad.text
+    assert 'name="submit_burst" value="10"' in bad.text  # the rest as sent
+
+
+def test_a_log_stream_of_a_web_session_ends_with_the_session(web: Web) -> None:
+    web.app.state.sse_recheck_seconds = 0.05
+    job_id = _submit(web, "sleep 60")
+    with db.write(web.engine) as conn:  # a worker took it and runs it
+        worker_id, _ = workers.register(
+            conn, name="n1", host="h", worker_class="default", max_jobs=1, pid=1,
+            version="t", stats=workers.Stats(load=0, cpu_count=1, memory_total=1,
+            memory_available=1),
+        )  # fmt: skip
+        balancer.assign_waiting(conn)
+        token = jobs.get(conn, job_id).token
+        assert token is not None and jobs.claim(conn, job_id, worker_id, token)
+
+    def finish() -> None:  # a guard: a stream that never ends fails instead of hanging
+        with db.write(web.engine) as conn:
+            jobs.finish(conn, job_id, token, jobs.State.DONE, exit_code=0)
+
+    client, _ = web.login()
+    guard = threading.Timer(20, finish)
+    guard.start()
+    events = []
+    try:
+        with client.stream("GET", f"/api/v1/jobs/{job_id}/log/stream") as r:
+            assert r.status_code == 200
+            with db.write(web.engine) as conn:  # signed out elsewhere, or expired
+                auth.end_session(conn, client.cookies[auth.SESSION_COOKIE])
+            events = [line[7:] for line in r.iter_lines() if line.startswith("event: ")]
+    finally:
+        guard.cancel()
+    assert events == ["error"]
+
+
+def test_a_scripts_only_user_cannot_restart_a_job_of_a_deleted_script_on_the_page(
+    web: Web,
+) -> None:
+    with db.write(web.engine) as conn:
+        auth.create_user(conn, "sam", "submitter", PASSWORD, commands_allowed=False)
+    api = web.browser()
+    admin = {"Authorization": f"Bearer {web.admin_key}"}
+    script = api.post(
+        "/api/v1/scripts", json={"name": "s", "interpreter": "bash", "content": "true"},
+        headers=admin,
+    ).json()  # fmt: skip
+    client, csrf = web.login("sam", PASSWORD, raise_errors=False)
+    made = client.post(f"/scripts/{script['id']}/run", data={"csrf_token": csrf, "params": ""})
+    assert made.status_code == 303, made.text
+    job_id = int(made.headers["location"].rsplit("/", 1)[1])
+    assert api.delete(f"/api/v1/scripts/{script['id']}", headers=admin).status_code == 204
+    r = client.post(f"/jobs/{job_id}/restart", data={"csrf_token": csrf})
+    assert r.status_code == 409 and "was deleted" in r.text
+
+
+def test_the_submit_form_says_when_the_rate_is_exceeded(web: Web) -> None:
+    with db.write(web.engine) as conn:
+        settings.save_tunables(conn, {"submit_burst": 1, "submit_rate": 0.001})
+    web.user("sue", "submitter")
+    client, csrf = web.login("sue", PASSWORD)
+    form = {"csrf_token": csrf, "kind": "command", "command": "true", "worker_class": "default"}
+    assert client.post("/jobs", data=form).status_code == 303
+    again = client.post("/jobs", data=form)
+    assert again.status_code == 429 and "submissions a second" in again.text

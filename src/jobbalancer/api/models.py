@@ -195,7 +195,9 @@ class Job(BaseModel):
     attempt: int = Field(description="1 for the first run; +1 for each automatic retry.")
     retry_of: int | None = Field(description="The job whose failure this attempt retries.")
     restarted_from: int | None = Field(description="The job this one was restarted from.")
-    env: dict[str, str]
+    env: dict[str, str] = Field(
+        description="Names and values; the values are `****` except to the job's owner and admins."
+    )
     labels: dict[str, str]
     user: str | None
     worker: Ref | None
@@ -211,7 +213,8 @@ class Job(BaseModel):
     finished_at: Time | None
 
     @classmethod
-    def from_job(cls, job: jobs.Job) -> Job:
+    def from_job(cls, job: jobs.Job, viewer: auth.User) -> Job:
+        """The job as ``viewer`` may see it: env values masked unless theirs or an admin."""
         script = None
         if job.script_name is not None:
             script = Ref(id=job.script_id or 0, name=job.script_name)
@@ -222,11 +225,26 @@ class Job(BaseModel):
             **{n: getattr(job, n) for n in _JOB_PLAIN},
             script=script,
             params=list(job.params),
-            env=dict(job.env),
+            env=shown_env(job, viewer),
             labels=dict(job.labels),
             user=job.user_name,
             worker=worker,
         )
+
+
+ENV_MASK = "****"
+
+
+def may_see_env(job: jobs.Job, viewer: auth.User) -> bool:
+    """Env values are the owner's and admins' only: they often hold tokens."""
+    return viewer.is_admin or (job.user_id is not None and job.user_id == viewer.id)
+
+
+def shown_env(job: jobs.Job, viewer: auth.User) -> dict[str, str]:
+    """The job's env as ``viewer`` may see it: every name, values masked if not theirs."""
+    if may_see_env(job, viewer):
+        return dict(job.env)
+    return dict.fromkeys(job.env, ENV_MASK)
 
 
 _JOB_PLAIN = [

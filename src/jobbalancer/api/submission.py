@@ -1,18 +1,149 @@
 """Turning submissions into jobs: resolve scripts and classes, check what the user may do,
 submit and read the jobs back in one transaction.
 
-Shared by ``POST /api/v1/jobs``, its batch form, restarts and the legacy ``/addJob``.
+Shared by ``POST /api/v1/jobs``, its batch form, restarts, the legacy ``/addJob`` and the
+web pages. The limits on one submitter live here too (docs/api.md, "Limits"): what a
+scripts-only user may put in ``env``, the highest priority, waiting jobs at a time and
+submit requests per second. Admins and operators are exempt (they can run anything).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, db, errors, jobs, scripts
+from jobbalancer import auth, balancer, classes, db, errors, jobs, scripts, settings
 from jobbalancer.api import models
+
+# A scripts-only user may set only names in a namespace of our own. An allow-list, not a
+# list of dangerous names: BASH_ENV, ENV, SHELLOPTS+PS4, LD_PRELOAD, PYTHONSTARTUP,
+# PERL5OPT, NODE_OPTIONS, OPENSSL_CONF, GCONV_PATH, … each run code of the caller's choice
+# before the script's first line, and no list of them is ever complete (every interpreter
+# and library adds its own). No shell, loader, interpreter or common library reads JOB_*.
+SCRIPT_ENV_PREFIX = "JOB_"
+_SCRIPT_ENV_NAME = re.compile(r"JOB_[A-Z0-9_]{1,96}")
+
+
+class RateLimited(errors.JobBalancerError):
+    """Too many requests: wait a moment and try again."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class WaitingLimit(errors.Conflict):
+    """Too many waiting jobs: wait for some to start, or kill some."""
+
+    code = "waiting_limit"
+
+
+def unrestricted(user: auth.User) -> bool:
+    """Admins and operators: no submitter limits (they may run any command anyway)."""
+    return user.role in (auth.Role.ADMIN, auth.Role.OPERATOR)
+
+
+def full_env(user: auth.User) -> bool:
+    """Whether ``user`` may set any environment variable (they can run any command)."""
+    return unrestricted(user) or user.commands_allowed
+
+
+def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
+    """A scripts-only user's env: only ``JOB_`` + upper-case letters, digits and ``_``."""
+    if full_env(user):
+        return
+    for key in env:
+        if not _SCRIPT_ENV_NAME.fullmatch(key):
+            raise errors.InvalidInput(
+                f"{key!r} is not allowed: you may run stored scripts only, so the environment "
+                f"you set is limited to names {SCRIPT_ENV_PREFIX} followed by upper-case "
+                "letters, digits or '_' (other names can change how the shell, the "
+                "interpreter or the loader behave)",
+                field=f"{where}env",
+            )
+
+
+def check_priority(user: auth.User, priority: int, cap: int, where: str = "") -> None:
+    if not unrestricted(user) and priority > cap:
+        raise errors.InvalidInput(
+            f"at most {cap} for your role ({user.role}); ask an operator for more",
+            field=f"{where}priority",
+        )
+
+
+class RateLimiter:
+    """Submit requests per user as token buckets, in this server process only (with N
+    servers a user may submit up to N times the rate: the waiting cap, kept in the
+    database, bounds what that can pile up)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}  # user id: tokens, when
+        self._lock = threading.Lock()
+
+    def take(self, user_id: int, rate: float, burst: int) -> None:
+        """Take one token of ``user_id``'s bucket; RateLimited if it is empty."""
+        with self._lock:
+            now = self._clock()
+            tokens, then = self._buckets.get(user_id, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - then) * rate)
+            if tokens < 1.0:
+                self._buckets[user_id] = (tokens, now)
+                wait = (1.0 - tokens) / rate
+                raise RateLimited(
+                    f"more than {rate:g} submissions a second (burst {burst}); "
+                    f"try again in {wait:.1f} s"
+                )
+            if len(self._buckets) > 100_000:  # forget idle users rather than grow unbounded
+                self._buckets.clear()
+            self._buckets[user_id] = (tokens - 1.0, now)
+
+
+def rate_limiter(state: Any) -> RateLimiter:
+    """The app's limiter (``app.state``), made on first use; tests may set their own."""
+    limiter: RateLimiter | None = getattr(state, "submit_limiter", None)
+    if limiter is None:
+        limiter = state.submit_limiter = RateLimiter()
+    return limiter
+
+
+def _limits(conn: sa.Connection, user: auth.User, limiter: RateLimiter) -> settings.Tunables | None:
+    """The settings that limit ``user``, after taking a token of their submit rate; None
+    for admins and operators (no limits, and no query: the benchmarks submit as admin)."""
+    if unrestricted(user):
+        return None
+    limits = settings.load_tunables(conn)
+    limiter.take(user.id, limits.submit_rate, limits.submit_burst)
+    return limits
+
+
+def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) -> None:
+    """WaitingLimit if ``adding`` more jobs would leave ``user`` over ``cap`` waiting jobs.
+
+    Counted in the submit's transaction; two batches submitted at the same instant on
+    PostgreSQL or MariaDB may both pass, so the cap can be overshot by one batch."""
+    J = db.schema.jobs
+    # "user_id + 0" keeps the planner off the (user_id, id) index, which walks all of a
+    # user's history (68 ms a submit for 200k finished jobs on SQLite), and on the state
+    # index, which walks the waiting jobs only (0.8 ms with 5k waiting, 15 ms with 100k).
+    # An index on (user_id, state) would make both cheap; that is a schema change.
+    mine = (
+        sa.select(J.c.id)
+        .where(J.c.user_id + 0 == user.id, J.c.state == jobs.State.WAITING.value)
+        .limit(cap + 1)
+        .subquery()
+    )
+    waiting = conn.execute(sa.select(sa.func.count()).select_from(mine)).scalar_one()
+    if waiting + adding > cap:
+        raise WaitingLimit(
+            f"you have {waiting} waiting jobs; at most {cap} may wait at a time, so these "
+            f"{adding} were not submitted (wait for some to start, or kill some)"
+        )
 
 
 class _Lookups:
@@ -48,11 +179,8 @@ def to_spec(
             "give exactly one of 'command' or 'script'", field=f"{where}command"
         )
     lookups = lookups or _Lookups(conn)
-    wclass = lookups.wclass(job.worker_class, f"{where}worker_class")
-    if not user.may_use_class(wclass.name):
-        raise errors.Forbidden(
-            f"you may not submit to worker class {wclass.name!r}", field=f"{where}worker_class"
-        )
+    wclass = _class_for(user, lookups, job.worker_class, f"{where}worker_class")
+    check_env(user, job.env, where)
     base = jobs.Spec(
         worker_class_id=wclass.id,
         params=tuple(job.params),
@@ -82,33 +210,63 @@ def to_spec(
     )
 
 
+def _class_for(
+    user: auth.User, lookups: _Lookups, ref: str | int, field: str
+) -> classes.WorkerClass:
+    wclass = lookups.wclass(ref, field)
+    if not user.may_use_class(wclass.name):
+        raise errors.Forbidden(f"you may not submit to worker class {wclass.name!r}", field=field)
+    return wclass
+
+
 def submit(
-    engine: sa.Engine, user: auth.User, batch: Sequence[models.JobSubmit], *, prefix: bool
+    engine: sa.Engine,
+    user: auth.User,
+    batch: Sequence[models.JobSubmit],
+    *,
+    prefix: bool,
+    limiter: RateLimiter,
 ) -> list[jobs.Job]:
-    """Validate every job, then create and assign them all in one transaction.
+    """Check the user's limits and every job, then create and assign them all in one
+    transaction: all are submitted, or none.
 
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
     """
     with db.write(engine) as conn:
+        limits = _limits(conn, user, limiter)
         lookups = _Lookups(conn)
-        specs = [
-            to_spec(conn, user, job, f"jobs.{i}." if prefix else "", lookups)
-            for i, job in enumerate(batch)
-        ]
+        specs = []
+        for i, job in enumerate(batch):
+            where = f"jobs.{i}." if prefix else ""
+            if limits is not None:
+                check_priority(user, job.priority, limits.max_submitter_priority, where)
+            specs.append(to_spec(conn, user, job, where, lookups))
+        if limits is not None:
+            _check_waiting(conn, user, len(specs), limits.max_waiting_per_user)
         ids = balancer.submit(conn, specs, user.id, user.name)
         # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
 
 
-def restart(engine: sa.Engine, user: auth.User, job_id: int, job: jobs.Job) -> jobs.Job:
+def restart(
+    engine: sa.Engine, user: auth.User, job_id: int, job: jobs.Job, *, limiter: RateLimiter
+) -> jobs.Job:
     """A new job with the spec of ``job``, started at once if a slot is free.
 
     The restarting user's current limits apply, as to a submission. A need_realtime job
-    that finds no free slot ends ``occupied``, as it would on submit.
+    that finds no free slot ends ``occupied``, as it would on submit. The new job is the
+    old one's owner's; its env is copied in the database, so an operator's restart of
+    another's job runs with the real values without showing them to the operator.
     """
     with db.write(engine) as conn:
-        check_may_rerun(user, job)
-        new_id = jobs.restart(conn, job_id, user.id, user.name)
+        limits = _limits(conn, user, limiter)
+        check_may_rerun(conn, user, job)
+        if limits is not None:
+            check_priority(user, job.priority, limits.max_submitter_priority)
+            _check_waiting(conn, user, 1, limits.max_waiting_per_user)
+        # The re-run stays the owner's: its env values are theirs, and an operator who
+        # restarts it must not become their owner (and see them) by doing so.
+        new_id = jobs.restart(conn, job_id, job.user_id, job.user_name)
         balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
         if job.need_realtime:
             jobs.occupy(conn, new_id)  # a no-op unless it is still waiting
@@ -116,18 +274,35 @@ def restart(engine: sa.Engine, user: auth.User, job_id: int, job: jobs.Job) -> j
         return jobs.get(conn, new_id)
 
 
-def check_may_rerun(user: auth.User, job: jobs.Job) -> None:
+def check_may_rerun(conn: sa.Connection, user: auth.User, job: jobs.Job) -> None:
+    """What a submission of the same job would check, plus: a scripts-only user may run
+    only the scripts that exist now, not the copy kept in a job of a deleted one."""
     if not user.can_submit:
         raise errors.Forbidden(f"your role ({user.role}) does not allow submitting jobs")
     if job.command is not None and not user.commands_allowed:
         raise errors.Forbidden("you may run stored scripts only, not commands")
     if not user.may_use_class(job.worker_class):
         raise errors.Forbidden(f"you may not submit to worker class {job.worker_class!r}")
+    check_env(user, job.env)
+    if not full_env(user) and job.script_id is not None and not _script_exists(conn, job):
+        raise errors.Conflict(
+            f"job {job.id} ran script {job.script_name!r}, which was deleted; you may run "
+            "stored scripts only, so it cannot be restarted (an operator can)"
+        )
 
 
-def occupied(job: jobs.Job) -> errors.Occupied:
+def _script_exists(conn: sa.Connection, job: jobs.Job) -> bool:
+    assert job.script_id is not None
+    try:
+        scripts.get(conn, job.script_id)
+    except errors.NotFound:
+        return False
+    return True
+
+
+def occupied(job: jobs.Job, viewer: auth.User) -> errors.Occupied:
     """The 409 for a need_realtime job that found no free slot; it carries the job."""
     return errors.Occupied(
-        models.Job.from_job(job).model_dump(mode="json"),
+        models.Job.from_job(job, viewer).model_dump(mode="json"),
         f"no worker of class {job.worker_class!r} has a free slot; job {job.id} was not run",
     )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
-from jobbalancer import db, jobs, logs
+from jobbalancer import auth, db, errors, jobs, logs, settings
 from jobbalancer.api import actions, listing, models, sse, submission
 from jobbalancer.api.deps import (
     CurrentUser,
     EngineDep,
     Submitter,
+    key_from_headers,
     manageable_job,
     visible_job,
 )
@@ -23,26 +27,34 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
 Offset = Annotated[int, Query(ge=0, le=2**62, description="Byte offset in the chosen view.")]
 View = Annotated[logs.View, Query(description="stdout, stderr, or all (both, as written).")]
-_OCCUPIED: dict[int | str, dict[str, Any]] = {
-    409: {"description": "`need_realtime` and no free slot: the job is `occupied`."}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {
+        "description": "`need_realtime` and no free slot (`occupied`), or too many "
+        "waiting jobs (`waiting_limit`)."
+    },
+    429: {"description": "More submissions a second than the `submit_rate` setting allows."},
 }
 
 
-@router.post("", status_code=201, responses=_OCCUPIED)
-def submit_job(spec: models.JobSubmit, user: Submitter, engine: EngineDep) -> models.Job:
+@router.post("", status_code=201, responses=_RESPONSES)
+def submit_job(
+    request: Request, spec: models.JobSubmit, user: Submitter, engine: EngineDep
+) -> models.Job:
     """Submit one job; it is assigned at once if a worker of its class has a free slot."""
-    [job] = submission.submit(engine, user, [spec], prefix=False)
+    [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter(request))
     if job.state == jobs.State.OCCUPIED:
-        raise submission.occupied(job)
-    return models.Job.from_job(job)
+        raise submission.occupied(job, user)
+    return models.Job.from_job(job, user)
 
 
-@router.post("/batch", status_code=201)
-def submit_batch(batch: models.JobBatch, user: Submitter, engine: EngineDep) -> models.JobsCreated:
+@router.post("/batch", status_code=201, responses=_RESPONSES)
+def submit_batch(
+    request: Request, batch: models.JobBatch, user: Submitter, engine: EngineDep
+) -> models.JobsCreated:
     """Submit up to 1000 jobs: all are accepted or none. need_realtime jobs that found no
     slot are in the answer with state ``occupied``."""
-    created = submission.submit(engine, user, batch.jobs, prefix=True)
-    return models.JobsCreated(jobs=[models.Job.from_job(j) for j in created])
+    created = submission.submit(engine, user, batch.jobs, prefix=True, limiter=limiter(request))
+    return models.JobsCreated(jobs=[models.Job.from_job(j, user) for j in created])
 
 
 @router.get("")
@@ -75,13 +87,15 @@ def list_jobs(
     )
     with db.read(engine) as conn:
         found, next_cursor = listing.page(conn, filters, limit, cursor)
-    return models.JobList(items=[models.Job.from_job(j) for j in found], next_cursor=next_cursor)
+    return models.JobList(
+        items=[models.Job.from_job(j, user) for j in found], next_cursor=next_cursor
+    )
 
 
 @router.get("/{job_id}")
 def get_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
     with db.read(engine) as conn:
-        return models.Job.from_job(visible_job(conn, user, job_id))
+        return models.Job.from_job(visible_job(conn, user, job_id), user)
 
 
 @router.get(
@@ -116,7 +130,10 @@ def get_log(
 @router.get(
     "/{job_id}/log/stream",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        429: {"description": "The caller has `max_streams_per_user` streams open already."},
+    },
 )
 def stream_log(
     request: Request,
@@ -128,15 +145,55 @@ def stream_log(
     last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
 ) -> StreamingResponse:
     """Server-sent events: ``output`` ({"stream", "data"}) as it is written, then one
-    ``end`` with the final job. A reconnect resumes after ``Last-Event-ID``."""
+    ``end`` with the final job. A reconnect resumes after ``Last-Event-ID``. Access is
+    checked again every few seconds; at most ``max_streams_per_user`` open (429)."""
     with db.read(engine) as conn:
         visible_job(conn, user, job_id)
+        cap = settings.load_tunables(conn).max_streams_per_user
+    release = sse.stream_slots(request.app.state).acquire(user.id, cap)
+    watch = sse.Watch(
+        engine,
+        job_id,
+        stream,
+        user,
+        _recheck(request, engine, job_id),
+        getattr(request.app.state, "sse_recheck_seconds", sse.RECHECK_SECONDS),
+    )
     start = last_event_id if last_event_id is not None else offset
     return StreamingResponse(
-        sse.job_events(request, engine, job_id, stream, start),
+        sse.job_events(request, watch, start, release),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),  # also if the stream never started
     )
+
+
+def _recheck(request: Request, engine: sa.Engine, job_id: int) -> Callable[[], auth.User]:
+    """Who the stream's caller is now, by the same key or session cookie; Unauthorized
+    or NotFound once they may no longer read the job."""
+    key = key_from_headers(request)
+    token = request.cookies.get(auth.SESSION_COOKIE, "") if key is None else None
+
+    def recheck() -> auth.User:
+        with db.read(engine) as conn:
+            if token is not None:
+                session = auth.find_session(conn, token)
+                if session is None:
+                    raise errors.Unauthorized("the web session ended (signed out or expired)")
+                user = session.user
+            else:
+                found = auth.authenticate_key(conn, key or "")
+                if found is None:
+                    raise errors.Unauthorized("the API key was revoked, or its user disabled")
+                user = found
+            visible_job(conn, user, job_id)
+        return user
+
+    return recheck
+
+
+def limiter(request: Request) -> submission.RateLimiter:
+    return submission.rate_limiter(request.app.state)
 
 
 @router.post("/{job_id}/kill", status_code=202)
@@ -144,18 +201,20 @@ def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
     """Kill: a waiting or assigned job at once, a running one when its worker stopped it."""
     with db.write(engine) as conn:
         killed = actions.kill_job(conn, user, job_id)
-    return models.Job.from_job(killed)
+    return models.Job.from_job(killed, user)
 
 
-@router.post("/{job_id}/restart", status_code=201, responses=_OCCUPIED)
-def restart_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
+@router.post("/{job_id}/restart", status_code=201, responses=_RESPONSES)
+def restart_job(
+    request: Request, job_id: JobId, user: CurrentUser, engine: EngineDep
+) -> models.Job:
     """A new job with the same spec, ``restarted_from`` this one."""
     with db.read(engine) as conn:
         job = manageable_job(conn, user, job_id)
-    new = submission.restart(engine, user, job_id, job)
+    new = submission.restart(engine, user, job_id, job, limiter=limiter(request))
     if new.state == jobs.State.OCCUPIED:
-        raise submission.occupied(new)
-    return models.Job.from_job(new)
+        raise submission.occupied(new, user)
+    return models.Job.from_job(new, user)
 
 
 @router.delete("/{job_id}", status_code=204)

@@ -111,10 +111,12 @@ async def _read_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def _submit(engine: sa.Engine, user: auth.User, spec: models.JobSubmit) -> jobs.Job:
+def _submit(
+    engine: sa.Engine, user: auth.User, spec: models.JobSubmit, limiter: submission.RateLimiter
+) -> jobs.Job:
     if not user.can_submit:
         raise errors.Forbidden(f"your role ({user.role}) does not allow submitting jobs")
-    [job] = submission.submit(engine, user, [spec], prefix=False)
+    [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter)
     return job
 
 
@@ -145,7 +147,8 @@ async def add_job(request: Request, engine: EngineDep) -> JSONResponse:
         data = await _read_body(request)
         key = data.get("apiKey") if isinstance(data.get("apiKey"), str) else None
         user = await run_in_threadpool(authenticate, engine, key or key_from_headers(request))
-        job = await run_in_threadpool(_submit, engine, user, to_submit(data))
+        limiter = submission.rate_limiter(request.app.state)
+        job = await run_in_threadpool(_submit, engine, user, to_submit(data), limiter)
     except errors.JobBalancerError as exc:
         field = _LEGACY_NAMES.get(exc.field or "", exc.field)
         extra = {"error": exc.code} | ({"field": field} if field else {})

@@ -188,7 +188,13 @@ def submit(page: deps.Submitter) -> Response:
     form = {name: page.field(name) for name in _FORM_FIELDS}
     try:
         spec = _spec_from_form(form)
-        [job] = submission.submit(page.engine, page.user, [spec], prefix=False)
+        [job] = submission.submit(
+            page.engine,
+            page.user,
+            [spec],
+            prefix=False,
+            limiter=submission.rate_limiter(page.request.app.state),
+        )
     except pydantic.ValidationError as exc:
         _, message = api_errors.describe(exc.errors()[0])
         return _render_jobs(page, ListQuery(), form=form, form_error=message, status=422)
@@ -271,6 +277,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         "job.html",
         active="jobs",
         job=job,
+        env=models.shown_env(job, page.user),
         now=now,
         parts=parts,
         log_offset=offset,
@@ -316,7 +323,8 @@ def kill_job(job_id: JobId, page: deps.Actor) -> Response:
 def restart_job(job_id: JobId, page: deps.Actor) -> Response:
     with db.read(page.engine) as conn:
         job = api_deps.manageable_job(conn, page.user, job_id)
-    new = submission.restart(page.engine, page.user, job_id, job)
+    limiter = submission.rate_limiter(page.request.app.state)
+    new = submission.restart(page.engine, page.user, job_id, job, limiter=limiter)
     if new.state == jobs.State.OCCUPIED:
         return pages.redirect(
             f"/jobs/{new.id}", f"Job {new.id} found no free slot (need_realtime).", error=True

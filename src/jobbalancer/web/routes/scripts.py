@@ -200,7 +200,8 @@ def run_script(script_id: ScriptId, page: deps.Submitter) -> Response:
         body["watchdog"] = run["watchdog"].strip()
     try:
         spec = models.JobSubmit.model_validate(body)
-        [job] = submission.submit(page.engine, page.user, [spec], prefix=False)
+        limiter = submission.rate_limiter(page.request.app.state)
+        [job] = submission.submit(page.engine, page.user, [spec], prefix=False, limiter=limiter)
     except pydantic.ValidationError as exc:
         message = _message(exc)
     except errors.JobBalancerError as exc:

@@ -18,7 +18,9 @@ ALGORITHMS = {
     "random": "Random: any worker with a free slot.",
     "fill_first": "Fill first: pack the first workers, so others can scale down.",
 }
-NUMBERS = ("worker_timeout", "kill_grace", "max_log_bytes", "retention_days")
+NUMBERS = ("worker_timeout", "kill_grace", "max_log_bytes", "retention_days",
+           "max_waiting_per_user", "submit_rate", "submit_burst", "max_submitter_priority",
+           "max_streams_per_user")  # fmt: skip
 
 
 @router.get("/settings")
@@ -41,14 +43,18 @@ def _render(page: deps.Page, values: dict[str, Any], **extra: Any) -> Response:
 
 @router.post("/settings")
 def save_settings(page: deps.Admin) -> Response:
-    changes: dict[str, Any] = {name: page.field(name).strip() for name in NUMBERS}
+    # A number the form does not carry (a page older than the setting) stays as it is.
+    sent = [name for name in NUMBERS if page.form is not None and name in page.form]
+    changes: dict[str, Any] = {name: page.field(name).strip() for name in sent}
     changes["algorithm"] = page.field("algorithm")
     changes["metrics_public"] = page.field("metrics_public") in ("on", "true", "1")
     try:
         with db.write(page.engine) as conn:
+            current = settings.load_tunables(conn).model_dump()
             settings.save_tunables(conn, changes)
     except errors.InvalidInput as exc:
-        return _render(page, changes, error=exc.message, error_field=exc.field, status=422)
+        values = {**current, **changes}
+        return _render(page, values, error=exc.message, error_field=exc.field, status=422)
     return pages.redirect(
         "/settings", "Settings saved; they apply now, on every server and worker."
     )
