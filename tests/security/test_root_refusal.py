@@ -50,13 +50,28 @@ def test_worker_refuses_run_as_root_user(tmp_path: Path) -> None:
 
 
 def test_up_as_root_passes_the_override_to_its_own_server_only() -> None:
-    # `up` as root runs jobs as nobody, so its server is started with --allow-root while
-    # its workers get --run-as nobody (not --allow-root).
+    # `up` as root runs each job under a uid of its own, so its server is started with
+    # --allow-root while its workers get --run-as dynamic (not --allow-root).
     plan = cli._UpPlan.make(settings.Settings(), 1, None)
     assert "--allow-root" in plan.server_argv()
     worker_argv = plan.worker_argv("w-1")
     assert "--allow-root" not in worker_argv
+    assert worker_argv[worker_argv.index("--run-as") + 1] == "dynamic"
+
+
+def test_up_as_root_keeps_an_explicit_run_as_user() -> None:
+    loaded = settings.Settings(worker=settings.WorkerSettings(run_as="nobody"))
+    worker_argv = cli._UpPlan.make(loaded, 1, None).worker_argv("w-1")
     assert worker_argv[worker_argv.index("--run-as") + 1] == "nobody"
+
+
+def test_worker_refuses_dynamic_uids_unless_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobbalancer import errors
+    from jobbalancer.worker import loop
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(errors.ConfigError, match="only root can give each job a uid"):
+        loop.check_privileges(settings.WorkerSettings(run_as="dynamic"))
 
 
 def test_the_override_also_works_from_the_environment(tmp_path: Path) -> None:
