@@ -94,3 +94,27 @@ def test_the_override_also_works_from_the_environment(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("worker", "says"),
+    [
+        ({"run_as": "dynamic"}, "uids of their own"),
+        ({"run_as": "nobody"}, "can read the environment and files of other running jobs"),
+        ({"allow_root": True}, "JOBS RUN AS ROOT"),
+    ],
+)
+def test_the_worker_says_what_a_job_can_reach(worker: dict[str, object], says: str) -> None:
+    from jobbalancer.worker import loop
+
+    assert says in loop.isolation(settings.WorkerSettings.model_validate(worker))
+
+
+def test_an_unprivileged_worker_says_its_jobs_share_its_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobbalancer.worker import loop
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    line = loop.isolation(settings.WorkerSettings())
+    assert "the worker's own user" in line and "--run-as dynamic" in line

@@ -1104,11 +1104,12 @@ def test_what_a_uid_left_in_shared_places_is_removed_on_release(
     jobs: Jobs, pool: uids.UidPool
 ) -> None:
     # Given a job that leaves files, a read-only tree and a fifo in /tmp and /dev/shm
+    # and a System V shared memory segment
     tag = secrets.token_hex(4)
     left = [f"/tmp/jbtest-left-{tag}", f"/tmp/jbtest-tree-{tag}", f"/dev/shm/jbtest-{tag}"]
     command = (
         f"echo secret > {left[0]}; mkdir -p {left[1]}/sub; chmod 500 {left[1]}; "
-        f"mkfifo {left[2]}; id -u"
+        f"mkfifo {left[2]}; ipcmk -M 4096 >/dev/null && id -u"
     )
 
     result = jobs.run(jobs.spec(command, uid_pool=pool))
@@ -1116,6 +1117,10 @@ def test_what_a_uid_left_in_shared_places_is_removed_on_release(
     # Then none of it is there for the next job with that uid
     assert result.outcome.exit_code == 0, result.err
     assert [path for path in left if os.path.lexists(path)] == []
+    uid = result.out.decode().strip()
+    with open("/proc/sysvipc/shm") as segments:
+        owners = [row.split()[7] for row in segments.read().splitlines()[1:]]
+    assert uid not in owners
 
 
 def test_removing_files_of_a_uid_leaves_others_and_follows_no_link(tmp_path: Path) -> None:

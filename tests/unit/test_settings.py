@@ -318,3 +318,22 @@ def test_a_stored_value_that_no_longer_validates_falls_back_to_its_default(
     with db.read(sqlite_engine) as conn:
         t = settings.load_tunables(conn)
     assert (t.algorithm, t.worker_timeout) == ("round_robin", 40.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("JOBBALANCER_WORKER_DYNAMIC_UIDS", "70000"),
+        ("JOBBALANCER_WORKER_DYNAMIC_UIDS", "100-200"),
+        ("JOBBALANCER_WORKER_DYNAMIC_UIDS", "80000-70000"),
+        ("JOBBALANCER_WORKER_JOB_PATH", "bin:/usr/bin"),
+        ("JOBBALANCER_WORKER_JOB_PATH", ""),
+    ],
+)
+def test_bad_dynamic_uids_or_job_path_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        settings.load()
+    assert info.value.field == key.removeprefix("JOBBALANCER_").lower().replace("_", ".", 1)

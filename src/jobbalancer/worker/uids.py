@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import fcntl
 import grp
 import logging
@@ -47,7 +48,10 @@ LOCK_DIR: Final = "/run/jobbalancer/uids"
 # containers map (100000 and up, by useradd's default).
 DEFAULT_RANGE: Final = "70000-79999"
 # Where any uid may create files: what a job left there is removed when its uid is freed.
-SHARED_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - cleaned, not used
+SHARED_DIRS: Final = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # noqa: S108
+# System V IPC objects outlive their creator too; removed like files (as systemd's RemoveIPC).
+_IPC: Final = (("shm", "shmctl"), ("sem", "semctl"), ("msg", "msgctl"))
+_IPC_RMID: Final = 0
 _MAX_DEPTH: Final = 4  # how deep to follow world-writable directories of others
 _FREE: Final = b"free\n"
 
@@ -116,6 +120,7 @@ class Lease:
             if not processes_gone:
                 kill_all_of(self.uid)
             remove_files_of(self.uid)
+            remove_ipc_of(self.uid)
             os.pwrite(fd, _FREE, 0)
             os.ftruncate(fd, len(_FREE))
         finally:
@@ -179,6 +184,7 @@ class UidPool:
                 log.warning("dynamic uid %d was left busy by a dead worker; cleaning up", uid)
                 kill_all_of(uid)
                 remove_files_of(uid)
+                remove_ipc_of(uid)
             record = f"busy {os.getpid()}\n".encode()
             os.pwrite(fd, record, 0)
             os.ftruncate(fd, len(record))
@@ -251,6 +257,34 @@ def remove_files_of(uid: int, dirs: tuple[str, ...] | None = None) -> int:
             finally:
                 os.close(fd)
     return found
+
+
+def remove_ipc_of(uid: int) -> int:
+    """Remove the System V shared memory segments, semaphore sets and message queues
+    ``uid`` owns (Linux: listed in /proc/sysvipc); how many."""
+    removed = 0
+    for kind, call in _IPC:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as file:
+                header, *rows = file.read().splitlines()
+        except (OSError, ValueError):
+            continue
+        columns = header.split()
+        for row in rows:
+            fields = dict(zip(columns, row.split(), strict=False))
+            if fields.get("uid") == str(uid) or fields.get("cuid") == str(uid):
+                ident = int(fields[columns[1]])  # shmid, semid or msqid
+                removed += _ipc_rmid(call, ident)
+    return removed
+
+
+def _ipc_rmid(call: str, ident: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if call == "semctl":
+        result = libc.semctl(ident, 0, _IPC_RMID)
+    else:
+        result = getattr(libc, call)(ident, _IPC_RMID, None)
+    return 1 if result == 0 else 0
 
 
 def _remove_in(dir_fd: int, uid: int, depth: int) -> int:
