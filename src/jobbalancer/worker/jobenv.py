@@ -14,6 +14,7 @@ the file's own mode bits; the job has no supplementary groups).
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 from collections.abc import Mapping
@@ -39,8 +40,10 @@ def lookup_user(name: str) -> Identity:
     return Identity.from_passwd(entry)
 
 
+@functools.cache
 def own_identity() -> Identity:
-    """The worker's own user, for jobs it runs without switching."""
+    """The worker's own user, for jobs it runs without switching (read once: a passwd
+    lookup per job costs more than the rest of building its environment)."""
     uid = os.geteuid()
     try:
         return Identity.from_passwd(pwd.getpwuid(uid))

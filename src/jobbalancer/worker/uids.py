@@ -146,24 +146,30 @@ class UidPool:
         if not usable:
             raise UidError(f"dynamic uids {uids.first}-{uids.last}: every one is in use")
         self._order = collections.deque(sorted(usable, key=self._last_used))
+        self._size = len(usable)
         self._lock = threading.Lock()
 
     def acquire(self) -> Lease:
         """The least recently used free uid, locked; UidError if none is free."""
         with self._lock:
-            candidates = list(self._order)
-        for uid in candidates:
-            lease = self._try(uid)
+            tries = len(self._order)
+        for _ in range(tries):
+            with self._lock:
+                if not self._order:
+                    break
+                uid = self._order.popleft()  # no other thread of ours tries it meanwhile
+            try:
+                lease = self._try(uid)
+            except BaseException:
+                self.released(uid)
+                raise
             if lease is not None:
-                with self._lock, contextlib.suppress(ValueError):
-                    self._order.remove(uid)
                 return lease
-        raise UidError(f"all {len(candidates)} dynamic uids are busy; widen worker.dynamic_uids")
+            self.released(uid)  # another worker's now: to the back of the line
+        raise UidError(f"all {self._size} dynamic uids are busy; widen worker.dynamic_uids")
 
     def released(self, uid: int) -> None:
         with self._lock:
-            with contextlib.suppress(ValueError):
-                self._order.remove(uid)
             self._order.append(uid)
 
     def _try(self, uid: int) -> Lease | None:
