@@ -2,7 +2,9 @@
 
 The worker loop decides *what* to run and records what happened; this module only runs
 it. A job starts in a new session (so its process group is its own), in a private
-temporary directory, with stdin on /dev/null and stdout/stderr on pipes.
+temporary directory, with stdin on /dev/null and stdout/stderr on pipes, as its user
+with a clean minimal environment (:mod:`jobenv`); given a pool (:mod:`uids`), under a uid
+of its own, held from before its directory is made until everything of it is gone.
 
 No orphan may survive its job, and a job can shed its process group (``setsid``,
 double forks). Where the host allows, a job gets a cgroup of its own (see
