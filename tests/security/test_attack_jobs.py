@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import BACKENDS, Databases
@@ -210,3 +212,37 @@ def test_a_job_sees_no_setting_of_the_worker_in_its_environment(attack: Attack) 
         "PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "PWD",
         "SHLVL", "JOBBALANCER_JOB_ID", "JOBBALANCER_RUN_TAG", "JOBBALANCER_JOB_OWNER",
     } | {n for n in names if n.startswith("LC_")}  # fmt: skip
+
+
+def test_a_job_that_outlives_a_killed_worker_leaves_nothing_for_the_next(
+    attack: Attack,
+) -> None:
+    # Given a job that leaves a file in /tmp and a process that left its session
+    tag = secrets.token_hex(4)
+    left = f"/tmp/jbtest-attack-{tag}"
+    job, victim = attack.victim(
+        f'echo "$SECRET" > {left}; (setsid sleep 300 &); '
+        'echo "uid=$(id -u) pid=$$ dir=$TMPDIR"; exec sleep 300'
+    )
+    assert os.path.exists(left)
+    # When the worker is SIGKILLed while it runs, and started again
+    worker = next(p for p in attack.cluster.procs if p.name == "attacked")
+    os.killpg(worker.popen.pid, signal.SIGKILL)
+    worker.popen.wait(timeout=10)
+    attack.cluster.procs.remove(worker)
+    attack.cluster.start_worker("attacked", "--run-as", "dynamic", "--max-jobs", "4")
+
+    # Then the job is lost, and nothing of its uid is left for whoever gets it next
+    assert attack.cluster.wait_job(job)["state"] == "lost"
+    uid = int(victim["uid"])
+    attack.cluster.wait_for(lambda: not _processes_of(uid), "the job's processes to die")
+    assert not os.path.exists(left)
+    assert not os.path.exists(victim["dir"])
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["uids", "status"]):
+        if uid in proc.info["uids"] and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc.pid)
+    return found

@@ -118,3 +118,11 @@ def test_an_unprivileged_worker_says_its_jobs_share_its_user(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     line = loop.isolation(settings.WorkerSettings())
     assert "the worker's own user" in line and "--run-as dynamic" in line
+
+
+def test_up_as_root_with_allow_root_runs_jobs_as_root_as_told() -> None:
+    loaded = settings.Settings(worker=settings.WorkerSettings(allow_root=True))
+    plan = cli._UpPlan.make(loaded, 1, None)
+    worker_argv = plan.worker_argv("w-1")
+    assert "--run-as" not in worker_argv and "--allow-root" in worker_argv
+    assert not plan.default_run_as

@@ -1150,19 +1150,35 @@ def test_removing_files_of_a_uid_leaves_others_and_follows_no_link(tmp_path: Pat
     assert victim.exists()
 
 
-@needs_root
-def test_a_uid_left_busy_by_a_dead_worker_is_cleaned_before_reuse(
-    pool: uids.UidPool, tmp_path: Path
-) -> None:
-    # Given a process of a uid whose lock file says busy, its holder gone (a crash)
-    uid = pool.range.first
+def _left_busy(pool: uids.UidPool, uid: int) -> subprocess.Popen[bytes]:
+    """A process of uid, and its lock file saying busy with no holder: a dead worker's."""
     os.makedirs(pool.lock_dir, exist_ok=True)
     Path(pool.lock_dir, str(uid)).write_text("busy 1\n")
-    stray = subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
+    return subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
+
+
+@needs_root
+def test_a_uid_left_busy_by_a_dead_worker_is_cleaned_when_a_worker_starts(
+    pool: uids.UidPool,
+) -> None:
+    stray = _left_busy(pool, pool.range.first)
     try:
-        fresh = uids.UidPool(pool.range, lock_dir=pool.lock_dir)
+        uids.UidPool(pool.range, lock_dir=pool.lock_dir)
+
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+        assert Path(pool.lock_dir, str(pool.range.first)).read_text() == "free\n"
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+@needs_root
+def test_a_uid_left_busy_by_a_dead_worker_is_cleaned_before_reuse(pool: uids.UidPool) -> None:
+    # Given a uid a worker died holding, after this pool started
+    stray = _left_busy(pool, pool.range.first)
+    try:
         # When that uid is taken again
-        leases = [fresh.acquire() for _ in range(len(fresh.range))]
+        leases = [pool.acquire() for _ in range(len(pool.range))]
         # Then the stray was killed first
         assert stray.wait(timeout=10) == -signal.SIGKILL
         for lease in leases:

@@ -145,9 +145,11 @@ class UidPool:
         usable = [u for u in uids if u not in taken]
         if not usable:
             raise UidError(f"dynamic uids {uids.first}-{uids.last}: every one is in use")
+        self._lock = threading.Lock()
+        self._order: collections.deque[int] = collections.deque()
+        self._sweep_abandoned(usable)
         self._order = collections.deque(sorted(usable, key=self._last_used))
         self._size = len(usable)
-        self._lock = threading.Lock()
 
     def acquire(self) -> Lease:
         """The least recently used free uid, locked; UidError if none is free."""
@@ -171,6 +173,24 @@ class UidPool:
     def released(self, uid: int) -> None:
         with self._lock:
             self._order.append(uid)
+
+    def _sweep_abandoned(self, usable: list[int]) -> None:
+        """Clean up after every uid a dead worker left busy (its job outlived it), now
+        rather than when the uid is next handed out: its files would stay meanwhile."""
+        try:
+            names = set(os.listdir(self.lock_dir))
+        except OSError:
+            return
+        for uid in usable:
+            if str(uid) not in names:
+                continue
+            with contextlib.suppress(OSError):
+                with open(os.path.join(self.lock_dir, str(uid)), "rb") as file:
+                    if file.read(4) != b"busy":
+                        continue
+                lease = self._try(uid)  # None: a live worker's job holds it
+                if lease is not None:
+                    lease.release()
 
     def _try(self, uid: int) -> Lease | None:
         path = os.path.join(self.lock_dir, str(uid))
