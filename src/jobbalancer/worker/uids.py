@@ -12,7 +12,8 @@ held while the job runs. ``flock`` belongs to the open file, so two job threads 
 worker exclude each other as two workers do, and the kernel drops it when its holder
 dies. The file says ``busy <pid>`` while a job runs and ``free`` once everything of it is
 gone: a uid found ``busy`` was held by a worker that died with the job running, so its
-processes are killed and its files removed before it is handed out again.
+processes are killed and its files removed when a worker starts, and again before it is
+handed out.
 
 Reuse is rare: each worker hands out the least recently used uid it knows of (ordered by
 the files' times when it starts, then by its own releases). Before a uid goes back, what
@@ -184,7 +185,7 @@ class UidPool:
         for uid in usable:
             if str(uid) not in names:
                 continue
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, UidError):  # the next acquire tries again
                 with open(os.path.join(self.lock_dir, str(uid)), "rb") as file:
                     if file.read(4) != b"busy":
                         continue
