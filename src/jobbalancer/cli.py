@@ -391,7 +391,8 @@ def up(
         _opt(
             "--run-as",
             env="WORKER_RUN_AS",
-            help="Run jobs as this user (when started as root). Default under root: nobody.",
+            help="Run jobs as this user, or 'dynamic': each job a uid of its own (when "
+            "started as root). Default under root: dynamic.",
         ),
     ] = None,
     allow_root: Annotated[
@@ -424,9 +425,18 @@ def up(
     )
     plan = _UpPlan.make(loaded, workers, config)
     plan.check_privileges()
+    _undumpable()
     first_admin = _prepare_database(loaded.database_url)
     code = _Supervisor(plan).run(lambda: _print_up_panel(plan, first_admin))
     raise typer.Exit(code)
+
+
+def _undumpable() -> None:
+    """No job, even one of this process's uid, reads its settings from /proc/PID/environ
+    or its memory (see runner.make_undumpable)."""
+    from jobbalancer.worker import runner
+
+    runner.make_undumpable()
 
 
 @dataclass(frozen=True)
@@ -437,14 +447,14 @@ class _UpPlan:
     workers: int
     config: Path | None
     run_as: str
-    default_run_as: bool  # root without --run-as/--allow-root: jobs run as nobody
+    default_run_as: bool  # root without --run-as/--allow-root: each job a uid of its own
 
     @classmethod
     def make(cls, loaded: Settings, workers: int, config: Path | None) -> _UpPlan:
         ws = loaded.worker
-        as_nobody = os.geteuid() == 0 and not ws.run_as and not ws.allow_root
-        run_as = "nobody" if as_nobody else ws.run_as
-        return cls(loaded, workers, config, run_as, as_nobody)
+        dynamic = os.geteuid() == 0 and not ws.run_as and not ws.allow_root
+        run_as = "dynamic" if dynamic else ws.run_as
+        return cls(loaded, workers, config, run_as, dynamic)
 
     @property
     def scheme(self) -> str:
@@ -482,8 +492,9 @@ class _UpPlan:
     def server_argv(self) -> list[str]:
         server = self.settings.server
         argv = ["server", "--host", server.host, "--port", str(server.port), *self.common_args()]
-        # `up` is the all-in-one for one box, and as root its jobs already run as nobody
-        # (or as told): starting it as root is the documented way, so its server may too.
+        # `up` is the all-in-one for one box, and as root its jobs already run under uids
+        # of their own (or as told): starting it as root is the documented way, so its
+        # server may too.
         return argv + (["--allow-root"] if os.geteuid() == 0 else [])
 
     def worker_names(self) -> list[str]:
@@ -689,8 +700,10 @@ def _print_up_panel(plan: _UpPlan, first_admin: tuple[auth.User, str, str] | Non
     lines = [_row("Web UI", plan.url), _row("API docs", f"{plan.url}/docs")]
     names = plan.worker_names()
     lines.append(_row("Workers", f"{len(names)}: {', '.join(names) or 'none'}"))
-    if plan.default_run_as:
-        lines.append("[yellow]Running as root: jobs run as user nobody[/] (--run-as USER to pick)")
+    if plan.run_as == "dynamic":
+        lines.append(_row("Jobs run as", "a uid of their own each (--run-as USER to pick one)"))
+    elif os.geteuid() == 0 and not plan.run_as:
+        lines.append("[bold red]Jobs run as root (--allow-root): they can reach everything[/]")
     elif plan.run_as:
         lines.append(_row("Jobs run as", escape(plan.run_as)))
     lines.append(_row("Database", escape(_safe_url(plan.settings.database_url))))
@@ -808,6 +821,7 @@ def server(
         },
     )
     check_server_privileges(allow_root=loaded.server.allow_root)
+    _undumpable()
     _setup_logging(loaded.log_level)
     run_server(loaded, access_log=access_log)
 
@@ -855,7 +869,26 @@ def worker(
         _opt(
             "--run-as",
             env="WORKER_RUN_AS",
-            help="Run jobs as this unprivileged user (the worker runs as root).",
+            help="Run jobs as this unprivileged user, or 'dynamic': each job a uid of its "
+            "own (the worker runs as root).",
+        ),
+    ] = None,
+    dynamic_uids: Annotated[
+        str | None,
+        _opt(
+            "--dynamic-uids",
+            env="WORKER_DYNAMIC_UIDS",
+            help="The uids (and gids) --run-as dynamic hands out, FIRST-LAST. "
+            "Default: 70000-79999.",
+        ),
+    ] = None,
+    job_path: Annotated[
+        str | None,
+        _opt(
+            "--job-path",
+            env="WORKER_JOB_PATH",
+            help="The PATH jobs get and their interpreters are looked up on. "
+            "Default: /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin.",
         ),
     ] = None,
     allow_root: Annotated[
@@ -898,6 +931,8 @@ def worker(
             "worker.worker_class": worker_class,
             "worker.max_jobs": max_jobs,
             "worker.run_as": run_as,
+            "worker.dynamic_uids": dynamic_uids,
+            "worker.job_path": job_path,
             "worker.allow_root": allow_root or None,
             "worker.cgroups": cgroups,
         },

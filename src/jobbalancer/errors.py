@@ -102,7 +102,8 @@ class ConfigError(JobBalancerError):
 
 
 class RootRefused(ConfigError):
-    """Refusing to run jobs as root: start the worker as an unprivileged user, pass
-    --run-as USER to run jobs as that user, or --allow-root if you really mean it."""
+    """Refusing to run jobs as root: pass --run-as dynamic to give each job a uid of its
+    own, --run-as USER to run jobs as that user, start the worker as an unprivileged
+    user, or --allow-root if you really mean it (jobs can then reach everything)."""
 
     code = "root_refused"

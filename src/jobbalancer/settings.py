@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError
 
 from jobbalancer.db import schema
 from jobbalancer.errors import ConfigError, InvalidInput
+from jobbalancer.worker import jobenv, uids
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ class WorkerSettings(_Section):
     name: str = ""
     worker_class: str = "default"
     max_jobs: int | None = Field(default=None, ge=1, le=10_000)
+    # A user name, or "dynamic": each job a uid of its own from dynamic_uids (worker/uids.py).
     run_as: str = ""
+    dynamic_uids: str = uids.DEFAULT_RANGE
+    # The PATH jobs get (and their interpreters are looked up on), not the worker's own.
+    job_path: str = jobenv.DEFAULT_PATH
     allow_root: bool = False
     # Track each job by a cgroup of its own where the host allows (see worker/cgroups.py).
     cgroups: bool = True
@@ -76,6 +81,19 @@ class WorkerSettings(_Section):
     flush_interval: float = Field(default=0.2, gt=0, le=10)
     flush_bytes: int = Field(default=65536, ge=1024)
     buffer_max_bytes: int = Field(default=64 * 1024 * 1024, ge=65536)
+
+    @field_validator("dynamic_uids")
+    @classmethod
+    def _uid_range(cls, value: str) -> str:
+        uids.UidRange.parse(value)  # its ValueError names what is wrong
+        return value
+
+    @field_validator("job_path")
+    @classmethod
+    def _absolute_dirs(cls, value: str) -> str:
+        if not value or not all(os.path.isabs(part) for part in value.split(":")):
+            raise ValueError("give absolute directories separated by ':'")
+        return value
 
 
 class Settings(_Section):

@@ -50,13 +50,28 @@ def test_worker_refuses_run_as_root_user(tmp_path: Path) -> None:
 
 
 def test_up_as_root_passes_the_override_to_its_own_server_only() -> None:
-    # `up` as root runs jobs as nobody, so its server is started with --allow-root while
-    # its workers get --run-as nobody (not --allow-root).
+    # `up` as root runs each job under a uid of its own, so its server is started with
+    # --allow-root while its workers get --run-as dynamic (not --allow-root).
     plan = cli._UpPlan.make(settings.Settings(), 1, None)
     assert "--allow-root" in plan.server_argv()
     worker_argv = plan.worker_argv("w-1")
     assert "--allow-root" not in worker_argv
+    assert worker_argv[worker_argv.index("--run-as") + 1] == "dynamic"
+
+
+def test_up_as_root_keeps_an_explicit_run_as_user() -> None:
+    loaded = settings.Settings(worker=settings.WorkerSettings(run_as="nobody"))
+    worker_argv = cli._UpPlan.make(loaded, 1, None).worker_argv("w-1")
     assert worker_argv[worker_argv.index("--run-as") + 1] == "nobody"
+
+
+def test_worker_refuses_dynamic_uids_unless_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobbalancer import errors
+    from jobbalancer.worker import loop
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(errors.ConfigError, match="only root can give each job a uid"):
+        loop.check_privileges(settings.WorkerSettings(run_as="dynamic"))
 
 
 def test_the_override_also_works_from_the_environment(tmp_path: Path) -> None:
@@ -79,3 +94,35 @@ def test_the_override_also_works_from_the_environment(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("worker", "says"),
+    [
+        ({"run_as": "dynamic"}, "uids of their own"),
+        ({"run_as": "nobody"}, "can read the environment and files of other running jobs"),
+        ({"allow_root": True}, "JOBS RUN AS ROOT"),
+    ],
+)
+def test_the_worker_says_what_a_job_can_reach(worker: dict[str, object], says: str) -> None:
+    from jobbalancer.worker import loop
+
+    assert says in loop.isolation(settings.WorkerSettings.model_validate(worker))
+
+
+def test_an_unprivileged_worker_says_its_jobs_share_its_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobbalancer.worker import loop
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    line = loop.isolation(settings.WorkerSettings())
+    assert "the worker's own user" in line and "--run-as dynamic" in line
+
+
+def test_up_as_root_with_allow_root_runs_jobs_as_root_as_told() -> None:
+    loaded = settings.Settings(worker=settings.WorkerSettings(allow_root=True))
+    plan = cli._UpPlan.make(loaded, 1, None)
+    worker_argv = plan.worker_argv("w-1")
+    assert "--run-as" not in worker_argv and "--allow-root" in worker_argv
+    assert not plan.default_run_as

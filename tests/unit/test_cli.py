@@ -281,6 +281,8 @@ def test_option_variables_do_not_trip_the_settings_loader(
         "JOBBALANCER_WORKER_WORKER_CLASS",
         "JOBBALANCER_WORKER_MAX_JOBS",
         "JOBBALANCER_WORKER_RUN_AS",
+        "JOBBALANCER_WORKER_DYNAMIC_UIDS",
+        "JOBBALANCER_WORKER_JOB_PATH",
         "JOBBALANCER_WORKER_ALLOW_ROOT",
         "JOBBALANCER_WORKER_CGROUPS",
     }
@@ -469,6 +471,8 @@ def test_up_prints_credentials_once_runs_jobs_and_stops_on_ctrl_c(
     key = re.search(r"API key\s+(jb_[\w-]+)", panel)
     assert key is not None, panel
     assert f'curl -H "Authorization: Bearer {key[1]}"' in panel
+    if os.geteuid() == 0:  # as root, `up` gives each job a uid of its own
+        assert "a uid of their own" in panel
 
     with Client(f"http://127.0.0.1:{port}", key[1]) as c:
         job = c.submit(command="echo from-up")

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import pytest
 
-from jobbalancer.worker import cgroups, runner
+from jobbalancer.worker import cgroups, jobenv, runner, uids
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -321,8 +321,57 @@ def test_env_is_added_and_job_id_set(jobs: Jobs) -> None:
 
     result = jobs.run(spec)
 
-    # The worker's own environment is kept; the job id cannot be overridden.
-    assert result.out.decode() == f"a b $HOME|{spec.job_id}|{os.environ['PATH']}"
+    # The job's PATH, not the worker's; the job id cannot be overridden.
+    assert result.out.decode() == f"a b $HOME|{spec.job_id}|{jobenv.DEFAULT_PATH}"
+
+
+def test_env_is_minimal_nothing_of_the_worker_leaks(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker whose environment holds secrets and locale settings
+    monkeypatch.setenv("JOBBALANCER_DATABASE_URL", "postgresql://u:secret@h/db")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("TZ", "UTC")
+    spec = jobs.spec("env", env={"ASKED": "yes"})
+
+    # When a job prints its environment
+    result = jobs.run(spec)
+
+    # Then it has exactly the minimal set, what it asked for and the runner's markers
+    env = dict(line.split("=", 1) for line in result.out.decode().splitlines())
+    env.pop("PWD", None)  # the shell's own
+    env.pop("SHLVL", None)
+    me = pwd.getpwuid(os.geteuid())
+    workdir = env["TMPDIR"]
+    assert os.path.basename(workdir).startswith(f"jobbalancer-{spec.job_id}-")
+    assert env == {
+        "PATH": jobenv.DEFAULT_PATH, "HOME": me.pw_dir, "USER": me.pw_name,
+        "LOGNAME": me.pw_name, "TMPDIR": workdir, "LC_TIME": "C", "TZ": "UTC",
+        **({"LANG": os.environ["LANG"]} if "LANG" in os.environ else {}),
+        **({"LANGUAGE": os.environ["LANGUAGE"]} if "LANGUAGE" in os.environ else {}),
+        **{k: v for k, v in os.environ.items() if k.startswith("LC_")},
+        "ASKED": "yes", "PIDFILE": str(jobs.pidfile), "PY": sys.executable,
+        runner.JOB_ID_VAR: str(spec.job_id), runner.RUN_TAG_VAR: env[runner.RUN_TAG_VAR],
+    }  # fmt: skip
+
+
+def test_interpreter_is_looked_up_on_the_jobs_path_not_the_workers(
+    jobs: Jobs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a program only on the worker's PATH
+    private = tmp_path / "bin"
+    private.mkdir()
+    (private / "jbtest-interp").symlink_to("/bin/sh")
+    monkeypatch.setenv("PATH", f"{private}:{os.environ['PATH']}")
+    spec = jobs.spec(interpreter="jbtest-interp", script="echo x")
+
+    # Then the job does not find it there
+    with pytest.raises(runner.StartError, match="'jbtest-interp' not found on PATH"):
+        runner.JobProcess(spec, Captured()).start()
+    # but does on a PATH the job gives itself
+    mine = jobs.spec(interpreter="jbtest-interp", script="echo x", env={"PATH": str(private)})
+    assert jobs.run(mine).out == b"x\n"
 
 
 def test_cwd_is_a_private_temp_dir_removed_afterwards(jobs: Jobs) -> None:
@@ -972,3 +1021,225 @@ def test_clean_up_after_takes_only_what_its_owner_left() -> None:
         left[0].wait()
         shutil.rmtree(mine, ignore_errors=True)
         shutil.rmtree(other, ignore_errors=True)
+
+
+# --- dynamic uids -----------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not LINUX, reason="needs root on Linux")
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> uids.UidPool:
+    """A pool of a few uids, locked in a directory of this test's own."""
+    first = random.randrange(70000, 79000)  # another test run on the host picks others
+    return uids.UidPool(uids.UidRange(first, first + 7), lock_dir=str(tmp_path / "uids"))
+
+
+def _busy(pool: uids.UidPool) -> list[int]:
+    found = []
+    for name in os.listdir(pool.lock_dir):
+        with open(os.path.join(pool.lock_dir, name), "rb") as file:
+            if file.read().startswith(b"busy"):
+                found.append(int(name))
+    return found
+
+
+@needs_root
+def test_a_dynamic_uid_is_taken_for_the_job_and_released(jobs: Jobs, pool: uids.UidPool) -> None:
+    script = 'id -u; id -g; id -G; echo "$HOME|$TMPDIR|$USER|$LOGNAME"; stat -c "%a %u %g" .'
+    spec = jobs.spec(interpreter="sh", script=script, uid_pool=pool)
+
+    job, captured = jobs.start(spec)
+    assert len(_busy(pool)) == 1  # held while it runs
+    outcome = job.wait()
+
+    assert outcome.exit_code == 0, captured.stream("stderr")
+    uid, gid, groups, names, mode = captured.stream("stdout").decode().splitlines()
+    assert pool.range.first <= int(uid) <= pool.range.last
+    assert gid == uid and groups == uid  # its own group, no supplementary ones
+    home, tmpdir, user, logname = names.split("|")
+    assert home == tmpdir and os.path.basename(home).startswith(f"jobbalancer-{spec.job_id}-")
+    assert user == logname == f"jb-{uid}"
+    assert mode == f"700 {uid} {uid}"
+    assert _busy(pool) == []  # released
+
+
+@needs_root
+def test_the_least_recently_used_uid_comes_next(jobs: Jobs, pool: uids.UidPool) -> None:
+    seen = [jobs.run(jobs.spec("id -u", uid_pool=pool)).out.strip() for _ in range(9)]
+
+    assert len(set(seen[:8])) == 8  # each of the 8 once before any comes again
+    assert seen[8] == seen[0]
+
+
+@needs_root
+def test_uids_are_unique_among_concurrent_jobs_and_pools(jobs: Jobs, pool: uids.UidPool) -> None:
+    # Two pools on one lock directory: two workers on one host
+    other = uids.UidPool(pool.range, lock_dir=pool.lock_dir)
+    started = [jobs.start(jobs.spec("id -u; sleep 0.5", uid_pool=p)) for p in [pool, other] * 3]
+    for job, _ in started:
+        job.wait()
+
+    seen = [captured.stream("stdout").strip() for _, captured in started]
+    assert len(set(seen)) == 6
+
+
+@needs_root
+def test_all_uids_busy_is_a_start_error_that_leaves_nothing(jobs: Jobs, pool: uids.UidPool) -> None:
+    running = [jobs.start(jobs.spec("sleep 30", uid_pool=pool))[0] for _ in range(8)]
+    spec = jobs.spec("true", uid_pool=pool)
+
+    with pytest.raises(runner.StartError, match="dynamic uids are busy"):
+        runner.JobProcess(spec, Captured()).start()
+
+    assert leftover_dirs(spec) == []
+    for job in running:
+        job.kill()
+        job.wait()
+    assert _busy(pool) == []
+
+
+@needs_root
+def test_what_a_uid_left_in_shared_places_is_removed_on_release(
+    jobs: Jobs, pool: uids.UidPool
+) -> None:
+    # Given a job that leaves files, a read-only tree and a fifo in /tmp and /dev/shm
+    # and a System V shared memory segment
+    tag = secrets.token_hex(4)
+    left = [f"/tmp/jbtest-left-{tag}", f"/tmp/jbtest-tree-{tag}", f"/dev/shm/jbtest-{tag}"]
+    command = (
+        f"echo secret > {left[0]}; mkdir -p {left[1]}/sub; chmod 500 {left[1]}; "
+        f"mkfifo {left[2]}; ipcmk -M 4096 >/dev/null && id -u"
+    )
+
+    result = jobs.run(jobs.spec(command, uid_pool=pool))
+
+    # Then none of it is there for the next job with that uid
+    assert result.outcome.exit_code == 0, result.err
+    assert [path for path in left if os.path.lexists(path)] == []
+    uid = result.out.decode().strip()
+    with open("/proc/sysvipc/shm") as segments:
+        owners = [row.split()[7] for row in segments.read().splitlines()[1:]]
+    assert uid not in owners
+
+
+def test_removing_files_of_a_uid_leaves_others_and_follows_no_link(tmp_path: Path) -> None:
+    uid = 79999
+    shared = tmp_path / "shared"
+    (shared / "open").mkdir(parents=True)
+    shared.chmod(0o1777)
+    (shared / "open").chmod(0o1777)
+    (shared / "closed").mkdir(mode=0o700)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "keep"
+    victim.write_text("x")
+    os.chown(victim, uid, uid)
+    for path in ("mine", "open/mine", "closed/not-searched"):
+        (shared / path).write_text("x")
+        os.chown(shared / path, uid, uid)
+    (shared / "link").symlink_to(outside)
+    (shared / "theirs").write_text("x")
+
+    found = uids.remove_files_of(uid, (str(shared),))
+
+    assert found == 2
+    assert sorted(p.name for p in shared.iterdir()) == ["closed", "link", "open", "theirs"]
+    assert list((shared / "open").iterdir()) == []
+    assert (shared / "closed" / "not-searched").exists()  # the uid could not write there
+    assert victim.exists()
+
+
+def _left_busy(pool: uids.UidPool, uid: int) -> subprocess.Popen[bytes]:
+    """A process of uid, and its lock file saying busy with no holder: a dead worker's."""
+    os.makedirs(pool.lock_dir, exist_ok=True)
+    Path(pool.lock_dir, str(uid)).write_text("busy 1\n")
+    return subprocess.Popen(["sleep", "300"], user=uid, group=uid, extra_groups=[])
+
+
+@needs_root
+def test_a_uid_left_busy_by_a_dead_worker_is_cleaned_when_a_worker_starts(
+    pool: uids.UidPool,
+) -> None:
+    stray = _left_busy(pool, pool.range.first)
+    try:
+        uids.UidPool(pool.range, lock_dir=pool.lock_dir)
+
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+        assert Path(pool.lock_dir, str(pool.range.first)).read_text() == "free\n"
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+@needs_root
+def test_a_uid_left_busy_by_a_dead_worker_is_cleaned_before_reuse(pool: uids.UidPool) -> None:
+    # Given a uid a worker died holding, after this pool started
+    stray = _left_busy(pool, pool.range.first)
+    try:
+        # When that uid is taken again
+        leases = [pool.acquire() for _ in range(len(pool.range))]
+        # Then the stray was killed first
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+        for lease in leases:
+            lease.release()
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def test_the_uid_range_is_checked() -> None:
+    assert uids.UidRange.parse(" 70000 - 70010 ") == uids.UidRange(70000, 70010)
+    for bad in ("70000", "9-10", "80000-70000", "x-y", "70000-4294967295", ""):
+        with pytest.raises(ValueError, match=r"range|give"):
+            uids.UidRange.parse(bad)
+
+
+def test_ids_of_accounts_in_the_range_are_skipped(tmp_path: Path) -> None:
+    taken = pwd.getpwuid(os.geteuid()).pw_uid
+    if taken < 1000:
+        taken = max(e.pw_uid for e in pwd.getpwall() if e.pw_uid < 2**31 - 2)
+    if taken < 1000:
+        pytest.skip("no account with a uid of 1000 or more here")
+    pool = uids.UidPool(uids.UidRange(taken, taken + 1), lock_dir=str(tmp_path / "u"))
+
+    lease = pool.acquire()
+    try:
+        assert lease.uid == taken + 1
+    finally:
+        lease.release()
+
+
+@needs_root
+def test_interpreters_are_checked_as_the_jobs_user(
+    jobs: Jobs, pool: uids.UidPool, tmp_path: Path
+) -> None:
+    # Given an interpreter in a directory only root may search (like /root/.pyenv/shims)
+    hidden = tmp_path / "private-bin"
+    hidden.mkdir(mode=0o700)
+    shutil.copy("/bin/sh", hidden / "jbtest-sh")
+    spec = jobs.spec(interpreter="jbtest-sh", script="echo x", uid_pool=pool,
+                     env={"PATH": f"{hidden}:/usr/bin:/bin"})  # fmt: skip
+
+    # Then a job with a dynamic uid does not pick it; nor an absolute path to it
+    with pytest.raises(runner.StartError, match="not executable by user 'dynamic'"):
+        runner.JobProcess(spec, Captured()).start()
+    absolute = jobs.spec(interpreter=str(hidden / "jbtest-sh"), script="x", uid_pool=pool)
+    with pytest.raises(runner.StartError, match="not found or not executable"):
+        runner.JobProcess(absolute, Captured()).start()
+    assert _busy(pool) == []
+
+
+def test_make_undumpable_hides_the_environment_from_the_same_uid() -> None:
+    if not LINUX:
+        pytest.skip("Linux only")
+    code = (
+        "import ctypes, os; from jobbalancer.worker import runner; "
+        "assert runner.make_undumpable(); "
+        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), os.stat('/proc/self/environ').st_uid)"
+    )  # 3: PR_GET_DUMPABLE
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    # Not dumpable: its /proc files are root's and it cannot be traced, whoever runs it
+    assert done.stdout.split() == ["0", "0"]

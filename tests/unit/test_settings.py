@@ -446,3 +446,22 @@ def test_private_data_dir_only_for_sqlite_in_the_data_dir(tmp_path: Path) -> Non
     assert settings.load(data_dir="d").private_data_dir == (tmp_path / "d").resolve()
     assert settings.load(**{"database.url": "sqlite:////tmp/x.db"}).private_data_dir is None
     assert settings.load(**{"database.url": PG_URL}).private_data_dir is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("JOBBALANCER_WORKER_DYNAMIC_UIDS", "70000"),
+        ("JOBBALANCER_WORKER_DYNAMIC_UIDS", "100-200"),
+        ("JOBBALANCER_WORKER_DYNAMIC_UIDS", "80000-70000"),
+        ("JOBBALANCER_WORKER_JOB_PATH", "bin:/usr/bin"),
+        ("JOBBALANCER_WORKER_JOB_PATH", ""),
+    ],
+)
+def test_bad_dynamic_uids_or_job_path_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: str
+) -> None:
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        settings.load()
+    assert info.value.field == key.removeprefix("JOBBALANCER_").lower().replace("_", ".", 1)

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from jobbalancer import __version__, balancer, db, errors, jobs, settings, workers
 from jobbalancer.settings import Settings, WorkerSettings
-from jobbalancer.worker import runner
+from jobbalancer.worker import runner, uids
 from jobbalancer.worker.output import OutputSink
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,18 @@ T = TypeVar("T")
 PID_RECORD_DELAY = 0.5  # seconds a job runs before its pid is written on its own
 
 
+DYNAMIC = "dynamic"  # run_as: each job a uid of its own (worker/uids.py)
+
+
 def check_privileges(ws: WorkerSettings) -> None:
     """Refuse to run jobs as root unless told to; check that run_as can be used."""
+    if ws.run_as == DYNAMIC:
+        if os.geteuid() != 0:
+            raise errors.ConfigError(
+                "only root can give each job a uid of its own: start the worker as root "
+                "(jobs still run unprivileged) or drop --run-as dynamic"
+            )
+        return
     if ws.run_as:
         try:
             user = pwd.getpwnam(ws.run_as)
@@ -52,6 +62,32 @@ def check_privileges(ws: WorkerSettings) -> None:
         return
     if os.geteuid() == 0 and not ws.allow_root:
         raise errors.RootRefused()
+
+
+def isolation(ws: WorkerSettings) -> str:
+    """What a job of this worker can reach, in a line for its start-up log."""
+    if ws.run_as == DYNAMIC:
+        return (
+            f"jobs run as uids of their own ({ws.dynamic_uids}): a job cannot read, "
+            "signal or trace other jobs or the worker"
+        )
+    if ws.run_as:
+        return (
+            f"jobs all run as user {ws.run_as!r}: a job can read the environment and "
+            "files of other running jobs and signal them (--run-as dynamic isolates "
+            "them)"
+        )
+    if os.geteuid() == 0:
+        return (
+            "JOBS RUN AS ROOT (--allow-root): a job can reach everything on this host, "
+            "the worker's settings and other jobs included"
+        )
+    return (
+        f"jobs run as the worker's own user (uid {os.geteuid()}): a job can read other "
+        "running jobs and everything of that user (its files, a SQLite database it "
+        "owns) and signal the worker; it cannot read the worker's memory or "
+        "environment. Start the worker as root with --run-as dynamic to isolate jobs"
+    )
 
 
 def machine_stats() -> workers.Stats:
@@ -128,6 +164,7 @@ class Worker:
         self._heartbeat_thread: threading.Thread | None = None
         self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._woken)
         self._claim_in_one = db.writable_ctes(self.engine)
+        self._uid_pool: uids.UidPool | None = None
 
     # -- the whole life ----------------------------------------------------------------
 
@@ -138,7 +175,14 @@ class Worker:
         (for tests: no sleeping and hoping).
         """
         check_privileges(self.ws)
+        # So that no job, even one of the worker's own uid, reads its environment or memory.
+        runner.make_undumpable()
         runner.become_subreaper()
+        if self.ws.run_as == DYNAMIC and self._uid_pool is None:
+            try:
+                self._uid_pool = uids.UidPool(uids.UidRange.parse(self.ws.dynamic_uids))
+            except uids.UidError as exc:
+                raise errors.ConfigError(str(exc)) from exc
         self._install_signal_handlers()
         self._retry(lambda: db.upgrade(self.engine), "upgrade the schema")
         self._register()
@@ -150,6 +194,8 @@ class Worker:
         )
         self._heartbeat_thread.start()
         log.info("worker %s (id %d) is online", self.name, self.worker_id)
+        log.log(logging.WARNING if self.ws.run_as != DYNAMIC else logging.INFO,
+                "isolation: %s", isolation(self.ws))  # fmt: skip
         try:
             self._loop(burst)
         finally:
@@ -415,7 +461,9 @@ class Worker:
             env=job.env,
             watchdog=job.watchdog or None,
             kill_grace=tunables.kill_grace,
-            run_as=self.ws.run_as or None,
+            run_as=self.ws.run_as if self.ws.run_as not in ("", DYNAMIC) else None,
+            uid_pool=self._uid_pool,
+            path=self.ws.job_path,
             owner=self.owner,
             cgroup=self.ws.cgroups,
         )

@@ -2,7 +2,9 @@
 
 The worker loop decides *what* to run and records what happened; this module only runs
 it. A job starts in a new session (so its process group is its own), in a private
-temporary directory, with stdin on /dev/null and stdout/stderr on pipes.
+temporary directory, with stdin on /dev/null and stdout/stderr on pipes, as its user
+with a clean minimal environment (:mod:`jobenv`); given a pool (:mod:`uids`), under a uid
+of its own, held from before its directory is made until everything of it is gone.
 
 No orphan may survive its job, and a job can shed its process group (``setsid``,
 double forks). Where the host allows, a job gets a cgroup of its own (see
@@ -42,12 +44,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import glob
 import hashlib
 import logging
 import os
-import pwd
 import re
 import secrets
 import selectors
@@ -61,11 +63,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, TypeVar
 
 import psutil
 
-from jobbalancer.worker import cgroups
+from jobbalancer.worker import cgroups, jobenv, uids
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ _TICK: Final = 0.1  # longest sleep of the wait loop: bounds how late kill() is 
 _COLLECT_EVERY: Final = 0.5  # how often the process tree is re-read
 _DRAIN: Final = 0.5  # reading on after the tree is gone, for output still in the pipes
 _GIVE_UP: Final = 5.0  # after SIGKILL, how long to wait for descendants stuck in the kernel
+_PR_SET_DUMPABLE: Final = 4
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_GET_CHILD_SUBREAPER: Final = 37
 _SURE_TRIES: Final = 3  # reads of the worker's children before falling back to a /proc walk
@@ -92,6 +95,7 @@ _EXITED_NOWAIT: Final = os.WEXITED | os.WNOHANG | os.WNOWAIT if _HAS_WAITID else
 _GATE: Final = "read _; exec 0<>/dev/null; "
 
 OutputCallback = Callable[[str, bytes], None]
+T = TypeVar("T")
 
 # Pids of main processes that a running JobProcess will reap itself (through Popen).
 # reap_orphans() must never wait for these, or Popen would lose the exit status.
@@ -121,6 +125,10 @@ class RunSpec:
     watchdog: float | None = None
     kill_grace: float = 5.0
     run_as: str | None = None
+    # A uid of its own from this pool, instead of run_as (the worker runs as root).
+    uid_pool: uids.UidPool | None = None
+    # The job's PATH (unless its env sets one): where it and its interpreter are found.
+    path: str = jobenv.DEFAULT_PATH
     # Who runs it (a worker's name): marks the job's processes and names its temp dir, so a
     # worker restarted after a crash can find what its dead predecessor left running.
     owner: str = ""
@@ -189,6 +197,22 @@ def clean_up_after(owner: str) -> tuple[int, int]:
     return killed, removed
 
 
+def make_undumpable() -> bool:
+    """Make this process non-dumpable (Linux); True if it worked.
+
+    Its /proc files (environ, mem, maps…) then belong to root and it cannot be traced
+    without CAP_SYS_PTRACE: a job running under the same uid (an unprivileged worker's)
+    cannot read the worker's settings from its environment or memory. It also means no
+    core dumps. A job's own processes are dumpable again once they exec.
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    zero = ctypes.c_ulong(0)
+    result: int = libc.prctl(_PR_SET_DUMPABLE, zero, zero, zero, zero)
+    return result == 0
+
+
 def become_subreaper() -> bool:
     """Make orphaned descendants re-parent to this process (Linux); True if it worked.
 
@@ -235,6 +259,7 @@ class JobProcess:
         self._tag = secrets.token_hex(8)
         self._run: _Run | None = None
         self._outcome: Outcome | None = None
+        self._started_nothing = True  # no process of the job was created (yet)
 
     @property
     def pid(self) -> int | None:
@@ -246,11 +271,38 @@ class JobProcess:
             raise RuntimeError("start() was already called")
         spec = self._spec
         _check_spec(spec)
-        user = _lookup_user(spec.run_as) if spec.run_as else None
-        env = _job_env(spec, user, self._tag)
-        # Resolved before anything is created, so a missing interpreter leaves nothing.
-        interpreter = _find_interpreter(spec.interpreter, env) if spec.interpreter else None
+        user = _usable(jobenv.lookup_user, spec.run_as) if spec.run_as else None
+        path = spec.env.get("PATH", spec.path)
+        # Resolved before anything is created, so a missing interpreter leaves nothing;
+        # any dynamic uid has the same rights as any other, so the lease can come later.
+        checked_as = user or (_ANY_DYNAMIC if spec.uid_pool else None)
+        interpreter = (
+            _usable(jobenv.find_interpreter, spec.interpreter, path, checked_as)
+            if spec.interpreter
+            else None
+        )
+        lease = _lease(spec.uid_pool) if spec.uid_pool else None
+        try:
+            return self._start(spec, user if lease is None else lease.identity, interpreter, lease)
+        except BaseException:
+            if lease is not None and self._run is None:
+                lease.release(processes_gone=self._started_nothing)
+            raise
+
+    def _start(
+        self,
+        spec: RunSpec,
+        user: uids.Identity | None,
+        interpreter: str | None,
+        lease: uids.Lease | None,
+    ) -> int:
         workdir = _make_workdir(f"{_workdir_prefix(spec.owner)}{spec.job_id}-", user)
+        if lease is not None and user is not None:
+            user = dataclasses.replace(user, home=workdir)  # its only home
+        markers = {JOB_ID_VAR: str(spec.job_id), RUN_TAG_VAR: self._tag}
+        if spec.owner:
+            markers[OWNER_VAR] = spec.owner
+        env = jobenv.job_env(spec.env, user or jobenv.own_identity(), workdir, spec.path, markers)
         group = cgroups.create(spec.owner, spec.job_id, self._tag) if spec.cgroup else None
         gate: _Gate | None = None
         try:
@@ -265,13 +317,14 @@ class JobProcess:
             if group is not None:
                 group.remove()
             raise
+        self._started_nothing = False
         try:
             if group is not None:
                 group = _move_in(group, proc.pid)
             if gate is not None:
                 gate.open()
             tree = _Tree(spec.job_id, self._tag, proc.pid, group)
-            self._run = _Run(proc, workdir, tree, self._on_output)
+            self._run = _Run(proc, workdir, tree, self._on_output, lease)
         except BaseException:
             _abandon(proc, workdir, group)
             raise
@@ -307,6 +360,25 @@ class JobProcess:
 # --- starting -------------------------------------------------------------------------
 
 
+# What a program is checked against when the job gets a dynamic uid: none owns a file.
+_ANY_DYNAMIC: Final = uids.Identity(uid=-1, gid=-1, name="dynamic", home="/")
+
+
+def _usable(check: Callable[..., T], *args: object) -> T:
+    """check(*args), its refusal as a StartError."""
+    try:
+        return check(*args)
+    except jobenv.NotUsable as exc:
+        raise StartError(str(exc)) from None
+
+
+def _lease(pool: uids.UidPool) -> uids.Lease:
+    try:
+        return pool.acquire()
+    except uids.UidError as exc:
+        raise StartError(f"no uid for the job: {exc}") from exc
+
+
 def _check_spec(spec: RunSpec) -> None:
     if (spec.command is None) == (spec.script is None):
         raise StartError(f"job {spec.job_id}: give exactly one of a command or a script")
@@ -314,45 +386,7 @@ def _check_spec(spec: RunSpec) -> None:
         raise StartError(f"job {spec.job_id}: an interpreter goes with a script, not a command")
 
 
-def _lookup_user(name: str) -> pwd.struct_passwd:
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise StartError(f"run_as user {name!r} does not exist on this worker") from None
-    if entry.pw_uid == 0:
-        raise StartError(f"run_as user {name!r} is root; name an unprivileged user")
-    return entry
-
-
-def _job_env(spec: RunSpec, user: pwd.struct_passwd | None, tag: str) -> dict[str, str]:
-    # The worker's own settings (a database URL with its password, an API key) are not
-    # the job's business.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBBALANCER_")}
-    if user is not None:
-        env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-    env.update(spec.env)
-    # Set last so a job cannot hide from the environment scan by asking for another id.
-    env[JOB_ID_VAR] = str(spec.job_id)
-    env[RUN_TAG_VAR] = tag
-    if spec.owner:
-        env[OWNER_VAR] = spec.owner
-    return env
-
-
-def _find_interpreter(name: str, env: Mapping[str, str]) -> str:
-    if os.path.isabs(name):
-        if os.path.isfile(name) and os.access(name, os.X_OK):
-            return name
-        raise StartError(f"interpreter {name!r} not found or not executable")
-    if os.sep in name:
-        raise StartError(f"interpreter {name!r}: give a program name or an absolute path")
-    found = shutil.which(name, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise StartError(f"interpreter {name!r} not found on PATH")
-    return found
-
-
-def _make_workdir(prefix: str, user: pwd.struct_passwd | None) -> str:
+def _make_workdir(prefix: str, user: uids.Identity | None) -> str:
     try:
         path = tempfile.mkdtemp(prefix=prefix)
     except OSError as exc:
@@ -360,7 +394,7 @@ def _make_workdir(prefix: str, user: pwd.struct_passwd | None) -> str:
     try:
         os.chmod(path, 0o700)  # mkdtemp already does, but a umask must not matter
         if user is not None:
-            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(path, user.uid, user.gid)
     except OSError as exc:
         _remove_dir(path)
         raise StartError(f"cannot prepare the job's temporary directory: {exc}") from exc
@@ -371,7 +405,7 @@ def _argv(
     spec: RunSpec,
     interpreter: str | None,
     workdir: str,
-    user: pwd.struct_passwd | None,
+    user: uids.Identity | None,
     *,
     gated: bool = False,
 ) -> list[str]:
@@ -380,7 +414,7 @@ def _argv(
         command = _GATE + spec.command if gated else spec.command
         return ["/bin/sh", "-c", command, "sh", *spec.params]
     if interpreter is None:
-        _check_shebang(spec.script or "", user)
+        _usable(jobenv.check_shebang, spec.script or "", user)
     script = _write_script(workdir, spec.script or "", user)
     head = [interpreter] if interpreter is not None else []
     if gated:  # the same gate, in a shell that then becomes the script's own process
@@ -388,59 +422,7 @@ def _argv(
     return [*head, script, *spec.params]
 
 
-def _check_shebang(body: str, user: pwd.struct_passwd | None) -> None:
-    """A script run without an interpreter names its own on a ``#!`` line. Refuse, as
-    the kernel would, one that names none or names no program the job's user may run:
-    started through a shell (the cgroup gate) such a script would not fail to start but
-    fail later, or worse, run under that shell."""
-    first = body.split("\n", 1)[0]
-    if not first.startswith("#!"):
-        raise StartError("cannot start the script: it has no #! line and no interpreter")
-    if first.endswith("\r"):
-        raise StartError(
-            "cannot start the script: its #! line ends in a carriage return (Windows line "
-            "endings); save it with Unix line endings"
-        )
-    words = first[2:].lstrip(" \t").replace("\t", " ").split(" ", 1)
-    program = words[0]
-    if not program:
-        raise StartError("cannot start the script: its #! line names no interpreter")
-    if not os.path.isabs(program):
-        raise StartError(f"cannot start the script: its #! interpreter {program!r} is not an "
-                         "absolute path (use #!/usr/bin/env NAME to look it up)")  # fmt: skip
-    if not (os.path.isfile(program) and _may_execute(program, user)):
-        raise StartError(
-            f"cannot start the script: its #! interpreter {program!r} is not a program "
-            f"{'user ' + repr(user.pw_name) if user else 'the worker'} may run"
-        )
-    try:
-        with open(program, "rb") as file:
-            magic = file.read(4)
-    except OSError as exc:
-        raise StartError(f"cannot start the script: cannot read {program!r}: {exc}") from exc
-    if magic != b"\x7fELF" and not magic.startswith(b"#!"):
-        raise StartError(
-            f"cannot start the script: its #! interpreter {program!r} is not a program"
-        )
-
-
-def _may_execute(path: str, user: pwd.struct_passwd | None) -> bool:
-    """Whether ``user`` (None: this process) may execute ``path``, by its mode bits; a job
-    run as ``user`` has only that user's primary group."""
-    if user is None:
-        return os.access(path, os.X_OK)
-    try:
-        mode, uid, gid = (st := os.stat(path)).st_mode, st.st_uid, st.st_gid
-    except OSError:
-        return False
-    if user.pw_uid == uid:
-        return bool(mode & 0o100)
-    if user.pw_gid == gid:
-        return bool(mode & 0o010)
-    return bool(mode & 0o001)
-
-
-def _write_script(workdir: str, body: str, user: pwd.struct_passwd | None) -> str:
+def _write_script(workdir: str, body: str, user: uids.Identity | None) -> str:
     path = os.path.join(workdir, SCRIPT_NAME)
     try:
         data = body.encode()
@@ -449,7 +431,7 @@ def _write_script(workdir: str, body: str, user: pwd.struct_passwd | None) -> st
             file.write(data)
             os.fchmod(file.fileno(), 0o500)
             if user is not None:
-                os.fchown(file.fileno(), user.pw_uid, user.pw_gid)
+                os.fchown(file.fileno(), user.uid, user.gid)
     except (OSError, UnicodeEncodeError) as exc:
         raise StartError(f"cannot write the job's script: {exc}") from exc
     return path
@@ -459,12 +441,12 @@ def _spawn(
     argv: list[str],
     env: dict[str, str],
     workdir: str,
-    user: pwd.struct_passwd | None,
+    user: uids.Identity | None,
     *,
     stdin: int | None = None,
 ) -> subprocess.Popen[bytes]:
     # Switching identity needs privilege; running as oneself does not, so skip it then.
-    ident = user if user is not None and user.pw_uid != os.geteuid() else None
+    ident = user if user is not None and user.uid != os.geteuid() else None
     try:
         # Registered under the lock before any reap_orphans() can see the child exit.
         with _owned_lock:
@@ -477,8 +459,8 @@ def _spawn(
                 env=env,
                 start_new_session=True,
                 close_fds=True,
-                user=ident.pw_uid if ident else None,
-                group=ident.pw_gid if ident else None,
+                user=ident.uid if ident else None,
+                group=ident.gid if ident else None,
                 extra_groups=[] if ident else None,
             )
             _owned_pids.add(proc.pid)
@@ -533,8 +515,10 @@ class _Run:
         workdir: str,
         tree: _Tree,
         on_output: OutputCallback,
+        lease: uids.Lease | None = None,
     ) -> None:
         self.proc = proc
+        self.lease = lease
         self.workdir = workdir
         self.started = time.monotonic()
         self.pipes = _Pipes(proc, on_output)
@@ -579,8 +563,11 @@ class _Run:
         self._close_pidfd()
         self.pipes.close()
         _remove_dir(self.workdir)
-        if self.tree.cgroup is not None:
-            _remove_cgroup(self.tree.cgroup)
+        emptied = self.tree.cgroup is not None and _remove_cgroup(self.tree.cgroup)
+        if self.lease is not None:
+            # An empty cgroup proves no process of the job is left; without one, every
+            # process of its uid is killed before the uid goes back.
+            self.lease.release(processes_gone=emptied)
         return returncode
 
     def _close_pidfd(self) -> None:
@@ -716,11 +703,13 @@ def _abandon(proc: subprocess.Popen[bytes], workdir: str, group: cgroups.JobCgro
         _remove_cgroup(group)
 
 
-def _remove_cgroup(group: cgroups.JobCgroup) -> None:
+def _remove_cgroup(group: cgroups.JobCgroup) -> bool:
     """Remove a job's cgroup once its processes are gone; one that survived SIGKILL (stuck
-    in the kernel) keeps it, and the worker's next start cleans it up."""
+    in the kernel) keeps it, and the worker's next start cleans it up. True if removed."""
     if not group.remove():
         log.warning("job cgroup %s still has processes %s", group.path, group.pids())
+        return False
+    return True
 
 
 def _reap_main(proc: subprocess.Popen[bytes]) -> int:
