@@ -354,13 +354,25 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision``; safe when several processes start at once."""
     from alembic import command
+
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (for going back to an older release)."""
+    from alembic import command
+
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: sa.Engine, step: Callable[[Any, str], None], revision: str) -> None:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with _upgrade_lock(engine), engine.connect() as conn, _foreign_keys_off(conn):
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        step(cfg, revision)
         conn.commit()
 
 
