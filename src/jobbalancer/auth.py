@@ -441,7 +441,10 @@ def check_login(
             f"too many failed logins from your address: try again in {wait} seconds "
             "(or ask an admin to reset the password)",
         )
-    row = conn.execute(sa.select(*_USER_COLUMNS, U.c.password_hash).where(U.c.name == name)).first()
+    row = None
+    if "\x00" not in name:  # no name has one, and PostgreSQL refuses it in a query
+        query = sa.select(*_USER_COLUMNS, U.c.password_hash).where(U.c.name == name)
+        row = conn.execute(query).first()
     if not _password_fits(row, password):
         raise errors.Unauthorized("wrong user name or password")
     user = User.from_row(row)

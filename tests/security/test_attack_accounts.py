@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from jobbalancer import auth, db
+from jobbalancer import auth, db, errors, workers
 from jobbalancer.api import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import Settings
@@ -195,3 +195,25 @@ def test_keys_with_a_trailing_newline_are_refused(target: Target, field: str) ->
     r = admin.post("/api/v1/jobs", json={"command": "true", field: {"KEY\n": "x"}})
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field
+
+
+def test_a_worker_cannot_register_under_a_name_that_passes_for_another(
+    target: Target,
+) -> None:
+    for name in ("node-1\u200b", "n\u043ede-1"):  # zero-width space; a Cyrillic o
+        with pytest.raises(errors.InvalidInput) as caught, db.write(target.engine) as conn:
+            workers.register(
+                conn, name=name, host="h", worker_class="default", max_jobs=1, pid=1,
+                version="test", stats=workers.Stats(),
+            )  # fmt: skip
+        assert caught.value.field == "name"
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "x" * 200, "\U0001f600", "admin\n", "' OR 1=1 --"])
+def test_any_name_typed_at_the_login_gets_an_answer_never_an_error(
+    target: Target, name: str
+) -> None:
+    client = target.browser(ATTACKER)
+    for _ in range(auth.FREE_FAILURES + 2):
+        r = target.login(client, name, "guess")
+        assert r.status_code in (401, 429), r.text
