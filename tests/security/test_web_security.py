@@ -1,5 +1,5 @@
 """The web UI against an intruder: CSRF on every route that changes something (enumerated
-from the app), no session fixation, login lockout, security headers on every kind of
+from the app), no session fixation, login throttling, security headers on every kind of
 answer, and passwords and keys never returned by the API or shown on a page.
 (That they are never logged is checked on a real server in test_secrets_not_logged.py.)
 """
@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from jobbalancer import auth, db
 from tests.security.conftest import App
@@ -137,8 +140,9 @@ def test_logout_ends_the_session_on_the_server(secapp: App) -> None:
 
 
 def test_login_throttling_refuses_even_the_right_password_from_that_address(
-    secapp: App,
+    secapp: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(auth, "FIRST_WAIT", timedelta(minutes=1))  # none runs out meanwhile
     with db.write(secapp.engine) as conn:
         auth.create_user(conn, "carl", "operator", PASSWORD)
     client = _browser(secapp)
