@@ -13,8 +13,8 @@ jobs (``jobs.user_id`` still named the id). Every table whose ids others refer t
 * PostgreSQL: no change. A ``SERIAL``'s sequence never goes back (nothing here calls
   ``setval`` lower), deleted ids included.
 * MariaDB/MySQL: no change. InnoDB's ``AUTO_INCREMENT`` counter is persisted since
-  MariaDB 10.2.4 and MySQL 8.0 (before, a restart reset it to the highest id + 1); the
-  supported versions are newer.
+  MariaDB 10.2.4 and MySQL 8.0; an older server resets it to the highest id + 1 when it
+  restarts, so this migration warns on one (tested on MariaDB 10.11).
 
 Logins: ``users.failed_logins``/``locked_until`` locked an account for anyone after five
 failures from anywhere. They give way to ``login_failures``, keyed by (account, address).
@@ -25,6 +25,8 @@ Create Date: 2026-12-04 20:30:00
 """
 
 from __future__ import annotations
+
+import logging
 
 import sqlalchemy as sa
 from alembic import op
@@ -63,10 +65,13 @@ def upgrade() -> None:
     with op.batch_alter_table("users") as batch:
         batch.drop_column("locked_until")
         batch.drop_column("failed_logins")
-    if op.get_bind().dialect.name == "sqlite":
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
         for table in REFERRED:
             _rebuild(table, autoincrement=True)
         _start_counters_past_references()
+    elif bind.dialect.name in ("mysql", "mariadb"):
+        _warn_if_counters_are_forgotten(bind)
 
 
 def downgrade() -> None:
@@ -91,6 +96,19 @@ def _rebuild(table: str, *, autoincrement: bool) -> None:
         op.drop_index("ix_jobs_queue", table_name="jobs")
         op.create_index(
             "ix_jobs_queue", "jobs", ["state", "worker_class_id", sa.text("priority DESC"), "id"]
+        )
+
+
+def _warn_if_counters_are_forgotten(bind: sa.Connection) -> None:
+    version = bind.dialect.server_version_info or ()
+    is_mariadb = bool(getattr(bind.dialect, "is_mariadb", False))
+    if version < ((10, 2, 4) if is_mariadb else (8, 0)):
+        logging.getLogger(__name__).warning(
+            "this %s server (%s) forgets AUTO_INCREMENT counters when it restarts: the id "
+            "of the newest user, job or script deleted before a restart can be given "
+            "again. Upgrade to MariaDB 10.2.4 or MySQL 8.0 or later.",
+            "MariaDB" if is_mariadb else "MySQL",
+            ".".join(str(part) for part in version),
         )
 
 
