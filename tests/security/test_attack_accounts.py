@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
@@ -24,6 +25,7 @@ from jobbalancer import auth, db, errors, workers
 from jobbalancer.api import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import Settings
+from tests.e2e.conftest import Cluster, make_cluster
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx.*", category=UserWarning)
@@ -32,6 +34,7 @@ with warnings.catch_warnings():
 PASSWORD = "correct horse battery staple"
 ATTACKER, ADMIN_DESK, ANOTHER_ATTACKER = "203.0.113.66", "198.51.100.10", "203.0.113.77"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_ = make_cluster  # a fixture from the end-to-end harness, used by name below
 
 
 @dataclass
@@ -217,3 +220,30 @@ def test_any_name_typed_at_the_login_gets_an_answer_never_an_error(
     for _ in range(auth.FREE_FAILURES + 2):
         r = target.login(client, name, "guess")
         assert r.status_code in (401, 429), r.text
+
+
+def test_a_real_server_counts_failures_by_socket_address_not_x_forwarded_for(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given a real server (uvicorn would believe X-Forwarded-For from 127.0.0.1 by default)
+    cluster = make_cluster("sqlite")
+    engine = db.connect(cluster.database_url)
+    try:
+        # When an attacker on this host sends each guess "from" another address
+        with httpx.Client(base_url=cluster.url, follow_redirects=False) as client:
+            for i in range(auth.FREE_FAILURES + 1):
+                form = client.get("/login")
+                token = _CSRF.search(form.text)
+                assert token
+                r = client.post(
+                    "/login",
+                    data={"name": "admin", "password": "guess", "csrf_token": token[1]},
+                    headers={"X-Forwarded-For": f"192.0.2.{i + 1}", "Forwarded": "for=1.2.3.4"},
+                )
+                assert r.status_code in (401, 429)
+        # Then every failure counted against the one address the socket saw
+        with db.read(engine) as conn:
+            addresses = set(conn.execute(sa.select(auth.LF.c.address)).scalars())
+        assert addresses == {"127.0.0.1"}
+    finally:
+        engine.dispose()
