@@ -5,14 +5,15 @@ keeps a SHA-256 of each (a key has full entropy, so a slow hash would only slow 
 request) and an 8-character prefix to tell keys apart in lists.
 
 Web sessions (the last section) work the same way: the cookie holds a random token, the
-database its SHA-256 and the session's CSRF token. Repeated failed logins lock the
-account for a while.
+database its SHA-256 and the session's CSRF token. Failed logins slow down the address
+they come from (see "Login throttling"); nobody can lock an account for everyone.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from jobbalancer import db, errors, refs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
-U, K, WS = schema.users, schema.api_keys, schema.web_sessions
+U, K, WS, LF = schema.users, schema.api_keys, schema.web_sessions, schema.login_failures
 KEY_PREFIX = "jb_"
 _hasher = PasswordHasher()
 
@@ -169,7 +170,7 @@ def create_user(
 
 def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -> User:
     """Change role, password, commands_allowed, worker_classes or disabled."""
-    get_user(conn, user_id)  # raises NotFound
+    target = get_user(conn, user_id)  # raises NotFound
     values: dict[str, Any] = {}
     for key in ("commands_allowed", "disabled"):
         if key in changes:
@@ -189,8 +190,10 @@ def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -
         name = refs.check_name(str(changes["name"]), "user")
         refs.ensure_free_name(conn, U, name, "user", except_id=user_id)
         values["name"] = name
-    if "password_hash" in values:  # a reset also lifts a lockout
-        values.update(failed_logins=0, locked_until=None)
+    if "password_hash" in values:  # a reset also lifts the throttling of logins by name
+        forget_failed_logins(conn, str(values.get("name", target.name)))
+        if "name" in values:
+            forget_failed_logins(conn, target.name)
     if values:
         conn.execute(sa.update(U).where(U.c.id == user_id).values(**values))
     if "password_hash" in values or values.get("disabled"):
@@ -214,20 +217,27 @@ def authenticate_password(conn: sa.Connection, name: str, password: str) -> User
 
 
 def _password_fits(row: AnyRow | None, password: str) -> TypeGuard[AnyRow]:
-    """Whether ``row`` is a user whose password is ``password``. As slow when there is no
-    such user or it has no password (key-only), so timing does not tell names apart."""
+    """Whether ``row`` is a user whose password is ``password``. When there is no such user
+    or it has no password (key-only), the password is checked against a dummy hash of the
+    same cost, so timing does not tell names apart."""
     password_hash = None if row is None else row._mapping["password_hash"]
-    if password_hash is None:
-        _hasher.hash(password)
-        return False
     try:
-        return _hasher.verify(password_hash, password)
+        fits = _hasher.verify(password_hash or _dummy_hash(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        return False
+    return fits and password_hash is not None
+
+
+_dummy: tuple[PasswordHasher, str] | None = None
+
+
+def _dummy_hash() -> str:
+    """A hash of a random password, made by the current hasher (tests swap in a cheap
+    one: the dummy must cost what a real hash costs)."""
+    global _dummy
+    if _dummy is None or _dummy[0] is not _hasher:
+        _dummy = (_hasher, _hasher.hash(secrets.token_urlsafe(16)))
+    return _dummy[1]
 
 
 # -- API keys -----------------------------------------------------------------------------
@@ -317,15 +327,92 @@ def ensure_first_admin(conn: sa.Connection) -> tuple[User, str, str] | None:
     return user, password, key
 
 
-# -- web sessions and login lockout ---------------------------------------------------------
+# -- login throttling ------------------------------------------------------------------------
+#
+# Failed logins are counted per (name tried, source address) and per address alone. Past
+# a few free failures each one makes that address wait before its next try, twice as long
+# every time up to a cap. Nothing is counted per account alone: someone guessing the
+# admin's password from one address slows down that address, never the admin elsewhere.
+# Names that exist and names that do not are counted, answered and timed alike.
+
+ANY_ACCOUNT = "*"  # the account of an address's row for failures against any name
+FREE_FAILURES = 3  # failures for one name from one address before waits begin …
+FREE_ADDRESS_FAILURES = 20  # … and for any names from one address
+FIRST_WAIT = timedelta(seconds=1)  # the first wait; each further failure doubles it …
+MAX_WAIT = timedelta(minutes=5)  # … up to this
+FORGET_AFTER = timedelta(hours=1)  # failures older than this count no more
+
+
+def _account(name: str) -> str:
+    """The key a name is counted under: a digest, so the table holds no names (nor the
+    passwords people type into the name field) and treats every name alike."""
+    folded = name.strip().casefold().encode("utf-8", "surrogatepass")
+    return hashlib.sha256(folded).hexdigest()
+
+
+def wait_after(failures: int, free: int) -> timedelta:
+    """How long an address waits after its ``failures``-th failure of ``free`` free ones."""
+    if failures <= free:
+        return timedelta(0)
+    doublings: int = min(failures - free - 1, 30)
+    return min(MAX_WAIT, FIRST_WAIT * (1 << doublings))
+
+
+def login_wait(conn: sa.Connection, name: str, address: str, now: datetime) -> int:
+    """Whole seconds ``address`` must wait before trying ``name`` again; 0 if it may now."""
+    rows = conn.execute(
+        sa.select(LF.c.next_try_at).where(
+            LF.c.address == address,
+            LF.c.account.in_([_account(name), ANY_ACCOUNT]),
+            LF.c.last_failure_at > now - FORGET_AFTER,
+        )
+    ).scalars()
+    latest = max(rows, default=now)
+    return max(0, math.ceil((latest - now).total_seconds()))
+
+
+def record_failed_login(
+    conn: sa.Connection, name: str, address: str, now: datetime | None = None
+) -> int:
+    """Count a failed login of ``name`` from ``address``; the seconds it must now wait."""
+    now = now or db.now(conn)
+    conn.execute(sa.delete(LF).where(LF.c.last_failure_at <= now - FORGET_AFTER))
+    wait = timedelta(0)
+    for account, free in ((_account(name), FREE_FAILURES), (ANY_ACCOUNT, FREE_ADDRESS_FAILURES)):
+        key = {"account": account, "address": address}
+        stamps = {"last_failure_at": now, "next_try_at": now}
+        failures = db.count_up(conn, LF, key, "failures", stamps)
+        this = wait_after(failures, free)
+        conn.execute(
+            sa.update(LF)
+            .where(LF.c.account == account, LF.c.address == address)
+            .values(next_try_at=now + this)
+        )
+        wait = max(wait, this)
+    return math.ceil(wait.total_seconds())
+
+
+def record_login(conn: sa.Connection, name: str, address: str) -> None:
+    """A successful login: that name's failures from that address are forgiven (not the
+    address's overall count, or a user of one's own could reset it between guesses)."""
+    conn.execute(sa.delete(LF).where(LF.c.account == _account(name), LF.c.address == address))
+
+
+def forget_failed_logins(conn: sa.Connection, name: str) -> None:
+    """After a password reset: ``name`` may be tried at once from everywhere it failed."""
+    account = _account(name)
+    addresses = sa.select(LF.c.address).where(LF.c.account == account).scalar_subquery()
+    conn.execute(sa.delete(LF).where(LF.c.account == ANY_ACCOUNT, LF.c.address.in_(addresses)))
+    conn.execute(sa.delete(LF).where(LF.c.account == account))
+
+
+# -- web sessions ----------------------------------------------------------------------------
 
 SESSION_COOKIE = "jb_session"  # the cookie that carries the token
 CSRF_HEADER = "X-CSRF-Token"  # htmx and scripts send the CSRF token here; forms as csrf_token
 SESSION_IDLE = timedelta(hours=8)  # a session unused this long ends
 SESSION_MAX = timedelta(days=7)  # and none lasts longer than this, used or not
 SESSION_TOUCH = timedelta(minutes=1)  # last_seen_at is written at most this often
-LOCKOUT_FAILURES = 5  # failed logins in a row that lock an account …
-LOCKOUT_TIME = timedelta(minutes=5)  # … for this long
 
 
 @dataclass(frozen=True)
@@ -340,20 +427,24 @@ class WebSession:
     last_seen_at: datetime
 
 
-def check_login(conn: sa.Connection, name: str, password: str) -> User:
+def check_login(
+    conn: sa.Connection, name: str, password: str, address: str, now: datetime | None = None
+) -> User:
     """The user ``name`` if ``password`` is theirs; read-only, so the slow hash runs
-    outside a write transaction. Raises LoginLocked while the account is locked (without
-    looking at the password), Unauthorized for a wrong name or password, Forbidden for a
-    disabled account (told only to whoever knows its password)."""
-    locked = sa.case((U.c.locked_until > utcnow(), True), else_=False).label("locked")
-    row = conn.execute(
-        sa.select(*_USER_COLUMNS, U.c.password_hash, locked).where(U.c.name == name)
-    ).first()
-    if row is not None and row.locked:
-        raise errors.LoginLocked(
-            f"too many failed logins: {name!r} is locked for a few minutes; try again later "
-            "or ask an admin to reset the password"
+    outside a write transaction. Raises LoginThrottled while ``address`` must wait (without
+    looking at the password or the name), Unauthorized for a wrong name or password,
+    Forbidden for a disabled account (told only to whoever knows its password)."""
+    wait = login_wait(conn, name, address, now or db.now(conn))
+    if wait > 0:
+        raise errors.LoginThrottled(
+            wait,
+            f"too many failed logins from your address: try again in {wait} seconds "
+            "(or ask an admin to reset the password)",
         )
+    row = None
+    if "\x00" not in name:  # no name has one, and PostgreSQL refuses it in a query
+        query = sa.select(*_USER_COLUMNS, U.c.password_hash).where(U.c.name == name)
+        row = conn.execute(query).first()
     if not _password_fits(row, password):
         raise errors.Unauthorized("wrong user name or password")
     user = User.from_row(row)
@@ -362,23 +453,11 @@ def check_login(conn: sa.Connection, name: str, password: str) -> User:
     return user
 
 
-def record_failed_login(conn: sa.Connection, name: str) -> bool:
-    """Count a failed login for ``name``; True when this one locked the account."""
-    conn.execute(sa.update(U).where(U.c.name == name).values(failed_logins=U.c.failed_logins + 1))
-    locked = conn.execute(
-        sa.update(U)
-        .where(U.c.name == name, U.c.failed_logins >= LOCKOUT_FAILURES)
-        .values(failed_logins=0, locked_until=db.now(conn) + LOCKOUT_TIME)
-    )
-    return locked.rowcount > 0
-
-
 def create_session(conn: sa.Connection, user_id: int) -> tuple[str, WebSession]:
     """A new session for a user who just logged in: (cookie token, session).
 
     Every login gets a fresh token, so a token planted before login is worth nothing.
     """
-    conn.execute(sa.update(U).where(U.c.id == user_id).values(failed_logins=0, locked_until=None))
     now = db.now(conn)
     conn.execute(sa.delete(WS).where(WS.c.expires_at <= now))  # tidy up on the way
     token = secrets.token_urlsafe(32)

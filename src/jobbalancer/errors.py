@@ -51,11 +51,15 @@ class Forbidden(JobBalancerError):
     code = "forbidden"
 
 
-class LoginLocked(JobBalancerError):
-    """Too many failed logins: this account is locked for a few minutes."""
+class LoginThrottled(JobBalancerError):
+    """Too many failed logins from your address: wait a little before trying again."""
 
     status = 429
-    code = "locked"
+    code = "throttled"
+
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, for the Retry-After header
 
 
 class NotFound(JobBalancerError):

@@ -2,11 +2,17 @@
 
 Names and ids share one field in the API (``"worker_class": "gpu"`` or ``3``), so a name
 may not look like an id, and an id must fit the 32-bit columns of every backend.
+
+A name is also what people read to tell an admin from an impostor, so it must look like
+what it is: no invisible characters (zero-width, bidirectional controls, C0/C1 controls),
+no line breaks or exotic spaces, nothing that Unicode's compatibility normalization (NFKC)
+would change (a fullwidth "admin"), and no letters of two of the scripts that share
+look-alikes (Latin, Cyrillic, Greek: "admin" with a Cyrillic first letter).
 """
 
 from __future__ import annotations
 
-import re
+import unicodedata
 
 import sqlalchemy as sa
 
@@ -15,7 +21,12 @@ from jobbalancer.db.types import AnyRow
 
 # Ids are 32-bit on every backend; a longer digit string is a name nobody can have.
 MAX_ID = 2**31 - 1
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode categories no name may contain: controls (C0 and C1), format characters (zero
+# width, bidirectional marks and overrides), surrogates, private use, unassigned, and line
+# and paragraph separators.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+# Scripts whose letters look alike: a name may use letters of one of them only.
+_CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
 
 
 def parse_id(value: str | int) -> int | None:
@@ -35,13 +46,47 @@ def check_name(value: str, what: str, field: str = "name") -> str:
     name = value.strip()
     if not 1 <= len(name) <= 200:
         raise errors.InvalidInput(f"{what} name must have 1 to 200 characters", field=field)
-    if _CONTROL.search(name):
-        raise errors.InvalidInput(f"{what} name must not contain control characters", field=field)
+    problem = name_problem(name)
+    if problem is not None:
+        raise errors.InvalidInput(f"{what} name {problem}", field=field)
     if name.isdigit():
         raise errors.InvalidInput(
             f"{what} name must not be only digits: it would be taken for an id", field=field
         )
     return name
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a name (to follow "<what> name …"), or None if it can."""
+    for char in name:
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES:
+            return (
+                f"must not contain invisible or control characters (U+{ord(char):04X}, "
+                f"{_char_name(char)})"
+            )
+        if category == "Zs" and char != " ":
+            return f"must not contain spaces other than a plain space (U+{ord(char):04X})"
+    normal = unicodedata.normalize("NFKC", name)
+    if normal != name:
+        return f"must be written in its plain form {normal!r} (Unicode NFKC)"
+    scripts = {_script(char) for char in name if char.isalpha()} - {None}
+    if len(scripts) > 1:
+        return (
+            f"mixes letters of the {' and '.join(sorted(str(s).title() for s in scripts))} "
+            "scripts, which look alike; use one script"
+        )
+    return None
+
+
+def _char_name(char: str) -> str:
+    return unicodedata.name(char, "unnamed").lower()
+
+
+def _script(char: str) -> str | None:
+    """Latin, Cyrillic or Greek when ``char`` is a letter of one of them, else None."""
+    first = unicodedata.name(char, "").split(" ", 1)[0]
+    return first if first in _CONFUSABLE_SCRIPTS else None
 
 
 def find_row(conn: sa.Connection, table: sa.Table, ref: str | int) -> AnyRow | None:

@@ -20,9 +20,9 @@ from jobbalancer.db.types import AnyRow, utcnow
 
 S = schema.scripts
 # A program looked up on the worker's PATH ...
-_PROGRAM = re.compile(r"^[A-Za-z0-9._+-]+$")
+_PROGRAM = re.compile(r"[A-Za-z0-9._+-]+")  # fullmatch: "$" matches before a "\n"
 # ... or an absolute path to one, without arguments (the worker runs it as argv[0]).
-_ABSOLUTE = re.compile(r"^/[^\x00-\x20\x7f]*$")
+_ABSOLUTE = re.compile(r"/[^\x00-\x20\x7f]*")
 # MEDIUMTEXT on MariaDB/MySQL holds 16 MiB; leave room for multi-byte characters.
 MAX_CONTENT_BYTES = 10 * 1024 * 1024
 
@@ -63,7 +63,7 @@ def check_interpreter(value: str | None, content: str) -> str:
                 field="interpreter",
             )
         return ""
-    if len(text) > 255 or not (_PROGRAM.match(text) or _ABSOLUTE.match(text)):
+    if len(text) > 255 or not (_PROGRAM.fullmatch(text) or _ABSOLUTE.fullmatch(text)):
         raise errors.InvalidInput(
             "interpreter must be a program name (bash, python3) or an absolute path "
             "(/usr/bin/php), without arguments",

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import classes, errors, jobs
+from jobbalancer import classes, errors, jobs, refs
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -128,6 +128,9 @@ def register(
     running are marked lost (a new process runs nothing yet); jobs assigned but not started
     stay assigned and will be picked up.
     """
+    problem = refs.name_problem(name)
+    if problem is not None:  # a worker is picked by name: it must not pass for another
+        raise errors.InvalidInput(f"worker name {problem}", field="name")
     cid = _class_for_worker(conn, worker_class)
     session = secrets.token_hex(8)
     values: dict[str, Any] = {

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher, Type
 
-from jobbalancer import auth, db, errors
+from jobbalancer import auth, db, errors, refs
 from jobbalancer.auth import Role
 from jobbalancer.db import schema
 
@@ -296,3 +297,185 @@ def test_a_user_may_be_limited_to_some_worker_classes() -> None:
     limited = user(Role.SUBMITTER, classes=("gpu",))
     assert limited.may_use_class("gpu")
     assert not limited.may_use_class("default")
+
+
+# -- login throttling, with the database's clock moved by hand -------------------------------
+
+LF = schema.login_failures
+
+
+def _fail(engine: sa.Engine, name: str, address: str, now: datetime) -> int:
+    with db.write(engine) as conn:
+        return auth.record_failed_login(conn, name, address, now)
+
+
+def _wait(engine: sa.Engine, name: str, address: str, now: datetime) -> int:
+    with db.read(engine) as conn:
+        return auth.login_wait(conn, name, address, now)
+
+
+def _check(engine: sa.Engine, name: str, password: str, address: str, now: datetime) -> str:
+    """What check_login says: the user's name, or the error's code."""
+    try:
+        with db.read(engine) as conn:
+            return auth.check_login(conn, name, password, address, now).name
+    except errors.JobBalancerError as exc:
+        return exc.code
+
+
+def _now(engine: sa.Engine) -> datetime:
+    with db.read(engine) as conn:
+        return db.now(conn)
+
+
+def test_failures_make_one_address_wait_for_one_name(
+    engine: sa.Engine, user_factory: UserFactory
+) -> None:
+    user_factory("alice")
+    now = _now(engine)
+    waits = [_fail(engine, "alice", "10.0.0.1", now) for _ in range(auth.FREE_FAILURES + 3)]
+    assert waits == [0] * auth.FREE_FAILURES + [1, 2, 4]
+    # That address waits for that name, even with the right password …
+    assert _wait(engine, "alice", "10.0.0.1", now) == 4
+    assert _check(engine, "alice", PASSWORD, "10.0.0.1", now) == "throttled"
+    # … not another address, and not another name from that address.
+    assert _check(engine, "alice", PASSWORD, "10.0.0.2", now) == "alice"
+    assert _wait(engine, "bob", "10.0.0.1", now) == 0
+    # Once the wait is over it may try again.
+    later = now + timedelta(seconds=4)
+    assert _check(engine, "alice", PASSWORD, "10.0.0.1", later) == "alice"
+
+
+def test_many_names_from_one_address_make_it_wait_for_all(engine: sa.Engine) -> None:
+    now = _now(engine)
+    for i in range(auth.FREE_ADDRESS_FAILURES):
+        assert _fail(engine, f"name{i}", "10.0.0.3", now) == 0
+    assert _fail(engine, "one-more", "10.0.0.3", now) == 1
+    assert _wait(engine, "never-tried", "10.0.0.3", now) == 1
+    assert _wait(engine, "never-tried", "10.0.0.4", now) == 0
+
+
+def test_old_failures_are_forgotten(engine: sa.Engine) -> None:
+    now = _now(engine)
+    for _ in range(auth.FREE_FAILURES + 5):
+        _fail(engine, "carol", "10.0.0.5", now)
+    later = now + auth.FORGET_AFTER + timedelta(seconds=1)
+    assert _wait(engine, "carol", "10.0.0.5", later) == 0
+    # and the next failure starts the count afresh (the old rows are tidied away)
+    assert _fail(engine, "carol", "10.0.0.5", later) == 0
+    with db.read(engine) as conn:
+        assert conn.execute(sa.select(sa.func.max(LF.c.failures))).scalar() == 1
+
+
+def test_names_are_counted_without_storing_them_and_case_alike(engine: sa.Engine) -> None:
+    now = _now(engine)
+    for name in ("Admin", "admin", " ADMIN "):
+        _fail(engine, name, "10.0.0.6", now)
+    with db.read(engine) as conn:
+        rows = conn.execute(sa.select(LF.c.account, LF.c.failures)).all()
+    assert sorted(rows) == sorted([(auth._account("admin"), 3), (auth.ANY_ACCOUNT, 3)])
+    assert all("admin" not in account.lower() for account, _ in rows)
+
+
+def test_unknown_names_are_answered_and_counted_like_known_ones(
+    engine: sa.Engine, user_factory: UserFactory
+) -> None:
+    user_factory("dave")
+    now = _now(engine)
+    answers: dict[str, list[str]] = {}
+    for name, address in (("dave", "10.0.1.1"), ("nobody", "10.0.1.2")):
+        answers[name] = []
+        for _ in range(auth.FREE_FAILURES + 4):
+            answer = _check(engine, name, "guess", address, now)
+            answers[name].append(answer)
+            if answer == "unauthorized":
+                _fail(engine, name, address, now)
+    assert answers["dave"] == answers["nobody"]
+    assert answers["dave"].count("throttled") == 3
+
+
+def test_a_success_forgives_that_name_from_that_address(
+    engine: sa.Engine, user_factory: UserFactory
+) -> None:
+    user_factory("erin")
+    now = _now(engine)
+    for _ in range(2):
+        _fail(engine, "erin", "10.0.0.7", now)
+    with db.write(engine) as conn:
+        auth.record_login(conn, "erin", "10.0.0.7")
+    with db.read(engine) as conn:
+        accounts = conn.execute(sa.select(LF.c.account)).scalars().all()
+    assert accounts == [auth.ANY_ACCOUNT]  # the address's own count stays
+
+
+def test_a_password_reset_lifts_every_wait_for_that_name(
+    engine: sa.Engine, user_factory: UserFactory
+) -> None:
+    user = user_factory("fay")
+    now = _now(engine)
+    for address in ("10.0.0.8", "10.0.0.9"):
+        for _ in range(auth.FREE_ADDRESS_FAILURES + 1):
+            _fail(engine, "fay", address, now)
+    _fail(engine, "someone-else", "10.0.0.99", now)
+    update(engine, user.id, password="another password")
+    for address in ("10.0.0.8", "10.0.0.9"):
+        assert _wait(engine, "fay", address, now) == 0
+    with db.read(engine) as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(LF)).scalar() == 2
+
+
+def test_concurrent_failures_are_all_counted(engine: sa.Engine) -> None:
+    now = _now(engine)
+    count = 8
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: _fail(engine, "gus", "10.0.0.10", now), range(count)))
+    with db.read(engine) as conn:
+        counts = conn.execute(sa.select(LF.c.failures)).scalars().all()
+    assert counts == [count, count]
+
+
+# -- ids are never reused ------------------------------------------------------------------
+
+
+def test_a_deleted_users_id_is_never_given_again(
+    engine: sa.Engine, user_factory: UserFactory
+) -> None:
+    first = user_factory("hal")
+    key, _ = new_key(engine, first.id)
+    with db.write(engine) as conn:
+        auth.delete_user(conn, first.id)
+    second = user_factory("hal")
+    assert second.id > first.id
+    again, _ = new_key(engine, second.id)
+    assert again.id > key.id
+
+
+# -- names --------------------------------------------------------------------------------
+
+BAD_NAMES = {
+    "admin\u200b": "invisible",  # zero-width space
+    "\u202eadmin": "invisible",  # right-to-left override
+    "x\u0085y": "invisible",  # NEL, a C1 control
+    "a\tb": "invisible",
+    "a\u2028b": "invisible",  # line separator
+    "a\ue000b": "invisible",  # private use
+    "a\u00a0b": "plain space",  # no-break space
+    "\uff41dmin": "plain form",  # fullwidth a
+    "\u0430dmin": "Cyrillic and Latin",  # a Cyrillic a among Latin letters
+    "\u03b1lpha": "Greek and Latin",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_NAMES), ids=ascii)
+def test_names_that_would_deceive_are_refused(name: str) -> None:
+    with pytest.raises(errors.InvalidInput) as caught:
+        refs.check_name(name, "user")
+    assert BAD_NAMES[name] in caught.value.message
+    assert caught.value.field == "name"
+
+
+@pytest.mark.parametrize(
+    "name", ["alice", "Zoë Smith", "\u0438\u0432\u0430\u043d", "ops-team_2", "日本"]
+)
+def test_names_of_one_script_are_fine(name: str) -> None:
+    assert refs.check_name(name, "user") == name

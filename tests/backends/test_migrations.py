@@ -15,7 +15,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from jobbalancer import classes, db
+from jobbalancer import auth, classes, db
 from jobbalancer.db import schema
 
 
@@ -110,11 +110,19 @@ def test_several_servers_upgrading_one_fresh_database_at_once_all_succeed(
 
 # -- the engine fixture's copies -----------------------------------------------------------
 
+
 # How each backend describes its tables: the statements that make them, or their catalog.
-SCHEMA_QUERIES: dict[str, Callable[[sa.Connection, list[str]], list[Any]]] = {
-    "sqlite": lambda conn, _: conn.exec_driver_sql(
+def _sqlite_schema(conn: sa.Connection) -> list[Any]:
+    # A table rebuilt by Alembic's batch mode lists its constraints in no fixed order:
+    # compare each statement's clauses as a set.
+    rows = conn.exec_driver_sql(
         "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
-    ).all(),
+    ).all()
+    return [(*row[:3], sorted((row[3] or "").replace("\n)", "").split(", \n"))) for row in rows]
+
+
+SCHEMA_QUERIES: dict[str, Callable[[sa.Connection, list[str]], list[Any]]] = {
+    "sqlite": lambda conn, _: _sqlite_schema(conn),
     "mysql": lambda conn, tables: [
         conn.exec_driver_sql(f"SHOW CREATE TABLE `{table}`").one() for table in tables
     ],
@@ -164,3 +172,84 @@ def test_the_engine_fixture_database_is_a_migrated_one_of_its_own(
     finally:
         migrated.dispose()
         another.dispose()
+
+
+# -- 0006: ids never reused ------------------------------------------------------------------
+
+REFERRED = ("users", "api_keys", "worker_classes", "workers", "scripts", "jobs")
+
+
+def test_on_sqlite_every_referred_table_is_autoincrement(sqlite_engine: sa.Engine) -> None:
+    with sqlite_engine.connect() as conn:
+        statements = dict(
+            conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all()
+        )
+    for table in REFERRED:
+        assert "AUTOINCREMENT" in statements[table], table
+
+
+def _at_0005_with_rows(url: str) -> sa.Engine:
+    """A SQLite database as 0005 left it: a user with a key and a session, another one
+    deleted (user 3) whose job remains, and a deleted job (the newest) whose output stayed."""
+    engine = db.connect(url)
+    db.upgrade(engine, "0005")
+    with db.write(engine) as conn:
+        for statement in (
+            "INSERT INTO users (id, name, role, commands_allowed, disabled, created_at)"
+            " VALUES (1, 'admin', 'admin', 1, 0, '2026-01-01'),"
+            " (2, 'ann', 'submitter', 1, 0, '2026-01-01')",
+            "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, created_at)"
+            " VALUES (1, 2, 'k', 'jb_x', 'h', '2026-01-01')",
+            "INSERT INTO web_sessions (token_hash, user_id, csrf_token, created_at,"
+            " expires_at, last_seen_at) VALUES ('t', 2, 'c', '2026-01-01', '2099-01-01',"
+            " '2026-01-01')",
+            "INSERT INTO jobs (id, state, command, params, env, labels, worker_class_id,"
+            " need_realtime, priority, retries, attempt, user_id, user_name, kill_requested,"
+            " output_bytes, created_at) VALUES (1, 'done', 'true', '[]', '{}', '{}', 1, 0, 0,"
+            " 0, 1, 3, 'gone', 0, 0, '2026-01-01')",
+            "INSERT INTO job_output (job_id, seq, stream, offset, stream_offset, size, data,"
+            " at) VALUES (7, 0, 'stdout', 0, 0, 1, x'41', '2026-01-01')",
+        ):
+            conn.exec_driver_sql(statement)
+    return engine
+
+
+def test_upgrading_sqlite_keeps_every_row_and_starts_ids_past_all_references(
+    make_database_url: Callable[..., str],
+) -> None:
+    engine = _at_0005_with_rows(make_database_url("sqlite"))
+    try:
+        db.upgrade(engine)
+        with db.read(engine) as conn:
+            # The rebuild of users did not cascade into its keys and sessions
+            assert conn.execute(sa.select(schema.api_keys.c.user_id)).scalars().all() == [2]
+            assert conn.execute(sa.select(schema.web_sessions.c.user_id)).scalars().all() == [2]
+            assert conn.execute(sa.select(schema.jobs.c.user_id)).scalars().all() == [3]
+            counters = dict(conn.exec_driver_sql("SELECT name, seq FROM sqlite_sequence").all())
+            indexes = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'ix_jobs_queue'"
+            ).scalar_one()
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        # Deleted user 3 is still named by a job, job 7 by output: neither id comes back
+        assert counters["users"] == 3 and counters["jobs"] == 7 and counters["api_keys"] == 1
+        assert "priority DESC" in indexes
+        with db.write(engine) as conn:
+            assert auth.create_user(conn, "newcomer", "submitter").id == 4
+    finally:
+        engine.dispose()
+
+
+def test_0006_downgrades_and_upgrades_again(make_database_url: Callable[..., str]) -> None:
+    engine = _at_0005_with_rows(make_database_url("sqlite"))
+    try:
+        db.upgrade(engine)
+        db.downgrade(engine, "0005")
+        assert db.current_revision(engine) == "0005"
+        db.upgrade(engine)
+        assert db.current_revision(engine) == head()
+        with db.read(engine) as conn:
+            assert (
+                conn.execute(sa.select(sa.func.count()).select_from(schema.api_keys)).scalar() == 1
+            )
+    finally:
+        engine.dispose()

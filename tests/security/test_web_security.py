@@ -1,5 +1,5 @@
 """The web UI against an intruder: CSRF on every route that changes something (enumerated
-from the app), no session fixation, login lockout, security headers on every kind of
+from the app), no session fixation, login throttling, security headers on every kind of
 answer, and passwords and keys never returned by the API or shown on a page.
 (That they are never logged is checked on a real server in test_secrets_not_logged.py.)
 """
@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from datetime import timedelta
 from typing import Any
+
+import pytest
 
 from jobbalancer import auth, db
 from tests.security.conftest import App
@@ -136,20 +139,27 @@ def test_logout_ends_the_session_on_the_server(secapp: App) -> None:
     assert "logout" not in r.text.lower() or r.status_code == 303
 
 
-def test_login_lockout_refuses_even_the_right_password(secapp: App) -> None:
+def test_login_throttling_refuses_even_the_right_password_from_that_address(
+    secapp: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "FIRST_WAIT", timedelta(minutes=1))  # none runs out meanwhile
     with db.write(secapp.engine) as conn:
         auth.create_user(conn, "carl", "operator", PASSWORD)
     client = _browser(secapp)
-    for _ in range(auth.LOCKOUT_FAILURES):
-        assert _login(secapp, client, "carl", "guess").status_code in (401, 429)
+    for _ in range(auth.FREE_FAILURES + 1):
+        assert _login(secapp, client, "carl", "guess").status_code == 401
     for attempt in (PASSWORD, "guess"):
         r = _login(secapp, client, "carl", attempt)
-        assert r.status_code in (403, 429), r.status_code
+        assert r.status_code == 429, r.status_code
+        assert int(r.headers["retry-after"]) >= 1
         assert auth.SESSION_COOKIE not in client.cookies
-        assert "locked" in r.text or "too many" in r.text
-    # The lock is per account: another user logs in fine meanwhile
+        assert "too many failed logins" in r.text.lower()
+    # The throttle is per address: carl logs in from elsewhere meanwhile, and so does
+    # another user from here (fewer failures than the address's own allowance)
+    elsewhere = secapp.client(follow_redirects=False, client=("203.0.113.5", 4000))
+    assert _login(secapp, elsewhere, "carl", PASSWORD).status_code == 303
     _logged_in(secapp, "other")
-    # and an API key is not a password: it keeps working (keys are revoked, not locked)
+    # and an API key is not a password: it keeps working (keys are revoked, not throttled)
     assert secapp.admin.get("/api/v1/me").status_code == 200
 
 

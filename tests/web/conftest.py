@@ -43,11 +43,16 @@ class Web:
     _clients: list[TestClient] = field(default_factory=list)
 
     def browser(
-        self, base_url: str = "http://testserver", *, raise_errors: bool = True
+        self,
+        base_url: str = "http://testserver",
+        *,
+        raise_errors: bool = True,
+        address: str = "testclient",
     ) -> TestClient:
+        """A browser; ``address`` is the client address the server sees."""
         client = TestClient(
             self.app, base_url=base_url, follow_redirects=False,
-            raise_server_exceptions=raise_errors,
+            raise_server_exceptions=raise_errors, client=(address, 50000),
         )  # fmt: skip
         client.headers["Accept"] = "text/html,application/xhtml+xml,*/*;q=0.8"  # as browsers
         self._clients.append(client)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
@@ -104,14 +105,17 @@ def test_a_refused_password_change_says_why_and_changes_nothing(
     web.login("sam", PASSWORD)  # the old password still works
 
 
-def test_guessing_the_current_password_locks_the_account(web: Web) -> None:
+def test_guessing_the_current_password_is_throttled_like_a_login(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "FIRST_WAIT", timedelta(minutes=1))  # none runs out meanwhile
     web.user("sam", "viewer")
     client, csrf = web.login("sam", PASSWORD)
     wrong = {"current_password": "guess", "new_password": NEW, "repeat_password": NEW}
 
     codes = [
         client.post("/account/password", data={"csrf_token": csrf, **wrong}).status_code
-        for _ in range(auth.LOCKOUT_FAILURES)
+        for _ in range(auth.FREE_FAILURES + 1)
     ]
     after = client.post(
         "/account/password",
@@ -119,9 +123,13 @@ def test_guessing_the_current_password_locks_the_account(web: Web) -> None:
               "repeat_password": NEW},
     )  # fmt: skip
 
-    assert codes == [403] * auth.LOCKOUT_FAILURES
-    assert after.status_code == 429 and "locked" in after.text
+    assert codes == [403] * (auth.FREE_FAILURES + 1)
+    assert after.status_code == 429 and "too many failed logins" in after.text
+    assert 0 < int(after.headers["retry-after"]) <= 60
     assert web.post_login(web.browser(), "sam", PASSWORD).status_code == 429  # type: ignore[attr-defined]
+    # From another address sam logs in as ever.
+    other = web.browser(address="198.51.100.9")
+    assert web.post_login(other, "sam", PASSWORD).status_code == 303  # type: ignore[attr-defined]
 
 
 def test_own_api_keys_shown_once_work_and_revoke(web: Web) -> None:

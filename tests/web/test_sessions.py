@@ -14,7 +14,7 @@ from jobbalancer.db import schema
 from jobbalancer.web import pages
 from tests.web.conftest import PASSWORD, Web, csrf_of
 
-WS, U = schema.web_sessions, schema.users
+WS, U, LF = schema.web_sessions, schema.users, schema.login_failures
 
 
 def _session_rows(web: Web) -> list[sa.Row[tuple[str, int]]]:
@@ -106,36 +106,59 @@ def test_wrong_password_and_unknown_user_read_the_same(web: Web) -> None:
     assert "wrong user name or password" in nobody.text  # type: ignore[attr-defined]
 
 
-def test_repeated_failures_lock_the_account(web: Web) -> None:
+@pytest.fixture
+def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waits of a minute and more: none runs out while a test is still at it."""
+    monkeypatch.setattr(auth, "FIRST_WAIT", timedelta(minutes=1))
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_repeated_failures_slow_down_that_address_only(web: Web) -> None:
     web.user("carol", "operator")
-    client = web.browser()
-    for _ in range(auth.LOCKOUT_FAILURES - 1):
-        assert web.post_login(client, "carol", "guess").status_code == 401  # type: ignore[attr-defined]
+    client = web.browser(address="192.0.2.1")
+    for _ in range(auth.FREE_FAILURES):
+        r = web.post_login(client, "carol", "guess")
+        assert r.status_code == 401 and "wait" not in r.text  # type: ignore[attr-defined]
     last = web.post_login(client, "carol", "guess")
-    assert "locked" in last.text  # type: ignore[attr-defined]
-    # Now even the right password is refused, saying why.
+    assert last.status_code == 401  # type: ignore[attr-defined]
+    assert "wait 60 seconds" in last.text  # type: ignore[attr-defined]
+    # Now even the right password is refused from there, saying why and for how long.
     right = web.post_login(client, "carol", PASSWORD)
     assert right.status_code == 429  # type: ignore[attr-defined]
-    assert "too many failed logins" in right.text  # type: ignore[attr-defined]
+    assert 0 < int(right.headers["retry-after"]) <= 60  # type: ignore[attr-defined]
+    assert "Too many failed logins from your address" in right.text  # type: ignore[attr-defined]
     assert auth.SESSION_COOKIE not in client.cookies
-    # Other accounts are not affected.
+    # Carol herself, from her own address, is not affected; nor are other accounts.
+    assert web.post_login(web.browser(address="198.51.100.7"), "carol", PASSWORD).status_code == 303  # type: ignore[attr-defined]
     web.login()
 
-    # When the lock runs out, the right password works, and the count starts again.
+    # When the wait is over, the right password works, and that address starts afresh.
     with db.write(web.engine) as conn:
         past = db.now(conn) - timedelta(seconds=1)
-        conn.execute(sa.update(U).where(U.c.name == "carol").values(locked_until=past))
+        conn.execute(sa.update(LF).values(next_try_at=past))
     assert web.post_login(client, "carol", PASSWORD).status_code == 303  # type: ignore[attr-defined]
     with db.read(web.engine) as conn:
-        assert conn.execute(sa.select(U.c.failed_logins).where(U.c.name == "carol")).scalar() == 0
+        accounts = conn.execute(sa.select(LF.c.account).where(LF.c.address == "192.0.2.1"))
+        assert list(accounts.scalars()) == [auth.ANY_ACCOUNT]  # only the address's own count
 
 
-def test_a_password_reset_lifts_the_lock_and_ends_sessions(web: Web) -> None:
+def test_the_waits_double_up_to_a_cap(web: Web) -> None:
+    free = auth.FREE_FAILURES
+    waits = [auth.wait_after(n, free).total_seconds() for n in range(1, free + 12)]
+    assert waits[:free] == [0] * free
+    assert waits[free : free + 5] == [1, 2, 4, 8, 16]
+    assert waits[-1] == auth.MAX_WAIT.total_seconds() == 300
+    assert auth.wait_after(10**9, free) == auth.MAX_WAIT  # no overflow however many
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_a_password_reset_lifts_the_throttle_and_ends_sessions(web: Web) -> None:
     user = web.user("dave", "submitter")
     logged_in, _ = web.login("dave", PASSWORD)
-    client = web.browser()
-    for _ in range(auth.LOCKOUT_FAILURES):
+    client = web.browser(address="192.0.2.2")
+    for _ in range(auth.FREE_FAILURES + 3):
         web.post_login(client, "dave", "guess")
+    assert web.post_login(client, "dave", PASSWORD).status_code == 429  # type: ignore[attr-defined]
     with db.write(web.engine) as conn:
         auth.update_user(conn, user.id, {"password": "a brand new one"})
     assert logged_in.get("/dashboard/live").status_code == 303  # logged out by the reset

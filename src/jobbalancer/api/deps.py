@@ -69,6 +69,14 @@ def authenticate(engine: sa.Engine, key: str | None) -> auth.User:
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
+def client_address(request: Request) -> str:
+    """The address a request came from, as the server's socket saw it: login throttling
+    counts per address. X-Forwarded-For is not believed (anyone can send it); the server
+    runs uvicorn without proxy headers for the same reason."""
+    host = request.client.host if request.client is not None else ""
+    return host[:64] or "unknown"
+
+
 def web_session(request: Request) -> auth.WebSession | None:
     """The live session of the request's cookie, if any (looked up once per request); its
     expiry slides forward, with a write at most once a minute."""

@@ -87,6 +87,8 @@ def error_response(exc: errors.JobBalancerError) -> JSONResponse:
     if isinstance(exc, errors.Occupied) and exc.job is not None:
         content["job"] = exc.job
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, errors.LoginThrottled):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(content, status_code=exc.status, headers=headers)
 
 

@@ -56,7 +56,7 @@ def parse_labels(values: Sequence[str]) -> dict[str, str]:
     for item in values:
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not sep or len(key) > 100 or not LABEL_KEY.match(key):
+        if not sep or len(key) > 100 or not LABEL_KEY.fullmatch(key):
             raise errors.InvalidInput(
                 f"label: {item!r} is not NAME=VALUE with a valid label name", field="label"
             )

@@ -23,15 +23,16 @@ from pydantic import (
     field_validator,
 )
 
-from jobbalancer import auth, classes, jobs, scripts, stats, workers
+from jobbalancer import auth, classes, jobs, refs, scripts, stats, workers
 from jobbalancer.refs import MAX_ID
 
 # Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
 ARG_MAX_BYTES = 128 * 1024 - 1
 MAX_WATCHDOG = 10 * 366 * 86400  # seconds; also fits MariaDB's single-precision FLOAT
 MAX_PRIORITY = 1_000_000_000
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+# Used with fullmatch: "$" would also match before a trailing newline.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]*")
 
 
 # -- text every backend can store ---------------------------------------------------------
@@ -45,6 +46,13 @@ def clean_text(value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _plain_name(value: str) -> str:
+    problem = refs.name_problem(clean_text(value))
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -63,7 +71,7 @@ QueryText = Annotated[str | None, AfterValidator(_clean_optional)]
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
-    AfterValidator(clean_text),
+    AfterValidator(_plain_name),
 ]
 Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(clean_text)]
 
@@ -92,7 +100,7 @@ def _param(value: Any) -> str:
 
 def _env(value: dict[str, str]) -> dict[str, str]:
     for key, item in value.items():
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"{key!r} is not a valid environment variable name")
         if len(key.encode()) + len(item.encode()) + 1 > ARG_MAX_BYTES:
             raise ValueError(f"{key} must be at most 128 KiB: the OS refuses longer entries")
@@ -101,7 +109,7 @@ def _env(value: dict[str, str]) -> dict[str, str]:
 
 def _labels(value: dict[str, str]) -> dict[str, str]:
     for key, item in value.items():
-        if len(key) > 100 or not LABEL_KEY.match(key):
+        if len(key) > 100 or not LABEL_KEY.fullmatch(key):
             raise ValueError(
                 f"label name {key!r}: use 1 to 100 letters, digits, '_', '.', '-' or '/', "
                 "starting with a letter or digit"

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.mysql
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
@@ -312,6 +315,28 @@ def now(conn: sa.Connection) -> datetime:
     return value
 
 
+def count_up(conn: sa.Connection, table: sa.Table, key: dict[str, Any], column: str,
+             values: dict[str, Any]) -> int:  # fmt: skip
+    """Add one to ``column`` of the row ``key`` (a new row starts at 1) and set ``values``,
+    in one statement that cannot race another's insert; the count it reached."""
+    row = {**key, column: 1, **values}
+    kind = backend(conn)
+    if kind == "mysql":
+        mysql_insert = sa.dialects.mysql.insert(table).values(row)
+        statement: Any = mysql_insert.on_duplicate_key_update(
+            {column: table.c[column] + 1, **values}
+        )
+    else:
+        dialect = sa.dialects.postgresql if kind == "postgresql" else sa.dialects.sqlite
+        insert = dialect.insert(table).values(row)
+        statement = insert.on_conflict_do_update(
+            index_elements=list(key), set_={column: table.c[column] + 1, **values}
+        )
+    conn.execute(statement)
+    where = [table.c[name] == value for name, value in key.items()]
+    return int(conn.execute(sa.select(table.c[column]).where(*where)).scalar_one())
+
+
 # -- locks -------------------------------------------------------------------------------
 
 
@@ -357,14 +382,52 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision``; safe when several processes start at once."""
     from alembic import command
+
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (for going back to an older release)."""
+    from alembic import command
+
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: sa.Engine, step: Callable[[Any, str], None], revision: str) -> None:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with _upgrade_lock(engine), engine.connect() as conn:
+    with _upgrade_lock(engine), engine.connect() as conn, _foreign_keys_off(conn):
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        step(cfg, revision)
         conn.commit()
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(conn: sa.Connection) -> Iterator[None]:
+    """SQLite: migrate without enforcing foreign keys, as SQLite prescribes for rebuilding a
+    table (a DROP TABLE of the old copy of ``users`` would otherwise cascade its deletes into
+    ``api_keys``); checked at the end instead. The pragma is a no-op inside a transaction,
+    so it is set on the driver's connection before anything begins and after the commit."""
+    if backend(conn) != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise ConfigError(f"the database has rows whose references are broken: {broken}")
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        raw.execute("PRAGMA foreign_keys=ON")
+        if raw.execute("PRAGMA foreign_keys").fetchone() != (1,):
+            conn.invalidate()  # never back into the pool without foreign keys
 
 
 def current_revision(engine: sa.Engine) -> str | None:

@@ -17,6 +17,12 @@ metadata = sa.MetaData(
 
 Name = sa.String(200)
 
+# Ids are never handed out twice: a new user must not get a deleted user's id (and with it
+# the jobs that still name that id), nor a new job or script an old one's. PostgreSQL's
+# sequences and MariaDB's AUTO_INCREMENT (persisted since 10.2.4) never go back; SQLite
+# reuses the highest id after a delete unless the table is AUTOINCREMENT, as every table
+# whose ids others refer to is here.
+
 users = sa.Table(
     "users",
     metadata,
@@ -29,9 +35,22 @@ users = sa.Table(
     sa.Column("worker_classes", sa.JSON),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    # Web login lockout: failures since the last success, and the end of a lockout.
-    sa.Column("failed_logins", sa.Integer, nullable=False, default=0, server_default="0"),
-    sa.Column("locked_until", UTCDateTime),
+    sqlite_autoincrement=True,  # ids are never reused (above)
+)
+
+# Failed web logins, per account and source address, and per address alone (account
+# "*"): each failure past a few free ones makes that address wait longer before its next
+# try. The account is a digest of the name tried, existing or not, so the table tells
+# nothing about which names exist and holds no typed-in passwords.
+login_failures = sa.Table(
+    "login_failures",
+    metadata,
+    sa.Column("account", sa.String(64), primary_key=True),
+    sa.Column("address", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_at", UTCDateTime, nullable=False),
+    sa.Column("next_try_at", UTCDateTime, nullable=False),
+    sa.Index(None, "last_failure_at"),
 )
 
 # Web UI sessions. The cookie holds a random token; only its SHA-256 is stored, so a
@@ -60,6 +79,7 @@ api_keys = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime),
     sa.Index(None, "user_id"),
+    sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
 worker_classes = sa.Table(
@@ -69,6 +89,7 @@ worker_classes = sa.Table(
     sa.Column("name", Name, nullable=False, unique=True),
     sa.Column("max_jobs", sa.Integer, nullable=False),
     sa.Column("description", sa.Text, nullable=False, default=""),
+    sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
 workers = sa.Table(
@@ -94,6 +115,7 @@ workers = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("last_heartbeat_at", UTCDateTime, nullable=False),
     sa.Index(None, "state"),
+    sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
 scripts = sa.Table(
@@ -106,6 +128,7 @@ scripts = sa.Table(
     sa.Column("description", sa.Text, nullable=False, default=""),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
 jobs = sa.Table(
@@ -153,6 +176,7 @@ jobs = sa.Table(
     sa.Index(None, "restarted_from"),
     # The job list by state, newest first: without it SQLite sorts every job of the state.
     sa.Index(None, "state", "id"),
+    sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
 # The queue: waiting jobs of a class, highest priority first, then oldest; priority

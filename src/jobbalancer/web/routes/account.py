@@ -16,6 +16,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from jobbalancer import auth, db, errors
+from jobbalancer.api import deps as api_deps
 from jobbalancer.api import models
 from jobbalancer.refs import MAX_ID
 from jobbalancer.web import deps, pages
@@ -69,14 +70,18 @@ def change_password(page: deps.Viewer) -> Response:
         return _render(page, error=exc.message, status=exc.status)
     if new == current:
         return _render(page, error="The new password is the same as the current one.", status=422)
-    user = page.user
+    user, address = page.user, api_deps.client_address(page.request)
     try:
         with db.read(page.engine) as conn:
-            auth.check_login(conn, user.name, current)
+            auth.check_login(conn, user.name, current, address)
     except errors.Unauthorized:
         with db.write(page.engine) as conn:
-            auth.record_failed_login(conn, user.name)
+            auth.record_failed_login(conn, user.name, address)
         return _render(page, error="The current password is wrong.", status=403)
+    except errors.LoginThrottled as exc:
+        response = _render(page, error=exc.message, status=exc.status)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except errors.JobBalancerError as exc:
         return _render(page, error=exc.message, status=exc.status)
     with db.write(page.engine) as conn:

@@ -63,25 +63,28 @@ def log_in(
             request, error="The login form expired; please try again.", status=403, name=name
         )
     engine = api_deps.get_engine(request)
+    name, address = name.strip(), api_deps.client_address(request)
     try:
         with db.read(engine) as conn:
-            user = auth.check_login(conn, name.strip(), password)
+            user = auth.check_login(conn, name, password, address)
     except errors.Unauthorized as exc:
         with db.write(engine) as conn:
-            locked = auth.record_failed_login(conn, name.strip())
+            wait = auth.record_failed_login(conn, name, address)
         message = exc.message
-        if locked:
-            message = (
-                f"Too many failed logins: {name.strip()!r} is locked for "
-                f"{int(auth.LOCKOUT_TIME.total_seconds() // 60)} minutes."
-            )
+        if wait:
+            message = f"{message}. Too many failed logins: wait {wait} seconds before the next try."
         return login_form(request, error=message, status=401, name=name)
-    except (errors.LoginLocked, errors.Forbidden) as exc:
+    except errors.LoginThrottled as exc:
+        response = login_form(request, error=_sentence(exc.message), status=429, name=name)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except errors.Forbidden as exc:
         return login_form(request, error=exc.message, status=exc.status, name=name)
     with db.write(engine) as conn:
         old = request.cookies.get(auth.SESSION_COOKIE)
         if old:  # logging in again, maybe as someone else: the old session ends here
             auth.end_session(conn, old)
+        auth.record_login(conn, name, address)
         token, _ = auth.create_session(conn, user.id)
     response = pages.redirect(pages.safe_next(next))
     response.set_cookie(
@@ -90,6 +93,10 @@ def log_in(
     )  # fmt: skip
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:] + "."
 
 
 @router.post("/logout")

@@ -1,0 +1,249 @@
+"""Attacks on accounts, played as an outsider or a user would, on every backend: locking
+the admin out by guessing at their name, telling real names from unknown ones by how the
+login answers, inheriting a deleted user's jobs, and names that pass for someone else's.
+
+Two source addresses are two TestClients with different client addresses: the server
+sees exactly what uvicorn would hand it from the socket.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+
+from jobbalancer import auth, db, errors, workers
+from jobbalancer.api import create_app
+from jobbalancer.db import schema
+from jobbalancer.settings import Settings
+from tests.e2e.conftest import Cluster, make_cluster
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*httpx.*", category=UserWarning)
+    from fastapi.testclient import TestClient
+
+PASSWORD = "correct horse battery staple"
+ATTACKER, ADMIN_DESK, ANOTHER_ATTACKER = "203.0.113.66", "198.51.100.10", "203.0.113.77"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_ = make_cluster  # a fixture from the end-to-end harness, used by name below
+
+
+@dataclass
+class Target:
+    """The app under test, its first admin, and browsers at chosen addresses."""
+
+    app: FastAPI
+    engine: sa.Engine
+    admin_password: str
+    admin_key: str
+    clients: list[TestClient] = field(default_factory=list)
+
+    def browser(self, address: str) -> TestClient:
+        client = TestClient(self.app, follow_redirects=False, client=(address, 40000))
+        client.headers["Accept"] = "text/html,application/xhtml+xml,*/*;q=0.8"
+        self.clients.append(client)
+        return client
+
+    def api(self, key: str) -> TestClient:
+        client = TestClient(self.app, headers={"Authorization": f"Bearer {key}"})
+        self.clients.append(client)
+        return client
+
+    def login(self, client: TestClient, name: str, password: str) -> Any:
+        form = client.get("/login")
+        assert form.status_code == 200
+        token = _CSRF.search(form.text)
+        assert token
+        return client.post(
+            "/login", data={"name": name, "password": password, "csrf_token": token[1]}
+        )
+
+
+@pytest.fixture
+def target(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
+    # argon2id at full cost would only make the test slow; the dummy hash for unknown
+    # names is made by whatever hasher is in use, so the cost stays alike on both paths.
+    monkeypatch.setattr(
+        auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    )
+    app = create_app(Settings(), engine, supervise=False)
+    first = app.state.first_admin
+    assert first is not None
+    result = Target(app=app, engine=engine, admin_password=first[1], admin_key=first[2])
+    yield result
+    for client in result.clients:
+        client.close()
+
+
+@pytest.fixture
+def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waits of a minute and more, so no wait runs out while a test is still guessing:
+    what the tests see does not depend on how fast the backend answers."""
+    monkeypatch.setattr(auth, "FIRST_WAIT", timedelta(minutes=1))
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_guessing_the_admins_password_from_one_address_does_not_lock_the_admin_out(
+    target: Target,
+) -> None:
+    # Given an attacker who tries 20 passwords for "admin" from their address
+    attacker = target.browser(ATTACKER)
+    codes = [target.login(attacker, "admin", f"guess-{i}").status_code for i in range(20)]
+    # Then they are slowed down (and never get in) …
+    assert set(codes) == {401, 429} and codes.count(429) > 0
+    assert target.login(attacker, "admin", target.admin_password).status_code == 429
+    # … while the admin, from their own desk, logs in right away
+    desk = target.browser(ADMIN_DESK)
+    assert target.login(desk, "admin", target.admin_password).status_code == 303
+    assert desk.get("/").status_code == 200
+    # and the admin's API key never noticed
+    assert target.api(target.admin_key).get("/api/v1/me").json()["name"] == "admin"
+
+
+def _normalized(response: Any, name: str) -> tuple[int, bool, str]:
+    """What an answer tells: status, whether it says to wait, and the page, without the
+    name typed in (the form shows it again), the form's random token and the seconds
+    left (which differ by request and by the clock, not by account)."""
+    body = _CSRF.sub("", response.text).replace(f'value="{name}"', 'value="NAME"')
+    body = re.sub(r"\d+ seconds", "N seconds", body)
+    return response.status_code, "retry-after" in response.headers, body
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_a_known_name_and_an_unknown_one_are_answered_alike(target: Target) -> None:
+    # Given two attackers, one trying the admin's name, the other a name nobody has
+    answers: dict[str, list[tuple[int, bool, str]]] = {}
+    for name, address in (("admin", ATTACKER), ("nobodyx", ANOTHER_ATTACKER)):
+        client = target.browser(address)
+        answers[name] = [_normalized(target.login(client, name, "guess"), name) for _ in range(12)]
+    # Then every answer is the same, in the same order: status, wait and page alike
+    assert answers["admin"] == answers["nobodyx"]
+    throttled = [status for status, _, _ in answers["admin"] if status == 429]
+    assert len(throttled) > 0  # the unknown name was throttled just as much
+    # And the throttling table does not tell them apart either: one row per name and
+    # address, holding a digest rather than the name
+    with db.read(target.engine) as conn:
+        failures = conn.execute(
+            sa.select(auth.LF.c.account, auth.LF.c.failures).where(
+                auth.LF.c.account != auth.ANY_ACCOUNT
+            )
+        ).all()
+    assert sorted(count for _, count in failures) == [auth.FREE_FAILURES + 1] * 2
+    assert not any(name in account for account, _ in failures for name in ("admin", "nobodyx"))
+
+
+def test_a_new_user_does_not_inherit_a_deleted_users_jobs(target: Target) -> None:
+    admin = target.api(target.admin_key)
+    # Given alice, who submitted a job, and was then deleted
+    alice = admin.post("/api/v1/users", json={"name": "alice", "role": "submitter"}).json()
+    alice_key = admin.post(f"/api/v1/users/{alice['id']}/api-keys", json={"name": "k"})
+    job = target.api(alice_key.json()["key"]).post("/api/v1/jobs", json={"command": "echo"})
+    assert job.status_code == 201, job.text
+    job_id = job.json()["id"]
+    assert admin.delete(f"/api/v1/users/{alice['id']}").status_code == 204
+    # When a new user is made, under her name even
+    mallory = admin.post("/api/v1/users", json={"name": "alice", "role": "submitter"}).json()
+    key = admin.post(f"/api/v1/users/{mallory['id']}/api-keys", json={"name": "k"}).json()
+    # Then the new user has a new id …
+    assert mallory["id"] > alice["id"]
+    # … and none of alice's jobs: not listed, not readable, not changeable
+    newcomer = target.api(key["key"])
+    assert newcomer.get("/api/v1/jobs").json()["items"] == []
+    assert newcomer.get(f"/api/v1/jobs/{job_id}").status_code == 404
+    assert newcomer.get(f"/api/v1/jobs/{job_id}/log").status_code == 404
+    assert newcomer.post(f"/api/v1/jobs/{job_id}/restart").status_code == 404
+    assert newcomer.delete(f"/api/v1/jobs/{job_id}").status_code == 404
+    # The job is still there, still the deleted user's, for the admin to see
+    kept = admin.get(f"/api/v1/jobs/{job_id}")
+    assert kept.status_code == 200 and kept.json()["user"] == "alice"
+    with db.read(target.engine) as conn:
+        owner = conn.execute(sa.select(schema.jobs.c.user_id).where(schema.jobs.c.id == job_id))
+        assert owner.scalar_one() == alice["id"]  # the deleted one's, never the newcomer's
+    assert any(j["id"] == job_id for j in admin.get("/api/v1/jobs").json()["items"])
+    desk = target.browser(ADMIN_DESK)
+    assert target.login(desk, "admin", target.admin_password).status_code == 303
+    assert desk.get(f"/jobs/{job_id}").status_code == 200
+    assert desk.get("/jobs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["admin\u200b", "\u0430dmin", "x\u0085y", "admin\u202e", "\uff41dmin", "ad\u00admin"],
+    ids=ascii,
+)
+def test_names_that_pass_for_someone_elses_are_refused(target: Target, name: str) -> None:
+    admin = target.api(target.admin_key)
+    for path, spec in (
+        ("/api/v1/users", {"name": name, "role": "viewer"}),
+        ("/api/v1/worker-classes", {"name": name}),
+        ("/api/v1/scripts", {"name": name, "interpreter": "bash", "content": "true"}),
+    ):
+        r = admin.post(path, json=spec)
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["field"] == "name"
+
+
+@pytest.mark.parametrize("field", ["env", "labels"])
+def test_keys_with_a_trailing_newline_are_refused(target: Target, field: str) -> None:
+    admin = target.api(target.admin_key)
+    r = admin.post("/api/v1/jobs", json={"command": "true", field: {"KEY\n": "x"}})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+
+
+def test_a_worker_cannot_register_under_a_name_that_passes_for_another(
+    target: Target,
+) -> None:
+    for name in ("node-1\u200b", "n\u043ede-1"):  # zero-width space; a Cyrillic o
+        with pytest.raises(errors.InvalidInput) as caught, db.write(target.engine) as conn:
+            workers.register(
+                conn, name=name, host="h", worker_class="default", max_jobs=1, pid=1,
+                version="test", stats=workers.Stats(),
+            )  # fmt: skip
+        assert caught.value.field == "name"
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "x" * 200, "\U0001f600", "admin\n", "' OR 1=1 --"])
+def test_any_name_typed_at_the_login_gets_an_answer_never_an_error(
+    target: Target, name: str
+) -> None:
+    client = target.browser(ATTACKER)
+    for _ in range(auth.FREE_FAILURES + 2):
+        r = target.login(client, name, "guess")
+        assert r.status_code in (401, 429), r.text
+
+
+def test_a_real_server_counts_failures_by_socket_address_not_x_forwarded_for(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    # Given a real server (uvicorn would believe X-Forwarded-For from 127.0.0.1 by default)
+    cluster = make_cluster("sqlite")
+    engine = db.connect(cluster.database_url)
+    try:
+        # When an attacker on this host sends each guess "from" another address
+        with httpx.Client(base_url=cluster.url, follow_redirects=False) as client:
+            for i in range(auth.FREE_FAILURES + 1):
+                form = client.get("/login")
+                token = _CSRF.search(form.text)
+                assert token
+                r = client.post(
+                    "/login",
+                    data={"name": "admin", "password": "guess", "csrf_token": token[1]},
+                    headers={"X-Forwarded-For": f"192.0.2.{i + 1}", "Forwarded": "for=1.2.3.4"},
+                )
+                assert r.status_code in (401, 429)
+        # Then every failure counted against the one address the socket saw
+        with db.read(engine) as conn:
+            addresses = set(conn.execute(sa.select(auth.LF.c.address)).scalars())
+        assert addresses == {"127.0.0.1"}
+    finally:
+        engine.dispose()
