@@ -425,18 +425,10 @@ def up(
     )
     plan = _UpPlan.make(loaded, workers, config)
     plan.check_privileges()
-    _undumpable()
+    procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
     first_admin = _prepare_database(loaded.database_url)
     code = _Supervisor(plan).run(lambda: _print_up_panel(plan, first_admin))
     raise typer.Exit(code)
-
-
-def _undumpable() -> None:
-    """No job, even one of this process's uid, reads its settings from /proc/PID/environ
-    or its memory (see runner.make_undumpable)."""
-    from jobbalancer.worker import runner
-
-    runner.make_undumpable()
 
 
 @dataclass(frozen=True)
@@ -559,7 +551,6 @@ class _Supervisor:
     last_signal: float = -_SIGNAL_DEBOUNCE
 
     def run(self, announce: Callable[[], None]) -> int:
-        procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._run(announce)
@@ -821,7 +812,6 @@ def server(
         },
     )
     check_server_privileges(allow_root=loaded.server.allow_root)
-    _undumpable()
     _setup_logging(loaded.log_level)
     run_server(loaded, access_log=access_log)
 

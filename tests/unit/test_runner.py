@@ -1228,18 +1228,3 @@ def test_interpreters_are_checked_as_the_jobs_user(
     with pytest.raises(runner.StartError, match="not found or not executable"):
         runner.JobProcess(absolute, Captured()).start()
     assert _busy(pool) == []
-
-
-def test_make_undumpable_hides_the_environment_from_the_same_uid() -> None:
-    if not LINUX:
-        pytest.skip("Linux only")
-    code = (
-        "import ctypes, os; from jobbalancer.worker import runner; "
-        "assert runner.make_undumpable(); "
-        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), os.stat('/proc/self/environ').st_uid)"
-    )  # 3: PR_GET_DUMPABLE
-
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-
-    # Not dumpable: its /proc files are root's and it cannot be traced, whoever runs it
-    assert done.stdout.split() == ["0", "0"]

@@ -25,7 +25,7 @@ from typing import TypeVar
 import psutil
 import sqlalchemy as sa
 
-from jobbalancer import __version__, balancer, db, errors, jobs, settings, workers
+from jobbalancer import __version__, balancer, db, errors, jobs, procsec, settings, workers
 from jobbalancer.settings import Settings, WorkerSettings
 from jobbalancer.worker import runner, uids
 from jobbalancer.worker.output import OutputSink
@@ -176,7 +176,7 @@ class Worker:
         """
         check_privileges(self.ws)
         # So that no job, even one of the worker's own uid, reads its environment or memory.
-        runner.make_undumpable()
+        procsec.make_undumpable()
         runner.become_subreaper()
         if self.ws.run_as == DYNAMIC and self._uid_pool is None:
             try:

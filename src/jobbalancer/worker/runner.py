@@ -81,7 +81,6 @@ _TICK: Final = 0.1  # longest sleep of the wait loop: bounds how late kill() is 
 _COLLECT_EVERY: Final = 0.5  # how often the process tree is re-read
 _DRAIN: Final = 0.5  # reading on after the tree is gone, for output still in the pipes
 _GIVE_UP: Final = 5.0  # after SIGKILL, how long to wait for descendants stuck in the kernel
-_PR_SET_DUMPABLE: Final = 4
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_GET_CHILD_SUBREAPER: Final = 37
 _SURE_TRIES: Final = 3  # reads of the worker's children before falling back to a /proc walk
@@ -195,22 +194,6 @@ def clean_up_after(owner: str) -> tuple[int, int]:
             _remove_dir(str(path))
             removed += 1
     return killed, removed
-
-
-def make_undumpable() -> bool:
-    """Make this process non-dumpable (Linux); True if it worked.
-
-    Its /proc files (environ, mem, maps…) then belong to root and it cannot be traced
-    without CAP_SYS_PTRACE: a job running under the same uid (an unprivileged worker's)
-    cannot read the worker's settings from its environment or memory. It also means no
-    core dumps. A job's own processes are dumpable again once they exec.
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    zero = ctypes.c_ulong(0)
-    result: int = libc.prctl(_PR_SET_DUMPABLE, zero, zero, zero, zero)
-    return result == 0
 
 
 def become_subreaper() -> bool:
