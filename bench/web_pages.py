@@ -26,7 +26,8 @@ from typing import Any
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
-from jobbalancer import auth, db, workers
+from jobbalancer import auth, db
+from jobbalancer import registry as workers
 from jobbalancer.api import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import Settings

@@ -70,16 +70,19 @@ _SIGNAL_DEBOUNCE = 1.0  # seconds within which a repeated stop signal counts onc
 # -- the command tree, and the one place errors become messages and exit codes ------------
 
 
+# What becomes a message and an exit code rather than a traceback.
+_REPORTED: tuple[type[Exception], ...] = (
+    errors.JobBalancerError,
+    client_mod.ClientError,
+    *db.UNAVAILABLE,
+)
+
+
 class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # Any: typer's vendored click Context
         try:
             return super().invoke(ctx)
-        except (
-            errors.JobBalancerError,
-            client_mod.ClientError,
-            sa.exc.OperationalError,
-            sa.exc.InterfaceError,
-        ) as exc:
+        except _REPORTED as exc:
             raise typer.Exit(_report(exc, ctx)) from None
 
 
@@ -122,15 +125,16 @@ def _describe(exc: Exception, ctx: typer.Context | None) -> tuple[int, str]:
         return _describe_api_error(exc)
     if isinstance(exc, client_mod.ClientError):
         return RET_ERROR, str(exc)
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return RET_DATABASE, _database_hint(f"cannot use the database: {exc.orig}", ctx)
+    if isinstance(exc, db.UNAVAILABLE) and not isinstance(exc, errors.JobBalancerError):
+        return RET_DATABASE, _database_hint(
+            f"cannot use the database: {getattr(exc, 'orig', exc)}", ctx
+        )
     assert isinstance(exc, errors.JobBalancerError)
     return _describe_error(exc, ctx)
 
 
 def _describe_api_error(exc: client_mod.ApiError) -> tuple[int, str]:
-    where = f" ({exc.field})" if exc.field and exc.field not in exc.message else ""
-    message = f"{exc.message}{where}"
+    message = errors.with_field(exc.message, exc.field)
     if exc.status == 401:
         return RET_AUTH, (
             f"{message}. Pass an API key with --api-key or {ENV}API_KEY; an admin makes "
@@ -154,8 +158,7 @@ def _describe_api_error(exc: client_mod.ApiError) -> tuple[int, str]:
 
 
 def _describe_error(exc: errors.JobBalancerError, ctx: typer.Context | None) -> tuple[int, str]:
-    where = f" ({exc.field})" if exc.field and exc.field not in exc.message else ""
-    message = f"{exc.message}{where}"
+    message = errors.with_field(exc.message, exc.field)
     if isinstance(exc, errors.RootRefused):
         return RET_ROOT, message
     if isinstance(exc, errors.ConfigError):

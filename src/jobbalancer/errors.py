@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def with_field(message: str, field: str | None) -> str:
+    """``message``, naming ``field`` in front unless it already does (every message a person
+    reads names the field it is about)."""
+    return f"{field}: {message}" if field and field not in message else message
+
+
 class JobBalancerError(Exception):
     """Something went wrong in jobbalancer."""
 

@@ -14,8 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, jobs, settings, workers
-from jobbalancer.errors import DatabaseUnavailable
+from jobbalancer import balancer, db, jobs, registry, settings
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +34,8 @@ def check_workers(engine: sa.Engine, *, reachable_since: datetime | None = None)
             return []
         cutoff = now - timedelta(seconds=timeout)
         gone = []
-        for worker_id in workers.silent_since(conn, cutoff):
-            if not workers.mark_offline(conn, worker_id, cutoff):
+        for worker_id in registry.silent_since(conn, cutoff):
+            if not registry.mark_offline(conn, worker_id, cutoff):
                 continue
             gone.append(worker_id)
             back = jobs.unassign_worker(conn, worker_id)
@@ -95,7 +94,7 @@ class Supervisor:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError):
+            except db.UNAVAILABLE:
                 if not self._unreachable:
                     log.warning("database unavailable; the supervisor retries every %.1f s",
                                 self.interval)  # fmt: skip

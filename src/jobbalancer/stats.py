@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import db, jobs, workers
+from jobbalancer import db, jobs, registry
 from jobbalancer.db import schema
 
 J = schema.jobs
@@ -79,7 +79,7 @@ def by_worker(conn: sa.Connection) -> list[WorkerCount]:
             active_jobs=w.active_jobs,
             jobs=per_worker.get(w.id, {}),
         )
-        for w in workers.list_all(conn)
+        for w in registry.list_all(conn)
     ]
 
 

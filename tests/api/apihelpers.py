@@ -11,7 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from jobbalancer import auth, balancer, db, jobs, workers
+from jobbalancer import auth, balancer, db, jobs
+from jobbalancer import registry as workers
 from jobbalancer.db import schema
 from jobbalancer.db.types import utcnow
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, jobs, workers
+from jobbalancer import balancer, db, jobs
+from jobbalancer import registry as workers
 
 DEFAULT_CLASS = 1  # the class the first migration puts in
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import balancer, classes, db, jobs, settings, workers
+from jobbalancer import balancer, classes, db, jobs, settings
+from jobbalancer import registry as workers
 from jobbalancer.db import schema
 from jobbalancer.jobs import State
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import db, errors, jobs, monitor, settings, workers
+from jobbalancer import db, errors, jobs, monitor, settings
+from jobbalancer import registry as workers
 from jobbalancer.db import schema
 from jobbalancer.jobs import State
 

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from jobbalancer import auth, db, workers
+from jobbalancer import auth, db
+from jobbalancer import registry as workers
 from jobbalancer.api import create_app
 from jobbalancer.settings import Settings
 

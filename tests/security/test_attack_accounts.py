@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from jobbalancer import auth, db, errors, workers
+from jobbalancer import auth, db, errors
+from jobbalancer import registry as workers
 from jobbalancer.api import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import Settings

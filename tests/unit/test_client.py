@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from jobbalancer import auth, db, jobs, workers
+from jobbalancer import auth, db, jobs
+from jobbalancer import registry as workers
 from jobbalancer.api.app import create_app
 from jobbalancer.client import (
     ApiError,

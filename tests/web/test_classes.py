@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobbalancer import classes, db, workers
+from jobbalancer import classes, db
+from jobbalancer import registry as workers
 from tests.web.conftest import Web
 
 

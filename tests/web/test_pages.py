@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, db, jobs, settings, workers
+from jobbalancer import auth, balancer, db, jobs, settings
+from jobbalancer import registry as workers
 from jobbalancer.db import schema
 from jobbalancer.web.routes import jobs as web_jobs
 from tests.web.conftest import PASSWORD, Web

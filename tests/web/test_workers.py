@@ -8,7 +8,8 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import classes, db, workers
+from jobbalancer import classes, db
+from jobbalancer import registry as workers
 from jobbalancer.db import schema
 from tests.web.conftest import Web
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, jobs, workers
+from jobbalancer import auth, balancer, classes, jobs, registry
 from jobbalancer.api import deps
 
 
@@ -23,14 +23,14 @@ def kill_job(conn: sa.Connection, user: auth.User, job_id: int) -> jobs.Job:
     return jobs.get(conn, job_id)
 
 
-def update_worker(conn: sa.Connection, worker_id: int, changes: dict[str, Any]) -> workers.Worker:
+def update_worker(conn: sa.Connection, worker_id: int, changes: dict[str, Any]) -> registry.Worker:
     """Change max_jobs, worker_class (a name or id) or enabled."""
     if "worker_class" in changes:
         changes = {**changes, "worker_class": classes.find(conn, changes["worker_class"]).id}
-    workers.update(conn, worker_id, changes)
+    registry.update(conn, worker_id, changes)
     # More slots, another class, or enabled again: waiting jobs may fit now.
     balancer.assign_waiting(conn, worker_id=worker_id)
-    return workers.get(conn, worker_id)
+    return registry.get(conn, worker_id)
 
 
 def update_class(

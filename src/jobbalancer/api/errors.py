@@ -82,8 +82,7 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 def error_response(exc: errors.JobBalancerError) -> JSONResponse:
     content = exc.to_dict()
-    if exc.field and exc.field not in exc.message:
-        content["message"] = f"{exc.field}: {exc.message}"  # every message names its field
+    content["message"] = errors.with_field(exc.message, exc.field)
     if isinstance(exc, errors.Occupied) and exc.job is not None:
         content["job"] = exc.job
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

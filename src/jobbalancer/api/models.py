@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
 )
 
-from jobbalancer import auth, classes, jobs, refs, scripts, stats, workers
+from jobbalancer import auth, classes, jobs, refs, registry, scripts, stats
 from jobbalancer.refs import MAX_ID
 
 # Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
@@ -302,7 +302,7 @@ class Worker(BaseModel):
     last_heartbeat_at: Time
 
     @classmethod
-    def from_worker(cls, w: workers.Worker) -> Worker:
+    def from_worker(cls, w: registry.Worker) -> Worker:
         memory = None
         if w.memory_total is not None or w.memory_available is not None:
             memory = Memory(total=w.memory_total, available=w.memory_available)

@@ -36,6 +36,14 @@ __all__ = ["connect", "normalize_url", "read", "schema", "upgrade", "utcnow", "w
 
 log = logging.getLogger(__name__)
 
+# What "the database is away" looks like to a caller: our own translation, or a driver error
+# that _translate_errors() let through (a lock timeout, "database is locked"). Retry later.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    DatabaseUnavailable,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+)
+
 # The drivers we ship; a bare "postgresql://" or "mysql://" URL gets ours.
 _DRIVERS = {
     "postgresql": "postgresql+psycopg",

@@ -55,7 +55,7 @@ error next to a form instead of an error page, catch ``errors.JobBalancerError``
 render the page again with ``error=exc.message`` (see ``routes/settings.py``).
 Show buttons only to roles that may use them (``user.is_admin``, ``can_operate``): the
 server refuses anyway, but a viewer should not see buttons that fail. The nav entry is
-``pages.NAV``; ``active`` is its key. Write through the managers (jobs.py, workers.py,
+``pages.NAV``; ``active`` is its key. Write through the managers (jobs.py, registry.py,
 …), never to tables. Browser tests live in ``tests/browser`` (``admin_page``,
 ``login_as``, ``screenshot`` fixtures).
 """

@@ -25,7 +25,7 @@ from typing import TypeVar
 import psutil
 import sqlalchemy as sa
 
-from jobbalancer import __version__, balancer, db, errors, jobs, procsec, settings, workers
+from jobbalancer import __version__, balancer, db, errors, jobs, procsec, registry, settings
 from jobbalancer.settings import Settings, WorkerSettings
 from jobbalancer.worker import runner, uids
 from jobbalancer.worker.output import OutputSink
@@ -90,9 +90,9 @@ def isolation(ws: WorkerSettings) -> str:
     )
 
 
-def machine_stats() -> workers.Stats:
+def machine_stats() -> registry.Stats:
     memory = psutil.virtual_memory()
-    return workers.Stats(
+    return registry.Stats(
         load=round(os.getloadavg()[0], 2),
         cpu_count=psutil.cpu_count() or None,
         memory_total=int(memory.total),
@@ -245,7 +245,7 @@ class Worker:
 
         def register() -> tuple[int, str]:
             with db.write(self.engine) as conn:
-                ids = workers.register(
+                ids = registry.register(
                     conn, name=self.name, host=host, worker_class=self.ws.worker_class,
                     max_jobs=self.ws.max_jobs, pid=os.getpid(), version=__version__,
                     stats=stats,
@@ -272,7 +272,7 @@ class Worker:
     def _free_name(self, host: str) -> str:
         """The host name, or host-2, host-3… when a live worker on this host has it."""
         with db.read(self.engine) as conn:
-            taken = {w.name: w for w in workers.list_all(conn) if w.name.startswith(host)}
+            taken = {w.name: w for w in registry.list_all(conn) if w.name.startswith(host)}
         for n in range(1, 1000):
             name = host if n == 1 else f"{host}-{n}"
             other = taken.get(name)
@@ -294,7 +294,7 @@ class Worker:
     def _heartbeat(self) -> None:
         stats = machine_stats()
         with db.write(self.engine) as conn:
-            state = workers.heartbeat(conn, self.worker_id, self.session, stats)
+            state = registry.heartbeat(conn, self.worker_id, self.session, stats)
             self.tunables = settings.load_tunables(conn)
         if state is None and not self._draining.is_set():
             self._lost_session()
@@ -498,7 +498,7 @@ class Worker:
 
         try:
             stale, fresh = self.sink.finish_many([r.job.id for r in reports], record)
-        except _DATABASE_AWAY as exc:
+        except db.UNAVAILABLE as exc:
             # The database is away: keep the reports (and their output) and try again.
             if self._report_failing_since is None:
                 self._report_failing_since = time.monotonic()
@@ -551,7 +551,7 @@ class Worker:
                 else:
                     stale.append(job_id)
                     continue
-            except _DATABASE_AWAY as exc:
+            except db.UNAVAILABLE as exc:
                 log.warning("job %d: cannot record its end (%s); retrying", job_id, exc)
                 later.add(job_id)
                 continue
@@ -649,7 +649,7 @@ class Worker:
             with db.write(self.engine) as conn:
                 # Under the assign lock, so no balancer hands us a job after this.
                 db.lock_row(conn, "assign")
-                workers.set_state(conn, self.worker_id, self.session, "draining")
+                registry.set_state(conn, self.worker_id, self.session, "draining")
                 jobs.unassign_worker(conn, self.worker_id)
 
         self._try(draining, "mark the worker draining")
@@ -683,7 +683,7 @@ class Worker:
         def offline() -> None:
             with db.write(self.engine) as conn:
                 db.lock_row(conn, "assign")
-                workers.set_state(conn, self.worker_id, self.session, "offline")
+                registry.set_state(conn, self.worker_id, self.session, "offline")
                 jobs.unassign_worker(conn, self.worker_id)
 
         self._try(offline, "mark the worker offline")
@@ -699,11 +699,7 @@ class Worker:
         while True:
             try:
                 return fn()
-            except (
-                errors.DatabaseUnavailable,
-                sa.exc.OperationalError,
-                sa.exc.InterfaceError,
-            ) as exc:
+            except db.UNAVAILABLE as exc:
                 if self._hard_stop.is_set() and self._signals > 1:
                     raise
                 if not warned:
@@ -720,8 +716,6 @@ class Worker:
 
 
 _SIGNALS = {s.value for s in signal.Signals}
-# Errors that mean the database is away (for now): a report is kept and tried again.
-_DATABASE_AWAY = (errors.DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError)
 # Tries to record a job's end that failed otherwise, before it is recorded as failed.
 _REPORT_TRIES = 3
 

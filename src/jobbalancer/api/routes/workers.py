@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
-from jobbalancer import db, workers
+from jobbalancer import db, registry
 from jobbalancer.api import actions, models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
@@ -20,13 +20,13 @@ WorkerId = Annotated[int, Path(ge=1, le=MAX_ID, description="The worker's id.")]
 def list_workers(user: CurrentUser, engine: EngineDep) -> list[models.Worker]:
     """Every registered worker, by name."""
     with db.read(engine) as conn:
-        return [models.Worker.from_worker(w) for w in workers.list_all(conn)]
+        return [models.Worker.from_worker(w) for w in registry.list_all(conn)]
 
 
 @router.get("/{worker_id}")
 def get_worker(worker_id: WorkerId, user: CurrentUser, engine: EngineDep) -> models.Worker:
     with db.read(engine) as conn:
-        return models.Worker.from_worker(workers.get(conn, worker_id))
+        return models.Worker.from_worker(registry.get(conn, worker_id))
 
 
 @router.patch("/{worker_id}")
@@ -48,5 +48,5 @@ def update_worker(
 def delete_worker(worker_id: WorkerId, user: Operator, engine: EngineDep) -> Response:
     """Remove an offline worker from the list (409 while it is online or draining)."""
     with db.write(engine) as conn:
-        workers.delete(conn, worker_id)
+        registry.delete(conn, worker_id)
     return Response(status_code=204)

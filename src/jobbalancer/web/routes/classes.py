@@ -14,7 +14,7 @@ import pydantic
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
-from jobbalancer import classes, db, errors, workers
+from jobbalancer import classes, db, errors, registry
 from jobbalancer.api import actions, models
 from jobbalancer.api import errors as api_errors
 from jobbalancer.refs import MAX_ID
@@ -40,7 +40,7 @@ def _render(
 ) -> Response:
     with db.read(page.engine) as conn:
         found = classes.list_all(conn)
-        in_class = Counter(w.worker_class_id for w in workers.list_all(conn))
+        in_class = Counter(w.worker_class_id for w in registry.list_all(conn))
     return page.render(
         "classes.html",
         active="classes",

@@ -199,11 +199,7 @@ def submit(page: deps.Submitter) -> Response:
         _, message = api_errors.describe(exc.errors()[0])
         return _render_jobs(page, ListQuery(), form=form, form_error=message, status=422)
     except errors.JobBalancerError as exc:
-        message = (
-            f"{exc.field}: {exc.message}"
-            if exc.field and exc.field not in exc.message
-            else exc.message
-        )
+        message = errors.with_field(exc.message, exc.field)
         return _render_jobs(page, ListQuery(), form=form, form_error=message, status=exc.status)
     if job.state == jobs.State.OCCUPIED:
         return pages.redirect(

@@ -15,7 +15,7 @@ import pydantic
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
-from jobbalancer import classes, db, errors, workers
+from jobbalancer import classes, db, errors, registry
 from jobbalancer.api import actions, models
 from jobbalancer.api import errors as api_errors
 from jobbalancer.refs import MAX_ID
@@ -28,12 +28,12 @@ WorkerId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 def _listing(page: deps.Page) -> dict[str, Any]:
     with db.read(page.engine) as conn:
-        return {"workers": workers.list_all(conn), "now": db.now(conn)}
+        return {"workers": registry.list_all(conn), "now": db.now(conn)}
 
 
 @router.get("/workers")
 def workers_page(page: deps.Viewer) -> Response:
-    return page.render("workers.html", active="workers", **_listing(page))
+    return page.render("registry.html", active="workers", **_listing(page))
 
 
 @router.get("/workers/table")
@@ -51,7 +51,7 @@ def worker_page(worker_id: WorkerId, page: deps.Viewer) -> Response:
 def worker_machine(worker_id: WorkerId, page: deps.Viewer) -> Response:
     """The worker's figures alone, for its page's refresh (htmx)."""
     with db.read(page.engine) as conn:
-        worker = workers.get(conn, worker_id)
+        worker = registry.get(conn, worker_id)
         now = db.now(conn)
     return page.render("_worker_machine.html", worker=worker, now=now)
 
@@ -65,7 +65,7 @@ def _render_worker(
     status: int = 200,
 ) -> Response:
     with db.read(page.engine) as conn:
-        worker = workers.get(conn, worker_id)
+        worker = registry.get(conn, worker_id)
         found = classes.list_all(conn)
         now = db.now(conn)
     if form is None:
@@ -120,8 +120,8 @@ def enable_worker(worker_id: WorkerId, page: deps.Operator) -> Response:
 def remove_worker(worker_id: WorkerId, page: deps.Operator) -> Response:
     """Remove an offline worker from the list (a live one is refused, with the reason)."""
     with db.write(page.engine) as conn:
-        name = workers.get(conn, worker_id).name
-        workers.delete(conn, worker_id)
+        name = registry.get(conn, worker_id).name
+        registry.delete(conn, worker_id)
     return pages.redirect("/workers", f"Worker {name} removed.")
 
 
