@@ -23,7 +23,8 @@
 
 ``--quick`` runs fewer jobs (400, 50 for latency, queue up to 10k, 20 MB of output).
 ``--profile DIR`` has py-spy (if installed) sample the server and the worker during the
-sequential loop; ``python -m bench.profile DIR/*.txt`` summarises the stacks.
+sequential loop (DIR/N/ for run N when --repeat > 1); ``python -m bench.profile
+DIR/*.txt`` summarises the stacks.
 The machine may be shared: figures are medians of ``--repeat`` runs and the ratios compare
 with a baseline taken in the same run. PostgreSQL and MariaDB are expected on 127.0.0.1
 (see bench/cluster.py); each run uses a new database and drops it. The web pages have
@@ -119,10 +120,10 @@ def _runs(values: list[float], digits: int = 1) -> str:
 
 def run_sequential(args: argparse.Namespace, backend: str, out: Rows) -> None:
     """The sequential scenario, ``--repeat`` runs; one row of each table per backend."""
-    runs = [
-        seq.sequential(backend, args.jobs, args.latency_jobs, args.profile)
-        for _ in range(args.repeat)
-    ]
+    runs = []
+    for i in range(args.repeat):
+        profile = args.profile and (args.profile / str(i + 1) if args.repeat > 1 else args.profile)
+        runs.append(seq.sequential(backend, args.jobs, args.latency_jobs, profile))
 
     def each(figure: Callable[[seq.SeqRun], float], digits: int = 1) -> str:
         return _runs([figure(r) for r in runs], digits)

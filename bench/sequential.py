@@ -25,6 +25,7 @@ and writes their collapsed stacks there (``python -m bench.profile`` summarises 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -212,8 +213,11 @@ def _latency(cluster: Cluster, n: int) -> tuple[list[float], list[float], list[f
 
 @contextmanager
 def _profiled(cluster: Cluster, out: Path | None) -> Iterator[None]:
-    """py-spy samples the server and the worker (collapsed stacks, 250 Hz, without pausing
-    them) while the block runs; nothing when ``out`` is None."""
+    """py-spy samples the server and the worker while the block runs, without pausing them
+    (collapsed stacks, 200 Hz): ``<backend>-<process>.txt`` every thread not asleep (on a
+    CPU, or waiting for one), ``…-gil.txt`` only the thread holding the GIL (Python
+    running; C code that lets the GIL go, such as SQLite's step or a socket write, is
+    not in it). Nothing when ``out`` is None."""
     venv_bin = str(Path(sys.executable).parent)
     spy = shutil.which("py-spy", path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
     if out is None or spy is None:
@@ -225,10 +229,10 @@ def _profiled(cluster: Cluster, out: Path | None) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     pids = {"server": cluster.server.pid, "worker": cluster.worker_procs[0].pid}
     spies = []
-    for name, pid in pids.items():
-        path = out / f"{cluster.backend}-{name}.txt"
-        argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                "--nonblocking", "--threads", "-o", str(path)]  # fmt: skip
+    for (name, pid), gil in itertools.product(pids.items(), (False, True)):
+        path = out / f"{cluster.backend}-{name}{'-gil' if gil else ''}.txt"
+        argv = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                "--nonblocking", "--threads", "-o", str(path)] + ["--gil"] * gil  # fmt: skip
         spies.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         time.sleep(0.5)  # py-spy attached
