@@ -134,9 +134,10 @@ def run_sequential(args: argparse.Namespace, backend: str, out: Rows) -> None:
         each(lambda r: pct(r.submit_ms, 50)), each(lambda r: pct(r.idle_submit_ms, 50)),
         each(lambda r: pct(r.start_ms, 50)), each(lambda r: pct(r.start_ms, 99)),
         each(lambda r: pct(r.finish_ms, 50)), each(lambda r: pct(r.finish_ms, 99)),
+        each(lambda r: pct([f - s for s, f in zip(r.start_ms, r.finish_ms, strict=True)], 50)),
         each(lambda r: r.floor_rate, 0), each(lambda r: r.floor_cpu_ms, 2),
     ])  # fmt: skip
-    parts = ("machine", *seq.PARTS, "rest")
+    parts = ("machine", "client", "server", "worker", "jobs", "database", "rest")
     out["sequential_cpu"].append([
         backend, *(_runs([r.cpu_ms[k] for r in runs], 2) for k in parts),
         each(lambda r: r.rss_mib["server"], 0), each(lambda r: r.rss_mib["worker"], 0),
@@ -148,16 +149,18 @@ def _print_sequential(args: argparse.Namespace, out: Rows) -> None:
     _table(
         f"6. Sequential: one client, one request per job over a kept-alive connection, "
         f"{args.jobs} jobs of sh -c 'echo hi', 1 worker x {seq.SLOTS} slots ({runs}); "
-        f"latency: {args.latency_jobs} jobs at 20/s into the idle worker; ms",
+        f"latency: {args.latency_jobs} jobs at 20/s into the idle worker (run: started → "
+        f"finished); ms",
         ["backend", "jobs/s", "CPU ms/job", "submit p50", "idle submit p50", "start p50",
-         "p99", "finished p50", "p99", "floor jobs/s", "floor CPU ms/job"],
+         "p99", "finished p50", "p99", "run p50", "floor jobs/s", "floor CPU ms/job"],
         out["sequential"],
     )  # fmt: skip
     _table(
-        "6b. Sequential: CPU ms per job by process (same runs; 'rest' is the machine's "
-        "busy CPU outside them: other load); idle RSS, MiB",
-        ["backend", "machine", "client", "server", "worker+jobs", "database", "rest",
-         "server RSS", "worker RSS"],
+        "6b. Sequential: CPU ms per job by process (same runs; 'of it jobs' is the jobs' own "
+        "sh, inside worker+jobs; 'rest' is the machine's busy CPU outside these processes: "
+        "other load); idle RSS, MiB",
+        ["backend", "machine", "client", "server", "worker+jobs", "of it jobs", "database",
+         "rest", "server RSS", "worker RSS"],
         out["sequential_cpu"],
     )  # fmt: skip
 

@@ -11,7 +11,8 @@ Per run, on a cluster of its own (a server and ONE worker with 4 slots, as root 
    clock) to the last end recorded (``max(finished_at)``, the database's clock, same
    machine). CPU per job: the whole machine's busy CPU over that phase, and by process:
    the client (the submitting thread), the server and the worker (each with its reaped
-   children, so the worker's share holds the jobs' own ``sh``), and the database server
+   children, so the worker's share holds the jobs' own ``sh``, also given apart as
+   "jobs"), and the database server
    (PostgreSQL: this run's backends found by database name plus the shared postmaster,
    checkpointer, writers; MariaDB: the whole ``mariadbd``, shared with anything else using
    it; SQLite runs inside the server and worker);
@@ -60,7 +61,9 @@ Snapshot = dict[int, float]
 @dataclass(frozen=True)
 class SeqRun:
     rate: float  # jobs/s, first submit → last end recorded
-    cpu_ms: dict[str, float]  # per job: "machine", each of PARTS, "rest" (machine - parts)
+    # per job: "machine", each of PARTS, "rest" (machine - parts), "jobs" (the jobs' own
+    # processes, reaped by the worker: a part of "worker")
+    cpu_ms: dict[str, float]
     submit_ms: list[float]  # each submit call of the loop
     idle_submit_ms: list[float]  # each submit call of the latency phase
     start_ms: list[float]  # submit → started_at, latency phase
@@ -91,6 +94,15 @@ def _tree(pid: int) -> Snapshot:
             continue
         total += t.user + t.system + t.children_user + t.children_system
     return {pid: total}
+
+
+def _reaped(pid: int) -> Snapshot:
+    """The CPU of the children a process has reaped: for the worker, its jobs' own."""
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return {}
+    return {pid: t.children_user + t.children_system}
 
 
 def _database(backend: str, dbname: str) -> Snapshot:
@@ -132,6 +144,7 @@ class _Meter:
             "client": lambda: {0: time.thread_time()},
             "server": lambda: _tree(server),
             "worker": lambda: _tree(worker),
+            "jobs": lambda: _reaped(worker),  # part of "worker"
             "database": lambda: _database(cluster.backend, name),
         }
 
