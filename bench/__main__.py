@@ -1,7 +1,8 @@
 """The benchmark suite: ``.venv/bin/python -m bench`` (or ``make bench``) prints a table.
 
-    python -m bench [--quick] [--backend sqlite,postgresql,mysql]
-                    [--only throughput,latency,scale,output,footprint] [--repeat N]
+    python -m bench [--quick] [--backend sqlite,postgresql,mysql] [--repeat N]
+                    [--only throughput,latency,scale,output,footprint,sequential]
+                    [--profile DIR]
 
 1. throughput: 2000 jobs of ``sh -c 'echo hi'`` through the HTTP API, in batches and one
    request per job (4 clients), 2 workers x 2 slots; jobs/s and the ratio to a raw-spawn
@@ -12,9 +13,18 @@
    finish that fills its slot, of a worker's poll and of a balancing pass; list API time;
 4. output: one job writing 100 MB; MB/s into the database, worker peak RSS growth, and
    log read-back speed;
-5. footprint: idle RSS of the server and a worker; CPU ms per job (throughput runs).
+5. footprint: idle RSS of the server and a worker; CPU ms per job (throughput runs);
+6. sequential: ONE client submitting one job per request, one after the other, over a
+   kept-alive connection (``jobbalancer.client``), into one worker with 4 slots: jobs/s,
+   CPU ms per job for the whole machine and by process (client, server, worker with its
+   jobs, database), submit call time, then submit → started / finished at 20/s into the
+   idle worker, the raw-spawn floor of the same run and idle RSS (see bench/sequential.py).
+   Each run is a new cluster; the table gives every run, in order ("a / b").
 
 ``--quick`` runs fewer jobs (400, 50 for latency, queue up to 10k, 20 MB of output).
+``--profile DIR`` has py-spy (if installed) sample the server and the worker during the
+sequential loop (DIR/N/ for run N when --repeat > 1); ``python -m bench.profile
+DIR/*.txt`` summarises the stacks.
 The machine may be shared: figures are medians of ``--repeat`` runs and the ratios compare
 with a baseline taken in the same run. PostgreSQL and MariaDB are expected on 127.0.0.1
 (see bench/cluster.py); each run uses a new database and drops it. The web pages have
@@ -27,13 +37,16 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from bench import output as output_bench
 from bench import scale as scale_bench
+from bench import sequential as seq
 from bench import throughput as tp
 from bench.cluster import BACKENDS, Cluster
 
-SECTIONS = ("throughput", "latency", "scale", "output", "footprint")
+SECTIONS = ("throughput", "latency", "scale", "output", "footprint", "sequential")
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -100,6 +113,58 @@ def run_cluster_benches(args: argparse.Namespace, backend: str, out: Rows) -> No
             ])  # fmt: skip
 
 
+def _runs(values: list[float], digits: int = 1) -> str:
+    """Every run's figure, in order: "185 / 156"."""
+    return " / ".join(_f(v, digits) for v in values)
+
+
+def run_sequential(args: argparse.Namespace, backend: str, out: Rows) -> None:
+    """The sequential scenario, ``--repeat`` runs; one row of each table per backend."""
+    runs = []
+    for i in range(args.repeat):
+        profile = args.profile and (args.profile / str(i + 1) if args.repeat > 1 else args.profile)
+        runs.append(seq.sequential(backend, args.jobs, args.latency_jobs, profile))
+
+    def each(figure: Callable[[seq.SeqRun], float], digits: int = 1) -> str:
+        return _runs([figure(r) for r in runs], digits)
+
+    pct = tp.pct
+    out["sequential"].append([
+        backend, each(lambda r: r.rate, 0), each(lambda r: r.cpu_ms["machine"]),
+        each(lambda r: pct(r.submit_ms, 50)), each(lambda r: pct(r.idle_submit_ms, 50)),
+        each(lambda r: pct(r.start_ms, 50)), each(lambda r: pct(r.start_ms, 99)),
+        each(lambda r: pct(r.finish_ms, 50)), each(lambda r: pct(r.finish_ms, 99)),
+        each(lambda r: pct([f - s for s, f in zip(r.start_ms, r.finish_ms, strict=True)], 50)),
+        each(lambda r: r.floor_rate, 0), each(lambda r: r.floor_cpu_ms, 2),
+    ])  # fmt: skip
+    parts = ("machine", "client", "server", "worker", "jobs", "database", "rest")
+    out["sequential_cpu"].append([
+        backend, *(_runs([r.cpu_ms[k] for r in runs], 2) for k in parts),
+        each(lambda r: r.rss_mib["server"], 0), each(lambda r: r.rss_mib["worker"], 0),
+    ])  # fmt: skip
+
+
+def _print_sequential(args: argparse.Namespace, out: Rows) -> None:
+    runs = "each run in order, a / b" if args.repeat > 1 else "one run"
+    _table(
+        f"6. Sequential: one client, one request per job over a kept-alive connection, "
+        f"{args.jobs} jobs of sh -c 'echo hi', 1 worker x {seq.SLOTS} slots ({runs}); "
+        f"latency: {args.latency_jobs} jobs at 20/s into the idle worker (run: started → "
+        f"finished); ms",
+        ["backend", "jobs/s", "CPU ms/job", "submit p50", "idle submit p50", "start p50",
+         "p99", "finished p50", "p99", "run p50", "floor jobs/s", "floor CPU ms/job"],
+        out["sequential"],
+    )  # fmt: skip
+    _table(
+        "6b. Sequential: CPU ms per job by process (same runs; 'of it jobs' is the jobs' own "
+        "sh, inside worker+jobs; 'rest' is the machine's busy CPU outside these processes: "
+        "other load); idle RSS, MiB",
+        ["backend", "machine", "client", "server", "worker+jobs", "of it jobs", "database",
+         "rest", "server RSS", "worker RSS"],
+        out["sequential_cpu"],
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -110,6 +175,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (median)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per throughput run")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy the server and worker in the sequential loop")  # fmt: skip
     args = parser.parse_args()
     args.backend = [b.strip() for b in args.backend.split(",") if b.strip()]
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -125,7 +192,7 @@ def main() -> None:
     levels = [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
     output_mb = 20 if args.quick else 100
 
-    out: dict[str, list[list[str]]] = {s: [] for s in SECTIONS}
+    out: dict[str, list[list[str]]] = {s: [] for s in (*SECTIONS, "sequential_cpu")}
     for backend in args.backend:
         print(f"running {backend} ...", file=sys.stderr, flush=True)
         if set(args.only) & {"throughput", "latency", "footprint"}:
@@ -137,6 +204,8 @@ def main() -> None:
             o = output_bench.output(backend, output_mb)
             out["output"].append([backend, f"{output_mb} MB", _f(o.mb_per_s), _f(o.rss_growth_mb),
                                   _f(o.read_mb_per_s)])  # fmt: skip
+        if "sequential" in args.only:
+            run_sequential(args, backend, out)
 
     n = args.jobs
     if out["throughput"]:
@@ -171,6 +240,8 @@ def main() -> None:
             ["backend", "server RSS", "worker RSS", "server CPU ms/job", "workers CPU ms/job"],
             out["footprint"],
         )
+    if out["sequential"]:
+        _print_sequential(args, out)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _span(cluster: Cluster, ids: list[int]) -> float:
     return (last - first).total_seconds()
 
 
-def _check_done(cluster: Cluster, ids: list[int]) -> None:
+def check_done(cluster: Cluster, ids: list[int]) -> None:
     """Every job ran and its output and exit code are stored."""
     j, o = schema.jobs, schema.job_output
     with cluster.engine.connect() as conn:
@@ -104,7 +104,7 @@ def throughput(cluster: Cluster, n: int, *, batch: bool) -> Run:
     ids = (submit_batch if batch else submit_singly)(cluster, n)
     cluster.wait_finished(ids)
     after = cluster.cpu_seconds()
-    _check_done(cluster, ids)
+    check_done(cluster, ids)
     cpu = {k: (after[k] - before[k]) * 1000 / n for k in after}
     return Run(n / _span(cluster, ids), cpu)
 
