@@ -347,6 +347,8 @@ class Worker:
             running = self._running.get(job.id)
         return Report.of(job, outcome, pid, running.stopping_reason if running else None)
 
+    # -- freeing slots -------------------------------------------------------------------
+
     def _flush_reports(self) -> bool:
         """Record every job that ended since the last call (see :meth:`Reports.flush`):
         free their slots, and start the jobs taken for them. True if anything was
