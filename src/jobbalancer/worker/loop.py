@@ -1,20 +1,21 @@
-"""The worker loop: register, heartbeat, pick up assigned jobs, report, drain.
+"""The worker loop, the coordinator: pick up assigned jobs, run each in a thread, free
+its slot once its end is recorded, drain.
 
-Deciding and reporting live here; running a process is the runner's
+Deciding lives here. Being registered and heartbeating is the presence's
+(:mod:`jobbalancer.worker.presence`), recording job ends the reports'
+(:mod:`jobbalancer.worker.reports`), running a process the runner's
 (:mod:`jobbalancer.worker.runner`), batching output the sink's
 (:mod:`jobbalancer.worker.output`). Each job gets a thread that starts its process,
-waits for it, and reports the outcome through the job manager.
+waits for it, and hands its end to the reports.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pwd
 import queue
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,13 +23,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
-import psutil
 import sqlalchemy as sa
 
-from jobbalancer import __version__, balancer, db, errors, jobs, procsec, registry, settings
+from jobbalancer import db, errors, jobs, procsec, registry, settings
 from jobbalancer.settings import Settings, WorkerSettings
 from jobbalancer.worker import runner, uids
 from jobbalancer.worker.output import OutputSink
+from jobbalancer.worker.presence import Presence
+from jobbalancer.worker.reports import Report, Reports
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,42 +92,11 @@ def isolation(ws: WorkerSettings) -> str:
     )
 
 
-def machine_stats() -> registry.Stats:
-    memory = psutil.virtual_memory()
-    return registry.Stats(
-        load=round(os.getloadavg()[0], 2),
-        cpu_count=psutil.cpu_count() or None,
-        memory_total=int(memory.total),
-        memory_available=int(memory.available),
-    )
-
-
 @dataclass
 class _Running:
     job: jobs.Job
     process: runner.JobProcess | None = None
     stopping_reason: str | None = None
-
-
-@dataclass
-class _Trouble:
-    """A job's end that failed to be recorded (not because the database was away)."""
-
-    tries: int = 0
-    not_before: float = 0.0  # monotonic time of the next try
-    error: str = "unknown"  # the last failure, said if the job is recorded as failed
-
-
-@dataclass(frozen=True)
-class _Report:
-    """A job that ended, waiting to be recorded with the others that ended meanwhile."""
-
-    job: jobs.Job
-    token: str
-    state: jobs.State
-    error: str | None
-    outcome: runner.Outcome
-    pid: int | None
 
 
 class Worker:
@@ -136,11 +107,6 @@ class Worker:
         self.ws = settings_.worker
         self._own_engine = engine is None
         self.engine = engine or db.connect(settings_.database_url, pool_size=4)
-        self.name = self.ws.name
-        self.worker_id = 0
-        self.session = ""
-        self.owner = ""
-        self.tunables = settings.Tunables()
         self.sink = OutputSink(
             self.engine,
             flush_interval=self.ws.flush_interval,
@@ -149,20 +115,21 @@ class Worker:
         )
         self._running: dict[int, _Running] = {}
         self._started: list[tuple[int, str, int, float]] = []  # (job, token, pid, when)
-        self._reports: list[_Report] = []  # ended jobs not recorded yet, oldest first
         self._job_queue: queue.SimpleQueue[jobs.Job] = queue.SimpleQueue()
         self._idle_threads = 0  # job threads waiting on _job_queue
         self._poll_failing_since: float | None = None
-        self._report_failing_since: float | None = None
-        self._report_trouble: dict[int, _Trouble] = {}  # ends that failed to be recorded
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _running, _started, _idle_threads
         self._wake = threading.Event()  # something to do: a job ended, or poll now
         self._poll_now = threading.Event()  # told that jobs were assigned or are to be killed
         self._draining = threading.Event()
         self._hard_stop = threading.Event()
         self._signals = 0
-        self._heartbeat_thread: threading.Thread | None = None
-        self._listener = db.WakeListener(self.engine, lambda: self.worker_id, self._woken)
+        self.presence = Presence(
+            self.engine, self.ws, retry=self._retry, kill_all=self._kill_all,
+            draining=self._draining, stopped=self._hard_stop,
+        )  # fmt: skip
+        self.reports = Reports(self.engine, self.sink)
+        self._listener = db.WakeListener(self.engine, lambda: self.presence.worker_id, self._woken)
         self._claim_in_one = db.writable_ctes(self.engine)
         self._uid_pool: uids.UidPool | None = None
 
@@ -185,15 +152,12 @@ class Worker:
                 raise errors.ConfigError(str(exc)) from exc
         self._install_signal_handlers()
         self._retry(lambda: db.upgrade(self.engine), "upgrade the schema")
-        self._register()
-        self._clean_up_after_predecessor()
+        self.presence.register()
+        self.presence.clean_up_after_predecessor()
         self.sink.start()
         self._listener.start()
-        self._heartbeat_thread = threading.Thread(
-            target=self._heartbeat_loop, name="heartbeat", daemon=True
-        )
-        self._heartbeat_thread.start()
-        log.info("worker %s (id %d) is online", self.name, self.worker_id)
+        self.presence.start_heartbeat()
+        log.info("worker %s (id %d) is online", self.presence.name, self.presence.worker_id)
         log.log(logging.WARNING if self.ws.run_as != DYNAMIC else logging.INFO,
                 "isolation: %s", isolation(self.ws))  # fmt: skip
         try:
@@ -235,79 +199,6 @@ class Worker:
             self._kill_all("the worker was stopped")
         self._wake.set()
 
-    # -- registration and heartbeat ----------------------------------------------------
-
-    def _register(self) -> None:
-        stats = machine_stats()
-        host = socket.gethostname()
-        if not self.name:
-            self.name = self._retry(lambda: self._free_name(host), "choose a worker name")
-
-        def register() -> tuple[int, str]:
-            with db.write(self.engine) as conn:
-                ids = registry.register(
-                    conn, name=self.name, host=host, worker_class=self.ws.worker_class,
-                    max_jobs=self.ws.max_jobs, pid=os.getpid(), version=__version__,
-                    stats=stats,
-                )  # fmt: skip
-                self.tunables = settings.load_tunables(conn)
-                # A worker joining is a slot freeing up: fill it at once.
-                balancer.assign_waiting(conn, worker_id=ids[0])
-                return ids
-
-        self.worker_id, self.session = self._retry(register, "register")
-
-    def _clean_up_after_predecessor(self) -> None:
-        """Kill what jobs of an earlier run of this worker left running, and remove their
-        temp dirs: a worker killed with SIGKILL cannot clean up after its jobs, which were
-        recovered (lost, retried elsewhere) when it registered again."""
-        self.owner = runner.owner_tag(self.name, str(self.engine.url))
-        killed, removed = runner.clean_up_after(self.owner)
-        if killed or removed:
-            log.warning(
-                "an earlier run of %s left %d job process(es) running and %d temp dir(s); "
-                "removed them", self.name, killed, removed,
-            )  # fmt: skip
-
-    def _free_name(self, host: str) -> str:
-        """The host name, or host-2, host-3… when a live worker on this host has it."""
-        with db.read(self.engine) as conn:
-            taken = {w.name: w for w in registry.list_all(conn) if w.name.startswith(host)}
-        for n in range(1, 1000):
-            name = host if n == 1 else f"{host}-{n}"
-            other = taken.get(name)
-            if other is None or other.state == "offline" or other.host != host:
-                return name
-            if other.pid is not None and not psutil.pid_exists(other.pid):
-                return name  # our own earlier incarnation: the same worker
-        raise errors.ConfigError("could not find a free worker name; pass --name")
-
-    def _heartbeat_loop(self) -> None:
-        while not self._hard_stop.wait(self.ws.heartbeat_interval):
-            # Descendants that escaped their job and re-parented to us end as zombies here.
-            runner.reap_orphans()
-            try:
-                self._heartbeat()
-            except Exception as exc:
-                log.warning("heartbeat failed (%s); retrying", exc)
-
-    def _heartbeat(self) -> None:
-        stats = machine_stats()
-        with db.write(self.engine) as conn:
-            state = registry.heartbeat(conn, self.worker_id, self.session, stats)
-            self.tunables = settings.load_tunables(conn)
-        if state is None and not self._draining.is_set():
-            self._lost_session()
-
-    def _lost_session(self) -> None:
-        # We were declared offline (silent too long) or another process took our name:
-        # our jobs were recovered elsewhere, so stop them and come back as a new session.
-        log.error(
-            "worker %s lost its registration; stopping its jobs and re-registering", self.name
-        )
-        self._kill_all("the worker lost its registration")
-        self._register()
-
     # -- picking up jobs ---------------------------------------------------------------
 
     def _poll(self, woken: bool = False) -> bool:
@@ -323,17 +214,17 @@ class Worker:
         try:
             if self._claim_in_one:
                 with db.one_statement(self.engine) as conn:
-                    claimed, todo = jobs.claim_for_worker(conn, self.worker_id)
+                    claimed, todo = jobs.claim_for_worker(conn, self.presence.worker_id)
             elif woken:
                 with db.write(self.engine) as conn:
-                    todo = jobs.for_worker(conn, self.worker_id)
+                    todo = jobs.for_worker(conn, self.presence.worker_id)
                     claimed = [
                         job for job in self._fresh(todo)
-                        if jobs.claim(conn, job.id, self.worker_id, job.token or "")
+                        if jobs.claim(conn, job.id, self.presence.worker_id, job.token or "")
                     ]  # fmt: skip
             else:
                 with db.read(self.engine) as conn:
-                    todo = jobs.for_worker(conn, self.worker_id)
+                    todo = jobs.for_worker(conn, self.presence.worker_id)
         except Exception as exc:
             if self._poll_failing_since is None:
                 self._poll_failing_since = time.monotonic()
@@ -374,7 +265,7 @@ class Worker:
             with db.write(self.engine) as conn:
                 return [
                     job for job in assigned
-                    if jobs.claim(conn, job.id, self.worker_id, job.token or "")
+                    if jobs.claim(conn, job.id, self.presence.worker_id, job.token or "")
                 ]  # fmt: skip
 
         try:
@@ -416,15 +307,15 @@ class Worker:
         while True:
             report = self._run_job(self._job_queue.get())
             with self._lock:
-                # Idle from the moment its report is seen: the main loop that records it
-                # then hands the next job to this thread, not to a new one.
+                # Idle from before its report is seen: the main loop that records it then
+                # hands the next job to this thread, not to a new one.
                 self._idle_threads += 1
-                self._reports.append(report)
+            self.reports.add(report)
             self._wake.set()
 
     # -- one job -------------------------------------------------------------------------
 
-    def _run_job(self, job: jobs.Job) -> _Report:
+    def _run_job(self, job: jobs.Job) -> Report:
         """Run a job; its end, for the main loop to record. The job stays in
         ``_running`` (holding its slot) until its end is in the database."""
         try:
@@ -433,23 +324,45 @@ class Worker:
             # Whatever went wrong, the job must not stay "running" behind anyone's back.
             log.exception("job %d: unexpected error in the worker", job.id)
             outcome = runner.Outcome.start_failed(f"worker error: {exc}")
-            return self._make_report(job, outcome, None)
+            return self._report(job, outcome, None)
 
-    def _run_claimed(self, job: jobs.Job) -> _Report:
+    def _run_claimed(self, job: jobs.Job) -> Report:
         assert job.token is not None
-        tunables = self.tunables
+        tunables = self.presence.tunables
         self.sink.open(job.id, tunables.max_log_bytes)
         process = runner.JobProcess(self._run_spec(job, tunables), self._on_output(job.id))
         try:
             pid = process.start()
         except runner.StartError as exc:
-            return self._make_report(job, runner.Outcome.start_failed(str(exc)), None)
+            return self._report(job, runner.Outcome.start_failed(str(exc)), None)
         with self._lock:
             self._running[job.id].process = process
             self._started.append((job.id, job.token, pid, time.monotonic()))
         if self._hard_stop.is_set():
             process.kill()
-        return self._make_report(job, process.wait(), pid)
+        return self._report(job, process.wait(), pid)
+
+    def _report(self, job: jobs.Job, outcome: runner.Outcome, pid: int | None) -> Report:
+        with self._lock:
+            running = self._running.get(job.id)
+        return Report.of(job, outcome, pid, running.stopping_reason if running else None)
+
+    # -- freeing slots -------------------------------------------------------------------
+
+    def _flush_reports(self) -> bool:
+        """Record every job that ended since the last call (see :meth:`Reports.flush`):
+        free their slots, and start the jobs taken for them. True if anything was
+        recorded."""
+        recorded = self.reports.flush(self.presence.worker_id, take=not self._draining.is_set())
+        if recorded is None:
+            return False
+        done, fresh = recorded
+        with self._lock:
+            for job_id in done:
+                self._running.pop(job_id, None)
+        for job in fresh:
+            self._start_thread(job)
+        return True
 
     def _run_spec(self, job: jobs.Job, tunables: settings.Tunables) -> runner.RunSpec:
         return runner.RunSpec(
@@ -464,7 +377,7 @@ class Worker:
             run_as=self.ws.run_as if self.ws.run_as not in ("", DYNAMIC) else None,
             uid_pool=self._uid_pool,
             path=self.ws.job_path,
-            owner=self.owner,
+            owner=self.presence.owner,
             cgroup=self.ws.cgroups,
         )
 
@@ -473,158 +386,6 @@ class Worker:
             self.sink.write(job_id, stream, data)
 
         return on_output
-
-    def _make_report(self, job: jobs.Job, outcome: runner.Outcome, pid: int | None) -> _Report:
-        state, error = self._judge(job, outcome)
-        return _Report(job, job.token or "", state, error, outcome, pid)
-
-    def _flush_reports(self) -> bool:
-        """Record every job that ended since the last call, with its last output, in one
-        transaction; in the same transaction take waiting jobs for the freed slots, and
-        start them. True if anything was recorded."""
-        now = time.monotonic()
-        with self._lock:
-            reports = [r for r in self._reports if self._due(r.job.id, now)]
-        if not reports:
-            return False
-        take = not self._draining.is_set()
-
-        def record(conn: sa.Connection, kept: dict[int, int]) -> tuple[list[int], list[jobs.Job]]:
-            stale = [r.job.id for r in reports if not self._finish(conn, r, kept[r.job.id])]
-            fresh = []
-            if take:
-                fresh = balancer.take_for_worker(conn, self.worker_id)
-            return stale, fresh
-
-        try:
-            stale, fresh = self.sink.finish_many([r.job.id for r in reports], record)
-        except db.UNAVAILABLE as exc:
-            # The database is away: keep the reports (and their output) and try again.
-            if self._report_failing_since is None:
-                self._report_failing_since = time.monotonic()
-                log.warning("cannot record ended jobs (%s); retrying", exc)
-            return False
-        except Exception:
-            log.exception("could not record %d ended jobs together; one by one", len(reports))
-            (stale, later), fresh = self._report_singly(reports), []
-            reports = [r for r in reports if r.job.id not in later]
-        if self._report_failing_since is not None:
-            away = time.monotonic() - self._report_failing_since
-            log.warning("recording ended jobs works again after %.1f s", away)
-            self._report_failing_since = None
-        for job_id in stale:
-            log.warning("job %d ended but was no longer this worker's; result dropped", job_id)
-        done = {r.job.id for r in reports}
-        for job_id in done:
-            self._report_trouble.pop(job_id, None)
-        with self._lock:
-            self._reports = [r for r in self._reports if r.job.id not in done]
-            for job_id in done:
-                self._running.pop(job_id, None)
-        for job in fresh:
-            self._start_thread(job)
-        return True
-
-    def _report_singly(self, reports: list[_Report]) -> tuple[list[int], set[int]]:
-        """Record each job's end on its own, after recording them together failed for a
-        reason other than the database being away: one bad report must not hold up the
-        others. Returns the ids no longer this worker's, and those to try again later.
-
-        A report that keeps failing is tried again later and later (up to every 30 s);
-        after _REPORT_TRIES tries the job is recorded as ``failed``, saying why, without
-        a retry (it may well have done its work), rather than left ``running``.
-        """
-        stale: list[int] = []
-        later: set[int] = set()
-        for r in reports:
-            job_id = r.job.id
-            trouble = self._report_trouble.get(job_id) or _Trouble()
-
-            def record(conn: sa.Connection, kept: int, r: _Report = r) -> bool:
-                return self._finish(conn, r, kept)
-
-            try:
-                if trouble.tries >= _REPORT_TRIES:
-                    recorded = self._record_as_failed(r, trouble.error)
-                elif self.sink.finish(job_id, record):
-                    recorded = True
-                else:
-                    stale.append(job_id)
-                    continue
-            except db.UNAVAILABLE as exc:
-                log.warning("job %d: cannot record its end (%s); retrying", job_id, exc)
-                later.add(job_id)
-                continue
-            except Exception as exc:
-                log.exception(
-                    "job %d: could not record its end (try %d)", job_id, trouble.tries + 1
-                )
-                trouble.error = _describe(exc)
-                recorded = None
-            if recorded is None:  # try again, later
-                trouble.not_before = time.monotonic() + min(0.5 * 2**trouble.tries, 30.0)
-                trouble.tries += 1
-                self._report_trouble[job_id] = trouble
-                later.add(job_id)
-            elif not recorded:
-                stale.append(job_id)
-        return stale, later
-
-    def _due(self, job_id: int, now: float) -> bool:
-        """Whether a job's end is to be recorded now (not waiting after failed tries)."""
-        trouble = self._report_trouble.get(job_id)
-        return trouble is None or trouble.not_before <= now
-
-    def _record_as_failed(self, r: _Report, why: str) -> bool | None:
-        """The last resort for a job whose end cannot be recorded: ``failed``, saying why,
-        with no retry; with its output if that can still be written, else without. False
-        if no longer ours; None if even that failed (then it is tried again later)."""
-        failed = dataclasses.replace(
-            r,
-            state=jobs.State.FAILED,
-            error=f"the worker could not record how this job ended ({why})",
-        )
-
-        def record(conn: sa.Connection, kept: int) -> bool:
-            return self._finish(conn, failed, kept, retry=False)
-
-        try:
-            return self.sink.finish(r.job.id, record)
-        except Exception:
-            log.exception("job %d: recording it with its output failed too; without", r.job.id)
-        try:
-            with db.write(self.engine) as conn:
-                recorded = self._finish(conn, failed, None, retry=False)
-        except Exception:
-            log.exception("job %d: its end cannot be recorded; trying again later", r.job.id)
-            return None
-        self.sink.discard(r.job.id)  # recorded without its output: it is not kept
-        return recorded
-
-    def _finish(
-        self, conn: sa.Connection, r: _Report, kept: int | None, *, retry: bool = True
-    ) -> bool:
-        return jobs.finish(
-            conn, r.job.id, r.token, r.state, exit_code=r.outcome.exit_code,
-            signal=r.outcome.signal, error=r.error, output_bytes=kept, pid=r.pid, retry=retry,
-        )  # fmt: skip
-
-    def _judge(self, job: jobs.Job, outcome: runner.Outcome) -> tuple[jobs.State, str | None]:
-        if outcome.reason == "start_failed":
-            return jobs.State.FAILED, outcome.error or "the job could not start"
-        if outcome.reason == "timeout":
-            return jobs.State.TIMEOUT, f"watchdog: ran longer than {job.watchdog:g} s"
-        if outcome.reason == "killed":
-            with self._lock:
-                running = self._running.get(job.id)
-            reason = running.stopping_reason if running else None
-            return jobs.State.KILLED, reason or "killed"
-        if outcome.exit_code == 0:
-            return jobs.State.DONE, None
-        if outcome.signal is not None:
-            name = signal.Signals(outcome.signal).name if outcome.signal in _SIGNALS else ""
-            return jobs.State.FAILED, f"ended by signal {outcome.signal} {name}".strip()
-        return jobs.State.FAILED, None
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -649,8 +410,8 @@ class Worker:
             with db.write(self.engine) as conn:
                 # Under the assign lock, so no balancer hands us a job after this.
                 db.lock_row(conn, "assign")
-                registry.set_state(conn, self.worker_id, self.session, "draining")
-                jobs.unassign_worker(conn, self.worker_id)
+                registry.set_state(conn, self.presence.worker_id, self.presence.session, "draining")
+                jobs.unassign_worker(conn, self.presence.worker_id)
 
         self._try(draining, "mark the worker draining")
         while True:
@@ -658,7 +419,8 @@ class Worker:
             self._flush_reports()
             with self._lock:
                 left = len(self._running)
-                unreported = left - len(self._reports)
+            # Only this thread removes from _running: no end recorded meanwhile.
+            unreported = left - self.reports.waiting()
             if not left:
                 break
             if self._hard_stop.is_set() and self._signals > 1 and not unreported:
@@ -683,11 +445,11 @@ class Worker:
         def offline() -> None:
             with db.write(self.engine) as conn:
                 db.lock_row(conn, "assign")
-                registry.set_state(conn, self.worker_id, self.session, "offline")
-                jobs.unassign_worker(conn, self.worker_id)
+                registry.set_state(conn, self.presence.worker_id, self.presence.session, "offline")
+                jobs.unassign_worker(conn, self.presence.worker_id)
 
         self._try(offline, "mark the worker offline")
-        log.info("worker %s stopped", self.name)
+        log.info("worker %s stopped", self.presence.name)
         if self._own_engine:
             self.engine.dispose()
 
@@ -713,16 +475,3 @@ class Worker:
             fn()
         except Exception as exc:
             log.warning("could not %s: %s", what, exc)
-
-
-_SIGNALS = {s.value for s in signal.Signals}
-# Tries to record a job's end that failed otherwise, before it is recorded as failed.
-_REPORT_TRIES = 3
-
-
-def _describe(exc: Exception) -> str:
-    """An error in a line, for a job's record: a database error's own message, never the
-    statement and parameters (a fencing token, output) SQLAlchemy adds to it."""
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {text}"[:300] if text else type(cause).__name__

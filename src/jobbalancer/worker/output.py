@@ -11,10 +11,11 @@ back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,6 +42,21 @@ class _JobOutput:
     dropped_stream: str = "stdout"
     pending: list[tuple[str, bytearray]] = field(default_factory=list)
     closed: bool = False
+
+
+@dataclass
+class Closing:
+    """The last output of jobs whose end is being recorded (see :meth:`OutputSink.closing`)."""
+
+    kept: dict[int, int]  # bytes of output kept, by job: what their records say
+    rows: list[dict[str, Any]]
+    written: bool = False
+
+    def write(self, conn: sa.Connection) -> None:
+        """Insert the rows, in the transaction that records the jobs' ends."""
+        if self.rows:
+            conn.execute(_INSERT, self.rows)
+        self.written = True
 
 
 class OutputSink:
@@ -167,18 +183,61 @@ class OutputSink:
                 self._drained.notify_all()
 
     def finish(self, job_id: int, report: Callable[[sa.Connection, int], T]) -> T:
-        """Write the rest of ``job_id``'s output and ``report`` its end, in one transaction.
-
-        ``report(conn, kept)`` gets the bytes kept. The truncation marker is added once,
-        however often this is retried after a failure (the database may be away).
-        """
-        return self.finish_many([job_id], lambda conn, kept: report(conn, kept[job_id]))
+        """Write the rest of ``job_id``'s output and ``report`` its end, in one transaction
+        (``report(conn, kept)`` gets the bytes kept): :meth:`closing` for one job."""
+        with self.closing([job_id]) as out, db.write(self.engine) as conn:
+            out.write(conn)
+            return report(conn, out.kept[job_id])
 
     def finish_many(
         self, job_ids: Sequence[int], report: Callable[[sa.Connection, dict[int, int]], T]
     ) -> T:
-        """:meth:`finish` for several jobs in one transaction (a worker reports the jobs
-        that ended since its last write together). ``report`` gets the bytes kept by job."""
+        """:meth:`finish` for several jobs in one transaction; ``report`` gets the bytes
+        kept by job."""
+        with self.closing(job_ids) as out, db.write(self.engine) as conn:
+            out.write(conn)
+            return report(conn, out.kept)
+
+    @contextlib.contextmanager
+    def closing(self, job_ids: Sequence[int]) -> Iterator[Closing]:
+        """The rest of these jobs' output, for the transaction that records their end.
+
+        Use it outside that transaction, so the transaction commits first::
+
+            with sink.closing(ids) as out, db.write(engine) as conn:
+                out.write(conn)
+                ...  # record the ends, with out.kept[job_id] bytes of output each
+
+        The jobs take no more output; a truncation marker is added once, however often
+        this is retried after a failure (the database may be away). The flusher waits
+        meanwhile, so rows stay in order. If the block raises (or never writes), the rows
+        go back to be written with the next try; once it returns, they count as written
+        and the jobs are forgotten.
+        """
+        kept = self._close(job_ids)
+        with self._flush_lock:
+            rows, sealed = self._seal(only=set(job_ids))
+            out = Closing(kept, rows)
+            try:
+                yield out
+            except Exception:
+                self._unseal(sealed)
+                raise
+            if not out.written:  # nothing went into the database: nothing is lost
+                self._unseal(sealed)
+                return
+            self._written(rows)
+        with self._lock:
+            # Forgotten only now: a retried report must still find what was kept, even if
+            # the flusher wrote the job's last chunks between the tries.
+            for job_id in job_ids:
+                left = self._jobs.get(job_id)
+                if left is not None and not left.pending:
+                    del self._jobs[job_id]
+
+    def _close(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """Take no more output for these jobs (adding the truncation marker once); the
+        bytes kept by job."""
         kept: dict[int, int] = {}
         with self._lock:
             for job_id in job_ids:
@@ -190,25 +249,7 @@ class OutputSink:
                         out.pending.append((out.dropped_stream, bytearray(marker.encode())))
                         self._buffered += len(marker)
                 kept[job_id] = out.accepted
-        with self._flush_lock:
-            rows, sealed = self._seal(only=set(job_ids))
-            try:
-                with db.write(self.engine) as conn:
-                    if rows:
-                        conn.execute(_INSERT, rows)
-                    result = report(conn, kept)
-            except Exception:
-                self._unseal(sealed)
-                raise
-            self._written(rows)
-        with self._lock:
-            # Forgotten only now: a retried report must still find what was kept, even if
-            # the flusher wrote the job's last chunks between the tries.
-            for job_id in job_ids:
-                left = self._jobs.get(job_id)
-                if left is not None and not left.pending:
-                    del self._jobs[job_id]
-        return result
+        return kept
 
     # -- writing ------------------------------------------------------------------------
 

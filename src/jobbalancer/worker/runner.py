@@ -1,43 +1,6 @@
 """Run one job's process: private directory, process group, watchdog, kill, output pipes.
 
-The worker loop decides *what* to run and records what happened; this module only runs
-it. A job starts in a new session (so its process group is its own), in a private
-temporary directory, with stdin on /dev/null and stdout/stderr on pipes, as its user
-with a clean minimal environment (:mod:`jobenv`); given a pool (:mod:`uids`), under a uid
-of its own, held from before its directory is made until everything of it is gone.
-
-No orphan may survive its job, and a job can shed its process group (``setsid``,
-double forks). Where the host allows, a job gets a cgroup of its own (see
-:mod:`cgroups`): it holds every process of the job, so its list is the job's processes
-and ``cgroup.kill`` ends them all. A command is gated so its shell starts nothing before
-it is in the cgroup: it waits for a line on its stdin (a pipe), written once it is moved;
-a script is started the same way, by a shell that then execs it.
-Without a cgroup, descendants are found three ways, each covering the others' blind
-spots:
-
-* the process tree under the main process, re-read about every half second while the
-  job runs, so a process that later leaves the group or loses its parent is still known;
-* the session: everything the main process started without ``setsid`` keeps its session
-  id, which is the main pid (the main process is kept as a zombie, ``WNOWAIT``, until the
-  end, so that id cannot be reused meanwhile);
-* the environment: ``JOBBALANCER_JOB_ID=<id>`` is inherited by everything the job starts
-  unless it scrubs its environment. A random ``JOBBALANCER_RUN_TAG`` must match too:
-  job ids are only unique within one database, and two installations (or test runs) on
-  one host must never kill each other's jobs.
-
-Only processes started after the main process are considered, so nothing older (the
-worker, its parents, other jobs) can ever be claimed by mistake. A worker that calls
-:func:`become_subreaper` also gets orphans re-parented to itself instead of to init;
-:func:`reap_orphans` collects their exit status without stealing that of the jobs'
-own main processes.
-
-Walking all of /proc costs milliseconds, far more than a short job, so a job whose main
-process exits on its own is first judged from the worker's own children (see
-:meth:`_Tree.surely_gone`): in a subreaper, every survivor of a job descends from a live
-child of the worker started after the job. Only when there is such a child, or when the
-worker is no subreaper, are the walks above done; kills and timeouts always do them.
-Non-owned children of the worker must only be reaped through this module (never with
-``waitpid(-1)``), under ``_owned_lock``.
+How, and why this way (cgroups, gates, finding every descendant): docs/worker.md.
 """
 
 from __future__ import annotations
@@ -45,37 +8,38 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import functools
 import glob
 import hashlib
 import logging
 import os
 import re
 import secrets
-import selectors
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, TypeVar
+from typing import Final
 
 import psutil
 
-from jobbalancer.worker import cgroups, jobenv, uids
+from jobbalancer.worker import cgroups, jobenv, pipes, procs, spawn, uids
+
+# Read here by callers and tests; they live where they are used.
+from jobbalancer.worker.pipes import CHUNK_SIZE as CHUNK_SIZE
+from jobbalancer.worker.spawn import SCRIPT_NAME as SCRIPT_NAME
+from jobbalancer.worker.spawn import StartError as StartError
+from jobbalancer.worker.spawn import owned_lock as _owned_lock
+from jobbalancer.worker.spawn import owned_pids as _owned_pids
 
 log = logging.getLogger(__name__)
 
 JOB_ID_VAR: Final = "JOBBALANCER_JOB_ID"
 RUN_TAG_VAR: Final = "JOBBALANCER_RUN_TAG"
 OWNER_VAR: Final = "JOBBALANCER_JOB_OWNER"
-CHUNK_SIZE: Final = 64 * 1024
-SCRIPT_NAME: Final = "job-script"
 
 _TICK: Final = 0.1  # longest sleep of the wait loop: bounds how late kill() is noticed
 _COLLECT_EVERY: Final = 0.5  # how often the process tree is re-read
@@ -87,23 +51,6 @@ _SURE_TRIES: Final = 3  # reads of the worker's children before falling back to 
 _HAVE_PROC: Final = os.path.exists("/proc/self/stat")
 _HAS_WAITID: Final = hasattr(os, "waitid")
 _EXITED_NOWAIT: Final = os.WEXITED | os.WNOHANG | os.WNOWAIT if _HAS_WAITID else 0
-# Put before a command run in a cgroup (a script is run by a shell doing the same, then
-# exec'ing it): the shell waits for a line on stdin (a pipe the worker writes once it has
-# moved the shell into the job's cgroup), then takes /dev/null as stdin. So nothing of
-# the job can start outside its cgroup.
-_GATE: Final = "read _; exec 0<>/dev/null; "
-
-OutputCallback = Callable[[str, bytes], None]
-T = TypeVar("T")
-
-# Pids of main processes that a running JobProcess will reap itself (through Popen).
-# reap_orphans() must never wait for these, or Popen would lose the exit status.
-_owned_lock = threading.Lock()
-_owned_pids: set[int] = set()
-
-
-class StartError(Exception):
-    """The job's process could not be started."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +138,7 @@ def clean_up_after(owner: str) -> tuple[int, int]:
     prefix = _workdir_prefix(owner)
     for path in Path(tempfile.gettempdir()).glob(f"{glob.escape(prefix)}*"):
         if path.is_dir() and not path.is_symlink():
-            _remove_dir(str(path))
+            spawn.remove_dir(str(path))
             removed += 1
     return killed, removed
 
@@ -201,7 +148,7 @@ def become_subreaper() -> bool:
 
     Without it an orphan goes to init, where only the environment scan can find it.
     """
-    libc = _libc()
+    libc = procs.libc()
     if libc is None:
         return False
     one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)
@@ -222,8 +169,8 @@ def reap_orphans() -> None:
         except psutil.Error:
             return
         for child in children:
-            if child.pid not in _owned_pids and _is_zombie(child):
-                _reap(child.pid)
+            if child.pid not in _owned_pids and procs.is_zombie(child):
+                procs.reap(child.pid)
 
 
 class JobProcess:
@@ -235,7 +182,7 @@ class JobProcess:
     bytes as read.
     """
 
-    def __init__(self, spec: RunSpec, on_output: OutputCallback) -> None:
+    def __init__(self, spec: RunSpec, on_output: pipes.OutputCallback) -> None:
         self._spec = spec
         self._on_output = on_output
         self._kill_requested = threading.Event()
@@ -254,17 +201,17 @@ class JobProcess:
             raise RuntimeError("start() was already called")
         spec = self._spec
         _check_spec(spec)
-        user = _usable(jobenv.lookup_user, spec.run_as) if spec.run_as else None
+        user = spawn.usable(jobenv.lookup_user, spec.run_as) if spec.run_as else None
         path = spec.env.get("PATH", spec.path)
         # Resolved before anything is created, so a missing interpreter leaves nothing;
         # any dynamic uid has the same rights as any other, so the lease can come later.
-        checked_as = user or (_ANY_DYNAMIC if spec.uid_pool else None)
+        checked_as = user or (spawn.ANY_DYNAMIC if spec.uid_pool else None)
         interpreter = (
-            _usable(jobenv.find_interpreter, spec.interpreter, path, checked_as)
+            spawn.usable(jobenv.find_interpreter, spec.interpreter, path, checked_as)
             if spec.interpreter
             else None
         )
-        lease = _lease(spec.uid_pool) if spec.uid_pool else None
+        lease = spawn.lease(spec.uid_pool) if spec.uid_pool else None
         try:
             return self._start(spec, user if lease is None else lease.identity, interpreter, lease)
         except BaseException:
@@ -279,7 +226,7 @@ class JobProcess:
         interpreter: str | None,
         lease: uids.Lease | None,
     ) -> int:
-        workdir = _make_workdir(f"{_workdir_prefix(spec.owner)}{spec.job_id}-", user)
+        workdir = spawn.make_workdir(f"{_workdir_prefix(spec.owner)}{spec.job_id}-", user)
         if lease is not None and user is not None:
             user = dataclasses.replace(user, home=workdir)  # its only home
         markers = {JOB_ID_VAR: str(spec.job_id), RUN_TAG_VAR: self._tag}
@@ -287,14 +234,14 @@ class JobProcess:
             markers[OWNER_VAR] = spec.owner
         env = jobenv.job_env(spec.env, user or jobenv.own_identity(), workdir, spec.path, markers)
         group = cgroups.create(spec.owner, spec.job_id, self._tag) if spec.cgroup else None
-        gate: _Gate | None = None
+        gate: spawn.Gate | None = None
         try:
             if group is not None:
-                gate = _Gate()
+                gate = spawn.Gate()
             argv = _argv(spec, interpreter, workdir, user, gated=gate is not None)
-            proc = _spawn(argv, env, workdir, user, stdin=gate.read_end if gate else None)
+            proc = spawn.popen(argv, env, workdir, user, stdin=gate.read_end if gate else None)
         except BaseException:
-            _remove_dir(workdir)
+            spawn.remove_dir(workdir)
             if gate is not None:
                 gate.close()
             if group is not None:
@@ -303,7 +250,7 @@ class JobProcess:
         self._started_nothing = False
         try:
             if group is not None:
-                group = _move_in(group, proc.pid)
+                group = spawn.move_in(group, proc.pid)
             if gate is not None:
                 gate.open()
             tree = _Tree(spec.job_id, self._tag, proc.pid, group)
@@ -323,16 +270,16 @@ class JobProcess:
         run = self._run
         if run is None or run.finished:
             raise RuntimeError("wait() needs a started job")
-        supervisor = _Supervisor(run, self._spec, self._kill_requested)
+        watch = _JobWatch(run, self._spec, self._kill_requested)
         try:
-            supervisor.supervise()
-            run.pipes.drain(_DRAIN)
+            watch.supervise()
+            run.pipes.drain(_DRAIN, _TICK)
         except BaseException:
             run.abort()  # e.g. on_output failed: the job must not outlive its supervision
             raise
         finally:
             returncode = run.finish()
-        self._outcome = _outcome(returncode, supervisor.reason)
+        self._outcome = _outcome(returncode, watch.reason)
         return self._outcome
 
     def kill(self) -> None:
@@ -343,45 +290,11 @@ class JobProcess:
 # --- starting -------------------------------------------------------------------------
 
 
-# What a program is checked against when the job gets a dynamic uid: none owns a file.
-_ANY_DYNAMIC: Final = uids.Identity(uid=-1, gid=-1, name="dynamic", home="/")
-
-
-def _usable(check: Callable[..., T], *args: object) -> T:
-    """check(*args), its refusal as a StartError."""
-    try:
-        return check(*args)
-    except jobenv.NotUsable as exc:
-        raise StartError(str(exc)) from None
-
-
-def _lease(pool: uids.UidPool) -> uids.Lease:
-    try:
-        return pool.acquire()
-    except uids.UidError as exc:
-        raise StartError(f"no uid for the job: {exc}") from exc
-
-
 def _check_spec(spec: RunSpec) -> None:
     if (spec.command is None) == (spec.script is None):
         raise StartError(f"job {spec.job_id}: give exactly one of a command or a script")
     if spec.command is not None and spec.interpreter is not None:
         raise StartError(f"job {spec.job_id}: an interpreter goes with a script, not a command")
-
-
-def _make_workdir(prefix: str, user: uids.Identity | None) -> str:
-    try:
-        path = tempfile.mkdtemp(prefix=prefix)
-    except OSError as exc:
-        raise StartError(f"cannot create the job's temporary directory: {exc}") from exc
-    try:
-        os.chmod(path, 0o700)  # mkdtemp already does, but a umask must not matter
-        if user is not None:
-            os.chown(path, user.uid, user.gid)
-    except OSError as exc:
-        _remove_dir(path)
-        raise StartError(f"cannot prepare the job's temporary directory: {exc}") from exc
-    return path
 
 
 def _argv(
@@ -394,96 +307,15 @@ def _argv(
 ) -> list[str]:
     if spec.command is not None:
         # Params stay out of the command text: the shell sees them as "$1"…, never parses them.
-        command = _GATE + spec.command if gated else spec.command
+        command = spawn.GATE + spec.command if gated else spec.command
         return ["/bin/sh", "-c", command, "sh", *spec.params]
     if interpreter is None:
-        _usable(jobenv.check_shebang, spec.script or "", user)
-    script = _write_script(workdir, spec.script or "", user)
+        spawn.usable(jobenv.check_shebang, spec.script or "", user)
+    script = spawn.write_script(workdir, spec.script or "", user)
     head = [interpreter] if interpreter is not None else []
     if gated:  # the same gate, in a shell that then becomes the script's own process
-        return ["/bin/sh", "-c", _GATE + 'exec "$0" "$@"', *head, script, *spec.params]
+        return ["/bin/sh", "-c", spawn.GATE + 'exec "$0" "$@"', *head, script, *spec.params]
     return [*head, script, *spec.params]
-
-
-def _write_script(workdir: str, body: str, user: uids.Identity | None) -> str:
-    path = os.path.join(workdir, SCRIPT_NAME)
-    try:
-        data = body.encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            os.fchmod(file.fileno(), 0o500)
-            if user is not None:
-                os.fchown(file.fileno(), user.uid, user.gid)
-    except (OSError, UnicodeEncodeError) as exc:
-        raise StartError(f"cannot write the job's script: {exc}") from exc
-    return path
-
-
-def _spawn(
-    argv: list[str],
-    env: dict[str, str],
-    workdir: str,
-    user: uids.Identity | None,
-    *,
-    stdin: int | None = None,
-) -> subprocess.Popen[bytes]:
-    # Switching identity needs privilege; running as oneself does not, so skip it then.
-    ident = user if user is not None and user.uid != os.geteuid() else None
-    try:
-        # Registered under the lock before any reap_orphans() can see the child exit.
-        with _owned_lock:
-            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell beyond the job's own
-                argv,
-                stdin=subprocess.DEVNULL if stdin is None else stdin,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-                user=ident.uid if ident else None,
-                group=ident.gid if ident else None,
-                extra_groups=[] if ident else None,
-            )
-            _owned_pids.add(proc.pid)
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc
-    return proc
-
-
-class _Gate:
-    """The pipe a gated command waits on (see _GATE) until the worker opens it."""
-
-    def __init__(self) -> None:
-        try:
-            self.read_end, self._write_end = os.pipe()
-        except OSError as exc:
-            raise StartError(f"cannot make a pipe for the job: {exc}") from exc
-        self._closed = False
-
-    def open(self) -> None:
-        with contextlib.suppress(OSError):  # the shell is gone already: nothing to wait for
-            os.write(self._write_end, b"\n")
-
-    def close(self) -> None:
-        """Idempotent; closing without open() lets the shell go on too (it reads nothing)."""
-        if not self._closed:
-            self._closed = True
-            os.close(self.read_end)
-            os.close(self._write_end)
-
-
-def _move_in(group: cgroups.JobCgroup, pid: int) -> cgroups.JobCgroup | None:
-    """Move the job's main process, still waiting at its gate, into its cgroup. None if
-    that failed: then the job is tracked without one, which is removed."""
-    try:
-        group.add(pid)
-    except OSError as exc:
-        log.warning("job pid %d: cannot use its cgroup %s (%s)", pid, group.path, exc)
-        group.remove()
-        return None
-    return group
 
 
 # --- a running job --------------------------------------------------------------------
@@ -497,17 +329,17 @@ class _Run:
         proc: subprocess.Popen[bytes],
         workdir: str,
         tree: _Tree,
-        on_output: OutputCallback,
+        on_output: pipes.OutputCallback,
         lease: uids.Lease | None = None,
     ) -> None:
         self.proc = proc
         self.lease = lease
         self.workdir = workdir
         self.started = time.monotonic()
-        self.pipes = _Pipes(proc, on_output)
+        self.pipes = pipes.Pipes(proc, on_output)
         self.tree = tree
         self.finished = False
-        self._pidfd = _open_pidfd(proc.pid)
+        self._pidfd = procs.open_pidfd(proc.pid)
         if self._pidfd is not None:
             self.pipes.add_wakeup(self._pidfd)  # so the end of the job wakes wait() at once
 
@@ -545,7 +377,7 @@ class _Run:
         self.tree.reap()
         self._close_pidfd()
         self.pipes.close()
-        _remove_dir(self.workdir)
+        spawn.remove_dir(self.workdir)
         emptied = self.tree.cgroup is not None and _remove_cgroup(self.tree.cgroup)
         if self.lease is not None:
             # An empty cgroup proves no process of the job is left; without one, every
@@ -560,8 +392,8 @@ class _Run:
             self._pidfd = None
 
 
-class _Supervisor:
-    """The wait loop: output, watchdog, kill requests, and taking the tree down.
+class _JobWatch:
+    """The wait loop of one job: output, watchdog, kill requests, and taking the tree down.
 
     Phases: running → SIGTERM sent (grace) → SIGKILL sent. A job also enters them when its
     main process exits on its own while descendants live on; its reason stays "exited".
@@ -642,7 +474,7 @@ class _Supervisor:
     def _scan(self, *, deep: bool) -> None:
         found = self._run.tree.scan(deep=deep)
         if self._sent is not None:
-            _signal(found, self._sent)  # latecomers get what the others already got
+            procs.signal_each(found, self._sent)  # latecomers get what the others already got
         self._next_scan = time.monotonic() + _COLLECT_EVERY
 
     def _tree_gone(self, *, cheap: bool = False) -> bool:
@@ -681,7 +513,7 @@ def _abandon(proc: subprocess.Popen[bytes], workdir: str, group: cgroups.JobCgro
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
-    _remove_dir(workdir)
+    spawn.remove_dir(workdir)
     if group is not None:
         _remove_cgroup(group)
 
@@ -714,88 +546,7 @@ def _outcome(returncode: int, reason: str | None) -> Outcome:
     return Outcome(exit_code=returncode, signal=None, reason=reason or "exited", error=None)
 
 
-# --- output ---------------------------------------------------------------------------
-
-
-class _Pipes:
-    """The job's stdout and stderr, read without blocking and handed to on_output."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], on_output: OutputCallback) -> None:
-        self._on_output = on_output
-        self._selector = selectors.DefaultSelector()
-        self._files: dict[int, IO[bytes]] = {}
-        for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            if pipe is None:
-                raise RuntimeError("the job's output pipes are missing")
-            os.set_blocking(pipe.fileno(), False)
-            self._selector.register(pipe.fileno(), selectors.EVENT_READ, stream)
-            self._files[pipe.fileno()] = pipe
-
-    @property
-    def open(self) -> bool:
-        return bool(self._files)
-
-    def add_wakeup(self, fd: int) -> None:
-        """Also wake pump() when fd becomes readable (nothing is read from it)."""
-        self._selector.register(fd, selectors.EVENT_READ, None)
-
-    def remove_wakeup(self, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(fd)
-
-    def pump(self, timeout: float) -> None:
-        """Wait up to timeout for output and deliver what arrived."""
-        if not self._selector.get_map():
-            time.sleep(timeout)  # both pipes closed: nothing to wait on but the clock
-            return
-        for key, _ in self._selector.select(timeout):
-            if key.data is not None:
-                self._read(key.fd, key.data)
-
-    def drain(self, seconds: float) -> None:
-        """Read what is left, until both pipes end or seconds pass.
-
-        Once the tree is gone a pipe can still be held open by a process nobody could
-        attribute to the job; waiting for its end would hang the worker.
-        """
-        deadline = time.monotonic() + seconds
-        while self.open:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.pump(min(left, _TICK))
-
-    def close(self) -> None:
-        for fd in list(self._files):
-            self._close(fd)
-        self._selector.close()
-
-    def _read(self, fd: int, stream: str) -> None:
-        try:
-            data = os.read(fd, CHUNK_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # an unreadable pipe is as good as a closed one
-        if data:
-            self._on_output(stream, data)
-        else:
-            self._close(fd)
-
-    def _close(self, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(fd)
-        self._files.pop(fd).close()
-
-
 # --- the process tree -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Row:
-    ppid: int
-    sid: int
-    born: float  # start time, comparable only with rows from the same table
 
 
 class _Tree:
@@ -844,7 +595,7 @@ class _Tree:
         return self._add(pids - self._known.keys())
 
     def alive(self) -> list[psutil.Process]:
-        return [proc for proc in self._known.values() if _is_alive(proc)]
+        return [proc for proc in self._known.values() if procs.is_alive(proc)]
 
     def in_cgroup(self) -> bool:
         """Whether the job's cgroup still holds a running process (its main process
@@ -879,7 +630,7 @@ class _Tree:
             # SIGCONT after SIGTERM: a stopped process would not act on SIGTERM before SIGKILL.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._leader, each)
-            _signal(alive, each)
+            procs.signal_each(alive, each)
 
     def reap(self) -> None:
         """Wait for known descendants that became our zombies (we are their subreaper)."""
@@ -889,10 +640,10 @@ class _Tree:
         with _owned_lock:
             for proc in self._known.values():
                 with contextlib.suppress(psutil.Error):
-                    if proc.ppid() == me and proc.pid not in _owned_pids and _is_zombie(proc):
-                        _reap(proc.pid)
+                    if proc.ppid() == me and proc.pid not in _owned_pids and procs.is_zombie(proc):
+                        procs.reap(proc.pid)
 
-    def _descendants(self, young: Mapping[int, _Row]) -> set[int]:
+    def _descendants(self, young: Mapping[int, procs.Row]) -> set[int]:
         children: dict[int, list[int]] = {}
         for pid, row in young.items():
             children.setdefault(row.ppid, []).append(pid)
@@ -905,7 +656,7 @@ class _Tree:
                     todo.append(child)
         return found
 
-    def _claims(self, pid: int, row: _Row) -> bool:
+    def _claims(self, pid: int, row: procs.Row) -> bool:
         if row.sid == self._leader:
             return True
         try:
@@ -924,49 +675,29 @@ class _Tree:
         return added
 
 
-def _process_table() -> dict[int, _Row]:
+def _process_table() -> dict[int, procs.Row]:
     """Parent, session and start time of every process, in one pass over /proc."""
     if not _HAVE_PROC:
-        return _psutil_table()
+        return procs.psutil_table()
     names = os.listdir("/proc")
     table = {}
     for name in names:
         if name.isdigit():
-            row = _read_stat(name)
+            row = procs.read_stat(name)
             if row is not None:
                 table[int(name)] = row
     return table
 
 
-def _process_row(pid: int) -> _Row | None:
+def _process_row(pid: int) -> procs.Row | None:
     """One process's row, comparable with those of _process_table()."""
     if _HAVE_PROC:
-        return _read_stat(str(pid))
+        return procs.read_stat(str(pid))
     try:
         proc = psutil.Process(pid)
-        return _Row(proc.ppid(), os.getsid(pid), proc.create_time())
+        return procs.Row(proc.ppid(), os.getsid(pid), proc.create_time())
     except (psutil.Error, OSError):
         return None
-
-
-def _read_stat(pid: str) -> _Row | None:
-    try:
-        data = _read_file(f"/proc/{pid}/stat")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-    fields = data[data.rindex(b")") + 2 :].split()
-    return _Row(ppid=int(fields[1]), sid=int(fields[3]), born=float(fields[19]))
-
-
-def _psutil_table() -> dict[int, _Row]:
-    # Without /proc (not Linux): slower, but the same information.
-    table = {}
-    for proc in psutil.process_iter(["ppid", "create_time"]):
-        with contextlib.suppress(OSError):
-            sid = os.getsid(proc.pid)
-            table[proc.pid] = _Row(proc.info["ppid"], sid, proc.info["create_time"])
-    return table
 
 
 # --- the worker's own children --------------------------------------------------------
@@ -1012,7 +743,7 @@ def _worker_children() -> dict[int, bool] | None:
         # Orphans, and the children of a thread that ends, go to the first live thread
         # (listed first: the main thread). Read last, it also holds what moved meanwhile.
         for tid in reversed(threads):
-            children = _read_file(f"/proc/self/task/{tid}/children")
+            children = procs.read_file(f"/proc/self/task/{tid}/children")
             listed.extend(int(pid) for pid in children.split())
         if sorted(os.listdir("/proc/self/task")) != sorted(threads):
             return None
@@ -1033,92 +764,9 @@ def _is_young(pid: int, born: float) -> bool:
 
 
 def _is_subreaper() -> bool:
-    libc = _libc()
+    libc = procs.libc()
     if libc is None:
         return False
     flag, zero = ctypes.c_int(0), ctypes.c_ulong(0)
     result: int = libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), zero, zero, zero)
     return result == 0 and flag.value != 0
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library, if it has prctl (Linux); loading it each time costs too much."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl  # noqa: B018 - a missing symbol raises AttributeError here, not later
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-# --- small helpers --------------------------------------------------------------------
-
-
-def _signal(procs: Iterable[psutil.Process], sig: signal.Signals) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)
-
-
-def _is_alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True  # cannot tell: assume the worst
-
-
-def _is_zombie(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _read_file(path: str) -> bytes:
-    # Without open()'s buffered wrapper: /proc files are read by the hundred.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        parts = []
-        while part := os.read(fd, CHUNK_SIZE):
-            parts.append(part)
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux, or a kernel older than 5.3
-        return None
-
-
-def _remove_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.rmdir(path)  # most jobs leave it empty: one call, where rmtree walks and opens
-        return
-    shutil.rmtree(path, ignore_errors=True)
-    if not os.path.lexists(path):
-        return
-    # A job may leave directories it made read-only; give them back to their owner.
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            sub = os.path.join(root, name)
-            if not os.path.islink(sub):
-                with contextlib.suppress(OSError):
-                    os.chmod(sub, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.lexists(path):
-        log.warning("could not remove the job directory %s", path)

@@ -1,0 +1,177 @@
+"""Starting a job's process: its private directory, its script, the gate, ``Popen``
+under its user, moving it into its cgroup.
+
+The steps :meth:`jobbalancer.worker.runner.JobProcess.start` puts together; each raises
+:class:`StartError` and leaves nothing of its own behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Final, TypeVar
+
+from jobbalancer.worker import cgroups, jobenv, uids
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCRIPT_NAME: Final = "job-script"
+# Put before a command run in a cgroup (a script is run by a shell doing the same, then
+# exec'ing it): the shell waits for a line on stdin (a pipe the worker writes once it has
+# moved the shell into the job's cgroup), then takes /dev/null as stdin. So nothing of
+# the job can start outside its cgroup.
+GATE: Final = "read _; exec 0<>/dev/null; "
+
+# Pids of main processes that a running JobProcess will reap itself (through Popen).
+# reap_orphans() must never wait for these, or Popen would lose the exit status. Other
+# children of the worker are reaped only by the runner, one pid at a time and under this
+# lock (never with waitpid(-1)).
+owned_lock = threading.Lock()
+owned_pids: set[int] = set()
+
+
+class StartError(Exception):
+    """The job's process could not be started."""
+
+
+# What a program is checked against when the job gets a dynamic uid: none owns a file.
+ANY_DYNAMIC: Final = uids.Identity(uid=-1, gid=-1, name="dynamic", home="/")
+
+
+def usable(check: Callable[..., T], *args: object) -> T:
+    """check(*args), its refusal as a StartError."""
+    try:
+        return check(*args)
+    except jobenv.NotUsable as exc:
+        raise StartError(str(exc)) from None
+
+
+def lease(pool: uids.UidPool) -> uids.Lease:
+    try:
+        return pool.acquire()
+    except uids.UidError as exc:
+        raise StartError(f"no uid for the job: {exc}") from exc
+
+
+def make_workdir(prefix: str, user: uids.Identity | None) -> str:
+    try:
+        path = tempfile.mkdtemp(prefix=prefix)
+    except OSError as exc:
+        raise StartError(f"cannot create the job's temporary directory: {exc}") from exc
+    try:
+        os.chmod(path, 0o700)  # mkdtemp already does, but a umask must not matter
+        if user is not None:
+            os.chown(path, user.uid, user.gid)
+    except OSError as exc:
+        remove_dir(path)
+        raise StartError(f"cannot prepare the job's temporary directory: {exc}") from exc
+    return path
+
+
+def write_script(workdir: str, body: str, user: uids.Identity | None) -> str:
+    path = os.path.join(workdir, SCRIPT_NAME)
+    try:
+        data = body.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            os.fchmod(file.fileno(), 0o500)
+            if user is not None:
+                os.fchown(file.fileno(), user.uid, user.gid)
+    except (OSError, UnicodeEncodeError) as exc:
+        raise StartError(f"cannot write the job's script: {exc}") from exc
+    return path
+
+
+def popen(
+    argv: list[str],
+    env: dict[str, str],
+    workdir: str,
+    user: uids.Identity | None,
+    *,
+    stdin: int | None = None,
+) -> subprocess.Popen[bytes]:
+    # Switching identity needs privilege; running as oneself does not, so skip it then.
+    ident = user if user is not None and user.uid != os.geteuid() else None
+    try:
+        # Registered under the lock before any reap_orphans() can see the child exit.
+        with owned_lock:
+            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell beyond the job's own
+                argv,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+                user=ident.uid if ident else None,
+                group=ident.gid if ident else None,
+                extra_groups=[] if ident else None,
+            )
+            owned_pids.add(proc.pid)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc
+    return proc
+
+
+class Gate:
+    """The pipe a gated command waits on (see GATE) until the worker opens it."""
+
+    def __init__(self) -> None:
+        try:
+            self.read_end, self._write_end = os.pipe()
+        except OSError as exc:
+            raise StartError(f"cannot make a pipe for the job: {exc}") from exc
+        self._closed = False
+
+    def open(self) -> None:
+        with contextlib.suppress(OSError):  # the shell is gone already: nothing to wait for
+            os.write(self._write_end, b"\n")
+
+    def close(self) -> None:
+        """Idempotent; closing without open() lets the shell go on too (it reads nothing)."""
+        if not self._closed:
+            self._closed = True
+            os.close(self.read_end)
+            os.close(self._write_end)
+
+
+def move_in(group: cgroups.JobCgroup, pid: int) -> cgroups.JobCgroup | None:
+    """Move the job's main process, still waiting at its gate, into its cgroup. None if
+    that failed: then the job is tracked without one, which is removed."""
+    try:
+        group.add(pid)
+    except OSError as exc:
+        log.warning("job pid %d: cannot use its cgroup %s (%s)", pid, group.path, exc)
+        group.remove()
+        return None
+    return group
+
+
+def remove_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # most jobs leave it empty: one call, where rmtree walks and opens
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
+    # A job may leave directories it made read-only; give them back to their owner.
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for root, dirs, _ in os.walk(path):
+        for name in dirs:
+            sub = os.path.join(root, name)
+            if not os.path.islink(sub):
+                with contextlib.suppress(OSError):
+                    os.chmod(sub, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        log.warning("could not remove the job directory %s", path)
