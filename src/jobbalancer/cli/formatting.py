@@ -91,8 +91,8 @@ def job_table(jobs: Sequence[Mapping[str, Any]], width: int, now: datetime | Non
     person reads first, gets at least ``max(24, 2/5 of the width)`` (less only if no
     command is that long); optional columns make way for it. Cut with "…", never wrapped.
     """
-    today = (now or datetime.now(UTC)).astimezone().date()
-    rows = [_job_cells(job, today) for job in jobs]
+    now = now or datetime.now(UTC)
+    rows = [_job_cells(job, now) for job in jobs]
     widths = _widths(JOB_COLUMNS, rows)
     want = min(widths["what"], max(_WHAT_AT_LEAST, width * 2 // 5))
     shown = list(JOB_COLUMNS)
@@ -108,7 +108,7 @@ def _others(shown: Sequence[str], widths: Mapping[str, int]) -> int:
     return sum(widths[c] + _PER_COLUMN for c in shown if c != "what")
 
 
-def _job_cells(job: Mapping[str, Any], today: date) -> dict[str, str]:
+def _job_cells(job: Mapping[str, Any], now: datetime) -> dict[str, str]:
     return {
         "id": str(job["id"]),
         "state": state(job["state"]),
@@ -116,8 +116,8 @@ def _job_cells(job: Mapping[str, Any], today: date) -> dict[str, str]:
         "worker": escape(name(job.get("worker"))),
         "class": escape(name(job.get("worker_class"))),
         "what": escape(what(job)),
-        "created": short_when(job.get("created_at"), today),
-        "took": took(job),
+        "created": short_when(job.get("created_at"), now.astimezone().date()),
+        "took": took(job, now),
         "exit": "" if job.get("exit_code") is None else str(job["exit_code"]),
     }
 
@@ -234,11 +234,12 @@ def iso(value: datetime | None) -> str | None:
     return parsed.isoformat().replace("+00:00", "Z") if parsed else None
 
 
-def took(job: Mapping[str, Any]) -> str:
+def took(job: Mapping[str, Any], now: datetime | None = None) -> str:
+    """How long the job ran, or has been running by ``now``."""
     start = parse_time(job.get("started_at"))
     if start is None:
         return ""
-    end = parse_time(job.get("finished_at")) or datetime.now(UTC)
+    end = parse_time(job.get("finished_at")) or now or datetime.now(UTC)
     seconds = max(0.0, (end - start).total_seconds())
     if seconds < 60:
         return f"{seconds:.1f}s"
