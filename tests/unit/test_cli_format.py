@@ -110,6 +110,7 @@ def test_a_long_command_is_cut_with_an_ellipsis_never_wrapped() -> None:
 
     assert len(rows) == 2  # one line per job
     assert "…" in rows[0] and "python3 train.py" in rows[0]
+    assert max(len(line.rstrip("\n")) for line in lines) == 80  # uses the room, no more
 
 
 def test_a_short_command_column_is_only_as_wide_as_its_widest_command() -> None:

@@ -97,15 +97,18 @@ def job_table(jobs: Sequence[Mapping[str, Any]], width: int, now: datetime | Non
     want = min(widths["what"], max(_WHAT_AT_LEAST, width * 2 // 5))
     shown = list(JOB_COLUMNS)
     for column in _OPTIONAL:
-        if _others(shown, widths) + want + _PER_COLUMN <= width:
+        if _room(shown, widths, width) >= want:
             break
         shown.remove(column)
-    room = max(want, width - _others(shown, widths) - _PER_COLUMN)
-    return _table(shown, rows, widths, "what", room)
+    return _table(shown, rows, widths, "what", max(want, _room(shown, widths, width)))
 
 
-def _others(shown: Sequence[str], widths: Mapping[str, int]) -> int:
-    return sum(widths[c] + _PER_COLUMN for c in shown if c != "what")
+def _room(shown: Sequence[str], widths: Mapping[str, int], width: int) -> int:
+    """What is left for "what" in ``width`` beside the other ``shown`` columns. A table of
+    n columns takes its cells plus 3n - 1: a space either side of each cell and one
+    between columns, less the padding at the outer edges, plus the two edges."""
+    others = sum(widths[c] for c in shown if c != "what")
+    return width - others - (_PER_COLUMN * len(shown) - 1)
 
 
 def _job_cells(job: Mapping[str, Any], now: datetime) -> dict[str, str]:
