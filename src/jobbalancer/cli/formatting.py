@@ -1,7 +1,8 @@
 """What the commands print: consoles, tables, the job table, one job in full, times, JSON.
 
-Everything here is pure (it returns text or a ``rich`` renderable) except the printers at
-the top, so the shape of the output is tested without a server.
+Everything but the printers (``out``, ``err``, ``fail``, ``print_*``) returns text or a
+``rich`` renderable, so the shape of the output is tested without a server
+(tests/unit/test_cli_format.py).
 """
 
 from __future__ import annotations
