@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobbalancer import cli, settings
+from jobbalancer.cli import up
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to test the refusal")
 
@@ -52,7 +53,7 @@ def test_worker_refuses_run_as_root_user(tmp_path: Path) -> None:
 def test_up_as_root_passes_the_override_to_its_own_server_only() -> None:
     # `up` as root runs each job under a uid of its own, so its server is started with
     # --allow-root while its workers get --run-as dynamic (not --allow-root).
-    plan = cli._UpPlan.make(settings.Settings(), 1, None)
+    plan = up.UpPlan.make(settings.Settings(), 1, None)
     assert "--allow-root" in plan.server_argv()
     worker_argv = plan.worker_argv("w-1")
     assert "--allow-root" not in worker_argv
@@ -61,7 +62,7 @@ def test_up_as_root_passes_the_override_to_its_own_server_only() -> None:
 
 def test_up_as_root_keeps_an_explicit_run_as_user() -> None:
     loaded = settings.Settings(worker=settings.WorkerSettings(run_as="nobody"))
-    worker_argv = cli._UpPlan.make(loaded, 1, None).worker_argv("w-1")
+    worker_argv = up.UpPlan.make(loaded, 1, None).worker_argv("w-1")
     assert worker_argv[worker_argv.index("--run-as") + 1] == "nobody"
 
 
@@ -122,7 +123,7 @@ def test_an_unprivileged_worker_says_its_jobs_share_its_user(
 
 def test_up_as_root_with_allow_root_runs_jobs_as_root_as_told() -> None:
     loaded = settings.Settings(worker=settings.WorkerSettings(allow_root=True))
-    plan = cli._UpPlan.make(loaded, 1, None)
+    plan = up.UpPlan.make(loaded, 1, None)
     worker_argv = plan.worker_argv("w-1")
     assert "--run-as" not in worker_argv and "--allow-root" in worker_argv
     assert not plan.default_run_as

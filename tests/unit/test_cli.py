@@ -18,7 +18,8 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner
 
-from jobbalancer import auth, cli, db
+from jobbalancer import auth, cli, db, settings
+from jobbalancer.cli import submit, up
 from jobbalancer.client import Client
 
 
@@ -359,9 +360,9 @@ def test_submit_needs_something_to_run(runner: CliRunner) -> None:
 
 
 def test_submit_joins_command_words_with_shell_quoting() -> None:
-    one = cli._submit_spec(["echo hi | wc -c"], None, [], [], [])
-    many = cli._submit_spec(["printf", "%s\n", "a b"], None, [], ["K=v=w"], ["team=x"])
-    script = cli._submit_spec([], "7", ["in file", "-x"], [], [])
+    one = submit.submit_spec(["echo hi | wc -c"], None, [], [], [])
+    many = submit.submit_spec(["printf", "%s\n", "a b"], None, [], ["K=v=w"], ["team=x"])
+    script = submit.submit_spec([], "7", ["in file", "-x"], [], [])
 
     assert one["command"] == "echo hi | wc -c"
     assert many["command"] == "printf '%s\n' 'a b'"
@@ -553,8 +554,8 @@ def test_database_url_file_readable_by_others_is_a_config_error(
 def test_up_puts_the_database_url_in_its_childrens_environment_not_their_argv(
     tmp_path: Path,
 ) -> None:
-    loaded = cli.settings_mod.load(**{"database.url": PASSWORD_URL})
-    plan = cli._UpPlan.make(loaded, 2, tmp_path / "c.toml")
+    loaded = settings.load(**{"database.url": PASSWORD_URL})
+    plan = up.UpPlan.make(loaded, 2, tmp_path / "c.toml")
 
     argvs = [plan.server_argv(), *(plan.worker_argv(n) for n in plan.worker_names())]
 
