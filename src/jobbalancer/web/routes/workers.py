@@ -33,7 +33,7 @@ def _listing(page: deps.Page) -> dict[str, Any]:
 
 @router.get("/workers")
 def workers_page(page: deps.Viewer) -> Response:
-    return page.render("registry.html", active="workers", **_listing(page))
+    return page.render("workers.html", active="workers", **_listing(page))
 
 
 @router.get("/workers/table")
