@@ -98,6 +98,12 @@ workers = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", Name, nullable=False, unique=True),
     sa.Column("host", sa.String(255), nullable=False),
+    # Which machine the worker runs on (an id it keeps from its first start), so that two
+    # hosts with one host name, cloned VMs or containers, are told apart.
+    sa.Column("machine_id", sa.String(64)),
+    # Which process holds the row now (boot id, pid namespace, pid, start time): a second
+    # process for the same name is seen for what it is.
+    sa.Column("instance", sa.String(160)),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False, default=True),
     sa.Column("worker_class_id", sa.ForeignKey("worker_classes.id"), nullable=False),
@@ -150,6 +156,8 @@ jobs = sa.Table(
     sa.Column("need_realtime", sa.Boolean, nullable=False, default=False),
     sa.Column("priority", sa.Integer, nullable=False, default=0),
     sa.Column("retries", sa.Integer, nullable=False, default=0),
+    # The directory on the worker it runs in; NULL: a private temporary directory.
+    sa.Column("workdir", sa.Text),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("retry_of", sa.Integer),
     sa.Column("restarted_from", sa.Integer),
