@@ -159,7 +159,10 @@ def test_two_servers_one_balances_the_other_takes_over(
     )
     takeover = time.monotonic() - killed_at
     assert _pid_of(new) == survivor.popen.pid
-    assert "now runs the balancer" in survivor.log()
+    # It says so in its log right after committing the lease: read it until it is there
+    cluster.wait_for(
+        lambda: "now runs the balancer" in survivor.log(), "the survivor's log line", timeout=10
+    )
 
     if survivor is second:  # talk to the one still serving
         cluster.api.close()
