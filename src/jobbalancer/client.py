@@ -497,10 +497,6 @@ def _cursor(cursor: str | None) -> dict[str, str]:
     return {"cursor": cursor} if cursor else {}
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
 def _reason(exc: httpx.TransportError) -> str:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError) and "refused" in text.lower():

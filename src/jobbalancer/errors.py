@@ -92,12 +92,6 @@ class Occupied(Conflict):
         self.job = job
 
 
-class StaleAttempt(Conflict):
-    """This attempt of the job is no longer the worker's: it was recovered or killed meanwhile."""
-
-    code = "stale_attempt"
-
-
 class DatabaseUnavailable(JobBalancerError):
     """The database cannot be reached; try again shortly."""
 

@@ -1,17 +1,18 @@
-"""Jobs: the record, its states, and the job manager.
+"""Jobs: the record, its states, and every change of state.
 
-The manager is the only code that changes a job's state. Every transition is one
-conditional statement (``UPDATE … WHERE id = :id AND state IN (…)``) whose row count says
-whether it happened; nothing reads a state, decides in Python, and writes it back. Callers
-hand in a connection inside a write transaction (``db.write``), so a transition and what
-goes with it (a retry, a freed slot filled) commit together.
+This module is the only code that changes a job's state, and it reads as the state
+machine: the moves are in the order of a job's life, each one a statement built once
+(``UPDATE … WHERE id = :id AND state = …``, defined just above the function that runs it)
+whose row count says whether it happened; nothing reads a state, decides in Python, and
+writes it back. Callers hand in a connection inside a write transaction (``db.write``), so
+a move and what goes with it (a retry, a freed slot filled) commit together.
 """
 
 from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,20 @@ J = schema.jobs
 
 
 class State(enum.StrEnum):
+    """Where a job is in its life. The moves, each a function below::
+
+        submit ─▶ waiting ─assign─▶ assigned ─claim─▶ running ─finish─▶ done|failed|timeout|killed
+                    │  ▲  ▲             │                ▲   │
+                    │  │  └─unassign────┘ (worker gone)  │   └─lose (worker gone)─▶ lost
+                    │  └── new attempt of a failed/lost job with retries left (retry_of)
+                    ├─────────────take (a worker fills its own freed slots)─▶ running
+                    ├─occupy─▶ occupied   (need_realtime, no free slot; kept for the record)
+                    └─request_kill (waiting or assigned) ─▶ killed
+
+    A running job is killed by its worker: ``request_kill`` sets ``kill_requested``, the
+    worker kills the process and reports it (``finish`` → killed).
+    """
+
     WAITING = "waiting"
     ASSIGNED = "assigned"
     RUNNING = "running"
@@ -173,7 +188,19 @@ def get_many(conn: sa.Connection, ids: Sequence[int]) -> list[Job]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-# -- creating ------------------------------------------------------------------------------
+# -- the moves: each is a statement built once, run through _moved ------------------------
+# The statements a job's normal life runs many times a second are built once: building
+# and cache-keying a SQLAlchemy statement costs more than executing it on SQLite.
+
+
+def _moved(conn: sa.Connection, stmt: sa.Update, params: Mapping[str, Any]) -> bool:
+    """Run a move of one job; True when it happened (the job was where the move starts)."""
+    return conn.execute(stmt, params).rowcount == 1
+
+
+# -- creating: submit, restart, retry → waiting -------------------------------------------
+
+_INSERT = sa.insert(J).values(created_at=utcnow())
 
 
 def create(
@@ -189,9 +216,6 @@ def create(
         stmt = _INSERT.returning(J.c.id, sort_by_parameter_order=True)
         return [int(i) for i in conn.execute(stmt, rows).scalars()]
     return [_inserted_id(conn.execute(_INSERT, row)) for row in rows]
-
-
-_INSERT = sa.insert(J).values(created_at=utcnow())
 
 
 def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, Any]:
@@ -251,7 +275,7 @@ def _copy(
     result = conn.execute(
         sa.insert(J).values(
             **values,
-            state=State.WAITING,
+            state=State.WAITING.value,
             attempt=row.attempt + 1 if attempt is None else attempt,
             restarted_from=restarted_from,
             retry_of=retry_of,
@@ -269,30 +293,12 @@ def _inserted_id(result: sa.CursorResult[Any]) -> int:
     return int(key[0])
 
 
-# -- transitions -------------------------------------------------------------------------
+def _retry(conn: sa.Connection, job_id: int) -> int | None:
+    """Queue the next attempt of a failed or lost job, if it has retries left."""
+    return _copy(conn, job_id, retry_of=job_id)
 
 
-def _transition(
-    conn: sa.Connection,
-    job_id: int,
-    from_states: Iterable[State],
-    *conditions: sa.ColumnElement[bool],
-    **values: Any,
-) -> bool:
-    """One conditional UPDATE; True when it happened."""
-    stmt = (
-        sa.update(J)
-        .where(J.c.id == job_id, J.c.state.in_([s.value for s in from_states]), *conditions)
-        .values(**values)
-    )
-    return conn.execute(stmt).rowcount == 1
-
-
-def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
-    """waiting → assigned to ``worker_id``, with a fresh fencing token."""
-    params = {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
-    return conn.execute(_ASSIGN, params).rowcount == 1
-
+# -- assign: waiting → assigned -----------------------------------------------------------
 
 _ASSIGN = (
     sa.update(J)
@@ -306,28 +312,13 @@ _ASSIGN = (
 )
 
 
-def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list[Job]:
-    """The first ``limit`` waiting jobs of a class, in queue order, waiting → running on
-    ``worker_id`` at once: a worker filling its own freed slots assigns and claims in one
-    statement (it starts the processes right after the commit). The jobs it got.
+def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
+    """waiting → assigned to ``worker_id``, with a fresh fencing token."""
+    params = {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
+    return _moved(conn, _ASSIGN, params)
 
-    They share one fresh fencing token: what fences is that each assignment of a job
-    gets a token no earlier assignment of it had. Reading the queue skips rows another
-    transaction holds (PostgreSQL, MariaDB) rather than waiting to find them taken.
-    """
-    if limit <= 0:
-        return []
-    token = secrets.token_hex(8)
-    params = {"b_worker": worker_id, "b_token": token, "b_class": class_id, "b_limit": limit}
-    if conn.dialect.update_returning:  # the queue as a subquery: one statement
-        conn.execute(_TAKE_FIRST, params)
-    else:  # MariaDB/MySQL cannot update a table it reads in a subquery
-        ids = list(conn.execute(_QUEUE_LOCKED, params).scalars())
-        if not ids:
-            return []
-        conn.execute(_TAKE_IDS, {**params, "b_ids": ids})
-    return [Job.from_row(r) for r in conn.execute(_TAKEN, params)]
 
+# -- take: waiting → running (a worker fills its own freed slots) -------------------------
 
 _TAKE = (
     sa.update(J)
@@ -365,20 +356,45 @@ _TAKEN = (
 )
 
 
+def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list[Job]:
+    """The first ``limit`` waiting jobs of a class, in queue order, waiting → running on
+    ``worker_id`` at once: a worker filling its own freed slots assigns and claims in one
+    statement (it starts the processes right after the commit). The jobs it got.
+
+    They share one fresh fencing token: what fences is that each assignment of a job
+    gets a token no earlier assignment of it had. Reading the queue skips rows another
+    transaction holds (PostgreSQL, MariaDB) rather than waiting to find them taken.
+    """
+    if limit <= 0:
+        return []
+    token = secrets.token_hex(8)
+    params = {"b_worker": worker_id, "b_token": token, "b_class": class_id, "b_limit": limit}
+    if conn.dialect.update_returning:  # the queue as a subquery: one statement
+        conn.execute(_TAKE_FIRST, params)
+    else:  # MariaDB/MySQL cannot update a table it reads in a subquery
+        ids = list(conn.execute(_QUEUE_LOCKED, params).scalars())
+        if not ids:
+            return []
+        conn.execute(_TAKE_IDS, {**params, "b_ids": ids})
+    return [Job.from_row(r) for r in conn.execute(_TAKEN, params)]
+
+
+# -- occupy: waiting → occupied -----------------------------------------------------------
+
+_OCCUPY = (
+    sa.update(J)
+    .where(J.c.id == sa.bindparam("b_id"), J.c.state == State.WAITING.value)
+    .values(state=State.OCCUPIED.value, error="no worker had a free slot", finished_at=utcnow())
+)
+
+
 def occupy(conn: sa.Connection, job_id: int) -> bool:
     """waiting → occupied: need_realtime and no free slot; kept for the record."""
-    return _transition(
-        conn,
-        job_id,
-        [State.WAITING],
-        state=State.OCCUPIED,
-        error="no worker had a free slot",
-        finished_at=utcnow(),
-    )
+    return _moved(conn, _OCCUPY, {"b_id": job_id})
 
 
-# The statements a job's normal life runs many times a second are built once: building
-# and cache-keying a SQLAlchemy statement costs more than executing it on SQLite.
+# -- claim: assigned → running ------------------------------------------------------------
+
 _CLAIM = (
     sa.update(J)
     .where(
@@ -394,13 +410,114 @@ _CLAIM = (
 def claim(conn: sa.Connection, job_id: int, worker_id: int, token: str) -> bool:
     """assigned → running: the worker takes the job before starting its process."""
     params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
-    return conn.execute(_CLAIM, params).rowcount == 1
+    return _moved(conn, _CLAIM, params)
+
+
+def _claim_all() -> sa.CompoundSelect[Any]:
+    """The statement of :func:`claim_for_worker` (an UPDATE … RETURNING in a WITH)."""
+    w, c = schema.workers, schema.worker_classes
+    claimed = (
+        sa.update(J)
+        .where(J.c.worker_id == sa.bindparam("b_worker"), J.c.state == State.ASSIGNED.value)
+        .values(state=State.RUNNING.value, started_at=utcnow())
+        .returning(*J.c)
+        .cte("claimed")
+    )
+    names = (w.c.name.label("worker_name"), c.c.name.label("worker_class"))
+    got = sa.select(*claimed.c, *names, sa.true().label("claimed")).select_from(
+        claimed.join(c, c.c.id == claimed.c.worker_class_id).outerjoin(
+            w, w.c.id == claimed.c.worker_id
+        )
+    )
+    # The statement's snapshot predates its update: a job just claimed is not in here.
+    kill = (
+        select_jobs()
+        .add_columns(sa.false().label("claimed"))
+        .where(
+            J.c.worker_id == sa.bindparam("b_worker"),
+            J.c.state == State.RUNNING.value,
+            J.c.kill_requested.is_(True),
+        )
+    )
+    order: list[sa.ColumnElement[Any]] = [sa.literal_column("priority").desc()]
+    order.append(sa.literal_column("id"))
+    return sa.union_all(got, kill).order_by(*order)
+
+
+_CLAIM_ALL = _claim_all()
+
+
+def claim_for_worker(conn: sa.Connection, worker_id: int) -> tuple[list[Job], list[Job]]:
+    """assigned → running for every job assigned to ``worker_id``, and its running jobs
+    to kill, in one statement (PostgreSQL): the jobs claimed, and those to kill.
+
+    What :func:`for_worker` then :func:`claim` do in two. The token check of ``claim``
+    guards a token read earlier; here the job is claimed in the statement that reads it,
+    so it is the current assignment's.
+    """
+    claimed: list[Job] = []
+    to_kill: list[Job] = []
+    for row in conn.execute(_CLAIM_ALL, {"b_worker": worker_id}):
+        (claimed if row.claimed else to_kill).append(Job.from_row(row))
+    return claimed, to_kill
+
+
+_FOR_WORKER = (
+    select_jobs()
+    .where(
+        J.c.worker_id == sa.bindparam("b_worker"),
+        sa.or_(
+            J.c.state == State.ASSIGNED.value,
+            sa.and_(J.c.state == State.RUNNING.value, J.c.kill_requested.is_(True)),
+        ),
+    )
+    .order_by(J.c.priority.desc(), J.c.id)
+)
+
+
+def for_worker(conn: sa.Connection, worker_id: int) -> list[Job]:
+    """What a worker must act on: jobs assigned to it, and its running jobs to kill."""
+    return [Job.from_row(r) for r in conn.execute(_FOR_WORKER, {"b_worker": worker_id})]
+
+
+# -- set_pid: the running process's pid (no move) -----------------------------------------
+
+_SET_PID = (
+    sa.update(J)
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.token == sa.bindparam("b_token"),
+        J.c.state == State.RUNNING.value,
+    )
+    .values(pid=sa.bindparam("b_pid"))
+)
 
 
 def set_pid(conn: sa.Connection, job_id: int, token: str, pid: int) -> bool:
     """Record the running process's pid (not a change of state)."""
-    stmt = sa.update(J).where(J.c.id == job_id, J.c.token == token, J.c.state == State.RUNNING)
-    return conn.execute(stmt.values(pid=pid)).rowcount == 1
+    return _moved(conn, _SET_PID, {"b_id": job_id, "b_token": token, "b_pid": pid})
+
+
+# -- finish: running → done | failed | timeout | killed -----------------------------------
+
+_FINISH = (
+    sa.update(J)
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state == State.RUNNING.value,
+        J.c.token == sa.bindparam("b_token"),
+    )
+    .values(
+        state=sa.bindparam("b_state"),
+        exit_code=sa.bindparam("b_exit_code"),
+        signal=sa.bindparam("b_signal"),
+        error=sa.bindparam("b_error"),
+        finished_at=utcnow(),
+        # None: keep what is there.
+        output_bytes=sa.func.coalesce(sa.bindparam("b_output_bytes"), J.c.output_bytes),
+        pid=sa.func.coalesce(sa.bindparam("b_pid"), J.c.pid),
+    )
+)
 
 
 def finish(
@@ -427,35 +544,24 @@ def finish(
         "b_id": job_id, "b_token": token, "b_state": state.value, "b_exit_code": exit_code,
         "b_signal": signal, "b_error": error, "b_output_bytes": output_bytes, "b_pid": pid,
     }  # fmt: skip
-    done = conn.execute(_FINISH, params).rowcount == 1
+    done = _moved(conn, _FINISH, params)
     if done and retry and state in RETRYABLE:
         _retry(conn, job_id)
     return done
 
 
-_FINISH = (
+# -- request_kill: waiting | assigned → killed; running → kill_requested ------------------
+
+_KILL_PENDING = (
     sa.update(J)
-    .where(
-        J.c.id == sa.bindparam("b_id"),
-        J.c.state == State.RUNNING.value,
-        J.c.token == sa.bindparam("b_token"),
-    )
-    .values(
-        state=sa.bindparam("b_state"),
-        exit_code=sa.bindparam("b_exit_code"),
-        signal=sa.bindparam("b_signal"),
-        error=sa.bindparam("b_error"),
-        finished_at=utcnow(),
-        # None: keep what is there.
-        output_bytes=sa.func.coalesce(sa.bindparam("b_output_bytes"), J.c.output_bytes),
-        pid=sa.func.coalesce(sa.bindparam("b_pid"), J.c.pid),
-    )
+    .where(J.c.id == sa.bindparam("b_id"), J.c.state.in_([s.value for s in PENDING]))
+    .values(state=State.KILLED.value, error="killed before it started", finished_at=utcnow())
 )
-
-
-def _retry(conn: sa.Connection, job_id: int) -> int | None:
-    """Queue the next attempt of a failed or lost job, if it has retries left."""
-    return _copy(conn, job_id, retry_of=job_id)
+_REQUEST_KILL = (
+    sa.update(J)
+    .where(J.c.id == sa.bindparam("b_id"), J.c.state == State.RUNNING.value)
+    .values(kill_requested=True)
+)
 
 
 def request_kill(conn: sa.Connection, job_id: int) -> None:
@@ -463,16 +569,9 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
 
     Raises NotFound for an unknown job and Conflict for one that is already over.
     """
-    if _transition(
-        conn,
-        job_id,
-        PENDING,
-        state=State.KILLED,
-        error="killed before it started",
-        finished_at=utcnow(),
-    ):
+    if _moved(conn, _KILL_PENDING, {"b_id": job_id}):
         return
-    if _transition(conn, job_id, [State.RUNNING], kill_requested=True):
+    if _moved(conn, _REQUEST_KILL, {"b_id": job_id}):
         worker_id = conn.execute(sa.select(J.c.worker_id).where(J.c.id == job_id)).scalar()
         if worker_id is not None:
             db.wake_workers(conn, [worker_id])
@@ -481,35 +580,47 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
     raise errors.Conflict(f"job {job_id} is already {job.state}; nothing to kill")
 
 
+# -- the worker is gone: assigned → waiting (unassign), running → lost (lose) -------------
+
+_UNASSIGN = (
+    sa.update(J)
+    .where(J.c.worker_id == sa.bindparam("b_worker"), J.c.state == State.ASSIGNED.value)
+    .values(state=State.WAITING.value, worker_id=None, token=None, assigned_at=None)
+)
+
+
 def unassign_worker(conn: sa.Connection, worker_id: int) -> int:
     """assigned → waiting for every job a vanished worker had not started yet."""
-    stmt = (
-        sa.update(J)
-        .where(J.c.worker_id == worker_id, J.c.state == State.ASSIGNED)
-        .values(state=State.WAITING, worker_id=None, token=None, assigned_at=None)
+    return conn.execute(_UNASSIGN, {"b_worker": worker_id}).rowcount
+
+
+_RUNNING_ON = sa.select(J.c.id).where(
+    J.c.worker_id == sa.bindparam("b_worker"), J.c.state == State.RUNNING.value
+)
+_LOSE = (
+    sa.update(J)
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state == State.RUNNING.value,
+        J.c.worker_id == sa.bindparam("b_worker"),
     )
-    return conn.execute(stmt).rowcount
+    .values(state=State.LOST.value, error=sa.bindparam("b_reason"), finished_at=utcnow())
+)
 
 
 def lose_worker_jobs(conn: sa.Connection, worker_id: int, reason: str) -> list[int]:
     """running → lost for every job of a vanished worker; retries where allowed."""
-    running = conn.execute(
-        sa.select(J.c.id).where(J.c.worker_id == worker_id, J.c.state == State.RUNNING)
-    ).scalars()
+    running = list(conn.execute(_RUNNING_ON, {"b_worker": worker_id}).scalars())
     lost = []
-    for job_id in list(running):
-        if _transition(
-            conn,
-            job_id,
-            [State.RUNNING],
-            J.c.worker_id == worker_id,
-            state=State.LOST,
-            error=reason,
-            finished_at=utcnow(),
-        ):
+    for job_id in running:
+        params = {"b_id": job_id, "b_worker": worker_id, "b_reason": reason}
+        if _moved(conn, _LOSE, params):
             lost.append(job_id)
             _retry(conn, job_id)
     return lost
+
+
+# -- housekeeping: finished jobs ----------------------------------------------------------
 
 
 def delete(conn: sa.Connection, job_id: int) -> None:
@@ -546,69 +657,3 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
         conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
     return len(ids)
-
-
-def claim_for_worker(conn: sa.Connection, worker_id: int) -> tuple[list[Job], list[Job]]:
-    """assigned → running for every job assigned to ``worker_id``, and its running jobs
-    to kill, in one statement (PostgreSQL): the jobs claimed, and those to kill.
-
-    What :func:`for_worker` then :func:`claim` do in two. The token check of ``claim``
-    guards a token read earlier; here the job is claimed in the statement that reads it,
-    so it is the current assignment's.
-    """
-    claimed: list[Job] = []
-    to_kill: list[Job] = []
-    for row in conn.execute(_CLAIM_ALL, {"b_worker": worker_id}):
-        (claimed if row.claimed else to_kill).append(Job.from_row(row))
-    return claimed, to_kill
-
-
-def _claim_all() -> sa.CompoundSelect[Any]:
-    w, c = schema.workers, schema.worker_classes
-    claimed = (
-        sa.update(J)
-        .where(J.c.worker_id == sa.bindparam("b_worker"), J.c.state == State.ASSIGNED.value)
-        .values(state=State.RUNNING.value, started_at=utcnow())
-        .returning(*J.c)
-        .cte("claimed")
-    )
-    names = (w.c.name.label("worker_name"), c.c.name.label("worker_class"))
-    got = sa.select(*claimed.c, *names, sa.true().label("claimed")).select_from(
-        claimed.join(c, c.c.id == claimed.c.worker_class_id).outerjoin(
-            w, w.c.id == claimed.c.worker_id
-        )
-    )
-    # The statement's snapshot predates its update: a job just claimed is not in here.
-    kill = (
-        select_jobs()
-        .add_columns(sa.false().label("claimed"))
-        .where(
-            J.c.worker_id == sa.bindparam("b_worker"),
-            J.c.state == State.RUNNING.value,
-            J.c.kill_requested.is_(True),
-        )
-    )
-    order: list[sa.ColumnElement[Any]] = [sa.literal_column("priority").desc()]
-    order.append(sa.literal_column("id"))
-    return sa.union_all(got, kill).order_by(*order)
-
-
-_CLAIM_ALL = _claim_all()
-
-
-def for_worker(conn: sa.Connection, worker_id: int) -> list[Job]:
-    """What a worker must act on: jobs assigned to it, and its running jobs to kill."""
-    return [Job.from_row(r) for r in conn.execute(_FOR_WORKER, {"b_worker": worker_id})]
-
-
-_FOR_WORKER = (
-    select_jobs()
-    .where(
-        J.c.worker_id == sa.bindparam("b_worker"),
-        sa.or_(
-            J.c.state == State.ASSIGNED.value,
-            sa.and_(J.c.state == State.RUNNING.value, J.c.kill_requested.is_(True)),
-        ),
-    )
-    .order_by(J.c.priority.desc(), J.c.id)
-)

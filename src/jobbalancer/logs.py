@@ -67,13 +67,6 @@ def chunks(
     return found
 
 
-def chunks_after(
-    conn: sa.Connection, job_id: int, seq: int, limit: int = BATCH, view: View = "all"
-) -> list[Chunk]:
-    """The chunks written after chunk ``seq`` (-1: from the start), for live streaming."""
-    return chunks(conn, job_id, view=view, after_seq=seq, limit=limit)
-
-
 def read(
     conn: sa.Connection,
     job_id: int,

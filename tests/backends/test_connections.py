@@ -67,7 +67,7 @@ def test_a_pooled_connection_is_pinged_only_after_being_idle(
                 conn.execute(sa.select(1))
         assert pings == []
         # Idle past the limit: pinged
-        monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)
+        monkeypatch.setattr(db.connections, "PING_AFTER_IDLE", 0.0)
         with db.read(engine) as conn:
             conn.execute(sa.select(1))
         assert len(pings) == 1
