@@ -99,6 +99,34 @@ class DatabaseUnavailable(JobBalancerError):
     code = "database_unavailable"
 
 
+class SchemaMismatch(JobBalancerError):
+    """The database schema is not the one this version of jobbalancer uses."""
+
+    status = 503
+    code = "schema_mismatch"
+
+    def __init__(self, current: str | None, head: str, message: str) -> None:
+        super().__init__(message)
+        self.current = current
+        self.head = head
+
+
+class SchemaTooOld(SchemaMismatch):
+    """The database schema is older than this version's: the server upgrades it when it
+    starts, or run `jobbalancer db upgrade`."""
+
+
+class SchemaTooNew(SchemaMismatch):
+    """The database schema is newer than this version knows: upgrade jobbalancer here."""
+
+
+class DatabaseRefused(JobBalancerError):
+    """The database refused: this database role may not do that."""
+
+    status = 403
+    code = "database_refused"
+
+
 class ConfigError(JobBalancerError):
     """The configuration is not valid."""
 

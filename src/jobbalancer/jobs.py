@@ -55,8 +55,9 @@ class State(enum.StrEnum):
 ACTIVE = (State.ASSIGNED, State.RUNNING)
 PENDING = (State.WAITING, State.ASSIGNED)
 FINAL = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST, State.OCCUPIED)
-# What a worker may report when a job's process is over.
-OUTCOMES = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED)
+# What a worker may report when a job's process is over. LOST: the worker stopped the
+# attempt itself, cut off from the database too long to know it still held it (fencing).
+OUTCOMES = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST)
 # Ends after which a job with retries left runs again as a new attempt.
 RETRYABLE = (State.FAILED, State.LOST)
 
@@ -78,6 +79,8 @@ class Spec:
     need_realtime: bool = False
     priority: int = 0
     retries: int = 0
+    # The directory on the worker it runs in; None: a private temporary directory.
+    workdir: str | None = None
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -95,6 +98,7 @@ _SPEC_COLUMNS = (
     "need_realtime",
     "priority",
     "retries",
+    "workdir",
     "user_id",
     "user_name",
 )
@@ -120,6 +124,7 @@ class Job:
     need_realtime: bool
     priority: int
     retries: int
+    workdir: str | None
     attempt: int
     retry_of: int | None
     restarted_from: int | None
@@ -234,6 +239,7 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
         "need_realtime": spec.need_realtime,
         "priority": spec.priority,
         "retries": spec.retries,
+        "workdir": spec.workdir,
         "attempt": 1,
         "user_id": user_id,
         "user_name": user_name,

@@ -28,6 +28,9 @@ RET_AUTH = 7  # no or wrong API key (401), or a role that does not allow it (403
 RET_NOT_FOUND = 8  # no such job, user, key …
 RET_CONFLICT = 9  # the object is not in a state that allows this
 RET_DATABASE = 10  # the database cannot be reached
+# The database schema is not this version's (older: the server or `jobbalancer db upgrade`
+# upgrades it; newer: upgrade jobbalancer here).
+RET_SCHEMA = 11
 RET_TEMPFAIL = 75  # a job was lost, or rejected as occupied: try again (EX_TEMPFAIL)
 RET_JOB_TIMEOUT = 124  # the job's watchdog fired (as timeout(1))
 RET_INTERRUPTED = 130  # Ctrl-C while following or waiting; the job goes on
@@ -51,6 +54,8 @@ _BY_ERROR: Mapping[type[Exception], int] = {
     errors.BadRequest: RET_USAGE,
     errors.Unauthorized: RET_AUTH,
     errors.Forbidden: RET_AUTH,
+    errors.SchemaMismatch: RET_SCHEMA,
+    errors.DatabaseRefused: RET_AUTH,
     client.ConnectionFailed: RET_CONNECT,
     **dict.fromkeys(db.UNAVAILABLE, RET_DATABASE),
 }

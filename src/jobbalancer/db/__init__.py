@@ -27,7 +27,15 @@ from jobbalancer.db.connections import (
     write,
 )
 from jobbalancer.db.locks import lock_row, release_lease, take_lease
-from jobbalancer.db.migrate import MIGRATIONS, current_revision, downgrade, upgrade
+from jobbalancer.db.migrate import (
+    MIGRATIONS,
+    check_schema,
+    current_revision,
+    downgrade,
+    head_revision,
+    schema_revision,
+    upgrade,
+)
 from jobbalancer.db.types import utcnow
 from jobbalancer.db.wake import WAKE_CHANNEL, WakeListener, wake_address, wake_workers
 
@@ -38,11 +46,13 @@ __all__ = [
     "WakeListener",
     "backend",
     "backends",
+    "check_schema",
     "connect",
     "connections",
     "count_up",
     "current_revision",
     "downgrade",
+    "head_revision",
     "is_disconnect",
     "lock_row",
     "locks",
@@ -53,6 +63,7 @@ __all__ = [
     "read",
     "release_lease",
     "schema",
+    "schema_revision",
     "take_lease",
     "types",
     "upgrade",

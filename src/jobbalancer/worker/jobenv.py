@@ -143,3 +143,11 @@ def check_shebang(body: str, ident: Identity | None) -> None:
         raise NotUsable(f"cannot start the script: cannot read {program!r}: {exc}") from exc
     if magic != b"\x7fELF" and not magic.startswith(b"#!"):
         raise NotUsable(f"cannot start the script: its #! interpreter {program!r} is not a program")
+
+
+def check_workdir(path: str, ident: Identity | None) -> None:
+    """Refuse a working directory the job could not run in (checked before the start)."""
+    if not os.path.isabs(path):
+        raise NotUsable(f"workdir {path!r} is not an absolute path")
+    if not os.path.isdir(path):
+        raise NotUsable(f"workdir {path!r} does not exist on this worker")

@@ -151,7 +151,7 @@ class Worker:
             except uids.UidError as exc:
                 raise errors.ConfigError(str(exc)) from exc
         self._install_signal_handlers()
-        self._retry(lambda: db.upgrade(self.engine), "upgrade the schema")
+        self.presence.wait_for_schema()  # only the server or `db upgrade` migrates
         self.presence.register()
         self.presence.clean_up_after_predecessor()
         self.sink.start()
@@ -164,7 +164,7 @@ class Worker:
             self._loop(burst)
         finally:
             self._shutdown()
-        return 0
+        return self.presence.exit_code
 
     def _loop(self, burst: bool) -> None:
         """Record ended jobs as soon as they end (taking new ones for the freed slots in
@@ -379,6 +379,7 @@ class Worker:
             path=self.ws.job_path,
             owner=self.presence.owner,
             cgroup=self.ws.cgroups,
+            workdir=job.workdir,
         )
 
     def _on_output(self, job_id: int) -> Callable[[str, bytes], None]:

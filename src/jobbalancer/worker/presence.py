@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from jobbalancer import __version__, balancer, db, errors, registry, settings
 from jobbalancer.settings import WorkerSettings
-from jobbalancer.worker import runner
+from jobbalancer.worker import fence, runner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +68,30 @@ class Presence:
         self._draining = draining
         self._stopped = stopped  # the heartbeat ends with it
         self._thread: threading.Thread | None = None
+        # When the last registration or heartbeat that went through was sent (fence.clock()):
+        # the worker's lease on its jobs counts from there.
+        self.renewed_at = 0.0
+        # Seconds between heartbeats (the fencing may ask for shorter than configured).
+        self.heartbeat_every: Callable[[], float] = lambda: ws.heartbeat_interval
+        # What the worker process exits with once it stopped (0, or why it had to).
+        self.exit_code = 0
+
+    def wait_for_schema(self) -> None:
+        """Wait until the database's schema is this version's: an older one is upgraded by
+        the server (or `jobbalancer db upgrade`), never by a worker; a newer one is raised
+        (SchemaTooNew: this machine needs the new version)."""
+        warned = False
+        while True:
+            try:
+                self._retry(lambda: db.check_schema(self.engine), "check the database schema")
+                return
+            except errors.SchemaTooOld as exc:
+                if not warned:
+                    log.warning("%s; waiting (checking every 5 s)", exc.message)
+                    warned = True
+            if self._draining.wait(5.0):
+                raise errors.SchemaTooOld(None, db.head_revision(), "stopped while waiting for "
+                                          "the database schema to be upgraded")  # fmt: skip
 
     def register(self) -> None:
         """Register (choosing a free name if none is set), read the tunables, and take
@@ -78,6 +102,7 @@ class Presence:
             self.name = self._retry(lambda: self._free_name(host), "choose a worker name")
 
         def register() -> tuple[int, str]:
+            sent = fence.clock()
             with db.write(self.engine) as conn:
                 ids = registry.register(
                     conn, name=self.name, host=host, worker_class=self.ws.worker_class,
@@ -87,7 +112,8 @@ class Presence:
                 self.tunables = settings.load_tunables(conn)
                 # A worker joining is a slot freeing up: fill it at once.
                 balancer.assign_waiting(conn, worker_id=ids[0])
-                return ids
+            self.renewed_at = sent
+            return ids
 
         self.worker_id, self.session = self._retry(register, "register")
 
@@ -121,7 +147,7 @@ class Presence:
         raise errors.ConfigError("could not find a free worker name; pass --name")
 
     def _heartbeat_loop(self) -> None:
-        while not self._stopped.wait(self.ws.heartbeat_interval):
+        while not self._stopped.wait(self.heartbeat_every()):
             # Descendants that escaped their job and re-parented to us end as zombies here.
             runner.reap_orphans()
             try:
@@ -131,9 +157,12 @@ class Presence:
 
     def _heartbeat(self) -> None:
         stats = machine_stats()
+        sent = fence.clock()
         with db.write(self.engine) as conn:
             state = registry.heartbeat(conn, self.worker_id, self.session, stats)
             self.tunables = settings.load_tunables(conn)
+        if state is not None:
+            self.renewed_at = sent
         if state is None and not self._draining.is_set():
             self._lost_session()
 

@@ -80,6 +80,8 @@ class RunSpec:
     owner: str = ""
     # Track the job by a cgroup of its own where the host allows one (see cgroups.py).
     cgroup: bool = True
+    # The job's working directory on this worker; None: its private temp dir.
+    workdir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,8 @@ class JobProcess:
             if spec.interpreter
             else None
         )
+        if spec.workdir:
+            spawn.usable(jobenv.check_workdir, spec.workdir, checked_as)
         lease = spawn.lease(spec.uid_pool) if spec.uid_pool else None
         try:
             return self._start(spec, user if lease is None else lease.identity, interpreter, lease)
@@ -239,7 +243,8 @@ class JobProcess:
             if group is not None:
                 gate = spawn.Gate()
             argv = _argv(spec, interpreter, workdir, user, gated=gate is not None)
-            proc = spawn.popen(argv, env, workdir, user, stdin=gate.read_end if gate else None)
+            cwd = spec.workdir or workdir
+            proc = spawn.popen(argv, env, cwd, user, stdin=gate.read_end if gate else None)
         except BaseException:
             spawn.remove_dir(workdir)
             if gate is not None:
