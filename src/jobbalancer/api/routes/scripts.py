@@ -10,6 +10,7 @@ from jobbalancer import db, scripts
 from jobbalancer.api import models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import inputs
 
 router = APIRouter(prefix="/api/v1/scripts", tags=["scripts"])
 
@@ -24,7 +25,7 @@ def list_scripts(user: CurrentUser, engine: EngineDep) -> list[models.Script]:
 
 
 @router.post("", status_code=201)
-def create_script(spec: models.ScriptIn, user: Operator, engine: EngineDep) -> models.Script:
+def create_script(spec: inputs.ScriptIn, user: Operator, engine: EngineDep) -> models.Script:
     """Store a script. Jobs copy it when submitted, so later edits never change them."""
     with db.write(engine) as conn:
         created = scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
@@ -39,7 +40,7 @@ def get_script(script_id: ScriptId, user: CurrentUser, engine: EngineDep) -> mod
 
 @router.patch("/{script_id}")
 def update_script(
-    script_id: ScriptId, patch: models.ScriptPatch, user: Operator, engine: EngineDep
+    script_id: ScriptId, patch: inputs.ScriptPatch, user: Operator, engine: EngineDep
 ) -> models.Script:
     with db.write(engine) as conn:
         updated = scripts.update(conn, script_id, patch.model_dump(exclude_unset=True))

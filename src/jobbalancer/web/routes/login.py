@@ -9,12 +9,12 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from jobbalancer import auth, db, errors
-from jobbalancer.api import deps as api_deps
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -44,7 +44,7 @@ def login_form(
 
 @router.get("/login")
 def login_page(request: Request) -> Response:
-    if api_deps.web_session(request) is not None:
+    if deps.web_session(request) is not None:
         return pages.redirect(pages.safe_next(request.query_params.get("next")))
     return login_form(request)
 
@@ -62,8 +62,8 @@ def log_in(
         return login_form(
             request, error="The login form expired; please try again.", status=403, name=name
         )
-    engine = api_deps.get_engine(request)
-    name, address = name.strip(), api_deps.client_address(request)
+    engine: sa.Engine = request.app.state.engine
+    name, address = name.strip(), deps.client_address(request)
     try:
         with db.read(engine) as conn:
             user = auth.check_login(conn, name, password, address)

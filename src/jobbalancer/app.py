@@ -1,5 +1,7 @@
-"""The HTTP application: routes, the one error mapping, the body limit, and the server's
-background supervisor, wired by :func:`create_app`."""
+"""The HTTP application, assembled in this one place by :func:`create_app`: the body limit
+and security headers, the JSON API (:mod:`jobbalancer.api`), the web UI
+(:mod:`jobbalancer.web`, whose error pages wrap the API's handlers), the server's
+background supervisor, and the first admin."""
 
 from __future__ import annotations
 
@@ -14,21 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbalancer import __version__, auth, db, monitor, web
-from jobbalancer.api import deps, errors
-from jobbalancer.api.routes import (
-    classes,
-    docs,
-    health,
-    jobs,
-    legacy,
-    metrics,
-    scripts,
-    settings,
-    stats,
-    users,
-    workers,
-)
+from jobbalancer import __version__, api, auth, db, monitor, web
+from jobbalancer.api import errors
 from jobbalancer.settings import Settings
 from jobbalancer.web import security
 
@@ -37,7 +26,6 @@ log = logging.getLogger(__name__)
 # Larger than any sane job or script (scripts stop at 10 MiB), small enough to refuse
 # before a client fills the server's memory.
 MAX_BODY_BYTES = 20 * 1024 * 1024
-ROUTERS = (jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs)
 
 FirstAdmin = tuple[auth.User, str, str]
 
@@ -75,13 +63,9 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.state.first_admin = first_admin
-    app.state.key_usage = deps.KeyUsage()
-    app.state.metrics_registry = metrics.make_registry(engine)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(security.SecurityHeaders)
-    errors.install(app)
-    for module in ROUTERS:
-        app.include_router(module.router)
+    api.install(app, engine)  # the routes and the error handlers
     web.install(app)  # the UI's pages (after the API's error handlers, which it wraps)
     return app
 
