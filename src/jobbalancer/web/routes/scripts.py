@@ -4,7 +4,7 @@ highlighting for its interpreter (CodeMirror 5, vendored; wired up by
 submit runs it with parameters typed into the page.
 
 Saving reads the form as the API's body (``inputs.ScriptIn``/``ScriptPatch``) and running
-it as a ``inputs.JobSubmit``, so the rules and messages are the API's.
+it as an ``inputs.JobSubmit``, so the rules and messages are the API's.
 """
 
 from __future__ import annotations
