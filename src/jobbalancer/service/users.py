@@ -111,3 +111,36 @@ def revoke_key(engine: sa.Engine, actor: auth.User, user_id: int, key_id: int) -
     access.self_or_admin(actor, user_id)
     with db.write(engine) as conn:
         auth.revoke_api_key(conn, user_id, key_id)
+
+
+MAX_PASSWORD = 1000  # as the login form's
+
+
+def change_own_password(
+    engine: sa.Engine, user: auth.User, current: str, new: str, repeat: str, address: str
+) -> str:
+    """Change ``user``'s own password, proven by the ``current`` one; a new web session's
+    token (every other session of theirs ends). A wrong current password counts as a
+    failed login from ``address``, so a borrowed session cannot be used to guess it."""
+    _check_new_password(current, new, repeat)
+    try:
+        with db.read(engine) as conn:
+            auth.check_login(conn, user.name, current, address)
+    except errors.Unauthorized:
+        with db.write(engine) as conn:
+            auth.record_failed_login(conn, user.name, address)
+        raise errors.Forbidden("The current password is wrong.") from None
+    with db.write(engine) as conn:
+        auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
+        token, _ = auth.create_session(conn, user.id)
+    return token
+
+
+def _check_new_password(current: str, new: str, repeat: str) -> None:
+    if max(len(current), len(new)) > MAX_PASSWORD:
+        raise errors.InvalidInput(f"A password has at most {MAX_PASSWORD} characters.")
+    if new != repeat:
+        raise errors.InvalidInput("The new password and its repetition differ.")
+    auth.check_password_strength(new)
+    if new == current:
+        raise errors.InvalidInput("The new password is the same as the current one.")

@@ -24,7 +24,6 @@ from jobbalancer.web.routes.users import render_keys_page
 router = APIRouter(include_in_schema=False)
 
 KeyId = Annotated[int, Path(ge=1, le=MAX_ID)]
-_MAX_PASSWORD = 1000  # as the login form's
 
 
 @router.get("/account")
@@ -56,36 +55,21 @@ def _render(
 
 @router.post("/account/password")
 def change_password(page: deps.Viewer) -> Response:
-    current, new = page.field("current_password"), page.field("new_password")
-    if max(len(current), len(new)) > _MAX_PASSWORD:
-        return _render(
-            page, error=f"A password has at most {_MAX_PASSWORD} characters.", status=422
+    try:
+        token = users.change_own_password(
+            page.engine,
+            page.user,
+            page.field("current_password"),
+            page.field("new_password"),
+            page.field("repeat_password"),
+            deps.client_address(page.request),
         )
-    if new != page.field("repeat_password"):
-        return _render(page, error="The new password and its repetition differ.", status=422)
-    try:
-        auth.check_password_strength(new)
-    except errors.InvalidInput as exc:
-        return _render(page, error=exc.message, status=exc.status)
-    if new == current:
-        return _render(page, error="The new password is the same as the current one.", status=422)
-    user, address = page.user, deps.client_address(page.request)
-    try:
-        with db.read(page.engine) as conn:
-            auth.check_login(conn, user.name, current, address)
-    except errors.Unauthorized:
-        with db.write(page.engine) as conn:
-            auth.record_failed_login(conn, user.name, address)
-        return _render(page, error="The current password is wrong.", status=403)
     except errors.LoginThrottled as exc:
         response = _render(page, error=exc.message, status=exc.status)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except errors.JobBalancerError as exc:
         return _render(page, error=exc.message, status=exc.status)
-    with db.write(page.engine) as conn:
-        auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
-        token, _ = auth.create_session(conn, user.id)
     response = pages.redirect(
         "/account",
         "Password changed. Your other sessions were logged out; your API keys still work.",
