@@ -1,6 +1,7 @@
-"""Changes to the fleet: workers and worker classes (operators and admins). A change that
-frees slots (more max_jobs, another class, enabled again) fills them in the same
-transaction, so waiting jobs do not wait for the balancer's next pass."""
+"""Changes to the fleet: workers, worker classes and stored scripts (operators and
+admins), and the cluster-wide settings (admins). A change that frees slots (more max_jobs,
+another class, enabled again) fills them in the same transaction, so waiting jobs do not
+wait for the balancer's next pass."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, db, registry
+from jobbalancer import auth, balancer, classes, db, registry, scripts, settings
 from jobbalancer.service import access, inputs
 
 
@@ -63,3 +64,34 @@ def delete_class(engine: sa.Engine, user: auth.User, class_id: int) -> classes.W
         wclass = classes.get(conn, class_id)
         classes.delete(conn, class_id)
     return wclass
+
+
+def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> scripts.Script:
+    """Store a script. Jobs copy it when submitted, so later edits never change them."""
+    access.require(user, access.OPERATE)
+    with db.write(engine) as conn:
+        return scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+
+
+def update_script(
+    engine: sa.Engine, user: auth.User, script_id: int, changes: dict[str, Any]
+) -> scripts.Script:
+    access.require(user, access.OPERATE)
+    with db.write(engine) as conn:
+        return scripts.update(conn, script_id, changes)
+
+
+def delete_script(engine: sa.Engine, user: auth.User, script_id: int) -> scripts.Script:
+    """Delete a script (jobs that ran it keep their copy); the script as it was."""
+    access.require(user, access.OPERATE)
+    with db.write(engine) as conn:
+        script = scripts.get(conn, script_id)
+        scripts.delete(conn, script_id)
+    return script
+
+
+def save_settings(engine: sa.Engine, user: auth.User, changes: dict[str, Any]) -> settings.Tunables:
+    """Change some settings; they take effect at once on every server and worker."""
+    access.require(user, access.ADMIN)
+    with db.write(engine) as conn:
+        return settings.save_tunables(conn, changes)

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 
 from jobbalancer import classes, db, errors, jobs, scripts
 from jobbalancer.refs import MAX_ID
-from jobbalancer.service import inputs, submission
+from jobbalancer.service import fleet, inputs, submission
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -105,10 +105,7 @@ def create_script(page: deps.Operator) -> Response:
     form = ScriptForm.read(page)
     try:
         spec = inputs.ScriptIn.model_validate(form.body())
-        with db.write(page.engine) as conn:
-            created = scripts.create(
-                conn, spec.name, spec.interpreter, spec.content, spec.description
-            )
+        created = fleet.create_script(page.engine, page.user, spec)
     except pydantic.ValidationError as exc:
         return _render_editor(page, None, form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:
@@ -131,8 +128,7 @@ def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
         script = scripts.get(conn, script_id)
     try:
         patch = inputs.ScriptPatch.model_validate(form.body())
-        with db.write(page.engine) as conn:
-            saved = scripts.update(conn, script_id, patch.model_dump())
+        saved = fleet.update_script(page.engine, page.user, script_id, patch.model_dump())
     except pydantic.ValidationError as exc:
         return _render_editor(page, script, form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:
@@ -143,9 +139,7 @@ def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
 
 @router.post("/scripts/{script_id}/delete")
 def delete_script(script_id: ScriptId, page: deps.Operator) -> Response:
-    with db.write(page.engine) as conn:
-        name = scripts.get(conn, script_id).name
-        scripts.delete(conn, script_id)
+    name = fleet.delete_script(page.engine, page.user, script_id).name
     return pages.redirect("/scripts", f"Script {name} deleted; jobs that ran it keep their copy.")
 
 
