@@ -7,7 +7,7 @@ import dataclasses
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, db, jobs
+from jobbalancer import auth, balancer, db, jobs, logs
 from jobbalancer.service import access, listing, submission
 
 
@@ -15,6 +15,17 @@ def get(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
     """The job, if ``user`` may see it (NotFound otherwise)."""
     with db.read(engine) as conn:
         return access.visible_job(conn, user, job_id)
+
+
+def read_log(
+    engine: sa.Engine, user: auth.User, job_id: int, view: logs.View, offset: int, limit: int
+) -> tuple[jobs.Job, bytes]:
+    """The job, if ``user`` may see it, and up to ``limit`` bytes of its output from
+    ``offset`` on in ``view``, read together."""
+    with db.read(engine) as conn:
+        job = access.visible_job(conn, user, job_id)
+        data, _ = logs.read(conn, job_id, view, offset, limit)
+    return job, data
 
 
 def list_page(

@@ -109,9 +109,7 @@ def get_log(
     """The output from byte ``offset`` on. ``X-Log-Offset`` is the offset to ask for next,
     ``X-Job-State`` the job's state (poll until it is final and the offset stops moving)."""
     limit_bytes = limit or logs.DEFAULT_LIMIT_BYTES
-    with db.read(engine) as conn:
-        job = access.visible_job(conn, user, job_id)
-        data, _ = logs.read(conn, job_id, stream, offset, limit_bytes)
+    job, data = job_actions.read_log(engine, user, job_id, stream, offset, limit_bytes)
     if not job.finished or len(data) == limit_bytes:
         # More may follow: keep a character cut at the end for the next read.
         data = logs.complete_utf8(data)
