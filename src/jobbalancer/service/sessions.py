@@ -1,5 +1,6 @@
-"""Web sessions as every face sees them: the live session of a cookie's token, whose
-expiry slides forward, and where a request came from (login throttling counts by it)."""
+"""Web sessions as every face sees them: logging in and out (with the throttling of failed
+logins, counted per name and address), the live session of a cookie's token, whose expiry
+slides forward, and where a request came from."""
 
 from __future__ import annotations
 
@@ -37,3 +38,33 @@ def address(host: str | None) -> str:
     throttling counts per address. X-Forwarded-For is not believed (anyone can send it);
     the server runs uvicorn without proxy headers for the same reason."""
     return (host or "")[:64] or "unknown"
+
+
+def log_in(engine: sa.Engine, name: str, password: str, address: str, old_token: str | None) -> str:
+    """A new session's token for ``name`` proven by ``password``; ``old_token``'s session
+    (logging in again, maybe as someone else) ends. A failed try counts against ``address``
+    (Unauthorized says how long to wait once there were too many); LoginThrottled while
+    the wait lasts; Forbidden for a disabled user."""
+    try:
+        with db.read(engine) as conn:
+            user = auth.check_login(conn, name, password, address)
+    except errors.Unauthorized as exc:
+        with db.write(engine) as conn:
+            wait = auth.record_failed_login(conn, name, address)
+        if not wait:
+            raise
+        raise errors.Unauthorized(
+            f"{exc.message}. Too many failed logins: wait {wait} seconds before the next try."
+        ) from None
+    with db.write(engine) as conn:
+        if old_token:
+            auth.end_session(conn, old_token)
+        auth.record_login(conn, name, address)
+        token, _ = auth.create_session(conn, user.id)
+    return token
+
+
+def log_out(engine: sa.Engine, token: str) -> None:
+    """End the session of ``token`` (nothing if it has ended already)."""
+    with db.write(engine) as conn:
+        auth.end_session(conn, token)
