@@ -16,8 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbalancer import __version__, api, auth, db, monitor, web
+from jobbalancer import __version__, api, db, monitor, web
 from jobbalancer.api import errors
+from jobbalancer.service import users
 from jobbalancer.settings import Settings
 from jobbalancer.web import security
 
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 # Larger than any sane job or script (scripts stop at 10 MiB), small enough to refuse
 # before a client fills the server's memory.
 MAX_BODY_BYTES = 20 * 1024 * 1024
-
-FirstAdmin = tuple[auth.User, str, str]
 
 
 def create_app(
@@ -44,7 +43,7 @@ def create_app(
     if engine is None:
         engine = db.connect(settings.database_url, pool_size=settings.database.pool_size)
     db.upgrade(engine)
-    first_admin = _ensure_first_admin(engine)
+    first_admin = users.ensure_first_admin(engine)
     if first_admin is not None:
         print_first_admin(first_admin)
 
@@ -90,15 +89,7 @@ def _lifespan(
     return lifespan
 
 
-def _ensure_first_admin(engine: sa.Engine) -> FirstAdmin | None:
-    try:
-        with db.write(engine) as conn:
-            return auth.ensure_first_admin(conn)
-    except sa.exc.IntegrityError:
-        return None  # another server, starting at the same time, created it
-
-
-def print_first_admin(first: FirstAdmin) -> None:
+def print_first_admin(first: users.FirstAdmin) -> None:
     """Show the first admin's credentials, boxed, once: they are not stored in clear."""
     user, password, key = first
     lines = [

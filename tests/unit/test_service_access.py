@@ -179,3 +179,15 @@ def test_require_says_what_the_role_does_not_allow(
     with pytest.raises(errors.Forbidden) as exc:
         access.require(people[role], rule)
     assert exc.value.message == f"your role ({role}) does not allow {rule.what}"
+
+
+def test_the_local_actor_is_an_admin_and_may_name_classes_made_later(
+    sqlite_engine: sa.Engine, people: dict[str, auth.User]
+) -> None:
+    spec = inputs.UserIn(name="later", worker_classes=["gpu-next"])
+    with pytest.raises(errors.InvalidInput, match="'gpu-next' does not exist") as exc:
+        users.create(sqlite_engine, access.LOCAL, spec)
+    assert exc.value.field == "worker_classes.0"
+    created = users.create(sqlite_engine, access.LOCAL, spec, known_classes_only=False)
+    assert created.worker_classes == ("gpu-next",)
+    assert users.ensure_first_admin(sqlite_engine) is None  # there are users already

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -28,6 +29,19 @@ SUBMIT = Rule(lambda u: u.can_submit, "submitting jobs")
 ACT = Rule(lambda u: u.role != auth.Role.VIEWER, "changing anything; it is read-only")
 OPERATE = Rule(can_operate, "this change")
 ADMIN = Rule(lambda u: u.is_admin, "this; admins only")
+
+
+# Whoever holds the database URL (the CLI's local admin commands act as this user): an
+# admin with id 0, which no stored user has.
+LOCAL = auth.User(
+    id=0,
+    name="local",
+    role=auth.Role.ADMIN,
+    commands_allowed=True,
+    worker_classes=None,
+    disabled=False,
+    created_at=datetime(1970, 1, 1, tzinfo=UTC),
+)
 
 
 def require(user: auth.User, rule: Rule) -> auth.User:

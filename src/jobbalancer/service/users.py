@@ -46,17 +46,37 @@ def get(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
         return auth.get_user(conn, user_id)
 
 
-def create(engine: sa.Engine, actor: auth.User, spec: inputs.UserIn) -> auth.User:
-    """A new user; without a password it can only use API keys."""
+FirstAdmin = tuple[auth.User, str, str]
+
+
+def ensure_first_admin(engine: sa.Engine) -> FirstAdmin | None:
+    """On an empty user table, an admin: (user, password, API key), to be shown once;
+    None if there are users (or another server created the first one at the same time)."""
+    try:
+        with db.write(engine) as conn:
+            return auth.ensure_first_admin(conn)
+    except sa.exc.IntegrityError:
+        return None
+
+
+def create(
+    engine: sa.Engine, actor: auth.User, spec: inputs.UserIn, *, known_classes_only: bool = True
+) -> auth.User:
+    """A new user; without a password it can only use API keys. ``known_classes_only``
+    False keeps the classes as named, existing or not (for a class made later)."""
     access.require(actor, access.ADMIN)
     with db.write(engine) as conn:
+        if known_classes_only or spec.worker_classes is None:
+            allowed = class_names(conn, spec.worker_classes)
+        else:
+            allowed = [str(ref) for ref in spec.worker_classes]
         created = auth.create_user(
             conn,
             spec.name,
             spec.role,
             spec.password,
             commands_allowed=spec.commands_allowed,
-            worker_classes=class_names(conn, spec.worker_classes),
+            worker_classes=allowed,
         )
         if spec.disabled:
             created = auth.update_user(conn, created.id, {"disabled": True})
