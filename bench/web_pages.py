@@ -28,7 +28,7 @@ from argon2 import PasswordHasher
 
 from jobbalancer import auth, db
 from jobbalancer import registry as workers
-from jobbalancer.api import create_app
+from jobbalancer.app import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import Settings
 

@@ -29,7 +29,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     :class:`~jobbalancer.errors.ConfigError` rather than a log line; serves HTTPS when
     ``server.tls_cert`` and ``server.tls_key`` are both set.
     """
-    from jobbalancer.api.app import create_app  # the app pulls in the whole web stack
+    from jobbalancer.app import create_app  # the app pulls in the whole web stack
 
     # It holds the database password: no other process of its uid may read its memory or
     # environment, and whatever it creates is its user's alone (it starts no jobs).

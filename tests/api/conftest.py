@@ -10,7 +10,7 @@ from apihelpers import Api
 from argon2 import PasswordHasher
 
 from jobbalancer import auth
-from jobbalancer.api import create_app
+from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
 

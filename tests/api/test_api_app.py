@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from apihelpers import TestClient
 
-from jobbalancer.api import create_app
+from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
 

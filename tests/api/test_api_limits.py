@@ -12,7 +12,8 @@ import pytest
 from apihelpers import Api, submit
 
 from jobbalancer import db, jobs
-from jobbalancer.api import sse, submission
+from jobbalancer.api import sse
+from jobbalancer.service import submission
 
 
 def _script(api: Api, name: str = "greet") -> int:

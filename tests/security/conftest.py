@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from jobbalancer import auth, db
 from jobbalancer import registry as workers
-from jobbalancer.api import create_app
+from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
 with warnings.catch_warnings():

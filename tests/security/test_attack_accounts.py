@@ -23,7 +23,7 @@ from fastapi import FastAPI
 
 from jobbalancer import auth, db, errors
 from jobbalancer import registry as workers
-from jobbalancer.api import create_app
+from jobbalancer.app import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import Settings
 from tests.e2e.conftest import Cluster, make_cluster

@@ -16,7 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from jobbalancer import balancer, db, jobs
-from jobbalancer.api import create_app, sse, submission
+from jobbalancer.api import sse
+from jobbalancer.app import create_app
+from jobbalancer.service import submission
 from jobbalancer.settings import Settings
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import Cluster

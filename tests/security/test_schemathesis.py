@@ -16,7 +16,7 @@ import schemathesis
 from schemathesis import checks
 
 from jobbalancer import db
-from jobbalancer.api import create_app
+from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
 MAX_EXAMPLES = 12

@@ -18,7 +18,7 @@ import uvicorn
 
 from jobbalancer import auth, db, jobs
 from jobbalancer import registry as workers
-from jobbalancer.api.app import create_app
+from jobbalancer.app import create_app
 from jobbalancer.client import (
     ApiError,
     Client,

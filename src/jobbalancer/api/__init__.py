@@ -1,7 +1,35 @@
-"""The JSON API (docs/api.md): ``create_app(settings)`` builds the FastAPI application."""
+"""The JSON API (docs/api.md): :func:`install` adds its routes and its error handlers to
+the app that :func:`jobbalancer.app.create_app` assembles."""
 
 from __future__ import annotations
 
-from jobbalancer.api.app import create_app
+import sqlalchemy as sa
+from fastapi import FastAPI
 
-__all__ = ["create_app"]
+from jobbalancer.api import deps, errors
+from jobbalancer.api.routes import (
+    classes,
+    docs,
+    health,
+    jobs,
+    legacy,
+    metrics,
+    scripts,
+    settings,
+    stats,
+    users,
+    workers,
+)
+
+__all__ = ["install"]
+
+ROUTERS = (jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs)
+
+
+def install(app: FastAPI, engine: sa.Engine) -> None:
+    """The API's error handlers, routes, API-key use stamps and metrics registry."""
+    app.state.key_usage = deps.KeyUsage()
+    app.state.metrics_registry = metrics.make_registry(engine)
+    errors.install(app)
+    for module in ROUTERS:
+        app.include_router(module.router)

@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from jobbalancer import auth, db, errors, jobs, settings
+from jobbalancer import auth, db, errors, settings
+from jobbalancer.service import access, sessions
 from jobbalancer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,36 +67,21 @@ def authenticate(engine: sa.Engine, key: str | None) -> auth.User:
     return user
 
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+SAFE_METHODS = sessions.SAFE_METHODS
 
 
 def client_address(request: Request) -> str:
-    """The address a request came from, as the server's socket saw it: login throttling
-    counts per address. X-Forwarded-For is not believed (anyone can send it); the server
-    runs uvicorn without proxy headers for the same reason."""
-    host = request.client.host if request.client is not None else ""
-    return host[:64] or "unknown"
+    """The address a request came from, as the server's socket saw it."""
+    return sessions.address(request.client.host if request.client is not None else None)
 
 
 def web_session(request: Request) -> auth.WebSession | None:
-    """The live session of the request's cookie, if any (looked up once per request); its
-    expiry slides forward, with a write at most once a minute."""
+    """The live session of the request's cookie, if any, looked up once per request (the
+    web UI's wrapper keeps it in the same ``request.state.web_session``)."""
     if hasattr(request.state, "web_session"):
         found: auth.WebSession | None = request.state.web_session
         return found
-    engine = get_engine(request)
-    token = request.cookies.get(auth.SESSION_COOKIE)
-    session = None
-    if token:
-        with db.read(engine) as conn:
-            session = auth.find_session(conn, token)
-            now = db.now(conn) if session is not None else None
-        if session is not None and now is not None and auth.session_needs_touch(session, now):
-            try:
-                with db.write(engine) as conn:
-                    auth.touch_session(conn, session)
-            except errors.DatabaseUnavailable as exc:
-                log.debug("could not extend a web session: %s", exc)
+    session = sessions.live(get_engine(request), request.cookies.get(auth.SESSION_COOKIE))
     request.state.web_session = session
     return session
 
@@ -159,38 +145,16 @@ class KeyUsage:
 CurrentUser = Annotated[auth.User, Depends(current_user)]
 
 
-def _require(allowed: Callable[[auth.User], bool], what: str) -> Callable[[auth.User], auth.User]:
+def _require(rule: access.Rule) -> Callable[[auth.User], auth.User]:
     def check(user: CurrentUser) -> auth.User:
-        if not allowed(user):
-            raise errors.Forbidden(f"your role ({user.role}) does not allow {what}")
-        return user
+        return access.require(user, rule)
 
     return check
 
 
-Submitter = Annotated[auth.User, Depends(_require(lambda u: u.can_submit, "submitting jobs"))]
-Operator = Annotated[
-    auth.User,
-    Depends(_require(lambda u: u.role in (auth.Role.ADMIN, auth.Role.OPERATOR), "this change")),
-]
-Admin = Annotated[auth.User, Depends(_require(lambda u: u.is_admin, "this; admins only"))]
-
-
-def visible_job(conn: sa.Connection, user: auth.User, job_id: int) -> jobs.Job:
-    """The job, if ``user`` may see it; NotFound otherwise (others' jobs do not exist for
-    a submitter, so ids do not leak)."""
-    job = jobs.get(conn, job_id)
-    if not user.can_see_job(job.user_id):
-        raise errors.NotFound(f"job {job_id} does not exist")
-    return job
-
-
-def manageable_job(conn: sa.Connection, user: auth.User, job_id: int) -> jobs.Job:
-    """The job, if ``user`` may kill, restart or delete it."""
-    job = visible_job(conn, user, job_id)
-    if not user.can_manage_job(job.user_id):
-        raise errors.Forbidden(f"your role ({user.role}) does not allow changing job {job_id}")
-    return job
+Submitter = Annotated[auth.User, Depends(_require(access.SUBMIT))]
+Operator = Annotated[auth.User, Depends(_require(access.OPERATE))]
+Admin = Annotated[auth.User, Depends(_require(access.ADMIN))]
 
 
 def metrics_allowed(engine: sa.Engine, config: Settings, key: str | None) -> None:

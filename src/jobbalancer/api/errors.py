@@ -9,7 +9,6 @@ a bug: logged with its traceback and answered 500 without one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,11 +18,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from jobbalancer import errors
+from jobbalancer.service import inputs
 
 log = logging.getLogger(__name__)
 
-# Where FastAPI says an input came from; not part of the field's name.
-_SOURCES = ("body", "query", "path", "header", "cookie")
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -43,30 +41,6 @@ def body(code: str, message: str, field: str | None = None, **extra: Any) -> dic
     return {**out, **extra}
 
 
-def field_name(loc: Sequence[int | str]) -> str:
-    """``("body", "jobs", 3, "params", 1)`` → ``"jobs.3.params.1"``."""
-    parts = list(loc)
-    if parts and parts[0] in _SOURCES:
-        parts = parts[1:]
-    return ".".join(str(p) for p in parts)
-
-
-def describe(error: Mapping[str, Any]) -> tuple[str, str]:
-    """The field and a message that names it, for one pydantic error."""
-    field = field_name(error.get("loc", ()))
-    kind = error.get("type", "")
-    msg = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
-    if kind == "missing":
-        msg = "is required"
-    elif kind == "extra_forbidden":
-        return field, f"unknown field {field!r}"
-    if not field:
-        if kind in ("missing", "model_attributes_type", "dict_type"):
-            return "", "the request body must be a JSON object (Content-Type: application/json)"
-        return "", msg
-    return field, f"{field}: {msg[0].lower()}{msg[1:]}" if msg else field
-
-
 def validation_response(exc: RequestValidationError) -> JSONResponse:
     errs = list(exc.errors())
     first = errs[0] if errs else {}
@@ -76,7 +50,7 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
             body("bad_request", f"the request body is not valid JSON: {detail}".rstrip(": ")),
             status_code=400,
         )
-    field, message = describe(first)
+    field, message = inputs.describe(first)
     return JSONResponse(body("invalid", message, field or None), status_code=422)
 
 

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from jobbalancer import auth, errors
-from jobbalancer.api import deps as api_deps
+from jobbalancer.service import access, sessions
 from jobbalancer.web import pages
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -42,7 +42,8 @@ class Page:
 
     @property
     def engine(self) -> sa.Engine:
-        return api_deps.get_engine(self.request)
+        engine: sa.Engine = self.request.app.state.engine
+        return engine
 
     def field(self, name: str, default: str = "") -> str:
         """A form field as text (an upload or a missing field: ``default``)."""
@@ -63,12 +64,29 @@ class Page:
         )
 
 
+def web_session(request: Request) -> auth.WebSession | None:
+    """The live session of the request's cookie, if any, looked up once per request (in
+    ``request.state.web_session``, which the API's wrapper shares)."""
+    if hasattr(request.state, "web_session"):
+        found: auth.WebSession | None = request.state.web_session
+        return found
+    engine: sa.Engine = request.app.state.engine
+    session = sessions.live(engine, request.cookies.get(auth.SESSION_COOKIE))
+    request.state.web_session = session
+    return session
+
+
+def client_address(request: Request) -> str:
+    """The address a request came from, as the server's socket saw it."""
+    return sessions.address(request.client.host if request.client is not None else None)
+
+
 async def signed_in(request: Request) -> Page:
-    session = await run_in_threadpool(api_deps.web_session, request)
+    session = await run_in_threadpool(web_session, request)
     if session is None:
         raise LoginRequired()
     form = None
-    if request.method not in api_deps.SAFE_METHODS:
+    if request.method not in sessions.SAFE_METHODS:
         if request.headers.get("content-type", "").split(";")[0].strip() in FORM_TYPES:
             form = await request.form()
         token = request.headers.get(auth.CSRF_HEADER)
@@ -83,24 +101,16 @@ async def signed_in(request: Request) -> Page:
     return Page(request=request, session=session, form=form)
 
 
-def _require(allowed: Callable[[auth.User], bool], what: str) -> Callable[[Page], Awaitable[Page]]:
+def _require(rule: access.Rule) -> Callable[[Page], Awaitable[Page]]:
     async def check(page: Annotated[Page, Depends(signed_in)]) -> Page:
-        if not allowed(page.user):
-            raise errors.Forbidden(f"your role ({page.user.role}) does not allow {what}")
+        access.require(page.user, rule)
         return page
 
     return check
 
 
-def can_operate(user: auth.User) -> bool:
-    return user.role in (auth.Role.ADMIN, auth.Role.OPERATOR)
-
-
 Viewer = Annotated[Page, Depends(signed_in)]
-Submitter = Annotated[Page, Depends(_require(lambda u: u.can_submit, "submitting jobs"))]
-Actor = Annotated[
-    Page,
-    Depends(_require(lambda u: u.role != auth.Role.VIEWER, "changing anything; it is read-only")),
-]
-Operator = Annotated[Page, Depends(_require(can_operate, "this change"))]
-Admin = Annotated[Page, Depends(_require(lambda u: u.is_admin, "this; admins only"))]
+Submitter = Annotated[Page, Depends(_require(access.SUBMIT))]
+Actor = Annotated[Page, Depends(_require(access.ACT))]
+Operator = Annotated[Page, Depends(_require(access.OPERATE))]
+Admin = Annotated[Page, Depends(_require(access.ADMIN))]

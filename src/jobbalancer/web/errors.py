@@ -3,7 +3,7 @@
 "Browser route": not under /api (nor the other machine paths), asked for by a client
 that accepts HTML (browsers say so; curl and the API clients do not).
 
-The API's handlers (api/errors.py) decide the status and the message; for a browser route
+The API's handlers (installed first) decide the status and the message; for a browser route
 the answer is then rendered as an HTML page instead (or, for an htmx request, as a small
 fragment the page shows in its flash area). A 401 there means "log in": a redirect.
 """
@@ -22,9 +22,8 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from jobbalancer import auth, errors
-from jobbalancer.api import deps as api_deps
 from jobbalancer.web import pages
-from jobbalancer.web.deps import LoginRequired
+from jobbalancer.web.deps import LoginRequired, web_session
 
 Handler = Callable[[Request, Any], Awaitable[Response]]
 AnyHandler = Callable[[Request, Any], Response | Awaitable[Response]]
@@ -69,7 +68,7 @@ def login_redirect(request: Request) -> Response:
 
 def _session_or_none(request: Request) -> auth.WebSession | None:
     try:
-        return api_deps.web_session(request)
+        return web_session(request)
     except errors.JobBalancerError:
         return None  # the database is down: the page goes without the nav
 

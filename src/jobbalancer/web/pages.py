@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from jobbalancer import __version__, auth
+from jobbalancer.service import access
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -176,7 +177,7 @@ def render(
         "active": active,
         "flash": read_flash(request),
         "can_submit": bool(user and user.can_submit),
-        "can_operate": bool(user and user.role in (auth.Role.ADMIN, auth.Role.OPERATOR)),
+        "can_operate": bool(user and access.can_operate(user)),
         **values,
     }
     response = TEMPLATES.TemplateResponse(request, template, context, status_code=status)

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 
 from jobbalancer import classes, db
-from jobbalancer.api import actions, models
+from jobbalancer.api import models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import fleet, inputs
 
 router = APIRouter(prefix="/api/v1/worker-classes", tags=["worker classes"])
 
@@ -25,11 +26,9 @@ def list_classes(user: CurrentUser, engine: EngineDep) -> list[models.WorkerClas
 
 @router.post("", status_code=201)
 def create_class(
-    spec: models.WorkerClassIn, user: Operator, engine: EngineDep
+    spec: inputs.WorkerClassIn, user: Operator, engine: EngineDep
 ) -> models.WorkerClass:
-    with db.write(engine) as conn:
-        created = classes.create(conn, spec.name, spec.max_jobs, spec.description)
-    return models.WorkerClass.from_class(created)
+    return models.WorkerClass.from_class(fleet.create_class(engine, user, spec))
 
 
 @router.get("/{class_id}")
@@ -41,19 +40,17 @@ def get_class(class_id: ClassId, user: CurrentUser, engine: EngineDep) -> models
 @router.patch("/{class_id}")
 def update_class(
     class_id: ClassId,
-    patch: models.WorkerClassPatch,
+    patch: inputs.WorkerClassPatch,
     user: Operator,
     engine: EngineDep,
 ) -> models.WorkerClass:
     """Rename (not ``default``), change max_jobs or the description."""
-    with db.write(engine) as conn:
-        updated = actions.update_class(conn, class_id, patch.model_dump(exclude_unset=True))
+    _, updated = fleet.update_class(engine, user, class_id, patch.model_dump(exclude_unset=True))
     return models.WorkerClass.from_class(updated)
 
 
 @router.delete("/{class_id}", status_code=204)
 def delete_class(class_id: ClassId, user: Operator, engine: EngineDep) -> Response:
     """Delete a class without workers and without waiting or running jobs (else 409)."""
-    with db.write(engine) as conn:
-        classes.delete(conn, class_id)
+    fleet.delete_class(engine, user, class_id)
     return Response(status_code=204)

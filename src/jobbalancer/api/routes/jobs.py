@@ -11,16 +11,15 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from jobbalancer import auth, db, errors, jobs, logs, settings
-from jobbalancer.api import actions, listing, models, sse, submission
+from jobbalancer.api import models, sse
 from jobbalancer.api.deps import (
     CurrentUser,
     EngineDep,
     Submitter,
     key_from_headers,
-    manageable_job,
-    visible_job,
 )
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import access, inputs, job_actions, listing, submission
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -38,18 +37,18 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=201, responses=_RESPONSES)
 def submit_job(
-    request: Request, spec: models.JobSubmit, user: Submitter, engine: EngineDep
+    request: Request, spec: inputs.JobSubmit, user: Submitter, engine: EngineDep
 ) -> models.Job:
     """Submit one job; it is assigned at once if a worker of its class has a free slot."""
     [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter(request))
     if job.state == jobs.State.OCCUPIED:
-        raise submission.occupied(job, user)
+        raise _occupied(job, user)
     return models.Job.from_job(job, user)
 
 
 @router.post("/batch", status_code=201, responses=_RESPONSES)
 def submit_batch(
-    request: Request, batch: models.JobBatch, user: Submitter, engine: EngineDep
+    request: Request, batch: inputs.JobBatch, user: Submitter, engine: EngineDep
 ) -> models.JobsCreated:
     """Submit up to 1000 jobs: all are accepted or none. need_realtime jobs that found no
     slot are in the answer with state ``occupied``."""
@@ -61,18 +60,18 @@ def submit_batch(
 def list_jobs(
     user: CurrentUser,
     engine: EngineDep,
-    state: Annotated[models.QueryText, Query(description="Comma list: running,waiting")] = None,
-    worker: Annotated[models.QueryText, Query(max_length=200, description="Name or id.")] = None,
-    worker_class: Annotated[models.QueryText, Query(max_length=200)] = None,
-    user_: Annotated[models.QueryText, Query(alias="user", max_length=200)] = None,
+    state: Annotated[inputs.QueryText, Query(description="Comma list: running,waiting")] = None,
+    worker: Annotated[inputs.QueryText, Query(max_length=200, description="Name or id.")] = None,
+    worker_class: Annotated[inputs.QueryText, Query(max_length=200)] = None,
+    user_: Annotated[inputs.QueryText, Query(alias="user", max_length=200)] = None,
     q: Annotated[
-        models.QueryText, Query(max_length=1000, description="In the command or script name.")
+        inputs.QueryText, Query(max_length=1000, description="In the command or script name.")
     ] = None,
     label: Annotated[
-        list[models.Text] | None, Query(description="NAME=VALUE; repeat to require several.")
+        list[inputs.Text] | None, Query(description="NAME=VALUE; repeat to require several.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[models.QueryText, Query(max_length=100)] = None,
+    cursor: Annotated[inputs.QueryText, Query(max_length=100)] = None,
 ) -> models.JobList:
     """Jobs, newest first; a submitter sees only their own."""
     filters = listing.Filters(
@@ -82,11 +81,8 @@ def list_jobs(
         user=user_,
         q=q,
         labels=listing.parse_labels(label or []),
-        # Whoever may see a job of nobody's may see everyone's; a submitter only their own.
-        owner_id=None if user.can_see_job(None) else user.id,
     )
-    with db.read(engine) as conn:
-        found, next_cursor = listing.page(conn, filters, limit, cursor)
+    found, next_cursor = job_actions.list_page(engine, user, filters, limit, cursor)
     return models.JobList(
         items=[models.Job.from_job(j, user) for j in found], next_cursor=next_cursor
     )
@@ -94,8 +90,7 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
-    with db.read(engine) as conn:
-        return models.Job.from_job(visible_job(conn, user, job_id), user)
+    return models.Job.from_job(job_actions.get(engine, user, job_id), user)
 
 
 @router.get(
@@ -114,9 +109,7 @@ def get_log(
     """The output from byte ``offset`` on. ``X-Log-Offset`` is the offset to ask for next,
     ``X-Job-State`` the job's state (poll until it is final and the offset stops moving)."""
     limit_bytes = limit or logs.DEFAULT_LIMIT_BYTES
-    with db.read(engine) as conn:
-        job = visible_job(conn, user, job_id)
-        data, _ = logs.read(conn, job_id, stream, offset, limit_bytes)
+    job, data = job_actions.read_log(engine, user, job_id, stream, offset, limit_bytes)
     if not job.finished or len(data) == limit_bytes:
         # More may follow: keep a character cut at the end for the next read.
         data = logs.complete_utf8(data)
@@ -148,7 +141,7 @@ def stream_log(
     ``end`` with the final job. A reconnect resumes after ``Last-Event-ID``. Access is
     checked again every few seconds; at most ``max_streams_per_user`` open (429)."""
     with db.read(engine) as conn:
-        visible_job(conn, user, job_id)
+        access.visible_job(conn, user, job_id)
         cap = settings.load_tunables(conn).max_streams_per_user
     release = sse.stream_slots(request.app.state).acquire(user.id, cap)
     watch = sse.Watch(
@@ -186,7 +179,7 @@ def _recheck(request: Request, engine: sa.Engine, job_id: int) -> Callable[[], a
                 if found is None:
                     raise errors.Unauthorized("the API key was revoked, or its user disabled")
                 user = found
-            visible_job(conn, user, job_id)
+            access.visible_job(conn, user, job_id)
         return user
 
     return recheck
@@ -199,9 +192,7 @@ def limiter(request: Request) -> submission.RateLimiter:
 @router.post("/{job_id}/kill", status_code=202)
 def kill_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
     """Kill: a waiting or assigned job at once, a running one when its worker stopped it."""
-    with db.write(engine) as conn:
-        killed = actions.kill_job(conn, user, job_id)
-    return models.Job.from_job(killed, user)
+    return models.Job.from_job(job_actions.kill(engine, user, job_id), user)
 
 
 @router.post("/{job_id}/restart", status_code=201, responses=_RESPONSES)
@@ -209,18 +200,22 @@ def restart_job(
     request: Request, job_id: JobId, user: CurrentUser, engine: EngineDep
 ) -> models.Job:
     """A new job with the same spec, ``restarted_from`` this one."""
-    with db.read(engine) as conn:
-        job = manageable_job(conn, user, job_id)
-    new = submission.restart(engine, user, job_id, job, limiter=limiter(request))
+    new = job_actions.restart(engine, user, job_id, limiter=limiter(request))
     if new.state == jobs.State.OCCUPIED:
-        raise submission.occupied(new, user)
+        raise _occupied(new, user)
     return models.Job.from_job(new, user)
 
 
 @router.delete("/{job_id}", status_code=204)
 def delete_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> Response:
     """Delete a job and its output; an assigned or running one must be killed first."""
-    with db.write(engine) as conn:
-        manageable_job(conn, user, job_id)
-        jobs.delete(conn, job_id)
+    job_actions.delete(engine, user, job_id)
     return Response(status_code=204)
+
+
+def _occupied(job: jobs.Job, viewer: auth.User) -> errors.Occupied:
+    """The 409 for a need_realtime job that found no free slot; it carries the job."""
+    return errors.Occupied(
+        models.Job.from_job(job, viewer).model_dump(mode="json"),
+        f"no worker of class {job.worker_class!r} has a free slot; job {job.id} was not run",
+    )

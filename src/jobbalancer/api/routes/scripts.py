@@ -10,6 +10,7 @@ from jobbalancer import db, scripts
 from jobbalancer.api import models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import fleet, inputs
 
 router = APIRouter(prefix="/api/v1/scripts", tags=["scripts"])
 
@@ -24,11 +25,9 @@ def list_scripts(user: CurrentUser, engine: EngineDep) -> list[models.Script]:
 
 
 @router.post("", status_code=201)
-def create_script(spec: models.ScriptIn, user: Operator, engine: EngineDep) -> models.Script:
+def create_script(spec: inputs.ScriptIn, user: Operator, engine: EngineDep) -> models.Script:
     """Store a script. Jobs copy it when submitted, so later edits never change them."""
-    with db.write(engine) as conn:
-        created = scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
-    return models.Script.from_script(created)
+    return models.Script.from_script(fleet.create_script(engine, user, spec))
 
 
 @router.get("/{script_id}")
@@ -39,16 +38,14 @@ def get_script(script_id: ScriptId, user: CurrentUser, engine: EngineDep) -> mod
 
 @router.patch("/{script_id}")
 def update_script(
-    script_id: ScriptId, patch: models.ScriptPatch, user: Operator, engine: EngineDep
+    script_id: ScriptId, patch: inputs.ScriptPatch, user: Operator, engine: EngineDep
 ) -> models.Script:
-    with db.write(engine) as conn:
-        updated = scripts.update(conn, script_id, patch.model_dump(exclude_unset=True))
-    return models.Script.from_script(updated)
+    changes = patch.model_dump(exclude_unset=True)
+    return models.Script.from_script(fleet.update_script(engine, user, script_id, changes))
 
 
 @router.delete("/{script_id}", status_code=204)
 def delete_script(script_id: ScriptId, user: Operator, engine: EngineDep) -> Response:
     """Delete a script; jobs that ran it keep their copy."""
-    with db.write(engine) as conn:
-        scripts.delete(conn, script_id)
+    fleet.delete_script(engine, user, script_id)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body
 
 from jobbalancer import db, settings
 from jobbalancer.api.deps import Admin, CurrentUser, EngineDep
+from jobbalancer.service import fleet
 
 router = APIRouter(prefix="/api/v1/settings", tags=["settings"])
 
@@ -28,5 +29,4 @@ def update_settings(
     engine: EngineDep,
 ) -> settings.Tunables:
     """Change some settings; they take effect at once on every server and worker."""
-    with db.write(engine) as conn:
-        return settings.save_tunables(conn, changes)
+    return fleet.save_settings(engine, user, changes)

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 
 from jobbalancer import db, registry
-from jobbalancer.api import actions, models
+from jobbalancer.api import models
 from jobbalancer.api.deps import CurrentUser, EngineDep, Operator
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import fleet, inputs
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 
@@ -32,21 +33,18 @@ def get_worker(worker_id: WorkerId, user: CurrentUser, engine: EngineDep) -> mod
 @router.patch("/{worker_id}")
 def update_worker(
     worker_id: WorkerId,
-    patch: models.WorkerPatch,
+    patch: inputs.WorkerPatch,
     user: Operator,
     engine: EngineDep,
 ) -> models.Worker:
     """Change max_jobs (null: the class's), worker_class, or enabled. A disabled worker
     takes no new jobs and finishes those it has."""
     changes: dict[str, Any] = patch.model_dump(exclude_unset=True)
-    with db.write(engine) as conn:
-        worker = actions.update_worker(conn, worker_id, changes)
-    return models.Worker.from_worker(worker)
+    return models.Worker.from_worker(fleet.update_worker(engine, user, worker_id, changes))
 
 
 @router.delete("/{worker_id}", status_code=204)
 def delete_worker(worker_id: WorkerId, user: Operator, engine: EngineDep) -> Response:
     """Remove an offline worker from the list (409 while it is online or draining)."""
-    with db.write(engine) as conn:
-        registry.delete(conn, worker_id)
+    fleet.remove_worker(engine, user, worker_id)
     return Response(status_code=204)

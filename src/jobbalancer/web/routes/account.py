@@ -16,16 +16,14 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from jobbalancer import auth, db, errors
-from jobbalancer.api import deps as api_deps
-from jobbalancer.api import models
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import inputs, users
 from jobbalancer.web import deps, pages
-from jobbalancer.web.routes.users import _message, render_keys_page
+from jobbalancer.web.routes.users import render_keys_page
 
 router = APIRouter(include_in_schema=False)
 
 KeyId = Annotated[int, Path(ge=1, le=MAX_ID)]
-_MAX_PASSWORD = 1000  # as the login form's
 
 
 @router.get("/account")
@@ -57,36 +55,21 @@ def _render(
 
 @router.post("/account/password")
 def change_password(page: deps.Viewer) -> Response:
-    current, new = page.field("current_password"), page.field("new_password")
-    if max(len(current), len(new)) > _MAX_PASSWORD:
-        return _render(
-            page, error=f"A password has at most {_MAX_PASSWORD} characters.", status=422
+    try:
+        token = users.change_own_password(
+            page.engine,
+            page.user,
+            page.field("current_password"),
+            page.field("new_password"),
+            page.field("repeat_password"),
+            deps.client_address(page.request),
         )
-    if new != page.field("repeat_password"):
-        return _render(page, error="The new password and its repetition differ.", status=422)
-    try:
-        auth.check_password_strength(new)
-    except errors.InvalidInput as exc:
-        return _render(page, error=exc.message, status=exc.status)
-    if new == current:
-        return _render(page, error="The new password is the same as the current one.", status=422)
-    user, address = page.user, api_deps.client_address(page.request)
-    try:
-        with db.read(page.engine) as conn:
-            auth.check_login(conn, user.name, current, address)
-    except errors.Unauthorized:
-        with db.write(page.engine) as conn:
-            auth.record_failed_login(conn, user.name, address)
-        return _render(page, error="The current password is wrong.", status=403)
     except errors.LoginThrottled as exc:
         response = _render(page, error=exc.message, status=exc.status)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except errors.JobBalancerError as exc:
         return _render(page, error=exc.message, status=exc.status)
-    with db.write(page.engine) as conn:
-        auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
-        token, _ = auth.create_session(conn, user.id)
     response = pages.redirect(
         "/account",
         "Password changed. Your other sessions were logged out; your API keys still work.",
@@ -103,11 +86,10 @@ def create_key(page: deps.Viewer) -> Response:
     """A new key of one's own, shown once (with a Copy button)."""
     form: dict[str, Any] = {"name": page.field("name").strip() or "default"}
     try:
-        spec = models.ApiKeyIn.model_validate(form)
+        spec = inputs.ApiKeyIn.model_validate(form)
     except pydantic.ValidationError as exc:
-        return _render(page, error=_message(exc), status=422)
-    with db.write(page.engine) as conn:
-        record, key = auth.create_api_key(conn, page.user.id, spec.name)
+        return _render(page, error=inputs.first_message(exc), status=422)
+    record, key = users.create_key(page.engine, page.user, page.user.id, spec.name)
     return _render(
         page, shown={"key": key, "key_name": record.name}, note=f"API key {record.name} created."
     )
@@ -116,8 +98,7 @@ def create_key(page: deps.Viewer) -> Response:
 @router.post("/account/keys/{key_id}/revoke")
 def revoke_key(key_id: KeyId, page: deps.Viewer) -> Response:
     try:
-        with db.write(page.engine) as conn:
-            auth.revoke_api_key(conn, page.user.id, key_id)  # only ever one of their own
+        users.revoke_key(page.engine, page.user, page.user.id, key_id)  # only their own
     except errors.NotFound:
         return pages.redirect("/account", "You have no such API key.", error=True)
     return pages.redirect("/account", "API key revoked: it stops working at once.")

@@ -1,7 +1,7 @@
 """``/classes``: worker classes; everyone reads, admins and operators create, rename,
 change max jobs and delete (a class in use is refused, and the page says why).
 
-The forms are read as the API's bodies (``models.WorkerClassIn``/``WorkerClassPatch``)
+The forms are read as the API's bodies (``inputs.WorkerClassIn``/``WorkerClassPatch``)
 and go through the same manager calls as ``/api/v1/worker-classes``.
 """
 
@@ -15,9 +15,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from jobbalancer import classes, db, errors, registry
-from jobbalancer.api import actions, models
-from jobbalancer.api import errors as api_errors
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import fleet, inputs
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -53,19 +52,14 @@ def _render(
     )
 
 
-def _message(exc: pydantic.ValidationError) -> str:
-    return api_errors.describe(exc.errors()[0])[1]
-
-
 @router.post("/classes")
 def create_class(page: deps.Operator) -> Response:
     form = {name: page.field(name) for name in _FIELDS}
     try:
-        spec = models.WorkerClassIn.model_validate({k: v for k, v in form.items() if v.strip()})
-        with db.write(page.engine) as conn:
-            created = classes.create(conn, spec.name, spec.max_jobs, spec.description)
+        spec = inputs.WorkerClassIn.model_validate({k: v for k, v in form.items() if v.strip()})
+        created = fleet.create_class(page.engine, page.user, spec)
     except pydantic.ValidationError as exc:
-        return _render(page, form=form, error=_message(exc), status=422)
+        return _render(page, form=form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:
         return _render(page, form=form, error=exc.message, status=exc.status)
     return pages.redirect("/classes", f"Worker class {created.name} created.")
@@ -78,12 +72,11 @@ def edit_class(class_id: ClassId, page: deps.Operator) -> Response:
     if page.form is not None and "description" in page.form:  # may be emptied
         changes["description"] = page.field("description")
     try:
-        patch = models.WorkerClassPatch.model_validate(changes)
-        with db.write(page.engine) as conn:
-            before = classes.get(conn, class_id)
-            updated = actions.update_class(conn, class_id, patch.model_dump(exclude_unset=True))
+        patch = inputs.WorkerClassPatch.model_validate(changes)
+        changed = patch.model_dump(exclude_unset=True)
+        before, updated = fleet.update_class(page.engine, page.user, class_id, changed)
     except pydantic.ValidationError as exc:
-        return pages.redirect("/classes", _message(exc), error=True)
+        return pages.redirect("/classes", inputs.first_message(exc), error=True)
     except (errors.InvalidInput, errors.Conflict) as exc:
         return pages.redirect("/classes", exc.message, error=True)
     renamed = f" (was {before.name})" if updated.name != before.name else ""
@@ -94,9 +87,7 @@ def edit_class(class_id: ClassId, page: deps.Operator) -> Response:
 def delete_class(class_id: ClassId, page: deps.Operator) -> Response:
     """Delete a class without workers and unfinished jobs; else say what holds it."""
     try:
-        with db.write(page.engine) as conn:
-            name = classes.get(conn, class_id).name
-            classes.delete(conn, class_id)
+        name = fleet.delete_class(page.engine, page.user, class_id).name
     except errors.Conflict as exc:
         return pages.redirect("/classes", f"Not deleted: {exc.message}.", error=True)
     return pages.redirect("/classes", f"Worker class {name} deleted.")

@@ -1,8 +1,8 @@
 """``/jobs``: the job list (filters, cursor pages, self-refreshing table, kill/delete of a
 selection), the submit form, and ``/jobs/{id}``: a job with its live log and actions.
 
-Reads use the API's own listing; every change goes through the same manager calls as
-the API (jobs.py via api.submission, balancer), never to the tables.
+Reads use the service's listing; every change goes through the service layer, as the
+API's do (jobbalancer.service: submission, job_actions), never to the tables.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from jobbalancer import auth, classes, db, errors, jobs, logs, refs, scripts
-from jobbalancer.api import actions, listing, models, submission
-from jobbalancer.api import deps as api_deps
-from jobbalancer.api import errors as api_errors
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import access, inputs, job_actions, listing, submission
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -53,7 +51,7 @@ class ListQuery:
             worker_class=self.worker_class.strip() or None,
             user=self.user.strip() or None,
             q=self.q.strip() or None,
-            owner_id=None if viewer.can_see_job(None) else viewer.id,
+            owner_id=access.owner_filter(viewer),
         )
 
     def url(self, path: str = "/jobs", **changes: str) -> str:
@@ -77,8 +75,10 @@ def _table(page: deps.Page, query: ListQuery) -> dict[str, Any]:
     """What the table partial shows; a bad filter becomes a message, not an error page."""
     try:
         filters = query.filters(page.user)
+        found, next_cursor = job_actions.list_page(
+            page.engine, page.user, filters, PAGE_SIZE, query.cursor or None
+        )
         with db.read(page.engine) as conn:
-            found, next_cursor = listing.page(conn, filters, PAGE_SIZE, query.cursor or None)
             now = db.now(conn)
     except errors.InvalidInput as exc:
         return {"jobs": [], "next_url": None, "filter_error": exc.message, "query": query}
@@ -166,15 +166,12 @@ def bulk_action(page: deps.Actor) -> Response:
 
 def kill(page: deps.Page, job_id: int) -> jobs.Job:
     """As ``POST /api/v1/jobs/{id}/kill``."""
-    with db.write(page.engine) as conn:
-        return actions.kill_job(conn, page.user, job_id)
+    return job_actions.kill(page.engine, page.user, job_id)
 
 
 def delete(page: deps.Page, job_id: int) -> None:
     """As ``DELETE /api/v1/jobs/{id}``."""
-    with db.write(page.engine) as conn:
-        api_deps.manageable_job(conn, page.user, job_id)
-        jobs.delete(conn, job_id)
+    job_actions.delete(page.engine, page.user, job_id)
 
 
 # -- submitting -----------------------------------------------------------------------------
@@ -196,7 +193,7 @@ def submit(page: deps.Submitter) -> Response:
             limiter=submission.rate_limiter(page.request.app.state),
         )
     except pydantic.ValidationError as exc:
-        _, message = api_errors.describe(exc.errors()[0])
+        message = inputs.first_message(exc)
         return _render_jobs(page, ListQuery(), form=form, form_error=message, status=422)
     except errors.JobBalancerError as exc:
         message = errors.with_field(exc.message, exc.field)
@@ -211,7 +208,7 @@ def submit(page: deps.Submitter) -> Response:
     return pages.redirect(f"/jobs/{job.id}", f"Job {job.id} submitted.")
 
 
-def _spec_from_form(form: dict[str, str]) -> models.JobSubmit:
+def _spec_from_form(form: dict[str, str]) -> inputs.JobSubmit:
     """The form as the API's submit body, so the API's validation (and messages) apply."""
     body: dict[str, Any] = {
         "params": [line for line in form["params"].replace("\r\n", "\n").split("\n") if line],
@@ -227,7 +224,7 @@ def _spec_from_form(form: dict[str, str]) -> models.JobSubmit:
     for name in ("watchdog", "priority", "retries"):
         if form[name].strip():
             body[name] = form[name].strip()
-    return models.JobSubmit.model_validate(body)
+    return inputs.JobSubmit.model_validate(body)
 
 
 # -- one job --------------------------------------------------------------------------------
@@ -262,7 +259,7 @@ def _log_parts(conn: sa.Connection, job_id: int) -> tuple[list[LogPart], int, bo
 @router.get("/jobs/{job_id}")
 def job_page(job_id: JobId, page: deps.Viewer) -> Response:
     with db.read(page.engine) as conn:
-        job = api_deps.visible_job(conn, page.user, job_id)
+        job = access.visible_job(conn, page.user, job_id)
         parts, offset, cut = _log_parts(conn, job_id)
         now = db.now(conn)
         restarts = conn.execute(
@@ -273,7 +270,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         "job.html",
         active="jobs",
         job=job,
-        env=models.shown_env(job, page.user),
+        env=access.shown_env(job, page.user),
         now=now,
         parts=parts,
         log_offset=offset,
@@ -290,7 +287,7 @@ def job_run(job_id: JobId, page: deps.Viewer) -> Response:
     """The "How it ran" card, refreshed while the job is not over (the log's stream reloads
     the whole page when it ends)."""
     with db.read(page.engine) as conn:
-        job = api_deps.visible_job(conn, page.user, job_id)
+        job = access.visible_job(conn, page.user, job_id)
         now = db.now(conn)
     # 286: htmx stops polling once the job is over.
     return page.render("_job_run.html", job=job, now=now, status=286 if job.finished else 200)
@@ -299,7 +296,7 @@ def job_run(job_id: JobId, page: deps.Viewer) -> Response:
 @router.get("/jobs/{job_id}/log.txt")
 def download_log(job_id: JobId, page: deps.Viewer) -> Response:
     with db.read(page.engine) as conn:
-        api_deps.visible_job(conn, page.user, job_id)
+        access.visible_job(conn, page.user, job_id)
         data, _ = logs.read(conn, job_id, "all")
     return Response(
         data,
@@ -317,10 +314,8 @@ def kill_job(job_id: JobId, page: deps.Actor) -> Response:
 
 @router.post("/jobs/{job_id}/restart")
 def restart_job(job_id: JobId, page: deps.Actor) -> Response:
-    with db.read(page.engine) as conn:
-        job = api_deps.manageable_job(conn, page.user, job_id)
     limiter = submission.rate_limiter(page.request.app.state)
-    new = submission.restart(page.engine, page.user, job_id, job, limiter=limiter)
+    new = job_actions.restart(page.engine, page.user, job_id, limiter=limiter)
     if new.state == jobs.State.OCCUPIED:
         return pages.redirect(
             f"/jobs/{new.id}", f"Job {new.id} found no free slot (need_realtime).", error=True

@@ -9,12 +9,13 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from jobbalancer import auth, db, errors
-from jobbalancer.api import deps as api_deps
+from jobbalancer import auth, errors
+from jobbalancer.service import sessions
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -44,7 +45,7 @@ def login_form(
 
 @router.get("/login")
 def login_page(request: Request) -> Response:
-    if api_deps.web_session(request) is not None:
+    if deps.web_session(request) is not None:
         return pages.redirect(pages.safe_next(request.query_params.get("next")))
     return login_form(request)
 
@@ -62,30 +63,19 @@ def log_in(
         return login_form(
             request, error="The login form expired; please try again.", status=403, name=name
         )
-    engine = api_deps.get_engine(request)
-    name, address = name.strip(), api_deps.client_address(request)
+    engine: sa.Engine = request.app.state.engine
+    name, address = name.strip(), deps.client_address(request)
+    old = request.cookies.get(auth.SESSION_COOKIE)
     try:
-        with db.read(engine) as conn:
-            user = auth.check_login(conn, name, password, address)
+        token = sessions.log_in(engine, name, password, address, old)
     except errors.Unauthorized as exc:
-        with db.write(engine) as conn:
-            wait = auth.record_failed_login(conn, name, address)
-        message = exc.message
-        if wait:
-            message = f"{message}. Too many failed logins: wait {wait} seconds before the next try."
-        return login_form(request, error=message, status=401, name=name)
+        return login_form(request, error=exc.message, status=401, name=name)
     except errors.LoginThrottled as exc:
         response = login_form(request, error=_sentence(exc.message), status=429, name=name)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except errors.Forbidden as exc:
         return login_form(request, error=exc.message, status=exc.status, name=name)
-    with db.write(engine) as conn:
-        old = request.cookies.get(auth.SESSION_COOKIE)
-        if old:  # logging in again, maybe as someone else: the old session ends here
-            auth.end_session(conn, old)
-        auth.record_login(conn, name, address)
-        token, _ = auth.create_session(conn, user.id)
     response = pages.redirect(pages.safe_next(next))
     response.set_cookie(
         auth.SESSION_COOKIE, token, httponly=True, samesite="lax", path="/",
@@ -102,12 +92,7 @@ def _sentence(message: str) -> str:
 @router.post("/logout")
 async def log_out(page: deps.Viewer) -> Response:
     token = page.request.cookies.get(auth.SESSION_COOKIE, "")
-
-    def end() -> None:
-        with db.write(page.engine) as conn:
-            auth.end_session(conn, token)
-
-    await run_in_threadpool(end)
+    await run_in_threadpool(sessions.log_out, page.engine, token)
     response = pages.redirect("/login", "You are logged out.")
     response.delete_cookie(auth.SESSION_COOKIE, path="/")
     return response

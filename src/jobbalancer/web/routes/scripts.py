@@ -3,8 +3,8 @@ highlighting for its interpreter (CodeMirror 5, vendored; wired up by
 ``static/scripts.js``), where operators save, rename and delete it, and anyone who may
 submit runs it with parameters typed into the page.
 
-Saving reads the form as the API's body (``models.ScriptIn``/``ScriptPatch``) and running
-it as a ``models.JobSubmit``, so the rules and messages are the API's.
+Saving reads the form as the API's body (``inputs.ScriptIn``/``ScriptPatch``) and running
+it as an ``inputs.JobSubmit``, so the rules and messages are the API's.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from jobbalancer import classes, db, errors, jobs, scripts
-from jobbalancer.api import errors as api_errors
-from jobbalancer.api import models, submission
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import fleet, inputs, submission
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -105,13 +104,10 @@ def new_script(page: deps.Operator) -> Response:
 def create_script(page: deps.Operator) -> Response:
     form = ScriptForm.read(page)
     try:
-        spec = models.ScriptIn.model_validate(form.body())
-        with db.write(page.engine) as conn:
-            created = scripts.create(
-                conn, spec.name, spec.interpreter, spec.content, spec.description
-            )
+        spec = inputs.ScriptIn.model_validate(form.body())
+        created = fleet.create_script(page.engine, page.user, spec)
     except pydantic.ValidationError as exc:
-        return _render_editor(page, None, form, error=_message(exc), status=422)
+        return _render_editor(page, None, form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:
         return _render_editor(page, None, form, error=exc.message, status=exc.status)
     return pages.redirect(f"/scripts/{created.id}", f"Script {created.name} saved.")
@@ -131,11 +127,10 @@ def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
     with db.read(page.engine) as conn:
         script = scripts.get(conn, script_id)
     try:
-        patch = models.ScriptPatch.model_validate(form.body())
-        with db.write(page.engine) as conn:
-            saved = scripts.update(conn, script_id, patch.model_dump())
+        patch = inputs.ScriptPatch.model_validate(form.body())
+        saved = fleet.update_script(page.engine, page.user, script_id, patch.model_dump())
     except pydantic.ValidationError as exc:
-        return _render_editor(page, script, form, error=_message(exc), status=422)
+        return _render_editor(page, script, form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:
         return _render_editor(page, script, form, error=exc.message, status=exc.status)
     renamed = f" (renamed from {script.name})" if saved.name != script.name else ""
@@ -144,9 +139,7 @@ def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
 
 @router.post("/scripts/{script_id}/delete")
 def delete_script(script_id: ScriptId, page: deps.Operator) -> Response:
-    with db.write(page.engine) as conn:
-        name = scripts.get(conn, script_id).name
-        scripts.delete(conn, script_id)
+    name = fleet.delete_script(page.engine, page.user, script_id).name
     return pages.redirect("/scripts", f"Script {name} deleted; jobs that ran it keep their copy.")
 
 
@@ -178,10 +171,6 @@ def _render_editor(
     )
 
 
-def _message(exc: pydantic.ValidationError) -> str:
-    return api_errors.describe(exc.errors()[0])[1]
-
-
 # -- running it -----------------------------------------------------------------------------
 
 
@@ -199,11 +188,11 @@ def run_script(script_id: ScriptId, page: deps.Submitter) -> Response:
     if run["watchdog"].strip():
         body["watchdog"] = run["watchdog"].strip()
     try:
-        spec = models.JobSubmit.model_validate(body)
+        spec = inputs.JobSubmit.model_validate(body)
         limiter = submission.rate_limiter(page.request.app.state)
         [job] = submission.submit(page.engine, page.user, [spec], prefix=False, limiter=limiter)
     except pydantic.ValidationError as exc:
-        message = _message(exc)
+        message = inputs.first_message(exc)
     except errors.JobBalancerError as exc:
         message = exc.message
     else:

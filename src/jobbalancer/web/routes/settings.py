@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from jobbalancer import db, errors, settings
+from jobbalancer.service import fleet
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -48,10 +49,10 @@ def save_settings(page: deps.Admin) -> Response:
     changes: dict[str, Any] = {name: page.field(name).strip() for name in sent}
     changes["algorithm"] = page.field("algorithm")
     changes["metrics_public"] = page.field("metrics_public") in ("on", "true", "1")
+    with db.read(page.engine) as conn:
+        current = settings.load_tunables(conn).model_dump()
     try:
-        with db.write(page.engine) as conn:
-            current = settings.load_tunables(conn).model_dump()
-            settings.save_tunables(conn, changes)
+        fleet.save_settings(page.engine, page.user, changes)
     except errors.InvalidInput as exc:
         values = {**current, **changes}
         return _render(page, values, error=exc.message, error_field=exc.field, status=422)

@@ -2,7 +2,7 @@
 scripts-only flag and the classes they may use; change those; reset a password (a new
 one, shown once); disable, enable or delete; create API keys (shown once) and revoke them.
 
-The same checks as ``/api/v1/users`` apply (the API's helpers: the last enabled admin
+The same checks as ``/api/v1/users`` apply (service.users: the last enabled admin
 stays, names stay unique); ``auth.update_user`` ends a user's web sessions when their
 password is reset or they are disabled.
 """
@@ -16,10 +16,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from jobbalancer import auth, classes, db, errors
-from jobbalancer.api import errors as api_errors
-from jobbalancer.api import models
-from jobbalancer.api.routes import users as api_users
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import inputs, users
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -34,10 +32,6 @@ ROLE_HELP = {
 }
 
 NEW_USER = {"name": "", "role": "submitter", "commands_allowed": True, "worker_classes": None}
-
-
-def _message(exc: pydantic.ValidationError) -> str:
-    return api_errors.describe(exc.errors()[0])[1]
 
 
 def _access(page: deps.Page) -> dict[str, Any]:
@@ -89,18 +83,10 @@ def create_user(page: deps.Admin) -> Response:
     form: dict[str, Any] = {"name": page.field("name"), **_access(page)}
     new_password = password or auth.generate_password()
     try:
-        spec = models.UserIn.model_validate({**form, "password": new_password})
-        with db.write(page.engine) as conn:
-            created = auth.create_user(
-                conn,
-                spec.name,
-                spec.role,
-                spec.password,
-                commands_allowed=spec.commands_allowed,
-                worker_classes=api_users._class_names(conn, spec.worker_classes),
-            )
+        spec = inputs.UserIn.model_validate({**form, "password": new_password})
+        created = users.create(page.engine, page.user, spec)
     except pydantic.ValidationError as exc:
-        return _render_list(page, form=form, error=_message(exc), status=422)
+        return _render_list(page, form=form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:
         return _render_list(page, form=form, error=exc.message, status=exc.status)
     if password:
@@ -173,7 +159,7 @@ def edit_user(user_id: UserId, page: deps.Admin) -> Response:
         changes = _checked_patch(_access(page))
         name = _update(page, user_id, changes)
     except pydantic.ValidationError as exc:
-        return _render_user(page, user_id, error=_message(exc), status=422)
+        return _render_user(page, user_id, error=inputs.first_message(exc), status=422)
     except (errors.InvalidInput, errors.Conflict) as exc:
         return _render_user(page, user_id, error=exc.message, status=exc.status)
     return pages.redirect(f"/users/{user_id}", f"User {name} saved.")
@@ -214,28 +200,19 @@ def enable_user(user_id: UserId, page: deps.Admin) -> Response:
 def delete_user(user_id: UserId, page: deps.Admin) -> Response:
     """Delete a user and their keys (their jobs stay); never the last enabled admin."""
     try:
-        with db.write(page.engine) as conn:
-            target = auth.get_user(conn, user_id)
-            api_users._keep_an_admin(conn, target, {"deleted": True})
-            auth.end_sessions(conn, user_id)
-            auth.delete_user(conn, user_id)
+        target = users.delete(page.engine, page.user, user_id)
     except errors.Conflict as exc:
         return pages.redirect(f"/users/{user_id}", exc.message, error=True)
     return pages.redirect("/users", f"User {target.name} deleted; their jobs stay.")
 
 
 def _checked_patch(changes: dict[str, Any]) -> dict[str, Any]:
-    return models.UserPatch.model_validate(changes).model_dump(exclude_unset=True)
+    return inputs.UserPatch.model_validate(changes).model_dump(exclude_unset=True)
 
 
 def _update(page: deps.Page, user_id: int, changes: dict[str, Any]) -> str:
     """As ``PATCH /api/v1/users/{id}``; the user's name."""
-    with db.write(page.engine) as conn:
-        target = auth.get_user(conn, user_id)
-        api_users._keep_an_admin(conn, target, changes)
-        if "worker_classes" in changes:
-            changes["worker_classes"] = api_users._class_names(conn, changes["worker_classes"])
-        return auth.update_user(conn, user_id, changes).name
+    return users.update(page.engine, page.user, user_id, changes).name
 
 
 # -- API keys -------------------------------------------------------------------------------
@@ -245,11 +222,10 @@ def _update(page: deps.Page, user_id: int, changes: dict[str, Any]) -> str:
 def create_key(user_id: UserId, page: deps.Admin) -> Response:
     """A new key for the user, shown once (with a Copy button)."""
     try:
-        spec = models.ApiKeyIn.model_validate({"name": page.field("name").strip() or "default"})
-        with db.write(page.engine) as conn:
-            record, key = auth.create_api_key(conn, user_id, spec.name)
+        spec = inputs.ApiKeyIn.model_validate({"name": page.field("name").strip() or "default"})
+        record, key = users.create_key(page.engine, page.user, user_id, spec.name)
     except pydantic.ValidationError as exc:
-        return _render_user(page, user_id, error=_message(exc), status=422)
+        return _render_user(page, user_id, error=inputs.first_message(exc), status=422)
     return _render_user(
         page,
         user_id,
@@ -260,6 +236,5 @@ def create_key(user_id: UserId, page: deps.Admin) -> Response:
 
 @router.post("/users/{user_id}/keys/{key_id}/revoke")
 def revoke_key(user_id: UserId, key_id: KeyId, page: deps.Admin) -> Response:
-    with db.write(page.engine) as conn:
-        auth.revoke_api_key(conn, user_id, key_id)
+    users.revoke_key(page.engine, page.user, user_id, key_id)
     return pages.redirect(f"/users/{user_id}", "API key revoked: it stops working at once.")

@@ -3,7 +3,7 @@
 enable it, or remove it once offline.
 
 Changes go through the same manager calls as ``PATCH``/``DELETE /api/v1/workers/{id}``,
-and the form is read as the API's body (``models.WorkerPatch``), so the rules and the
+and the form is read as the API's body (``inputs.WorkerPatch``), so the rules and the
 messages are the API's.
 """
 
@@ -16,9 +16,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from jobbalancer import classes, db, errors, registry
-from jobbalancer.api import actions, models
-from jobbalancer.api import errors as api_errors
 from jobbalancer.refs import MAX_ID
+from jobbalancer.service import fleet, inputs
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -89,12 +88,12 @@ def edit_worker(worker_id: WorkerId, page: deps.Operator) -> Response:
     """Class and max jobs; an empty max jobs means the class's."""
     form = {"worker_class": page.field("worker_class"), "max_jobs": page.field("max_jobs").strip()}
     try:
-        patch = models.WorkerPatch.model_validate(
+        patch = inputs.WorkerPatch.model_validate(
             {"worker_class": form["worker_class"], "max_jobs": form["max_jobs"] or None}
         )
         name = _update(page, worker_id, patch.model_dump(exclude_unset=True))
     except pydantic.ValidationError as exc:
-        _, message = api_errors.describe(exc.errors()[0])
+        message = inputs.first_message(exc)
         return _render_worker(page, worker_id, form=form, error=message, status=422)
     except (errors.InvalidInput, errors.Conflict) as exc:
         return _render_worker(page, worker_id, form=form, error=exc.message, status=exc.status)
@@ -119,16 +118,13 @@ def enable_worker(worker_id: WorkerId, page: deps.Operator) -> Response:
 @router.post("/workers/{worker_id}/remove")
 def remove_worker(worker_id: WorkerId, page: deps.Operator) -> Response:
     """Remove an offline worker from the list (a live one is refused, with the reason)."""
-    with db.write(page.engine) as conn:
-        name = registry.get(conn, worker_id).name
-        registry.delete(conn, worker_id)
+    name = fleet.remove_worker(page.engine, page.user, worker_id).name
     return pages.redirect("/workers", f"Worker {name} removed.")
 
 
 def _update(page: deps.Page, worker_id: int, changes: dict[str, Any]) -> str:
     """As ``PATCH /api/v1/workers/{id}``; the worker's name."""
-    with db.write(page.engine) as conn:
-        return actions.update_worker(conn, worker_id, changes).name
+    return fleet.update_worker(page.engine, page.user, worker_id, changes).name
 
 
 def _back(page: deps.Page, worker_id: int) -> str:

@@ -1,5 +1,7 @@
-"""The HTTP application: routes, the one error mapping, the body limit, and the server's
-background supervisor, wired by :func:`create_app`."""
+"""The HTTP application, assembled in this one place by :func:`create_app`: the body limit
+and security headers, the JSON API (:mod:`jobbalancer.api`), the web UI
+(:mod:`jobbalancer.web`, whose error pages wrap the API's handlers), the server's
+background supervisor, and the first admin."""
 
 from __future__ import annotations
 
@@ -14,21 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbalancer import __version__, auth, db, monitor, web
-from jobbalancer.api import deps, errors
-from jobbalancer.api.routes import (
-    classes,
-    docs,
-    health,
-    jobs,
-    legacy,
-    metrics,
-    scripts,
-    settings,
-    stats,
-    users,
-    workers,
-)
+from jobbalancer import __version__, api, db, monitor, web
+from jobbalancer.api import errors
+from jobbalancer.service import users
 from jobbalancer.settings import Settings
 from jobbalancer.web import security
 
@@ -37,9 +27,6 @@ log = logging.getLogger(__name__)
 # Larger than any sane job or script (scripts stop at 10 MiB), small enough to refuse
 # before a client fills the server's memory.
 MAX_BODY_BYTES = 20 * 1024 * 1024
-ROUTERS = (jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs)
-
-FirstAdmin = tuple[auth.User, str, str]
 
 
 def create_app(
@@ -56,7 +43,7 @@ def create_app(
     if engine is None:
         engine = db.connect(settings.database_url, pool_size=settings.database.pool_size)
     db.upgrade(engine)
-    first_admin = _ensure_first_admin(engine)
+    first_admin = users.ensure_first_admin(engine)
     if first_admin is not None:
         print_first_admin(first_admin)
 
@@ -75,13 +62,9 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.state.first_admin = first_admin
-    app.state.key_usage = deps.KeyUsage()
-    app.state.metrics_registry = metrics.make_registry(engine)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(security.SecurityHeaders)
-    errors.install(app)
-    for module in ROUTERS:
-        app.include_router(module.router)
+    api.install(app, engine)  # the routes and the error handlers
     web.install(app)  # the UI's pages (after the API's error handlers, which it wraps)
     return app
 
@@ -106,15 +89,7 @@ def _lifespan(
     return lifespan
 
 
-def _ensure_first_admin(engine: sa.Engine) -> FirstAdmin | None:
-    try:
-        with db.write(engine) as conn:
-            return auth.ensure_first_admin(conn)
-    except sa.exc.IntegrityError:
-        return None  # another server, starting at the same time, created it
-
-
-def print_first_admin(first: FirstAdmin) -> None:
+def print_first_admin(first: users.FirstAdmin) -> None:
     """Show the first admin's credentials, boxed, once: they are not stored in clear."""
     user, password, key = first
     lines = [

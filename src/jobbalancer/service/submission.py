@@ -1,7 +1,7 @@
 """Turning submissions into jobs: resolve scripts and classes, check what the user may do,
 submit and read the jobs back in one transaction.
 
-Shared by ``POST /api/v1/jobs``, its batch form, restarts, the legacy ``/addJob`` and the
+Used by ``POST /api/v1/jobs``, its batch form, restarts, the legacy ``/addJob`` and the
 web pages. The limits on one submitter live here too (docs/api.md, "Limits"): what a
 scripts-only user may put in ``env``, the highest priority, waiting jobs at a time and
 submit requests per second. Admins and operators are exempt (they can run anything).
@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobbalancer import auth, balancer, classes, db, errors, jobs, scripts, settings
-from jobbalancer.api import models
+from jobbalancer.service import access, inputs
 
 # A scripts-only user may set only names in a namespace of our own. An allow-list, not a
 # list of dangerous names: BASH_ENV, ENV, SHELLOPTS+PS4, LD_PRELOAD, PYTHONSTARTUP,
@@ -169,7 +169,7 @@ class _Lookups:
 def to_spec(
     conn: sa.Connection,
     user: auth.User,
-    job: models.JobSubmit,
+    job: inputs.JobSubmit,
     where: str = "",
     lookups: _Lookups | None = None,
 ) -> jobs.Spec:
@@ -222,7 +222,7 @@ def _class_for(
 def submit(
     engine: sa.Engine,
     user: auth.User,
-    batch: Sequence[models.JobSubmit],
+    batch: Sequence[inputs.JobSubmit],
     *,
     prefix: bool,
     limiter: RateLimiter,
@@ -232,6 +232,7 @@ def submit(
 
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
     """
+    access.require(user, access.SUBMIT)
     with db.write(engine) as conn:
         limits = _limits(conn, user, limiter)
         lookups = _Lookups(conn)
@@ -298,11 +299,3 @@ def _script_exists(conn: sa.Connection, job: jobs.Job) -> bool:
     except errors.NotFound:
         return False
     return True
-
-
-def occupied(job: jobs.Job, viewer: auth.User) -> errors.Occupied:
-    """The 409 for a need_realtime job that found no free slot; it carries the job."""
-    return errors.Occupied(
-        models.Job.from_job(job, viewer).model_dump(mode="json"),
-        f"no worker of class {job.worker_class!r} has a free slot; job {job.id} was not run",
-    )

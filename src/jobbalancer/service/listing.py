@@ -15,9 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobbalancer import errors, jobs
-from jobbalancer.api.models import LABEL_KEY
 from jobbalancer.db import schema
 from jobbalancer.refs import parse_id
+from jobbalancer.service.inputs import LABEL_KEY
 
 J, W, C = schema.jobs, schema.workers, schema.worker_classes
 _CURSOR_PREFIX = "jobs:"

@@ -1,0 +1,305 @@
+"""The requests every face accepts, validated: the JSON API's bodies (their docstrings and
+field descriptions are what ``/docs`` shows), which the web forms and the CLI are read as.
+
+Requests reject unknown fields (a typo should not be silently ignored) and any text a
+database could not store (NUL characters, lone surrogates), naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    field_validator,
+)
+
+from jobbalancer import auth, classes, refs
+from jobbalancer.refs import MAX_ID
+
+# Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
+ARG_MAX_BYTES = 128 * 1024 - 1
+MAX_WATCHDOG = 10 * 366 * 86400  # seconds; also fits MariaDB's single-precision FLOAT
+MAX_PRIORITY = 1_000_000_000
+# Used with fullmatch: "$" would also match before a trailing newline.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]*")
+
+
+# -- text every backend can store ---------------------------------------------------------
+
+
+def clean_text(value: str) -> str:
+    """``value`` if PostgreSQL, MariaDB and SQLite can all store it, else ValueError."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _plain_name(value: str) -> str:
+    problem = refs.name_problem(clean_text(value))
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _clean_optional(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def _fits_argv(value: str) -> str:
+    if len(value.encode()) > ARG_MAX_BYTES:
+        raise ValueError("must be at most 128 KiB: the OS refuses longer arguments")
+    return value
+
+
+Text = Annotated[str, AfterValidator(clean_text)]
+QueryText = Annotated[str | None, AfterValidator(_clean_optional)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_plain_name),
+]
+Description = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(clean_text)]
+
+
+def _name_or_id(value: Any) -> str | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= MAX_ID:
+            return value
+        raise ValueError(f"an id must be 1 to {MAX_ID}")
+    if isinstance(value, str):
+        text = clean_text(value).strip()
+        if 1 <= len(text) <= 200:
+            return text
+        raise ValueError("a name must have 1 to 200 characters")
+    raise ValueError("must be a name (string) or an id (integer)")
+
+
+def _param(value: Any) -> str:
+    # Numbers are welcome as params (callers write 10 for "10"); objects and booleans are
+    # refused rather than guessed at.
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("must be a string or a number")
+    text = value if isinstance(value, str) else str(value)
+    return _fits_argv(clean_text(text))
+
+
+def _env(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if len(key.encode()) + len(item.encode()) + 1 > ARG_MAX_BYTES:
+            raise ValueError(f"{key} must be at most 128 KiB: the OS refuses longer entries")
+    return value
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, item in value.items():
+        if len(key) > 100 or not LABEL_KEY.fullmatch(key):
+            raise ValueError(
+                f"label name {key!r}: use 1 to 100 letters, digits, '_', '.', '-' or '/', "
+                "starting with a letter or digit"
+            )
+        if len(item) > 1000:
+            raise ValueError(f"label {key}: the value must be at most 1000 characters")
+    return value
+
+
+NameOrId = Annotated[str | int, PlainValidator(_name_or_id, json_schema_input_type=str | int)]
+Param = Annotated[str, PlainValidator(_param, json_schema_input_type=str | int | float)]
+Command = Annotated[str, AfterValidator(clean_text), AfterValidator(_fits_argv)]
+Env = Annotated[dict[Text, Text], AfterValidator(_env)]
+Labels = Annotated[dict[Text, Text], AfterValidator(_labels)]
+
+
+def _not_null(cls: Any, value: Any) -> Any:
+    # On the optional fields of a patch: leaving a field out keeps it, null is refused.
+    if value is None:
+        raise ValueError("must not be null")
+    return value
+
+
+class Input(BaseModel):
+    """A request body: unknown fields are refused, so a typo is an error, not a no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+class JobSubmit(Input):
+    """A job to run: exactly one of ``command`` or ``script``."""
+
+    command: Command | None = Field(
+        None, description="Shell command, run as `/bin/sh -c COMMAND`.", examples=["sleep 5"]
+    )
+    script: NameOrId | None = Field(None, description="A stored script, by name or id.")
+    params: list[Param] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Arguments passed as separate argv entries (to a script; to a command as "
+        "`$1`…), never pasted into a shell string. Numbers are turned into strings.",
+    )
+    watchdog: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_WATCHDOG,
+        description="Kill the job after this many seconds; 0/null: no limit.",
+    )
+    worker_class: NameOrId = Field("default", description="Worker class, by name or id.")
+    need_realtime: bool = Field(
+        False, description="Reject (409, state `occupied`) if no worker has a free slot now."
+    )
+    priority: int = Field(0, ge=-MAX_PRIORITY, le=MAX_PRIORITY, description="Higher runs first.")
+    retries: int = Field(0, ge=0, le=100, description="Re-run this many times if failed or lost.")
+    env: Env = Field(default_factory=dict, description="Added to the job's environment.")
+    labels: Labels = Field(default_factory=dict, description="Free-form tags; filterable.")
+
+
+class JobBatch(Input):
+    """Up to 1000 jobs, submitted together: all are accepted, or none."""
+
+    jobs: list[JobSubmit] = Field(min_length=1, max_length=1000)
+
+
+# -- workers, classes, scripts ------------------------------------------------------------
+
+
+class WorkerPatch(Input):
+    """Change a worker: send only what changes."""
+
+    max_jobs: int | None = Field(
+        None, ge=1, le=classes.MAX_JOBS_LIMIT, description="null: use the class's max_jobs."
+    )
+    worker_class: NameOrId | None = None
+    enabled: bool | None = Field(None, description="false: takes no new jobs, finishes its own.")
+
+    _no_nulls = field_validator("worker_class", "enabled", mode="before")(_not_null)
+
+
+class WorkerClassIn(Input):
+    """A new worker class."""
+
+    name: Name
+    max_jobs: int = Field(5, ge=1, le=classes.MAX_JOBS_LIMIT, description="Per worker, by default.")
+    description: Description = ""
+
+
+class WorkerClassPatch(Input):
+    """Change a worker class: send only what changes."""
+
+    name: Name | None = None
+    max_jobs: int | None = Field(None, ge=1, le=classes.MAX_JOBS_LIMIT)
+    description: Description | None = None
+
+    _no_nulls = field_validator("name", "max_jobs", "description", mode="before")(_not_null)
+
+
+class ScriptIn(Input):
+    """A new stored script."""
+
+    name: Name
+    interpreter: Annotated[str, AfterValidator(clean_text)] | None = Field(
+        None,
+        description="Program name (`bash`, `python3`) or absolute path (`/usr/bin/php`); "
+        "empty when the content starts with a `#!` line.",
+    )
+    content: Annotated[str, AfterValidator(clean_text)] = Field(description="The script body.")
+    description: Description = ""
+
+
+class ScriptPatch(Input):
+    """Change a script: send only what changes."""
+
+    name: Name | None = None
+    interpreter: Annotated[str, AfterValidator(clean_text)] | None = None
+    content: Annotated[str, AfterValidator(clean_text)] | None = None
+    description: Description | None = None
+
+    _no_nulls = field_validator("name", "content", "description", mode="before")(_not_null)
+
+
+# -- users and keys -----------------------------------------------------------------------
+
+Password = Annotated[str, StringConstraints(max_length=1000), AfterValidator(clean_text)]
+
+
+class UserIn(Input):
+    """A new user. Without a password the user can only use API keys."""
+
+    name: Name
+    role: auth.Role = auth.Role.SUBMITTER
+    password: Password | None = Field(None, description="At least 8 characters.")
+    commands_allowed: bool = Field(True, description="false: stored scripts only.")
+    worker_classes: list[NameOrId] | None = Field(
+        None, description="Classes the user may submit to; null: all."
+    )
+    disabled: bool = False
+
+
+class UserPatch(Input):
+    """Change a user: send only what changes."""
+
+    name: Name | None = None
+    role: auth.Role | None = None
+    password: Password | None = None
+    commands_allowed: bool | None = None
+    worker_classes: list[NameOrId] | None = None
+    disabled: bool | None = None
+
+    _no_nulls = field_validator("name", "role", "commands_allowed", "disabled", mode="before")(
+        _not_null
+    )
+
+
+class ApiKeyIn(Input):
+    name: Annotated[str, StringConstraints(max_length=200), AfterValidator(clean_text)] = "default"
+
+
+# -- naming the field of a validation error -----------------------------------------------
+
+# Where FastAPI says an input came from; not part of the field's name.
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
+def field_name(loc: Sequence[int | str]) -> str:
+    """``("body", "jobs", 3, "params", 1)`` → ``"jobs.3.params.1"``."""
+    parts = list(loc)
+    if parts and parts[0] in _SOURCES:
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts)
+
+
+def describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    """The field and a message that names it, for one pydantic error."""
+    field = field_name(error.get("loc", ()))
+    kind = error.get("type", "")
+    msg = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+    if kind == "missing":
+        msg = "is required"
+    elif kind == "extra_forbidden":
+        return field, f"unknown field {field!r}"
+    if not field:
+        if kind in ("missing", "model_attributes_type", "dict_type"):
+            return "", "the request body must be a JSON object (Content-Type: application/json)"
+        return "", msg
+    return field, f"{field}: {msg[0].lower()}{msg[1:]}" if msg else field
+
+
+def first_message(exc: pydantic.ValidationError) -> str:
+    """The message of ``exc``'s first error, naming its field (what a form shows)."""
+    return describe(exc.errors()[0])[1]

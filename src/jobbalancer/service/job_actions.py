@@ -1,0 +1,69 @@
+"""What a user does with jobs that exist: see one, list them, kill, restart, delete. Each
+call opens its own transaction and checks that the user may (:mod:`.access`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sqlalchemy as sa
+
+from jobbalancer import auth, balancer, db, jobs, logs
+from jobbalancer.service import access, listing, submission
+
+
+def get(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
+    """The job, if ``user`` may see it (NotFound otherwise)."""
+    with db.read(engine) as conn:
+        return access.visible_job(conn, user, job_id)
+
+
+def read_log(
+    engine: sa.Engine, user: auth.User, job_id: int, view: logs.View, offset: int, limit: int
+) -> tuple[jobs.Job, bytes]:
+    """The job, if ``user`` may see it, and up to ``limit`` bytes of its output from
+    ``offset`` on in ``view``, read together."""
+    with db.read(engine) as conn:
+        job = access.visible_job(conn, user, job_id)
+        data, _ = logs.read(conn, job_id, view, offset, limit)
+    return job, data
+
+
+def list_page(
+    engine: sa.Engine,
+    user: auth.User,
+    filters: listing.Filters,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[jobs.Job], str | None]:
+    """One page of the jobs ``user`` may see (a submitter: their own, whatever the filters
+    say), and the cursor of the next."""
+    mine = dataclasses.replace(filters, owner_id=access.owner_filter(user))
+    with db.read(engine) as conn:
+        return listing.page(conn, mine, limit, cursor)
+
+
+def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
+    """Kill: a waiting or assigned job at once, a running one when its worker stopped it;
+    a freed slot is filled in the same transaction. The job as it is now."""
+    with db.write(engine) as conn:
+        job = access.manageable_job(conn, user, job_id)
+        jobs.request_kill(conn, job_id)
+        if job.state == jobs.State.ASSIGNED:  # its slot is free again
+            balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
+        return jobs.get(conn, job_id)
+
+
+def restart(
+    engine: sa.Engine, user: auth.User, job_id: int, *, limiter: submission.RateLimiter
+) -> jobs.Job:
+    """A new job with the spec of ``job_id``, if ``user`` may manage it and submit it now."""
+    with db.read(engine) as conn:
+        job = access.manageable_job(conn, user, job_id)
+    return submission.restart(engine, user, job_id, job, limiter=limiter)
+
+
+def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
+    """Delete a job and its output; an assigned or running one must be killed first."""
+    with db.write(engine) as conn:
+        access.manageable_job(conn, user, job_id)
+        jobs.delete(conn, job_id)

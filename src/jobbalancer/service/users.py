@@ -1,0 +1,166 @@
+"""Users and their API keys. Admins manage everyone; a user manages their own keys. One
+enabled admin always stays: nobody could undo demoting, disabling or deleting the last."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobbalancer import auth, classes, db, errors
+from jobbalancer.service import access, inputs
+
+
+def class_names(conn: sa.Connection, refs: Sequence[str | int] | None) -> list[str] | None:
+    """The names of the classes ``refs`` names (None: all classes); NotFound naming the
+    field ``worker_classes.N`` for an unknown one."""
+    if refs is None:
+        return None
+    return [classes.find(conn, r, field=f"worker_classes.{i}").name for i, r in enumerate(refs)]
+
+
+def keep_an_admin(conn: sa.Connection, target: auth.User, changes: Mapping[str, Any]) -> None:
+    """Refuse to demote, disable or delete the last enabled admin: nobody could undo it."""
+    if not target.is_admin or target.disabled:
+        return
+    demoted = changes.get("role", auth.Role.ADMIN) != auth.Role.ADMIN
+    if not (demoted or changes.get("disabled") or changes.get("deleted")):
+        return
+    others = [
+        u for u in auth.list_users(conn) if u.is_admin and not u.disabled and u.id != target.id
+    ]
+    if not others:
+        raise errors.Conflict(f"{target.name} is the last enabled admin: make another admin first")
+
+
+def list_all(engine: sa.Engine, actor: auth.User) -> list[auth.User]:
+    access.require(actor, access.ADMIN)
+    with db.read(engine) as conn:
+        return auth.list_users(conn)
+
+
+def get(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
+    access.self_or_admin(actor, user_id)
+    with db.read(engine) as conn:
+        return auth.get_user(conn, user_id)
+
+
+FirstAdmin = tuple[auth.User, str, str]
+
+
+def ensure_first_admin(engine: sa.Engine) -> FirstAdmin | None:
+    """On an empty user table, an admin: (user, password, API key), to be shown once;
+    None if there are users (or another server created the first one at the same time)."""
+    try:
+        with db.write(engine) as conn:
+            return auth.ensure_first_admin(conn)
+    except sa.exc.IntegrityError:
+        return None
+
+
+def create(
+    engine: sa.Engine, actor: auth.User, spec: inputs.UserIn, *, known_classes_only: bool = True
+) -> auth.User:
+    """A new user; without a password it can only use API keys. ``known_classes_only``
+    False keeps the classes as named, existing or not (for a class made later)."""
+    access.require(actor, access.ADMIN)
+    with db.write(engine) as conn:
+        if known_classes_only or spec.worker_classes is None:
+            allowed = class_names(conn, spec.worker_classes)
+        else:
+            allowed = [str(ref) for ref in spec.worker_classes]
+        created = auth.create_user(
+            conn,
+            spec.name,
+            spec.role,
+            spec.password,
+            commands_allowed=spec.commands_allowed,
+            worker_classes=allowed,
+        )
+        if spec.disabled:
+            created = auth.update_user(conn, created.id, {"disabled": True})
+    return created
+
+
+def update(
+    engine: sa.Engine, actor: auth.User, user_id: int, changes: Mapping[str, Any]
+) -> auth.User:
+    """Change name, role, password, commands_allowed, worker_classes (None: all) or
+    disabled; a new password or disabling ends the user's web sessions."""
+    access.require(actor, access.ADMIN)
+    changes = dict(changes)
+    with db.write(engine) as conn:
+        target = auth.get_user(conn, user_id)
+        keep_an_admin(conn, target, changes)
+        if "worker_classes" in changes:
+            changes["worker_classes"] = class_names(conn, changes["worker_classes"])
+        return auth.update_user(conn, user_id, changes)
+
+
+def delete(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
+    """Delete a user, their sessions and keys (their jobs stay); the user as they were."""
+    access.require(actor, access.ADMIN)
+    with db.write(engine) as conn:
+        target = auth.get_user(conn, user_id)
+        keep_an_admin(conn, target, {"deleted": True})
+        auth.end_sessions(conn, user_id)
+        auth.delete_user(conn, user_id)
+    return target
+
+
+def list_keys(engine: sa.Engine, actor: auth.User, user_id: int) -> list[auth.ApiKey]:
+    """The user's keys: names and prefixes, never the keys (NotFound for no such user)."""
+    access.self_or_admin(actor, user_id)
+    with db.read(engine) as conn:
+        auth.get_user(conn, user_id)  # 404 for an unknown user, not an empty list
+        return auth.list_api_keys(conn, user_id)
+
+
+def create_key(
+    engine: sa.Engine, actor: auth.User, user_id: int, name: str
+) -> tuple[auth.ApiKey, str]:
+    """A new key of the user's: its record, and the key itself (shown this once)."""
+    access.self_or_admin(actor, user_id)
+    with db.write(engine) as conn:
+        return auth.create_api_key(conn, user_id, name)
+
+
+def revoke_key(engine: sa.Engine, actor: auth.User, user_id: int, key_id: int) -> None:
+    """Revoke a key of the user's: it stops working at once."""
+    access.self_or_admin(actor, user_id)
+    with db.write(engine) as conn:
+        auth.revoke_api_key(conn, user_id, key_id)
+
+
+MAX_PASSWORD = 1000  # as the login form's
+
+
+def change_own_password(
+    engine: sa.Engine, user: auth.User, current: str, new: str, repeat: str, address: str
+) -> str:
+    """Change ``user``'s own password, proven by the ``current`` one; a new web session's
+    token (every other session of theirs ends). A wrong current password counts as a
+    failed login from ``address``, so a borrowed session cannot be used to guess it."""
+    _check_new_password(current, new, repeat)
+    try:
+        with db.read(engine) as conn:
+            auth.check_login(conn, user.name, current, address)
+    except errors.Unauthorized:
+        with db.write(engine) as conn:
+            auth.record_failed_login(conn, user.name, address)
+        raise errors.Forbidden("The current password is wrong.") from None
+    with db.write(engine) as conn:
+        auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
+        token, _ = auth.create_session(conn, user.id)
+    return token
+
+
+def _check_new_password(current: str, new: str, repeat: str) -> None:
+    if max(len(current), len(new)) > MAX_PASSWORD:
+        raise errors.InvalidInput(f"A password has at most {MAX_PASSWORD} characters.")
+    if new != repeat:
+        raise errors.InvalidInput("The new password and its repetition differ.")
+    auth.check_password_strength(new)
+    if new == current:
+        raise errors.InvalidInput("The new password is the same as the current one.")
