@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from jobbalancer import cli, errors
@@ -219,3 +222,17 @@ def test_a_live_row_without_machine_id_from_another_host(explicit: bool) -> None
 
 def test_the_exit_codes_agree_with_the_cli() -> None:
     assert (presence.EXIT_CONFIG, presence.EXIT_SCHEMA) == (cli.RET_CONFIG, cli.RET_SCHEMA)
+
+
+def test_a_zombie_is_dead() -> None:
+    child = subprocess.Popen(["true"])
+    try:
+        proc = psutil.Process(child.pid)
+        deadline = time.monotonic() + 10
+        while proc.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.01)  # bounded: `true` exits at once, and we have not reaped it
+        me = identity.Instance.here()
+        zombie = identity.Instance(me.boot_id, me.pidns, child.pid, proc.create_time())
+        assert identity.alive_here(str(zombie)) is False
+    finally:
+        child.wait()

@@ -130,8 +130,10 @@ def alive_here(instance: str | None) -> bool | None:
     if other is None or other.boot_id != me.boot_id or other.pidns != me.pidns:
         return None
     try:
+        process = psutil.Process(other.pid)
         # Compared at the precision stored: a reused pid has another start time.
-        return f"{psutil.Process(other.pid).create_time():.2f}" == f"{other.start_time:.2f}"
+        same = f"{process.create_time():.2f}" == f"{other.start_time:.2f}"
+        return same and process.status() != psutil.STATUS_ZOMBIE  # a zombie is dead
     except psutil.Error:
         return False
 
@@ -211,7 +213,7 @@ def decide(
                 return Refuse(f"worker {holder.name!r} already runs here (pid {holder.pid})")
             return Next()
         return Refuse(clone_message(holder, me)) if waited else _wait(holder, worker_timeout)
-    if holder.machine_id is None and holder.host == me.host and not waited:
+    if holder.machine_id is None and holder.host.split(".")[0] == me.host and not waited:
         # A row written by a version before machine ids, from a host of our name: maybe
         # our own predecessor; its heartbeat will tell.
         return _wait(holder, worker_timeout)
