@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobbalancer import classes, errors, jobs, refs
-from jobbalancer.db import schema
+from jobbalancer.db import connections, schema
 from jobbalancer.db.types import AnyRow, utcnow
 
 W, C, J = schema.workers, schema.worker_classes, schema.jobs
@@ -86,11 +86,59 @@ def list_all(conn: sa.Connection) -> list[Worker]:
 
 
 def _class_for_worker(conn: sa.Connection, name: str) -> int:
-    """The class a starting worker names; a new class by that name if there is none yet."""
+    """The class a starting worker names; a new class by that name if there is none yet.
+
+    Only for in-process workers (tests): the worker process refuses an unknown class
+    before it registers (:func:`check_class`), and a worker's database role may not
+    create classes.
+    """
     try:
         return classes.find(conn, name).id
     except errors.InvalidInput:
         return classes.create(conn, name, DEFAULT_CLASS_MAX_JOBS).id
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The row holding a name (:func:`holder`); ``age``: seconds since its last
+    heartbeat, by the database's clock."""
+
+    id: int
+    name: str
+    host: str
+    state: str
+    pid: int | None
+    session: str | None
+    machine_id: str | None
+    instance: str | None
+    age: float
+
+
+def check_class(conn: sa.Connection, name: str) -> None:
+    """ConfigError when worker class ``name`` does not exist, naming those that do."""
+    try:
+        classes.find(conn, name)
+    except errors.InvalidInput:
+        names = ", ".join(conn.execute(sa.select(C.c.name).order_by(C.c.name)).scalars())
+        raise errors.ConfigError(
+            f"worker class {name!r} does not exist (classes: {names or 'none'}); an admin "
+            "creates it on the web UI's Classes page or with POST /api/v1/worker-classes "
+            f'{{"name": "{name}", "max_jobs": 2}}',
+            field="worker.worker_class",
+        ) from None
+
+
+def holder(conn: sa.Connection, name: str, *, lock: bool = True) -> Holder | None:
+    """The row holding worker name ``name``; with ``lock``, locked until the transaction
+    ends (so that of two workers starting under one name, the second sees what the first
+    wrote)."""
+    columns = ("id", "name", "host", "state", "pid", "session", "machine_id", "instance")
+    query = sa.select(*(W.c[c] for c in columns), W.c.last_heartbeat_at).where(W.c.name == name)
+    row = conn.execute(query.with_for_update() if lock else query).first()
+    if row is None:
+        return None
+    age = (connections.now(conn) - row.last_heartbeat_at).total_seconds()
+    return Holder(**{c: row._mapping[c] for c in columns}, age=age)
 
 
 @dataclass(frozen=True)
@@ -121,8 +169,12 @@ def register(
     pid: int,
     version: str,
     stats: Stats,
+    machine_id: str | None = None,
+    instance: str | None = None,
 ) -> tuple[int, str]:
-    """Make ``name`` online with a fresh session; its id and session.
+    """Make ``name`` online with a fresh session; its id and session. ``machine_id`` and
+    ``instance`` say who holds it now (see worker/identity.py; the worker process decided
+    it may take the name before calling this).
 
     Restarting under the same name is the same worker: jobs the database says it was
     running are marked lost (a new process runs nothing yet); jobs assigned but not started
@@ -142,6 +194,8 @@ def register(
         "version": version,
         "started_at": utcnow(),
         "last_heartbeat_at": utcnow(),
+        "machine_id": machine_id,
+        "instance": instance,
         **stats.values(),
     }
     if max_jobs is not None:

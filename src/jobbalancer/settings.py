@@ -65,6 +65,8 @@ class WorkerSettings(_Section):
     """One worker process."""
 
     name: str = ""
+    # The file keeping this machine's worker id (worker/identity.py); "": <data_dir>/worker-id.
+    id_file: str = ""
     worker_class: str = "default"
     max_jobs: int | None = Field(default=None, ge=1, le=10_000)
     # A user name, or "dynamic": each job a uid of its own from dynamic_uids (worker/uids.py).
@@ -111,6 +113,11 @@ class Settings(_Section):
             return self.database.url
         path = Path(self.data_dir).resolve() / "jobbalancer.db"
         return f"sqlite:///{path}"
+
+    @property
+    def worker_id_file(self) -> str:
+        """Where the worker keeps this machine's worker id."""
+        return self.worker.id_file or str(Path(self.data_dir).resolve() / "worker-id")
 
     @property
     def private_data_dir(self) -> Path | None:

@@ -284,6 +284,7 @@ def test_option_variables_do_not_trip_the_settings_loader(
         "JOBBALANCER_WORKER_RUN_AS",
         "JOBBALANCER_WORKER_DYNAMIC_UIDS",
         "JOBBALANCER_WORKER_JOB_PATH",
+        "JOBBALANCER_WORKER_ID_FILE",
         "JOBBALANCER_WORKER_ALLOW_ROOT",
         "JOBBALANCER_WORKER_CGROUPS",
     }

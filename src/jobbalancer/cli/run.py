@@ -97,7 +97,17 @@ def worker(
         opt(
             "--name",
             env="WORKER_NAME",
-            help="This worker's name; the same name is the same worker. Default: host name.",
+            help="This worker's name; the same name is the same worker. Default: the host "
+            "name (host-<id> when another machine has it).",
+        ),
+    ] = None,
+    id_file: Annotated[
+        str | None,
+        opt(
+            "--id-file",
+            env="WORKER_ID_FILE",
+            help="The file keeping this machine's worker id (made at the first start). "
+            "Default: <data dir>/worker-id.",
         ),
     ] = None,
     worker_class: Annotated[
@@ -173,6 +183,7 @@ def worker(
         log_level=log_level,
         **{
             "worker.name": name,
+            "worker.id_file": id_file,
             "worker.worker_class": worker_class,
             "worker.max_jobs": max_jobs,
             "worker.run_as": run_as,
@@ -184,4 +195,5 @@ def worker(
     )
     check_privileges(loaded.worker)
     setup_logging(loaded.log_level)
-    raise typer.Exit(Worker(loaded).run())
+    ws = loaded.worker.model_copy(update={"id_file": loaded.worker_id_file})
+    raise typer.Exit(Worker(loaded.model_copy(update={"worker": ws})).run())
