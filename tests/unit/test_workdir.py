@@ -168,3 +168,12 @@ def test_show_prints_the_workdir() -> None:
     rows = dict(formatting.show_rows({"id": 1, "workdir": "/srv/media", "error": None}))
 
     assert rows == {"id": "1", "workdir": "/srv/media"}
+
+
+def test_a_workdir_gone_between_the_check_and_the_start_is_named(base: Path) -> None:
+    with pytest.raises(spawn.StartError) as failed:
+        spawn.popen(["/bin/true"], {}, str(base / "gone"), None)
+
+    assert str(failed.value) == (
+        f"cannot enter the job's directory '{base / 'gone'}': No such file or directory"
+    )
