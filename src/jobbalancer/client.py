@@ -166,9 +166,13 @@ class Client:
         retries: int = 0,
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        workdir: str | None = None,
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments. Returns the new job.
+
+        ``workdir`` is an absolute directory on the worker to run in (None: a private
+        temporary one); a worker where it is missing or not usable fails the job, saying why.
 
         With ``need_realtime`` and no free worker the server keeps the job as
         ``occupied`` and this raises :class:`ApiError` with code ``"occupied"`` (the job
@@ -185,6 +189,7 @@ class Client:
             retries=retries,
             env=env,
             labels=labels,
+            workdir=workdir,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -420,6 +425,7 @@ def job_spec(
     retries: int = 0,
     env: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
+    workdir: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of one submission; only the fields that differ from the defaults."""
     if (command is None) == (script is None):
@@ -434,6 +440,7 @@ def job_spec(
         "retries": retries,
         "env": dict(env or {}),
         "labels": dict(labels or {}),
+        "workdir": workdir,
     }
     spec.update({key: value for key, value in optional.items() if value})
     return spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -52,6 +53,8 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         )
         host, port = sock.getsockname()[:2]
         log.info("serving on %s://%s:%s", "https" if cert else "http", _url_host(host), port)
+        if not cert:
+            warn_without_tls(host, port)
         with _return_after_signal():
             uvicorn.Server(config).run(sockets=[sock])
 
@@ -94,6 +97,27 @@ def bind(host: str, port: int) -> socket.socket:
         ) from exc
     sock.set_inheritable(True)
     return sock
+
+
+def warn_without_tls(host: str, port: int) -> None:
+    """One warning when plain HTTP is served beyond this machine."""
+    if not is_loopback(host):
+        log.warning(
+            "serving on %s:%s without TLS: API keys and passwords cross the network in "
+            "clear; set server.tls_cert and server.tls_key, or put a TLS proxy in front",
+            _url_host(host),
+            port,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address a socket is bound to is reachable from this machine only."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def _url_host(host: str) -> str:

@@ -46,6 +46,9 @@ class Job(BaseModel):
     need_realtime: bool
     priority: int
     retries: int
+    workdir: str | None = Field(
+        description="The directory on the worker it runs in; null: a private temporary one."
+    )
     attempt: int = Field(description="1 for the first run; +1 for each automatic retry.")
     retry_of: int | None = Field(description="The job whose failure this attempt retries.")
     restarted_from: int | None = Field(description="The job this one was restarted from.")

@@ -29,6 +29,7 @@ from jobbalancer.settings import Settings
 
 ENV = settings_mod.ENV_PREFIX  # JOBBALANCER_: every option's variable starts so
 DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT = 30.0
 _URL_META = "jobbalancer.database_url"  # ctx.meta: the database in use, for messages
 
 
@@ -114,8 +115,8 @@ LogLevelOpt = Annotated[
     opt("--log-level", env="LOG_LEVEL", help="debug, info, warning or error. Default: info."),
 ]
 UrlOpt = Annotated[
-    str,
-    opt("--url", env="URL", help="Base URL of the jobbalancer server."),
+    str | None,
+    opt("--url", env="URL", help=f"Base URL of the jobbalancer server. Default: {DEFAULT_URL}."),
 ]
 ApiKeyOpt = Annotated[
     str | None,
@@ -126,8 +127,13 @@ ApiKeyOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[
-    float,
-    opt("--timeout", env="TIMEOUT", min=0.1, help="Seconds any one request may take."),
+    float | None,
+    opt(
+        "--timeout",
+        env="TIMEOUT",
+        min=0.1,
+        help=f"Seconds any one request may take. Default: {DEFAULT_TIMEOUT:g}.",
+    ),
 ]
 JsonOpt = Annotated[
     bool,
@@ -205,6 +211,44 @@ class Remote:
     def client(self) -> client.Client:
         return client.Client(self.url, self.api_key, self.timeout)
 
+    @classmethod
+    def resolve(
+        cls, ctx: typer.Context, url: str | None, api_key: str | None, timeout: float | None
+    ) -> Remote:
+        """The client options of a command: its own flag if given on its command line,
+        else the same flag before the subcommand (``jobbalancer --url URL submit``), else
+        the variable, else the default."""
+        root = ctx.find_root()
+
+        def pick(name: str, own: Any, default: Any) -> Any:
+            if _from_command_line(ctx, name):
+                return own
+            if root is not ctx and _from_command_line(root, name):
+                return root.params[name]
+            return default if own is None else own  # own: from the variable, if set
+
+        return cls(
+            url=pick("url", url, DEFAULT_URL),
+            api_key=pick("api_key", api_key, None),
+            timeout=pick("timeout", timeout, DEFAULT_TIMEOUT),
+        )
+
+
+def _from_command_line(ctx: Any, name: str) -> bool:  # Any: typer's vendored click Context
+    source = ctx.get_parameter_source(name)  # typer's own click's enum
+    return getattr(source, "name", None) == "COMMANDLINE"
+
+
+@app.callback()
+def _client_options(
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    # The client commands' options, also accepted before the subcommand (`jobbalancer
+    # --url URL submit -- true`): Remote.resolve reads them from this, the root context.
+    return None
+
 
 def _option(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
     return inspect.Parameter(
@@ -257,15 +301,16 @@ database_options = _with_options(
 
 server_options = _with_options(
     [
-        _option("url", UrlOpt, DEFAULT_URL),
+        _option("ctx", typer.Context, inspect.Parameter.empty),
+        _option("url", UrlOpt),
         _option("api_key", ApiKeyOpt),
-        _option("timeout", TimeoutOpt, 30.0),
+        _option("timeout", TimeoutOpt),
     ],
     "remote",
-    Remote,
+    Remote.resolve,
 )
 """Adds --url, --api-key and --timeout; the command's ``remote`` parameter gets them as
-one :class:`Remote`."""
+one :class:`Remote`. They may also come before the subcommand (:meth:`Remote.resolve`)."""
 
 
 def _warn_password_flag(ctx: typer.Context) -> None:

@@ -96,6 +96,17 @@ def submit(
             help="KEY=VALUE label to find the job by (repeat for more).",
         ),
     ] = None,
+    workdir: Annotated[
+        str | None,
+        opt(
+            "--workdir",
+            "-C",
+            env="SUBMIT_WORKDIR",
+            help="Run in this directory on the worker (an absolute path; it must exist "
+            "there and be usable by the job's user). Default: a private temporary "
+            "directory, removed when the job ends.",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         opt(
@@ -132,6 +143,7 @@ def submit(
             need_realtime=realtime,
             priority=priority,
             retries=retries,
+            workdir=workdir,
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")

@@ -97,6 +97,20 @@ def _param(value: Any) -> str:
     return _fits_argv(clean_text(text))
 
 
+# Linux's PATH_MAX: no longer path can be a working directory.
+MAX_WORKDIR_BYTES = 4096
+
+
+def _workdir(value: str) -> str:
+    # Checked only for its form: whether it exists is the worker's to say (docs/api.md).
+    clean_text(value)
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path (starting with '/')")
+    if len(value.encode()) > MAX_WORKDIR_BYTES:
+        raise ValueError(f"must be at most {MAX_WORKDIR_BYTES} bytes (the OS's PATH_MAX)")
+    return value
+
+
 def _env(value: dict[str, str]) -> dict[str, str]:
     for key, item in value.items():
         if not _ENV_NAME.fullmatch(key):
@@ -123,6 +137,7 @@ Param = Annotated[str, PlainValidator(_param, json_schema_input_type=str | int |
 Command = Annotated[str, AfterValidator(clean_text), AfterValidator(_fits_argv)]
 Env = Annotated[dict[Text, Text], AfterValidator(_env)]
 Labels = Annotated[dict[Text, Text], AfterValidator(_labels)]
+Workdir = Annotated[str, AfterValidator(_workdir)]
 
 
 def _not_null(cls: Any, value: Any) -> Any:
@@ -168,6 +183,13 @@ class JobSubmit(Input):
     retries: int = Field(0, ge=0, le=100, description="Re-run this many times if failed or lost.")
     env: Env = Field(default_factory=dict, description="Added to the job's environment.")
     labels: Labels = Field(default_factory=dict, description="Free-form tags; filterable.")
+    workdir: Workdir | None = Field(
+        None,
+        description="Absolute path of the directory on the worker to run in; it must exist "
+        "there and be usable by the job's user, or the job fails saying why. null: a private "
+        "temporary directory, removed when the job ends.",
+        examples=["/srv/media"],
+    )
 
 
 class JobBatch(Input):

@@ -68,6 +68,16 @@ def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
             )
 
 
+def check_workdir(user: auth.User, workdir: str | None, where: str = "") -> None:
+    """A scripts-only user runs stored scripts where their author expects: no workdir."""
+    if workdir is not None and not full_env(user):
+        raise errors.Forbidden(
+            "you may run stored scripts only, so not in a directory of your choice "
+            "(a script run elsewhere than its author expects may do what it should not)",
+            field=f"{where}workdir",
+        )
+
+
 def check_priority(user: auth.User, priority: int, cap: int, where: str = "") -> None:
     if not unrestricted(user) and priority > cap:
         raise errors.InvalidInput(
@@ -181,6 +191,7 @@ def to_spec(
     lookups = lookups or _Lookups(conn)
     wclass = _class_for(user, lookups, job.worker_class, f"{where}worker_class")
     check_env(user, job.env, where)
+    check_workdir(user, job.workdir, where)
     base = jobs.Spec(
         worker_class_id=wclass.id,
         params=tuple(job.params),
@@ -190,6 +201,7 @@ def to_spec(
         need_realtime=job.need_realtime,
         priority=job.priority,
         retries=job.retries,
+        workdir=job.workdir,
     )
     if job.command is not None:
         if not user.commands_allowed:
@@ -285,6 +297,7 @@ def check_may_rerun(conn: sa.Connection, user: auth.User, job: jobs.Job) -> None
     if not user.may_use_class(job.worker_class):
         raise errors.Forbidden(f"you may not submit to worker class {job.worker_class!r}")
     check_env(user, job.env)
+    check_workdir(user, job.workdir)
     if not full_env(user) and job.script_id is not None and not _script_exists(conn, job):
         raise errors.Conflict(
             f"job {job.id} ran script {job.script_name!r}, which was deleted; you may run "

@@ -15,8 +15,10 @@ the file's own mode bits; the job has no supplementary groups).
 from __future__ import annotations
 
 import functools
+import grp
 import os
 import pwd
+import stat
 from collections.abc import Mapping
 from typing import Final
 
@@ -146,8 +148,66 @@ def check_shebang(body: str, ident: Identity | None) -> None:
 
 
 def check_workdir(path: str, ident: Identity | None) -> None:
-    """Refuse a working directory the job could not run in (checked before the start)."""
+    """Refuse a working directory the job could not run in (checked before the start).
+
+    ``subprocess`` changes into it before dropping to the job's user, so the worker's own
+    rights prove nothing: every directory on the way must be searchable, and the directory
+    itself readable and searchable (a job that cannot list it fails in confusing ways,
+    ``*.mp4`` matching nothing), by the job's user, by mode bits as :func:`may_execute`.
+    """
     if not os.path.isabs(path):
         raise NotUsable(f"workdir {path!r} is not an absolute path")
-    if not os.path.isdir(path):
+    if not os.path.lexists(path):
         raise NotUsable(f"workdir {path!r} does not exist on this worker")
+    if not os.path.isdir(path):
+        raise NotUsable(f"workdir {path!r} is not a directory")
+    if ident is None:
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise NotUsable(f"workdir {path!r}: the worker's user may not enter it ({_ls(path)})")
+        return
+    real = os.path.realpath(path)
+    parts = real.split(os.sep)
+    for end in range(1, len(parts)):
+        directory = os.sep.join(parts[:end]) or os.sep
+        if not _allowed(directory, ident, 0o1):
+            raise _may_not_enter(path, directory, ident)
+    if not (_allowed(real, ident, 0o4) and _allowed(real, ident, 0o1)):
+        raise _may_not_enter(path, real, ident)
+
+
+def _may_not_enter(path: str, blocking: str, ident: Identity) -> NotUsable:
+    # The directory's mode and owners, or those of the ancestor in the way.
+    shown = (
+        f"({_ls(blocking)})"
+        if blocking == os.path.realpath(path)
+        else (f"({blocking} is {_ls(blocking)})")
+    )
+    if ident.uid < 0:  # any dynamic uid: it owns nothing, so only the "other" bits count
+        return NotUsable(
+            f"workdir {path!r}: a job's dynamic uid may not enter it {shown}: make it "
+            "searchable by others (chmod o+rx) or run this worker with --run-as USER"
+        )
+    return NotUsable(f"workdir {path!r}: user {ident.name!r} may not enter it {shown}")
+
+
+def _ls(path: str) -> str:
+    """``drwx------ root root``: what ``ls -ld`` would say of who may do what."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or "cannot stat"
+    return f"{stat.filemode(info.st_mode)} {_owner(info.st_uid)} {_group(info.st_gid)}"
+
+
+def _owner(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -117,7 +117,13 @@ def popen(
                 extra_groups=[] if ident else None,
             )
             owned_pids.add(proc.pid)
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
+        if exc.filename == workdir:  # subprocess names the cwd when its chdir failed
+            raise StartError(
+                f"cannot enter the job's directory {workdir!r}: {exc.strerror}"
+            ) from exc
+        raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc
+    except (ValueError, subprocess.SubprocessError) as exc:
         raise StartError(f"cannot start {argv[0]!r}: {exc}") from exc
     return proc
 

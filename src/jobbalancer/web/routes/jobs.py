@@ -177,7 +177,7 @@ def delete(page: deps.Page, job_id: int) -> None:
 # -- submitting -----------------------------------------------------------------------------
 
 _FORM_FIELDS = ("kind", "command", "script", "params", "watchdog", "worker_class",
-                "priority", "retries", "need_realtime")  # fmt: skip
+                "priority", "retries", "need_realtime", "workdir")  # fmt: skip
 
 
 @router.post("/jobs")
@@ -221,7 +221,7 @@ def _spec_from_form(form: dict[str, str]) -> inputs.JobSubmit:
             raise errors.InvalidInput("choose a script", field="script")
     else:
         body["command"] = form["command"]
-    for name in ("watchdog", "priority", "retries"):
+    for name in ("watchdog", "priority", "retries", "workdir"):
         if form[name].strip():
             body[name] = form[name].strip()
     return inputs.JobSubmit.model_validate(body)
