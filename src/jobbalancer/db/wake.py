@@ -177,7 +177,9 @@ class WakeListener:
         delay = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                with psycopg.connect(
+                    conninfo, autocommit=True, **backends.postgres_connect_args()
+                ) as conn:
                     conn.execute(f"LISTEN {WAKE_CHANNEL}")
                     delay = 0.5
                     self._listen(conn)
