@@ -6,11 +6,11 @@ Whoever holds the database URL is an admin here; no server needs to run.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 import typer
 from rich.markup import escape
 
@@ -105,16 +105,17 @@ def db_grant_worker(
         db.grants.check_host(from_host)
     except errors.ConfigError as exc:
         formatting.fail(exits.RET_USAGE, exc.message)
+    url = db.normalize_url(target.settings().database_url)
+    statements = db.grants.worker_statements(  # SQLite: refused before anything is opened
+        db.backends.for_url(url).name, str(url.database), role, from_host
+    )
     if print_sql:
-        _print_grants(target, role, from_host)
+        _print_grants(url, role, from_host, statements)
         return
     password = _read_password() if password_stdin else None
-    generated = None
     with target.engine() as engine, _need_grant_rights(), db.write(engine) as conn:
         database = str(engine.url.database)
-        if not password_stdin and not db.grants.role_exists(conn, role, from_host):
-            password = generated = secrets.token_urlsafe(24)
-        new = db.grants.grant_worker(conn, database, role, from_host, password)
+        new, generated = db.grants.grant_worker(conn, database, role, from_host, password)
     formatting.out().print(
         f"{'created' if new else 'updated'} database role {role}: a worker's rights on {database}"
     )
@@ -122,12 +123,10 @@ def db_grant_worker(
         _print_secret("password (shown once):", generated)
 
 
-def _print_grants(target: Target, role: str, from_host: str) -> None:
+def _print_grants(url: sa.URL, role: str, from_host: str, statements: list[str]) -> None:
     """The statements, from the URL alone: nothing is run (not even a connection made)."""
-    url = db.normalize_url(target.settings().database_url)
     backend = db.backends.for_url(url).name
     database = str(url.database)
-    statements = db.grants.worker_statements(backend, database, role, from_host)
     lines = ["-- if the role does not exist yet:"]
     lines.append(db.grants.create_statement(backend, role, from_host) + ";")
     if backend == "mysql":

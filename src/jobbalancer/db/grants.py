@@ -13,6 +13,7 @@ schema revision. LISTEN and ``pg_notify`` need no grant. What remains: INSERT on
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -172,17 +173,16 @@ def create_statement(backend: str, role: str, from_host: str) -> str:
 
 
 def grant_worker(conn: sa.Connection, database: str, role: str, from_host: str,
-                 password: str | None) -> bool:  # fmt: skip
-    """Create ``role`` (with ``password``) unless it exists (then it keeps its password
-    unless one is given), revoke what it has here and grant a worker's rights. True when
-    the role was created."""
+                 password: str | None) -> tuple[bool, str | None]:  # fmt: skip
+    """Create ``role`` unless it exists (then it keeps its password unless ``password`` is
+    given), revoke what it has here and grant a worker's rights. (whether the role was
+    created, the password generated for it: None unless new and none given)."""
     backend = backends.of(conn).name
     grants = worker_statements(backend, database, role, from_host)  # checks role, host
     new = not role_exists(conn, role, from_host)
-    if new and password is None:
-        raise ValueError("a new role needs a password")
-    if password is not None:
-        set_password(conn, role, from_host, password, new=new)
+    generated = secrets.token_urlsafe(24) if new and password is None else None
+    if password is not None or generated is not None:
+        set_password(conn, role, from_host, password or generated or "", new=new)
     if backend == "mysql":
         grants = mysql_revocations(conn, database, role, from_host) + grants
     for statement in grants:
@@ -190,4 +190,4 @@ def grant_worker(conn: sa.Connection, database: str, role: str, from_host: str,
             # PyMySQL formats every statement with its (here empty) parameters: `%` → `%%`.
             statement = statement.replace("%", "%%")
         conn.exec_driver_sql(statement)
-    return new
+    return new, generated
