@@ -116,7 +116,14 @@ def test_a_worker_under_the_role_runs_every_kind_of_job(
     timed = cluster.wait_job(cluster.submit(command="sleep 300", watchdog=1)["id"])
     assert timed["state"] == "timeout"
 
-    # A restart under the same name: the running attempt is lost and retried.
+    _restart_under_the_same_name(cluster, worker, role_url, tmp_path / "across")
+    assert "Traceback" not in "".join(p.log() for p in cluster.procs)
+
+
+def _restart_under_the_same_name(
+    cluster: Cluster, worker: Any, role_url: str, marker: Path
+) -> None:
+    """A restart under the same name: the running attempt is lost and retried."""
     across = cluster.submit(
         command=f"if [ -e {marker}2 ]; then echo second; else touch {marker}2; sleep 300; fi",
         retries=1,
@@ -131,7 +138,6 @@ def test_a_worker_under_the_role_runs_every_kind_of_job(
         cluster.wait_for(lambda: _retry_of(cluster, across["id"]), "retry")["id"]
     )
     assert again["state"] == "done" and cluster.log(again["id"]) == "second\n"
-    assert "Traceback" not in "".join(p.log() for p in cluster.procs)
 
 
 def test_the_role_cannot_make_an_admin(
