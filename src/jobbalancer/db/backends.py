@@ -41,7 +41,9 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal", ".migrate-lock")
 # server ends a transaction left idle for 10 s (ours last milliseconds and never wait on a
 # client), and keepalives and a send timeout let the client find a dead server. The server
 # side gets the same keepalives (user-settable GUCs, so through `options`): a worker host
-# that vanished has its backends ended in about 25 s (10 + 3 x 5) instead of the OS's 2 h.
+# that vanished has its backends ended in about 40 s instead of the OS's 2 h: probes start
+# after 10 s of silence, and with TCP_USER_TIMEOUT set Linux ends the connection when they
+# stay unanswered for that long (30 s; tcp(7)), before the 3 x 5 s count runs out.
 KEEPALIVE_IDLE = 10  # seconds of silence before the first probe
 KEEPALIVE_INTERVAL = 5  # seconds between probes
 KEEPALIVE_COUNT = 3  # unanswered probes that end the connection
@@ -387,10 +389,10 @@ def _end_idle_transactions_on_mariadb(dbapi_conn: Any, _record: Any) -> None:
 
 def _connect_with_keepalives(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
     """PyMySQL's connection over a TCP socket of ours with the keepalives libpq has
-    (PyMySQL sets SO_KEEPALIVE with the OS's 2 h): a dead link is noticed in about 25 s,
-    unacknowledged data in 30 s. It takes a socket only through ``defer_connect`` and
-    ``connect(sock)``; TLS still works (PyMySQL wraps the socket afterwards). A UNIX
-    socket is left to PyMySQL."""
+    (PyMySQL sets SO_KEEPALIVE with the OS's 2 h): an idle dead link is noticed in about
+    40 s, unacknowledged data after 30 s (both measured, docs/operations.md). PyMySQL
+    takes a socket only through ``defer_connect`` and ``connect(sock)``; TLS still works
+    (PyMySQL wraps the socket afterwards). A UNIX socket is left to PyMySQL."""
     pymysql = dialect.loaded_dbapi
     conn = pymysql.connect(*cargs, **{**cparams, "defer_connect": True})
     if conn.unix_socket:
