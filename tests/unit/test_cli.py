@@ -300,12 +300,120 @@ def test_db_upgrade_then_current(runner: CliRunner, url: str, engine: sa.Engine)
     after = run(runner, "db", "current", "--database-url", url)
     repeated = run(runner, "db", "upgrade", "--database-url", url)
 
-    assert before.exit_code == 0 and "db upgrade" in before.output
+    assert before.exit_code == cli.RET_SCHEMA
+    assert before.output == "none (no schema yet: run `jobbalancer db upgrade`)\n"
     assert upgraded.exit_code == 0, upgraded.output
     revision = db.current_revision(engine)
     assert revision and revision in upgraded.output
-    assert after.output.startswith(revision) and "up to date" in after.output
+    assert after.exit_code == 0
+    assert after.output == f"{revision} (up to date)\n"
     assert repeated.exit_code == 0
+
+
+def _set_revision(engine: sa.Engine, revision: str) -> None:
+    with db.write(engine) as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+
+
+def test_db_current_on_an_older_schema_exits_11(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    db.upgrade(engine, "0006")
+
+    result = run(runner, "db", "current", "--database-url", url)
+
+    assert result.exit_code == cli.RET_SCHEMA == 11
+    head = db.head_revision()
+    expected = f"0006 (older than this version's {head}: run `jobbalancer db upgrade`)\n"
+    assert result.output == expected
+    assert db.current_revision(engine) == "0006"  # `db current` changes nothing
+
+
+def test_db_current_on_a_newer_schema_exits_11(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    db.upgrade(engine)
+    _set_revision(engine, "ffff0000")
+
+    result = run(runner, "db", "current", "--database-url", url)
+
+    assert result.exit_code == cli.RET_SCHEMA
+    head = db.head_revision()
+    assert result.output == (
+        f"ffff0000 (newer than this version knows ({head}): upgrade jobbalancer here)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("db", "upgrade"),
+        ("users", "create", "bob", "--role", "viewer"),
+        ("users", "list"),
+        ("keys", "list", "admin"),
+    ],
+)
+def test_a_newer_schema_is_refused_in_one_line_and_left_alone(
+    runner: CliRunner, url: str, engine: sa.Engine, args: tuple[str, ...]
+) -> None:
+    db.upgrade(engine)
+    _set_revision(engine, "ffff0000")
+
+    result = run(runner, *args, "--database-url", url)
+
+    assert result.exit_code == cli.RET_SCHEMA, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "newer than jobbalancer" in lines[0], result.output
+    assert "upgrade jobbalancer on this machine" in lines[0]
+    assert db.current_revision(engine) == "ffff0000"
+
+
+def test_admin_commands_do_not_migrate_an_older_schema(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    db.upgrade(engine, "0006")
+
+    result = run(runner, "users", "create", "bob", "--role", "viewer", "--database-url", url)
+
+    assert result.exit_code == cli.RET_SCHEMA, result.output
+    assert "older than this version's" in result.output
+    assert "jobbalancer db upgrade" in result.output
+    assert db.current_revision(engine) == "0006"
+
+
+def test_admin_commands_create_the_schema_on_an_empty_database(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    result = run(runner, "users", "create", "bob", "--role", "viewer", "--database-url", url)
+
+    assert result.exit_code == 0, result.output
+    assert db.current_revision(engine) == db.head_revision()
+
+
+def test_grant_worker_on_sqlite_is_refused(runner: CliRunner, url: str) -> None:
+    result = run(runner, "db", "grant-worker", "jb_worker", "--database-url", url)
+
+    assert result.exit_code == cli.RET_CONFIG
+    assert "SQLite has no roles" in result.output
+    assert not Path(url.removeprefix("sqlite:///")).exists()  # nothing opened, nothing made
+
+
+@pytest.mark.parametrize("role", ["Bad", "1abc", "a-b", "x" * 64, "a;drop", "'q'"])
+def test_grant_worker_refuses_a_role_name_that_needs_quoting(
+    runner: CliRunner, url: str, role: str
+) -> None:
+    result = run(runner, "db", "grant-worker", role, "--database-url", url)
+
+    assert result.exit_code == cli.RET_USAGE
+    assert "role name" in result.output
+
+
+def test_grant_worker_refuses_a_bad_host_pattern(runner: CliRunner, url: str) -> None:
+    args = ("db", "grant-worker", "jb_worker", "--from-host", "a'b", "--database-url", url)
+    result = run(runner, *args)
+
+    assert result.exit_code == cli.RET_USAGE
+    assert "host pattern" in result.output
 
 
 def test_bad_database_url_is_a_config_error(runner: CliRunner) -> None:
@@ -460,6 +568,28 @@ def test_server_stops_cleanly_on_sigterm_and_refuses_a_taken_port(
 
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0
+
+
+@pytest.mark.e2e
+def test_server_on_a_newer_schema_exits_11_in_one_line(
+    tmp_path: Path, reaper: list[subprocess.Popen[bytes]]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    engine = db.connect(url)
+    try:
+        db.upgrade(engine)
+        _set_revision(engine, "ffff0000")
+    finally:
+        engine.dispose()
+    port = str(_closed_port())
+    args = ("server", "--port", port, "--allow-root", "--database-url", url)
+    server, out = _spawn(tmp_path, "server", *args)
+    reaper.append(server)
+
+    assert server.wait(timeout=60) == cli.RET_SCHEMA
+    text = out.read_text()
+    assert "Traceback" not in text
+    assert "newer than jobbalancer" in text and "upgrade jobbalancer on this machine" in text
 
 
 @pytest.mark.e2e

@@ -5,13 +5,16 @@ Whoever holds the database URL is an admin here; no server needs to run.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 import typer
 from rich.markup import escape
 
-from jobbalancer import auth, db
+from jobbalancer import auth, db, errors
 from jobbalancer.cli import exits, formatting
 from jobbalancer.cli.base import (
     JsonOpt,
@@ -30,8 +33,9 @@ from jobbalancer.cli.base import (
 @db_app.command("upgrade")
 @database_options
 def db_upgrade(target: Target) -> None:
-    """Create or upgrade the database schema to this version's (safe to repeat)."""
-    with target.engine() as engine:
+    """Create or upgrade the database schema to this version's (safe to repeat). A schema
+    newer than this version knows is refused (exit 11)."""
+    with target.engine(schema=db.upgrade) as engine:
         revision = db.current_revision(engine)
         where = engine.url.render_as_string(hide_password=True)
     formatting.out().print(f"database {escape(where)} is at revision {revision}")
@@ -40,23 +44,106 @@ def db_upgrade(target: Target) -> None:
 @db_app.command("current")
 @database_options
 def db_current(target: Target) -> None:
-    """Print the schema revision of the database, and whether an upgrade is due."""
-    with target.engine(upgrade=False) as engine:
-        revision = db.current_revision(engine)
-    head = _head_revision()
-    if revision is None:
-        note = "no schema yet: run `jobbalancer db upgrade`"
-    elif revision == head:
-        note = "up to date"
-    else:
-        note = f"this version expects {head}: run `jobbalancer db upgrade`"
-    formatting.out().print(f"{revision or 'none'} ({note})")
+    """Print the schema revision of the database, and whether it is this version's: exit 0
+    when it is, 11 when it is older (run `db upgrade`) or newer (upgrade jobbalancer)."""
+    with target.engine(schema=None) as engine:
+        try:
+            revision = db.check_schema(engine)
+        except errors.SchemaMismatch as exc:
+            formatting.out().print(_mismatch_line(exc))
+            raise typer.Exit(exits.RET_SCHEMA) from None
+    formatting.out().print(f"{revision} (up to date)")
 
 
-def _head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
+def _mismatch_line(exc: errors.SchemaMismatch) -> str:
+    if exc.current is None:
+        return "none (no schema yet: run `jobbalancer db upgrade`)"
+    if isinstance(exc, errors.SchemaTooNew):
+        return (
+            f"{exc.current} (newer than this version knows ({exc.head}): upgrade jobbalancer here)"
+        )
+    return f"{exc.current} (older than this version's {exc.head}: run `jobbalancer db upgrade`)"
 
-    return ScriptDirectory(str(db.MIGRATIONS)).get_current_head()
+
+@db_app.command("grant-worker")
+@database_options
+def db_grant_worker(
+    target: Target,
+    role: Annotated[
+        str,
+        typer.Argument(
+            help="The database role (user) workers log in as: lower-case letters, digits, _.",
+            show_default=False,
+        ),
+    ],
+    password_stdin: PasswordStdinOpt = False,
+    from_host: Annotated[
+        str,
+        opt(
+            "--from-host",
+            env="GRANT_FROM_HOST",
+            help="MariaDB/MySQL: the host pattern the role may log in from (e.g. 10.0.0.%).",
+        ),
+    ] = "%",
+    print_sql: Annotated[
+        bool,
+        opt(
+            "--print-sql",
+            env="GRANT_PRINT_SQL",
+            help="Print the statements for a DBA to run, run nothing.",
+        ),
+    ] = False,
+) -> None:
+    """Create (or update) a database role that can do what a worker does and nothing more:
+    no users, API keys, sessions or stored scripts. Run it with the server's credentials
+    (PostgreSQL: a superuser, or the owner with CREATEROLE; MariaDB: CREATE USER and GRANT
+    OPTION). A new role gets a generated password, printed once as the last line; an
+    existing one keeps its password unless --password-stdin. Safe to repeat: it revokes
+    what the role has in this database, then grants."""
+    try:
+        db.grants.check_role(role)
+        db.grants.check_host(from_host)
+    except errors.ConfigError as exc:
+        formatting.fail(exits.RET_USAGE, exc.message)
+    url = db.normalize_url(target.settings().database_url)
+    statements = db.grants.worker_statements(  # SQLite: refused before anything is opened
+        db.backends.for_url(url).name, str(url.database), role, from_host
+    )
+    if print_sql:
+        _print_grants(url, role, from_host, statements)
+        return
+    password = _read_password() if password_stdin else None
+    with target.engine() as engine, _need_grant_rights(), db.write(engine) as conn:
+        database = str(engine.url.database)
+        new, generated = db.grants.grant_worker(conn, database, role, from_host, password)
+    formatting.out().print(
+        f"{'created' if new else 'updated'} database role {role}: a worker's rights on {database}"
+    )
+    if generated is not None:
+        _print_secret("password (shown once):", generated)
+
+
+def _print_grants(url: sa.URL, role: str, from_host: str, statements: list[str]) -> None:
+    """The statements, from the URL alone: nothing is run (not even a connection made)."""
+    backend = db.backends.for_url(url).name
+    database = str(url.database)
+    lines = ["-- if the role does not exist yet:"]
+    lines.append(db.grants.create_statement(backend, role, from_host) + ";")
+    if backend == "mysql":
+        lines.append(f"-- first revoke what '{role}'@'{from_host}' holds on `{database}`, if any")
+    print("\n".join(lines + [f"{s};" for s in statements]), flush=True)
+
+
+@contextlib.contextmanager
+def _need_grant_rights() -> Iterator[None]:
+    try:
+        yield
+    except errors.DatabaseRefused as exc:
+        raise errors.DatabaseRefused(
+            f"{exc.message}. Creating a role and granting needs a PostgreSQL superuser (or "
+            "the database's owner with CREATEROLE) or, on MariaDB, CREATE USER and GRANT "
+            "OPTION; or print the statements for a DBA with --print-sql"
+        ) from exc
 
 
 # -- users --------------------------------------------------------------------------------

@@ -189,12 +189,16 @@ class Target:
         return loaded
 
     @contextlib.contextmanager
-    def engine(self, *, upgrade: bool = True) -> Iterator[sa.Engine]:
-        """An engine on the configured database, with the schema brought up to date."""
+    def engine(
+        self, *, schema: Callable[[sa.Engine], object] | None = db.ensure_schema
+    ) -> Iterator[sa.Engine]:
+        """An engine on the configured database, its schema prepared by ``schema``: by
+        default :func:`db.ensure_schema` (created on an empty database, otherwise it must be
+        this version's: only servers and `db upgrade` migrate); None: left as it is."""
         engine = db.connect(self.settings().database_url, pool_size=2)
         try:
-            if upgrade:
-                db.upgrade(engine)
+            if schema is not None:
+                schema(engine)
             yield engine
         finally:
             engine.dispose()

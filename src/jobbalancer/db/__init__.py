@@ -5,14 +5,16 @@
   "the database is unavailable" (:data:`UNAVAILABLE`), the database clock;
 * ``backends``: what differs between SQLite, PostgreSQL and MariaDB/MySQL, one class each;
 * ``locks``: row locks and leases;
-* ``migrate``: schema upgrades (alembic scripts in ``migrations/``);
+* ``migrate``: schema upgrades (alembic scripts in ``migrations/``), and checking that a
+  database's schema is this version's;
+* ``grants``: the least-privilege database role for workers;
 * ``wake``: waking workers after a commit (datagram, NOTIFY);
 * ``schema`` and ``types``: the tables and the column types they share.
 """
 
 from __future__ import annotations
 
-from jobbalancer.db import backends, connections, locks, migrate, schema, types, wake
+from jobbalancer.db import backends, connections, grants, locks, migrate, schema, types, wake
 from jobbalancer.db.connections import (
     UNAVAILABLE,
     backend,
@@ -32,6 +34,7 @@ from jobbalancer.db.migrate import (
     check_schema,
     current_revision,
     downgrade,
+    ensure_schema,
     head_revision,
     schema_revision,
     upgrade,
@@ -52,6 +55,8 @@ __all__ = [
     "count_up",
     "current_revision",
     "downgrade",
+    "ensure_schema",
+    "grants",
     "head_revision",
     "is_disconnect",
     "lock_row",

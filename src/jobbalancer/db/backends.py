@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import random
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -38,15 +39,43 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal", ".migrate-lock")
 # A client cut off mid-transaction (its host's link down) must not hold the `assign` lock
 # until TCP gives up, hours later, stalling every balancer and the monitor meanwhile: the
 # server ends a transaction left idle for 10 s (ours last milliseconds and never wait on a
-# client), and keepalives and a send timeout let the client find a dead server.
+# client), and keepalives and a send timeout let the client find a dead server. The server
+# side gets the same keepalives (user-settable GUCs, so through `options`): a worker host
+# that vanished has its backends ended in about 40 s instead of the OS's 2 h: probes start
+# after 10 s of silence, and with TCP_USER_TIMEOUT set Linux ends the connection when they
+# stay unanswered for that long (30 s; tcp(7)), before the 3 x 5 s count runs out.
+KEEPALIVE_IDLE = 10  # seconds of silence before the first probe
+KEEPALIVE_INTERVAL = 5  # seconds between probes
+KEEPALIVE_COUNT = 3  # unanswered probes that end the connection
+USER_TIMEOUT_MS = 30_000  # unacknowledged data that ends the connection
 POSTGRES_LIVENESS: dict[str, Any] = {
     "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 30_000,
-    "options": "-c idle_in_transaction_session_timeout=10000",
+    "keepalives_idle": KEEPALIVE_IDLE,
+    "keepalives_interval": KEEPALIVE_INTERVAL,
+    "keepalives_count": KEEPALIVE_COUNT,
+    "tcp_user_timeout": USER_TIMEOUT_MS,
+    "options": " ".join(
+        f"-c {name}={value}"
+        for name, value in (
+            ("tcp_keepalives_idle", KEEPALIVE_IDLE),
+            ("tcp_keepalives_interval", KEEPALIVE_INTERVAL),
+            ("tcp_keepalives_count", KEEPALIVE_COUNT),
+            ("tcp_user_timeout", USER_TIMEOUT_MS),
+            ("idle_in_transaction_session_timeout", 10_000),
+        )
+    ),
 }
+# MariaDB ends a session idle this long (its default, 8 h, kept a dead worker host's
+# connections open all that time; its TCP keepalive settings are global, the DBA's: see
+# docs/operations.md). The pool pings a connection idle for a while before using it, and
+# replaces one the server closed.
+MARIADB_WAIT_TIMEOUT = 300
+
+
+def postgres_connect_args() -> dict[str, Any]:
+    """libpq's connection arguments for every connection to PostgreSQL: the pool's and the
+    wake listener's (idle for ever, so keepalives matter most there)."""
+    return {"connect_timeout": 10, **POSTGRES_LIVENESS}
 
 
 class Backend:
@@ -207,8 +236,7 @@ class PostgreSQL(Backend):
         return sa.dialects.postgresql.insert(table)
 
     def engine(self, url: URL, pool_size: int) -> sa.Engine:
-        connect_args = {"connect_timeout": 10, **POSTGRES_LIVENESS}
-        return sa.create_engine(url, connect_args=connect_args, **self._pool(pool_size))
+        return sa.create_engine(url, connect_args=postgres_connect_args(), **self._pool(pool_size))
 
     def _advisory_lock(self) -> tuple[str, str]:
         return "SELECT pg_advisory_lock(727274)", "SELECT pg_advisory_unlock(727274)"
@@ -230,6 +258,7 @@ class MySQL(Backend):
             connect_args={"connect_timeout": 10, "write_timeout": 30},
             **self._pool(pool_size),
         )
+        event.listen(engine, "do_connect", _connect_with_keepalives)
         event.listen(engine, "connect", _end_idle_transactions_on_mariadb)
         return engine
 
@@ -350,7 +379,48 @@ def _begin_immediate(raw: Any) -> None:
 def _end_idle_transactions_on_mariadb(dbapi_conn: Any, _record: Any) -> None:
     """MariaDB's counterpart of PostgreSQL's idle transaction limit (MySQL has none): a
     client cut off mid-transaction does not hold the `assign` lock past 10 s. A failed
-    write gives up after 30 s (``write_timeout``), as PostgreSQL's ``tcp_user_timeout``."""
-    if "mariadb" in str(dbapi_conn.get_server_info()).lower():
-        with dbapi_conn.cursor() as cursor:
+    write gives up after 30 s (``write_timeout``), as PostgreSQL's ``tcp_user_timeout``.
+    An idle session ends after :data:`MARIADB_WAIT_TIMEOUT`."""
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute(f"SET SESSION wait_timeout = {MARIADB_WAIT_TIMEOUT}")
+        if "mariadb" in str(dbapi_conn.get_server_info()).lower():
             cursor.execute("SET SESSION idle_transaction_timeout = 10")
+
+
+def _connect_with_keepalives(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """PyMySQL's connection over a TCP socket of ours with the keepalives libpq has
+    (PyMySQL sets SO_KEEPALIVE with the OS's 2 h): an idle dead link is noticed in about
+    40 s, unacknowledged data after 30 s (both measured, docs/operations.md). PyMySQL
+    takes a socket only through ``defer_connect`` and ``connect(sock)``; TLS still works
+    (PyMySQL wraps the socket afterwards). A UNIX socket is left to PyMySQL."""
+    pymysql = dialect.loaded_dbapi
+    conn = pymysql.connect(*cargs, **{**cparams, "defer_connect": True})
+    if conn.unix_socket:
+        conn.connect()
+        return conn
+    source = (conn.bind_address, 0) if conn.bind_address else None
+    try:
+        sock = socket.create_connection((conn.host, conn.port), conn.connect_timeout, source)
+    except OSError as exc:  # as PyMySQL words it: the pool and callers know this one
+        raise pymysql.err.OperationalError(
+            2003, f"Can't connect to MySQL server on {conn.host!r} ({exc})"
+        ) from exc
+    tune_socket(sock)
+    conn.host_info = f"socket {conn.host}:{conn.port}"
+    conn.connect(sock)
+    return conn
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """TCP_NODELAY and the liveness options of :data:`POSTGRES_LIVENESS` on a TCP socket."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    linux_only = (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    )
+    for name, value in linux_only:
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

@@ -16,10 +16,10 @@ from sqlalchemy.engine import URL, make_url
 
 from jobbalancer.db import backends, wake
 from jobbalancer.db.types import utcnow
-from jobbalancer.errors import ConfigError, DatabaseUnavailable
+from jobbalancer.errors import ConfigError, DatabaseRefused, DatabaseUnavailable
 
 # What "the database is away" looks like to a caller: our own translation, or a driver error
-# that _translate_errors() let through (a lock timeout, "database is locked"). Retry later.
+# that translate_errors() let through (a lock timeout, "database is locked"). Retry later.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     DatabaseUnavailable,
     sa.exc.OperationalError,
@@ -84,7 +84,7 @@ def write(engine: sa.Engine) -> Iterator[sa.Connection]:
 
     Workers it named to :func:`wake.wake_workers` are woken once it has committed.
     """
-    with _translate_errors(), engine.connect() as conn:
+    with translate_errors(), engine.connect() as conn:
         conn = conn.execution_options(immediate=True)
         wake.forget(conn)
         with conn.begin():
@@ -99,25 +99,55 @@ def one_statement(engine: sa.Engine) -> Iterator[sa.Connection]:
     SQLite's transactions are begun by this package (see backends.SQLite)."""
     if not backends.of(engine).one_statement_ok:
         raise ValueError("one_statement() is for PostgreSQL and MariaDB")
-    with _translate_errors(), engine.connect() as conn:
+    with translate_errors(), engine.connect() as conn:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @contextlib.contextmanager
 def read(engine: sa.Engine) -> Iterator[sa.Connection]:
     """A connection for reading (one consistent transaction, never writing)."""
-    with _translate_errors(), engine.connect() as conn, conn.begin():
+    with translate_errors(), engine.connect() as conn, conn.begin():
         yield conn
 
 
 @contextlib.contextmanager
-def _translate_errors() -> Iterator[None]:
+def translate_errors() -> Iterator[None]:
     try:
         yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        if is_disconnect(exc):
+    except sa.exc.DBAPIError as exc:
+        if is_refusal(exc):
+            raise refused(exc) from exc
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and is_disconnect(exc):
             raise DatabaseUnavailable() from exc
         raise
+
+
+# A statement the database role may not run: PostgreSQL's SQLSTATE, MariaDB's error numbers
+# (table, column, database access denied; a global privilege such as CREATE USER missing).
+_REFUSED_SQLSTATES = frozenset({"42501"})
+_REFUSED_MYSQL_ERRORS = frozenset({1044, 1142, 1143, 1227})
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when the database refused ``exc``'s statement for want of a privilege."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _REFUSED_SQLSTATES:
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and isinstance(args[0], int) and args[0] in _REFUSED_MYSQL_ERRORS
+
+
+def refused(exc: BaseException) -> DatabaseRefused:
+    """The error a person reads for a refusal: the driver's first line, and what to do."""
+    orig = getattr(exc, "orig", exc)
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    # PyMySQL's args are (number, message); psycopg's str() is the message.
+    text = str(args[1]) if len(args) > 1 and isinstance(args[0], int) else str(orig)
+    first = (text.strip().splitlines() or ["(no message)"])[0]
+    return DatabaseRefused(
+        f"the database refused: {first}. This database role may not do that (a worker's "
+        "role cannot manage users or keys): use the server's credentials"
+    )
 
 
 def is_disconnect(exc: BaseException) -> bool:

@@ -11,16 +11,32 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobbalancer import __version__, errors
-from jobbalancer.db import backends
+from jobbalancer.db import backends, connections
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``; safe when several processes start at once."""
+    """Bring the schema up to ``revision``; safe when several processes start at once.
+
+    A schema newer than this version knows is refused (:class:`~errors.SchemaTooNew`)
+    before Alembic touches it: an older server started by mistake, or a forgotten
+    machine, must not try to "upgrade" a database a newer version has migrated."""
     from alembic import command
 
-    _migrate(engine, command.upgrade, revision)
+    _migrate(engine, command.upgrade, revision, refuse_newer=True)
+
+
+def ensure_schema(engine: sa.Engine) -> str:
+    """For admin commands (``users``, ``keys``, ``db grant-worker``): create the schema on
+    an empty database (a first install: nobody else uses it yet), otherwise insist it is
+    this version's (:func:`check_schema`). Only servers and ``db upgrade`` migrate one
+    that exists."""
+    with engine.connect() as conn:
+        empty = not sa.inspect(conn).has_table("alembic_version")
+    if empty:
+        upgrade(engine)
+    return check_schema(engine)
 
 
 def downgrade(engine: sa.Engine, revision: str) -> None:
@@ -30,13 +46,29 @@ def downgrade(engine: sa.Engine, revision: str) -> None:
     _migrate(engine, command.downgrade, revision)
 
 
-def _migrate(engine: sa.Engine, step: Callable[[Any, str], None], revision: str) -> None:
+def _migrate(
+    engine: sa.Engine,
+    step: Callable[[Any, str], None],
+    revision: str,
+    *,
+    refuse_newer: bool = False,
+) -> None:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     kind = backends.of(engine)
-    with kind.upgrade_lock(engine), engine.connect() as conn, kind.migrating(conn):
+    # A role that may not migrate (a worker's) gets DatabaseRefused, not a traceback.
+    with (
+        connections.translate_errors(),
+        kind.upgrade_lock(engine),
+        engine.connect() as conn,
+        kind.migrating(conn),
+    ):
+        if refuse_newer:  # under the lock: no other process migrates meanwhile
+            mismatch = _verdict(_revision_if_any(conn))
+            if isinstance(mismatch, errors.SchemaTooNew):
+                raise mismatch
         cfg.attributes["connection"] = conn
         step(cfg, revision)
         conn.commit()
@@ -69,21 +101,35 @@ def schema_revision(conn: sa.Connection) -> str | None:
     return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
+def _revision_if_any(conn: sa.Connection) -> str | None:
+    """The schema revision, None when there is no schema yet."""
+    return schema_revision(conn) if sa.inspect(conn).has_table("alembic_version") else None
+
+
 def check_schema(engine: sa.Engine) -> str:
     """The database's revision if it is this version's; else SchemaTooOld or SchemaTooNew."""
     with engine.connect() as conn:
-        current = schema_revision(conn) if sa.inspect(conn).has_table("alembic_version") else None
+        current = _revision_if_any(conn)
+    mismatch = _verdict(current)
+    if mismatch is not None:
+        raise mismatch
+    assert current is not None
+    return current
+
+
+def _verdict(current: str | None) -> errors.SchemaMismatch | None:
+    """None when ``current`` is this version's revision; else the mismatch to raise."""
     head, known = _revisions()
     if current == head:
-        return current
+        return None
     if current is None or current in known:
-        raise errors.SchemaTooOld(
+        return errors.SchemaTooOld(
             current,
             head,
             f"the database schema is at {current or 'nothing yet'}, older than this version's "
             f"{head}: the server upgrades it when it starts, or run `jobbalancer db upgrade`",
         )
-    raise errors.SchemaTooNew(
+    return errors.SchemaTooNew(
         current,
         head,
         f"the database schema is at {current}, newer than jobbalancer {__version__} knows "

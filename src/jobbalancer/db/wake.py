@@ -168,16 +168,23 @@ class WakeListener:
                     return
                 self.on_wake()
 
-    def _run(self) -> None:
+    def connect(self) -> Any:
+        """The listener's own connection (psycopg, autocommit), with the pool's keepalives:
+        it idles for ever, so a dead link is found only by them."""
         import psycopg
 
         conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
+        return psycopg.connect(conninfo, autocommit=True, **backends.postgres_connect_args())
+
+    def _run(self) -> None:
+        import psycopg
+
         delay = 0.5
         while not self._stop.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                with self.connect() as conn:
                     conn.execute(f"LISTEN {WAKE_CHANNEL}")
                     delay = 0.5
                     self._listen(conn)
