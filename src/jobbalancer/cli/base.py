@@ -349,5 +349,5 @@ def setup_logging(level_name: str) -> None:
             field="log_level",
         )
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    if level > logging.DEBUG:  # every process upgrades the schema at start: no need to say so
+    if level > logging.DEBUG:  # servers upgrade the schema at start: no need to say so
         logging.getLogger("alembic").setLevel(logging.WARNING)
