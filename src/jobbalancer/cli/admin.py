@@ -1,6 +1,7 @@
 """Local admin commands, straight on the database: `db`, `users` and `keys`.
 
-Whoever holds the database URL is an admin here; no server needs to run.
+Whoever holds the database URL is an admin here (`service.access.LOCAL`); no server needs
+to run. They go through the same service layer as the API and the web UI.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jobbalancer.cli.base import (
     opt,
     users_app,
 )
+from jobbalancer.service import access, inputs, users
 
 # -- db -----------------------------------------------------------------------------------
 
@@ -184,16 +186,18 @@ def users_create(
     """Create a user. Without --password-stdin a password is generated and printed as the
     last line of output, for `| tail -n 1`."""
     password = _read_password() if password_stdin else auth.generate_password()
-    worker_classes = _split_classes(classes)
-    with target.engine() as engine, db.write(engine) as conn:
-        user = auth.create_user(
-            conn,
-            name,
-            role,
-            password,
-            commands_allowed=not scripts_only,
-            worker_classes=worker_classes,
-        )
+    # Not validated as a request: auth.create_user checks name, role and password itself,
+    # with the messages this command has always given; classes may be made later.
+    spec = inputs.UserIn.model_construct(
+        name=name,
+        role=role,
+        password=password,
+        commands_allowed=not scripts_only,
+        worker_classes=_split_classes(classes),
+        disabled=False,
+    )
+    with target.engine() as engine:
+        user = users.create(engine, access.LOCAL, spec, known_classes_only=False)
     formatting.out().print(f"created user {escape(user.name)} (id {user.id}, role {user.role})")
     if not password_stdin:
         _print_secret("password (shown once):", password)
@@ -203,10 +207,10 @@ def users_create(
 @database_options
 def users_list(target: Target, as_json: JsonOpt = False) -> None:
     """List the users with their roles and limits."""
-    with target.engine() as engine, db.read(engine) as conn:
-        users = auth.list_users(conn)
+    with target.engine() as engine:
+        found = users.list_all(engine, access.LOCAL)
     if as_json:
-        formatting.print_json([_user_dict(u) for u in users])
+        formatting.print_json([_user_dict(u) for u in found])
         return
     rows = [
         [
@@ -218,7 +222,7 @@ def users_list(target: Target, as_json: JsonOpt = False) -> None:
             "yes" if u.disabled else "",
             formatting.when(u.created_at),
         ]
-        for u in users
+        for u in found
     ]
     columns = ["id", "name", "role", "commands", "classes", "disabled", "created"]
     formatting.print_table(columns, rows, flexible="classes")
@@ -234,9 +238,8 @@ def users_reset_password(
     """Set a new password. Without --password-stdin one is generated and printed as the
     last line of output."""
     password = _read_password() if password_stdin else auth.generate_password()
-    with target.engine() as engine, db.write(engine) as conn:
-        user = auth.find_user(conn, name)
-        auth.update_user(conn, user.id, {"password": password})
+    with target.engine() as engine:
+        user = users.update(engine, access.LOCAL, _user_id(engine, name), {"password": password})
     formatting.out().print(f"new password set for {escape(user.name)}")
     if not password_stdin:
         _print_secret("password (shown once):", password)
@@ -258,9 +261,9 @@ def keys_create(
     ] = "default",
 ) -> None:
     """Create an API key for a user; the key is printed once, as the last line."""
-    with target.engine() as engine, db.write(engine) as conn:
-        owner = auth.find_user(conn, user)
-        record, key = auth.create_api_key(conn, owner.id, name)
+    with target.engine() as engine:
+        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
+        record, key = users.create_key(engine, access.LOCAL, owner.id, name)
     formatting.out().print(
         f"created API key {record.id} ({escape(record.name)}) for {escape(owner.name)}"
     )
@@ -275,9 +278,9 @@ def keys_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List a user's API keys (their prefixes; keys themselves are never stored)."""
-    with target.engine() as engine, db.read(engine) as conn:
-        owner = auth.find_user(conn, user)
-        keys = auth.list_api_keys(conn, owner.id)
+    with target.engine() as engine:
+        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
+        keys = users.list_keys(engine, access.LOCAL, owner.id)
     if as_json:
         formatting.print_json([_key_dict(k) for k in keys])
         return
@@ -302,13 +305,18 @@ def keys_revoke(
     key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).", min=1)],
 ) -> None:
     """Revoke an API key: requests with it are refused from now on."""
-    with target.engine() as engine, db.write(engine) as conn:
-        owner = auth.find_user(conn, user)
-        auth.revoke_api_key(conn, owner.id, key_id)
+    with target.engine() as engine:
+        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
+        users.revoke_key(engine, access.LOCAL, owner.id, key_id)
     formatting.out().print(f"revoked API key {key_id} of {escape(owner.name)}")
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _user_id(engine: sa.Engine, name_or_id: str) -> int:
+    with db.read(engine) as conn:
+        return auth.find_user(conn, name_or_id).id
 
 
 def _read_password() -> str:
