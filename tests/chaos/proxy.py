@@ -29,7 +29,8 @@ class Proxy:
         self._stopped = threading.Event()
         self._flowing = threading.Event()  # cleared while held
         self._flowing.set()
-        self.accepted = 0
+        self.accepted = 0  # connections forwarded upstream
+        self.arrived = 0  # connections accepted, held ones included
         self._listen()
 
     # -- control ------------------------------------------------------------------------
@@ -84,6 +85,7 @@ class Proxy:
     def _connect(self, listener: socket.socket, client: socket.socket) -> None:
         with self._lock:
             self._conns.add(client)  # a cut resets it, held or not
+            self.arrived += 1
         # Held: accepted, and silent until released (or the proxy closes).
         while not self._flowing.wait(1.0):
             if self._stopped.is_set():

@@ -541,7 +541,10 @@ class Worker:
         away = self._db_away()
         if not away:
             self._try(self._flush_reports, "record ended jobs")
-        self._listener.stop()
+            self._listener.stop()
+        else:
+            # Its thread may sit in a connect to the dead link: it ends by itself, unwaited.
+            threading.Thread(target=self._listener.stop, name="stop-listener", daemon=True).start()
         self.sink.stop()
         if away:
             log.warning(_AWAY)
