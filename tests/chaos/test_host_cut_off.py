@@ -4,11 +4,15 @@ The worker runs in a network namespace of its own, reaching PostgreSQL through a
 forwarder on the host end of a veth pair; taking that link down cuts it off (its TCP
 connections hang, as across a real network, rather than being reset). SQLite cannot be
 cut off by a link (it is a shared file), so this runs on PostgreSQL and MariaDB.
+
+The cut-off worker fences itself (worker/fence.py): it kills its job before the server
+declares it lost, so the attempt never finishes behind the retry's back.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -16,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -114,41 +119,61 @@ def test_cut_off_worker_is_recovered_fenced_and_rejoins(
 
         # When its link goes down
         netns.link(up=False)
-        cut_at = time.monotonic()
-        # Then it is marked offline, its job lost and retried elsewhere
+        cut_at, cut_wall = time.monotonic(), datetime.now()
+        # Then it fences itself: its job is killed before the server may declare it lost
+        cluster.wait_for(lambda: "fenced: " in inside.log(), "inside fences itself", inside)
+        fenced = time.monotonic() - cut_at
+        # ... it is marked offline, its job lost and retried elsewhere
         cluster.wait_for(lambda: cluster.worker("inside", "offline"), "inside offline")
         lost = cluster.wait_job(job["id"], timeout=30)
         recovered = time.monotonic() - cut_at
         assert lost["state"] == "lost"
+        log_at_verdict = cluster.log(job["id"])
+        assert log_at_verdict == "started\n"
         retry = cluster.wait_for(
             lambda: next((r for r in rows(cluster.database_url) if r.retry_of == job["id"]), None),
             "the retry",
         )
         assert cluster.wait_job(retry.id)["state"] == "done"
         assert cluster.job(retry.id)["worker"]["name"] == "outside"
-        # The cut-off attempt ran on meanwhile, and finished while the link was down
-        cluster.wait_for(lambda: marks.count(0) == 2, "the cut-off attempt to finish", timeout=30)
+        # The cut-off attempt was killed: only the retry left its mark, and nothing "late"
+        assert marks.count(0) == 1
         assert inside.popen.poll() is None
 
         # When the link comes back
         netns.link(up=True)
-        back_at = time.monotonic()
-        # Then its late result is refused (the attempt's token is stale) ...
+        back_at, back_wall = time.monotonic(), datetime.now()
+        # Then its late (lost) report is refused (the attempt's token is stale) ...
         cluster.wait_for(lambda: "no longer this worker" in inside.log(), "result refused",
                          inside, timeout=60)  # fmt: skip
+        dead_link = _dead_link_noticed(inside.log(), cut_wall, back_wall)
         # ... and it re-registers cleanly, and takes jobs again
         cluster.wait_for(lambda: cluster.worker("inside", "online"), "inside back", inside, 60)
         rejoined = time.monotonic() - back_at
         assert cluster.job(job["id"])["state"] == "lost"
         assert cluster.job(job["id"])["exit_code"] is None
+        assert "late" not in cluster.log(job["id"])
         after = [cluster.submit(command="echo after") for _ in range(4)]
         names = {cluster.wait_job(j["id"])["worker"]["name"] for j in after}
         assert "inside" in names
         assert all(cluster.job(j["id"])["state"] == "done" for j in after)
+        # Nothing was appended to the lost job's log after the verdict
+        assert cluster.log(job["id"]) == log_at_verdict
         print(
             f"\n[fault 4, {backend}] jobs submitted 5, recorded 6 (1 lost + its retry + 4); "
-            f"lost and retried {recovered:.1f} s after the cut; late result refused; "
+            f"fenced {fenced:.1f} s after the cut, lost and retried {recovered:.1f} s after it; "
+            f"the worker's pool saw the dead link {dead_link}; late result refused; "
             f"re-registered {rejoined:.1f} s after the link came back"
         )
     finally:
         forwarder.close()
+
+
+def _dead_link_noticed(log: str, cut: datetime, back: datetime) -> str:
+    """From the worker's log: how long after the cut its connections first reported the
+    dead link (TCP keepalives, tcp_user_timeout), if they did while it was down."""
+    for m in re.finditer(r"^(\S+ \S+) .*(heartbeat failed|cannot poll|cannot record)", log, re.M):
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if cut <= at <= back:
+            return f"{(at - cut).total_seconds():.1f} s after the cut"
+    return f"not within the {(back - cut).total_seconds():.0f} s the link was down"
