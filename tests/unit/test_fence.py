@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from jobbalancer.worker import fence
+from jobbalancer.worker import fence, runner
+
+pytestmark = pytest.mark.timeout(60)
 
 
 class FakeClock:
@@ -123,3 +125,29 @@ def test_the_thread_fires_and_stops() -> None:
 def test_clock_counts_boottime() -> None:
     a = fence.clock()
     assert a >= time.monotonic() - 1e-3  # BOOTTIME >= MONOTONIC: it adds time suspended
+
+
+def test_a_fenced_jobs_kill_skips_the_grace() -> None:
+    """kill(now=True): SIGKILL at once, even for a job that ignores SIGTERM under a long
+    kill_grace (a retry may start elsewhere within the margin)."""
+    seen = threading.Event()
+
+    def on_output(stream: str, data: bytes) -> None:
+        if b"ready" in data:
+            seen.set()
+
+    spec = runner.RunSpec(
+        job_id=1, command="trap '' TERM; echo ready; sleep 300", interpreter=None, script=None,
+        kill_grace=300.0, cgroup=False,
+    )  # fmt: skip
+    job = runner.JobProcess(spec, on_output)
+    job.start()
+    outcomes: list[runner.Outcome] = []
+    waiter = threading.Thread(target=lambda: outcomes.append(job.wait()), daemon=True)
+    waiter.start()  # wait() pumps the output
+    assert seen.wait(30)
+    job.kill(now=True)
+    waiter.join(30)  # with the grace it would take 300 s
+    (outcome,) = outcomes
+    assert outcome.reason == "killed"
+    assert outcome.signal == 9
