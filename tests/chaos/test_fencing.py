@@ -109,13 +109,7 @@ def _fence_and_measure(cluster: Cluster, proxy: Proxy, backend: str, tmp: Path) 
     assert lost["state"] == "lost", lost
     assert "silent" in (lost["error"] or ""), lost
     lost_after = (_finished_at(cluster.database_url, job["id"]) - cut_db).total_seconds()
-    retry = cluster.wait_for(
-        lambda: next((r for r in rows(cluster.database_url) if r.retry_of == job["id"]), None),
-        "the retry",
-    )
-    assert cluster.wait_job(retry.id)["state"] == "done"
-    assert cluster.job(retry.id)["worker"]["name"] == "b"
-    assert marks.read_text().split() == ["ALONE"]
+    _retry_ran_alone(cluster, job["id"], marks)
     assert lost_after > fenced_after, "the server declared the job lost before the fence"
     log_at_verdict = cluster.log(job["id"])
     assert log_at_verdict == "started\n"
@@ -131,6 +125,17 @@ def _fence_and_measure(cluster: Cluster, proxy: Proxy, backend: str, tmp: Path) 
         f"cut->lost {lost_after:.2f} s, fence->lost {lost_after - fenced_after:.2f} s; "
         f"the retry found the first attempt gone (ALONE)"
     )
+
+
+def _retry_ran_alone(cluster: Cluster, job_id: int, marks: Path) -> None:
+    """The retry ran on "b" and found no process of the first attempt."""
+    retry = cluster.wait_for(
+        lambda: next((r for r in rows(cluster.database_url) if r.retry_of == job_id), None),
+        "the retry",
+    )
+    assert cluster.wait_job(retry.id)["state"] == "done"
+    assert cluster.job(retry.id)["worker"]["name"] == "b"
+    assert marks.read_text().split() == ["ALONE"]
 
 
 def _rejoins_and_adds_nothing(cluster: Cluster, a: Proc, lost_id: int, log_then: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 
 import pytest
 
+from jobbalancer.monitor import Liveness
 from jobbalancer.worker import fence, runner
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,3 +153,15 @@ def test_a_fenced_jobs_kill_skips_the_grace() -> None:
     (outcome,) = outcomes
     assert outcome.reason == "killed"
     assert outcome.signal == 9
+
+
+def test_the_monitor_applies_a_lowered_worker_timeout_only_after_the_old_one() -> None:
+    # Workers fence by the worker_timeout they read with their last heartbeat: one that has
+    # not read a lowered value yet must not be judged by it.
+    t0 = datetime(2026, 1, 1)
+    live = Liveness()
+    assert live.timeout(15, t0) == 15
+    assert live.timeout(3, t0 + timedelta(seconds=1)) == 15  # lowered: the old one still
+    assert live.timeout(3, t0 + timedelta(seconds=15.9)) == 15
+    assert live.timeout(3, t0 + timedelta(seconds=16)) == 3  # 15 s since it was first seen
+    assert live.timeout(20, t0 + timedelta(seconds=17)) == 20  # raised: at once
