@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -23,21 +24,30 @@ class Liveness:
     """The worker_timeout liveness is judged by. A raised one counts at once; a lowered
     one only once the old one has passed since the monitor first saw it: a worker learns
     worker_timeout with each heartbeat, and fences itself by the value it knows
-    (worker/fence.py), so it must not be judged by a shorter one it has not read yet."""
+    (worker/fence.py), so it must not be judged by a shorter one it has not read yet.
+    With no worker live when the new value is first seen, nobody knows the old one: it
+    counts at once."""
 
     def __init__(self) -> None:
         self._in_force: float | None = None
         self._lowered: tuple[float, datetime] | None = None  # the new value, first seen at
 
-    def timeout(self, configured: float, now: datetime) -> float:
+    def timeout(self, configured: float, now: datetime, workers_live: Callable[[], bool]) -> float:
+        lowered = self._lowered if self._lowered and self._lowered[0] == configured else None
         if self._in_force is None or configured >= self._in_force:
-            self._in_force, self._lowered = configured, None
-            return configured
-        if self._lowered is None or self._lowered[0] != configured:
-            self._lowered = (configured, now)
-        if now - self._lowered[1] >= timedelta(seconds=self._in_force):
+            self._in_force, self._lowered = configured, None  # raised (or first): at once
+        elif lowered is None:
+            if workers_live():
+                self._lowered = (configured, now)
+            else:
+                self._in_force, self._lowered = configured, None  # nobody knows the old one
+        elif now - lowered[1] >= timedelta(seconds=self._in_force):
             self._in_force, self._lowered = configured, None
         return self._in_force
+
+
+def _any_live(conn: sa.Connection) -> bool:
+    return any(w.state in registry.LIVE_STATES for w in registry.list_all(conn))
 
 
 def check_workers(
@@ -58,7 +68,7 @@ def check_workers(
         timeout = settings.load_tunables(conn).worker_timeout
         now = db.now(conn)
         if liveness is not None:
-            timeout = liveness.timeout(timeout, now)
+            timeout = liveness.timeout(timeout, now, lambda: _any_live(conn))
         if reachable_since is not None and now - reachable_since < timedelta(seconds=timeout):
             return []
         cutoff = now - timedelta(seconds=timeout)

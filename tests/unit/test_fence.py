@@ -160,8 +160,13 @@ def test_the_monitor_applies_a_lowered_worker_timeout_only_after_the_old_one() -
     # not read a lowered value yet must not be judged by it.
     t0 = datetime(2026, 1, 1)
     live = Liveness()
-    assert live.timeout(15, t0) == 15
-    assert live.timeout(3, t0 + timedelta(seconds=1)) == 15  # lowered: the old one still
-    assert live.timeout(3, t0 + timedelta(seconds=15.9)) == 15
-    assert live.timeout(3, t0 + timedelta(seconds=16)) == 3  # 15 s since it was first seen
-    assert live.timeout(20, t0 + timedelta(seconds=17)) == 20  # raised: at once
+
+    def at(configured: float, seconds: float, *, workers: bool = True) -> float:
+        return live.timeout(configured, t0 + timedelta(seconds=seconds), lambda: workers)
+
+    assert at(15, 0) == 15
+    assert at(3, 1) == 15  # lowered: the old one still
+    assert at(3, 15.9, workers=False) == 15  # (workers that left meanwhile change nothing)
+    assert at(3, 16) == 3  # 15 s since it was first seen
+    assert at(20, 17) == 20  # raised: at once
+    assert at(3, 18, workers=False) == 3  # lowered with no worker live: nobody to wait for
