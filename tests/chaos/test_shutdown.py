@@ -73,3 +73,21 @@ def test_sigterm_when_idle_and_the_database_went_away(cluster: Cluster) -> None:
         assert "the database is away: not marking the worker offline" in proc.log()
     finally:
         proxy.close()
+
+
+def test_sigterm_after_the_fence_killed_its_job(cluster: Cluster) -> None:
+    # Its job was killed by the fence; its end cannot be recorded (the server records it
+    # lost): nothing is left to finish, so the drain does not wait for the database.
+    target = sa.make_url(cluster.database_url)
+    proxy = Proxy((target.host or "127.0.0.1", target.port or 0))
+    try:
+        proc = _worker(cluster, "fenced", "127.0.0.1", proxy.port)
+        cluster.wait_for(lambda: cluster.worker("fenced", "online"), "fenced online", proc)
+        job = cluster.submit(command="echo started; exec sleep 60")
+        cluster.wait_for(lambda: "started" in cluster.log(job["id"]), "job started", proc)
+        proxy.hold()
+        cluster.wait_for(lambda: "killed 1 job(s)" in proc.log(), "the fence", proc)
+        _stops_at_once(proc)
+        assert cluster.wait_job(job["id"])["state"] == "lost"
+    finally:
+        proxy.close()

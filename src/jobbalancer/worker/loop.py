@@ -105,8 +105,8 @@ class _Running:
 
 class _Interrupted(BaseException):
     """SIGTERM/SIGINT when there is nothing to finish: before the worker is online, or
-    idle while the database is away. Raised from the handler, so it also breaks out of a
-    connect or query stuck on a dead link."""
+    idle (or fenced: its jobs killed) while the database is away. Raised from the
+    handler, so it also breaks out of a connect or query stuck on a dead link."""
 
 
 class Worker:
@@ -180,7 +180,7 @@ class Worker:
         try:
             self._loop(burst)
         except _Interrupted:
-            log.warning("stopped while idle and the database is away")
+            log.warning("stopped with nothing running and the database away")
         finally:
             self._shutdown()
         return self.presence.exit_code
@@ -442,8 +442,9 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
-        with self._lock:
-            idle = not self._running
+        # No lock here: the handler runs on the main thread, which may hold it. Fenced, every
+        # job was killed already (and none starts); the main thread may be stuck on the link.
+        idle = not self._running or self.fence.fenced.is_set()
         if self._starting or (idle and self._db_away()):
             # Nothing to finish, and maybe stuck on a dead link: stop at once.
             log.warning("%s: stopping", signal.Signals(signum).name)
@@ -488,6 +489,8 @@ class Worker:
                 break
             if self._hard_stop.is_set() and self._signals > 1 and not unreported:
                 break  # told twice to go, and the database is away: recovery handles them
+            if self.fence.fenced.is_set() and not unreported:
+                break  # all killed by the fence: the server's verdict records them (lost)
             self._wake.wait(0.2)
 
     def _kill_all(self, reason: str) -> None:
@@ -530,10 +533,17 @@ class Worker:
         """Stop what the start got to: heartbeat, fence, listener, sink, engine."""
         self._hard_stop.set()
         self.fence.stop()
-        self._listener.stop()
+        self._stop_listener(wait=False)
         self.sink.stop()
         if self._own_engine:
             self.engine.dispose()
+
+    def _stop_listener(self, *, wait: bool) -> None:
+        if wait:
+            self._listener.stop()
+        else:
+            # Its thread may sit in a connect to a dead link: it ends by itself, unwaited.
+            threading.Thread(target=self._listener.stop, name="stop-listener", daemon=True).start()
 
     def _shutdown(self) -> None:
         self._hard_stop.set()
@@ -541,10 +551,7 @@ class Worker:
         away = self._db_away()
         if not away:
             self._try(self._flush_reports, "record ended jobs")
-            self._listener.stop()
-        else:
-            # Its thread may sit in a connect to the dead link: it ends by itself, unwaited.
-            threading.Thread(target=self._listener.stop, name="stop-listener", daemon=True).start()
+        self._stop_listener(wait=not away)
         self.sink.stop()
         if away:
             log.warning(_AWAY)
