@@ -9,6 +9,7 @@ attempt's process on this host (same PID namespace) and writes ALONE or TWICE.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import datetime
@@ -25,7 +26,10 @@ from tests.chaos.conftest import Cluster, Proc, rows
 from tests.chaos.proxy import Proxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(150)]
-WORKER_TIMEOUT = 3.0  # the e2e clusters' setting (tests/e2e/conftest.py)
+# T and H: the e2e clusters' settings (tests/e2e/conftest.py); JB_FENCING_AT_DEFAULTS=1
+# runs it at the shipped defaults (T 15 s, H 3 s) instead, by hand, for the figures.
+AT_DEFAULTS = os.environ.get("JB_FENCING_AT_DEFAULTS") == "1"
+WORKER_TIMEOUT, HEARTBEAT = (15.0, 3.0) if AT_DEFAULTS else (3.0, 0.5)
 # The first attempt sleeps for an odd time: the retry finds it by that. Written split in
 # the command (31.41""59) so the retry's own shell command line never matches.
 _JOB = (
@@ -63,6 +67,13 @@ def _fenced_at(worker: Proc) -> datetime:
     return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
 
 
+def _settings(cluster: Cluster) -> None:
+    if AT_DEFAULTS:
+        r = cluster.api.patch("/api/v1/settings", json={"worker_timeout": WORKER_TIMEOUT})
+        assert r.status_code == 200, r.text
+        cluster.env["JOBBALANCER_WORKER_HEARTBEAT_INTERVAL"] = str(HEARTBEAT)
+
+
 def _start_behind(cluster: Cluster, proxy: Proxy, name: str) -> Proc:
     url = sa.make_url(cluster.database_url).set(host="127.0.0.1", port=proxy.port)
     proc = cluster.spawn(
@@ -88,6 +99,7 @@ def test_cut_off_worker_fences_itself_before_the_retry_starts(
 
 
 def _fence_and_measure(cluster: Cluster, proxy: Proxy, backend: str, tmp: Path) -> None:
+    _settings(cluster)
     a = _start_behind(cluster, proxy, "a")
     marks, first = tmp / "M", tmp / "first"
     # Given a job with a retry running on "a" (the only worker yet), then "b" online
@@ -121,7 +133,7 @@ def _fence_and_measure(cluster: Cluster, proxy: Proxy, backend: str, tmp: Path) 
     print(
         f"\n[fencing, {backend}] T {WORKER_TIMEOUT:g} s, F {deadline:g} s (margin "
         f"{fence.margin(WORKER_TIMEOUT):g} s), heartbeat "
-        f"{fence.heartbeat_every(0.5, WORKER_TIMEOUT):g} s: cut->fence {fenced_after:.2f} s, "
+        f"{fence.heartbeat_every(HEARTBEAT, WORKER_TIMEOUT):g} s: cut->fence {fenced_after:.2f} s, "
         f"cut->lost {lost_after:.2f} s, fence->lost {lost_after - fenced_after:.2f} s; "
         f"the retry found the first attempt gone (ALONE)"
     )
