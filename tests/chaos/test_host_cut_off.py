@@ -134,7 +134,7 @@ def test_cut_off_worker_is_recovered_fenced_and_rejoins(
         print(
             f"\n[fault 4, {backend}] jobs submitted 5, recorded 6 (1 lost + its retry + 4); "
             f"fenced {fenced:.1f} s after the cut, lost and retried {recovered:.1f} s after it; "
-            f"the worker's pool saw the dead link {dead_link}; late result refused; "
+            f"the worker's first database error {dead_link}; late result refused; "
             f"re-registered {rejoined:.1f} s after the link came back"
         )
     finally:
@@ -185,8 +185,9 @@ def _back_and_nothing_appended(cluster: Cluster, lost_id: int, log_then: str) ->
 
 
 def _dead_link_noticed(log: str, cut: datetime, back: datetime) -> str:
-    """From the worker's log: how long after the cut its connections first reported the
-    dead link (TCP keepalives, tcp_user_timeout), if they did while it was down."""
+    """From the worker's log: how long after the cut a database call first failed (a
+    timeout, TCP keepalives, tcp_user_timeout: whichever noticed the dead link first), if
+    one did while the link was down."""
     for m in re.finditer(r"^(\S+ \S+) .*(heartbeat failed|cannot poll|cannot record)", log, re.M):
         at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
         if cut <= at <= back:
