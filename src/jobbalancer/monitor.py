@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -19,17 +20,55 @@ from jobbalancer import balancer, db, jobs, registry, settings
 log = logging.getLogger(__name__)
 
 
-def check_workers(engine: sa.Engine, *, reachable_since: datetime | None = None) -> list[int]:
+class Liveness:
+    """The worker_timeout liveness is judged by. A raised one counts at once; a lowered
+    one only once the old one has passed since the monitor first saw it: a worker learns
+    worker_timeout with each heartbeat, and fences itself by the value it knows
+    (worker/fence.py), so it must not be judged by a shorter one it has not read yet.
+    With no worker live when the new value is first seen, nobody knows the old one: it
+    counts at once."""
+
+    def __init__(self) -> None:
+        self._in_force: float | None = None
+        self._lowered: tuple[float, datetime] | None = None  # the new value, first seen at
+
+    def timeout(self, configured: float, now: datetime, workers_live: Callable[[], bool]) -> float:
+        lowered = self._lowered if self._lowered and self._lowered[0] == configured else None
+        if self._in_force is None or configured >= self._in_force:
+            self._in_force, self._lowered = configured, None  # raised (or first): at once
+        elif lowered is None:
+            if workers_live():
+                self._lowered = (configured, now)
+            else:
+                self._in_force, self._lowered = configured, None  # nobody knows the old one
+        elif now - lowered[1] >= timedelta(seconds=self._in_force):
+            self._in_force, self._lowered = configured, None
+        return self._in_force
+
+
+def _any_live(conn: sa.Connection) -> bool:
+    return any(w.state in registry.LIVE_STATES for w in registry.list_all(conn))
+
+
+def check_workers(
+    engine: sa.Engine,
+    *,
+    reachable_since: datetime | None = None,
+    liveness: Liveness | None = None,
+) -> list[int]:
     """Mark workers silent past worker_timeout offline and recover their jobs.
 
     ``reachable_since``: when (database clock) this server could reach the database again
     after an outage. A worker could not heartbeat then either, so nobody is judged until a
     full worker_timeout has passed since: a database restart must not look like every
-    worker dying at once (their running jobs would be lost and killed).
+    worker dying at once (their running jobs would be lost and killed). ``liveness``: the
+    monitor's memory of worker_timeout (a lowered one counts later, see :class:`Liveness`).
     """
     with db.write(engine) as conn:
         timeout = settings.load_tunables(conn).worker_timeout
         now = db.now(conn)
+        if liveness is not None:
+            timeout = liveness.timeout(timeout, now, lambda: _any_live(conn))
         if reachable_since is not None and now - reachable_since < timedelta(seconds=timeout):
             return []
         cutoff = now - timedelta(seconds=timeout)
@@ -74,6 +113,7 @@ class Supervisor:
         self._ticks = 0
         self._unreachable = False  # the last tick could not reach the database
         self._reachable_since: datetime | None = None  # database clock, after an outage
+        self._liveness = Liveness()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -116,7 +156,7 @@ class Supervisor:
             self.is_leader = leader
         if not leader:
             return
-        check_workers(self.engine, reachable_since=self._reachable_since)
+        check_workers(self.engine, reachable_since=self._reachable_since, liveness=self._liveness)
         with db.write(self.engine) as conn:
             balancer.assign_waiting(conn)
         self._ticks += 1

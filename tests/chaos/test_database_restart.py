@@ -28,7 +28,11 @@ from tests.chaos.conftest import Cluster, free_port
 from tests.chaos.proxy import Proxy
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(180)]
-OUTAGE = 6.0  # seconds: longer than worker_timeout (3 s), so liveness must not misjudge it
+OUTAGE = 6.0  # seconds: of the database; the workers' fence (F, below) is longer
+# An outage shorter than a worker's fence deadline F loses nothing; a longer one fences every
+# worker (its jobs end lost and are retried: by design, docs/design.md "Self-fencing"). With
+# worker_timeout 20 s, F = 16 s: the 6 s outage and a real stop/start stay under it.
+WORKER_TIMEOUT = 20
 LINES = 80  # the steady job prints one line every 0.1 s, before, during and after
 
 
@@ -197,6 +201,8 @@ def test_private_database_really_restarted_under_load(
 def _restart_under_load(
     cluster: Cluster, backend: str, stop: Callable[[], None], start: Callable[[], None]
 ) -> None:
+    r = cluster.api.patch("/api/v1/settings", json={"worker_timeout": WORKER_TIMEOUT})
+    assert r.status_code == 200, r.text
     r = cluster.api.post("/api/v1/worker-classes", json={"name": "small"})
     assert r.status_code == 201, r.text
     cluster.start_worker("steady", "--allow-root", "--max-jobs", "8")

@@ -4,11 +4,15 @@ The worker runs in a network namespace of its own, reaching PostgreSQL through a
 forwarder on the host end of a veth pair; taking that link down cuts it off (its TCP
 connections hang, as across a real network, rather than being reset). SQLite cannot be
 cut off by a link (it is a shared file), so this runs on PostgreSQL and MariaDB.
+
+The cut-off worker fences itself (worker/fence.py): it kills its job before the server
+declares it lost, so the attempt never finishes behind the retry's back.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -16,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -99,12 +104,7 @@ def test_cut_off_worker_is_recovered_fenced_and_rejoins(
     url = sa.make_url(cluster.database_url)
     forwarder = Proxy((url.host or "127.0.0.1", url.port or 0), listen=(netns.host_ip, 0))
     try:
-        inside_url = url.set(host=netns.host_ip, port=forwarder.port)
-        inside = _spawn_in(
-            cluster, netns, "inside", inside_url.render_as_string(hide_password=False),
-            "--allow-root", "--max-jobs", "2",
-        )  # fmt: skip
-        cluster.wait_for(lambda: cluster.worker("inside", "online"), "inside online", inside)
+        inside = _inside(cluster, netns, url.set(host=netns.host_ip, port=forwarder.port))
         # Given a job running on the namespaced worker (the only one yet), with a retry
         job = cluster.submit(command=marks.command(0, "echo started; sleep 6; ") + "; echo late",
                              retries=1)  # fmt: skip
@@ -114,41 +114,82 @@ def test_cut_off_worker_is_recovered_fenced_and_rejoins(
 
         # When its link goes down
         netns.link(up=False)
-        cut_at = time.monotonic()
-        # Then it is marked offline, its job lost and retried elsewhere
+        cut_at, cut_wall = time.monotonic(), datetime.now()
+        # Then it fences itself: its job is killed before the server may declare it lost
+        cluster.wait_for(lambda: "fenced: " in inside.log(), "inside fences itself", inside)
+        fenced = time.monotonic() - cut_at
+        # ... it is marked offline, its job lost and retried elsewhere
         cluster.wait_for(lambda: cluster.worker("inside", "offline"), "inside offline")
         lost = cluster.wait_job(job["id"], timeout=30)
         recovered = time.monotonic() - cut_at
         assert lost["state"] == "lost"
-        retry = cluster.wait_for(
-            lambda: next((r for r in rows(cluster.database_url) if r.retry_of == job["id"]), None),
-            "the retry",
-        )
-        assert cluster.wait_job(retry.id)["state"] == "done"
-        assert cluster.job(retry.id)["worker"]["name"] == "outside"
-        # The cut-off attempt ran on meanwhile, and finished while the link was down
-        cluster.wait_for(lambda: marks.count(0) == 2, "the cut-off attempt to finish", timeout=30)
+        log_at_verdict = cluster.log(job["id"])
+        assert log_at_verdict == "started\n"
+        _retried_outside_only(cluster, job["id"], marks)
         assert inside.popen.poll() is None
 
-        # When the link comes back
-        netns.link(up=True)
-        back_at = time.monotonic()
-        # Then its late result is refused (the attempt's token is stale) ...
-        cluster.wait_for(lambda: "no longer this worker" in inside.log(), "result refused",
-                         inside, timeout=60)  # fmt: skip
-        # ... and it re-registers cleanly, and takes jobs again
-        cluster.wait_for(lambda: cluster.worker("inside", "online"), "inside back", inside, 60)
-        rejoined = time.monotonic() - back_at
-        assert cluster.job(job["id"])["state"] == "lost"
-        assert cluster.job(job["id"])["exit_code"] is None
-        after = [cluster.submit(command="echo after") for _ in range(4)]
-        names = {cluster.wait_job(j["id"])["worker"]["name"] for j in after}
-        assert "inside" in names
-        assert all(cluster.job(j["id"])["state"] == "done" for j in after)
+        # When the link comes back: its late (lost) report is refused, it re-registers
+        rejoined, dead_link = _link_back(cluster, netns, inside, cut_wall)
+        _back_and_nothing_appended(cluster, job["id"], log_at_verdict)
         print(
             f"\n[fault 4, {backend}] jobs submitted 5, recorded 6 (1 lost + its retry + 4); "
-            f"lost and retried {recovered:.1f} s after the cut; late result refused; "
+            f"fenced {fenced:.1f} s after the cut, lost and retried {recovered:.1f} s after it; "
+            f"the worker's first database error {dead_link}; late result refused; "
             f"re-registered {rejoined:.1f} s after the link came back"
         )
     finally:
         forwarder.close()
+
+
+def _inside(cluster: Cluster, netns: Netns, url: sa.URL) -> Proc:
+    """The namespaced worker, online, reaching the database through the forwarder."""
+    inside = _spawn_in(cluster, netns, "inside", url.render_as_string(hide_password=False),
+                       "--allow-root", "--max-jobs", "2")  # fmt: skip
+    cluster.wait_for(lambda: cluster.worker("inside", "online"), "inside online", inside)
+    return inside
+
+
+def _link_back(cluster: Cluster, netns: Netns, inside: Proc, cut: datetime) -> tuple[float, str]:
+    """Bring the link up; the worker's late report is refused (the attempt's token is
+    stale) and it comes back online. How long that took, and when it saw the dead link."""
+    netns.link(up=True)
+    back_at, back_wall = time.monotonic(), datetime.now()
+    cluster.wait_for(lambda: "no longer this worker" in inside.log(), "result refused",
+                     inside, timeout=60)  # fmt: skip
+    dead_link = _dead_link_noticed(inside.log(), cut, back_wall)
+    cluster.wait_for(lambda: cluster.worker("inside", "online"), "inside back", inside, 60)
+    return time.monotonic() - back_at, dead_link
+
+
+def _retried_outside_only(cluster: Cluster, job_id: int, marks: Marks) -> None:
+    """The retry ran outside; the cut-off attempt was killed: only the retry left its mark."""
+    retry = cluster.wait_for(
+        lambda: next((r for r in rows(cluster.database_url) if r.retry_of == job_id), None),
+        "the retry",
+    )
+    assert cluster.wait_job(retry.id)["state"] == "done"
+    assert cluster.job(retry.id)["worker"]["name"] == "outside"
+    assert marks.count(0) == 1
+
+
+def _back_and_nothing_appended(cluster: Cluster, lost_id: int, log_then: str) -> None:
+    """The rejoined worker runs jobs; the lost job stays lost, its log as at the verdict."""
+    assert cluster.job(lost_id)["state"] == "lost"
+    assert cluster.job(lost_id)["exit_code"] is None
+    after = [cluster.submit(command="echo after") for _ in range(4)]
+    names = {cluster.wait_job(j["id"])["worker"]["name"] for j in after}
+    assert "inside" in names
+    assert all(cluster.job(j["id"])["state"] == "done" for j in after)
+    # Nothing was appended to the lost job's log after the verdict ("late" never ran)
+    assert cluster.log(lost_id) == log_then
+
+
+def _dead_link_noticed(log: str, cut: datetime, back: datetime) -> str:
+    """From the worker's log: how long after the cut a database call first failed (a
+    timeout, TCP keepalives, tcp_user_timeout: whichever noticed the dead link first), if
+    one did while the link was down."""
+    for m in re.finditer(r"^(\S+ \S+) .*(heartbeat failed|cannot poll|cannot record)", log, re.M):
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if cut <= at <= back:
+            return f"{(at - cut).total_seconds():.1f} s after the cut"
+    return f"not within the {(back - cut).total_seconds():.0f} s the link was down"

@@ -131,3 +131,17 @@ def test_a_discarded_job_frees_its_buffer_and_holds_up_no_later_write(
     assert _rows(sqlite_engine, 4) == []
     assert [r.data for r in _rows(sqlite_engine, 5)] == [b"kept"]
     assert sink._buffered == 0
+
+
+def test_a_refused_finish_drops_the_jobs_last_output(sqlite_engine: sa.Engine) -> None:
+    # The report said the job is no longer ours (declared lost): its log stays as it was.
+    sink = OutputSink(sqlite_engine)
+    sink.open(7, cap=1000)
+    sink.write(7, "stdout", b"first\n")
+    sink.flush()
+    sink.write(7, "stdout", b"after the verdict\n")
+    assert sink.finish(7, lambda conn, kept: False) is False
+    assert [r.data for r in _rows(sqlite_engine, 7)] == [b"first\n"]
+    sink.write(7, "stdout", b"later still\n")  # the job is forgotten: nothing more is taken
+    sink.flush()
+    assert [r.data for r in _rows(sqlite_engine, 7)] == [b"first\n"]

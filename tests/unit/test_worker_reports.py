@@ -5,6 +5,7 @@ other than the database being away) neither holds up the other jobs' ends nor st
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,8 @@ from jobbalancer import balancer, db, jobs
 from jobbalancer import logs as logs_
 from jobbalancer.settings import Settings, WorkerSettings
 from jobbalancer.worker import loop, runner
+from jobbalancer.worker.output import OutputSink
+from jobbalancer.worker.reports import Report, Reports, Stop, judge
 
 pytestmark = pytest.mark.timeout(60)
 DEFAULT_CLASS = 1
@@ -113,3 +116,68 @@ def test_reports_wait_while_the_database_is_away_rather_than_being_dropped(
     with db.read(sqlite_engine) as conn:
         assert jobs.get(conn, job_id).state == jobs.State.DONE
     assert calls["finish"] == 6
+
+
+def _ended(engine: sa.Engine, job_id: int, stop: Stop | None) -> Report:
+    """A report of a job this worker does not hold (a made-up token)."""
+    with db.read(engine) as conn:
+        job = dataclasses.replace(jobs.get(conn, job_id), token="not-ours")
+    killed = runner.Outcome(exit_code=None, signal=9, reason="killed", error=None)
+    return Report.of(job, killed, None, stop)
+
+
+def test_a_stale_reports_output_is_dropped_not_appended_to_the_lost_jobs_log(
+    sqlite_engine: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    (job_id,) = _submit(sqlite_engine, "echo hi")  # never ours: its finish is refused
+    sink = OutputSink(sqlite_engine)
+    sink.open(job_id, 1000)
+    sink.write(job_id, "stdout", b"written after the verdict\n")
+    reports = Reports(sqlite_engine, sink)
+    reports.add(_ended(sqlite_engine, job_id, Stop("killed by request")))
+
+    recorded = reports.flush(0, take=False)
+
+    assert recorded == ({job_id}, [])
+    with db.read(sqlite_engine) as conn:
+        assert logs_.read(conn, job_id)[0] == b""
+    assert f"job {job_id}: no longer this worker's; dropped 26 bytes of its output" in caplog.text
+    assert reports.waiting() == 0
+
+
+def test_a_fenced_report_is_lost_keeps_the_output_written_before_and_is_retried(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (job_id,) = _submit(sqlite_engine, "sleep 60", retries=1)
+    calls: list[dict[str, Any]] = []
+
+    def finish(conn: sa.Connection, job_id: int, token: str, state: jobs.State, **kw: Any) -> bool:
+        calls.append({"state": state, **kw})
+        return True
+
+    monkeypatch.setattr(jobs, "finish", finish)
+    sink = OutputSink(sqlite_engine)
+    reports = Reports(sqlite_engine, sink)
+    fenced = Stop("its worker could not reach the database", jobs.State.LOST)
+    reports.add(_ended(sqlite_engine, job_id, fenced))
+
+    assert reports.flush(0, take=False) == ({job_id}, [])
+
+    (call,) = calls
+    assert call["state"] == jobs.State.LOST
+    assert call["error"] == "its worker could not reach the database"
+    assert call["output_bytes"] is None  # the bytes counted before the cut stay
+    assert call["retry"] is True
+
+
+def test_judge_says_why_the_worker_stopped_a_job() -> None:
+    job = jobs.Job.__new__(jobs.Job)
+    killed = runner.Outcome(exit_code=None, signal=9, reason="killed", error=None)
+    exited = runner.Outcome(exit_code=0, signal=None, reason="exited", error=None)
+    assert judge(job, killed, Stop("killed by request")) == (jobs.State.KILLED, "killed by request")
+    assert judge(job, killed, None) == (jobs.State.KILLED, "killed")
+    lost = Stop("fenced", jobs.State.LOST)
+    assert judge(job, killed, lost) == (jobs.State.LOST, "fenced")
+    assert judge(job, exited, lost) == (jobs.State.LOST, "fenced")  # ended as it was fenced
+    not_started = runner.Outcome.start_failed("not started")
+    assert judge(job, not_started, lost) == (jobs.State.LOST, "fenced")

@@ -27,14 +27,18 @@ import sqlalchemy as sa
 
 from jobbalancer import db, errors, jobs, procsec, registry, settings
 from jobbalancer.settings import Settings, WorkerSettings
-from jobbalancer.worker import runner, uids
+from jobbalancer.worker import fence, runner, uids
 from jobbalancer.worker.output import OutputSink
 from jobbalancer.worker.presence import Presence
-from jobbalancer.worker.reports import Report, Reports
+from jobbalancer.worker.reports import Report, Reports, Stop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PID_RECORD_DELAY = 0.5  # seconds a job runs before its pid is written on its own
+_NOT_STARTED = "not started: its worker was cut off from the database"
+_AWAY = (
+    "the database is away: not marking the worker offline (the server does after worker_timeout)"
+)
 
 
 DYNAMIC = "dynamic"  # run_as: each job a uid of its own (worker/uids.py)
@@ -96,7 +100,13 @@ def isolation(ws: WorkerSettings) -> str:
 class _Running:
     job: jobs.Job
     process: runner.JobProcess | None = None
-    stopping_reason: str | None = None
+    stop: Stop | None = None  # why the worker stopped it, once it did
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGINT when there is nothing to finish: before the worker is online, or
+    idle (or fenced: its jobs killed) while the database is away. Raised from the
+    handler, so it also breaks out of a connect or query stuck on a dead link."""
 
 
 class Worker:
@@ -124,10 +134,20 @@ class Worker:
         self._draining = threading.Event()
         self._hard_stop = threading.Event()
         self._signals = 0
+        self._starting = True  # until the main loop runs: a signal then stops at once
         self.presence = Presence(
-            self.engine, self.ws, retry=self._retry, kill_all=self._kill_all,
+            self.engine, self.ws, retry=self._retry, kill_all=self._kill_lost,
             draining=self._draining, stopped=self._hard_stop,
         )  # fmt: skip
+        # Three heartbeats fit before the fence, whatever worker_timeout is now.
+        self.presence.heartbeat_every = lambda: fence.heartbeat_every(
+            self.ws.heartbeat_interval, self.presence.tunables.worker_timeout
+        )
+        self.fence = fence.Fence(
+            lambda: self.presence.renewed_at,
+            lambda: self.presence.tunables.worker_timeout,
+            self._fence,
+        )
         self.reports = Reports(self.engine, self.sink)
         self._listener = db.WakeListener(self.engine, lambda: self.presence.worker_id, self._woken)
         self._claim_in_one = db.writable_ctes(self.engine)
@@ -151,20 +171,34 @@ class Worker:
             except uids.UidError as exc:
                 raise errors.ConfigError(str(exc)) from exc
         self._install_signal_handlers()
+        try:
+            self._go_online()
+        except _Interrupted:
+            log.warning("stopped before going online")
+            self._stop_parts()
+            return 0
+        try:
+            self._loop(burst)
+        except _Interrupted:
+            log.warning("stopped with nothing running and the database away")
+        finally:
+            self._shutdown()
+        return self.presence.exit_code
+
+    def _go_online(self) -> None:
+        """Wait for the schema, register, start the helpers; a signal meanwhile raises
+        _Interrupted (nothing runs yet, so nothing is to finish)."""
         self.presence.wait_for_schema()  # only the server or `db upgrade` migrates
         self.presence.register()
         self.presence.clean_up_after_predecessor()
         self.sink.start()
         self._listener.start()
         self.presence.start_heartbeat()
+        self.fence.start()
         log.info("worker %s (id %d) is online", self.presence.name, self.presence.worker_id)
         log.log(logging.WARNING if self.ws.run_as != DYNAMIC else logging.INFO,
                 "isolation: %s", isolation(self.ws))  # fmt: skip
-        try:
-            self._loop(burst)
-        finally:
-            self._shutdown()
-        return self.presence.exit_code
+        self._starting = False
 
     def _loop(self, burst: bool) -> None:
         """Record ended jobs as soon as they end (taking new ones for the freed slots in
@@ -176,7 +210,9 @@ class Worker:
             self._wake.clear()
             reported = self._flush_reports()
             found = False
-            if burst or self._poll_now.is_set() or time.monotonic() >= next_poll:
+            if not self.fence.can_start():
+                pass  # fenced: take nothing until a heartbeat goes through again
+            elif burst or self._poll_now.is_set() or time.monotonic() >= next_poll:
                 woken = self._poll_now.is_set()
                 self._poll_now.clear()
                 found = self._poll(woken)
@@ -184,7 +220,7 @@ class Worker:
                 next_poll = time.monotonic() + interval
             if burst and not found and not reported and not self._running:
                 return
-            self._wake.wait(max(0.0, next_poll - time.monotonic()))
+            self._wake.wait(min(max(0.0, next_poll - time.monotonic()), fence.STEP))
         self._drain()
 
     def _woken(self) -> None:
@@ -252,8 +288,8 @@ class Worker:
             return [j for j in todo if j.state == jobs.State.ASSIGNED and j.id not in self._running]
 
     def _pass_kill(self, current: _Running) -> None:
-        if current.process is not None and current.stopping_reason is None:
-            current.stopping_reason = "killed by request"
+        if current.process is not None and current.stop is None:
+            current.stop = Stop("killed by request")
             current.process.kill()
 
     def _claim(self, assigned: list[jobs.Job]) -> list[jobs.Job]:
@@ -331,21 +367,28 @@ class Worker:
         tunables = self.presence.tunables
         self.sink.open(job.id, tunables.max_log_bytes)
         process = runner.JobProcess(self._run_spec(job, tunables), self._on_output(job.id))
+        if not self.fence.can_start():
+            with self._lock:
+                self._running[job.id].stop = Stop(_NOT_STARTED, jobs.State.LOST)
+            self.sink.discard(job.id)
+            return self._report(job, runner.Outcome.start_failed(_NOT_STARTED), None)
         try:
             pid = process.start()
         except runner.StartError as exc:
             return self._report(job, runner.Outcome.start_failed(str(exc)), None)
         with self._lock:
-            self._running[job.id].process = process
+            current = self._running[job.id]
+            current.process = process
             self._started.append((job.id, job.token, pid, time.monotonic()))
-        if self._hard_stop.is_set():
-            process.kill()
+            stop = current.stop  # stopped (fenced, say) while it was starting
+        if stop is not None or self._hard_stop.is_set():
+            process.kill(now=stop is not None and stop.state == jobs.State.LOST)
         return self._report(job, process.wait(), pid)
 
     def _report(self, job: jobs.Job, outcome: runner.Outcome, pid: int | None) -> Report:
         with self._lock:
             running = self._running.get(job.id)
-        return Report.of(job, outcome, pid, running.stopping_reason if running else None)
+        return Report.of(job, outcome, pid, running.stop if running else None)
 
     # -- freeing slots -------------------------------------------------------------------
 
@@ -353,7 +396,8 @@ class Worker:
         """Record every job that ended since the last call (see :meth:`Reports.flush`):
         free their slots, and start the jobs taken for them. True if anything was
         recorded."""
-        recorded = self.reports.flush(self.presence.worker_id, take=not self._draining.is_set())
+        take = not self._draining.is_set() and self.fence.can_start()
+        recorded = self.reports.flush(self.presence.worker_id, take=take)
         if recorded is None:
             return False
         done, fresh = recorded
@@ -398,6 +442,14 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1
+        # No lock here: the handler runs on the main thread, which may hold it. Fenced, every
+        # job was killed already (and none starts); the main thread may be stuck on the link.
+        idle = not self._running or self.fence.fenced.is_set()
+        if self._starting or (idle and self._db_away()):
+            # Nothing to finish, and maybe stuck on a dead link: stop at once.
+            log.warning("%s: stopping", signal.Signals(signum).name)
+            self._draining.set()
+            raise _Interrupted
         if self._signals == 1:
             log.warning("%s: draining (running jobs finish; again to kill them)",
                         signal.Signals(signum).name)  # fmt: skip
@@ -405,6 +457,14 @@ class Worker:
         else:
             log.warning("%s again: killing running jobs and exiting", signal.Signals(signum).name)
             self.stop(kill=True)
+
+    def _db_away(self) -> bool:
+        """Whether the database seems away: polls fail, or no heartbeat went through for
+        two heartbeat periods (the heartbeat thread may sit in a hung call)."""
+        if self._poll_failing_since is not None or self.fence.fenced.is_set():
+            return True
+        silent = fence.clock() - self.presence.renewed_at
+        return self.presence.renewed_at > 0 and silent > 2 * self.presence.heartbeat_every()
 
     def _drain(self) -> None:
         def draining() -> None:
@@ -414,7 +474,10 @@ class Worker:
                 registry.set_state(conn, self.presence.worker_id, self.presence.session, "draining")
                 jobs.unassign_worker(conn, self.presence.worker_id)
 
-        self._try(draining, "mark the worker draining")
+        if self._db_away():
+            log.warning(_AWAY)
+        else:
+            self._try(draining, "mark the worker draining")
         while True:
             self._wake.clear()
             self._flush_reports()
@@ -426,22 +489,76 @@ class Worker:
                 break
             if self._hard_stop.is_set() and self._signals > 1 and not unreported:
                 break  # told twice to go, and the database is away: recovery handles them
+            if self.fence.fenced.is_set() and not unreported:
+                break  # all killed by the fence: the server's verdict records them (lost)
             self._wake.wait(0.2)
 
     def _kill_all(self, reason: str) -> None:
+        self._stop_all(Stop(reason), now=False, discard=False)
+
+    def _kill_lost(self, reason: str) -> None:
+        """The presence found the registration lost: the jobs were recovered (lost and
+        retried) already, so they die at once and their unwritten output goes with them."""
+        self._stop_all(Stop(reason), now=True, discard=True)
+
+    def _fence(self, age: float) -> None:
+        """The lease ran out (see worker/fence.py): kill every job before the server may
+        declare it lost, so no retry runs while it does. They end as lost."""
+        timeout = self.presence.tunables.worker_timeout
+        why = (f"its worker could not reach the database for {age:.1f} s and stopped it "
+               f"before its worker_timeout ({timeout:g} s)")  # fmt: skip
+        n = self._stop_all(Stop(why, jobs.State.LOST), now=True, discard=True)
+        log.error(
+            "fenced: no heartbeat for %.1f s (worker_timeout %g s, fence at %.1f s): killed "
+            "%d job(s) with SIGKILL; they end as lost",
+            age, timeout, fence.deadline(timeout), n,
+        )  # fmt: skip
+
+    def _stop_all(self, stop: Stop, *, now: bool, discard: bool) -> int:
+        """Stop every running job (a job already stopped keeps its first reason, unless
+        this one is a fence); how many."""
         with self._lock:
             running = list(self._running.values())
+            for item in running:
+                if item.stop is None or stop.state == jobs.State.LOST:
+                    item.stop = stop
         for item in running:
-            if item.stopping_reason is None:
-                item.stopping_reason = reason
+            if discard:
+                self.sink.discard(item.job.id)
             if item.process is not None:
-                item.process.kill()
+                item.process.kill(now=now)
+        return len(running)
+
+    def _stop_parts(self) -> None:
+        """Stop what the start got to: heartbeat, fence, listener, sink, engine."""
+        self._hard_stop.set()
+        self.fence.stop()
+        self._stop_listener(wait=False)
+        self.sink.stop()
+        if self._own_engine:
+            self.engine.dispose()
+
+    def _stop_listener(self, *, wait: bool) -> None:
+        if wait:
+            self._listener.stop()
+        else:
+            # Its thread may sit in a connect to a dead link: it ends by itself, unwaited.
+            threading.Thread(target=self._listener.stop, name="stop-listener", daemon=True).start()
 
     def _shutdown(self) -> None:
         self._hard_stop.set()
-        self._try(self._flush_reports, "record ended jobs")
-        self._listener.stop()
+        self.fence.stop()
+        away = self._db_away()
+        if not away:
+            self._try(self._flush_reports, "record ended jobs")
+        self._stop_listener(wait=not away)
         self.sink.stop()
+        if away:
+            log.warning(_AWAY)
+            log.info("worker %s stopped", self.presence.name)
+            if self._own_engine:
+                self.engine.dispose()
+            return
 
         def offline() -> None:
             with db.write(self.engine) as conn:
@@ -457,7 +574,8 @@ class Worker:
     # -- database access with retries --------------------------------------------------
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
-        """Call ``fn`` until it works: the database may be away for a while."""
+        """Call ``fn`` until it works: the database may be away for a while. Given up
+        (the error raised) once told to stop with nothing left running, or told twice."""
         delay, warned = 0.1, False
         while True:
             try:
@@ -465,10 +583,15 @@ class Worker:
             except db.UNAVAILABLE as exc:
                 if self._hard_stop.is_set() and self._signals > 1:
                     raise
+                with self._lock:
+                    idle = not self._running
+                if self._draining.is_set() and idle:
+                    raise
                 if not warned:
                     log.warning("cannot %s (%s); retrying with backoff", what, exc)
                     warned = True
-            time.sleep(delay)
+            # Woken by a stop; once draining, by a second signal (jobs still run).
+            (self._hard_stop if self._draining.is_set() else self._draining).wait(delay)
             delay = min(delay * 2, 5.0)
 
     def _try(self, fn: Callable[[], object], what: str) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,11 +52,23 @@ class Closing:
     rows: list[dict[str, Any]]
     written: bool = False
 
-    def write(self, conn: sa.Connection) -> None:
-        """Insert the rows, in the transaction that records the jobs' ends."""
-        if self.rows:
-            conn.execute(_INSERT, self.rows)
+    def write(self, conn: sa.Connection, *, skip: Collection[int] = ()) -> None:
+        """Insert the rows, in the transaction that records the jobs' ends, after their
+        ends were recorded: ``skip`` are the jobs whose end was refused (no longer this
+        worker's), whose output is dropped rather than appended to a lost job's log."""
+        rows = [r for r in self.rows if r["job_id"] not in skip] if skip else self.rows
+        if rows:
+            conn.execute(_INSERT, rows)
+        for job_id in skip:
+            size = sum(r["size"] for r in self.rows if r["job_id"] == job_id)
+            if size:
+                log.warning("job %d: no longer this worker's; dropped %s of its output",
+                            job_id, _kb(size))  # fmt: skip
         self.written = True
+
+
+def _kb(size: int) -> str:
+    return f"{size} bytes" if size < 1024 else f"{size / 1024:.1f} kB"
 
 
 class OutputSink:
@@ -186,17 +198,9 @@ class OutputSink:
         """Write the rest of ``job_id``'s output and ``report`` its end, in one transaction
         (``report(conn, kept)`` gets the bytes kept): :meth:`closing` for one job."""
         with self.closing([job_id]) as out, db.write(self.engine) as conn:
-            out.write(conn)
-            return report(conn, out.kept[job_id])
-
-    def finish_many(
-        self, job_ids: Sequence[int], report: Callable[[sa.Connection, dict[int, int]], T]
-    ) -> T:
-        """:meth:`finish` for several jobs in one transaction; ``report`` gets the bytes
-        kept by job."""
-        with self.closing(job_ids) as out, db.write(self.engine) as conn:
-            out.write(conn)
-            return report(conn, out.kept)
+            result = report(conn, out.kept[job_id])
+            out.write(conn, skip=() if result is not False else (job_id,))
+            return result
 
     @contextlib.contextmanager
     def closing(self, job_ids: Sequence[int]) -> Iterator[Closing]:
@@ -205,8 +209,8 @@ class OutputSink:
         Use it outside that transaction, so the transaction commits first::
 
             with sink.closing(ids) as out, db.write(engine) as conn:
-                out.write(conn)
                 ...  # record the ends, with out.kept[job_id] bytes of output each
+                out.write(conn, skip=refused)  # the output of the jobs still ours
 
         The jobs take no more output; a truncation marker is added once, however often
         this is retried after a failure (the database may be away). The flusher waits

@@ -34,6 +34,16 @@ _REPORT_TRIES = 3
 
 
 @dataclass(frozen=True)
+class Stop:
+    """Why the worker stopped a job itself, and the state that job ends in: ``KILLED``
+    (a kill request, a stop), or ``LOST`` (fenced: its worker was cut off from the
+    database, see :mod:`jobbalancer.worker.fence`)."""
+
+    reason: str
+    state: jobs.State = jobs.State.KILLED
+
+
+@dataclass(frozen=True)
 class Report:
     """A job that ended, waiting to be recorded with the others that ended meanwhile."""
 
@@ -46,11 +56,17 @@ class Report:
 
     @classmethod
     def of(
-        cls, job: jobs.Job, outcome: runner.Outcome, pid: int | None, stopped_by: str | None
+        cls, job: jobs.Job, outcome: runner.Outcome, pid: int | None, stop: Stop | None
     ) -> Report:
-        """How ``job`` ended; ``stopped_by`` is why the worker stopped it, if it did."""
-        state, error = judge(job, outcome, stopped_by)
+        """How ``job`` ended; ``stop`` is why the worker stopped it, if it did."""
+        state, error = judge(job, outcome, stop)
         return cls(job, job.token or "", state, error, outcome, pid)
+
+    @property
+    def keeps_output(self) -> bool:
+        """A fenced attempt's record keeps only the output written before the cut: what it
+        wrote after may be written by nobody (the attempt may be declared lost meanwhile)."""
+        return self.state != jobs.State.LOST
 
 
 @dataclass
@@ -63,15 +79,17 @@ class _Trouble:
 
 
 def judge(
-    job: jobs.Job, outcome: runner.Outcome, stopped_by: str | None
+    job: jobs.Job, outcome: runner.Outcome, stop: Stop | None
 ) -> tuple[jobs.State, str | None]:
     """The state a job ended in, and the error its record says."""
+    if stop is not None and stop.state == jobs.State.LOST:
+        return jobs.State.LOST, stop.reason  # fenced, whether it had started or not
     if outcome.reason == "start_failed":
         return jobs.State.FAILED, outcome.error or "the job could not start"
     if outcome.reason == "timeout":
         return jobs.State.TIMEOUT, f"watchdog: ran longer than {job.watchdog:g} s"
     if outcome.reason == "killed":
-        return jobs.State.KILLED, stopped_by or "killed"
+        return jobs.State.KILLED, stop.reason if stop is not None else "killed"
     if outcome.exit_code == 0:
         return jobs.State.DONE, None
     if outcome.signal is not None:
@@ -145,8 +163,10 @@ class Reports:
         """Record them all in one transaction; the ids no longer this worker's, and the
         jobs taken."""
         with self.sink.closing([r.job.id for r in reports]) as out, db.write(self.engine) as conn:
-            out.write(conn)
             stale = [r.job.id for r in reports if not _finish(conn, r, out.kept[r.job.id])]
+            # Only the jobs still ours get their last output: a lost job's log stays as it
+            # was when it was declared lost.
+            out.write(conn, skip=set(stale))
             fresh = balancer.take_for_worker(conn, worker_id) if take else []
         return stale, fresh
 
@@ -206,8 +226,9 @@ class Reports:
     def _record_one(self, r: Report, *, retry: bool = True) -> bool:
         """Record one job's end with its last output; False if no longer ours."""
         with self.sink.closing([r.job.id]) as out, db.write(self.engine) as conn:
-            out.write(conn)
-            return _finish(conn, r, out.kept[r.job.id], retry=retry)
+            recorded = _finish(conn, r, out.kept[r.job.id], retry=retry)
+            out.write(conn, skip=set() if recorded else {r.job.id})
+            return recorded
 
     def _record_as_failed(self, r: Report, why: str) -> bool | None:
         """The last resort for a job whose end cannot be recorded: ``failed``, saying why,
@@ -236,7 +257,8 @@ def _finish(conn: sa.Connection, r: Report, kept: int | None, *, retry: bool = T
     # Through the module, at call time: tests replace jobs.finish to make reports fail.
     return jobs.finish(
         conn, r.job.id, r.token, r.state, exit_code=r.outcome.exit_code,
-        signal=r.outcome.signal, error=r.error, output_bytes=kept, pid=r.pid, retry=retry,
+        signal=r.outcome.signal, error=r.error, output_bytes=kept if r.keeps_output else None,
+        pid=r.pid, retry=retry,
     )  # fmt: skip
 
 

@@ -188,6 +188,7 @@ class JobProcess:
         self._spec = spec
         self._on_output = on_output
         self._kill_requested = threading.Event()
+        self._kill_now = threading.Event()  # no grace: SIGKILL at once
         self._tag = secrets.token_hex(8)
         self._run: _Run | None = None
         self._outcome: Outcome | None = None
@@ -275,7 +276,7 @@ class JobProcess:
         run = self._run
         if run is None or run.finished:
             raise RuntimeError("wait() needs a started job")
-        watch = _JobWatch(run, self._spec, self._kill_requested)
+        watch = _JobWatch(run, self._spec, self._kill_requested, self._kill_now)
         try:
             watch.supervise()
             run.pipes.drain(_DRAIN, _TICK)
@@ -287,8 +288,14 @@ class JobProcess:
         self._outcome = _outcome(returncode, watch.reason)
         return self._outcome
 
-    def kill(self) -> None:
-        """Ask wait() to terminate the job (reason "killed"); safe from any thread."""
+    def kill(self, *, now: bool = False) -> None:
+        """Ask wait() to terminate the job (reason "killed"); safe from any thread.
+
+        ``now``: SIGKILL without the grace of SIGTERM first (a fenced worker: a retry may
+        start elsewhere within seconds, and nobody could be told the job is still ending).
+        """
+        if now:
+            self._kill_now.set()
         self._kill_requested.set()
 
 
@@ -404,8 +411,15 @@ class _JobWatch:
     main process exits on its own while descendants live on; its reason stays "exited".
     """
 
-    def __init__(self, run: _Run, spec: RunSpec, kill_requested: threading.Event) -> None:
+    def __init__(
+        self,
+        run: _Run,
+        spec: RunSpec,
+        kill_requested: threading.Event,
+        kill_now: threading.Event | None = None,
+    ) -> None:
         self._run = run
+        self._kill_now = kill_now or threading.Event()
         self._grace = max(spec.kill_grace, 0.0)
         limit = spec.watchdog
         self._deadline = run.started + limit if limit is not None and limit > 0 else None
@@ -450,7 +464,7 @@ class _JobWatch:
         return False
 
     def _while_terminating(self, now: float, term_at: float) -> bool:
-        if now >= term_at + self._grace:
+        if now >= term_at + self._grace or self._kill_now.is_set():
             self._send(signal.SIGKILL)
             self._sigkill_at = now
             return False
@@ -468,8 +482,12 @@ class _JobWatch:
         return True
 
     def _terminate(self, now: float) -> None:
-        self._send(signal.SIGTERM)
         self._term_at = now
+        if self._kill_now.is_set():
+            self._send(signal.SIGKILL)
+            self._sigkill_at = now
+            return
+        self._send(signal.SIGTERM)
 
     def _send(self, sig: signal.Signals) -> None:
         self._scan(deep=True)  # right before signalling, so late forks and escapees are known
