@@ -189,8 +189,7 @@ class Worker:
         """Wait for the schema, register, start the helpers; a signal meanwhile raises
         _Interrupted (nothing runs yet, so nothing is to finish)."""
         self.presence.wait_for_schema()  # only the server or `db upgrade` migrates
-        self.presence.register()
-        self.presence.clean_up_after_predecessor()
+        self.presence.register()  # a dead predecessor's leftovers are cleaned up first
         self.sink.start()
         self._listener.start()
         self.presence.start_heartbeat()

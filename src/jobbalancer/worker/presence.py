@@ -213,10 +213,6 @@ class Presence:
         self.name, (self.worker_id, self.session) = name, ids
         return True
 
-    def clean_up_after_predecessor(self) -> None:
-        """Done before registering now (:meth:`_take`): the predecessor's orphans die before
-        its jobs are retried. Kept for the coordinator, which still calls it."""
-
     def start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._thread.start()
