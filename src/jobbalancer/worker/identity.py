@@ -78,14 +78,16 @@ def _make(path: str, system: str) -> str:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # O_EXCL: of two workers starting at once on one disk, one writes it, both read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
         return machine_id(path)
     except OSError as exc:
         raise errors.ConfigError(f"cannot create the worker id file {path}: {exc}") from exc
     with os.fdopen(fd, "w", encoding="ascii") as f:
+        # On the descriptor, never the path (a link may stand there by now); whatever the
+        # umask: it is no secret, and tools may read it.
+        os.fchmod(f.fileno(), 0o644)
         f.write(f"{mid}\n{system}\n")
-    os.chmod(path, 0o644)  # whatever the umask: it is no secret, and tools may read it
     return mid
 
 
