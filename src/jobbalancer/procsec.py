@@ -18,6 +18,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -40,6 +41,27 @@ def make_undumpable() -> bool:
         if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
             return True
     log.debug("could not make the process non-dumpable; same-uid processes can read it")
+    return False
+
+
+def no_new_privs() -> bool:
+    """Set ``PR_SET_NO_NEW_PRIVS`` on this process (Linux), for good; True if it took.
+
+    Inherited by every child across fork and execve, and never undone: no descendant
+    gains a uid, gid or capability by executing a setuid/setgid or file-capability
+    program. A worker running jobs under dynamic uids sets it, so a setuid copy of a
+    shell left by an earlier holder of a uid cannot make a later job that uid. It takes
+    nothing from a process that has privileges already (root stays root).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
+            return True
+    log.warning("could not set no_new_privs: a setuid program may change a job's uid")
     return False
 
 

@@ -200,6 +200,14 @@ def test_the_worker_cannot_be_read_or_traced_by_a_job(attack: Attack) -> None:
     assert attack.cluster.worker("attacked", "online") is not None  # not signalled either
 
 
+def test_no_job_can_gain_a_uid_through_a_setuid_program(attack: Attack) -> None:
+    # A setuid copy of a shell left by an earlier holder of a uid (somewhere the uid
+    # sweep does not reach) would make a later job that uid; no_new_privs forbids it.
+    out = attack.attack("grep NoNewPrivs /proc/self/status")
+
+    assert out.split() == ["NoNewPrivs:", "1"]
+
+
 def test_a_job_sees_no_setting_of_the_worker_in_its_environment(attack: Attack) -> None:
     out = attack.attack("env")
 

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import pytest
 
-from jobbalancer.worker import cgroups, jobenv, runner, uids
+from jobbalancer.worker import cgroups, jobenv, runner, spawn, uids
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -1228,3 +1228,137 @@ def test_interpreters_are_checked_as_the_jobs_user(
     with pytest.raises(runner.StartError, match="not found or not executable"):
         runner.JobProcess(absolute, Captured()).start()
     assert _busy(pool) == []
+
+
+# --- a job attacking the removal of its directory ------------------------------------
+
+
+@pytest.fixture
+def victim_tree() -> Iterator[Path]:
+    """Root's directories of mode 0755, which no job's removal may touch."""
+    top = Path(tempfile.mkdtemp(prefix="jbtest-victim-", dir="/tmp"))
+    for sub in ("a", "a/b", "c"):
+        (top / sub).mkdir()
+    for path in (top, top / "a", top / "a/b", top / "c"):
+        path.chmod(0o755)
+    (top / "a/b/keep").write_text("kept")
+    yield top
+    shutil.rmtree(top)
+
+
+def _modes(top: Path) -> dict[str, int]:
+    return {str(p): p.lstat().st_mode & 0o7777 for p in (top, *sorted(top.rglob("*")))}
+
+
+def test_remove_dir_of_a_directory_swapped_for_a_link_removes_only_the_link(
+    victim_tree: Path,
+) -> None:
+    before = _modes(victim_tree)
+    path = tempfile.mkdtemp(prefix="jbtest-jobdir-")
+    os.rmdir(path)  # the job: mv "$TMPDIR" elsewhere; ln -s /usr "$TMPDIR"
+    os.symlink(victim_tree, path)
+
+    spawn.remove_dir(path)
+
+    assert not os.path.lexists(path)
+    assert _modes(victim_tree) == before  # not one chmod through the link
+
+
+def test_remove_dir_follows_no_link_inside_and_removes_read_only_subdirectories(
+    victim_tree: Path,
+) -> None:
+    before = _modes(victim_tree)
+    path = Path(tempfile.mkdtemp(prefix="jbtest-jobdir-"))
+    (path / "ro/deeper").mkdir(parents=True)
+    (path / "ro/deeper/f").write_text("x")
+    (path / "ro/link").symlink_to(victim_tree)
+    (path / "link").symlink_to(victim_tree / "a")
+    (path / "ro/deeper").chmod(0o500)
+    (path / "ro").chmod(0o000)
+
+    spawn.remove_dir(str(path))
+
+    assert not os.path.lexists(path)
+    assert _modes(victim_tree) == before and (victim_tree / "a/b/keep").read_text() == "kept"
+
+
+@needs_root
+def test_a_job_that_swaps_its_temp_dir_for_a_link_chmods_nothing(
+    jobs: Jobs, pool: uids.UidPool, victim_tree: Path
+) -> None:
+    before = _modes(victim_tree)
+    swap = f'mv "$TMPDIR" "$TMPDIR.moved" && ln -s {victim_tree} "$TMPDIR" && echo swapped'
+
+    result = jobs.run(jobs.spec(swap, uid_pool=pool))
+
+    assert result.out == b"swapped\n", result.err
+    assert _modes(victim_tree) == before
+    assert leftover_dirs(jobs.spec("true")) == []
+
+
+@needs_root
+def test_the_uid_is_released_before_the_directory_is_removed(
+    jobs: Jobs, pool: uids.UidPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    release, remove = uids.Lease.release, spawn.remove_dir
+
+    def releasing(lease: uids.Lease, *, processes_gone: bool = True) -> None:
+        order.append("release")
+        release(lease, processes_gone=processes_gone)
+
+    def removing(path: str) -> None:
+        order.append("remove")
+        remove(path)
+
+    monkeypatch.setattr(uids.Lease, "release", releasing)
+    monkeypatch.setattr(spawn, "remove_dir", removing)
+    assert jobs.run(jobs.spec("true", uid_pool=pool)).outcome.exit_code == 0
+
+    assert order == ["release", "remove"]  # no process of the uid is left to swap links
+
+
+# --- no setuid program gives a job another uid ----------------------------------------
+
+_SETUID_RUN = """
+import subprocess, sys
+from jobbalancer import procsec
+if sys.argv[2] == "nnp":
+    assert procsec.no_new_privs()
+done = subprocess.run([sys.argv[1], "-u"], user=int(sys.argv[3]), group=int(sys.argv[3]),
+                      extra_groups=[], capture_output=True, check=True)
+sys.stdout.write(done.stdout.decode())
+"""
+
+
+@needs_root
+def test_with_no_new_privs_a_setuid_copy_left_by_a_uid_does_not_make_another_job_it(
+    pool: uids.UidPool,
+) -> None:
+    holder, later = pool.range.first, pool.range.first + 1
+    place = Path(tempfile.mkdtemp(prefix="jbtest-setuid-", dir="/var/tmp"))
+    try:
+        place.chmod(0o755)
+        planted = place / "id"
+        shutil.copy("/usr/bin/id", planted)  # what the earlier holder left, chmod 4755
+        os.chown(planted, holder, holder)
+        planted.chmod(0o4755)
+
+        def euid(mode: str) -> str:
+            argv = [sys.executable, "-c", _SETUID_RUN, str(planted), mode, str(later)]
+            return subprocess.run(argv, capture_output=True, check=True, text=True).stdout
+
+        if euid("plain").strip() != str(holder):
+            pytest.skip(f"setuid programs do not run on {place}'s file system")
+        assert euid("nnp").strip() == str(later)
+    finally:
+        shutil.rmtree(place)
+
+
+@pytest.mark.skipif(not LINUX, reason="a Linux prctl")
+def test_no_new_privs_is_inherited_by_the_jobs() -> None:
+    code = "from jobbalancer import procsec; import os; procsec.no_new_privs(); "
+    code += "os.execv('/bin/grep', ['grep', 'NoNewPrivs', '/proc/self/status'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+
+    assert out.split() == ["NoNewPrivs:", "1"]

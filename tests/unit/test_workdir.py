@@ -4,7 +4,9 @@ runs there, with $HOME/$TMPDIR still its private directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -177,3 +179,67 @@ def test_a_workdir_gone_between_the_check_and_the_start_is_named(base: Path) -> 
     assert str(failed.value) == (
         f"cannot enter the job's directory '{base / 'gone'}': No such file or directory"
     )
+
+
+# -- a link swapped between the check and the start ----------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+def _swapped_after_the_check(monkeypatch: pytest.MonkeyPatch, link: Path, target: Path) -> None:
+    """The submitter's move: the link passes the check, then points elsewhere."""
+    check = jobenv.check_workdir
+
+    def check_then_swap(path: str, user: uids.Identity | None) -> None:
+        check(path, user)
+        link.unlink()
+        link.symlink_to(target)
+
+    monkeypatch.setattr(jobenv, "check_workdir", check_then_swap)
+
+
+@pytest.fixture
+def root_secret(base: Path) -> Path:
+    """A file under a directory only root may enter."""
+    vault = _dir(base, 0o700, "vault")
+    inner = _dir(vault, 0o755, "inner")
+    (inner / "secret").write_text("jbtest-secret")
+    return inner
+
+
+@needs_root
+@pytest.mark.parametrize("who", ["dynamic", "run_as"])
+@pytest.mark.parametrize("kind", ["command", "script"])
+def test_a_link_swapped_after_the_check_does_not_let_the_job_in(
+    base: Path, root_secret: Path, monkeypatch: pytest.MonkeyPatch, who: str, kind: str
+) -> None:
+    link = base / "media"
+    link.symlink_to(_dir(base, 0o755, "public"))
+    _swapped_after_the_check(monkeypatch, link, root_secret)
+    first = random.randrange(70000, 79000)
+    spec = dataclasses.replace(
+        _spec("cat secret", str(link)),
+        run_as="nobody" if who == "run_as" else None,
+        uid_pool=uids.UidPool(uids.UidRange(first, first + 1), lock_dir=str(base / "uids"))
+        if who == "dynamic"
+        else None,
+    )
+    if kind == "script":
+        spec = dataclasses.replace(spec, command=None, script="cat secret", interpreter="sh")
+
+    outcome, out = _run(spec)
+
+    assert b"jbtest-secret" not in out
+    assert outcome.exit_code == 126, (outcome, out)  # the job's own cd was refused
+
+
+@pytest.mark.parametrize("kind", ["command", "script"])
+def test_a_job_enters_a_workdir_named_with_shell_characters(base: Path, kind: str) -> None:
+    workdir = _dir(base, 0o755, "it's $(here) ;x")
+    spec = _spec("pwd", str(workdir))
+    if kind == "script":
+        spec = dataclasses.replace(spec, command=None, script="pwd", interpreter="sh")
+
+    outcome, out = _run(spec)
+
+    assert outcome.exit_code == 0 and out == f"{workdir}\n".encode()

@@ -165,6 +165,9 @@ class Worker:
         # So that no job, even one of the worker's own uid, reads its environment or memory.
         procsec.make_undumpable()
         runner.become_subreaper()
+        if self.ws.run_as == DYNAMIC:
+            # A uid is handed on: no setuid file its last holder left may make a job it.
+            procsec.no_new_privs()
         if self.ws.run_as == DYNAMIC and self._uid_pool is None:
             try:
                 self._uid_pool = uids.UidPool(uids.UidRange.parse(self.ws.dynamic_uids))

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import subprocess
 import tempfile
@@ -192,6 +193,7 @@ class JobProcess:
         self._tag = secrets.token_hex(8)
         self._run: _Run | None = None
         self._outcome: Outcome | None = None
+        self._tmpdir: str | None = None  # the private directory, once made
         self._started_nothing = True  # no process of the job was created (yet)
 
     @property
@@ -220,8 +222,13 @@ class JobProcess:
         try:
             return self._start(spec, user if lease is None else lease.identity, interpreter, lease)
         except BaseException:
-            if lease is not None and self._run is None:
-                lease.release(processes_gone=self._started_nothing)
+            if self._run is None:
+                # The uid first: its release kills what is left of the job, so nothing of
+                # it can swap links in its directory while root removes that.
+                if lease is not None:
+                    lease.release(processes_gone=self._started_nothing)
+                if self._tmpdir is not None:
+                    spawn.remove_dir(self._tmpdir)
             raise
 
     def _start(
@@ -232,6 +239,7 @@ class JobProcess:
         lease: uids.Lease | None,
     ) -> int:
         workdir = spawn.make_workdir(f"{_workdir_prefix(spec.owner)}{spec.job_id}-", user)
+        self._tmpdir = workdir  # start() removes it if the start fails
         if lease is not None and user is not None:
             user = dataclasses.replace(user, home=workdir)  # its only home
         markers = {JOB_ID_VAR: str(spec.job_id), RUN_TAG_VAR: self._tag}
@@ -244,10 +252,10 @@ class JobProcess:
             if group is not None:
                 gate = spawn.Gate()
             argv = _argv(spec, interpreter, workdir, user, gated=gate is not None)
-            cwd = spec.workdir or workdir
-            proc = spawn.popen(argv, env, cwd, user, stdin=gate.read_end if gate else None)
+            # Never spec.workdir here: Popen enters cwd as root, before it switches to the
+            # job's user, following links; the job's own shell enters it (see _argv).
+            proc = spawn.popen(argv, env, workdir, user, stdin=gate.read_end if gate else None)
         except BaseException:
-            spawn.remove_dir(workdir)
             if gate is not None:
                 gate.close()
             if group is not None:
@@ -262,7 +270,7 @@ class JobProcess:
             tree = _Tree(spec.job_id, self._tag, proc.pid, group)
             self._run = _Run(proc, workdir, tree, self._on_output, lease)
         except BaseException:
-            _abandon(proc, workdir, group)
+            _abandon(proc, group)
             raise
         finally:
             if gate is not None:
@@ -317,16 +325,19 @@ def _argv(
     *,
     gated: bool = False,
 ) -> list[str]:
+    gate = spawn.GATE if gated else ""
+    # The job's workdir is entered by its shell, as its user: checked before the start,
+    # the path may be a link swapped since, and root must never follow it (see popen).
+    enter = f"cd -- {shlex.quote(spec.workdir)} || exit 126; " if spec.workdir else ""
     if spec.command is not None:
         # Params stay out of the command text: the shell sees them as "$1"…, never parses them.
-        command = spawn.GATE + spec.command if gated else spec.command
-        return ["/bin/sh", "-c", command, "sh", *spec.params]
+        return ["/bin/sh", "-c", gate + enter + spec.command, "sh", *spec.params]
     if interpreter is None:
         spawn.usable(jobenv.check_shebang, spec.script or "", user)
     script = spawn.write_script(workdir, spec.script or "", user)
     head = [interpreter] if interpreter is not None else []
-    if gated:  # the same gate, in a shell that then becomes the script's own process
-        return ["/bin/sh", "-c", spawn.GATE + 'exec "$0" "$@"', *head, script, *spec.params]
+    if gate or enter:  # a shell that then becomes the script's own process
+        return ["/bin/sh", "-c", gate + enter + 'exec "$0" "$@"', *head, script, *spec.params]
     return [*head, script, *spec.params]
 
 
@@ -389,12 +400,13 @@ class _Run:
         self.tree.reap()
         self._close_pidfd()
         self.pipes.close()
-        spawn.remove_dir(self.workdir)
         emptied = self.tree.cgroup is not None and _remove_cgroup(self.tree.cgroup)
         if self.lease is not None:
             # An empty cgroup proves no process of the job is left; without one, every
-            # process of its uid is killed before the uid goes back.
+            # process of its uid is killed before the uid goes back. Before the directory
+            # goes: no process of the job may swap links in it while root removes it.
             self.lease.release(processes_gone=emptied)
+        spawn.remove_dir(self.workdir)
         return returncode
 
     def _close_pidfd(self) -> None:
@@ -526,8 +538,9 @@ class _JobWatch:
         return max(min(edges) - now, 0.0)
 
 
-def _abandon(proc: subprocess.Popen[bytes], workdir: str, group: cgroups.JobCgroup | None) -> None:
-    """Undo a start that failed after the process was created."""
+def _abandon(proc: subprocess.Popen[bytes], group: cgroups.JobCgroup | None) -> None:
+    """Undo a start that failed after the process was created (start() then releases
+    the uid and removes the directory)."""
     if group is not None:
         group.kill()
     with contextlib.suppress(OSError):
@@ -536,7 +549,6 @@ def _abandon(proc: subprocess.Popen[bytes], workdir: str, group: cgroups.JobCgro
     for pipe in (proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
-    spawn.remove_dir(workdir)
     if group is not None:
         _remove_cgroup(group)
 

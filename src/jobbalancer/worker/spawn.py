@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -163,21 +164,71 @@ def move_in(group: cgroups.JobCgroup, pid: int) -> cgroups.JobCgroup | None:
 
 
 def remove_dir(path: str) -> None:
+    """Remove a job's private directory, as root, never following a link.
+
+    The job owned it and may have put a link in its place (or anywhere inside it) while
+    it ran: everything here goes through descriptors opened with ``O_NOFOLLOW`` and
+    ``*at`` calls relative to them, so nothing outside the directory is touched.
+    """
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return  # gone already (or its parent is): nothing of ours to remove
+    parent, name = os.path.split(os.path.abspath(path))
+    if not stat.S_ISDIR(info.st_mode):  # a link or file the job put there: only it goes
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
     with contextlib.suppress(OSError):
         os.rmdir(path)  # most jobs leave it empty: one call, where rmtree walks and opens
         return
-    shutil.rmtree(path, ignore_errors=True)
-    if not os.path.lexists(path):
+    try:
+        parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("could not remove the job directory %s: %s", path, exc)
         return
-    # A job may leave directories it made read-only; give them back to their owner.
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
-    for root, dirs, _ in os.walk(path):
-        for name in dirs:
-            sub = os.path.join(root, name)
-            if not os.path.islink(sub):
-                with contextlib.suppress(OSError):
-                    os.chmod(sub, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        _remove_tree_at(parent_fd, name)
+    finally:
+        os.close(parent_fd)
     if os.path.lexists(path):
         log.warning("could not remove the job directory %s", path)
+
+
+def _remove_tree_at(dir_fd: int, name: str) -> None:
+    # shutil.rmtree with dir_fd walks by descriptors and refuses a link as its top.
+    with contextlib.suppress(RecursionError):
+        shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
+    if not _exists_at(dir_fd, name):
+        return
+    # A job may leave directories it made read-only; give them back to their owner.
+    _chmod_dir_at(dir_fd, name)
+    with contextlib.suppress(OSError, RecursionError):
+        walk = os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False)
+        for _, dirs, _, fd in walk:
+            for sub in dirs:
+                _chmod_dir_at(fd, sub)
+        shutil.rmtree(name, ignore_errors=True, dir_fd=dir_fd)
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _chmod_dir_at(dir_fd: int, name: str) -> None:
+    """chmod 0700 the directory ``name`` in ``dir_fd``; nothing if it is not one (a link).
+
+    O_PATH needs no permission on the directory itself (one left 0000 still opens), and
+    the /proc link of the descriptor is the directory opened, never a path looked up again.
+    """
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    with contextlib.suppress(OSError):
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+        finally:
+            os.close(fd)
