@@ -236,3 +236,31 @@ def test_a_zombie_is_dead() -> None:
         assert identity.alive_here(str(zombie)) is False
     finally:
         child.wait()
+
+
+def test_the_id_file_is_world_readable_whatever_the_umask(tmp_path: Path, system_id: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        identity.machine_id(str(tmp_path / "worker-id"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "worker-id").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_link_in_place_of_the_id_file_is_refused_and_its_target_untouched(
+    tmp_path: Path, system_id: Path, dangling: bool
+) -> None:
+    target = tmp_path / "shadow"
+    if not dangling:
+        target.write_text(f"{MID}\n1111\n")
+        target.chmod(0o600)
+    (tmp_path / "worker-id").symlink_to(target)
+
+    with pytest.raises(errors.ConfigError, match="cannot read the worker id file"):
+        identity.machine_id(str(tmp_path / "worker-id"))
+
+    if dangling:
+        assert not target.exists()  # nothing made through the link
+    else:
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600

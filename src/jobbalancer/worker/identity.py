@@ -46,7 +46,8 @@ def machine_id(path: str) -> str:
     cloned disk whose clone got a fresh machine-id)."""
     system = _read(SYSTEM_MACHINE_ID)
     try:
-        with open(path, encoding="ascii") as f:
+        # Never through a link: the id file is read, replaced and made 0644 by the path.
+        with open(path, encoding="ascii", opener=_no_follow) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return _make(path, system)
@@ -67,6 +68,10 @@ def machine_id(path: str) -> str:
         os.unlink(path)
         return _make(path, system)
     return mid
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
 
 
 def _valid(mid: str) -> bool:
