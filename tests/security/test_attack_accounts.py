@@ -9,6 +9,8 @@ sees exactly what uvicorn would hand it from the socket.
 from __future__ import annotations
 
 import re
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from jobbalancer import auth, db, errors
 from jobbalancer import registry as workers
 from jobbalancer.app import create_app
 from jobbalancer.db import schema
+from jobbalancer.service import users as service_users
 from jobbalancer.settings import Settings
 from tests.e2e.conftest import Cluster, make_cluster
 
@@ -135,7 +138,7 @@ def test_a_known_name_and_an_unknown_one_are_answered_alike(target: Target) -> N
     with db.read(target.engine) as conn:
         failures = conn.execute(
             sa.select(auth.LF.c.account, auth.LF.c.failures).where(
-                auth.LF.c.account != auth.ANY_ACCOUNT
+                auth.LF.c.account != auth.ANY_ACCOUNT, auth.LF.c.address != auth.ANY_ADDRESS
             )
         ).all()
     assert sorted(count for _, count in failures) == [auth.FREE_FAILURES + 1] * 2
@@ -245,6 +248,58 @@ def test_a_real_server_counts_failures_by_socket_address_not_x_forwarded_for(
         # Then every failure counted against the one address the socket saw
         with db.read(engine) as conn:
             addresses = set(conn.execute(sa.select(auth.LF.c.address)).scalars())
-        assert addresses == {"127.0.0.1"}
+        assert addresses == {"127.0.0.1", auth.ANY_ADDRESS}  # and the name's own count
     finally:
         engine.dispose()
+
+
+# -- two admins demoting each other at once ---------------------------------------------------
+
+
+def _waits_for_a_row_lock(engine: sa.Engine) -> bool:
+    """Whether a transaction on this test's database waits for a row lock (SQLite: never
+    asked; its second writer waits in BEGIN until the first commits)."""
+    queries = {
+        "postgresql": "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        "mysql": "SELECT count(*) FROM information_schema.innodb_trx t "
+        "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+        "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+    }
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.text(queries[db.backend(engine)])).scalar())
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(target: Target) -> None:
+    # Given two admins
+    first = target.app.state.first_admin[0]
+    with db.write(target.engine) as conn:
+        second = auth.create_user(conn, "second-admin", auth.Role.ADMIN, PASSWORD)
+    outcome: list[str] = []
+
+    def demote_the_first() -> None:
+        try:
+            service_users.update(target.engine, second, first.id, {"role": auth.Role.VIEWER})
+            outcome.append("demoted")
+        except errors.Conflict:
+            outcome.append("refused")
+
+    # When the first demotes the second, and before that commits the second demotes the first
+    with db.write(target.engine) as conn:
+        service_users.keep_an_admin(conn, second, {"role": auth.Role.VIEWER})
+        auth.update_user(conn, second.id, {"role": auth.Role.VIEWER})
+        other = threading.Thread(target=demote_the_first)
+        other.start()
+        if db.backend(target.engine) != "sqlite":
+            # the other request must queue on the admins' rows, not read past them
+            deadline = time.monotonic() + 20
+            while not _waits_for_a_row_lock(target.engine) and other.is_alive():
+                assert time.monotonic() < deadline, "the second demotion never waited"
+                time.sleep(0.05)
+            assert other.is_alive(), f"the second demotion did not wait: {outcome}"
+    other.join(timeout=30)
+    # Then the second change, seeing the first, is refused: one enabled admin stays
+    assert outcome == ["refused"]
+    with db.read(target.engine) as conn:
+        admins = [u.name for u in auth.list_users(conn) if u.is_admin and not u.disabled]
+    assert admins == [first.name]
