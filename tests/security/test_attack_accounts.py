@@ -27,6 +27,7 @@ from jobbalancer import auth, db, errors
 from jobbalancer import registry as workers
 from jobbalancer.app import create_app
 from jobbalancer.db import schema
+from jobbalancer.service import sessions as service_sessions
 from jobbalancer.service import users as service_users
 from jobbalancer.settings import Settings
 from tests.e2e.conftest import Cluster, make_cluster
@@ -111,6 +112,66 @@ def test_guessing_the_admins_password_from_one_address_does_not_lock_the_admin_o
     assert desk.get("/").status_code == 200
     # and the admin's API key never noticed
     assert target.api(target.admin_key).get("/api/v1/me").json()["name"] == "admin"
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_an_attacker_moving_through_an_ipv6_slash_64_is_one_address(target: Target) -> None:
+    # Given an attacker who sends each guess from another address of their /64
+    codes = [
+        target.login(target.browser(f"2001:db8:66:1::{i + 1:x}"), "admin", "guess").status_code
+        for i in range(auth.FREE_FAILURES + 3)
+    ]
+    # Then they are counted as one address, and slowed down as one
+    assert codes == [401] * (auth.FREE_FAILURES + 1) + [429, 429]
+    # while the admin from another /64 (or over IPv4-mapped IPv6) gets in
+    neighbour = target.browser("2001:db8:66:2::1")
+    assert target.login(neighbour, "admin", target.admin_password).status_code == 303
+    desk = target.browser(f"::ffff:{ADMIN_DESK}")
+    assert target.login(desk, "admin", target.admin_password).status_code == 303
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_a_botnet_guessing_the_admins_password_is_slowed_and_the_admin_only_delayed(
+    target: Target,
+) -> None:
+    # Given guesses at the admin's password, each from an address of its own
+    guesses = auth.FREE_ACCOUNT_FAILURES + 4
+    codes = [
+        target.login(target.browser(f"192.0.2.{i + 1}"), "admin", f"guess-{i}").status_code
+        for i in range(guesses)
+    ]
+    # Then past the free ones every next guess, from any address, must wait
+    assert codes[: auth.FREE_ACCOUNT_FAILURES + 1] == [401] * (auth.FREE_ACCOUNT_FAILURES + 1)
+    assert set(codes[auth.FREE_ACCOUNT_FAILURES + 1 :]) == {429}
+    # And the admin, from their desk, waits no more than the low cap, never locked out
+    answer = target.login(target.browser(ADMIN_DESK), "admin", target.admin_password)
+    assert answer.status_code == 429
+    assert 0 < int(answer.headers["retry-after"]) <= auth.MAX_ACCOUNT_WAIT.total_seconds()
+    # (a password reset lifts that wait at once)
+    with db.write(target.engine) as conn:
+        auth.forget_failed_logins(conn, "admin")
+    assert (
+        target.login(target.browser(ADMIN_DESK), "admin", target.admin_password).status_code == 303
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "counted_as"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
+        ("testclient", "testclient"),
+        ("", "unknown"),
+        (None, "unknown"),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_addresses_are_counted_by_host_or_ipv6_slash_64(host: str | None, counted_as: str) -> None:
+    assert service_sessions.address(host) == counted_as
 
 
 def _normalized(response: Any, name: str) -> tuple[int, bool, str]:
