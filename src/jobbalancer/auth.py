@@ -462,15 +462,15 @@ def record_login(conn: sa.Connection, name: str, address: str) -> None:
     """A successful login: that name's failures are forgiven, from that address and from
     anywhere, and the address's overall count gives back the one begin_login added (no
     more, or a user of one's own could reset it between guesses)."""
+    # One row at a time, in begin_login's order, so the two cannot deadlock.
     account = _account(name)
-    conn.execute(
-        sa.delete(LF).where(LF.c.account == account, LF.c.address.in_([address, ANY_ADDRESS]))
-    )
+    conn.execute(sa.delete(LF).where(LF.c.account == account, LF.c.address == address))
     conn.execute(
         sa.update(LF)
         .where(LF.c.account == ANY_ACCOUNT, LF.c.address == address, LF.c.failures > 0)
         .values(failures=LF.c.failures - 1)
     )
+    conn.execute(sa.delete(LF).where(LF.c.account == account, LF.c.address == ANY_ADDRESS))
 
 
 def forget_failed_logins(conn: sa.Connection, name: str) -> None:
