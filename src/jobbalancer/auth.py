@@ -128,6 +128,18 @@ def list_users(conn: sa.Connection) -> list[User]:
     return [User.from_row(r) for r in conn.execute(sa.select(*_USER_COLUMNS).order_by(U.c.name))]
 
 
+def lock_enabled_admins(conn: sa.Connection) -> list[int]:
+    """The ids of the enabled admins, their rows locked until this transaction ends: two
+    changes that each would leave "another admin" take turns, and the second sees the
+    first's outcome (so they cannot both demote, disable or delete the other)."""
+    query = (
+        sa.select(U.c.id)
+        .where(U.c.role == Role.ADMIN.value, U.c.disabled.is_(False))
+        .order_by(U.c.id)
+    )
+    return [int(row.id) for row in db.lock_rows(conn, query)]
+
+
 def count_users(conn: sa.Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(U)).scalar_one())
 
@@ -329,17 +341,31 @@ def ensure_first_admin(conn: sa.Connection) -> tuple[User, str, str] | None:
 
 # -- login throttling ------------------------------------------------------------------------
 #
-# Failed logins are counted per (name tried, source address) and per address alone. Past
-# a few free failures each one makes that address wait before its next try, twice as long
-# every time up to a cap. Nothing is counted per account alone: someone guessing the
-# admin's password from one address slows down that address, never the admin elsewhere.
-# Names that exist and names that do not are counted, answered and timed alike.
+# Failed logins are counted per (name tried, source address), per address alone, and per
+# name alone (from any address). An address is the client's IPv4 address, or its IPv6 /64
+# (one host usually holds a whole /64; see service.sessions.address). Past a few free
+# failures each one makes the next try wait, twice as long every time up to a cap:
+#
+# * (name, address) and address: from 1 s up to 5 minutes, for that address only.
+# * name alone: past 10 failures from anywhere, 1 s up to 15 s, for every address. This is
+#   what slows a botnet guessing the admin's password from many addresses to about four
+#   guesses a minute. Its cap is low on purpose: the wait applies to the real admin too, so
+#   it must stay a delay, never a lockout; an attacker can make the admin wait 15 s, no more.
+#
+# Every attempt is counted as a failure before the password is checked (in one short write
+# transaction, which locks the rows it counts on), and a success takes that count back: so
+# parallel guesses queue on the rows and each sees the ones before it; none slips through
+# on a count read before the others were written. Names that exist and names that do not
+# are counted (under a digest of the name), answered and timed alike.
 
 ANY_ACCOUNT = "*"  # the account of an address's row for failures against any name
+ANY_ADDRESS = "*"  # the address of a name's row for failures from any address
 FREE_FAILURES = 3  # failures for one name from one address before waits begin …
-FREE_ADDRESS_FAILURES = 20  # … and for any names from one address
+FREE_ADDRESS_FAILURES = 20  # … for any names from one address …
+FREE_ACCOUNT_FAILURES = 10  # … and for one name from any addresses
 FIRST_WAIT = timedelta(seconds=1)  # the first wait; each further failure doubles it …
-MAX_WAIT = timedelta(minutes=5)  # … up to this
+MAX_WAIT = timedelta(minutes=5)  # … up to this for an address
+MAX_ACCOUNT_WAIT = timedelta(seconds=15)  # … and up to this for a name (everyone waits it)
 FORGET_AFTER = timedelta(hours=1)  # failures older than this count no more
 
 
@@ -350,52 +376,101 @@ def _account(name: str) -> str:
     return hashlib.sha256(folded).hexdigest()
 
 
-def wait_after(failures: int, free: int) -> timedelta:
-    """How long an address waits after its ``failures``-th failure of ``free`` free ones."""
+def _counters(name: str, address: str) -> list[tuple[str, str, int, timedelta]]:
+    """The rows a try of ``name`` from ``address`` counts on: (account, address, free
+    failures, longest wait), in one order for every caller, so two transactions that share
+    two rows lock them in the same order and cannot deadlock."""
+    account = _account(name)
+    return [
+        (account, address, FREE_FAILURES, MAX_WAIT),
+        (ANY_ACCOUNT, address, FREE_ADDRESS_FAILURES, MAX_WAIT),
+        (account, ANY_ADDRESS, FREE_ACCOUNT_FAILURES, MAX_ACCOUNT_WAIT),
+    ]
+
+
+def wait_after(failures: int, free: int, cap: timedelta | None = None) -> timedelta:
+    """How long to wait after the ``failures``-th failure of ``free`` free ones (at most
+    ``cap``, by default MAX_WAIT)."""
     if failures <= free:
         return timedelta(0)
     doublings: int = min(failures - free - 1, 30)
-    return min(MAX_WAIT, FIRST_WAIT * (1 << doublings))
+    return min(cap or MAX_WAIT, FIRST_WAIT * (1 << doublings))
 
 
 def login_wait(conn: sa.Connection, name: str, address: str, now: datetime) -> int:
     """Whole seconds ``address`` must wait before trying ``name`` again; 0 if it may now."""
-    rows = conn.execute(
-        sa.select(LF.c.next_try_at).where(
-            LF.c.address == address,
-            LF.c.account.in_([_account(name), ANY_ACCOUNT]),
-            LF.c.last_failure_at > now - FORGET_AFTER,
-        )
-    ).scalars()
-    latest = max(rows, default=now)
+    rows = _counters(name, address)
+    keys = [sa.and_(LF.c.account == a, LF.c.address == b) for a, b, _, _ in rows]
+    fresh = LF.c.last_failure_at > now - FORGET_AFTER
+    tries = conn.execute(sa.select(LF.c.next_try_at).where(sa.or_(*keys), fresh)).scalars()
+    latest = max(tries, default=now)
     return max(0, math.ceil((latest - now).total_seconds()))
+
+
+def _count(
+    conn: sa.Connection, key: dict[str, str], free: int, cap: timedelta, now: datetime
+) -> tuple[timedelta, timedelta]:
+    """Count one failure on the row ``key`` (locking it until commit): (how long the try
+    had still to wait before this one, the wait this failure sets)."""
+    stamps = {"last_failure_at": now}
+    failures = db.count_up(conn, LF, key, "failures", stamps, new={"next_try_at": now})
+    where = [LF.c.account == key["account"], LF.c.address == key["address"]]
+    next_try = conn.execute(sa.select(LF.c.next_try_at).where(*where)).scalar_one()
+    this = wait_after(failures, free, cap)
+    conn.execute(sa.update(LF).where(*where).values(next_try_at=now + this))
+    return max(timedelta(0), next_try - now), this
 
 
 def record_failed_login(
     conn: sa.Connection, name: str, address: str, now: datetime | None = None
 ) -> int:
     """Count a failed login of ``name`` from ``address``; the seconds it must now wait."""
+    return _record_attempt(conn, name, address, now, refuse_early=False)
+
+
+def begin_login(conn: sa.Connection, name: str, address: str, now: datetime | None = None) -> int:
+    """Count a try of ``name`` from ``address`` as a failure before its password is checked
+    (record_login takes it back on success); the seconds a failure makes it wait. Raises
+    LoginThrottled, counting nothing, while it must still wait. Run it in a transaction of
+    its own and commit before checking the password: the rows stay locked until then."""
+    return _record_attempt(conn, name, address, now, refuse_early=True)
+
+
+def _record_attempt(
+    conn: sa.Connection, name: str, address: str, now: datetime | None, *, refuse_early: bool
+) -> int:
     now = now or db.now(conn)
     conn.execute(sa.delete(LF).where(LF.c.last_failure_at <= now - FORGET_AFTER))
-    wait = timedelta(0)
-    for account, free in ((_account(name), FREE_FAILURES), (ANY_ACCOUNT, FREE_ADDRESS_FAILURES)):
-        key = {"account": account, "address": address}
-        stamps = {"last_failure_at": now, "next_try_at": now}
-        failures = db.count_up(conn, LF, key, "failures", stamps)
-        this = wait_after(failures, free)
-        conn.execute(
-            sa.update(LF)
-            .where(LF.c.account == account, LF.c.address == address)
-            .values(next_try_at=now + this)
-        )
-        wait = max(wait, this)
+    early, wait = timedelta(0), timedelta(0)
+    for account, where, free, cap in _counters(name, address):
+        left, this = _count(conn, {"account": account, "address": where}, free, cap, now)
+        early, wait = max(early, left), max(wait, this)
+    if refuse_early and early > timedelta(0):
+        raise _throttled(math.ceil(early.total_seconds()))  # the caller's rollback uncounts it
     return math.ceil(wait.total_seconds())
 
 
+def _throttled(wait: int) -> errors.LoginThrottled:
+    return errors.LoginThrottled(
+        wait,
+        f"too many failed logins from your address or for this name: try again in {wait} "
+        "seconds (or ask an admin to reset the password)",
+    )
+
+
 def record_login(conn: sa.Connection, name: str, address: str) -> None:
-    """A successful login: that name's failures from that address are forgiven (not the
-    address's overall count, or a user of one's own could reset it between guesses)."""
-    conn.execute(sa.delete(LF).where(LF.c.account == _account(name), LF.c.address == address))
+    """A successful login: that name's failures are forgiven, from that address and from
+    anywhere, and the address's overall count gives back the one begin_login added (no
+    more, or a user of one's own could reset it between guesses)."""
+    # One row at a time, in begin_login's order, so the two cannot deadlock.
+    account = _account(name)
+    conn.execute(sa.delete(LF).where(LF.c.account == account, LF.c.address == address))
+    conn.execute(
+        sa.update(LF)
+        .where(LF.c.account == ANY_ACCOUNT, LF.c.address == address, LF.c.failures > 0)
+        .values(failures=LF.c.failures - 1)
+    )
+    conn.execute(sa.delete(LF).where(LF.c.account == account, LF.c.address == ANY_ADDRESS))
 
 
 def forget_failed_logins(conn: sa.Connection, name: str) -> None:
@@ -432,15 +507,17 @@ def check_login(
 ) -> User:
     """The user ``name`` if ``password`` is theirs; read-only, so the slow hash runs
     outside a write transaction. Raises LoginThrottled while ``address`` must wait (without
-    looking at the password or the name), Unauthorized for a wrong name or password,
-    Forbidden for a disabled account (told only to whoever knows its password)."""
+    looking at the password or the name), else as verify_login."""
     wait = login_wait(conn, name, address, now or db.now(conn))
     if wait > 0:
-        raise errors.LoginThrottled(
-            wait,
-            f"too many failed logins from your address: try again in {wait} seconds "
-            "(or ask an admin to reset the password)",
-        )
+        raise _throttled(wait)
+    return verify_login(conn, name, password)
+
+
+def verify_login(conn: sa.Connection, name: str, password: str) -> User:
+    """The user ``name`` if ``password`` is theirs (no throttling: begin_login did that).
+    Unauthorized for a wrong name or password, Forbidden for a disabled account (told only
+    to whoever knows its password)."""
     row = None
     if "\x00" not in name:  # no name has one, and PostgreSQL refuses it in a query
         query = sa.select(*_USER_COLUMNS, U.c.password_hash).where(U.c.name == name)

@@ -9,6 +9,7 @@ effect without a restart.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -189,26 +190,54 @@ def _with_url_from_file(loaded: Settings) -> Settings:
             field="database.url_file",
         )
     path = Path(name)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        url = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read the database URL file {path}: {exc.strerror or exc}",
-            field="database.url_file",
-        ) from exc
-    if mode & 0o077:
-        # Refused, not warned about: the file exists only to keep the secret, and one
-        # chmod fixes it (as ssh does with a private key).
-        raise ConfigError(
-            f"database URL file {path} may be read by other users (mode {mode:04o}): "
-            f"chmod 600 {path}",
-            field="database.url_file",
-        )
+    url = _read_secret_file(path, "database.url_file", "database URL file")
     if not url:
         raise ConfigError(f"database URL file {path} is empty", field="database.url_file")
     database = loaded.database.model_copy(update={"url": url})
     return loaded.model_copy(update={"database": database})
+
+
+def _read_secret_file(path: Path, field: str, what: str) -> str:
+    """The stripped text of ``path``, a file only we (or root) own and only its owner may
+    read. Opened without following a symlink, and checked through the open descriptor, so
+    the file checked is the file read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        hint = " (a symlink is not followed)" if exc.errno == errno.ELOOP else ""
+        raise ConfigError(
+            f"cannot read the {what} {path}: {exc.strerror or exc}{hint}", field=field
+        ) from exc
+    try:
+        _check_private(path, os.fstat(fd), field, what)
+        with os.fdopen(fd, "r", encoding="utf-8", closefd=False) as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc}", field=field) from exc
+    finally:
+        os.close(fd)
+
+
+def _check_private(path: Path, info: os.stat_result, field: str, what: str) -> None:
+    """ConfigError unless ``info`` is a regular file that we (or root) own and only its
+    owner may read."""
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{what} {path} is not a regular file", field=field)
+    if info.st_uid not in (os.geteuid(), 0):
+        # Another user who owns it could rewrite it (and point us at their database).
+        raise ConfigError(
+            f"{what} {path} belongs to uid {info.st_uid}, not to this user "
+            f"(uid {os.geteuid()}) or root: chown it",
+            field=field,
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        # Refused, not warned about: the file exists only to keep the secret, and one
+        # chmod fixes it (as ssh does with a private key).
+        raise ConfigError(
+            f"{what} {path} may be read by other users (mode {mode:04o}): chmod 600 {path}",
+            field=field,
+        )
 
 
 def _read_file(path: str | os.PathLike[str] | None) -> tuple[Path | None, dict[str, Any]]:

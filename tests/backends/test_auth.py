@@ -373,7 +373,8 @@ def test_names_are_counted_without_storing_them_and_case_alike(engine: sa.Engine
         _fail(engine, name, "10.0.0.6", now)
     with db.read(engine) as conn:
         rows = conn.execute(sa.select(LF.c.account, LF.c.failures)).all()
-    assert sorted(rows) == sorted([(auth._account("admin"), 3), (auth.ANY_ACCOUNT, 3)])
+    admin = auth._account("admin")
+    assert sorted(rows) == sorted([(admin, 3), (admin, 3), (auth.ANY_ACCOUNT, 3)])
     assert all("admin" not in account.lower() for account, _ in rows)
 
 
@@ -418,10 +419,10 @@ def test_a_password_reset_lifts_every_wait_for_that_name(
             _fail(engine, "fay", address, now)
     _fail(engine, "someone-else", "10.0.0.99", now)
     update(engine, user.id, password="another password")
-    for address in ("10.0.0.8", "10.0.0.9"):
+    for address in ("10.0.0.8", "10.0.0.9", "10.0.0.77"):  # and the name's own wait
         assert _wait(engine, "fay", address, now) == 0
-    with db.read(engine) as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(LF)).scalar() == 2
+    with db.read(engine) as conn:  # only someone else's rows stay: name, address, both
+        assert conn.execute(sa.select(sa.func.count()).select_from(LF)).scalar() == 3
 
 
 def test_concurrent_failures_are_all_counted(engine: sa.Engine) -> None:
@@ -431,7 +432,68 @@ def test_concurrent_failures_are_all_counted(engine: sa.Engine) -> None:
         list(pool.map(lambda _: _fail(engine, "gus", "10.0.0.10", now), range(count)))
     with db.read(engine) as conn:
         counts = conn.execute(sa.select(LF.c.failures)).scalars().all()
-    assert counts == [count, count]
+    assert counts == [count, count, count]
+
+
+def _begin(engine: sa.Engine, name: str, address: str, now: datetime) -> int | str:
+    """What begin_login says: the wait a failure would set, or the error's code."""
+    try:
+        with db.write(engine) as conn:
+            return auth.begin_login(conn, name, address, now)
+    except errors.LoginThrottled as exc:
+        return exc.code
+
+
+def _rows(engine: sa.Engine) -> list[tuple[str, str, int]]:
+    with db.read(engine) as conn:
+        query = sa.select(LF.c.account, LF.c.address, LF.c.failures)
+        return sorted((r.account, r.address, r.failures) for r in conn.execute(query))
+
+
+@pytest.mark.parametrize("name", ["hal", "no-such-user"])
+def test_guesses_at_one_name_from_many_addresses_slow_it_for_all_but_briefly(
+    engine: sa.Engine, user_factory: UserFactory, name: str
+) -> None:
+    user_factory("hal")
+    now = _now(engine)
+    # One failure from each of many addresses: free at first, then 1 s doubling …
+    waits = [_fail(engine, name, f"10.2.0.{i}", now) for i in range(auth.FREE_ACCOUNT_FAILURES + 6)]
+    assert waits == [0] * auth.FREE_ACCOUNT_FAILURES + [1, 2, 4, 8, 15, 15]
+    # … for every address, one never seen too, up to the low cap and no longer
+    cap = int(auth.MAX_ACCOUNT_WAIT.total_seconds())
+    assert _wait(engine, name, "10.3.0.1", now) == cap
+    assert _check(engine, "hal", PASSWORD, "10.3.0.1", now) == (
+        "throttled" if name == "hal" else "hal"
+    )
+    later = now + auth.MAX_ACCOUNT_WAIT
+    assert _wait(engine, name, "10.3.0.1", later) == 0
+    if name == "hal":  # the real user gets in once those seconds are over
+        assert _check(engine, "hal", PASSWORD, "10.3.0.1", later) == "hal"
+
+
+def test_a_try_is_counted_before_its_password_is_checked(engine: sa.Engine) -> None:
+    now = _now(engine)
+    answers = [_begin(engine, "ivy", "10.0.2.1", now) for _ in range(auth.FREE_FAILURES + 3)]
+    # Each try counts as a failure up front; once a wait is due the next is refused …
+    assert answers == [0] * auth.FREE_FAILURES + [1, "throttled", "throttled"]
+    # … and a refused try is not counted (it rolled back)
+    expected = auth.FREE_FAILURES + 1
+    assert [n for _, _, n in _rows(engine)] == [expected] * 3
+    # A success takes its own try back: the name's rows go, the address's count drops by one
+    with db.write(engine) as conn:
+        auth.record_login(conn, "ivy", "10.0.2.1")
+    assert _rows(engine) == [(auth.ANY_ACCOUNT, "10.0.2.1", expected - 1)]
+
+
+def test_parallel_tries_from_one_address_cannot_all_pass_one_check(engine: sa.Engine) -> None:
+    # Given many tries at once, all at the same moment, before any password is checked
+    now = _now(engine)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _begin(engine, "jo", "10.0.2.2", now), range(12)))
+    # Then only the free ones and the first that sets a wait went on to the password check
+    passed = [a for a in answers if a != "throttled"]
+    assert len(passed) == auth.FREE_FAILURES + 1
+    assert sorted(passed) == [0] * auth.FREE_FAILURES + [1]
 
 
 # -- ids are never reused ------------------------------------------------------------------

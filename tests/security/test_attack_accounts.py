@@ -9,6 +9,8 @@ sees exactly what uvicorn would hand it from the socket.
 from __future__ import annotations
 
 import re
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from jobbalancer import auth, db, errors
 from jobbalancer import registry as workers
 from jobbalancer.app import create_app
 from jobbalancer.db import schema
+from jobbalancer.service import sessions as service_sessions
+from jobbalancer.service import users as service_users
 from jobbalancer.settings import Settings
 from tests.e2e.conftest import Cluster, make_cluster
 
@@ -110,6 +114,66 @@ def test_guessing_the_admins_password_from_one_address_does_not_lock_the_admin_o
     assert target.api(target.admin_key).get("/api/v1/me").json()["name"] == "admin"
 
 
+@pytest.mark.usefixtures("long_waits")
+def test_an_attacker_moving_through_an_ipv6_slash_64_is_one_address(target: Target) -> None:
+    # Given an attacker who sends each guess from another address of their /64
+    codes = [
+        target.login(target.browser(f"2001:db8:66:1::{i + 1:x}"), "admin", "guess").status_code
+        for i in range(auth.FREE_FAILURES + 3)
+    ]
+    # Then they are counted as one address, and slowed down as one
+    assert codes == [401] * (auth.FREE_FAILURES + 1) + [429, 429]
+    # while the admin from another /64 (or over IPv4-mapped IPv6) gets in
+    neighbour = target.browser("2001:db8:66:2::1")
+    assert target.login(neighbour, "admin", target.admin_password).status_code == 303
+    desk = target.browser(f"::ffff:{ADMIN_DESK}")
+    assert target.login(desk, "admin", target.admin_password).status_code == 303
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_a_botnet_guessing_the_admins_password_is_slowed_and_the_admin_only_delayed(
+    target: Target,
+) -> None:
+    # Given guesses at the admin's password, each from an address of its own
+    guesses = auth.FREE_ACCOUNT_FAILURES + 4
+    codes = [
+        target.login(target.browser(f"192.0.2.{i + 1}"), "admin", f"guess-{i}").status_code
+        for i in range(guesses)
+    ]
+    # Then past the free ones every next guess, from any address, must wait
+    assert codes[: auth.FREE_ACCOUNT_FAILURES + 1] == [401] * (auth.FREE_ACCOUNT_FAILURES + 1)
+    assert set(codes[auth.FREE_ACCOUNT_FAILURES + 1 :]) == {429}
+    # And the admin, from their desk, waits no more than the low cap, never locked out
+    answer = target.login(target.browser(ADMIN_DESK), "admin", target.admin_password)
+    assert answer.status_code == 429
+    assert 0 < int(answer.headers["retry-after"]) <= auth.MAX_ACCOUNT_WAIT.total_seconds()
+    # (a password reset lifts that wait at once)
+    with db.write(target.engine) as conn:
+        auth.forget_failed_logins(conn, "admin")
+    assert (
+        target.login(target.browser(ADMIN_DESK), "admin", target.admin_password).status_code == 303
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "counted_as"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
+        ("testclient", "testclient"),
+        ("", "unknown"),
+        (None, "unknown"),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_addresses_are_counted_by_host_or_ipv6_slash_64(host: str | None, counted_as: str) -> None:
+    assert service_sessions.address(host) == counted_as
+
+
 def _normalized(response: Any, name: str) -> tuple[int, bool, str]:
     """What an answer tells: status, whether it says to wait, and the page, without the
     name typed in (the form shows it again), the form's random token and the seconds
@@ -135,7 +199,7 @@ def test_a_known_name_and_an_unknown_one_are_answered_alike(target: Target) -> N
     with db.read(target.engine) as conn:
         failures = conn.execute(
             sa.select(auth.LF.c.account, auth.LF.c.failures).where(
-                auth.LF.c.account != auth.ANY_ACCOUNT
+                auth.LF.c.account != auth.ANY_ACCOUNT, auth.LF.c.address != auth.ANY_ADDRESS
             )
         ).all()
     assert sorted(count for _, count in failures) == [auth.FREE_FAILURES + 1] * 2
@@ -245,6 +309,58 @@ def test_a_real_server_counts_failures_by_socket_address_not_x_forwarded_for(
         # Then every failure counted against the one address the socket saw
         with db.read(engine) as conn:
             addresses = set(conn.execute(sa.select(auth.LF.c.address)).scalars())
-        assert addresses == {"127.0.0.1"}
+        assert addresses == {"127.0.0.1", auth.ANY_ADDRESS}  # and the name's own count
     finally:
         engine.dispose()
+
+
+# -- two admins demoting each other at once ---------------------------------------------------
+
+
+def _waits_for_a_row_lock(engine: sa.Engine) -> bool:
+    """Whether a transaction on this test's database waits for a row lock (SQLite: never
+    asked; its second writer waits in BEGIN until the first commits)."""
+    queries = {
+        "postgresql": "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        "mysql": "SELECT count(*) FROM information_schema.innodb_trx t "
+        "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+        "WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+    }
+    with engine.connect() as conn:
+        return bool(conn.execute(sa.text(queries[db.backend(engine)])).scalar())
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(target: Target) -> None:
+    # Given two admins
+    first = target.app.state.first_admin[0]
+    with db.write(target.engine) as conn:
+        second = auth.create_user(conn, "second-admin", auth.Role.ADMIN, PASSWORD)
+    outcome: list[str] = []
+
+    def demote_the_first() -> None:
+        try:
+            service_users.update(target.engine, second, first.id, {"role": auth.Role.VIEWER})
+            outcome.append("demoted")
+        except errors.Conflict:
+            outcome.append("refused")
+
+    # When the first demotes the second, and before that commits the second demotes the first
+    with db.write(target.engine) as conn:
+        service_users.keep_an_admin(conn, second, {"role": auth.Role.VIEWER})
+        auth.update_user(conn, second.id, {"role": auth.Role.VIEWER})
+        other = threading.Thread(target=demote_the_first)
+        other.start()
+        if db.backend(target.engine) != "sqlite":
+            # the other request must queue on the admins' rows, not read past them
+            deadline = time.monotonic() + 20
+            while not _waits_for_a_row_lock(target.engine) and other.is_alive():
+                assert time.monotonic() < deadline, "the second demotion never waited"
+                time.sleep(0.05)
+            assert other.is_alive(), f"the second demotion did not wait: {outcome}"
+    other.join(timeout=30)
+    # Then the second change, seeing the first, is refused: one enabled admin stays
+    assert outcome == ["refused"]
+    with db.read(target.engine) as conn:
+        admins = [u.name for u in auth.list_users(conn) if u.is_admin and not u.disabled]
+    assert admins == [first.name]

@@ -369,6 +369,44 @@ def test_a_missing_or_empty_url_file_is_a_clear_error(tmp_path: Path) -> None:
         settings.load(**{"database.url_file": str(empty)})
 
 
+def test_a_url_file_another_user_owns_is_refused(tmp_path: Path) -> None:
+    """Mode 0600 is not enough: whoever owns the file can rewrite it."""
+    name = url_file(tmp_path / "db-url", PG_URL)
+    os.chown(name, 65534, 65534)  # nobody (the tests run as root)
+
+    with pytest.raises(ConfigError, match="belongs to uid 65534") as caught:
+        settings.load(**{"database.url_file": str(name)})
+
+    assert caught.value.field == "database.url_file" and "s3cret" not in str(caught.value)
+
+
+def test_a_url_file_of_our_own_uid_or_roots_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = url_file(tmp_path / "db-url", PG_URL)
+    os.chown(name, 4321, 4321)
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)
+    assert settings.load(**{"database.url_file": str(name)}).database_url == PG_URL
+
+    os.chown(name, 0, 0)  # root's file, read by an unprivileged server
+    assert settings.load(**{"database.url_file": str(name)}).database_url == PG_URL
+
+
+def test_a_url_file_that_is_a_symlink_or_not_a_file_is_refused(tmp_path: Path) -> None:
+    target = url_file(tmp_path / "db-url", PG_URL)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+
+    with pytest.raises(ConfigError, match="symlink is not followed") as caught:
+        settings.load(**{"database.url_file": str(link)})
+    assert caught.value.field == "database.url_file"
+
+    folder = tmp_path / "folder"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        settings.load(**{"database.url_file": str(folder)})
+
+
 def test_a_url_and_a_url_file_together_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

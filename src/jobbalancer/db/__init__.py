@@ -28,7 +28,7 @@ from jobbalancer.db.connections import (
     writable_ctes,
     write,
 )
-from jobbalancer.db.locks import lock_row, release_lease, take_lease
+from jobbalancer.db.locks import lock_row, lock_rows, release_lease, take_lease
 from jobbalancer.db.migrate import (
     MIGRATIONS,
     check_schema,
@@ -60,6 +60,7 @@ __all__ = [
     "head_revision",
     "is_disconnect",
     "lock_row",
+    "lock_rows",
     "locks",
     "migrate",
     "normalize_url",

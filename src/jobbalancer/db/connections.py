@@ -193,10 +193,11 @@ def now(conn: sa.Connection) -> datetime:
 
 
 def count_up(conn: sa.Connection, table: sa.Table, key: dict[str, Any], column: str,
-             values: dict[str, Any]) -> int:  # fmt: skip
-    """Add one to ``column`` of the row ``key`` (a new row starts at 1) and set ``values``,
-    in one statement that cannot race another's insert; the count it reached."""
-    row = {**key, column: 1, **values}
+             values: dict[str, Any], new: dict[str, Any] | None = None) -> int:  # fmt: skip
+    """Add one to ``column`` of the row ``key`` (a new row starts at 1) and set ``values``
+    (and ``new`` on a new row only), in one statement that cannot race another's insert;
+    the count it reached. On PostgreSQL and MariaDB the row stays locked until commit."""
+    row = {**key, column: 1, **values, **(new or {})}
     add = {column: table.c[column] + 1, **values}
     conn.execute(backends.of(conn).count_up(table, row, list(key), add))
     where = [table.c[name] == value for name, value in key.items()]

@@ -3,7 +3,9 @@ held across transactions, with an expiry, such as the monitor's leadership)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,6 +21,17 @@ def lock_row(conn: sa.Connection, name: str) -> None:
     PostgreSQL and MariaDB: a row lock on the ``locks`` table, released at commit.
     """
     backends.of(conn).lock_row(conn, name)
+
+
+def lock_rows(conn: sa.Connection, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
+    """The rows of ``query``, each locked against other writers until this transaction ends
+    (SELECT ... FOR UPDATE; a locking read sees the latest committed rows, and on
+    PostgreSQL a row changed meanwhile is checked against the WHERE again). Order the
+    query (by key) so two callers take the locks in one order and cannot deadlock.
+
+    SQLite: the plain rows; its write transaction already excludes every other writer.
+    """
+    return conn.execute(query.with_for_update()).all()
 
 
 def take_lease(conn: sa.Connection, name: str, holder: str, seconds: float) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobbalancer import auth, classes, db, errors
-from jobbalancer.service import access, inputs
+from jobbalancer.service import access, inputs, sessions
 
 
 def class_names(conn: sa.Connection, refs: Sequence[str | int] | None) -> list[str] | None:
@@ -27,9 +27,9 @@ def keep_an_admin(conn: sa.Connection, target: auth.User, changes: Mapping[str, 
     demoted = changes.get("role", auth.Role.ADMIN) != auth.Role.ADMIN
     if not (demoted or changes.get("disabled") or changes.get("deleted")):
         return
-    others = [
-        u for u in auth.list_users(conn) if u.is_admin and not u.disabled and u.id != target.id
-    ]
+    # Locked, not just read: under READ COMMITTED two requests demoting one another could
+    # otherwise each see the other still an admin and both commit, leaving none.
+    others = [i for i in auth.lock_enabled_admins(conn) if i != target.id]
     if not others:
         raise errors.Conflict(f"{target.name} is the last enabled admin: make another admin first")
 
@@ -144,11 +144,8 @@ def change_own_password(
     failed login from ``address``, so a borrowed session cannot be used to guess it."""
     _check_new_password(current, new, repeat)
     try:
-        with db.read(engine) as conn:
-            auth.check_login(conn, user.name, current, address)
+        sessions.prove_password(engine, user.name, current, address)
     except errors.Unauthorized:
-        with db.write(engine) as conn:
-            auth.record_failed_login(conn, user.name, address)
         raise errors.Forbidden("The current password is wrong.") from None
     with db.write(engine) as conn:
         auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
