@@ -32,14 +32,8 @@ def make_undumpable() -> bool:
     line.) ``execve`` resets the flag, so every process that holds a secret calls this
     itself. True when it took effect.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
-            return True
+    if _prctl(_PR_SET_DUMPABLE, 0):
+        return True
     log.debug("could not make the process non-dumpable; same-uid processes can read it")
     return False
 
@@ -53,15 +47,21 @@ def no_new_privs() -> bool:
     shell left by an earlier holder of a uid cannot make a later job that uid. It takes
     nothing from a process that has privileges already (root stays root).
     """
+    if _prctl(_PR_SET_NO_NEW_PRIVS, 1):
+        return True
+    log.warning("could not set no_new_privs: a setuid program may change a job's uid")
+    return False
+
+
+def _prctl(option: int, value: int) -> bool:
+    """prctl(option, value) on this process (Linux); True if it took."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
-            return True
-    log.warning("could not set no_new_privs: a setuid program may change a job's uid")
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
     return False
 
 
