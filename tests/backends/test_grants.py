@@ -19,13 +19,9 @@ from jobbalancer import registry as workers
 from jobbalancer.db import grants, schema
 from jobbalancer.worker.output import Closing
 
-pytestmark = pytest.mark.usefixtures("networked")
-
-
-@pytest.fixture
-def networked(backend: str) -> None:
-    if backend == "sqlite":
-        pytest.skip("SQLite has no roles (its refusal: test_sqlite_has_no_roles)")
+# SQLite has no roles: these run on PostgreSQL and MariaDB (its refusal:
+# test_sqlite_has_no_roles).
+ROLES = pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 
 
 @dataclass(frozen=True)
@@ -93,6 +89,7 @@ def _job(engine: sa.Engine, **spec: object) -> int:
     return job_id
 
 
+@ROLES
 def test_statements_per_backend(backend: str) -> None:
     statements = grants.worker_statements(backend, "jb", "jb_worker", "10.0.0.%")
 
@@ -116,6 +113,7 @@ def test_bad_names_are_refused() -> None:
         grants.worker_statements("mysql", "jb", "jb_worker", "a'b")
 
 
+@ROLES
 def test_a_worker_does_its_work_under_the_role(engine: sa.Engine, as_role: sa.Engine) -> None:
     waiting = _job(engine, retries=1)
     worker_id, session = _register(as_role)  # assigns the waiting job to it
@@ -150,6 +148,7 @@ def _chunk(job_id: int) -> dict[str, object]:
             "data": b"hi\n"}  # fmt: skip
 
 
+@ROLES
 @pytest.mark.parametrize(
     "statement",
     [
@@ -190,6 +189,7 @@ def _privileges(engine: sa.Engine, role: str) -> list[tuple[object, ...]]:
         return sorted((str(r),) for r in rows)
 
 
+@ROLES
 def test_granting_again_changes_nothing_and_keeps_the_password(
     engine: sa.Engine, role: Role, as_role: sa.Engine
 ) -> None:
@@ -202,6 +202,7 @@ def test_granting_again_changes_nothing_and_keeps_the_password(
     assert db.check_schema(as_role) == db.head_revision()  # the old password still works
 
 
+@ROLES
 def test_a_stray_privilege_is_revoked_by_granting_again(engine: sa.Engine, role: Role) -> None:
     before = _privileges(engine, role.name)
     with db.write(engine) as conn:
@@ -218,6 +219,7 @@ def test_a_stray_privilege_is_revoked_by_granting_again(engine: sa.Engine, role:
     assert _privileges(engine, role.name) == before
 
 
+@ROLES
 def test_cli_print_sql_runs_nothing(database_url: str, engine: sa.Engine) -> None:
     name = f"jbw_{secrets.token_hex(6)}"
     args = ["db", "grant-worker", name, "--print-sql", "--database-url", database_url]
@@ -230,6 +232,7 @@ def test_cli_print_sql_runs_nothing(database_url: str, engine: sa.Engine) -> Non
         assert not grants.role_exists(conn, name, "%")
 
 
+@ROLES
 def test_cli_creates_a_role_with_a_password_printed_last(
     database_url: str, engine: sa.Engine
 ) -> None:
@@ -253,6 +256,7 @@ def test_cli_creates_a_role_with_a_password_printed_last(
     assert "the database refused" in refused.output
 
 
+@ROLES
 def test_cli_without_the_right_to_grant_says_so(database_url: str, role: Role) -> None:
     args = ["db", "grant-worker", "jbw_other", "--database-url", role.url]
 

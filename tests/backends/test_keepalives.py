@@ -14,16 +14,13 @@ import sqlalchemy as sa
 from jobbalancer import db
 from jobbalancer.db import backends
 
-
-@pytest.fixture
-def networked(backend: str) -> str:
-    if backend == "sqlite":
-        pytest.skip("SQLite has no network connections")
-    return backend
+# SQLite has no network connections: each test runs on the backend it is about.
+POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"])
+MARIADB = pytest.mark.parametrize("backend", ["mysql"])
 
 
 @pytest.fixture
-def pooled(networked: str, engine: sa.Engine) -> Iterator[sa.Connection]:
+def pooled(engine: sa.Engine) -> Iterator[sa.Connection]:
     with engine.connect() as conn:
         yield conn
 
@@ -32,11 +29,8 @@ def _show(conn: sa.Connection, name: str) -> str:
     return str(conn.exec_driver_sql(f"SHOW {name}").scalar_one())
 
 
-def test_postgres_server_side_keepalives_on_a_pooled_connection(
-    networked: str, pooled: sa.Connection
-) -> None:
-    if networked != "postgresql":
-        pytest.skip("PostgreSQL's settings")
+@POSTGRESQL
+def test_postgres_server_side_keepalives_on_a_pooled_connection(pooled: sa.Connection) -> None:
     assert _show(pooled, "tcp_keepalives_idle") == "10"
     assert _show(pooled, "tcp_keepalives_interval") == "5"
     assert _show(pooled, "tcp_keepalives_count") == "3"
@@ -44,9 +38,8 @@ def test_postgres_server_side_keepalives_on_a_pooled_connection(
     assert _show(pooled, "idle_in_transaction_session_timeout") == "10s"
 
 
-def test_postgres_wake_listener_has_them_too(networked: str, engine: sa.Engine) -> None:
-    if networked != "postgresql":
-        pytest.skip("PostgreSQL's NOTIFY listener")
+@POSTGRESQL
+def test_postgres_wake_listener_has_them_too(engine: sa.Engine) -> None:
     listener = db.WakeListener(engine, lambda: 1, lambda: None)
 
     with listener.connect() as conn:
@@ -59,9 +52,8 @@ def test_postgres_wake_listener_has_them_too(networked: str, engine: sa.Engine) 
     assert client_side["tcp_user_timeout"] == "30000"
 
 
-def test_mariadb_session_and_socket(networked: str, pooled: sa.Connection) -> None:
-    if networked != "mysql":
-        pytest.skip("MariaDB's settings")
+@MARIADB
+def test_mariadb_session_and_socket(pooled: sa.Connection) -> None:
     wait = pooled.exec_driver_sql("SELECT @@session.wait_timeout").scalar_one()
     raw = pooled.connection.driver_connection
     sock = raw._sock  # PyMySQL's socket, ours (backends._connect_with_keepalives)
@@ -76,10 +68,8 @@ def test_mariadb_session_and_socket(networked: str, pooled: sa.Connection) -> No
     assert tcp("TCP_NODELAY") == 1
 
 
-def test_mariadb_refused_port_is_still_a_database_unavailable(networked: str) -> None:
+def test_mariadb_refused_port_is_still_a_database_unavailable() -> None:
     """Our socket's connect error reads as PyMySQL's own, so callers see the database away."""
-    if networked != "mysql":
-        pytest.skip("MariaDB's connect")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

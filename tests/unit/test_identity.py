@@ -36,7 +36,7 @@ def test_the_id_file_is_made_once_world_readable_and_read_back(
 ) -> None:
     path = tmp_path / "state" / "worker-id"
     first = identity.machine_id(str(path))
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text().splitlines() == [first, "1111"]
     assert identity.machine_id(str(path)) == first
     assert len(first) == 32
@@ -238,13 +238,15 @@ def test_a_zombie_is_dead() -> None:
         child.wait()
 
 
-def test_the_id_file_is_world_readable_whatever_the_umask(tmp_path: Path, system_id: Path) -> None:
+def test_the_id_file_is_private_as_every_file_in_the_data_dir(
+    tmp_path: Path, system_id: Path
+) -> None:
     old = os.umask(0o077)
     try:
         identity.machine_id(str(tmp_path / "worker-id"))
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "worker-id").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "worker-id").stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("dangling", [False, True])

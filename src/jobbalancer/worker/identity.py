@@ -46,7 +46,7 @@ def machine_id(path: str) -> str:
     cloned disk whose clone got a fresh machine-id)."""
     system = _read(SYSTEM_MACHINE_ID)
     try:
-        # Never through a link: the id file is read, replaced and made 0644 by the path.
+        # Never through a link: the id file is read, replaced and made 0600 by the path.
         with open(path, encoding="ascii", opener=_no_follow) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
@@ -83,15 +83,13 @@ def _make(path: str, system: str) -> str:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # O_EXCL: of two workers starting at once on one disk, one writes it, both read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         return machine_id(path)
     except OSError as exc:
         raise errors.ConfigError(f"cannot create the worker id file {path}: {exc}") from exc
+    # 0600 as every file in the data dir (never through a link: O_NOFOLLOW above).
     with os.fdopen(fd, "w", encoding="ascii") as f:
-        # On the descriptor, never the path (a link may stand there by now); whatever the
-        # umask: it is no secret, and tools may read it.
-        os.fchmod(f.fileno(), 0o644)
         f.write(f"{mid}\n{system}\n")
     return mid
 
