@@ -42,6 +42,7 @@ FINAL_STATES = frozenset({"done", "failed", "timeout", "killed", "lost", "occupi
 _POLL_MIN, _POLL_MAX = 0.1, 2.0  # seconds between polls while waiting: grows while idle
 _RECONNECTS = 5  # live stream: reconnections in a row before giving up (about 10 s)
 _PAST_THE_END = 2**62  # a log offset beyond any output (the API's largest)
+_IDS_PER_REQUEST = 500  # the job list's largest page, and its most ids per filter
 
 
 class ClientError(Exception):
@@ -239,6 +240,16 @@ class Client:
             if not cursor or not page["items"]:
                 return
 
+    def jobs_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """These jobs as they are now, in one request per 500 ids (the API's most); ids
+        that do not exist or that you may not see are left out."""
+        return self._by_ids("id", ids)
+
+    def retries_of(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The automatic retries (next attempts) of these jobs, where there are any; each
+        names the job it retries in ``retry_of``."""
+        return self._by_ids("retry_of", ids)
+
     def log(self, job_id: int, stream: Stream = "all", offset: int = 0) -> tuple[str, int, str]:
         """A job's output from byte ``offset`` on: (text, offset to ask next, job state)."""
         response = self._request(
@@ -363,6 +374,15 @@ class Client:
             raise ApiError(
                 response.status_code, "bad_response", f"the answer to {path} is not JSON"
             ) from exc
+
+    def _by_ids(self, name: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), _IDS_PER_REQUEST):
+            chunk = ids[start : start + _IDS_PER_REQUEST]
+            params = {name: ",".join(str(i) for i in chunk), "limit": str(_IDS_PER_REQUEST)}
+            page = self._json("GET", "/api/v1/jobs", params=params)
+            found.extend(page["items"])
+        return found
 
     def _events(self, job_id: int, stream: Stream, offset: int) -> Iterator[ServerEvent]:
         """The job's server-sent events from ``offset``; ends when the server closes."""

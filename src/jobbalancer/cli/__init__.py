@@ -7,7 +7,8 @@ end in one place, which prints what to do next and exits with one of the ``RET_*
 Where things are: ``base`` (the command tree, shared options, settings), ``exits``,
 ``formatting``, ``up`` and ``children`` (`up` and its child processes), ``run`` (server,
 worker), ``admin`` (db, users, keys: straight on the database), ``submit`` and
-``remote`` (client commands, through a server's API).
+``remote`` (client commands, through a server's API), ``parallel`` and ``fanout``
+(one job per input).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from jobbalancer.cli import run  # noqa: F401
 
 # isort: split
 from jobbalancer.cli import admin, remote, submit  # noqa: F401
+
+# isort: split
+from jobbalancer.cli import parallel  # noqa: F401
 from jobbalancer.cli.base import app
 from jobbalancer.cli.exits import (
     RET_AUTH,

@@ -1,0 +1,242 @@
+"""`jobbalancer parallel` on paper: inputs, replacement strings, halting, the joblog.
+
+Nothing here talks to a server, so every rule of the fan-out is a plain function (tested
+in tests/unit/test_fanout.py); :mod:`~jobbalancer.cli.parallel` runs them.
+
+The conventions are GNU parallel's: inputs after ``:::`` (or lines of the files after
+``::::``, or of stdin), the replacement strings ``{}``, ``{.}``, ``{/}``, ``{//}``,
+``{/.}`` and ``{#}``, the input appended when the command has none, ``--halt`` and the
+joblog's columns. One difference, for safety: in a command, every substituted value is
+shell-quoted, so a file named ``a b; rm -rf ~`` stays one harmless argument.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+
+# {} {.} {/} {//} {/.} {#}; longest alternatives first.
+REPLACEMENT = re.compile(r"\{(//|/\.|/|\.|#)?\}")
+MAX_EXIT = 101  # GNU parallel: the exit code counts failures up to this
+JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
+
+
+class UsageError(ValueError):
+    """The command line cannot be read; the message says what to write instead."""
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the inputs come from: after ``:::`` (``values``), the files after ``::::``
+    (``files``; ``-`` is stdin), or stdin when neither is given."""
+
+    values: tuple[str, ...] | None = None
+    files: tuple[str, ...] | None = None
+
+
+def split_command(words: Sequence[str]) -> tuple[list[str], Source]:
+    """The words after ``--`` → (the command's words, where its inputs come from)."""
+    for i, word in enumerate(words):
+        if word in (":::", "::::"):
+            rest = list(words[i + 1 :])
+            if ":::" in rest or "::::" in rest:
+                raise UsageError("only one input source is supported: give one ::: or :::: list")
+            if word == ":::":
+                return list(words[:i]), Source(values=tuple(rest))
+            if not rest:
+                raise UsageError(":::: needs at least one file of inputs (- for stdin)")
+            return list(words[:i]), Source(files=tuple(rest))
+    return list(words), Source()
+
+
+def read_lines(stream: TextIO, *, skip_empty: bool = False) -> list[str]:
+    """One input per line (the line's end removed; a last line without one counts)."""
+    lines = [line.removesuffix("\n").removesuffix("\r") for line in stream]
+    return [line for line in lines if line] if skip_empty else lines
+
+
+# -- replacement strings ------------------------------------------------------------------
+
+
+def replace(token: str, value: str, seq: int) -> str:
+    """What ``{token}`` stands for, for the input ``value`` of job number ``seq``."""
+    if token == "#":  # noqa: S105 (a replacement string, not a password)
+        return str(seq)
+    return _BY_TOKEN[token](value)
+
+
+def _basename(value: str) -> str:
+    return value.rsplit("/", 1)[-1]  # s:.*/::
+
+
+def _strip_extension(value: str) -> str:
+    return re.sub(r"\.[^/.]+$", "", value)  # s:\.[^/.]+$::
+
+
+def _dirname(value: str) -> str:
+    """Perl's File::Basename dirname, as GNU parallel uses: ``a`` → ``.``, ``/a`` → ``/``,
+    ``a/b/`` → ``a``."""
+    path = value.rstrip("/") or value[:1]
+    if path == "/":
+        return "/"
+    if "/" not in path:
+        return "."
+    return path.rsplit("/", 1)[0].rstrip("/") or "/"
+
+
+_BY_TOKEN: dict[str, Callable[[str], str]] = {
+    "": lambda value: value,
+    ".": lambda value: _strip_extension(value),
+    "/": lambda value: _basename(value),
+    "//": lambda value: _dirname(value),
+    "/.": lambda value: _strip_extension(_basename(value)),
+}
+
+
+def has_replacement(words: Iterable[str]) -> bool:
+    return any(REPLACEMENT.search(word) for word in words)
+
+
+def substitute(text: str, value: str, seq: int, *, quote: bool) -> str:
+    """``text`` with every replacement string filled in (each value shell-quoted if
+    ``quote``)."""
+
+    def fill(match: re.Match[str]) -> str:
+        found = replace(match.group(1) or "", value, seq)
+        return shlex.quote(found) if quote else found
+
+    return REPLACEMENT.sub(fill, text)
+
+
+def command_for(words: Sequence[str], value: str, seq: int) -> str:
+    """The shell command of one job.
+
+    One word is a shell command line (pipes and redirections work): each replacement
+    string becomes its value, shell-quoted. Several words are a program and its
+    arguments, as `jobbalancer submit` takes them: each word, filled in, becomes exactly
+    one argument. Without any replacement string the input is appended as one more
+    argument (GNU parallel's rule).
+    """
+    if len(words) == 1:
+        template = words[0]
+        if not REPLACEMENT.search(template):
+            return f"{template} {shlex.quote(value)}"
+        return substitute(template, value, seq, quote=True)
+    filled = [substitute(word, value, seq, quote=False) for word in words]
+    if not has_replacement(words):
+        filled.append(value)
+    return shlex.join(filled)
+
+
+def params_for(params: Sequence[str], value: str, seq: int) -> list[str]:
+    """A script's params for one job: values go in as they are (argv entries, no shell);
+    without any replacement string the input is one more param."""
+    filled = [substitute(p, value, seq, quote=False) for p in params]
+    return filled if has_replacement(params) else [*filled, value]
+
+
+# -- halting ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Halt:
+    """``--halt when,fail=N`` (or ``N%``): after that many failures, ``soon`` kills the
+    jobs that have not started and lets the running ones end; ``now`` kills them all."""
+
+    when: Literal["soon", "now"]
+    failures: int = 0  # this many failed jobs …
+    percent: float | None = None  # … or this share of all jobs, when given as N%
+
+    def reached(self, failed: int, total: int) -> bool:
+        if failed <= 0:
+            return False
+        if self.percent is not None:
+            return failed * 100 >= self.percent * total
+        return failed >= self.failures
+
+
+def parse_halt(text: str | None) -> Halt | None:
+    """``never``, ``soon,fail=1``, ``now,fail=3``, ``soon,fail=10%``; GNU parallel's
+    short forms ``0`` (never), ``1`` (soon,fail=1) and ``2`` (now,fail=1) too."""
+    if text is None or text.strip() in ("", "never", "0"):
+        return None
+    short = {"1": Halt("soon", 1), "2": Halt("now", 1)}
+    text = text.strip()
+    if text in short:
+        return short[text]
+    match = re.fullmatch(r"(soon|now),fail=(\d+(?:\.\d+)?)(%?)", text)
+    if match is None:
+        raise UsageError(
+            f"--halt {text!r}: write it as soon,fail=N, now,fail=N or soon,fail=N% (or never)"
+        )
+    when, number, percent = match.groups()
+    value = float(number)
+    if percent:
+        if not 0 < value <= 100:
+            raise UsageError(f"--halt {text!r}: the share must be above 0% and at most 100%")
+        return Halt(when, percent=value)  # type: ignore[arg-type]
+    if value < 1 or value != int(value):
+        raise UsageError(f"--halt {text!r}: fail=N needs a whole number of at least 1")
+    return Halt(when, failures=int(value))  # type: ignore[arg-type]
+
+
+def exit_code(failures: int) -> int:
+    """0 when every job succeeded, else the number of failures up to 101 (GNU parallel)."""
+    return min(max(failures, 0), MAX_EXIT)
+
+
+# -- the joblog ---------------------------------------------------------------------------
+
+
+def joblog_line(seq: int, job: Mapping[str, Any], command: str) -> str:
+    """One line of GNU parallel's joblog (tab-separated, as its header names the columns)
+    for a job that ended: Host is the worker, Starttime seconds since the epoch, Receive
+    the bytes of output, Exitval -1 for a job without an exit code (killed, timed out,
+    lost, never started)."""
+    started = _epoch(job.get("started_at"))
+    finished = _epoch(job.get("finished_at"))
+    runtime = finished - started if started and finished else 0.0
+    worker = job.get("worker")
+    host = str(worker.get("name") or ":") if isinstance(worker, Mapping) else ":"
+    code = job.get("exit_code")
+    fields = [
+        str(seq),
+        host,
+        f"{started or _epoch(job.get('created_at')):.3f}",
+        f"{runtime:10.3f}",
+        "0",
+        str(int(job.get("output_bytes") or 0)),
+        str(-1 if code is None else int(code)),
+        str(int(job.get("signal") or 0)),
+        command.replace("\n", " "),
+    ]
+    return "\t".join(fields)
+
+
+def _epoch(when: Any) -> float:
+    if not isinstance(when, str) or not when:
+        return 0.0
+    try:
+        moment = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    stamp = moment.timestamp()
+    return stamp if math.isfinite(stamp) else 0.0
+
+
+def tag_lines(text: str, tag: str) -> str:
+    """``--tag``: every line of ``text`` prefixed by the input and a tab."""
+    if not text:
+        return text
+    lines = text.splitlines(keepends=True)
+    return "".join(f"{tag}\t{line}" for line in lines)
