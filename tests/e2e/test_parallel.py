@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,8 @@ def test_progress_and_summary_in_a_terminal(make_cluster: Factory) -> None:
     args = [*PARALLEL, "--", "sleep 0.7; echo out-{#}; exit $(( {} == 3 ))", ":::", *"123456"]
     env = _env(cluster, TERM="xterm-256color", COLUMNS="160", LINES="40")
     env.pop("NO_COLOR", None)
-    output, code = _in_a_pty(args, env, timeout=60)
+    plain, code = _in_a_pty(args, env, timeout=60)
     # Then it shows a progress bar with the counts, the output, and the summary
-    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
     assert code == 1, plain
     assert re.search(r"done \d+\s+failed \d+\s+running [12]\s+waiting [1-4]", plain), plain
     assert re.search(r"6/6 done 5\s+failed 1\s+running 0\s+waiting 0", plain), plain
@@ -117,18 +117,41 @@ def test_progress_and_summary_in_a_terminal(make_cluster: Factory) -> None:
     assert "6 jobs: 5 done, 1 failed in" in plain
     assert re.search(r"failed job \d+ \(exit code 1\): 3", plain), plain
 
+    # When Ctrl-C is pressed while two jobs run, it asks, and kills them on "y"
+    args = [*PARALLEL, "-l", "run=asked", "--", "sleep", ":::", "30", "31"]
+    steps = [(r"running 2", b"\x03"), (r"Kill the 2 submitted jobs not ended\? \[y/N\]", b"y\r")]
+    plain, code = _in_a_pty(args, env, timeout=60, steps=steps)
+    assert code == 130, plain
+    assert "asked to kill the 2 submitted jobs not ended" in plain
 
-def _in_a_pty(args: list[str], env: dict[str, str], timeout: float) -> tuple[str, int]:
+    def killed() -> bool:
+        page = cluster.api.get("/api/v1/jobs", params={"label": "run=asked"}).json()
+        return {j["state"] for j in page["items"]} == {"killed"}
+
+    cluster.wait_for(killed, "the jobs killed on Ctrl-C")
+
+
+def _in_a_pty(
+    args: list[str],
+    env: dict[str, str],
+    timeout: float,
+    steps: Sequence[tuple[str, bytes]] = (),
+) -> tuple[str, int]:
+    """Run ``args`` in a new terminal; type each step's bytes once its pattern has shown
+    up. The whole output and the exit code."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command, its stdio the terminal
         try:
             os.execve(args[0], args, env)  # noqa: S606 (our own command, no shell)
         finally:
             os._exit(127)
-    chunks: list[bytes] = []
+    todo = list(steps)
+    seen = b""
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
+            if todo and re.search(todo[0][0], _plain(seen)):
+                os.write(fd, todo.pop(0)[1])
             ready, _, _ = select.select([fd], [], [], 0.2)
             if not ready:
                 continue
@@ -138,13 +161,18 @@ def _in_a_pty(args: list[str], env: dict[str, str], timeout: float) -> tuple[str
                 break
             if not data:
                 break
-            chunks.append(data)
+            seen += data
         else:
             os.kill(pid, signal.SIGKILL)
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
-    return b"".join(chunks).decode(errors="replace"), os.waitstatus_to_exitcode(status)
+    return _plain(seen), os.waitstatus_to_exitcode(status)
+
+
+def _plain(output: bytes) -> str:
+    """Terminal output without its colours and cursor moves."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
 
 
 def test_halt_retries_scripts_and_ctrl_c(make_cluster: Factory, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -115,6 +116,14 @@ def parallel(
             help="On Ctrl-C kill the jobs that have not ended, without asking.",
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        opt(
+            "--dry-run",
+            env="PARALLEL_DRY_RUN",
+            help="Print the command (or script and params) of each job; submit nothing.",
+        ),
+    ] = False,
     skip_empty: Annotated[
         bool,
         opt(
@@ -168,6 +177,10 @@ def parallel(
         _item(seq, value, words, script, param or [], common)
         for seq, value in enumerate(inputs, start=1)
     ]
+    if dry_run:
+        for item in items:
+            print(item.command, flush=True)
+        return
     show_bar = (formatting.err().is_terminal if bar is None else bar) and not quiet
     with remote.client() as c, _joblog(joblog) as log:
         run = Run(c, items, run_id, halting, quiet=quiet, tag=tag, joblog=log)
@@ -254,7 +267,7 @@ def _item(
         filled = fanout.params_for(params, value, seq)
         ref: str | int = int(script) if script.isdigit() else script
         spec = client.job_spec(script=ref, params=filled, **common)
-        return Item(seq, value, " ".join([f"script {script}", *filled]), spec)
+        return Item(seq, value, f"script {shlex.join([script, *filled])}", spec)
     shell = fanout.command_for(words, value, seq)
     return Item(seq, value, shell, client.job_spec(shell, **common))
 
@@ -359,6 +372,10 @@ class Run:
             self._interrupted(kill_on_exit)
             self._summary()
             return exits.RET_INTERRUPTED
+        except client.ClientError:
+            display.stop()
+            self._left_running()  # the error itself is reported as any other
+            raise
         finally:
             display.stop()
             self.readers.shutdown(wait=False, cancel_futures=True)
@@ -541,7 +558,6 @@ class Run:
         err = formatting.err()
         if not left:
             return
-        ids = sorted(i.job_id for i in left if i.job_id is not None)
         what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
         if not kill_on_exit and sys.stdin.isatty():
             try:
@@ -557,10 +573,16 @@ class Run:
                 self._report()  # the joblog lines of those that ended at once
             err.print(f"asked to kill the {escape(what)}")
             return
-        err.print(
+        self._left_running(", or use --kill-on-exit next time")
+
+    def _left_running(self, hint: str = "") -> None:
+        left = sorted(i.job_id for i in self.open.values() if i.job_id is not None)
+        if not left:
+            return
+        what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
+        formatting.err().print(
             f"[yellow]{escape(what)} go on (label {RUN_LABEL}={escape(self.run_id)}, ids "
-            f"{ids[0]} to {ids[-1]}); stop one with `jobbalancer kill ID`, or use "
-            "--kill-on-exit next time[/]"
+            f"{left[0]} to {left[-1]}); stop one with `jobbalancer kill ID`{hint}[/]"
         )
 
     # -- what it looks like
