@@ -1,0 +1,177 @@
+"""How `jobbalancer parallel` follows a run (jobbalancer.cli.parallel.Run), against a fake
+client that plays the server: requests per poll, retries, --halt, output and joblog."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from jobbalancer import client
+from jobbalancer.cli import fanout, parallel
+
+
+class FakeServer:
+    """The few calls Run makes, on jobs kept in a dict; counts its requests."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.asked: list[list[int]] = []  # ids asked for, per jobs_by_id call
+        self.killed: list[int] = []
+        self.output: dict[int, dict[str, str]] = {}
+
+    def submit_batch(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        made = [self._new(spec, attempt=1) for spec in specs]
+        return [dict(job) for job in made]
+
+    def _new(self, spec: dict[str, Any], attempt: int, retry_of: int | None = None) -> Any:
+        job_id = len(self.jobs) + 1
+        job = {"id": job_id, "state": "waiting", "attempt": attempt, "retry_of": retry_of,
+               "retries": spec.get("retries", 0), "spec": spec, "output_bytes": 0}  # fmt: skip
+        self.jobs[job_id] = job
+        return job
+
+    def jobs_by_id(self, ids: list[int]) -> list[dict[str, Any]]:
+        self.asked.append(list(ids))
+        return [dict(self.jobs[i]) for i in ids if i in self.jobs]
+
+    def retries_of(self, ids: list[int]) -> list[dict[str, Any]]:
+        return [dict(j) for j in self.jobs.values() if j["retry_of"] in ids]
+
+    def kill(self, job_id: int) -> dict[str, Any]:
+        self.killed.append(job_id)
+        job = self.jobs[job_id]
+        if job["state"] in ("waiting", "assigned"):
+            job["state"] = "killed"
+        return dict(job)
+
+    def log(self, job_id: int, stream: str, offset: int) -> tuple[str, int, str]:
+        data = self.output.get(job_id, {}).get(stream, "").encode()[offset:]
+        return data.decode(), offset + len(data), self.jobs[job_id]["state"]
+
+    # the test's side: what the workers would do
+    def end(self, job_id: int, state: str, code: int | None = None, out: str = "") -> None:
+        job = self.jobs[job_id]
+        job.update(state=state, exit_code=code, output_bytes=len(out.encode()))
+        self.output[job_id] = {"stdout": out}
+        if state in ("failed", "lost") and job["attempt"] <= job["retries"]:
+            self._new(job["spec"], job["attempt"] + 1, retry_of=job_id)
+
+
+def _run(
+    server: FakeServer, n: int, *, halt: str | None = None, retries: int = 0, **kwargs: Any
+) -> parallel.Run:
+    items = [
+        parallel._item(seq, f"in {seq}", ["echo"], None, [], {"retries": retries})
+        for seq in range(1, n + 1)
+    ]
+    options: dict[str, Any] = {"quiet": False, "tag": False, "joblog": None} | kwargs
+    run = parallel.Run(server, items, "r1", fanout.parse_halt(halt), **options)  # type: ignore[arg-type]
+    run.display = parallel.Display(False, n)
+    run._submit_some()
+    return run
+
+
+def _step(run: parallel.Run) -> None:
+    run._poll()
+    run._report()
+
+
+def test_a_poll_asks_for_at_most_two_windows_of_ids() -> None:
+    server = FakeServer()
+    run = _run(server, 2300)
+    assert len(server.jobs) == 2300 and run.next_to_submit == 2300
+    for _ in range(4):
+        _step(run)
+    assert all(len(ids) <= 2 * parallel.WINDOW for ids in server.asked)
+    # the oldest window every time, the rest in rotation: every job is looked at
+    assert all(ids[: parallel.WINDOW] == list(range(1, 501)) for ids in server.asked)
+    assert set().union(*map(set, server.asked)) == set(range(1, 2301))
+    for job_id in range(1, 2301):
+        server.end(job_id, "done")
+    for _ in range(5):
+        _step(run)
+    assert not run.open and run.ended == 2300 and run.failed == []
+
+
+def test_retries_are_followed_to_the_last_attempt(capsys: pytest.CaptureFixture[str]) -> None:
+    server = FakeServer()
+    run = _run(server, 2, retries=1)
+    server.end(1, "failed", 3)  # a retry is queued: job 3
+    server.end(2, "done", 0, out="two\n")
+    _step(run)
+    assert run.ended == 1 and run.items[0].job_id == 3 and not run.items[0].ended
+    server.end(3, "done", 0, out="one again\n")
+    _step(run)
+    assert run.ended == 2 and run.failed == []
+    assert capsys.readouterr().out == "two\none again\n"
+
+
+def test_halt_soon_kills_what_has_not_started_now_kills_all() -> None:
+    server = FakeServer()
+    run = _run(server, 5, halt="soon,fail=1")
+    server.jobs[2]["state"] = "running"
+    server.end(1, "failed", 1)
+    _step(run)
+    assert run.halted and sorted(server.killed) == [3, 4, 5]
+    assert [i.state for i in run.items] == ["failed", "running", "killed", "killed", "killed"]
+    assert len(run.failed) == 1  # what --halt killed is not counted as failed
+
+    server = FakeServer()
+    run = _run(server, 3, halt="now,fail=1")
+    server.jobs[2]["state"] = "running"
+    server.end(1, "timeout")
+    _step(run)
+    assert sorted(server.killed) == [2, 3]
+
+
+def test_halt_stops_submitting() -> None:
+    server = FakeServer()
+    items = [parallel._item(s, str(s), ["true"], None, [], {}) for s in range(1, 1201)]
+    run = parallel.Run(server, items, "r", fanout.parse_halt("1"), quiet=True, tag=False,  # type: ignore[arg-type]
+                       joblog=None)  # fmt: skip
+    run.display = parallel.Display(False, 1200)
+    server.submit_batch = _one_batch_then(server.submit_batch, run)  # type: ignore[method-assign]
+    run._submit_some()
+    assert len(server.jobs) == parallel.BATCH
+    server.end(1, "failed", 2)
+    _step(run)
+    run._submit_some()
+    assert len(server.jobs) == parallel.BATCH
+    assert sum(i.state == "unsubmitted" for i in run.items) == 1200 - parallel.BATCH
+
+
+def _one_batch_then(submit: Any, run: parallel.Run) -> Any:
+    """submit_batch that pauses submitting after one batch (as the rate limit would)."""
+
+    def once(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if run.next_to_submit:
+            raise client.ApiError(429, "rate_limited", "slow down")
+        return list(submit(specs))
+
+    return once
+
+
+def test_tagged_output_and_joblog() -> None:
+    server, log = FakeServer(), io.StringIO()
+    run = _run(server, 2, tag=True, joblog=log)
+    server.end(2, "failed", 4, out="x\ny\n")
+    server.end(1, "done", 0)
+    out = io.StringIO()
+    run.display.write = lambda text, stderr: out.write(text)  # type: ignore[method-assign]
+    _step(run)
+    assert out.getvalue() == "in 2\tx\nin 2\ty\n"
+    rows = [line.split("\t") for line in log.getvalue().splitlines()]
+    assert [(r[0], r[6], r[8]) for r in rows] == [("1", "0", "echo 'in 1'"),
+                                                  ("2", "4", "echo 'in 2'")]  # fmt: skip
+    assert fanout.exit_code(len(run.failed)) == 1
+
+
+def test_a_job_deleted_meanwhile_ends_as_deleted() -> None:
+    server = FakeServer()
+    run = _run(server, 2)
+    del server.jobs[2]
+    server.end(1, "done")
+    _step(run)
+    assert [i.state for i in run.items] == ["done", "deleted"] and len(run.failed) == 1
