@@ -202,6 +202,22 @@ def _check_what_to_run(words: Sequence[str], script: str | None, params: Any) ->
 
 
 def _read_inputs(source: fanout.Source, skip_empty: bool) -> list[str]:
+    """The inputs, from wherever they come; a usage error for unreadable ones."""
+    try:
+        inputs = _inputs_from(source, skip_empty)
+    except UnicodeDecodeError as exc:
+        formatting.fail(exits.RET_USAGE, f"the inputs must be UTF-8 text: {exc}")
+    for seq, value in enumerate(inputs, start=1):
+        if "\0" in value:
+            formatting.fail(exits.RET_USAGE, f"input {seq} holds a NUL character")
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # stdin decoded with surrogateescape
+            formatting.fail(exits.RET_USAGE, f"input {seq} is not UTF-8 text: {value!r}")
+    return inputs
+
+
+def _inputs_from(source: fanout.Source, skip_empty: bool) -> list[str]:
     if source.values is not None:
         values = list(source.values)
         return [v for v in values if v] if skip_empty else values
@@ -215,7 +231,7 @@ def _read_inputs(source: fanout.Source, skip_empty: bool) -> list[str]:
             inputs += fanout.read_lines(sys.stdin, skip_empty=skip_empty)
             continue
         try:
-            with open(name, encoding="utf-8", errors="surrogateescape") as f:
+            with open(name, encoding="utf-8") as f:
                 inputs += fanout.read_lines(f, skip_empty=skip_empty)
         except OSError as exc:
             formatting.fail(exits.RET_USAGE, f":::: {name}: {exc.strerror or exc}")
@@ -615,9 +631,12 @@ class Run:
         parts = ", ".join(f"{by_state[s]} {s}" for s in order)
         elapsed = time.monotonic() - self.started
         total = len(self.items)
+        submitted = (
+            f"submitted in {self.submitted_in:.1f} s; " if self.submitted_in is not None else ""
+        )
         err.print(
             f"{total} job{'s' if total != 1 else ''}: {escape(parts)} in {elapsed:.1f} s "
-            f"(label {RUN_LABEL}={escape(self.run_id)})"
+            f"({submitted}label {RUN_LABEL}={escape(self.run_id)})"
         )
         if self.halted:
             err.print(f"[yellow]halted after {len(self.failed)} failed (--halt)[/]")
