@@ -175,3 +175,31 @@ def test_a_job_deleted_meanwhile_ends_as_deleted() -> None:
     server.end(1, "done")
     _step(run)
     assert [i.state for i in run.items] == ["done", "deleted"] and len(run.failed) == 1
+
+
+def test_polls_outlast_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeServer()
+    run = _run(server, 3)
+    answer = server.jobs_by_id
+    failures = [client.ConnectionFailed("http://x", "connection refused"),
+                client.ApiError(503, "database_unavailable", "no database")]  # fmt: skip
+
+    def flaky(ids: list[int]) -> list[dict[str, Any]]:
+        if failures:
+            raise failures.pop()
+        for job_id in ids:
+            server.end(job_id, "done")
+        return answer(ids)
+
+    server.jobs_by_id = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(parallel.time, "sleep", lambda seconds: None)
+    run._loop()
+    assert run.ended == 3 and not failures
+
+    def refused(ids: list[int]) -> list[dict[str, Any]]:
+        raise client.ApiError(403, "forbidden", "no")  # not something that passes
+
+    server.jobs_by_id = refused  # type: ignore[method-assign]
+    run = _run(server, 1)
+    with pytest.raises(client.ApiError):
+        run._loop()

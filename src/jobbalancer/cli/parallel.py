@@ -51,6 +51,7 @@ WINDOW = 500  # ids per poll request (the job list's largest page)
 SUBMIT_SLICE = 1.0  # seconds of submitting between two polls while inputs remain
 POLL_MIN, POLL_MAX = 0.2, 1.0  # seconds between polls: grows while nothing changes
 RUN_LABEL = "parallel"  # every job of a run carries parallel=<run id>
+PATIENCE = 30  # polls in a row that may fail (server or database restarting), about 30 s
 READERS = 8  # jobs whose output is read at the same time
 SHOWN_FAILURES = 50  # failed inputs listed in the summary; the joblog has them all
 UNFINISHED = frozenset({"waiting", "assigned", "running", "held"})
@@ -399,12 +400,20 @@ class Run:
         return fanout.exit_code(len(self.failed))
 
     def _loop(self) -> None:
-        pause = POLL_MIN
+        pause, troubles = POLL_MIN, 0
         while self._submitting() or self.open:
             before = self.ended
+            # Not retried: a batch cut off on its way may have been submitted.
             self._submit_some()
-            self._poll()
-            self._report()
+            try:
+                self._poll()
+                self._report()
+                troubles = 0
+            except (client.ConnectionFailed, client.ApiError) as exc:
+                # A server restarting, or its database: keep following for a while.
+                troubles += 1
+                if not _transient(exc) or troubles > PATIENCE:
+                    raise
             self._show()
             if not (self._submitting() or self.open):
                 return
@@ -647,6 +656,13 @@ class Run:
         if len(self.failed) > SHOWN_FAILURES:
             more = len(self.failed) - SHOWN_FAILURES
             err.print(f"… and {more} more failed (--joblog FILE lists every job)")
+
+
+def _transient(exc: client.ClientError) -> bool:
+    """An error that may pass: the server unreachable, or without its database."""
+    return isinstance(exc, client.ConnectionFailed) or (
+        isinstance(exc, client.ApiError) and exc.status in (502, 503, 504)
+    )
 
 
 def _how(job: dict[str, Any]) -> str:
