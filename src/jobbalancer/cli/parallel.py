@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import secrets
 import shlex
 import sys
@@ -51,6 +52,7 @@ WINDOW = 500  # ids per poll request (the job list's largest page)
 SUBMIT_SLICE = 1.0  # seconds of submitting between two polls while inputs remain
 POLL_MIN, POLL_MAX = 0.2, 1.0  # seconds between polls: grows while nothing changes
 RUN_LABEL = "parallel"  # every job of a run carries parallel=<run id>
+RET_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose pipe closed
 PATIENCE = 30  # polls in a row that may fail (server or database restarting), about 30 s
 READERS = 8  # jobs whose output is read at the same time
 SHOWN_FAILURES = 50  # failed inputs listed in the summary; the joblog has them all
@@ -151,7 +153,7 @@ def parallel(
     its directory, {/.} base name without extension, {#} the job's number. In a command
     each value is shell-quoted; with --script NAME -p {} values are the script's
     arguments as they are. Exit code: 0 if every job succeeded, else the number that did
-    not (at most 101); 130 after Ctrl-C.
+    not (at most 101); 130 after Ctrl-C; 141 when the output pipe closes.
     """
     try:
         words, source = fanout.split_command(command or [])
@@ -393,6 +395,11 @@ class Run:
             display.stop()
             self._left_running()  # the error itself is reported as any other
             raise
+        except BrokenPipeError:  # our reader went away (`| head`): as a pipeline expects
+            display.stop()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self._left_running()
+            return RET_BROKEN_PIPE
         finally:
             display.stop()
             self.readers.shutdown(wait=False, cancel_futures=True)
