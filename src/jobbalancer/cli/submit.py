@@ -107,6 +107,16 @@ def submit(
             "directory, removed when the job ends.",
         ),
     ] = None,
+    notify: Annotated[
+        list[str] | None,
+        opt(
+            "--notify",
+            "-N",
+            env="SUBMIT_NOTIFY",
+            help="STATES:TARGET, e.g. failed,timeout:ops-hook: tell a notification target "
+            "when the job reaches one of the states (repeat for more).",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         opt(
@@ -144,6 +154,7 @@ def submit(
             priority=priority,
             retries=retries,
             workdir=workdir,
+            notify=notify_rules(notify or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")
@@ -183,6 +194,17 @@ def submit_spec(
     if script:
         return spec | {"script": int(script) if script.isdigit() else script, "params": params}
     return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def notify_rules(items: Sequence[str]) -> list[dict[str, Any]]:
+    """``--notify failed,timeout:ops-hook`` → ``[{"on": [...], "target": "ops-hook"}]``."""
+    rules = []
+    for item in items:
+        states, sep, target = item.partition(":")
+        if not sep or not states or not target:
+            formatting.fail(exits.RET_USAGE, f"--notify {item!r}: write it as STATES:TARGET")
+        rules.append({"on": [s.strip() for s in states.split(",")], "target": target})
+    return rules
 
 
 def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
