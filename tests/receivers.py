@@ -30,10 +30,15 @@ class Delivery:
 
 @dataclass
 class Webhook:
-    """An HTTP receiver: answers the first ``fail_first`` posts with 500, then 200."""
+    """An HTTP receiver: answers the first ``fail_first`` posts with 500, then 200. With
+    ``hang_first`` it holds the first post without answering (its key in ``hung``) until
+    ``release`` is set or 30 s pass."""
 
     secret: str = ""
     fail_first: int = 0
+    hang_first: bool = False
+    hung: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
     got: list[Delivery] = field(default_factory=list)
     posts: int = 0
     url: str = ""
@@ -55,14 +60,23 @@ class Webhook:
 
 
 @contextmanager
-def webhook(secret: str = "", fail_first: int = 0) -> Iterator[Webhook]:
-    hook = Webhook(secret=secret, fail_first=fail_first)
+def webhook(secret: str = "", fail_first: int = 0, hang_first: bool = False) -> Iterator[Webhook]:
+    hook = Webhook(secret=secret, fail_first=fail_first, hang_first=hang_first)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             expected = "sha256=" + hmac.new(hook.secret.encode(), body, hashlib.sha256).hexdigest()
             sent = self.headers.get("X-Jobbalancer-Signature", "")
+            if hook.hang_first:
+                with hook.lock:
+                    first = not hook.hung
+                    if first:
+                        hook.hung.append(self.headers.get("Idempotency-Key", ""))
+                if first:
+                    hook.release.wait(30)
+                    self.close_connection = True
+                    return
             with hook.lock:
                 hook.posts += 1
                 failing = hook.posts <= hook.fail_first
@@ -89,6 +103,7 @@ def webhook(secret: str = "", fail_first: int = 0) -> Iterator[Webhook]:
     try:
         yield hook
     finally:
+        hook.release.set()
         server.shutdown()
         server.server_close()
 

@@ -48,7 +48,6 @@ STATES = ("pending", "delivered", "failed")
 CONNECT_TIMEOUT = 5.0
 TOTAL_TIMEOUT = 15.0
 MAX_AGE = timedelta(days=1)
-LEASE_SECONDS = 60.0
 TAIL_BYTES = 2048
 SIGNATURE_HEADER = "X-Jobbalancer-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -646,7 +645,7 @@ class Dispatcher:
         clock: Clock = db.now,
         backoff: Callable[[int], float] = backoff,
         max_age: timedelta = MAX_AGE,
-        lease: float = LEASE_SECONDS,
+        lease: float | None = None,
         timeouts: Timeouts = Timeouts(),
         interval: float = 0.5,
     ) -> None:
@@ -656,7 +655,7 @@ class Dispatcher:
         self.clock = clock
         self.backoff = backoff
         self.max_age = max_age
-        self.lease = lease
+        self.lease = config.notify.delivery_lease if lease is None else lease
         self.timeouts = timeouts
         self.interval = interval
         self.active = True  # False: lanes drop what they hold (no longer the leader)

@@ -112,6 +112,9 @@ class NotifySettings(_Section):
     smtp_user: str = ""
     smtp_password: str = Field(default="", repr=False)
     smtp_from: str = ""
+    # How long a server holds a notification it is sending before another may send it
+    # again (a server that died mid-send); longer than a delivery may take (15 s).
+    delivery_lease: float = Field(default=60.0, ge=20, le=3600)
 
     @field_validator("base_url")
     @classmethod
