@@ -655,6 +655,7 @@ def delete(conn: sa.Connection, job_id: int) -> None:
     result = conn.execute(sa.delete(J).where(J.c.id == job_id, J.c.state.not_in(active)))
     if result.rowcount == 1:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id == job_id))
+        outbox.forget_jobs(conn, [job_id])
         return
     job = get(conn, job_id)  # raises NotFound
     raise errors.Conflict(f"job {job_id} is {job.state}: kill it first, then delete it")
@@ -682,4 +683,5 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
     if ids:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
         conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
+        outbox.forget_jobs(conn, ids)
     return len(ids)

@@ -116,3 +116,10 @@ def _add(
     ]
     if rows:
         conn.execute(_INSERT, rows)
+
+
+def forget_jobs(conn: sa.Connection, job_ids: Sequence[int]) -> None:
+    """Deleted jobs take their sent and failed notifications with them; pending ones are
+    still delivered (saying the job was deleted)."""
+    if job_ids:
+        conn.execute(sa.delete(N).where(N.c.job_id.in_(list(job_ids)), N.c.state != "pending"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from jobbalancer import db, jobs, notify
+from jobbalancer.settings import NotifySettings
 from tests.receivers import free_port, webhook
 from tests.web.conftest import PASSWORD, Web
 
@@ -72,3 +73,17 @@ def test_a_job_page_lists_its_notifications(web: Web) -> None:
     page = client.get(f"/jobs/{job_id}").text
     assert 'id="job-notifications"' in page and "ops-hook" in page
     assert "pending" in page and "connection refused" in page
+
+
+def test_the_settings_page_shows_the_mail_server_but_not_its_password(web: Web) -> None:
+    web.app.state.settings = web.app.state.settings.model_copy(
+        update={
+            "notify": NotifySettings(
+                smtp_host="smtp.example.test", smtp_user="jb", smtp_password="hunter2-secret"
+            )
+        }
+    )
+    client, _ = web.login()
+    page = client.get("/settings").text
+    assert "smtp.example.test:587 (starttls)" in page and "(password set)" in page
+    assert "hunter2-secret" not in page
