@@ -101,6 +101,9 @@ def jobs_moved(
     conn: sa.Connection, event: str, moved: Iterable[tuple[int, int, Sequence[Mapping[str, Any]]]]
 ) -> None:
     """As :func:`job_moved`, for jobs already read: (id, worker class id, own rules)."""
+    moved = list(moved)
+    if not moved:  # a worker's poll that claimed nothing: not even the cache is looked at
+        return
     known = rules(conn)
     if known.targets:
         _add(conn, known, event, moved)
