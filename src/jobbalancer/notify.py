@@ -502,7 +502,9 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) 
                 break
             answer += piece
     except (OSError, http.client.HTTPException) as exc:
-        raise DeliveryError(_why(parts.netloc, exc, timeouts)) from exc
+        # host:port only: a URL's user:password@ or path (a Slack URL's secret) never shows
+        where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        raise DeliveryError(_why(where, exc, timeouts)) from exc
     finally:
         conn.close()
     if not 200 <= response.status < 300:
@@ -611,6 +613,19 @@ _DUE = (
     .order_by(N.c.id)
     .limit(200)
 )
+
+
+def _due(busy_targets: Sequence[int], queued: Sequence[int]) -> sa.Select[Any]:
+    """Due notifications, leaving out targets whose lane is full and rows already queued:
+    a dead target's backlog must not fill every look and starve the others."""
+    query = _DUE
+    if busy_targets:
+        query = query.where(N.c.target_id.not_in(list(busy_targets)))
+    if queued:
+        query = query.where(N.c.id.not_in(list(queued)))
+    return query
+
+
 _CLAIM = (
     sa.update(N)
     .where(
@@ -667,8 +682,11 @@ class Dispatcher:
 
     def dispatch(self) -> int:
         """Queue due notifications on their lanes; how many were queued."""
+        with self._lock:
+            busy = [t for t, lane in self._lanes.items() if lane.backlog >= self.LANE_BACKLOG]
+            held = list(self._queued)
         with db.read(self.engine) as conn:
-            due = conn.execute(_DUE, {"b_now": self.clock(conn)}).all()
+            due = conn.execute(_due(busy, held), {"b_now": self.clock(conn)}).all()
         queued = 0
         with self._lock:
             for row in due:
@@ -715,6 +733,7 @@ class Dispatcher:
             }
             if conn.execute(_CLAIM, params).rowcount != 1:
                 return None
+        with db.read(self.engine) as conn:  # the write lock is not held while reading
             row = conn.execute(sa.select(N).where(N.c.id == notification_id)).one()
             target_row = conn.execute(sa.select(T).where(T.c.id == row.target_id)).first()
             doc = payload(conn, row.event, row.job_id, self.config.web_url)

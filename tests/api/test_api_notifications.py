@@ -217,3 +217,33 @@ def test_a_target_that_never_answers_delays_neither_jobs_nor_other_targets(
         finally:
             stop.set()
             thread.join(timeout=5)
+
+
+def test_a_dead_targets_backlog_does_not_starve_the_others(api: Api, engine: sa.Engine) -> None:
+    with silent_server() as never, webhook() as hook:
+        with db.write(engine) as conn:
+            dead = notify.create_target(conn, "never", "webhook", url=never)
+            good = notify.create_target(conn, "good", "webhook", url=hook.url)
+            specs = [
+                jobs.Spec(
+                    worker_class_id=1,
+                    command="true",
+                    notify=({"on": ["killed"], "target": dead.id},),
+                )
+                for _ in range(250)
+            ]
+            specs.append(
+                jobs.Spec(
+                    worker_class_id=1,
+                    command="true",
+                    notify=({"on": ["killed"], "target": good.id},),
+                )
+            )
+            for job_id in jobs.create(conn, specs, None, None):
+                jobs.request_kill(conn, job_id)
+        d = notify.Dispatcher(engine, Settings(), "api-test")
+        d.dispatch()  # the oldest 200 are the dead target's: its lane fills up
+        d.dispatch()  # the next look leaves that lane out
+        [got] = hook.wait(1, timeout=5)
+        assert got.body["state"] == "killed"
+        d.active = False  # the dead lane drops what it holds
