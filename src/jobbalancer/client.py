@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -168,12 +169,15 @@ class Client:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         workdir: str | None = None,
+        notify: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments. Returns the new job.
 
         ``workdir`` is an absolute directory on the worker to run in (None: a private
         temporary one); a worker where it is missing or not usable fails the job, saying why.
+        ``notify``: the job's own notification rules, ``[{"on": ["failed"], "target":
+        "ops-hook"}]`` (targets an admin made).
 
         With ``need_realtime`` and no free worker the server keeps the job as
         ``occupied`` and this raises :class:`ApiError` with code ``"occupied"`` (the job
@@ -191,6 +195,7 @@ class Client:
             env=env,
             labels=labels,
             workdir=workdir,
+            notify=notify,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -332,6 +337,28 @@ class Client:
         body = self._json("GET", "/api/v1/workers")
         return list(body["items"] if isinstance(body, dict) else body)
 
+    def notification_targets(self) -> list[dict[str, Any]]:
+        """The notification targets (secrets never; URLs to admins only)."""
+        return list(self._json("GET", "/api/v1/notification-targets"))
+
+    def test_notification_target(self, target: str | int) -> dict[str, Any]:
+        """Send a test notification now: ``{"delivered": bool, "error": why not}``."""
+        path = f"/api/v1/notification-targets/{quote(str(target), safe='')}/test"
+        return self._json("POST", path)  # type: ignore[no-any-return]
+
+    def notifications(
+        self,
+        *,
+        job: int | None = None,
+        target: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Notifications and their delivery, newest first: a job's, or (admins) all."""
+        params = {"job": job, "target": target, "state": state, "limit": limit}
+        given = {k: v for k, v in params.items() if v is not None}
+        return list(self._json("GET", "/api/v1/notifications", params=given))
+
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``{"status", "database"}``. Answers (rather than raises) when the
         server is up but its database is not: ``database`` is then ``"unavailable"``."""
@@ -446,6 +473,7 @@ def job_spec(
     env: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     workdir: str | None = None,
+    notify: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The JSON body of one submission; only the fields that differ from the defaults."""
     if (command is None) == (script is None):
@@ -461,6 +489,7 @@ def job_spec(
         "env": dict(env or {}),
         "labels": dict(labels or {}),
         "workdir": workdir,
+        "notify": [dict(rule) for rule in notify],
     }
     spec.update({key: value for key, value in optional.items() if value})
     return spec

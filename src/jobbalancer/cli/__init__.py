@@ -21,7 +21,7 @@ from jobbalancer.cli import up  # noqa: F401
 from jobbalancer.cli import run  # noqa: F401
 
 # isort: split
-from jobbalancer.cli import admin, remote, submit  # noqa: F401
+from jobbalancer.cli import admin, notify, remote, submit  # noqa: F401
 
 # isort: split
 from jobbalancer.cli import parallel  # noqa: F401

@@ -105,6 +105,17 @@ WorkdirOpt = Annotated[
     ),
 ]
 
+NotifyOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--notify",
+        "-N",
+        env="SUBMIT_NOTIFY",
+        help="STATES:TARGET, e.g. failed,timeout:ops-hook: tell a notification target "
+        "when the job reaches one of the states (repeat for more).",
+    ),
+]
+
 
 @app.command(context_settings={"allow_interspersed_args": False})
 @server_options
@@ -128,6 +139,7 @@ def submit(
     env: EnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
+    notify: NotifyOpt = None,
     wait: Annotated[
         bool,
         opt(
@@ -165,6 +177,7 @@ def submit(
             priority=priority,
             retries=retries,
             workdir=workdir,
+            notify=notify_rules(notify or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")
@@ -207,6 +220,17 @@ def submit_spec(
     if script:
         return spec | {"script": int(script) if script.isdigit() else script, "params": params}
     return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def notify_rules(items: Sequence[str]) -> list[dict[str, Any]]:
+    """``--notify failed,timeout:ops-hook`` → ``[{"on": [...], "target": "ops-hook"}]``."""
+    rules = []
+    for item in items:
+        states, sep, target = item.partition(":")
+        if not sep or not states or not target:
+            formatting.fail(exits.RET_USAGE, f"--notify {item!r}: write it as STATES:TARGET")
+        rules.append({"on": [s.strip() for s in states.split(",")], "target": target})
+    return rules
 
 
 def parse_pairs(option: str, items: Sequence[str]) -> dict[str, str]:
