@@ -108,6 +108,20 @@ def test_retries_are_followed_to_the_last_attempt(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out == "two\none again\n"
 
 
+def test_a_failure_that_was_not_retried_ends_the_input() -> None:
+    # A worker that cannot record how a job ended records it failed without a retry,
+    # however many retries are left; and a retry may be deleted before it is seen.
+    server = FakeServer()
+    run = _run(server, 2, retries=2)
+    server.jobs[1].update(state="failed", exit_code=None, error="could not record")
+    server.end(2, "failed", 5)  # retried as job 3 …
+    del server.jobs[3]  # … which is deleted at once
+    _step(run)
+    assert not run.open and run.ended == 2
+    assert [(i.job_id, i.state) for i in run.items] == [(1, "failed"), (2, "failed")]
+    assert len(run.failed) == 2
+
+
 def test_halt_soon_kills_what_has_not_started_now_kills_all() -> None:
     server = FakeServer()
     run = _run(server, 5, halt="soon,fail=1")

@@ -482,13 +482,19 @@ class Run:
         if not waiting:
             return
         for job in self.c.retries_of(sorted(waiting)):
-            item = waiting.get(int(job.get("retry_of") or 0))
+            item = waiting.pop(int(job.get("retry_of") or 0), None)
             if item is None or item.job_id is None:
                 continue
             del self.open[item.job_id]
             item.job_id, item.awaiting_retry = int(job["id"]), False
             self.open[item.job_id] = item
             self._observe(item, job)
+        # A retry is queued in the transaction that ends its job, and that end was seen
+        # by an earlier request: a job with none has ended for good (its worker could not
+        # record how it ended, so it was not retried; or its retry was deleted).
+        for item in waiting.values():
+            item.awaiting_retry = False
+            self._end(item, item.job)
 
     # -- one job
 
