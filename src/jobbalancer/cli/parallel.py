@@ -44,6 +44,7 @@ from jobbalancer.cli.submit import (
     ScriptOpt,
     WatchdogOpt,
     WorkdirOpt,
+    check_what_to_run,
     parse_pairs,
 )
 
@@ -161,7 +162,7 @@ def parallel(
         halting = fanout.parse_halt(halt)
     except fanout.UsageError as exc:
         formatting.fail(exits.RET_USAGE, str(exc))
-    _check_what_to_run(words, script, param)
+    check_what_to_run(words, script, param or [])
     inputs = _read_inputs(source, skip_empty)
     if not inputs:
         formatting.err().print("no inputs: nothing to run")
@@ -190,19 +191,6 @@ def parallel(
         run = Run(c, items, run_id, halting, quiet=quiet, tag=tag, joblog=log)
         code = run.go(Display(show_bar, len(items)), kill_on_exit=kill_on_exit)
     raise typer.Exit(code)
-
-
-def _check_what_to_run(words: Sequence[str], script: str | None, params: Any) -> None:
-    if words and script:
-        formatting.fail(exits.RET_USAGE, "give either a command (after --) or --script, not both")
-    if not words and not script:
-        formatting.fail(
-            exits.RET_USAGE, "nothing to run: give a command after --, or --script NAME"
-        )
-    if params and not script:
-        formatting.fail(
-            exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
-        )
 
 
 def _read_inputs(source: fanout.Source, skip_empty: bool) -> list[str]:

@@ -188,6 +188,19 @@ def submit_spec(
     labels: list[str],
 ) -> dict[str, Any]:
     """What to submit, from the command line: a command (words after --) or a script."""
+    check_what_to_run(words, script, params)
+    spec: dict[str, Any] = {
+        "env": parse_pairs("--env", env),
+        "labels": parse_pairs("--label", labels),
+    }
+    if script:
+        return spec | {"script": int(script) if script.isdigit() else script, "params": params}
+    return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def check_what_to_run(words: Sequence[str], script: str | None, params: Sequence[str]) -> None:
+    """A usage error unless there is exactly one of a command and a script (and params
+    only with a script)."""
     if words and script:
         formatting.fail(
             exits.RET_USAGE, "give either a command (after --) or --script NAME, not both"
@@ -200,13 +213,6 @@ def submit_spec(
         formatting.fail(
             exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
         )
-    spec: dict[str, Any] = {
-        "env": parse_pairs("--env", env),
-        "labels": parse_pairs("--label", labels),
-    }
-    if script:
-        return spec | {"script": int(script) if script.isdigit() else script, "params": params}
-    return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
 
 
 def parse_pairs(option: str, items: Sequence[str]) -> dict[str, str]:
