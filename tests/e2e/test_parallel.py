@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_thousand_inputs_each_run_once_quoted(make_cluster: Factory, tmp_path: P
     print(f"1000 inputs through parallel: {took:.1f} s")
 
 
-def test_progress_and_summary_in_a_terminal(make_cluster: Factory) -> None:
+def test_progress_and_summary_in_a_terminal(make_cluster: Factory, tmp_path: Path) -> None:
     # Given one worker with two slots and six one-second jobs
     cluster: Cluster = make_cluster()
     cluster.start_worker("w", "--allow-root", "--max-jobs", "2")
@@ -117,8 +118,12 @@ def test_progress_and_summary_in_a_terminal(make_cluster: Factory) -> None:
     assert "6 jobs: 5 done, 1 failed in" in plain
     assert re.search(r"failed job \d+ \(exit code 1\): 3", plain), plain
 
-    # When Ctrl-C is pressed while two jobs run, it asks, and kills them on "y"
-    args = [*PARALLEL, "-l", "run=asked", "--", "sleep", ":::", "30", "31"]
+    # When Ctrl-C is pressed while two jobs run, it asks on the terminal (stdin holds the
+    # inputs), and kills them on "y"
+    inputs = tmp_path / "inputs"
+    inputs.write_text("30\n31\n")
+    line = shlex.join([*PARALLEL, "-l", "run=asked", "--", "sleep"])
+    args = ["/bin/sh", "-c", f"exec {line} < {shlex.quote(str(inputs))}"]
     steps = [(r"running 2", b"\x03"), (r"Kill the 2 submitted jobs not ended\? \[y/N\]", b"y\r")]
     plain, code = _in_a_pty(args, env, timeout=60, steps=steps)
     assert code == 130, plain

@@ -586,18 +586,19 @@ class Run:
         if not left:
             return
         what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
-        if not kill_on_exit and sys.stdin.isatty():
-            try:
-                kill_on_exit = typer.confirm(f"Kill the {what}?", default=False, err=True)
-            except (typer.Abort, KeyboardInterrupt):
-                kill_on_exit = False
+        if not kill_on_exit:
+            kill_on_exit = _ask_on_terminal(f"Kill the {what}?")
         if kill_on_exit:
             self.stopping = "now"
-            for item in left:
+            try:
+                for item in left:
+                    with contextlib.suppress(client.ClientError):
+                        self._kill(item)
                 with contextlib.suppress(client.ClientError):
-                    self._kill(item)
-            with contextlib.suppress(client.ClientError):
-                self._report()  # the joblog lines of those that ended at once
+                    self._report()  # the joblog lines of those that ended at once
+            except KeyboardInterrupt:  # a second Ctrl-C: stop asking the server
+                self._left_running(" (killing was interrupted)")
+                return
             err.print(f"asked to kill the {escape(what)}")
             return
         self._left_running(", or use --kill-on-exit next time")
@@ -658,6 +659,26 @@ class Run:
         if len(self.failed) > SHOWN_FAILURES:
             more = len(self.failed) - SHOWN_FAILURES
             err.print(f"… and {more} more failed (--joblog FILE lists every job)")
+
+
+def _ask_on_terminal(question: str) -> bool:
+    """A y/N question on the controlling terminal, which is still the user's when stdin
+    holds the inputs (`find … | jobbalancer parallel`); no without a terminal."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:  # no controlling terminal (a service, cron, a detached session)
+        return False
+    try:
+        os.write(tty, f"{question} [y/N]: ".encode())
+        answer = os.read(tty, 1024).decode(errors="replace")  # the terminal gives a line
+    except KeyboardInterrupt:
+        os.write(tty, b"\n")
+        return False
+    except OSError:
+        return False
+    finally:
+        os.close(tty)
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _transient(exc: client.ClientError) -> bool:
