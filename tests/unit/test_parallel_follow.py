@@ -123,14 +123,19 @@ def test_a_failure_that_was_not_retried_ends_the_input() -> None:
 
 
 def test_halt_soon_kills_what_has_not_started_now_kills_all() -> None:
-    server = FakeServer()
-    run = _run(server, 5, halt="soon,fail=1")
-    server.jobs[2]["state"] = "running"
+    server, log = FakeServer(), io.StringIO()
+    run = _run(server, 5, halt="soon,fail=1", joblog=log)
+    server.jobs[2].update(state="running", started_at="2026-12-04T10:00:00Z")
     server.end(1, "failed", 1)
     _step(run)
     assert run.halted and sorted(server.killed) == [3, 4, 5]
     assert [i.state for i in run.items] == ["failed", "running", "killed", "killed", "killed"]
     assert len(run.failed) == 1  # what --halt killed is not counted as failed
+    server.end(2, "done", 0)
+    _step(run)
+    assert not run.open
+    # as in GNU parallel's, the joblog has the jobs that ran, not those that never started
+    assert [line.split("\t")[0] for line in log.getvalue().splitlines()] == ["1", "2"]
 
     server = FakeServer()
     run = _run(server, 3, halt="now,fail=1")

@@ -517,7 +517,10 @@ class Run:
                 for text, stderr in ((out, False), (err, True)):
                     shown = fanout.tag_lines(text, item.value) if self.tag else text
                     self.display.write(shown, stderr=stderr)
-                if self.joblog is not None:
+                # GNU parallel logs the jobs it ran: one killed before it started (by
+                # --halt or Ctrl-C) has no line, so `parallel --resume` would run it.
+                never_ran = item.kill_asked and not item.job.get("started_at")
+                if self.joblog is not None and not never_ran:
                     line = fanout.joblog_line(item.seq, item.job, item.command)
                     print(line, file=self.joblog, flush=True)
                 if item.state != "done" and not item.kill_asked:
