@@ -366,6 +366,7 @@ class Run:
         self.rotation = 0
         self.started = time.monotonic()
         self.submitted_in: float | None = None
+        self.cut_off: list[Item] = []  # the batch Ctrl-C cut off on its way
 
     # -- the loop
 
@@ -428,6 +429,9 @@ class Run:
             batch = self.items[self.next_to_submit : self.next_to_submit + BATCH]
             try:
                 made = self.c.submit_batch([item.spec for item in batch])
+            except KeyboardInterrupt:
+                self.cut_off = batch  # its jobs may exist: Ctrl-C looks for them
+                raise
             except client.ApiError as exc:
                 if exc.code not in ("rate_limited", "waiting_limit"):
                     raise
@@ -584,6 +588,8 @@ class Run:
             self._end(item, job)
 
     def _interrupted(self, kill_on_exit: bool) -> None:
+        with contextlib.suppress(client.ClientError):
+            self._find_cut_off()
         left = [item for item in self.open.values() if not item.ended]
         err = formatting.err()
         if not left:
@@ -605,6 +611,29 @@ class Run:
             err.print(f"asked to kill the {escape(what)}")
             return
         self._left_running(", or use --kill-on-exit next time")
+
+    def _find_cut_off(self) -> None:
+        """The jobs of a batch whose answer Ctrl-C cut off, if the server made them: the
+        run's newest, newer than any we know, made in one transaction in the batch's
+        order (so, by id, the batch's items)."""
+        if not self.cut_off:
+            return
+        known = max(self.open, default=0)
+        for item in self.items[: self.next_to_submit]:
+            known = max(known, item.job_id or 0)
+        made: list[dict[str, Any]] = []
+        for job in self.c.jobs(label=f"{RUN_LABEL}={self.run_id}", page_size=BATCH):
+            if int(job["id"]) <= known or len(made) == len(self.cut_off):
+                break
+            if job.get("retry_of") is None:  # a retry is never part of a batch
+                made.append(job)
+        if len(made) != len(self.cut_off):  # none: the batch never got there
+            return
+        made.sort(key=lambda job: int(job["id"]))
+        for item, job in zip(self.cut_off, made, strict=True):
+            item.job_id, item.job, item.state = int(job["id"]), job, str(job["state"])
+            self.open[item.job_id] = item
+        self.next_to_submit += len(self.cut_off)
 
     def _left_running(self, hint: str = "") -> None:
         left = sorted(i.job_id for i in self.open.values() if i.job_id is not None)
