@@ -588,8 +588,8 @@ class Run:
             self._end(item, job)
 
     def _interrupted(self, kill_on_exit: bool) -> None:
-        with contextlib.suppress(client.ClientError):
-            self._find_cut_off()
+        with contextlib.suppress(client.ClientError, KeyboardInterrupt):
+            self._find_cut_off()  # a second Ctrl-C skips the look
         left = [item for item in self.open.values() if not item.ended]
         err = formatting.err()
         if not left:
