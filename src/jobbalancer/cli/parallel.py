@@ -46,6 +46,7 @@ from jobbalancer.cli.submit import (
     WorkdirOpt,
     check_what_to_run,
     parse_pairs,
+    script_ref,
 )
 
 BATCH = 500  # jobs per submit request (the API takes up to 1000)
@@ -273,8 +274,7 @@ def _item(
 ) -> Item:
     if script:
         filled = fanout.params_for(params, value, seq)
-        ref: str | int = int(script) if script.isdigit() else script
-        spec = client.job_spec(script=ref, params=filled, **common)
+        spec = client.job_spec(script=script_ref(script), params=filled, **common)
         return Item(seq, value, f"script {shlex.join([script, *filled])}", spec)
     shell = fanout.command_for(words, value, seq)
     return Item(seq, value, shell, client.job_spec(shell, **common))

@@ -194,7 +194,7 @@ def submit_spec(
         "labels": parse_pairs("--label", labels),
     }
     if script:
-        return spec | {"script": int(script) if script.isdigit() else script, "params": params}
+        return spec | {"script": script_ref(script), "params": params}
     return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
 
 
@@ -213,6 +213,12 @@ def check_what_to_run(words: Sequence[str], script: str | None, params: Sequence
         formatting.fail(
             exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
         )
+
+
+def script_ref(script: str) -> str | int:
+    """``--script``'s value as the API takes it: an id when it is ASCII digits (``"²"`` is
+    a digit to Python, and no number), else a name."""
+    return int(script) if script.isascii() and script.isdigit() else script
 
 
 def parse_pairs(option: str, items: Sequence[str]) -> dict[str, str]:
