@@ -64,10 +64,11 @@ def test_thousand_inputs_each_run_once_quoted(make_cluster: Factory, tmp_path: P
     ran.mkdir()
     inputs = [f"{HOSTILE[i % len(HOSTILE)]}#{i}" for i in range(1000)]
     joblog = tmp_path / "joblog.tsv"
-    # When each runs as `record it; print it; fail every 100th`
+    # When each runs as `record it; print it; fail every 100th`, with {} bare, in double
+    # and in single quotes (each must give the input itself, and never run it)
     command = (
-        f"printf '%s\\n' {{}} >> {ran}/{{#}}; printf '%s|%s\\n' {{#}} {{}}; "
-        "exit $(( {#} % 100 == 0 ))"
+        f"printf '%s\\n' {{}} >> {ran}/{{#}}; printf '%s|%s\\n' {{#}} \"{{}}\"; "
+        "test '{}' = \"{}\" && exit $(( {#} % 100 == 0 ))"
     )
     started = time.monotonic()
     proc = subprocess.run(
