@@ -594,7 +594,7 @@ class Run:
         err = formatting.err()
         if not left:
             return
-        what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
+        what = f"{_jobs(len(left))} not ended"
         if not kill_on_exit:
             kill_on_exit = _ask_on_terminal(f"Kill the {what}?")
         if kill_on_exit:
@@ -639,7 +639,7 @@ class Run:
         left = sorted(i.job_id for i in self.open.values() if i.job_id is not None)
         if not left:
             return
-        what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
+        what = f"{_jobs(len(left))} not ended"
         formatting.err().print(
             f"[yellow]{escape(what)} go on (label {RUN_LABEL}={escape(self.run_id)}, ids "
             f"{left[0]} to {left[-1]}); stop one with `jobbalancer kill ID`{hint}[/]"
@@ -679,7 +679,7 @@ class Run:
             f"submitted in {self.submitted_in:.1f} s; " if self.submitted_in is not None else ""
         )
         err.print(
-            f"{total} job{'s' if total != 1 else ''}: {escape(parts)} in {elapsed:.1f} s "
+            f"{_jobs(total, '')}: {escape(parts)} in {elapsed:.1f} s "
             f"({submitted}label {RUN_LABEL}={escape(self.run_id)})"
         )
         if self.halted:
@@ -711,6 +711,10 @@ def _ask_on_terminal(question: str) -> bool:
     finally:
         os.close(tty)
     return answer.strip().lower() in ("y", "yes")
+
+
+def _jobs(count: int, kind: str = "submitted ") -> str:
+    return f"{count} {kind}job{'' if count == 1 else 's'}"
 
 
 def _transient(exc: client.ClientError) -> bool:
