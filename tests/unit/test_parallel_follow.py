@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import httpx
 import pytest
 
 from jobbalancer import client
@@ -214,6 +215,65 @@ def test_ctrl_c_during_a_submission_kills_what_it_made() -> None:
     assert code == 130
     assert [(i.seq, i.job_id) for i in items[-2:]] == [(501, 501), (502, 502)]
     assert sorted(server.killed) == list(range(1, 503))  # not the retry, 503
+
+
+def test_a_failed_submission_is_sent_again_only_when_nothing_can_run_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a server that refuses to connect once, answers 503 without making the batch
+    # once, and makes a batch but answers 503 once (its database lost after the commit)
+    server = FakeServer()
+    submit = server.submit_batch
+    refused = client.ConnectionFailed("http://x", "refused")
+    refused.__cause__ = httpx.ConnectError("refused")
+    unavailable = client.ApiError(503, "database_unavailable", "no database")
+    troubles: list[tuple[client.ClientError, bool]] = [
+        (refused, False), (unavailable, False), (unavailable, True)
+    ]  # fmt: skip
+
+    def flaky(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        exc, make = troubles.pop(0) if troubles else (None, True)
+        made = submit(specs) if make else []
+        for job in made:  # they run at once
+            server.end(job["id"], "done")
+        if exc is not None:
+            raise exc
+        return made
+
+    server.submit_batch = flaky  # type: ignore[method-assign]
+    monkeypatch.setattr(parallel, "time", _Clock())
+    items = [parallel._item(s, str(s), ["true"], None, [], {"labels": {"parallel": "r"}})
+             for s in range(1, 4)]  # fmt: skip
+    run = parallel.Run(server, items, "r", None, quiet=True, tag=False, joblog=None)  # type: ignore[arg-type]
+    run.display = parallel.Display(False, 3)
+    # When it runs, it sends the batch again, looks first after a 503, adopts what was made
+    run._loop()
+    # Then every input has exactly one job, and all ended
+    assert not troubles and len(server.by_id) == 3 and run.ended == 3
+    assert sorted(i.job_id for i in items) == [1, 2, 3]
+
+    # A timeout may yet make the jobs: the run ends, and says so
+    timeout = client.ConnectionFailed("http://x", "timed out")
+    timeout.__cause__ = httpx.ReadTimeout("timed out")
+    server.submit_batch = lambda specs: (_ for _ in ()).throw(timeout)  # type: ignore[method-assign]
+    run = _run(FakeServer(), 0)
+    run.items = [parallel._item(1, "1", ["true"], None, [], {})]
+    run.c = server  # type: ignore[assignment]
+    with pytest.raises(client.ConnectionFailed):
+        run._loop()
+
+
+class _Clock:
+    """The time module as the run sees it: sleeping moves the clock, and takes no time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def test_a_job_deleted_meanwhile_ends_as_deleted() -> None:

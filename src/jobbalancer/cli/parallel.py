@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -366,7 +367,8 @@ class Run:
         self.rotation = 0
         self.started = time.monotonic()
         self.submitted_in: float | None = None
-        self.cut_off: list[Item] = []  # the batch Ctrl-C cut off on its way
+        self.cut_off: list[Item] = []  # a batch that may have been made (Ctrl-C, a 503)
+        self.submit_troubles = 0  # submissions in a row that failed and may be retried
 
     # -- the loop
 
@@ -400,7 +402,7 @@ class Run:
         pause, troubles = POLL_MIN, 0
         while self._submitting() or self.open:
             before = self.ended
-            # Not retried: a batch cut off on its way may have been submitted.
+            # Retried only where no input can run twice (see _submit_failed).
             self._submit_some()
             try:
                 self._poll()
@@ -426,18 +428,18 @@ class Run:
         while self._submitting() and time.monotonic() < slice_end:
             if time.monotonic() < self.submit_paused_until:
                 return
+            if self.cut_off and not self._look_for_cut_off():
+                return
             batch = self.items[self.next_to_submit : self.next_to_submit + BATCH]
             try:
                 made = self.c.submit_batch([item.spec for item in batch])
             except KeyboardInterrupt:
                 self.cut_off = batch  # its jobs may exist: Ctrl-C looks for them
                 raise
-            except client.ApiError as exc:
-                if exc.code not in ("rate_limited", "waiting_limit"):
-                    raise
-                # Over a submitter's limits: go on following, submit the rest later.
-                self.submit_paused_until = time.monotonic() + 1.0
+            except client.ClientError as exc:
+                self._submit_failed(exc, batch)
                 return
+            self.submit_troubles = 0
             for item, job in zip(batch, made, strict=True):
                 item.job_id = int(job["id"])
                 self.open[item.job_id] = item
@@ -446,6 +448,42 @@ class Run:
             self._show()
         if self.next_to_submit >= len(self.items) and self.submitted_in is None:
             self.submitted_in = time.monotonic() - self.started
+
+    def _submit_failed(self, exc: client.ClientError, batch: list[Item]) -> None:
+        """Submit the batch again later, where that cannot run an input twice; else raise.
+
+        Over a submitter's limits, or with no connection made, nothing was submitted. A
+        503 (the server without its database) is an answer, so its transaction is over:
+        whether it made the jobs is looked up before they are sent again. Any other
+        failure (a timeout, a cut connection) may have made them, or may yet: it ends the
+        run, saying which jobs go on.
+        """
+        self.submit_paused_until = time.monotonic() + 1.0
+        if isinstance(exc, client.ApiError) and exc.code in ("rate_limited", "waiting_limit"):
+            return  # go on following, submit the rest as jobs end
+        unsent = isinstance(exc, client.ConnectionFailed) and isinstance(
+            exc.__cause__, httpx.ConnectError
+        )
+        answered = isinstance(exc, client.ApiError) and exc.status == 503
+        self.submit_troubles += 1
+        if not (unsent or answered) or self.submit_troubles > PATIENCE:
+            raise exc
+        if answered:
+            self.cut_off = batch
+
+    def _look_for_cut_off(self) -> bool:
+        """Whether submitting may go on: the jobs of a batch that failed are found (or
+        known not to exist)."""
+        try:
+            self._find_cut_off()
+        except client.ClientError as exc:
+            self.submit_troubles += 1
+            if not _transient(exc) or self.submit_troubles > PATIENCE:
+                raise
+            self.submit_paused_until = time.monotonic() + 1.0
+            return False
+        self.cut_off = []
+        return True
 
     def _poll(self) -> None:
         """One look at the unfinished jobs: the oldest WINDOW, and WINDOW more in turn."""
@@ -613,8 +651,8 @@ class Run:
         self._left_running(", or use --kill-on-exit next time")
 
     def _find_cut_off(self) -> None:
-        """The jobs of a batch whose answer Ctrl-C cut off, if the server made them: the
-        run's newest, newer than any we know, made in one transaction in the batch's
+        """The jobs of a batch whose answer was lost (Ctrl-C, a 503), if the server made
+        them: the run's newest, newer than any we know, made in one transaction in the batch's
         order (so, by id, the batch's items)."""
         if not self.cut_off:
             return
