@@ -85,6 +85,18 @@ def test_replacement_strings(value: str, expected: tuple[str, ...]) -> None:
     assert fanout.replace("#", value, 7) == "7"
 
 
+def test_gnu_parallels_first_source_strings_and_unsupported_ones() -> None:
+    # one input source: {1} is {}, {1.} is {.}, …; {2} and up stay text (regex counts)
+    got = fanout.command_for(["echo {1} {1.} {1/} {1//} {1/.} x{2} {11}"], "d/f.c", 4)
+    assert got == "echo d/f.c d/f f.c d f x{2} {11}"
+    for unsupported in ("{%}", "{= s/a/b/ =}", "{..}", "{+/}", "{+.}"):
+        with pytest.raises(fanout.UsageError, match="not supported"):
+            fanout.check_command([f"echo {unsupported}"])
+        with pytest.raises(fanout.UsageError, match="not supported"):
+            fanout.check_command([], [unsupported])
+    fanout.check_command(["grep", "-E", "[0-9]{2}", "{}"], ["{1}", "`{}`"])
+
+
 def test_every_replacement_string_in_a_word() -> None:
     got = fanout.substitute("{}|{.}|{/}|{//}|{/.}|{#}|{x}", "d/f.c", 3)
     assert got == "d/f.c|d/f|f.c|d|f|3|{x}"

@@ -21,8 +21,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-# {} {.} {/} {//} {/.} {#}; longest alternatives first.
-REPLACEMENT = re.compile(r"\{(//|/\.|/|\.|#)?\}")
+# {} {.} {/} {//} {/.} {#}; longest alternatives first. With one input source GNU
+# parallel's {1} {1.} {1/} {1//} {1/.} are the same as {} {.} {/} {//} {/.}.
+REPLACEMENT = re.compile(r"\{(?:1(?=[}./]))?(//|/\.|/|\.|#)?\}")
+# GNU parallel's other replacement strings, which this does not do: refused rather than
+# left as text. ({2} and up are left alone: they look like counts in a regex.)
+UNSUPPORTED = re.compile(r"\{(?:%|\+/|\+\.|\.\.|\+\.\.)\}|\{=.*?=\}")
 MAX_EXIT = 101  # GNU parallel: the exit code counts failures up to this
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
 
@@ -131,8 +135,16 @@ def command_for(words: Sequence[str], value: str, seq: int) -> str:
     return shlex.join(filled)
 
 
-def check_command(words: Sequence[str]) -> None:
-    """A UsageError for a shell line whose replacement strings cannot be quoted safely."""
+def check_command(words: Sequence[str], params: Sequence[str] = ()) -> None:
+    """A UsageError for GNU parallel's replacement strings this does not do ({%},
+    {= … =}, …) and for a shell line whose values cannot be quoted safely."""
+    for word in [*words, *params]:
+        found = UNSUPPORTED.search(word)
+        if found is not None:
+            raise UsageError(
+                f"{found.group()} is not supported: use {{}} {{.}} {{/}} {{//}} {{/.}} or "
+                "{#} (or {1} … {1/.}: there is one input source)"
+            )
     if len(words) == 1:
         fill_shell_line(words[0], "", 0)
 

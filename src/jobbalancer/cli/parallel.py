@@ -160,7 +160,7 @@ def parallel(
     """
     try:
         words, source = fanout.split_command(command or [])
-        fanout.check_command(words)
+        fanout.check_command(words, param or [])
         halting = fanout.parse_halt(halt)
     except fanout.UsageError as exc:
         formatting.fail(exits.RET_USAGE, str(exc))
