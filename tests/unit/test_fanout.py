@@ -238,6 +238,15 @@ def test_exit_code(failures: int, code: int) -> None:
     assert fanout.exit_code(failures) == code
 
 
+def test_exit_code_after_a_halt_on_the_first_failure_is_that_jobs() -> None:
+    assert fanout.exit_code(1, halted_by=fanout.Halt("soon", 1), first_code=7) == 7
+    assert fanout.exit_code(2, halted_by=fanout.Halt("now", 1), first_code=137) == 137
+    assert fanout.exit_code(1, halted_by=fanout.Halt("now", 1), first_code=None) == 1  # timeout
+    assert fanout.exit_code(3, halted_by=fanout.Halt("soon", 3), first_code=7) == 3
+    assert fanout.exit_code(3, halted_by=fanout.Halt("soon", percent=1), first_code=7) == 3
+    assert fanout.exit_code(3, first_code=7) == 3
+
+
 # -- the joblog
 
 

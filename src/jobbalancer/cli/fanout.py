@@ -308,8 +308,15 @@ def parse_halt(text: str | None) -> Halt | None:
     return Halt(when, failures=int(value))  # type: ignore[arg-type]
 
 
-def exit_code(failures: int) -> int:
-    """0 when every job succeeded, else the number of failures up to 101 (GNU parallel)."""
+def exit_code(
+    failures: int, *, halted_by: Halt | None = None, first_code: int | None = None
+) -> int:
+    """0 when every job succeeded, else the number of failures up to 101; after a halt on
+    the first failure (``fail=1``), the exit code of the job that failed, when it has one
+    (both GNU parallel's rules)."""
+    first = halted_by is not None and halted_by.percent is None and halted_by.failures == 1
+    if first and first_code is not None and 0 < first_code < 256:
+        return first_code
     return min(max(failures, 0), MAX_EXIT)
 
 

@@ -156,7 +156,8 @@ def parallel(
     its directory, {/.} base name without extension, {#} the job's number. In a command
     each value is shell-quoted; with --script NAME -p {} values are the script's
     arguments as they are. Exit code: 0 if every job succeeded, else the number that did
-    not (at most 101); 130 after Ctrl-C; 141 when the output pipe closes.
+    not (at most 101), or after --halt …,fail=1 the failed job's; 130 after Ctrl-C; 141
+    when the output pipe closes.
     """
     try:
         words, source = fanout.split_command(command or [])
@@ -396,7 +397,12 @@ class Run:
             display.stop()
             self.readers.shutdown(wait=False, cancel_futures=True)
         self._summary()
-        return fanout.exit_code(len(self.failed))
+        first = self.failed[0].job.get("exit_code") if self.failed else None
+        return fanout.exit_code(
+            len(self.failed),
+            halted_by=self.halt if self.halted else None,
+            first_code=first if isinstance(first, int) else None,
+        )
 
     def _loop(self) -> None:
         pause, troubles = POLL_MIN, 0
