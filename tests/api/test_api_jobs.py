@@ -172,7 +172,11 @@ def test_list_by_ids_and_retries(api: Api) -> None:
     assert len(retry) == 1 and retry[0] > third["id"]
     assert api.admin.get(f"/api/v1/jobs/{retry[0]}").json()["retry_of"] == first["id"]
     _, key = api.user("alice")
-    assert ids(f"id={first['id']}", api.client(key)) == []  # not hers
+    # not hers: neither the jobs nor their retries, named by id or by the job they retry
+    alice = api.client(key)
+    assert ids(f"id={first['id']},{retry[0]}", alice) == []
+    assert ids(f"retry_of={first['id']}", alice) == []
+    assert ids(f"retry_of={first['id']}&id={retry[0]}") == retry  # the filters combine
     many = ",".join(str(i) for i in range(1, 502))
     for bad in ("id=x", "id=1,,-2", f"id={many}", "retry_of=0", "id=%2C"):
         r = api.admin.get(f"/api/v1/jobs?{bad}")

@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -63,10 +64,11 @@ def test_thousand_inputs_each_run_once_quoted(make_cluster: Factory, tmp_path: P
     ran.mkdir()
     inputs = [f"{HOSTILE[i % len(HOSTILE)]}#{i}" for i in range(1000)]
     joblog = tmp_path / "joblog.tsv"
-    # When each runs as `record it; print it; fail every 100th`
+    # When each runs as `record it; print it; fail every 100th`, with {} bare, in double
+    # and in single quotes (each must give the input itself, and never run it)
     command = (
-        f"printf '%s\\n' {{}} >> {ran}/{{#}}; printf '%s|%s\\n' {{#}} {{}}; "
-        "exit $(( {#} % 100 == 0 ))"
+        f"printf '%s\\n' {{}} >> {ran}/{{#}}; printf '%s|%s\\n' {{#}} \"{{}}\"; "
+        "test '{}' = \"{}\" && exit $(( {#} % 100 == 0 ))"
     )
     started = time.monotonic()
     proc = subprocess.run(
@@ -99,7 +101,7 @@ def test_thousand_inputs_each_run_once_quoted(make_cluster: Factory, tmp_path: P
     print(f"1000 inputs through parallel: {took:.1f} s")
 
 
-def test_progress_and_summary_in_a_terminal(make_cluster: Factory) -> None:
+def test_progress_and_summary_in_a_terminal(make_cluster: Factory, tmp_path: Path) -> None:
     # Given one worker with two slots and six one-second jobs
     cluster: Cluster = make_cluster()
     cluster.start_worker("w", "--allow-root", "--max-jobs", "2")
@@ -117,8 +119,12 @@ def test_progress_and_summary_in_a_terminal(make_cluster: Factory) -> None:
     assert "6 jobs: 5 done, 1 failed in" in plain
     assert re.search(r"failed job \d+ \(exit code 1\): 3", plain), plain
 
-    # When Ctrl-C is pressed while two jobs run, it asks, and kills them on "y"
-    args = [*PARALLEL, "-l", "run=asked", "--", "sleep", ":::", "30", "31"]
+    # When Ctrl-C is pressed while two jobs run, it asks on the terminal (stdin holds the
+    # inputs), and kills them on "y"
+    inputs = tmp_path / "inputs"
+    inputs.write_text("30\n31\n")
+    line = shlex.join([*PARALLEL, "-l", "run=asked", "--", "sleep"])
+    args = ["/bin/sh", "-c", f"exec {line} < {shlex.quote(str(inputs))}"]
     steps = [(r"running 2", b"\x03"), (r"Kill the 2 submitted jobs not ended\? \[y/N\]", b"y\r")]
     plain, code = _in_a_pty(args, env, timeout=60, steps=steps)
     assert code == 130, plain
@@ -190,8 +196,9 @@ def test_halt_retries_scripts_and_ctrl_c(make_cluster: Factory, tmp_path: Path) 
 
     # --halt soon,fail=1: after the first failure the jobs not started are killed
     halted = parallel("--halt", "soon,fail=1", "-l", "run=halt", "--",
-                      "sleep 0.1; exit $(( {} == 2 ))", ":::", *map(str, range(1, 21)))  # fmt: skip
-    assert halted.returncode == 1, halted.stderr
+                      "sleep 0.1; exit $(( {} == 2 ? 5 : 0 ))",
+                      ":::", *map(str, range(1, 21)))  # fmt: skip
+    assert halted.returncode == 5, halted.stderr  # the failed job's code, as GNU parallel
     assert "halted after 1 failed" in halted.stderr
     states = Counter(j["state"] for j in _run_labelled(cluster, "run=halt"))
     assert states["failed"] == 1 and states["killed"] >= 10, states

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -84,8 +85,20 @@ def test_replacement_strings(value: str, expected: tuple[str, ...]) -> None:
     assert fanout.replace("#", value, 7) == "7"
 
 
+def test_gnu_parallels_first_source_strings_and_unsupported_ones() -> None:
+    # one input source: {1} is {}, {1.} is {.}, …; {2} and up stay text (regex counts)
+    got = fanout.command_for(["echo {1} {1.} {1/} {1//} {1/.} x{2} {11}"], "d/f.c", 4)
+    assert got == "echo d/f.c d/f f.c d f x{2} {11}"
+    for unsupported in ("{%}", "{= s/a/b/ =}", "{..}", "{+/}", "{+.}"):
+        with pytest.raises(fanout.UsageError, match="not supported"):
+            fanout.check_command([f"echo {unsupported}"])
+        with pytest.raises(fanout.UsageError, match="not supported"):
+            fanout.check_command([], [unsupported])
+    fanout.check_command(["grep", "-E", "[0-9]{2}", "{}"], ["{1}", "`{}`"])
+
+
 def test_every_replacement_string_in_a_word() -> None:
-    got = fanout.substitute("{}|{.}|{/}|{//}|{/.}|{#}|{x}", "d/f.c", 3, quote=False)
+    got = fanout.substitute("{}|{.}|{/}|{//}|{/.}|{#}|{x}", "d/f.c", 3)
     assert got == "d/f.c|d/f|f.c|d|f|3|{x}"
 
 
@@ -108,6 +121,56 @@ def test_one_word_is_a_shell_line_with_values_quoted(value: str) -> None:
     command = fanout.command_for(["printf '<%s>' {} {#} | cat"], value, 12)
     result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, check=True)
     assert result.stdout == f"<{value}><12>"
+
+
+# Where users put {} in a shell line: each must give the input back exactly.
+QUOTED_PLACES = [
+    ("printf '<%s>' {}", "<{v}>"),
+    ("printf '<%s>' '{}'", "<{v}>"),
+    ('printf "<%s>" "{}"', "<{v}>"),
+    ("printf '<%s>' 'pre {} post'", "<pre {v} post>"),
+    ("printf '<%s>' \"pre {}'s\" # it's {}", "<pre {v}'s>"),
+    ('printf "<%s>" "$(printf %s "{}")"', "<{v}>"),
+    ("printf '<%s>' \"$(printf '%s|' {} '{}')\"", "<{v}|{v}|>"),
+    ("printf '<%s>' \"$(( 1 + 1 ))-{}\" {#}", "<2-{v}><3>"),
+]
+EXACT = [*HOSTILE, "a\nb", "'", '"', "\\", "`", "$", 'it\'s "both"', '\\"; echo x; \\"']
+
+
+@pytest.mark.parametrize(("template", "expected"), QUOTED_PLACES)
+def test_a_value_is_quoted_for_where_it_stands(template: str, expected: str) -> None:
+    for value in EXACT:
+        command = fanout.command_for([template], value, 3)
+        result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True)
+        assert (result.returncode, result.stdout) == (0, expected.format(v=value)), command
+
+
+def test_no_place_in_a_shell_line_runs_a_value(tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    values = [f"$(touch {canary}/1)", f"`touch {canary}/2`", f"'; touch {canary}/3; '",
+              f'"; touch {canary}/4; "', f'\\"; touch {canary}/5; \\"',
+              f"x\ntouch {canary}/6", f"x\\'; touch {canary}/7; '"]  # fmt: skip
+    templates = [t for t, _ in QUOTED_PLACES] + [
+        "cat <<END\n{}\nEND",
+        "cat <<'END'\n'{}'\nEND",
+        "echo $(( 1 << 2 )) {}",
+        "echo '`{}`'",
+        'echo ${UNSET:-{}} "${UNSET:-{}}"',
+        "echo \\'{}\\'",
+    ]
+    for template in templates:
+        for value in values:
+            command = fanout.command_for([template], value, 1)
+            subprocess.run(["/bin/sh", "-c", command], capture_output=True, check=False)
+            assert list(canary.iterdir()) == [], command
+
+
+@pytest.mark.parametrize("template", ["echo `basename {}`", 'echo "`cat {}`"', "`echo {#}`"])
+def test_a_replacement_string_in_backticks_is_refused(template: str) -> None:
+    with pytest.raises(fanout.UsageError, match=r"\$\(…\)"):
+        fanout.check_command([template])
+    fanout.check_command(["echo", "`{}`"])  # one argument, no shell reads it
 
 
 def test_hostile_value_runs_nothing() -> None:
@@ -173,6 +236,15 @@ def test_halt_reached() -> None:
                                                 (102, 101), (5000, 101)])  # fmt: skip
 def test_exit_code(failures: int, code: int) -> None:
     assert fanout.exit_code(failures) == code
+
+
+def test_exit_code_after_a_halt_on_the_first_failure_is_that_jobs() -> None:
+    assert fanout.exit_code(1, halted_by=fanout.Halt("soon", 1), first_code=7) == 7
+    assert fanout.exit_code(2, halted_by=fanout.Halt("now", 1), first_code=137) == 137
+    assert fanout.exit_code(1, halted_by=fanout.Halt("now", 1), first_code=None) == 1  # timeout
+    assert fanout.exit_code(3, halted_by=fanout.Halt("soon", 3), first_code=7) == 3
+    assert fanout.exit_code(3, halted_by=fanout.Halt("soon", percent=1), first_code=7) == 3
+    assert fanout.exit_code(3, first_code=7) == 3
 
 
 # -- the joblog

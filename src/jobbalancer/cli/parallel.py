@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -44,7 +45,9 @@ from jobbalancer.cli.submit import (
     ScriptOpt,
     WatchdogOpt,
     WorkdirOpt,
+    check_what_to_run,
     parse_pairs,
+    script_ref,
 )
 
 BATCH = 500  # jobs per submit request (the API takes up to 1000)
@@ -153,14 +156,16 @@ def parallel(
     its directory, {/.} base name without extension, {#} the job's number. In a command
     each value is shell-quoted; with --script NAME -p {} values are the script's
     arguments as they are. Exit code: 0 if every job succeeded, else the number that did
-    not (at most 101); 130 after Ctrl-C; 141 when the output pipe closes.
+    not (at most 101), or after --halt …,fail=1 the failed job's; 130 after Ctrl-C; 141
+    when the output pipe closes.
     """
     try:
         words, source = fanout.split_command(command or [])
+        fanout.check_command(words, param or [])
         halting = fanout.parse_halt(halt)
     except fanout.UsageError as exc:
         formatting.fail(exits.RET_USAGE, str(exc))
-    _check_what_to_run(words, script, param)
+    check_what_to_run(words, script, param or [])
     inputs = _read_inputs(source, skip_empty)
     if not inputs:
         formatting.err().print("no inputs: nothing to run")
@@ -189,19 +194,6 @@ def parallel(
         run = Run(c, items, run_id, halting, quiet=quiet, tag=tag, joblog=log)
         code = run.go(Display(show_bar, len(items)), kill_on_exit=kill_on_exit)
     raise typer.Exit(code)
-
-
-def _check_what_to_run(words: Sequence[str], script: str | None, params: Any) -> None:
-    if words and script:
-        formatting.fail(exits.RET_USAGE, "give either a command (after --) or --script, not both")
-    if not words and not script:
-        formatting.fail(
-            exits.RET_USAGE, "nothing to run: give a command after --, or --script NAME"
-        )
-    if params and not script:
-        formatting.fail(
-            exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
-        )
 
 
 def _read_inputs(source: fanout.Source, skip_empty: bool) -> list[str]:
@@ -284,8 +276,7 @@ def _item(
 ) -> Item:
     if script:
         filled = fanout.params_for(params, value, seq)
-        ref: str | int = int(script) if script.isdigit() else script
-        spec = client.job_spec(script=ref, params=filled, **common)
+        spec = client.job_spec(script=script_ref(script), params=filled, **common)
         return Item(seq, value, f"script {shlex.join([script, *filled])}", spec)
     shell = fanout.command_for(words, value, seq)
     return Item(seq, value, shell, client.job_spec(shell, **common))
@@ -377,6 +368,8 @@ class Run:
         self.rotation = 0
         self.started = time.monotonic()
         self.submitted_in: float | None = None
+        self.cut_off: list[Item] = []  # a batch that may have been made (Ctrl-C, a 503)
+        self.submit_troubles = 0  # submissions in a row that failed and may be retried
 
     # -- the loop
 
@@ -404,13 +397,18 @@ class Run:
             display.stop()
             self.readers.shutdown(wait=False, cancel_futures=True)
         self._summary()
-        return fanout.exit_code(len(self.failed))
+        first = self.failed[0].job.get("exit_code") if self.failed else None
+        return fanout.exit_code(
+            len(self.failed),
+            halted_by=self.halt if self.halted else None,
+            first_code=first if isinstance(first, int) else None,
+        )
 
     def _loop(self) -> None:
         pause, troubles = POLL_MIN, 0
         while self._submitting() or self.open:
             before = self.ended
-            # Not retried: a batch cut off on its way may have been submitted.
+            # Retried only where no input can run twice (see _submit_failed).
             self._submit_some()
             try:
                 self._poll()
@@ -436,15 +434,18 @@ class Run:
         while self._submitting() and time.monotonic() < slice_end:
             if time.monotonic() < self.submit_paused_until:
                 return
+            if self.cut_off and not self._look_for_cut_off():
+                return
             batch = self.items[self.next_to_submit : self.next_to_submit + BATCH]
             try:
                 made = self.c.submit_batch([item.spec for item in batch])
-            except client.ApiError as exc:
-                if exc.code not in ("rate_limited", "waiting_limit"):
-                    raise
-                # Over a submitter's limits: go on following, submit the rest later.
-                self.submit_paused_until = time.monotonic() + 1.0
+            except KeyboardInterrupt:
+                self.cut_off = batch  # its jobs may exist: Ctrl-C looks for them
+                raise
+            except client.ClientError as exc:
+                self._submit_failed(exc, batch)
                 return
+            self.submit_troubles = 0
             for item, job in zip(batch, made, strict=True):
                 item.job_id = int(job["id"])
                 self.open[item.job_id] = item
@@ -453,6 +454,42 @@ class Run:
             self._show()
         if self.next_to_submit >= len(self.items) and self.submitted_in is None:
             self.submitted_in = time.monotonic() - self.started
+
+    def _submit_failed(self, exc: client.ClientError, batch: list[Item]) -> None:
+        """Submit the batch again later, where that cannot run an input twice; else raise.
+
+        Over a submitter's limits, or with no connection made, nothing was submitted. A
+        503 (the server without its database) is an answer, so its transaction is over:
+        whether it made the jobs is looked up before they are sent again. Any other
+        failure (a timeout, a cut connection) may have made them, or may yet: it ends the
+        run, saying which jobs go on.
+        """
+        self.submit_paused_until = time.monotonic() + 1.0
+        if isinstance(exc, client.ApiError) and exc.code in ("rate_limited", "waiting_limit"):
+            return  # go on following, submit the rest as jobs end
+        unsent = isinstance(exc, client.ConnectionFailed) and isinstance(
+            exc.__cause__, httpx.ConnectError
+        )
+        answered = isinstance(exc, client.ApiError) and exc.status == 503
+        self.submit_troubles += 1
+        if not (unsent or answered) or self.submit_troubles > PATIENCE:
+            raise exc
+        if answered:
+            self.cut_off = batch
+
+    def _look_for_cut_off(self) -> bool:
+        """Whether submitting may go on: the jobs of a batch that failed are found (or
+        known not to exist)."""
+        try:
+            self._find_cut_off()
+        except client.ClientError as exc:
+            self.submit_troubles += 1
+            if not _transient(exc) or self.submit_troubles > PATIENCE:
+                raise
+            self.submit_paused_until = time.monotonic() + 1.0
+            return False
+        self.cut_off = []
+        return True
 
     def _poll(self) -> None:
         """One look at the unfinished jobs: the oldest WINDOW, and WINDOW more in turn."""
@@ -482,13 +519,19 @@ class Run:
         if not waiting:
             return
         for job in self.c.retries_of(sorted(waiting)):
-            item = waiting.get(int(job.get("retry_of") or 0))
+            item = waiting.pop(int(job.get("retry_of") or 0), None)
             if item is None or item.job_id is None:
                 continue
             del self.open[item.job_id]
             item.job_id, item.awaiting_retry = int(job["id"]), False
             self.open[item.job_id] = item
             self._observe(item, job)
+        # A retry is queued in the transaction that ends its job, and that end was seen
+        # by an earlier request: a job with none has ended for good (its worker could not
+        # record how it ended, so it was not retried; or its retry was deleted).
+        for item in waiting.values():
+            item.awaiting_retry = False
+            self._end(item, item.job)
 
     # -- one job
 
@@ -522,7 +565,10 @@ class Run:
                 for text, stderr in ((out, False), (err, True)):
                     shown = fanout.tag_lines(text, item.value) if self.tag else text
                     self.display.write(shown, stderr=stderr)
-                if self.joblog is not None:
+                # GNU parallel logs the jobs it ran: one killed before it started (by
+                # --halt or Ctrl-C) has no line, so `parallel --resume` would run it.
+                never_ran = item.kill_asked and not item.job.get("started_at")
+                if self.joblog is not None and not never_ran:
                     line = fanout.joblog_line(item.seq, item.job, item.command)
                     print(line, file=self.joblog, flush=True)
                 if item.state != "done" and not item.kill_asked:
@@ -586,32 +632,58 @@ class Run:
             self._end(item, job)
 
     def _interrupted(self, kill_on_exit: bool) -> None:
+        with contextlib.suppress(client.ClientError, KeyboardInterrupt):
+            self._find_cut_off()  # a second Ctrl-C skips the look
         left = [item for item in self.open.values() if not item.ended]
         err = formatting.err()
         if not left:
             return
-        what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
-        if not kill_on_exit and sys.stdin.isatty():
-            try:
-                kill_on_exit = typer.confirm(f"Kill the {what}?", default=False, err=True)
-            except (typer.Abort, KeyboardInterrupt):
-                kill_on_exit = False
+        what = f"{_jobs(len(left))} not ended"
+        if not kill_on_exit:
+            kill_on_exit = _ask_on_terminal(f"Kill the {what}?")
         if kill_on_exit:
             self.stopping = "now"
-            for item in left:
+            try:
+                for item in left:
+                    with contextlib.suppress(client.ClientError):
+                        self._kill(item)
                 with contextlib.suppress(client.ClientError):
-                    self._kill(item)
-            with contextlib.suppress(client.ClientError):
-                self._report()  # the joblog lines of those that ended at once
+                    self._report()  # the joblog lines of those that ended at once
+            except KeyboardInterrupt:  # a second Ctrl-C: stop asking the server
+                self._left_running(" (killing was interrupted)")
+                return
             err.print(f"asked to kill the {escape(what)}")
             return
         self._left_running(", or use --kill-on-exit next time")
+
+    def _find_cut_off(self) -> None:
+        """The jobs of a batch whose answer was lost (Ctrl-C, a 503), if the server made
+        them: the run's newest, newer than any we know, made in one transaction in the batch's
+        order (so, by id, the batch's items)."""
+        if not self.cut_off:
+            return
+        known = max(self.open, default=0)
+        for item in self.items[: self.next_to_submit]:
+            known = max(known, item.job_id or 0)
+        made: list[dict[str, Any]] = []
+        for job in self.c.jobs(label=f"{RUN_LABEL}={self.run_id}", page_size=BATCH):
+            if int(job["id"]) <= known or len(made) == len(self.cut_off):
+                break
+            if job.get("retry_of") is None:  # a retry is never part of a batch
+                made.append(job)
+        if len(made) != len(self.cut_off):  # none: the batch never got there
+            return
+        made.sort(key=lambda job: int(job["id"]))
+        for item, job in zip(self.cut_off, made, strict=True):
+            item.job_id, item.job, item.state = int(job["id"]), job, str(job["state"])
+            self.open[item.job_id] = item
+        self.next_to_submit += len(self.cut_off)
 
     def _left_running(self, hint: str = "") -> None:
         left = sorted(i.job_id for i in self.open.values() if i.job_id is not None)
         if not left:
             return
-        what = f"{len(left)} submitted job{'s' if len(left) != 1 else ''} not ended"
+        what = f"{_jobs(len(left))} not ended"
         formatting.err().print(
             f"[yellow]{escape(what)} go on (label {RUN_LABEL}={escape(self.run_id)}, ids "
             f"{left[0]} to {left[-1]}); stop one with `jobbalancer kill ID`{hint}[/]"
@@ -651,7 +723,7 @@ class Run:
             f"submitted in {self.submitted_in:.1f} s; " if self.submitted_in is not None else ""
         )
         err.print(
-            f"{total} job{'s' if total != 1 else ''}: {escape(parts)} in {elapsed:.1f} s "
+            f"{_jobs(total, '')}: {escape(parts)} in {elapsed:.1f} s "
             f"({submitted}label {RUN_LABEL}={escape(self.run_id)})"
         )
         if self.halted:
@@ -663,6 +735,30 @@ class Run:
         if len(self.failed) > SHOWN_FAILURES:
             more = len(self.failed) - SHOWN_FAILURES
             err.print(f"… and {more} more failed (--joblog FILE lists every job)")
+
+
+def _ask_on_terminal(question: str) -> bool:
+    """A y/N question on the controlling terminal, which is still the user's when stdin
+    holds the inputs (`find … | jobbalancer parallel`); no without a terminal."""
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:  # no controlling terminal (a service, cron, a detached session)
+        return False
+    try:
+        os.write(tty, f"{question} [y/N]: ".encode())
+        answer = os.read(tty, 1024).decode(errors="replace")  # the terminal gives a line
+    except KeyboardInterrupt:
+        os.write(tty, b"\n")
+        return False
+    except OSError:
+        return False
+    finally:
+        os.close(tty)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _jobs(count: int, kind: str = "submitted ") -> str:
+    return f"{count} {kind}job{'' if count == 1 else 's'}"
 
 
 def _transient(exc: client.ClientError) -> bool:

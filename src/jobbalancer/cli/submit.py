@@ -201,6 +201,19 @@ def submit_spec(
     labels: list[str],
 ) -> dict[str, Any]:
     """What to submit, from the command line: a command (words after --) or a script."""
+    check_what_to_run(words, script, params)
+    spec: dict[str, Any] = {
+        "env": parse_pairs("--env", env),
+        "labels": parse_pairs("--label", labels),
+    }
+    if script:
+        return spec | {"script": script_ref(script), "params": params}
+    return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def check_what_to_run(words: Sequence[str], script: str | None, params: Sequence[str]) -> None:
+    """A usage error unless there is exactly one of a command and a script (and params
+    only with a script)."""
     if words and script:
         formatting.fail(
             exits.RET_USAGE, "give either a command (after --) or --script NAME, not both"
@@ -213,13 +226,12 @@ def submit_spec(
         formatting.fail(
             exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
         )
-    spec: dict[str, Any] = {
-        "env": parse_pairs("--env", env),
-        "labels": parse_pairs("--label", labels),
-    }
-    if script:
-        return spec | {"script": int(script) if script.isdigit() else script, "params": params}
-    return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def script_ref(script: str) -> str | int:
+    """``--script``'s value as the API takes it: an id when it is ASCII digits (``"²"`` is
+    a digit to Python, and no number), else a name."""
+    return int(script) if script.isascii() and script.isdigit() else script
 
 
 def notify_rules(items: Sequence[str]) -> list[dict[str, Any]]:
