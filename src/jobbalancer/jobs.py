@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import db, errors
+from jobbalancer import chains, db, errors
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -37,8 +37,15 @@ class State(enum.StrEnum):
                     ├─occupy─▶ occupied   (need_realtime, no free slot; kept for the record)
                     └─request_kill (waiting or assigned) ─▶ killed
 
+        submit with after ─▶ held ─release (last parent ended as wanted)─▶ waiting
+                               ├─skip (a parent's end cannot meet it)─▶ skipped
+                               └─request_kill ─▶ killed
+
     A running job is killed by its worker: ``request_kill`` sets ``kill_requested``, the
-    worker kills the process and reports it (``finish`` → killed).
+    worker kills the process and reports it (``finish`` → killed). Every move into a final
+    state (and ``delete``) tells :mod:`jobbalancer.chains`, which releases or skips the
+    held jobs waiting for that job, in the same transaction; it owns the moves out of
+    ``held``. A failed or lost job that is retried has not ended: its retry takes over.
     """
 
     WAITING = "waiting"
@@ -50,11 +57,18 @@ class State(enum.StrEnum):
     KILLED = "killed"
     LOST = "lost"
     OCCUPIED = "occupied"
+    # Chains (jobbalancer.chains): waiting for other jobs to end; a condition that can no
+    # longer be met.
+    HELD = "held"
+    SKIPPED = "skipped"
 
 
 ACTIVE = (State.ASSIGNED, State.RUNNING)
 PENDING = (State.WAITING, State.ASSIGNED)
-FINAL = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST, State.OCCUPIED)
+FINAL = (
+    State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST, State.OCCUPIED,
+    State.SKIPPED,
+)  # fmt: skip
 # What a worker may report when a job's process is over. LOST: the worker stopped the
 # attempt itself, cut off from the database too long to know it still held it (fencing).
 OUTCOMES = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST)
@@ -81,6 +95,8 @@ class Spec:
     retries: int = 0
     # The directory on the worker it runs in; None: a private temporary directory.
     workdir: str | None = None
+    # Created held: it has conditions (chains.add gives them, and may release it at once).
+    held: bool = False
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -225,7 +241,7 @@ def create(
 
 def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, Any]:
     return {
-        "state": State.WAITING.value,
+        "state": (State.HELD if spec.held else State.WAITING).value,
         "command": spec.command,
         "script_id": spec.script_id,
         "script_name": spec.script_name,
@@ -249,10 +265,19 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
 
 
 def restart(conn: sa.Connection, job_id: int, user_id: int | None, user_name: str | None) -> int:
-    """A new waiting job with the same spec as ``job_id``; the old one stays as it was."""
-    new_id = _copy(conn, job_id, attempt=1, restarted_from=job_id, user=(user_id, user_name))
+    """A new waiting job with the same spec as ``job_id``; the old one stays as it was.
+
+    A job that had parents gets the same ones, checked at once: it may be held, released
+    or skipped (the parents are not run again, nor are the old job's children)."""
+    after = chains.parents_of(conn, job_id)
+    state = State.HELD if after else State.WAITING
+    new_id = _copy(
+        conn, job_id, attempt=1, restarted_from=job_id, user=(user_id, user_name), state=state
+    )
     if new_id is None:
         raise errors.NotFound(f"job {job_id} does not exist")
+    if after:
+        chains.add(conn, new_id, after)
     return new_id
 
 
@@ -264,6 +289,7 @@ def _copy(
     restarted_from: int | None = None,
     retry_of: int | None = None,
     user: tuple[int | None, str | None] | None = None,
+    state: State = State.WAITING,
 ) -> int | None:
     """Insert a waiting copy of a job's spec; None when the job does not exist.
 
@@ -281,7 +307,7 @@ def _copy(
     result = conn.execute(
         sa.insert(J).values(
             **values,
-            state=State.WAITING.value,
+            state=state.value,
             attempt=row.attempt + 1 if attempt is None else attempt,
             restarted_from=restarted_from,
             retry_of=retry_of,
@@ -300,8 +326,12 @@ def _inserted_id(result: sa.CursorResult[Any]) -> int:
 
 
 def _retry(conn: sa.Connection, job_id: int) -> int | None:
-    """Queue the next attempt of a failed or lost job, if it has retries left."""
-    return _copy(conn, job_id, retry_of=job_id)
+    """Queue the next attempt of a failed or lost job, if it has retries left; the jobs
+    waiting for it wait for the new attempt."""
+    new_id = _copy(conn, job_id, retry_of=job_id)
+    if new_id is not None:
+        chains.follow_retry(conn, job_id, new_id)
+    return new_id
 
 
 # -- assign: waiting → assigned -----------------------------------------------------------
@@ -396,7 +426,10 @@ _OCCUPY = (
 
 def occupy(conn: sa.Connection, job_id: int) -> bool:
     """waiting → occupied: need_realtime and no free slot; kept for the record."""
-    return _moved(conn, _OCCUPY, {"b_id": job_id})
+    if not _moved(conn, _OCCUPY, {"b_id": job_id}):
+        return False
+    chains.ended(conn, job_id, State.OCCUPIED)
+    return True
 
 
 # -- claim: assigned → running ------------------------------------------------------------
@@ -550,17 +583,21 @@ def finish(
         "b_id": job_id, "b_token": token, "b_state": state.value, "b_exit_code": exit_code,
         "b_signal": signal, "b_error": error, "b_output_bytes": output_bytes, "b_pid": pid,
     }  # fmt: skip
-    done = _moved(conn, _FINISH, params)
-    if done and retry and state in RETRYABLE:
-        _retry(conn, job_id)
-    return done
+    if not _moved(conn, _FINISH, params):
+        return False
+    if not (retry and state in RETRYABLE and _retry(conn, job_id) is not None):
+        chains.ended(conn, job_id, state)
+    return True
 
 
-# -- request_kill: waiting | assigned → killed; running → kill_requested ------------------
+# -- request_kill: held | waiting | assigned → killed; running → kill_requested -----------
 
 _KILL_PENDING = (
     sa.update(J)
-    .where(J.c.id == sa.bindparam("b_id"), J.c.state.in_([s.value for s in PENDING]))
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state.in_([s.value for s in (State.HELD, *PENDING)]),
+    )
     .values(state=State.KILLED.value, error="killed before it started", finished_at=utcnow())
 )
 _REQUEST_KILL = (
@@ -576,6 +613,7 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
     Raises NotFound for an unknown job and Conflict for one that is already over.
     """
     if _moved(conn, _KILL_PENDING, {"b_id": job_id}):
+        chains.ended(conn, job_id, State.KILLED)
         return
     if _moved(conn, _REQUEST_KILL, {"b_id": job_id}):
         worker_id = conn.execute(sa.select(J.c.worker_id).where(J.c.id == job_id)).scalar()
@@ -622,7 +660,8 @@ def lose_worker_jobs(conn: sa.Connection, worker_id: int, reason: str) -> list[i
         params = {"b_id": job_id, "b_worker": worker_id, "b_reason": reason}
         if _moved(conn, _LOSE, params):
             lost.append(job_id)
-            _retry(conn, job_id)
+            if _retry(conn, job_id) is None:
+                chains.ended(conn, job_id, State.LOST)
     return lost
 
 
@@ -635,6 +674,8 @@ def delete(conn: sa.Connection, job_id: int) -> None:
     result = conn.execute(sa.delete(J).where(J.c.id == job_id, J.c.state.not_in(active)))
     if result.rowcount == 1:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id == job_id))
+        chains.ended(conn, job_id, chains.DELETED)
+        chains.forget(conn, [job_id])
         return
     job = get(conn, job_id)  # raises NotFound
     raise errors.Conflict(f"job {job_id} is {job.state}: kill it first, then delete it")
@@ -662,4 +703,5 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
     if ids:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
         conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
+        chains.forget(conn, ids)
     return len(ids)

@@ -1,0 +1,296 @@
+"""Chains: jobs held until other jobs end (docs/api.md, "Dependencies").
+
+A job submitted with ``after`` is ``held``: neither the balancer nor a worker's queue sees
+it. Each parent is a row of ``job_dependencies`` (child, parent, ``on_end``, ``met``). When
+a parent ends for good (after its last retry; a retry takes over its rows), :func:`ended`
+runs in the transaction of that end: rows whose condition the end meets turn ``met``; a
+child whose condition can no longer be met ends ``skipped`` naming the parent, and its own
+children follow (a cascade, in the same transaction); a child whose rows are all met is
+released (held → waiting) and is then assigned like any waiting job.
+
+Which parent ends meet which condition (:data:`MEETS`): ``done`` meets ``success``;
+``failed``, ``timeout``, ``lost`` and ``occupied`` (it never ran) meet ``failure``; every
+end meets ``any``: also ``killed`` and ``skipped``, which meet neither of the others. A
+deleted parent meets nothing: its held children are skipped ("job 41 was deleted").
+
+Concurrency: two parents of one child may end at the same instant on two workers. Each
+end locks the child rows it decides on (in id order) before it reads or writes their
+rows, so the second end waits for the first to commit and then sees its rows met: the
+child is released exactly once, by the later end. The release itself is one conditional
+statement (held → waiting where no unmet row is left). A submission locks the parents it
+names before it adds rows, so a parent ending meanwhile either waits for the rows or is
+seen ended by the submission. On SQLite a write transaction excludes every other writer.
+
+This module sits below :mod:`jobbalancer.jobs`, which calls it at every move of a job into
+a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``) and knows
+the states by their names (tests check they are :class:`jobs.State` values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from jobbalancer import db
+from jobbalancer.db import schema
+from jobbalancer.db.types import utcnow
+
+J, D = schema.jobs, schema.job_dependencies
+
+HELD, WAITING, SKIPPED = "held", "waiting", "skipped"
+ON = ("success", "failure", "any")
+# A parent's end → the conditions it meets. A state not in here has not ended.
+MEETS: dict[str, tuple[str, ...]] = {
+    "done": ("success", "any"),
+    "failed": ("failure", "any"),
+    "timeout": ("failure", "any"),
+    "lost": ("failure", "any"),
+    "occupied": ("failure", "any"),
+    "killed": ("any",),
+    "skipped": ("any",),
+}
+DELETED = "deleted"  # not a state: what ended() is told of a parent that was deleted
+# More parents than this for one job is refused (docs/api.md).
+MAX_PARENTS = 100
+
+
+@dataclass(frozen=True)
+class After:
+    """One condition of a job: run after ``parent_id`` ended as ``on`` says."""
+
+    parent_id: int
+    on: str = "success"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A parent or a child of a job, as its page shows it. ``state`` None: deleted."""
+
+    id: int
+    on: str
+    met: bool
+    state: str | None
+    user_id: int | None
+
+
+@dataclass(frozen=True)
+class Links:
+    parents: list[Link]
+    children: list[Link]
+
+    def waiting_for(self) -> str | None:
+        """What a held job waits for: ``"waits for job 41 to succeed, job 42 to end"``."""
+        what = {"success": "succeed", "failure": "fail", "any": "end"}
+        unmet = [f"job {p.id} to {what.get(p.on, 'end')}" for p in self.parents if not p.met]
+        return f"waits for {', '.join(unmet)}" if unmet else None
+
+
+# -- a parent's end ------------------------------------------------------------------------
+
+_UNMET_CHILDREN = (
+    sa.select(D.c.child_id)
+    .where(D.c.parent_id == sa.bindparam("b_parent"), D.c.met.is_(False))
+    .order_by(D.c.child_id)
+)
+_MEET = (
+    sa.update(D)
+    .where(
+        D.c.parent_id == sa.bindparam("b_parent"),
+        D.c.met.is_(False),
+        D.c.on_end.in_(sa.bindparam("b_meets", expanding=True)),
+    )
+    .values(met=True)
+)
+_SKIP = (
+    sa.update(J)
+    .where(J.c.id == sa.bindparam("b_id"), J.c.state == HELD)
+    .values(state=SKIPPED, error=sa.bindparam("b_reason"), finished_at=utcnow())
+)
+# held → waiting, only when no condition of the job is left unmet: one statement, so two
+# ends racing cannot both release it (and the child's row lock makes the later one see
+# the earlier one's rows).
+_RELEASE = (
+    sa.update(J)
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state == HELD,
+        ~sa.exists().where(D.c.child_id == sa.bindparam("b_id"), D.c.met.is_(False)),
+    )
+    .values(state=WAITING)
+)
+
+
+def ended(conn: sa.Connection, job_id: int, state: str) -> list[int]:
+    """Decide the held children of ``job_id``, which ended for good as ``state`` (or
+    :data:`DELETED`): release, or skip (and their children, in turn). The ids released."""
+    released: list[int] = []
+    todo = [(job_id, state)]
+    while todo:  # each job is skipped at most once (held → skipped), so this ends
+        parent, how = todo.pop()
+        children = list(conn.execute(_UNMET_CHILDREN, {"b_parent": parent}).scalars())
+        if not children:
+            continue
+        _lock(conn, children)
+        meets = MEETS.get(how, ())
+        if meets:
+            conn.execute(_MEET, {"b_parent": parent, "b_meets": list(meets)})
+        unmet = set(conn.execute(_UNMET_CHILDREN, {"b_parent": parent}).scalars())
+        reason = f"job {parent} was deleted" if how == DELETED else f"job {parent} ended {how}"
+        for child in children:
+            if child in unmet:
+                if _skip(conn, child, reason):
+                    todo.append((child, SKIPPED))
+            elif _release(conn, child):
+                released.append(child)
+    return released
+
+
+def _lock(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """Lock the rows of these jobs until commit, in id order (no deadlock between two ends)."""
+    db.lock_rows(conn, sa.select(J.c.id).where(J.c.id.in_(list(ids))).order_by(J.c.id))
+
+
+def _skip(conn: sa.Connection, job_id: int, reason: str) -> bool:
+    return conn.execute(_SKIP, {"b_id": job_id, "b_reason": reason}).rowcount == 1
+
+
+def _release(conn: sa.Connection, job_id: int) -> bool:
+    return conn.execute(_RELEASE, {"b_id": job_id}).rowcount == 1
+
+
+_FOLLOW = (
+    sa.update(D)
+    .where(D.c.parent_id == sa.bindparam("b_old"))
+    .values(parent_id=sa.bindparam("b_new"))
+)
+
+
+def follow_retry(conn: sa.Connection, old_id: int, new_id: int) -> None:
+    """A failed or lost parent is tried again as ``new_id``: its children wait for that
+    attempt instead (the parent has not ended for good)."""
+    conn.execute(_FOLLOW, {"b_old": old_id, "b_new": new_id})
+
+
+def forget(conn: sa.Connection, job_ids: Sequence[int]) -> None:
+    """The conditions of deleted jobs (as children; rows naming them as a parent stay with
+    their children, whose pages then show the parent deleted)."""
+    if job_ids:
+        conn.execute(sa.delete(D).where(D.c.child_id.in_(list(job_ids))))
+
+
+# -- a new held job ------------------------------------------------------------------------
+
+
+def lock_parents(
+    conn: sa.Connection, parent_ids: Iterable[int]
+) -> dict[int, tuple[str, int | None]]:
+    """Lock these jobs until commit (in id order) and read them: id → (state, user_id).
+
+    A submission locks the parents it names before anything else it locks (the balancer's
+    lock), as a job's end locks the job and then its children: one order, no deadlock. A
+    parent ending meanwhile waits for this transaction's rows, or is seen ended here.
+    Jobs that do not exist are not in the answer.
+    """
+    ids = sorted(set(parent_ids))
+    if not ids:
+        return {}
+    query = sa.select(J.c.id, J.c.state, J.c.user_id).where(J.c.id.in_(ids)).order_by(J.c.id)
+    return {row.id: (row.state, row.user_id) for row in db.lock_rows(conn, query)}
+
+
+_RETRIED_AS = sa.select(J.c.id).where(J.c.retry_of == sa.bindparam("b_id"))
+
+
+def latest_attempt(conn: sa.Connection, job_id: int) -> int:
+    """The job's last attempt: a failed or lost job that was retried has not ended for
+    good, its retry (or the retry's retry) decides. Bounded by ``retries`` (≤ 100)."""
+    for _ in range(1000):
+        newer = conn.execute(_RETRIED_AS, {"b_id": job_id}).scalar()
+        if newer is None:
+            return job_id
+        job_id = int(newer)
+    return job_id
+
+
+def add(conn: sa.Connection, child_id: int, afters: Sequence[After]) -> None:
+    """Give the held job ``child_id`` its conditions, and decide at once those whose
+    parent already ended: the job may leave here released (waiting) or skipped."""
+    parents, states = _current(conn, {a.parent_id: a.on for a in afters})
+    rows = [
+        {"child_id": child_id, "parent_id": p, "on_end": on, "met": False}
+        for p, on in parents.items()
+    ]
+    conn.execute(sa.insert(D), rows)
+    for parent, on in sorted(parents.items()):
+        state = states[parent][0] if parent in states else None
+        if state is not None and state not in MEETS:
+            continue  # not ended yet
+        if state is not None and on in MEETS[state]:
+            conn.execute(_MET, {"b_child": child_id, "b_parent": parent})
+            continue
+        reason = f"job {parent} was deleted" if state is None else f"job {parent} ended {state}"
+        if _skip(conn, child_id, reason):
+            ended(conn, child_id, SKIPPED)
+        return
+    _release(conn, child_id)
+
+
+_MET = (
+    sa.update(D)
+    .where(D.c.child_id == sa.bindparam("b_child"), D.c.parent_id == sa.bindparam("b_parent"))
+    .values(met=True)
+)
+_RETRYABLE = ("failed", "lost")
+
+
+def _current(
+    conn: sa.Connection, wanted: dict[int, str]
+) -> tuple[dict[int, str], dict[int, tuple[str, int | None]]]:
+    """The parents to wait for (each one's last attempt) with their conditions, and their
+    states read under a lock. A parent seen failed or lost once locked may have been
+    retried by the end that held the lock: then its retry is the parent."""
+    parents = {latest_attempt(conn, p): on for p, on in wanted.items()}
+    states = lock_parents(conn, parents)
+    for _ in range(1000):  # a retry chain is at most `retries` (≤ 100) long
+        moved = {
+            p: latest_attempt(conn, p) for p, (state, _) in states.items() if state in _RETRYABLE
+        }
+        moved = {p: n for p, n in moved.items() if n != p}
+        if not moved:
+            break
+        for old, new in moved.items():
+            parents[new] = parents.pop(old)
+            del states[old]
+        states.update(lock_parents(conn, moved.values()))
+    return parents, states
+
+
+def parents_of(conn: sa.Connection, job_id: int) -> list[After]:
+    """The conditions a job was submitted with (a restart repeats them)."""
+    rows = conn.execute(
+        sa.select(D.c.parent_id, D.c.on_end).where(D.c.child_id == job_id).order_by(D.c.parent_id)
+    )
+    return [After(row.parent_id, row.on_end) for row in rows]
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def links(conn: sa.Connection, job_id: int) -> Links:
+    """A job's parents and children, with their states (None: deleted)."""
+    parent = sa.select(D.c.parent_id.label("id"), D.c.on_end, D.c.met, J.c.state, J.c.user_id)
+    parents = parent.select_from(D.outerjoin(J, J.c.id == D.c.parent_id)).where(
+        D.c.child_id == job_id
+    )
+    child = sa.select(D.c.child_id.label("id"), D.c.on_end, D.c.met, J.c.state, J.c.user_id)
+    children = child.select_from(D.join(J, J.c.id == D.c.child_id)).where(D.c.parent_id == job_id)
+
+    def read(query: sa.Select[tuple[int, str, bool, str, int | None]]) -> list[Link]:
+        return [
+            Link(row.id, row.on_end, bool(row.met), row.state, row.user_id)
+            for row in conn.execute(query.order_by(sa.literal_column("id")))
+        ]
+
+    return Links(parents=read(parents), children=read(children))
