@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import auth, classes, jobs, registry, scripts, stats
+from jobbalancer import auth, chains, classes, jobs, registry, scripts, stats
 from jobbalancer.service import access
 
 
@@ -30,6 +30,24 @@ class Ref(BaseModel):
 
     id: int
     name: str
+
+
+class Dependency(BaseModel):
+    """A parent or a child of a job (docs/api.md, "Dependencies")."""
+
+    id: int
+    on: str = Field(description="success | failure | any: the end of the parent wanted.")
+    met: bool = Field(description="The parent ended as wanted.")
+    state: str | None = Field(description="The other job's state; null: it was deleted.")
+
+    @classmethod
+    def shown(cls, links: list[chains.Link], viewer: auth.User) -> list[Dependency]:
+        """The links ``viewer`` may see (a deleted parent shows as its id)."""
+        return [
+            cls(id=k.id, on=k.on, met=k.met, state=k.state)
+            for k in links
+            if k.state is None or viewer.can_see_job(k.user_id)
+        ]
 
 
 class Job(BaseModel):
@@ -68,10 +86,22 @@ class Job(BaseModel):
     assigned_at: Time | None
     started_at: Time | None
     finished_at: Time | None
+    parents: list[Dependency] | None = Field(
+        None,
+        description="The jobs it waits or waited for. Only in the answer about one job "
+        "(GET /api/v1/jobs/{id}, POST /api/v1/jobs); null in lists and batches.",
+    )
+    children: list[Dependency] | None = Field(
+        None, description="The jobs that wait or waited for it; as `parents`."
+    )
+    waiting_for: str | None = Field(
+        None, description="A held job: what it waits for (`waits for job 41 to succeed`)."
+    )
 
     @classmethod
-    def from_job(cls, job: jobs.Job, viewer: auth.User) -> Job:
-        """The job as ``viewer`` may see it: env values masked unless theirs or an admin."""
+    def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
+        """The job as ``viewer`` may see it: env values masked unless theirs or an admin;
+        with ``links``, its parents and children (those ``viewer`` may see)."""
         script = None
         if job.script_name is not None:
             script = Ref(id=job.script_id or 0, name=job.script_name)
@@ -86,11 +116,17 @@ class Job(BaseModel):
             labels=dict(job.labels),
             user=job.user_name,
             worker=worker,
+            parents=None if links is None else Dependency.shown(links.parents, viewer),
+            children=None if links is None else Dependency.shown(links.children, viewer),
+            waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
         )
 
 
+_JOB_LINKS = ("parents", "children", "waiting_for")
 _JOB_PLAIN = [
-    n for n in Job.model_fields if n not in ("script", "params", "env", "labels", "user", "worker")
+    n
+    for n in Job.model_fields
+    if n not in ("script", "params", "env", "labels", "user", "worker", *_JOB_LINKS)
 ]
 
 
