@@ -107,6 +107,34 @@ def submit(
             "directory, removed when the job ends.",
         ),
     ] = None,
+    after: Annotated[
+        list[int] | None,
+        opt(
+            "--after",
+            env="SUBMIT_AFTER",
+            min=1,
+            help="Run only after this job succeeded (held until then; skipped if it did "
+            "not). Repeat for more.",
+        ),
+    ] = None,
+    after_any: Annotated[
+        list[int] | None,
+        opt(
+            "--after-any",
+            env="SUBMIT_AFTER_ANY",
+            min=1,
+            help="Run after this job ended, however it ended. Repeat for more.",
+        ),
+    ] = None,
+    after_failure: Annotated[
+        list[int] | None,
+        opt(
+            "--after-failure",
+            env="SUBMIT_AFTER_FAILURE",
+            min=1,
+            help="Run only if this job failed (failed, timeout, lost). Repeat for more.",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         opt(
@@ -144,6 +172,7 @@ def submit(
             priority=priority,
             retries=retries,
             workdir=workdir,
+            after=after_list(after or [], after_any or [], after_failure or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")
@@ -183,6 +212,17 @@ def submit_spec(
     if script:
         return spec | {"script": int(script) if script.isdigit() else script, "params": params}
     return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def after_list(
+    success: Sequence[int], any_end: Sequence[int], failure: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The ``after`` of a submission from --after, --after-any and --after-failure."""
+    return [
+        {"job": job_id, "on": on}
+        for ids, on in ((success, "success"), (any_end, "any"), (failure, "failure"))
+        for job_id in ids
+    ]
 
 
 def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
