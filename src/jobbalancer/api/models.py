@@ -41,13 +41,8 @@ class Dependency(BaseModel):
     state: str | None = Field(description="The other job's state; null: it was deleted.")
 
     @classmethod
-    def shown(cls, links: list[chains.Link], viewer: auth.User) -> list[Dependency]:
-        """The links ``viewer`` may see (a deleted parent shows as its id)."""
-        return [
-            cls(id=k.id, on=k.on, met=k.met, state=k.state)
-            for k in links
-            if k.state is None or viewer.can_see_job(k.user_id)
-        ]
+    def from_links(cls, links: list[chains.Link]) -> list[Dependency]:
+        return [cls(id=k.id, on=k.on, met=k.met, state=k.state) for k in links]
 
 
 class Job(BaseModel):
@@ -108,6 +103,8 @@ class Job(BaseModel):
         worker = None
         if job.worker_id is not None:
             worker = Ref(id=job.worker_id, name=job.worker_name or "")
+        if links is not None:
+            links = access.shown_links(links, viewer)
         return cls(
             **{n: getattr(job, n) for n in _JOB_PLAIN},
             script=script,
@@ -116,8 +113,8 @@ class Job(BaseModel):
             labels=dict(job.labels),
             user=job.user_name,
             worker=worker,
-            parents=None if links is None else Dependency.shown(links.parents, viewer),
-            children=None if links is None else Dependency.shown(links.children, viewer),
+            parents=None if links is None else Dependency.from_links(links.parents),
+            children=None if links is None else Dependency.from_links(links.children),
             waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
         )
 
