@@ -13,13 +13,25 @@ Which parent ends meet which condition (:data:`MEETS`): ``done`` meets ``success
 end meets ``any``: also ``killed`` and ``skipped``, which meet neither of the others. A
 deleted parent meets nothing: its held children are skipped ("job 41 was deleted").
 
-Concurrency: two parents of one child may end at the same instant on two workers. Each
-end locks the child rows it decides on (in id order) before it reads or writes their
-rows, so the second end waits for the first to commit and then sees its rows met: the
-child is released exactly once, by the later end. The release itself is one conditional
-statement (held → waiting where no unmet row is left). A submission locks the parents it
-names before it adds rows, so a parent ending meanwhile either waits for the rows or is
-seen ended by the submission. On SQLite a write transaction excludes every other writer.
+Concurrency: everything here runs under the balancer's ``assign`` lock (a row lock on
+PostgreSQL and MariaDB; on SQLite a write transaction already excludes every other
+writer). A job's end takes it right after the move, before it reads the children (the
+worker that records an end takes it anyway, to fill its slot); a submission holds it
+before it reads its parents' states. So:
+
+* two parents of one child ending at the same instant on two workers are decided one
+  after the other: the later end sees the earlier one's rows met (READ COMMITTED: each
+  statement reads what is committed when it starts) and releases the child, exactly
+  once; the release is also one conditional statement (held → waiting where no unmet
+  row is left), and the children are locked in id order;
+* a parent ending while a child naming it is submitted either waits for the child's rows
+  (then decides it) or has committed, and the submission sees it ended;
+* a retry re-points the rows under the lock, so none added meanwhile is left behind.
+
+The lock order is the balancer's: the ``assign`` lock, then job rows. A job's end holds
+its own row (running, or being killed or deleted) before it takes the lock; the balancer
+never waits for such a row (it moves waiting jobs only), and a user's kill or delete
+takes the lock before the job's row (``service.job_actions``).
 
 This module sits below :mod:`jobbalancer.jobs`, which calls it at every move of a job into
 a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``) and knows
@@ -125,6 +137,7 @@ _RELEASE = (
 def ended(conn: sa.Connection, job_id: int, state: str) -> list[int]:
     """Decide the held children of ``job_id``, which ended for good as ``state`` (or
     :data:`DELETED`): release, or skip (and their children, in turn). The ids released."""
+    db.lock_row(conn, "assign")  # see the module's docstring
     released: list[int] = []
     todo = [(job_id, state)]
     while todo:  # each job is skipped at most once (held → skipped), so this ends
@@ -170,6 +183,7 @@ _FOLLOW = (
 def follow_retry(conn: sa.Connection, old_id: int, new_id: int) -> None:
     """A failed or lost parent is tried again as ``new_id``: its children wait for that
     attempt instead (the parent has not ended for good)."""
+    db.lock_row(conn, "assign")  # a child submitted meanwhile must not be left behind
     conn.execute(_FOLLOW, {"b_old": old_id, "b_new": new_id})
 
 
@@ -183,21 +197,13 @@ def forget(conn: sa.Connection, job_ids: Sequence[int]) -> None:
 # -- a new held job ------------------------------------------------------------------------
 
 
-def lock_parents(
-    conn: sa.Connection, parent_ids: Iterable[int]
-) -> dict[int, tuple[str, int | None]]:
-    """Lock these jobs until commit (in id order) and read them: id → (state, user_id).
-
-    A submission locks the parents it names before anything else it locks (the balancer's
-    lock), as a job's end locks the job and then its children: one order, no deadlock. A
-    parent ending meanwhile waits for this transaction's rows, or is seen ended here.
-    Jobs that do not exist are not in the answer.
-    """
-    ids = sorted(set(parent_ids))
+def states(conn: sa.Connection, job_ids: Iterable[int]) -> dict[int, tuple[str, int | None]]:
+    """The jobs' states and owners: id → (state, user_id); missing ids are not there."""
+    ids = sorted(set(job_ids))
     if not ids:
         return {}
-    query = sa.select(J.c.id, J.c.state, J.c.user_id).where(J.c.id.in_(ids)).order_by(J.c.id)
-    return {row.id: (row.state, row.user_id) for row in db.lock_rows(conn, query)}
+    query = sa.select(J.c.id, J.c.state, J.c.user_id).where(J.c.id.in_(ids))
+    return {row.id: (row.state, row.user_id) for row in conn.execute(query)}
 
 
 _RETRIED_AS = sa.select(J.c.id).where(J.c.retry_of == sa.bindparam("b_id"))
@@ -217,14 +223,23 @@ def latest_attempt(conn: sa.Connection, job_id: int) -> int:
 def add(conn: sa.Connection, child_id: int, afters: Sequence[After]) -> None:
     """Give the held job ``child_id`` its conditions, and decide at once those whose
     parent already ended: the job may leave here released (waiting) or skipped."""
-    parents, states = _current(conn, {a.parent_id: a.on for a in afters})
+    db.lock_row(conn, "assign")  # before reading the parents: see the module's docstring
+    parents = {a.parent_id: a.on for a in afters}
+    found = states(conn, parents)
+    # A failed or lost parent that was retried has not ended: its last attempt decides.
+    for parent in [p for p, (state, _) in found.items() if state in ("failed", "lost")]:
+        newer = latest_attempt(conn, parent)
+        if newer != parent:
+            parents[newer] = parents.pop(parent)
+            found.update(states(conn, [newer]))
+            del found[parent]
     rows = [
         {"child_id": child_id, "parent_id": p, "on_end": on, "met": False}
         for p, on in parents.items()
     ]
     conn.execute(sa.insert(D), rows)
     for parent, on in sorted(parents.items()):
-        state = states[parent][0] if parent in states else None
+        state = found[parent][0] if parent in found else None
         if state is not None and state not in MEETS:
             continue  # not ended yet
         if state is not None and on in MEETS[state]:
@@ -242,29 +257,6 @@ _MET = (
     .where(D.c.child_id == sa.bindparam("b_child"), D.c.parent_id == sa.bindparam("b_parent"))
     .values(met=True)
 )
-_RETRYABLE = ("failed", "lost")
-
-
-def _current(
-    conn: sa.Connection, wanted: dict[int, str]
-) -> tuple[dict[int, str], dict[int, tuple[str, int | None]]]:
-    """The parents to wait for (each one's last attempt) with their conditions, and their
-    states read under a lock. A parent seen failed or lost once locked may have been
-    retried by the end that held the lock: then its retry is the parent."""
-    parents = {latest_attempt(conn, p): on for p, on in wanted.items()}
-    states = lock_parents(conn, parents)
-    for _ in range(1000):  # a retry chain is at most `retries` (≤ 100) long
-        moved = {
-            p: latest_attempt(conn, p) for p, (state, _) in states.items() if state in _RETRYABLE
-        }
-        moved = {p: n for p, n in moved.items() if n != p}
-        if not moved:
-            break
-        for old, new in moved.items():
-            parents[new] = parents.pop(old)
-            del states[old]
-        states.update(lock_parents(conn, moved.values()))
-    return parents, states
 
 
 def parents_of(conn: sa.Connection, job_id: int) -> list[After]:

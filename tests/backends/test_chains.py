@@ -316,23 +316,71 @@ def test_two_parents_ending_at_once_release_the_child_once(
 def end_together(engine: sa.Engine, backend: str, tokens: dict[int, str]) -> None:
     """Record these running jobs ``done``, each in its own thread and transaction, at the
     same instant."""
-    barrier = threading.Barrier(len(tokens), timeout=10)
+
+    def ender(job_id: int) -> Callable[[sa.Connection], object]:
+        return lambda conn: jobs.finish(conn, job_id, tokens[job_id], State.DONE, exit_code=0)
+
+    assert together(engine, backend, *(ender(job_id) for job_id in tokens)) == [True, True]
+
+
+def together(
+    engine: sa.Engine, backend: str, *steps: Callable[[sa.Connection], object]
+) -> list[object]:
+    """Run each step in its own thread and write transaction, all open at the same time
+    (PostgreSQL, MariaDB; SQLite's write transactions exclude each other, so there they
+    start at the same time). What they returned."""
+    barrier = threading.Barrier(len(steps), timeout=10)
+    results: dict[int, object] = {}
     failures: list[BaseException] = []
 
-    def end(job_id: int) -> None:
+    def run_step(i: int, step: Callable[[sa.Connection], object]) -> None:
         try:
-            if backend == "sqlite":  # a write transaction excludes the other: meet first
+            if backend == "sqlite":
                 barrier.wait()
             with db.write(engine) as conn:
                 if backend != "sqlite":
-                    barrier.wait()  # both transactions open, neither has written
-                assert jobs.finish(conn, job_id, tokens[job_id], State.DONE, exit_code=0)
+                    barrier.wait()  # every transaction open, none has written
+                results[i] = step(conn)
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=end, args=(job_id,)) for job_id in tokens]
+    threads = [threading.Thread(target=run_step, args=(i, s)) for i, s in enumerate(steps)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=30)
     assert not failures
+    return [results[i] for i in range(len(steps))]
+
+
+@pytest.mark.parametrize("outcome", [State.DONE, State.FAILED])
+def test_a_parent_ending_while_its_child_is_submitted(
+    engine: sa.Engine, backend: str, job_factory: JobFactory, worker: int, outcome: State
+) -> None:
+    """The parent's end and the child's submission in two transactions open at once: the
+    child is decided by that end (released, or waiting for the retry), never left held
+    for a parent that has ended."""
+    for _ in range(3):
+        parent = job_factory(retries=1)
+        token = start(engine, parent, worker)
+
+        def submit(conn: sa.Connection, parent: int = parent) -> int:
+            spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+            (job_id,) = jobs.create(conn, [spec], 7, "alice")
+            chains.add(conn, job_id, [chains.After(parent, "success")])
+            return job_id
+
+        def end(conn: sa.Connection, parent: int = parent, token: str = token) -> object:
+            return jobs.finish(conn, parent, token, outcome, exit_code=1)
+
+        ended, child = together(engine, backend, end, submit)
+        assert ended is True and isinstance(child, int)
+        with db.read(engine) as conn:
+            (link,) = chains.links(conn, child).parents
+        if outcome == State.DONE:
+            assert state(engine, child) == State.WAITING
+        else:  # the retry is the parent now
+            assert state(engine, child) == State.HELD
+            assert get(engine, link.id).retry_of == parent
+            with db.write(engine) as conn:
+                conn.execute(sa.delete(jobs.J).where(jobs.J.c.id == link.id))  # keep w1 free

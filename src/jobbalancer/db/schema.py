@@ -182,6 +182,8 @@ jobs = sa.Table(
     sa.Index(None, "finished_at"),
     # A job's page lists the jobs restarted from it.
     sa.Index(None, "restarted_from"),
+    # A chain follows a failed parent to its retry (jobbalancer.chains).
+    sa.Index(None, "retry_of"),
     # The job list by state, newest first: without it SQLite sorts every job of the state.
     sa.Index(None, "state", "id"),
     sqlite_autoincrement=True,  # ids are never reused (above)

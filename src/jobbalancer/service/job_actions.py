@@ -56,9 +56,12 @@ def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
     same transaction. The job as it is now."""
     with db.write(engine) as conn:
         job = access.manageable_job(conn, user, job_id)
+        # The balancer's lock before the job's row, the balancer's own order: the kill of
+        # a waiting job decides the jobs held for it under that lock (jobbalancer.chains).
+        db.lock_row(conn, "assign")
         jobs.request_kill(conn, job_id)
         if job.state != jobs.State.RUNNING:  # a slot freed, or held jobs released
-            balancer.assign_waiting(conn)
+            balancer.assign_waiting(conn, locked=True)
         return jobs.get(conn, job_id)
 
 
@@ -76,4 +79,5 @@ def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
     held for it are skipped."""
     with db.write(engine) as conn:
         access.manageable_job(conn, user, job_id)
+        db.lock_row(conn, "assign")  # before the job's row, as kill does
         jobs.delete(conn, job_id)

@@ -277,8 +277,8 @@ def _afters(
 ) -> list[list[tuple[int | None, int | None, str]]]:
     """Each job's parents as (job id, batch index, on), checked: a parent the user may not
     see does not exist (404), a ref names an earlier job of the batch, nothing twice, no
-    ``need_realtime``. The parents that exist are locked until commit, before the balancer's
-    lock (chains.lock_parents says why)."""
+    ``need_realtime``. Their states are read again, under the balancer's lock, when the
+    jobs get them (chains.add)."""
     found: list[list[tuple[int | None, int | None, str]]] = []
     named: list[tuple[int, str]] = []
     for i, job in enumerate(batch):
@@ -303,7 +303,7 @@ def _afters(
                 named.append((a.job or 0, f"{field}.job"))
             mine.append((a.job, a.ref, a.on))
         found.append(mine)
-    parents = chains.lock_parents(conn, [job_id for job_id, _ in named])
+    parents = chains.states(conn, [job_id for job_id, _ in named])
     for job_id, field in named:
         if job_id not in parents or not user.can_see_job(parents[job_id][1]):
             raise errors.NotFound(f"job {job_id} does not exist", field=field)
