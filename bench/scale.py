@@ -13,7 +13,7 @@ use:
 - list API: ``GET /api/v1/jobs`` first page, waiting jobs, and one worker's jobs.
 
 Then the same at the last queue length with ``HELD`` more jobs ``held`` (each waiting for
-a running job, with its ``job_dependencies`` row): the balancer and the workers' queues
+one of the waiting jobs, with its ``job_dependencies`` row): the balancer and the workers' queues
 never read held jobs, so the row should match the one above it.
 """
 
@@ -143,16 +143,19 @@ def _measure(cluster: Cluster, worker_ids: list[int], reps: int) -> dict[str, fl
 
 
 def _add_held(engine: sa.Engine, count: int) -> None:
-    """``count`` held jobs, each waiting for a running job to succeed."""
+    """``count`` held jobs, each waiting for a waiting job to succeed (a queue of
+    two-step pipelines), with their ``job_dependencies`` rows."""
     with db.read(engine) as conn:
-        parent = conn.execute(sa.select(sa.func.min(J.c.id)).where(J.c.state == "running"))
-        parent_id = parent.scalar_one()
+        query = sa.select(J.c.id).where(J.c.state == "waiting").order_by(J.c.id).limit(count)
+        parents = list(conn.execute(query).scalars())
     _insert(engine, [_job_row("held") for _ in range(count)])
     with db.read(engine) as conn:
         held = list(conn.execute(sa.select(J.c.id).where(J.c.state == "held")).scalars())
     rows = [
-        {"child_id": i, "parent_id": parent_id, "on_end": "success", "met": False} for i in held
-    ]
+        {"child_id": child, "parent_id": parents[i % len(parents)], "on_end": "success",
+         "met": False}
+        for i, child in enumerate(held)
+    ]  # fmt: skip
     for i in range(0, len(rows), 5000):
         with db.write(engine) as conn:
             conn.execute(sa.insert(D), rows[i : i + 5000])

@@ -101,10 +101,10 @@ class Links:
 
 # -- a parent's end ------------------------------------------------------------------------
 
-_UNMET_CHILDREN = (
-    sa.select(D.c.child_id)
-    .where(D.c.parent_id == sa.bindparam("b_parent"), D.c.met.is_(False))
-    .order_by(D.c.child_id)
+# Unordered: they are locked in id order (_lock), and an ORDER BY child_id lets a planner
+# prefer walking the primary key over the parent_id index.
+_UNMET_CHILDREN = sa.select(D.c.child_id).where(
+    D.c.parent_id == sa.bindparam("b_parent"), D.c.met.is_(False)
 )
 _MEET = (
     sa.update(D)
@@ -142,7 +142,7 @@ def ended(conn: sa.Connection, job_id: int, state: str) -> list[int]:
     todo = [(job_id, state)]
     while todo:  # each job is skipped at most once (held → skipped), so this ends
         parent, how = todo.pop()
-        children = list(conn.execute(_UNMET_CHILDREN, {"b_parent": parent}).scalars())
+        children = sorted(conn.execute(_UNMET_CHILDREN, {"b_parent": parent}).scalars())
         if not children:
             continue
         _lock(conn, children)

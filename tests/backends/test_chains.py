@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import chains, db, jobs
+from jobbalancer import chains, classes, db, errors, jobs
 from jobbalancer.jobs import State
 
 JobFactory = Callable[..., int]
@@ -384,3 +384,23 @@ def test_a_parent_ending_while_its_child_is_submitted(
             assert get(engine, link.id).retry_of == parent
             with db.write(engine) as conn:
                 conn.execute(sa.delete(jobs.J).where(jobs.J.c.id == link.id))  # keep w1 free
+
+
+def test_a_class_with_held_jobs_is_in_use(engine: sa.Engine, job_factory: JobFactory) -> None:
+
+    with db.write(engine) as conn:
+        gpu = classes.create(conn, "gpu").id
+    parent = job_factory(worker_class_id=gpu)
+    spec = jobs.Spec(worker_class_id=gpu, command="echo child", held=True)
+    with db.write(engine) as conn:
+        (child,) = jobs.create(conn, [spec], 7, "alice")
+        chains.add(conn, child, [chains.After(parent, "success")])
+    do(engine, jobs.delete, parent)  # the child is skipped: nothing of the class is left
+    assert state(engine, child) == State.SKIPPED
+    spec2 = jobs.Spec(worker_class_id=gpu, command="echo held", held=True)
+    other = job_factory()
+    with db.write(engine) as conn:
+        (held_id,) = jobs.create(conn, [spec2], 7, "alice")
+        chains.add(conn, held_id, [chains.After(other, "success")])
+    with pytest.raises(errors.Conflict, match="1 held, waiting, assigned or running"):
+        do(engine, classes.delete, gpu)
