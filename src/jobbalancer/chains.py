@@ -121,8 +121,8 @@ _SKIP = (
     .values(state=SKIPPED, error=sa.bindparam("b_reason"), finished_at=utcnow())
 )
 # held → waiting, only when no condition of the job is left unmet: one statement, so two
-# ends racing cannot both release it (and the child's row lock makes the later one see
-# the earlier one's rows).
+# ends cannot both release it (and the assign lock makes the later one see the earlier
+# one's rows met).
 _RELEASE = (
     sa.update(J)
     .where(
@@ -160,9 +160,14 @@ def ended(conn: sa.Connection, job_id: int, state: str) -> list[int]:
     return released
 
 
+_LOCK_CHUNK = 500  # ids per statement: far below every backend's limit on parameters
+
+
 def _lock(conn: sa.Connection, ids: Sequence[int]) -> None:
-    """Lock the rows of these jobs until commit, in id order (no deadlock between two ends)."""
-    db.lock_rows(conn, sa.select(J.c.id).where(J.c.id.in_(list(ids))).order_by(J.c.id))
+    """Lock the rows of these jobs (sorted) until commit, in id order, a chunk at a time."""
+    for i in range(0, len(ids), _LOCK_CHUNK):
+        chunk = list(ids[i : i + _LOCK_CHUNK])
+        db.lock_rows(conn, sa.select(J.c.id).where(J.c.id.in_(chunk)).order_by(J.c.id))
 
 
 def _skip(conn: sa.Connection, job_id: int, reason: str) -> bool:

@@ -404,3 +404,18 @@ def test_a_class_with_held_jobs_is_in_use(engine: sa.Engine, job_factory: JobFac
         chains.add(conn, held_id, [chains.After(other, "success")])
     with pytest.raises(errors.Conflict, match="1 held, waiting, assigned or running"):
         do(engine, classes.delete, gpu)
+
+
+def test_a_fan_out_is_released_in_one_end(
+    engine: sa.Engine, job_factory: JobFactory, worker: int
+) -> None:
+    parent = job_factory()
+    spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+    with db.write(engine) as conn:
+        children = jobs.create(conn, [spec] * 600, 7, "alice")  # more than a lock chunk
+        for child in children:
+            chains.add(conn, child, [chains.After(parent, "success")])
+    run(engine, parent, worker, State.DONE)
+    with db.read(engine) as conn:
+        got = {j.state for j in jobs.get_many(conn, children)}
+    assert got == {State.WAITING}
