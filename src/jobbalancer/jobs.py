@@ -1,11 +1,12 @@
 """Jobs: the record, its states, and every change of state.
 
-This module is the only code that changes a job's state, and it reads as the state
-machine: the moves are in the order of a job's life, each one a statement built once
-(``UPDATE … WHERE id = :id AND state = …``, defined just above the function that runs it)
-whose row count says whether it happened; nothing reads a state, decides in Python, and
-writes it back. Callers hand in a connection inside a write transaction (``db.write``), so
-a move and what goes with it (a retry, a freed slot filled) commit together.
+This module is the only code that changes a job's state (with :mod:`jobbalancer.chains`,
+which it calls for the moves out of ``held``), and it reads as the state machine: the
+moves are in the order of a job's life, each one a statement built once (``UPDATE … WHERE
+id = :id AND state = …``, defined just above the function that runs it) whose row count
+says whether it happened; nothing reads a state, decides in Python, and writes it back.
+Callers hand in a connection inside a write transaction (``db.write``), so a move and what
+goes with it (a retry, a freed slot filled) commit together.
 """
 
 from __future__ import annotations
@@ -262,6 +263,12 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
         "kill_requested": False,
         "output_bytes": 0,
     }
+
+
+def add_parents(conn: sa.Connection, job_id: int, after: Sequence[chains.After]) -> None:
+    """Give a job created held (``Spec.held``) the jobs it waits for; decided at once where
+    a parent has ended already (held → waiting or skipped)."""
+    chains.add(conn, job_id, after)
 
 
 def restart(conn: sa.Connection, job_id: int, user_id: int | None, user_name: str | None) -> int:

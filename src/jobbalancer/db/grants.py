@@ -5,9 +5,10 @@ the host must not get users, API keys, sessions or stored scripts with them.
 What a worker touches: its own registration (``workers``), the classes (read), the queue
 and its jobs' states (``jobs``: column-level UPDATE, so the command, script, environment
 and parameters of jobs other workers will run cannot be rewritten), their output (insert
-only), the dependencies of jobs held for them (read; mark met, follow a retry), the tunables (``settings``, read), the balancer's row lock (``locks``) and the
-schema revision. LISTEN and ``pg_notify`` need no grant. What remains: INSERT on ``jobs``
-(a worker queues retries) lets a compromised worker host add jobs.
+only), the dependencies of jobs held for them (read; mark met, follow a retry), the
+tunables (``settings``, read), the balancer's row lock (``locks``) and the schema
+revision. LISTEN and ``pg_notify`` need no grant. What remains: INSERT on ``jobs`` (a
+worker queues retries) lets a compromised worker host add jobs.
 """
 
 from __future__ import annotations

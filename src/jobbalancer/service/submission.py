@@ -340,7 +340,7 @@ def _chain(
                 chains.After(job if job is not None else ids[ref or 0], on)
                 for job, ref, on in after
             ]
-            chains.add(conn, job_id, parents)
+            jobs.add_parents(conn, job_id, parents)
     balancer.assign_waiting(
         conn, class_ids={s.worker_class_id for s in specs if s.held}, locked=True
     )
