@@ -147,3 +147,14 @@ def test_a_submitter_may_chain_their_own_jobs(api: Api) -> None:
         child["id"],
         admins["id"],
     }
+
+
+def test_held_jobs_count_towards_the_waiting_cap(api: Api) -> None:
+    r = api.admin.patch("/api/v1/settings", json={"max_waiting_per_user": 2})
+    assert r.status_code == 200, r.text
+    _, key = api.user("sam")
+    client = api.client(key)
+    body = batch(api, [{"command": "a"}, {"command": "b", "after": [{"ref": 0}]}], key=key)
+    assert [j["state"] for j in body["jobs"]] == ["waiting", "held"]
+    r = client.post("/api/v1/jobs", json={"command": "c"})
+    assert r.status_code == 409 and r.json()["error"] == "waiting_limit"
