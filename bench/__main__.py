@@ -9,8 +9,9 @@
    baseline (a Python loop spawning the same command 4 at a time, output captured)
    measured right before, in the same run;
 2. latency: 200 jobs at 20/s into idle workers; submit → started, submit → finished;
-3. scale: 500 simulated workers and 1k / 10k / 100k waiting jobs: cost of a submit, of a
-   finish that fills its slot, of a worker's poll and of a balancing pass; list API time;
+3. scale: 500 simulated workers and 1k / 10k / 100k waiting jobs, then 100k held jobs
+   more: cost of a submit, of a finish that fills its slot, of a worker's poll and of a
+   balancing pass; list API time;
 4. output: one job writing 100 MB; MB/s into the database, worker peak RSS growth, and
    log read-back speed;
 5. footprint: idle RSS of the server and a worker; CPU ms per job (throughput runs);
@@ -199,7 +200,7 @@ def main() -> None:
             run_cluster_benches(args, backend, out)
         if "scale" in args.only:
             for level, costs in scale_bench.scale(backend, levels, 50).items():
-                out["scale"].append([backend, f"{level:,}", *(_f(v, 2) for v in costs.values())])
+                out["scale"].append([backend, level, *(_f(v, 2) for v in costs.values())])
         if "output" in args.only:
             o = output_bench.output(backend, output_mb)
             out["output"].append([backend, f"{output_mb} MB", _f(o.mb_per_s), _f(o.rss_growth_mb),

@@ -11,6 +11,10 @@ use:
 - poll: a worker's ``jobs.for_worker``;
 - balance pass: the server's periodic ``assign_waiting`` over all workers;
 - list API: ``GET /api/v1/jobs`` first page, waiting jobs, and one worker's jobs.
+
+Then the same at the last queue length with ``HELD`` more jobs ``held`` (each waiting for
+one of the waiting jobs, with its ``job_dependencies`` row): the balancer and the workers' queues
+never read held jobs, so the row should match the one above it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from bench.cluster import Cluster
 from jobbalancer import balancer, db, jobs
 from jobbalancer.db import schema
 
-J, W = schema.jobs, schema.workers
+J, W, D = schema.jobs, schema.workers, schema.job_dependencies
 WORKERS = 500
+HELD = 100_000
 SLOTS = 2
 TOKEN = "bench"  # noqa: S105 - a fencing token, not a secret
 
@@ -137,10 +142,30 @@ def _measure(cluster: Cluster, worker_ids: list[int], reps: int) -> dict[str, fl
     return out
 
 
-def scale(backend: str, levels: list[int], reps: int) -> dict[int, dict[str, float]]:
-    """Costs (median ms) at each queue length in ``levels``."""
+def _add_held(engine: sa.Engine, count: int) -> None:
+    """``count`` held jobs, each waiting for a waiting job to succeed (a queue of
+    two-step pipelines), with their ``job_dependencies`` rows."""
+    with db.read(engine) as conn:
+        query = sa.select(J.c.id).where(J.c.state == "waiting").order_by(J.c.id).limit(count)
+        parents = list(conn.execute(query).scalars())
+    _insert(engine, [_job_row("held") for _ in range(count)])
+    with db.read(engine) as conn:
+        held = list(conn.execute(sa.select(J.c.id).where(J.c.state == "held")).scalars())
+    rows = [
+        {"child_id": child, "parent_id": parents[i % len(parents)], "on_end": "success",
+         "met": False}
+        for i, child in enumerate(held)
+    ]  # fmt: skip
+    for i in range(0, len(rows), 5000):
+        with db.write(engine) as conn:
+            conn.execute(sa.insert(D), rows[i : i + 5000])
+
+
+def scale(backend: str, levels: list[int], reps: int) -> dict[str, dict[str, float]]:
+    """Costs (median ms) at each queue length in ``levels``, then at the last one with
+    :data:`HELD` held jobs more."""
     tunables = {"worker_timeout": 3600}  # the simulated workers never heartbeat
-    results: dict[int, dict[str, float]] = {}
+    results: dict[str, dict[str, float]] = {}
     with Cluster(backend, workers=0, tunables=tunables) as cluster:
         worker_ids = _setup_workers(cluster.engine)
         waiting = 0
@@ -148,9 +173,12 @@ def scale(backend: str, levels: list[int], reps: int) -> dict[int, dict[str, flo
             _insert(cluster.engine, [_job_row("waiting") for _ in range(level - waiting)])
             _analyze(cluster.engine)
             waiting = level
-            results[level] = _measure(cluster, worker_ids, reps)
+            results[f"{level:,}"] = _measure(cluster, worker_ids, reps)
             with cluster.engine.connect() as conn:
                 waiting = conn.execute(
                     sa.select(sa.func.count()).where(J.c.state == "waiting")
                 ).scalar_one()
+        _add_held(cluster.engine, HELD)
+        _analyze(cluster.engine)
+        results[f"{levels[-1]:,} + {HELD:,} held"] = _measure(cluster, worker_ids, reps)
     return results

@@ -39,7 +39,7 @@ __all__ = [
 Stream = Literal["stdout", "stderr", "all"]
 Event = tuple[str, dict[str, Any]]
 
-FINAL_STATES = frozenset({"done", "failed", "timeout", "killed", "lost", "occupied"})
+FINAL_STATES = frozenset({"done", "failed", "timeout", "killed", "lost", "occupied", "skipped"})
 _POLL_MIN, _POLL_MAX = 0.1, 2.0  # seconds between polls while waiting: grows while idle
 _RECONNECTS = 5  # live stream: reconnections in a row before giving up (about 10 s)
 _PAST_THE_END = 2**62  # a log offset beyond any output (the API's largest)
@@ -170,6 +170,7 @@ class Client:
         labels: Mapping[str, str] | None = None,
         workdir: str | None = None,
         notify: Sequence[Mapping[str, Any]] = (),
+        after: Sequence[int | Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments. Returns the new job.
@@ -178,6 +179,9 @@ class Client:
         temporary one); a worker where it is missing or not usable fails the job, saying why.
         ``notify``: the job's own notification rules, ``[{"on": ["failed"], "target":
         "ops-hook"}]`` (targets an admin made).
+
+        ``after``: jobs to wait for, each an id (its success) or ``{"job": ID, "on":
+        "success" | "failure" | "any"}``; the job is ``held`` until they end.
 
         With ``need_realtime`` and no free worker the server keeps the job as
         ``occupied`` and this raises :class:`ApiError` with code ``"occupied"`` (the job
@@ -196,6 +200,7 @@ class Client:
             labels=labels,
             workdir=workdir,
             notify=notify,
+            after=after,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -474,8 +479,11 @@ def job_spec(
     labels: Mapping[str, str] | None = None,
     workdir: str | None = None,
     notify: Sequence[Mapping[str, Any]] = (),
+    after: Sequence[int | Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The JSON body of one submission; only the fields that differ from the defaults."""
+    """The JSON body of one submission; only the fields that differ from the defaults.
+
+    ``after`` (jobs to wait for) may name a job of the same batch as ``{"ref": INDEX}``."""
     if (command is None) == (script is None):
         raise ValueError("give exactly one of command or script")
     spec: dict[str, Any] = {"command": command} if command is not None else {"script": script}
@@ -490,6 +498,7 @@ def job_spec(
         "labels": dict(labels or {}),
         "workdir": workdir,
         "notify": [dict(rule) for rule in notify],
+        "after": [a if isinstance(a, int) else dict(a) for a in after],
     }
     spec.update({key: value for key, value in optional.items() if value})
     return spec

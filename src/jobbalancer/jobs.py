@@ -1,11 +1,12 @@
 """Jobs: the record, its states, and every change of state.
 
-This module is the only code that changes a job's state, and it reads as the state
-machine: the moves are in the order of a job's life, each one a statement built once
-(``UPDATE … WHERE id = :id AND state = …``, defined just above the function that runs it)
-whose row count says whether it happened; nothing reads a state, decides in Python, and
-writes it back. Callers hand in a connection inside a write transaction (``db.write``), so
-a move and what goes with it (a retry, a freed slot filled) commit together.
+This module is the only code that changes a job's state (with :mod:`jobbalancer.chains`,
+which it calls for the moves out of ``held``), and it reads as the state machine: the
+moves are in the order of a job's life, each one a statement built once (``UPDATE … WHERE
+id = :id AND state = …``, defined just above the function that runs it) whose row count
+says whether it happened; nothing reads a state, decides in Python, and writes it back.
+Callers hand in a connection inside a write transaction (``db.write``), so a move and what
+goes with it (a retry, a freed slot filled) commit together.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import db, errors, outbox
+from jobbalancer import chains, db, errors, outbox
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -37,8 +38,15 @@ class State(enum.StrEnum):
                     ├─occupy─▶ occupied   (need_realtime, no free slot; kept for the record)
                     └─request_kill (waiting or assigned) ─▶ killed
 
+        submit with after ─▶ held ─release (last parent ended as wanted)─▶ waiting
+                               ├─skip (a parent's end cannot meet it)─▶ skipped
+                               └─request_kill ─▶ killed
+
     A running job is killed by its worker: ``request_kill`` sets ``kill_requested``, the
-    worker kills the process and reports it (``finish`` → killed).
+    worker kills the process and reports it (``finish`` → killed). Every move into a final
+    state (and ``delete``) tells :mod:`jobbalancer.chains`, which releases or skips the
+    held jobs waiting for that job, in the same transaction; it owns the moves out of
+    ``held``. A failed or lost job that is retried has not ended: its retry takes over.
     """
 
     WAITING = "waiting"
@@ -50,11 +58,18 @@ class State(enum.StrEnum):
     KILLED = "killed"
     LOST = "lost"
     OCCUPIED = "occupied"
+    # Chains (jobbalancer.chains): waiting for other jobs to end; a condition that can no
+    # longer be met.
+    HELD = "held"
+    SKIPPED = "skipped"
 
 
 ACTIVE = (State.ASSIGNED, State.RUNNING)
 PENDING = (State.WAITING, State.ASSIGNED)
-FINAL = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST, State.OCCUPIED)
+FINAL = (
+    State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST, State.OCCUPIED,
+    State.SKIPPED,
+)  # fmt: skip
 # What a worker may report when a job's process is over. LOST: the worker stopped the
 # attempt itself, cut off from the database too long to know it still held it (fencing).
 OUTCOMES = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST)
@@ -83,6 +98,8 @@ class Spec:
     workdir: str | None = None
     # The job's own notification rules: ({"on": [states], "target": target id}, ...).
     notify: tuple[Mapping[str, Any], ...] = ()
+    # Created held: it has conditions (chains.add gives them, and may release it at once).
+    held: bool = False
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -230,7 +247,7 @@ def create(
 
 def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, Any]:
     return {
-        "state": State.WAITING.value,
+        "state": (State.HELD if spec.held else State.WAITING).value,
         "command": spec.command,
         "script_id": spec.script_id,
         "script_name": spec.script_name,
@@ -254,11 +271,26 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
     }
 
 
+def add_parents(conn: sa.Connection, job_id: int, after: Sequence[chains.After]) -> None:
+    """Give a job created held (``Spec.held``) the jobs it waits for; decided at once where
+    a parent has ended already (held → waiting or skipped)."""
+    chains.add(conn, job_id, after)
+
+
 def restart(conn: sa.Connection, job_id: int, user_id: int | None, user_name: str | None) -> int:
-    """A new waiting job with the same spec as ``job_id``; the old one stays as it was."""
-    new_id = _copy(conn, job_id, attempt=1, restarted_from=job_id, user=(user_id, user_name))
+    """A new waiting job with the same spec as ``job_id``; the old one stays as it was.
+
+    A job that had parents gets the same ones, checked at once: it may be held, released
+    or skipped (the parents are not run again, nor are the old job's children)."""
+    after = chains.parents_of(conn, job_id)
+    state = State.HELD if after else State.WAITING
+    new_id = _copy(
+        conn, job_id, attempt=1, restarted_from=job_id, user=(user_id, user_name), state=state
+    )
     if new_id is None:
         raise errors.NotFound(f"job {job_id} does not exist")
+    if after:
+        chains.add(conn, new_id, after)
     return new_id
 
 
@@ -270,6 +302,7 @@ def _copy(
     restarted_from: int | None = None,
     retry_of: int | None = None,
     user: tuple[int | None, str | None] | None = None,
+    state: State = State.WAITING,
 ) -> int | None:
     """Insert a waiting copy of a job's spec; None when the job does not exist.
 
@@ -287,7 +320,7 @@ def _copy(
     result = conn.execute(
         sa.insert(J).values(
             **values,
-            state=State.WAITING.value,
+            state=state.value,
             attempt=row.attempt + 1 if attempt is None else attempt,
             restarted_from=restarted_from,
             retry_of=retry_of,
@@ -306,8 +339,12 @@ def _inserted_id(result: sa.CursorResult[Any]) -> int:
 
 
 def _retry(conn: sa.Connection, job_id: int) -> int | None:
-    """Queue the next attempt of a failed or lost job, if it has retries left."""
-    return _copy(conn, job_id, retry_of=job_id)
+    """Queue the next attempt of a failed or lost job, if it has retries left; the jobs
+    waiting for it wait for the new attempt."""
+    new_id = _copy(conn, job_id, retry_of=job_id)
+    if new_id is not None:
+        chains.follow_retry(conn, job_id, new_id)
+    return new_id
 
 
 # -- assign: waiting → assigned -----------------------------------------------------------
@@ -407,6 +444,7 @@ def occupy(conn: sa.Connection, job_id: int) -> bool:
     if not _moved(conn, _OCCUPY, {"b_id": job_id}):
         return False
     outbox.job_moved(conn, State.OCCUPIED.value, [job_id])
+    chains.ended(conn, job_id, State.OCCUPIED)
     return True
 
 
@@ -566,19 +604,22 @@ def finish(
         "b_id": job_id, "b_token": token, "b_state": state.value, "b_exit_code": exit_code,
         "b_signal": signal, "b_error": error, "b_output_bytes": output_bytes, "b_pid": pid,
     }  # fmt: skip
-    done = _moved(conn, _FINISH, params)
-    if done:
-        outbox.job_moved(conn, state.value, [job_id])
-    if done and retry and state in RETRYABLE:
-        _retry(conn, job_id)
-    return done
+    if not _moved(conn, _FINISH, params):
+        return False
+    outbox.job_moved(conn, state.value, [job_id])
+    if not (retry and state in RETRYABLE and _retry(conn, job_id) is not None):
+        chains.ended(conn, job_id, state)
+    return True
 
 
-# -- request_kill: waiting | assigned → killed; running → kill_requested ------------------
+# -- request_kill: held | waiting | assigned → killed; running → kill_requested -----------
 
 _KILL_PENDING = (
     sa.update(J)
-    .where(J.c.id == sa.bindparam("b_id"), J.c.state.in_([s.value for s in PENDING]))
+    .where(
+        J.c.id == sa.bindparam("b_id"),
+        J.c.state.in_([s.value for s in (State.HELD, *PENDING)]),
+    )
     .values(state=State.KILLED.value, error="killed before it started", finished_at=utcnow())
 )
 _REQUEST_KILL = (
@@ -595,6 +636,7 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
     """
     if _moved(conn, _KILL_PENDING, {"b_id": job_id}):
         outbox.job_moved(conn, State.KILLED.value, [job_id])
+        chains.ended(conn, job_id, State.KILLED)
         return
     if _moved(conn, _REQUEST_KILL, {"b_id": job_id}):
         worker_id = conn.execute(sa.select(J.c.worker_id).where(J.c.id == job_id)).scalar()
@@ -641,7 +683,8 @@ def lose_worker_jobs(conn: sa.Connection, worker_id: int, reason: str) -> list[i
         params = {"b_id": job_id, "b_worker": worker_id, "b_reason": reason}
         if _moved(conn, _LOSE, params):
             lost.append(job_id)
-            _retry(conn, job_id)
+            if _retry(conn, job_id) is None:
+                chains.ended(conn, job_id, State.LOST)
     outbox.job_moved(conn, State.LOST.value, lost)
     return lost
 
@@ -655,6 +698,8 @@ def delete(conn: sa.Connection, job_id: int) -> None:
     result = conn.execute(sa.delete(J).where(J.c.id == job_id, J.c.state.not_in(active)))
     if result.rowcount == 1:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id == job_id))
+        chains.ended(conn, job_id, chains.DELETED)
+        chains.forget(conn, [job_id])
         outbox.forget_jobs(conn, [job_id])
         return
     job = get(conn, job_id)  # raises NotFound
@@ -684,4 +729,5 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
         conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
         outbox.forget_jobs(conn, ids)
+        chains.forget(conn, ids)
     return len(ids)

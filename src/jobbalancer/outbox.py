@@ -33,7 +33,9 @@ J, T, R, N = (
 )
 
 # Every state a rule may name. ``started``: a job began running (for long jobs).
-EVENTS: tuple[str, ...] = ("done", "failed", "timeout", "killed", "lost", "occupied", "started")
+EVENTS: tuple[str, ...] = (
+    "done", "failed", "timeout", "killed", "lost", "occupied", "skipped", "started"
+)  # fmt: skip
 TTL = 2.0
 
 

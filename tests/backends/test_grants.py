@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from jobbalancer import balancer, cli, db, errors, jobs, notify, settings
+from jobbalancer import balancer, chains, cli, db, errors, jobs, notify, settings
 from jobbalancer import registry as workers
 from jobbalancer.db import grants, schema
 from jobbalancer.worker.output import Closing
@@ -145,6 +145,29 @@ def test_a_worker_does_its_work_under_the_role(engine: sa.Engine, as_role: sa.En
         sent = [(n.job_id, n.event) for n in notify.list_notifications(conn)][::-1]
     assert sent == [(waiting, "started"), (waiting, "failed"), (taken[0].id, "started")]
     assert [bytes(d) for d in out] == [b"hi\n"]
+
+
+@ROLES
+def test_a_worker_decides_held_jobs_under_the_role(engine: sa.Engine, as_role: sa.Engine) -> None:
+    parent = _job(engine, retries=1)
+    with db.write(engine) as conn:
+        (child,) = jobs.create(
+            conn, [jobs.Spec(command="echo child", worker_class_id=1, held=True)], 7, "alice"
+        )
+        chains.add(conn, child, [chains.After(parent, "success")])
+    worker_id, _ = _register(as_role)
+    with db.write(as_role) as conn:
+        (claimed,) = jobs.for_worker(conn, worker_id)
+        token = claimed.token or ""
+        assert jobs.claim(conn, parent, worker_id, token)
+        # Failed with a retry left: the child follows the retry (its rows re-pointed).
+        assert jobs.finish(conn, parent, token, jobs.State.FAILED, exit_code=1)
+        (retry,) = balancer.take_for_worker(conn, worker_id)
+    with db.write(as_role) as conn:
+        assert jobs.finish(conn, retry.id, retry.token or "", jobs.State.DONE, exit_code=0)
+    with db.read(engine) as conn:
+        assert jobs.get(conn, child).state == jobs.State.WAITING
+        assert [p.id for p in chains.links(conn, child).parents] == [retry.id]
 
 
 def _chunk(job_id: int) -> dict[str, object]:

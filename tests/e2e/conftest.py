@@ -159,7 +159,7 @@ class Cluster:
         return dict(self.api.get(f"/api/v1/jobs/{job_id}").json())
 
     def wait_job(self, job_id: int, timeout: float = 30) -> dict[str, Any]:
-        final = {"done", "failed", "timeout", "killed", "lost", "occupied"}
+        final = {"done", "failed", "timeout", "killed", "lost", "occupied", "skipped"}
 
         def finished() -> dict[str, Any] | None:
             job = self.job(job_id)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import auth, classes, jobs, notify, registry, scripts, stats
+from jobbalancer import auth, chains, classes, jobs, notify, registry, scripts, stats
 from jobbalancer.service import access
 
 
@@ -30,6 +30,19 @@ class Ref(BaseModel):
 
     id: int
     name: str
+
+
+class Dependency(BaseModel):
+    """A parent or a child of a job (docs/api.md, "Dependencies")."""
+
+    id: int
+    on: str = Field(description="success | failure | any: the end of the parent wanted.")
+    met: bool = Field(description="The parent ended as wanted.")
+    state: str | None = Field(description="The other job's state; null: it was deleted.")
+
+    @classmethod
+    def from_links(cls, links: list[chains.Link]) -> list[Dependency]:
+        return [cls(id=k.id, on=k.on, met=k.met, state=k.state) for k in links]
 
 
 class Job(BaseModel):
@@ -71,16 +84,30 @@ class Job(BaseModel):
     assigned_at: Time | None
     started_at: Time | None
     finished_at: Time | None
+    parents: list[Dependency] | None = Field(
+        None,
+        description="The jobs it waits or waited for. Only in the answer about one job "
+        "(GET /api/v1/jobs/{id}, POST /api/v1/jobs); null in lists and batches.",
+    )
+    children: list[Dependency] | None = Field(
+        None, description="The jobs that wait or waited for it; as `parents`."
+    )
+    waiting_for: str | None = Field(
+        None, description="A held job: what it waits for (`waits for job 41 to succeed`)."
+    )
 
     @classmethod
-    def from_job(cls, job: jobs.Job, viewer: auth.User) -> Job:
-        """The job as ``viewer`` may see it: env values masked unless theirs or an admin."""
+    def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
+        """The job as ``viewer`` may see it: env values masked unless theirs or an admin;
+        with ``links``, its parents and children (those ``viewer`` may see)."""
         script = None
         if job.script_name is not None:
             script = Ref(id=job.script_id or 0, name=job.script_name)
         worker = None
         if job.worker_id is not None:
             worker = Ref(id=job.worker_id, name=job.worker_name or "")
+        if links is not None:
+            links = access.shown_links(links, viewer)
         return cls(
             **{n: getattr(job, n) for n in _JOB_PLAIN},
             script=script,
@@ -90,13 +117,17 @@ class Job(BaseModel):
             notify=[dict(rule) for rule in job.notify],
             user=job.user_name,
             worker=worker,
+            parents=None if links is None else Dependency.from_links(links.parents),
+            children=None if links is None else Dependency.from_links(links.children),
+            waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
         )
 
 
+_JOB_LINKS = ("parents", "children", "waiting_for")
 _JOB_PLAIN = [
     n
     for n in Job.model_fields
-    if n not in ("script", "params", "env", "labels", "notify", "user", "worker")
+    if n not in ("script", "params", "env", "labels", "notify", "user", "worker", *_JOB_LINKS)
 ]
 
 

@@ -154,4 +154,6 @@ def job_exit_code(job: Mapping[str, Any]) -> int:
         return RET_JOB_TIMEOUT
     if state == "killed":
         return RET_JOB_KILLED
+    if state == "skipped":  # it never ran: a parent ended as it did not want
+        return RET_ERROR
     return RET_TEMPFAIL  # lost, occupied

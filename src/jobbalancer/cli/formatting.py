@@ -144,6 +144,8 @@ def _empty(value: Any) -> bool:
 def _shown(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if key in ("parents", "children") and isinstance(value, list):
+        return link_lines(value)
     if isinstance(value, list):
         return shlex.join(map(str, value))
     if key == "env" and isinstance(value, dict):
@@ -155,6 +157,13 @@ def _shown(key: str, value: Any) -> str:
     if key.endswith("_at") and (parsed := parse_time(value)):
         return parsed.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
+
+
+def link_lines(links: Sequence[Mapping[str, Any]]) -> str:
+    """A job's parents or children, one a line: ``job 41  on success  done``."""
+    return "\n".join(
+        f"job {k.get('id')}  on {k.get('on')}  {k.get('state') or 'deleted'}" for k in links
+    )
 
 
 def env_lines(env: Mapping[str, Any]) -> str:
@@ -177,6 +186,8 @@ _STATE_STYLE = {
     "killed": "magenta",
     "lost": "yellow",
     "occupied": "yellow",
+    "held": "cyan",
+    "skipped": "magenta",
     "online": "green",
     "draining": "yellow",
     "offline": "dim",

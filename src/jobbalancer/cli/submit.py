@@ -140,6 +140,34 @@ def submit(
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
+    after: Annotated[
+        list[int] | None,
+        opt(
+            "--after",
+            env="SUBMIT_AFTER",
+            min=1,
+            help="Run only after this job succeeded (held until then; skipped if it did "
+            "not). Repeat for more.",
+        ),
+    ] = None,
+    after_any: Annotated[
+        list[int] | None,
+        opt(
+            "--after-any",
+            env="SUBMIT_AFTER_ANY",
+            min=1,
+            help="Run after this job ended, however it ended. Repeat for more.",
+        ),
+    ] = None,
+    after_failure: Annotated[
+        list[int] | None,
+        opt(
+            "--after-failure",
+            env="SUBMIT_AFTER_FAILURE",
+            min=1,
+            help="Run only if this job failed (failed, timeout, lost). Repeat for more.",
+        ),
+    ] = None,
     wait: Annotated[
         bool,
         opt(
@@ -178,6 +206,7 @@ def submit(
             retries=retries,
             workdir=workdir,
             notify=notify_rules(notify or []),
+            after=after_list(after or [], after_any or [], after_failure or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")
@@ -226,6 +255,17 @@ def check_what_to_run(words: Sequence[str], script: str | None, params: Sequence
         formatting.fail(
             exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
         )
+
+
+def after_list(
+    success: Sequence[int], any_end: Sequence[int], failure: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The ``after`` of a submission from --after, --after-any and --after-failure."""
+    return [
+        {"job": job_id, "on": on}
+        for ids, on in ((success, "success"), (any_end, "any"), (failure, "failure"))
+        for job_id in ids
+    ]
 
 
 def script_ref(script: str) -> str | int:

@@ -5,11 +5,12 @@ the host must not get users, API keys, sessions or stored scripts with them.
 What a worker touches: its own registration (``workers``), the classes (read), the queue
 and its jobs' states (``jobs``: column-level UPDATE, so the command, script, environment
 and parameters of jobs other workers will run cannot be rewritten), their output (insert
-only), the tunables (``settings``, read), the balancer's row lock (``locks``) and the
-schema revision, and the notifications of its jobs' ends (the rules, the targets' ids,
-insert only into the outbox; never a target's URL or secret). LISTEN and ``pg_notify``
-need no grant. What remains: INSERT on ``jobs`` (a worker queues retries) lets a
-compromised worker host add jobs.
+only), the dependencies of jobs held for them (read; mark met, follow a retry), the
+tunables (``settings``, read), the balancer's row lock (``locks``) and the schema
+revision, and the notifications of its jobs' ends (the rules, the targets' ids, insert
+only into the outbox; never a target's URL or secret). LISTEN and ``pg_notify`` need no
+grant. What remains: INSERT on ``jobs`` (a worker queues retries) lets a compromised
+worker host add jobs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Grant:
 WORKER_GRANTS = (
     Grant("jobs", ("SELECT", "INSERT"), JOB_COLUMNS),
     Grant("job_output", ("INSERT",)),
+    # A job's end decides the jobs held for it (met), a retry takes over its parent's rows.
+    Grant("job_dependencies", ("SELECT",), ("parent_id", "met")),
     Grant("workers", ("SELECT", "INSERT", "UPDATE")),
     Grant("worker_classes", ("SELECT",)),
     Grant("settings", ("SELECT",)),

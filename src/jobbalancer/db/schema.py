@@ -184,6 +184,8 @@ jobs = sa.Table(
     sa.Index(None, "finished_at"),
     # A job's page lists the jobs restarted from it.
     sa.Index(None, "restarted_from"),
+    # A chain follows a failed parent to its retry (jobbalancer.chains).
+    sa.Index(None, "retry_of"),
     # The job list by state, newest first: without it SQLite sorts every job of the state.
     sa.Index(None, "state", "id"),
     sqlite_autoincrement=True,  # ids are never reused (above)
@@ -192,6 +194,21 @@ jobs = sa.Table(
 # The queue: waiting jobs of a class, highest priority first, then oldest; priority
 # descending, so the queue's order is the index's (no sort of the whole queue per pick-up).
 sa.Index("ix_jobs_queue", jobs.c.state, jobs.c.worker_class_id, jobs.c.priority.desc(), jobs.c.id)
+
+# Chains: a job held until other jobs end (docs/api.md, "Dependencies"). ``parent_id`` is
+# the parent's latest attempt: a retry takes over its rows. ``met`` turns true when that
+# parent ended for good as ``on_end`` wanted; a held child is released when all its rows
+# are met. Rows live as long as the child (the parent may be deleted before it).
+job_dependencies = sa.Table(
+    "job_dependencies",
+    metadata,
+    sa.Column("child_id", sa.Integer, primary_key=True),
+    sa.Column("parent_id", sa.Integer, primary_key=True),
+    # success | failure | any
+    sa.Column("on_end", sa.String(8), nullable=False),
+    sa.Column("met", sa.Boolean, nullable=False, default=False),
+    sa.Index(None, "parent_id"),
+)
 
 job_output = sa.Table(
     "job_output",

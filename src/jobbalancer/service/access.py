@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, errors, jobs
+from jobbalancer import auth, chains, errors, jobs
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,13 @@ def shown_env(job: jobs.Job, viewer: auth.User) -> dict[str, str]:
     if may_see_env(job, viewer):
         return dict(job.env)
     return dict.fromkeys(job.env, ENV_MASK)
+
+
+def shown_links(links: chains.Links, viewer: auth.User) -> chains.Links:
+    """A job's parents and children that ``viewer`` may see (a deleted one shows as its
+    id: nothing of it is left to hide)."""
+
+    def seen(items: list[chains.Link]) -> list[chains.Link]:
+        return [k for k in items if k.state is None or viewer.can_see_job(k.user_id)]
+
+    return chains.Links(parents=seen(links.parents), children=seen(links.children))

@@ -16,14 +16,17 @@ import pydantic
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from jobbalancer import auth, classes, refs
+from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
 # Linux refuses a single argv or environment string longer than this (MAX_ARG_STRLEN).
@@ -163,10 +166,41 @@ class NotifyRule(Input):
     on: list[Annotated[str, StringConstraints(max_length=20)]] = Field(
         min_length=1,
         max_length=10,
-        description="States: done, failed, timeout, killed, lost, occupied, started.",
+        description="States: done, failed, timeout, killed, lost, occupied, skipped, started.",
         examples=[["failed", "timeout"]],
     )
     target: NameOrId = Field(description="A notification target an admin made, by name or id.")
+
+
+def _bare_id(value: Any) -> Any:
+    # A bare id is the short form of {"job": ID} (on success).
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"job": value}
+    return value
+
+
+class AfterIn(Input):
+    """A job this one waits for: ``job`` (an id) or, in a batch, ``ref`` (the index of an
+    earlier job of the same batch), and how it must end."""
+
+    job: int | None = Field(None, ge=1, le=MAX_ID, description="The parent's id.")
+    ref: int | None = Field(
+        None, ge=0, le=999, description="In a batch: the index of an earlier job of the batch."
+    )
+    on: Literal["success", "failure", "any"] = Field(
+        "success",
+        description="success: the parent ended `done`; failure: `failed`, `timeout`, `lost` "
+        "or `occupied`; any: whatever its end (also `killed` or `skipped`).",
+    )
+
+    @model_validator(mode="after")
+    def _one_parent(self) -> AfterIn:
+        if (self.job is None) == (self.ref is None):
+            raise ValueError("give exactly one of 'job' or 'ref'")
+        return self
+
+
+After = Annotated[AfterIn, BeforeValidator(_bare_id, json_schema_input_type=AfterIn | int)]
 
 
 class JobSubmit(Input):
@@ -207,6 +241,13 @@ class JobSubmit(Input):
         default_factory=list,
         max_length=20,
         description="Notify targets when the job reaches these states.",
+    )
+    after: list[After] = Field(
+        default_factory=list,
+        max_length=MAX_PARENTS,
+        description='Jobs to wait for: `{"job": ID, "on": "success"}` (or a bare id: '
+        "success). The job is `held` until each has ended for good, then runs; `skipped` if "
+        "one ended in a way it did not want.",
     )
 
 

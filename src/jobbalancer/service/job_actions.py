@@ -7,7 +7,7 @@ import dataclasses
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, db, jobs, logs
+from jobbalancer import auth, balancer, chains, db, jobs, logs
 from jobbalancer.service import access, listing, submission
 
 
@@ -15,6 +15,14 @@ def get(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
     """The job, if ``user`` may see it (NotFound otherwise)."""
     with db.read(engine) as conn:
         return access.visible_job(conn, user, job_id)
+
+
+def get_with_links(
+    engine: sa.Engine, user: auth.User, job_id: int
+) -> tuple[jobs.Job, chains.Links]:
+    """The job, if ``user`` may see it, with its parents and children, read together."""
+    with db.read(engine) as conn:
+        return access.visible_job(conn, user, job_id), chains.links(conn, job_id)
 
 
 def read_log(
@@ -43,13 +51,17 @@ def list_page(
 
 
 def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
-    """Kill: a waiting or assigned job at once, a running one when its worker stopped it;
-    a freed slot is filled in the same transaction. The job as it is now."""
+    """Kill: a held, waiting or assigned job at once, a running one when its worker stopped
+    it; a freed slot, or jobs it released (``after`` it, ``on: any``), are assigned in the
+    same transaction. The job as it is now."""
     with db.write(engine) as conn:
         job = access.manageable_job(conn, user, job_id)
+        # The balancer's lock before the job's row, the balancer's own order: the kill of
+        # a waiting job decides the jobs held for it under that lock (jobbalancer.chains).
+        db.lock_row(conn, "assign")
         jobs.request_kill(conn, job_id)
-        if job.state == jobs.State.ASSIGNED:  # its slot is free again
-            balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
+        if job.state != jobs.State.RUNNING:  # a slot freed, or held jobs released
+            balancer.assign_waiting(conn, locked=True)
         return jobs.get(conn, job_id)
 
 
@@ -63,7 +75,9 @@ def restart(
 
 
 def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
-    """Delete a job and its output; an assigned or running one must be killed first."""
+    """Delete a job and its output; an assigned or running one must be killed first. Jobs
+    held for it are skipped."""
     with db.write(engine) as conn:
         access.manageable_job(conn, user, job_id)
+        db.lock_row(conn, "assign")  # before the job's row, as kill does
         jobs.delete(conn, job_id)

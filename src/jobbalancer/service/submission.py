@@ -18,7 +18,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, db, errors, jobs, notify, scripts, settings
+from jobbalancer import (
+    auth,
+    balancer,
+    chains,
+    classes,
+    db,
+    errors,
+    jobs,
+    notify,
+    scripts,
+    settings,
+)
 from jobbalancer.service import access, inputs
 
 # A scripts-only user may set only names in a namespace of our own. An allow-list, not a
@@ -133,7 +144,8 @@ def _limits(conn: sa.Connection, user: auth.User, limiter: RateLimiter) -> setti
 
 
 def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) -> None:
-    """WaitingLimit if ``adding`` more jobs would leave ``user`` over ``cap`` waiting jobs.
+    """WaitingLimit if ``adding`` more jobs would leave ``user`` over ``cap`` waiting jobs
+    (held jobs count: they wait too).
 
     Counted in the submit's transaction; two batches submitted at the same instant on
     PostgreSQL or MariaDB may both pass, so the cap can be overshot by one batch."""
@@ -144,7 +156,10 @@ def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) 
     # An index on (user_id, state) would make both cheap; that is a schema change.
     mine = (
         sa.select(J.c.id)
-        .where(J.c.user_id + 0 == user.id, J.c.state == jobs.State.WAITING.value)
+        .where(
+            J.c.user_id + 0 == user.id,
+            J.c.state.in_([jobs.State.WAITING.value, jobs.State.HELD.value]),
+        )
         .limit(cap + 1)
         .subquery()
     )
@@ -255,11 +270,92 @@ def submit(
             if limits is not None:
                 check_priority(user, job.priority, limits.max_submitter_priority, where)
             specs.append(to_spec(conn, user, job, where, lookups))
+        afters = _afters(conn, user, batch, prefix=prefix)
+        specs = [
+            dataclasses.replace(s, held=True) if a else s
+            for s, a in zip(specs, afters, strict=True)
+        ]
         if limits is not None:
             _check_waiting(conn, user, len(specs), limits.max_waiting_per_user)
         ids = balancer.submit(conn, specs, user.id, user.name)
+        if any(afters):
+            _chain(conn, ids, specs, afters)
         # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
+
+
+def _afters(
+    conn: sa.Connection, user: auth.User, batch: Sequence[inputs.JobSubmit], *, prefix: bool
+) -> list[list[tuple[int | None, int | None, str]]]:
+    """Each job's parents as (job id, batch index, on), checked: a parent the user may not
+    see does not exist (404), a ref names an earlier job of the batch, nothing twice, no
+    ``need_realtime``. Their states are read again, under the balancer's lock, when the
+    jobs get them (chains.add)."""
+    found: list[list[tuple[int | None, int | None, str]]] = []
+    named: list[tuple[int, str]] = []
+    for i, job in enumerate(batch):
+        where = f"jobs.{i}." if prefix else ""
+        if job.after and job.need_realtime:
+            raise errors.InvalidInput(
+                "a job with 'after' waits for other jobs, so it cannot need a slot at once "
+                "(need_realtime)",
+                field=f"{where}after",
+            )
+        seen: set[tuple[str, int]] = set()
+        mine: list[tuple[int | None, int | None, str]] = []
+        for k, a in enumerate(job.after):
+            field = f"{where}after.{k}"
+            key = ("ref", a.ref) if a.ref is not None else ("job", a.job or 0)
+            if key in seen:
+                raise errors.InvalidInput(f"{key[0]} {key[1]} is named twice", field=field)
+            seen.add(key)
+            if a.ref is not None:
+                _check_ref(a.ref, i, prefix=prefix, field=f"{field}.ref")
+            else:
+                named.append((a.job or 0, f"{field}.job"))
+            mine.append((a.job, a.ref, a.on))
+        found.append(mine)
+    parents = chains.states(conn, [job_id for job_id, _ in named])
+    for job_id, field in named:
+        if job_id not in parents or not user.can_see_job(parents[job_id][1]):
+            raise errors.NotFound(f"job {job_id} does not exist", field=field)
+    return found
+
+
+def _check_ref(ref: int, index: int, *, prefix: bool, field: str) -> None:
+    if not prefix:
+        raise errors.InvalidInput(
+            "'ref' names a job of the same batch: use it in POST /api/v1/jobs/batch, or "
+            "give the parent's id as 'job'",
+            field=field,
+        )
+    if ref >= index:
+        raise errors.InvalidInput(
+            f"must be the index of an earlier job of the batch (0 to {index - 1})"
+            if index
+            else "the first job of a batch has no earlier job to wait for",
+            field=field,
+        )
+
+
+def _chain(
+    conn: sa.Connection,
+    ids: Sequence[int],
+    specs: Sequence[jobs.Spec],
+    afters: Sequence[Sequence[tuple[int | None, int | None, str]]],
+) -> None:
+    """Give each new held job its parents, in batch order (a ref names an earlier job,
+    decided by then), then assign those released at once."""
+    for job_id, after in zip(ids, afters, strict=True):
+        if after:
+            parents = [
+                chains.After(job if job is not None else ids[ref or 0], on)
+                for job, ref, on in after
+            ]
+            jobs.add_parents(conn, job_id, parents)
+    balancer.assign_waiting(
+        conn, class_ids={s.worker_class_id for s in specs if s.held}, locked=True
+    )
 
 
 def restart(

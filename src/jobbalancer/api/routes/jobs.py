@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from jobbalancer import auth, db, errors, jobs, logs, settings
+from jobbalancer import auth, chains, db, errors, jobs, logs, settings
 from jobbalancer.api import models, sse
 from jobbalancer.api.deps import (
     CurrentUser,
@@ -43,7 +43,10 @@ def submit_job(
     [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter(request))
     if job.state == jobs.State.OCCUPIED:
         raise _occupied(job, user)
-    return models.Job.from_job(job, user)
+    links = chains.Links(parents=[], children=[])  # a new job has no children yet
+    if spec.after:
+        job, links = job_actions.get_with_links(engine, user, job.id)
+    return models.Job.from_job(job, user, links)
 
 
 @router.post("/batch", status_code=201, responses=_RESPONSES)
@@ -100,7 +103,9 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(job_id: JobId, user: CurrentUser, engine: EngineDep) -> models.Job:
-    return models.Job.from_job(job_actions.get(engine, user, job_id), user)
+    """One job, with its parents and children and, if held, what it waits for."""
+    job, links = job_actions.get_with_links(engine, user, job_id)
+    return models.Job.from_job(job, user, links)
 
 
 @router.get(

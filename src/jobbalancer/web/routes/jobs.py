@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from jobbalancer import auth, classes, db, errors, jobs, logs, notify, refs, scripts
+from jobbalancer import auth, chains, classes, db, errors, jobs, logs, notify, refs, scripts
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import access, inputs, job_actions, listing, submission
 from jobbalancer.web import deps, pages
@@ -266,6 +266,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
             sa.select(jobs.J.c.id).where(jobs.J.c.restarted_from == job_id).order_by(jobs.J.c.id)
         ).scalars().all()  # fmt: skip
         sent = notify.list_notifications(conn, job_id=job_id, limit=50)
+        links = access.shown_links(chains.links(conn, job_id), page.user)
     may_manage = page.user.can_manage_job(job.user_id)
     return page.render(
         "job.html",
@@ -278,6 +279,8 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         log_cut=cut,
         restarts=restarts,
         notifications=sent,
+        links=links,
+        waiting_for=links.waiting_for() if job.state == jobs.State.HELD else None,
         can_kill=may_manage and not job.finished,
         can_restart=may_manage and page.user.can_submit,
         can_delete=may_manage and job.state not in jobs.ACTIVE,

@@ -1,0 +1,421 @@
+"""Chains on every backend: held jobs released or skipped by their parents' ends, in the
+transaction of that end (jobbalancer.chains)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from jobbalancer import chains, classes, db, errors, jobs
+from jobbalancer.jobs import State
+
+JobFactory = Callable[..., int]
+
+
+@pytest.fixture
+def worker(worker_factory: Callable[[str], int]) -> int:
+    return worker_factory("w1")
+
+
+def get(engine: sa.Engine, job_id: int) -> jobs.Job:
+    with db.read(engine) as conn:
+        return jobs.get(conn, job_id)
+
+
+def do(engine: sa.Engine, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with db.write(engine) as conn:
+        return fn(conn, *args, **kwargs)
+
+
+def start(engine: sa.Engine, job_id: int, worker_id: int) -> str:
+    """waiting → assigned → running; the fencing token."""
+    assert do(engine, jobs.assign, job_id, worker_id)
+    token = get(engine, job_id).token
+    assert token is not None
+    assert do(engine, jobs.claim, job_id, worker_id, token)
+    return token
+
+
+def run(engine: sa.Engine, job_id: int, worker_id: int, state: State) -> None:
+    """Start the job and have its worker report ``state``."""
+    token = start(engine, job_id, worker_id)
+    assert do(engine, jobs.finish, job_id, token, state, exit_code=0 if state == "done" else 1)
+
+
+@pytest.fixture
+def held(engine: sa.Engine) -> Callable[..., int]:
+    """held(*(parent, on)) → a new job waiting for those parents (decided at once if ended)."""
+
+    def make(*after: tuple[int, str]) -> int:
+        spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+        with db.write(engine) as conn:
+            (job_id,) = jobs.create(conn, [spec], 7, "alice")
+            chains.add(conn, job_id, [chains.After(p, on) for p, on in after])
+        return job_id
+
+    return make
+
+
+def state(engine: sa.Engine, job_id: int) -> State:
+    return get(engine, job_id).state
+
+
+def test_states_chains_names_are_job_states() -> None:
+    names = {s.value for s in State}
+    assert {chains.HELD, chains.WAITING, chains.SKIPPED} <= names
+    assert set(chains.MEETS) == {s.value for s in jobs.FINAL}
+
+
+def test_release_on_success(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory()
+    child = held((parent, "success"))
+    assert state(engine, child) == State.HELD
+    run(engine, parent, worker, State.DONE)
+    assert state(engine, child) == State.WAITING
+    with db.read(engine) as conn:
+        links = chains.links(conn, child)
+    assert [(p.id, p.met, p.state) for p in links.parents] == [(parent, True, "done")]
+    assert links.waiting_for() is None
+
+
+def test_held_jobs_are_not_in_the_queue(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory()
+    child = held((parent, "success"))
+    with db.write(engine) as conn:
+        taken = jobs.take(conn, worker, 1, 10)
+    assert [j.id for j in taken] == [parent]
+    assert state(engine, child) == State.HELD
+
+
+def test_skip_on_failure(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory()
+    child = held((parent, "success"))
+    run(engine, parent, worker, State.FAILED)
+    job = get(engine, child)
+    assert job.state == State.SKIPPED
+    assert job.error == f"job {parent} ended failed"
+    assert job.finished_at is not None
+
+
+def test_any_runs_after_a_failure(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory()
+    child = held((parent, "any"))
+    run(engine, parent, worker, State.TIMEOUT)
+    assert state(engine, child) == State.WAITING
+
+
+def test_on_failure(engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int) -> None:
+    failing, succeeding = job_factory(), job_factory()
+    after_fail = held((failing, "failure"))
+    not_run = held((succeeding, "failure"))
+    run(engine, failing, worker, State.FAILED)
+    run(engine, succeeding, worker, State.DONE)
+    assert state(engine, after_fail) == State.WAITING
+    assert get(engine, not_run).error == f"job {succeeding} ended done"
+
+
+def test_waits_for_every_parent(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    first, second = job_factory(), job_factory()
+    child = held((first, "success"), (second, "any"))
+    run(engine, first, worker, State.DONE)
+    assert state(engine, child) == State.HELD
+    with db.read(engine) as conn:
+        assert chains.links(conn, child).waiting_for() == f"waits for job {second} to end"
+    run(engine, second, worker, State.FAILED)
+    assert state(engine, child) == State.WAITING
+
+
+def test_a_retried_parent_decides_by_its_last_attempt(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory(retries=2)
+    child = held((parent, "success"))
+    run(engine, parent, worker, State.FAILED)
+    assert state(engine, child) == State.HELD  # a retry is queued: not over yet
+    with db.read(engine) as conn:
+        retry = conn.execute(sa.select(jobs.J.c.id).where(jobs.J.c.retry_of == parent)).scalar()
+        assert retry is not None
+        assert [p.id for p in chains.links(conn, child).parents] == [retry]
+    run(engine, retry, worker, State.LOST)  # through finish: a lost report also retries
+    assert state(engine, child) == State.HELD
+    with db.read(engine) as conn:
+        last = conn.execute(sa.select(jobs.J.c.id).where(jobs.J.c.retry_of == retry)).scalar()
+    assert last is not None
+    run(engine, last, worker, State.DONE)
+    assert state(engine, child) == State.WAITING
+
+
+def test_a_parent_out_of_retries_skips(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory(retries=1)
+    child = held((parent, "success"))
+    run(engine, parent, worker, State.FAILED)
+    with db.read(engine) as conn:
+        retry = conn.execute(sa.select(jobs.J.c.id).where(jobs.J.c.retry_of == parent)).scalar()
+    run(engine, retry, worker, State.FAILED)
+    assert get(engine, child).error == f"job {retry} ended failed"
+
+
+def test_a_lost_parent(engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int) -> None:
+    parent = job_factory()
+    child, cleanup = held((parent, "success")), held((parent, "failure"))
+    start(engine, parent, worker)
+    do(engine, jobs.lose_worker_jobs, worker, "gone")
+    assert get(engine, child).error == f"job {parent} ended lost"
+    assert state(engine, cleanup) == State.WAITING
+
+
+def test_kill_of_a_parent(engine: sa.Engine, job_factory: JobFactory, held: Any) -> None:
+    parent = job_factory()
+    child, cleanup = held((parent, "success")), held((parent, "any"))
+    do(engine, jobs.request_kill, parent)
+    assert get(engine, child).error == f"job {parent} ended killed"
+    assert state(engine, cleanup) == State.WAITING
+
+
+def test_kill_of_a_held_job(engine: sa.Engine, job_factory: JobFactory, held: Any) -> None:
+    parent = job_factory()
+    child = held((parent, "success"))
+    grandchild = held((child, "success"))
+    do(engine, jobs.request_kill, child)
+    assert state(engine, child) == State.KILLED
+    assert get(engine, grandchild).error == f"job {child} ended killed"
+
+
+def test_delete_of_a_parent(engine: sa.Engine, job_factory: JobFactory, held: Any) -> None:
+    parent = job_factory()
+    child, cleanup = held((parent, "success")), held((parent, "any"))
+    do(engine, jobs.delete, parent)
+    for job_id in (child, cleanup):
+        assert get(engine, job_id).error == f"job {parent} was deleted"
+    with db.read(engine) as conn:
+        assert [(p.id, p.state) for p in chains.links(conn, child).parents] == [(parent, None)]
+    do(engine, jobs.delete, child)  # a held or skipped job may go too
+    with db.read(engine) as conn:
+        assert chains.parents_of(conn, child) == []
+
+
+def test_skips_cascade(engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int) -> None:
+    parent = job_factory()
+    child = held((parent, "success"))
+    grandchild = held((child, "success"))
+    cleanup = held((child, "any"))
+    great = held((grandchild, "failure"))
+    run(engine, parent, worker, State.FAILED)
+    assert get(engine, child).error == f"job {parent} ended failed"
+    assert get(engine, grandchild).error == f"job {child} ended skipped"
+    assert get(engine, great).error == f"job {grandchild} ended skipped"
+    assert state(engine, cleanup) == State.WAITING
+
+
+def test_a_parent_that_already_ended_decides_at_once(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    done, failed = job_factory(), job_factory()
+    run(engine, done, worker, State.DONE)
+    run(engine, failed, worker, State.FAILED)
+    assert state(engine, held((done, "success"))) == State.WAITING
+    assert get(engine, held((failed, "success"))).error == f"job {failed} ended failed"
+    assert get(engine, held((done, "success"), (failed, "any"))).state == State.WAITING
+
+
+def test_a_parent_already_retried_is_followed(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory(retries=1)
+    run(engine, parent, worker, State.FAILED)
+    child = held((parent, "success"))
+    assert state(engine, child) == State.HELD
+    with db.read(engine) as conn:
+        (link,) = chains.links(conn, child).parents
+    assert link.id != parent and link.state == "waiting"
+
+
+def test_restart_of_a_skipped_child_checks_again(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory()
+    child = held((parent, "failure"))
+    run(engine, parent, worker, State.DONE)
+    assert state(engine, child) == State.SKIPPED
+    again = do(engine, jobs.restart, child, 7, "alice")
+    job = get(engine, again)
+    assert job.state == State.SKIPPED and job.error == f"job {parent} ended done"
+    other = job_factory()
+    waiting = held((other, "success"))
+    do(engine, jobs.request_kill, waiting)
+    rerun = do(engine, jobs.restart, waiting, 7, "alice")
+    assert state(engine, rerun) == State.HELD  # its parent has not ended yet
+    restarted_parent = do(engine, jobs.restart, parent, 7, "alice")
+    assert state(engine, restarted_parent) == State.WAITING
+    assert state(engine, child) == State.SKIPPED  # a restart does not run the children
+
+
+def test_retention_forgets_conditions(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    parent = job_factory()
+    child = held((parent, "success"))
+    run(engine, parent, worker, State.FAILED)
+    with db.write(engine) as conn:
+        cutoff = db.now(conn) + timedelta(days=1)
+        assert jobs.delete_finished_before(conn, cutoff) == 2
+        assert jobs.get_many(conn, [parent, child]) == []
+        assert chains.parents_of(conn, child) == []
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_two_parents_ending_at_once_release_the_child_once(
+    engine: sa.Engine,
+    backend: str,
+    job_factory: JobFactory,
+    held: Any,
+    worker_factory: Callable[[str], int],
+    monkeypatch: pytest.MonkeyPatch,
+    rounds: int,
+) -> None:
+    """Two workers record their parents' ends in two transactions open at the same time
+    (PostgreSQL, MariaDB: really concurrent; SQLite serializes them)."""
+    w1, w2 = worker_factory("w1"), worker_factory("w2")
+    released: list[int] = []
+    lock = threading.Lock()
+    real_ended = chains.ended
+
+    def counting(conn: sa.Connection, job_id: int, how: str) -> list[int]:
+        got = real_ended(conn, job_id, how)
+        with lock:
+            released.extend(got)
+        return got
+
+    monkeypatch.setattr(chains, "ended", counting)
+    for _ in range(rounds):
+        released.clear()
+        p1, p2 = job_factory(), job_factory()
+        child = held((p1, "success"), (p2, "success"))
+        end_together(engine, backend, {p1: start(engine, p1, w1), p2: start(engine, p2, w2)})
+        assert released == [child]
+        assert state(engine, child) == State.WAITING
+
+
+def end_together(engine: sa.Engine, backend: str, tokens: dict[int, str]) -> None:
+    """Record these running jobs ``done``, each in its own thread and transaction, at the
+    same instant."""
+
+    def ender(job_id: int) -> Callable[[sa.Connection], object]:
+        return lambda conn: jobs.finish(conn, job_id, tokens[job_id], State.DONE, exit_code=0)
+
+    assert together(engine, backend, *(ender(job_id) for job_id in tokens)) == [True, True]
+
+
+def together(
+    engine: sa.Engine, backend: str, *steps: Callable[[sa.Connection], object]
+) -> list[object]:
+    """Run each step in its own thread and write transaction, all open at the same time
+    (PostgreSQL, MariaDB; SQLite's write transactions exclude each other, so there they
+    start at the same time). What they returned."""
+    barrier = threading.Barrier(len(steps), timeout=10)
+    results: dict[int, object] = {}
+    failures: list[BaseException] = []
+
+    def run_step(i: int, step: Callable[[sa.Connection], object]) -> None:
+        try:
+            if backend == "sqlite":
+                barrier.wait()
+            with db.write(engine) as conn:
+                if backend != "sqlite":
+                    barrier.wait()  # every transaction open, none has written
+                results[i] = step(conn)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run_step, args=(i, s)) for i, s in enumerate(steps)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not failures
+    return [results[i] for i in range(len(steps))]
+
+
+@pytest.mark.parametrize("outcome", [State.DONE, State.FAILED])
+def test_a_parent_ending_while_its_child_is_submitted(
+    engine: sa.Engine, backend: str, job_factory: JobFactory, worker: int, outcome: State
+) -> None:
+    """The parent's end and the child's submission in two transactions open at once: the
+    child is decided by that end (released, or waiting for the retry), never left held
+    for a parent that has ended."""
+    for _ in range(3):
+        parent = job_factory(retries=1)
+        token = start(engine, parent, worker)
+
+        def submit(conn: sa.Connection, parent: int = parent) -> int:
+            spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+            (job_id,) = jobs.create(conn, [spec], 7, "alice")
+            chains.add(conn, job_id, [chains.After(parent, "success")])
+            return job_id
+
+        def end(conn: sa.Connection, parent: int = parent, token: str = token) -> object:
+            return jobs.finish(conn, parent, token, outcome, exit_code=1)
+
+        ended, child = together(engine, backend, end, submit)
+        assert ended is True and isinstance(child, int)
+        with db.read(engine) as conn:
+            (link,) = chains.links(conn, child).parents
+        if outcome == State.DONE:
+            assert state(engine, child) == State.WAITING
+        else:  # the retry is the parent now
+            assert state(engine, child) == State.HELD
+            assert get(engine, link.id).retry_of == parent
+            with db.write(engine) as conn:
+                conn.execute(sa.delete(jobs.J).where(jobs.J.c.id == link.id))  # keep w1 free
+
+
+def test_a_class_with_held_jobs_is_in_use(engine: sa.Engine, job_factory: JobFactory) -> None:
+
+    with db.write(engine) as conn:
+        gpu = classes.create(conn, "gpu").id
+    parent = job_factory(worker_class_id=gpu)
+    spec = jobs.Spec(worker_class_id=gpu, command="echo child", held=True)
+    with db.write(engine) as conn:
+        (child,) = jobs.create(conn, [spec], 7, "alice")
+        chains.add(conn, child, [chains.After(parent, "success")])
+    do(engine, jobs.delete, parent)  # the child is skipped: nothing of the class is left
+    assert state(engine, child) == State.SKIPPED
+    spec2 = jobs.Spec(worker_class_id=gpu, command="echo held", held=True)
+    other = job_factory()
+    with db.write(engine) as conn:
+        (held_id,) = jobs.create(conn, [spec2], 7, "alice")
+        chains.add(conn, held_id, [chains.After(other, "success")])
+    with pytest.raises(errors.Conflict, match="1 held, waiting, assigned or running"):
+        do(engine, classes.delete, gpu)
+
+
+def test_a_fan_out_is_released_in_one_end(
+    engine: sa.Engine, job_factory: JobFactory, worker: int
+) -> None:
+    parent = job_factory()
+    spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+    with db.write(engine) as conn:
+        children = jobs.create(conn, [spec] * 600, 7, "alice")  # more than a lock chunk
+        for child in children:
+            chains.add(conn, child, [chains.After(parent, "success")])
+    run(engine, parent, worker, State.DONE)
+    with db.read(engine) as conn:
+        got = {j.state for j in jobs.get_many(conn, children)}
+    assert got == {State.WAITING}
