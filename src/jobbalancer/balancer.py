@@ -122,7 +122,7 @@ def assign_waiting(
             if not candidates:
                 break
     if cursor != start_cursor and worker_id is None:
-        settings.put_value(conn, CURSOR_KEY, cursor)
+        _put_cursor(conn, cursor)
     db.wake_workers(conn, chosen_ids)
     return len(chosen_ids)
 
@@ -150,6 +150,19 @@ def _strategy_and_cursor(conn: sa.Connection) -> tuple[Strategy, int]:
     strategy = STRATEGIES.get(str(stored.get("algorithm")), STRATEGIES[_DEFAULT_ALGORITHM])
     cursor = stored.get(CURSOR_KEY)
     return strategy, cursor if isinstance(cursor, int) else 0
+
+
+_PUT_CURSOR = (
+    sa.update(S)
+    .where(S.c.key == CURSOR_KEY)
+    .values(value=sa.bindparam("b_cursor", type_=S.c.value.type))
+)
+
+
+def _put_cursor(conn: sa.Connection, cursor: int) -> None:
+    """Store the round-robin cursor (a statement built once: every submit moves it)."""
+    if conn.execute(_PUT_CURSOR, {"b_cursor": cursor}).rowcount == 0:
+        settings.put_value(conn, CURSOR_KEY, cursor)  # the first time: insert it
 
 
 def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:
