@@ -105,8 +105,11 @@ def assign_waiting(
     if not by_class:
         return 0
     strategy: Strategy
-    if worker_id is not None:
-        # One candidate: every strategy picks it, so skip reading the setting and cursor.
+    alone = worker_id is not None or all(len(c) == 1 for c in by_class.values())
+    if alone:
+        # One candidate per class: every strategy picks it, so skip reading the setting and
+        # the cursor, and writing the cursor (two statements of a submission's ten; the
+        # rotation goes on from where it was when there are several candidates again).
         strategy, cursor = fill_first, 0
     else:
         strategy, cursor = _strategy_and_cursor(conn)
@@ -121,7 +124,7 @@ def assign_waiting(
             candidates = _take_slot(candidates, chosen)
             if not candidates:
                 break
-    if cursor != start_cursor and worker_id is None:
+    if cursor != start_cursor and not alone:
         _put_cursor(conn, cursor)
     db.wake_workers(conn, chosen_ids)
     return len(chosen_ids)
