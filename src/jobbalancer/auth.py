@@ -15,7 +15,9 @@ import enum
 import hashlib
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeGuard
@@ -208,6 +210,7 @@ def update_user(conn: sa.Connection, user_id: int, changes: Mapping[str, Any]) -
             forget_failed_logins(conn, target.name)
     if values:
         conn.execute(sa.update(U).where(U.c.id == user_id).values(**values))
+        keys_changed(conn)
     if "password_hash" in values or values.get("disabled"):
         end_sessions(conn, user_id)  # whoever was logged in must log in again (or cannot)
     return get_user(conn, user_id)
@@ -217,6 +220,7 @@ def delete_user(conn: sa.Connection, user_id: int) -> None:
     get_user(conn, user_id)
     conn.execute(sa.delete(K).where(K.c.user_id == user_id))
     conn.execute(sa.delete(U).where(U.c.id == user_id))
+    keys_changed(conn)
 
 
 def authenticate_password(conn: sa.Connection, name: str, password: str) -> User | None:
@@ -304,6 +308,7 @@ def revoke_api_key(conn: sa.Connection, user_id: int, key_id: int) -> None:
     result = conn.execute(sa.delete(K).where(K.c.id == key_id, K.c.user_id == user_id))
     if result.rowcount != 1:
         raise errors.NotFound(f"user {user_id} has no API key {key_id}")
+    keys_changed(conn)
 
 
 def record_key_use(conn: sa.Connection, key: str) -> None:
@@ -324,6 +329,73 @@ def authenticate_key(conn: sa.Connection, key: str) -> User | None:
         return None
     user = User.from_row(row)
     return None if user.disabled else user
+
+
+# -- verified keys, remembered briefly -------------------------------------------------
+#
+# Checking a key is a read transaction of its own, about a tenth of a small request. A
+# server remembers the keys it verified for KEY_CACHE_SECONDS. A change made through this
+# module (a key revoked, a user disabled, deleted or given another role or limits) voids
+# every remembered key of this process at once and again when it commits, so the next
+# request reads the database; a change made by another server or a `jobbalancer users`
+# command reaches this one within KEY_CACHE_SECONDS. Unknown keys are never remembered.
+
+KEY_CACHE_SECONDS = 2.0
+
+
+class _Generation:
+    """A process-wide count of changes to users and keys."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def bump(self, *_: object) -> None:
+        with self._lock:
+            self.value += 1
+
+
+_KEY_GENERATION = _Generation()
+
+
+def keys_changed(conn: sa.Connection) -> None:
+    """Forget the keys verified so far, now and once ``conn``'s transaction commits (a
+    check that read the old rows before the commit must not be remembered)."""
+    _KEY_GENERATION.bump()
+    sa.event.listen(conn, "commit", _KEY_GENERATION.bump, once=True)
+
+
+class KeyCache:
+    """API keys this server verified, each remembered for ``ttl`` seconds (see above)."""
+
+    MAX_KEYS = 10_000
+
+    def __init__(
+        self, ttl: float = KEY_CACHE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._known: dict[str, tuple[User, float, int]] = {}  # digest: user, until, generation
+
+    def get(self, key: str) -> User | None:
+        """The user of ``key`` if it was verified lately and nothing changed since."""
+        found = self._known.get(_digest(key))
+        if found is None:
+            return None
+        user, until, generation = found
+        if generation != _KEY_GENERATION.value or self._clock() >= until:
+            return None
+        return user
+
+    def authenticate(self, conn: sa.Connection, key: str) -> User | None:
+        """:func:`authenticate_key`, remembering a valid key."""
+        generation, now = _KEY_GENERATION.value, self._clock()  # before the read
+        user = authenticate_key(conn, key)
+        if user is not None:
+            if len(self._known) >= self.MAX_KEYS:  # forget them all rather than grow
+                self._known = {}
+            self._known[_digest(key)] = (user, now + self.ttl, generation)
+        return user
 
 
 def ensure_first_admin(conn: sa.Connection) -> tuple[User, str, str] | None:

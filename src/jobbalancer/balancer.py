@@ -105,8 +105,11 @@ def assign_waiting(
     if not by_class:
         return 0
     strategy: Strategy
-    if worker_id is not None:
-        # One candidate: every strategy picks it, so skip reading the setting and cursor.
+    alone = worker_id is not None or all(len(c) == 1 for c in by_class.values())
+    if alone:
+        # One candidate per class: every strategy picks it, so skip reading the setting and
+        # the cursor, and writing the cursor (two statements of a submission's ten; the
+        # rotation goes on from where it was when there are several candidates again).
         strategy, cursor = fill_first, 0
     else:
         strategy, cursor = _strategy_and_cursor(conn)
@@ -121,8 +124,8 @@ def assign_waiting(
             candidates = _take_slot(candidates, chosen)
             if not candidates:
                 break
-    if cursor != start_cursor and worker_id is None:
-        settings.put_value(conn, CURSOR_KEY, cursor)
+    if cursor != start_cursor and not alone:
+        _put_cursor(conn, cursor)
     db.wake_workers(conn, chosen_ids)
     return len(chosen_ids)
 
@@ -150,6 +153,19 @@ def _strategy_and_cursor(conn: sa.Connection) -> tuple[Strategy, int]:
     strategy = STRATEGIES.get(str(stored.get("algorithm")), STRATEGIES[_DEFAULT_ALGORITHM])
     cursor = stored.get(CURSOR_KEY)
     return strategy, cursor if isinstance(cursor, int) else 0
+
+
+_PUT_CURSOR = (
+    sa.update(S)
+    .where(S.c.key == CURSOR_KEY)
+    .values(value=sa.bindparam("b_cursor", type_=S.c.value.type))
+)
+
+
+def _put_cursor(conn: sa.Connection, cursor: int) -> None:
+    """Store the round-robin cursor (a statement built once: every submit moves it)."""
+    if conn.execute(_PUT_CURSOR, {"b_cursor": cursor}).rowcount == 0:
+        settings.put_value(conn, CURSOR_KEY, cursor)  # the first time: insert it
 
 
 def _take_slot(candidates: Sequence[Candidate], chosen: Candidate) -> list[Candidate]:

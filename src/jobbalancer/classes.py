@@ -48,9 +48,21 @@ def get(conn: sa.Connection, class_id: int) -> WorkerClass:
     return WorkerClass.from_row(row)
 
 
+# Every submission looks its class up: statements built once (building and cache-keying
+# one cost more than running it).
+_BY_NAME = sa.select(C).where(C.c.name == sa.bindparam("b_name"))
+_BY_ID = sa.select(C).where(C.c.id == sa.bindparam("b_id"))
+
+
 def find(conn: sa.Connection, ref: str | int, *, field: str = "worker_class") -> WorkerClass:
-    """A class by name, or by id; InvalidInput naming ``field`` when there is none."""
-    row = refs.find_row(conn, C, ref)
+    """A class by name, or by id; InvalidInput naming ``field`` when there is none (as
+    :func:`refs.find_row`: the name first)."""
+    row = None
+    if isinstance(ref, str):
+        row = conn.execute(_BY_NAME, {"b_name": ref.strip()}).first()
+    row_id = refs.parse_id(ref)
+    if row is None and row_id is not None:
+        row = conn.execute(_BY_ID, {"b_id": row_id}).first()
     if row is None:
         raise errors.InvalidInput(f"worker class {ref!r} does not exist", field=field)
     return WorkerClass.from_row(row)

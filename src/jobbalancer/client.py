@@ -19,10 +19,13 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 from urllib.parse import quote
 
-import httpx
+if TYPE_CHECKING:
+    # Imported where it is used: the server's process imports this module (through the
+    # command line) but never makes a request, and httpx costs it 4-5 MiB.
+    import httpx
 
 __all__ = [
     "FINAL_STATES",
@@ -136,6 +139,8 @@ class Client:
         headers = {"User-Agent": "jobbalancer-client", "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        import httpx
+
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -385,6 +390,8 @@ class Client:
     # -- plumbing -------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             return self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -421,6 +428,8 @@ class Client:
         path = f"/api/v1/jobs/{job_id}/log/stream"
         params = {"stream": stream, "offset": str(offset)}
         headers = {"Accept": "text/event-stream"}
+        import httpx
+
         # Waits as long as the job runs: no read timeout (the server sends keep-alives).
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)
         with self._connect_stream(path, params, headers, timeout) as response:
@@ -436,6 +445,8 @@ class Client:
     def _connect_stream(
         self, path: str, params: dict[str, str], headers: dict[str, str], timeout: httpx.Timeout
     ) -> Iterator[httpx.Response]:
+        import httpx
+
         request = self._http.build_request(
             "GET", path, params=params, headers=headers, timeout=timeout
         )
@@ -563,6 +574,8 @@ def _cursor(cursor: str | None) -> dict[str, str]:
 
 
 def _reason(exc: httpx.TransportError) -> str:
+    import httpx
+
     text = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError) and "refused" in text.lower():
         return "connection refused"

@@ -314,6 +314,33 @@ def test_round_robin_spreads_evenly_and_its_cursor_survives_a_restart(
         restarted.dispose()
 
 
+def test_a_lone_candidate_is_chosen_without_the_settings_and_the_rotation_goes_on(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given two workers, one job sent to each in turn
+    w = [worker_factory(f"w{i}") for i in (1, 2)]
+    assert worker_of(engine, [submit_one(engine), submit_one(engine)]) == w
+    # When the second is full, and jobs go to the first, its only candidate
+    with db.write(engine) as conn:
+        conn.execute(sa.update(W).where(W.c.id == w[1]).values(max_jobs=1))
+    statements: list[str] = []
+
+    def seen(*args: Any) -> None:
+        statements.append(args[2])
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    lone = submit_one(engine)
+    sa.event.remove(engine, "before_cursor_execute", seen)
+    # Then the settings (strategy, cursor) were neither read nor written
+    assert worker_of(engine, [lone]) == [w[0]]
+    assert not [sql for sql in statements if "settings" in sql]
+    # And with two candidates again, the rotation goes on from the last it chose
+    with db.write(engine) as conn:
+        conn.execute(sa.update(W).where(W.c.id == w[1]).values(max_jobs=None))
+        assert settings.get_value(conn, balancer.CURSOR_KEY) == w[1]
+    assert worker_of(engine, [submit_one(engine), submit_one(engine)]) == w
+
+
 def test_round_robin_spreads_one_batch_too(
     engine: sa.Engine, worker_factory: WorkerFactory
 ) -> None:

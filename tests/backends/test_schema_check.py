@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobbalancer import db, errors
+from jobbalancer.db import migrate
 
 
 @pytest.fixture
@@ -106,3 +107,20 @@ def test_ensure_schema_refuses_a_newer_one(engine: sa.Engine) -> None:
         db.ensure_schema(engine)
 
     assert db.current_revision(engine) == "ffff0000"
+
+
+def test_the_head_read_from_the_scripts_is_alembics() -> None:
+    assert migrate._head_from_files() == db.head_revision()
+
+
+def test_upgrade_at_head_does_not_run_alembic(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("Alembic ran on a schema already at head")
+
+    monkeypatch.setattr(migrate, "_migrate", refuse)
+
+    db.upgrade(engine)  # the server's every start: one read, no Alembic
+
+    assert db.check_schema(engine) == db.head_revision()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from jobbalancer import auth
 from jobbalancer.api import deps, errors
 from jobbalancer.api.routes import (
     classes,
@@ -33,6 +34,7 @@ ROUTERS = (
 def install(app: FastAPI, engine: sa.Engine) -> None:
     """The API's error handlers, routes, API-key use stamps and metrics registry."""
     app.state.key_usage = deps.KeyUsage()
+    app.state.key_cache = auth.KeyCache()
     app.state.metrics_registry = metrics.make_registry(engine)
     errors.install(app)
     for module in ROUTERS:

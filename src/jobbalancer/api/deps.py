@@ -5,6 +5,10 @@ with the web UI's session cookie; a request authenticated by the cookie that cha
 something (not GET/HEAD/OPTIONS) must also carry the session's CSRF token in
 ``X-CSRF-Token``. A missing or unknown key is 401; a known key whose role does not allow
 the route is 403.
+
+The dependencies are ``async``: FastAPI runs a sync one in a thread of its pool, a hop
+that cost more than its work. What needs the database (a key not verified lately, a web
+session, stamping a key's use) goes to a thread itself, only then.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from jobbalancer import auth, db, errors, settings
 from jobbalancer.service import access, sessions
@@ -31,12 +36,12 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 
 
-def get_engine(request: Request) -> sa.Engine:
+async def get_engine(request: Request) -> sa.Engine:
     engine: sa.Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     value: Settings = request.app.state.settings
     return value
 
@@ -54,12 +59,18 @@ def key_from_headers(request: Request) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
-def authenticate(engine: sa.Engine, key: str | None) -> auth.User:
-    """The enabled user owning ``key``; Unauthorized otherwise."""
+def authenticate(
+    engine: sa.Engine, key: str | None, cache: auth.KeyCache | None = None
+) -> auth.User:
+    """The enabled user owning ``key``; Unauthorized otherwise. With ``cache``, a key
+    verified lately is not read again (auth.KeyCache says for how long)."""
     if not key:
         raise errors.Unauthorized()
+    user = cache.get(key) if cache is not None else None
+    if user is not None:
+        return user
     with db.read(engine) as conn:
-        user = auth.authenticate_key(conn, key)
+        user = cache.authenticate(conn, key) if cache else auth.authenticate_key(conn, key)
     if user is None:
         raise errors.Unauthorized(
             "the API key is not valid (unknown, revoked, or its user disabled)"
@@ -81,7 +92,8 @@ def web_session(request: Request) -> auth.WebSession | None:
     if hasattr(request.state, "web_session"):
         found: auth.WebSession | None = request.state.web_session
         return found
-    session = sessions.live(get_engine(request), request.cookies.get(auth.SESSION_COOKIE))
+    engine: sa.Engine = request.app.state.engine
+    session = sessions.live(engine, request.cookies.get(auth.SESSION_COOKIE))
     request.state.web_session = session
     return session
 
@@ -100,7 +112,7 @@ def _session_user(request: Request) -> auth.User:
     return session.user
 
 
-def current_user(
+async def current_user(
     request: Request,
     engine: EngineDep,
     _bearer_key: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -109,11 +121,14 @@ def current_user(
     """The caller (the security parameters are for the OpenAPI document only)."""
     key = key_from_headers(request)
     if key is None and request.cookies.get(auth.SESSION_COOKIE):
-        return _session_user(request)
-    user = authenticate(engine, key)
+        return await run_in_threadpool(_session_user, request)
+    cache: auth.KeyCache | None = getattr(request.app.state, "key_cache", None)
+    user = cache.get(key) if cache is not None and key else None
+    if user is None:
+        user = await run_in_threadpool(authenticate, engine, key, cache)
     usage: KeyUsage | None = getattr(request.app.state, "key_usage", None)
-    if usage is not None and key is not None:
-        usage.note(engine, key)
+    if usage is not None and key is not None and usage.due(key):
+        await run_in_threadpool(usage.record, engine, key)
     return user
 
 
@@ -127,14 +142,18 @@ class KeyUsage:
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def note(self, engine: sa.Engine, key: str) -> None:
+    def due(self, key: str) -> bool:
+        """Whether ``key``'s use is to be stamped now (then it is counted as stamped)."""
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(key, -self.INTERVAL) < self.INTERVAL:
-                return
+                return False
             self._last[key] = now
             if len(self._last) > 10_000:  # forget old keys rather than grow without bound
                 self._last = {key: now}
+        return True
+
+    def record(self, engine: sa.Engine, key: str) -> None:
         try:
             with db.write(engine) as conn:
                 auth.record_key_use(conn, key)
@@ -145,8 +164,8 @@ class KeyUsage:
 CurrentUser = Annotated[auth.User, Depends(current_user)]
 
 
-def _require(rule: access.Rule) -> Callable[[auth.User], auth.User]:
-    def check(user: CurrentUser) -> auth.User:
+def _require(rule: access.Rule) -> Callable[[auth.User], Awaitable[auth.User]]:
+    async def check(user: CurrentUser) -> auth.User:
         return access.require(user, rule)
 
     return check

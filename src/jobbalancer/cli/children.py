@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import httpx
 from rich.markup import escape
 
 from jobbalancer.cli import exits, formatting
@@ -194,6 +193,8 @@ def _die_with_parent() -> None:
 
 
 def _answers(url: str) -> bool:
+    import httpx  # only `up` waits for its server: not imported by the server itself
+
     try:
         # Our own server on this machine, maybe with a self-signed certificate.
         response = httpx.get(url, timeout=1.0, verify=False)  # noqa: S501

@@ -4,6 +4,7 @@ start at once: each backend's lock is held across the migration."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,35 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     A schema newer than this version knows is refused (:class:`~errors.SchemaTooNew`)
     before Alembic touches it: an older server started by mistake, or a forgotten
     machine, must not try to "upgrade" a database a newer version has migrated."""
+    if revision == "head" and _at_head(engine):
+        return  # the usual start: Alembic (10 MiB a process keeps) is not even imported
     from alembic import command
 
     _migrate(engine, command.upgrade, revision, refuse_newer=True)
+
+
+_REVISION_LINE = re.compile(r'^(down_)?revision\s*(?::[^=]*)?=\s*(?:"([^"]*)"|None)', re.M)
+
+
+@functools.cache
+def _head_from_files() -> str | None:
+    """The newest revision, read from the scripts' ``revision``/``down_revision`` lines
+    (without Alembic); None when they do not make one chain to one head."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = {bool(m[1]): m[2] for m in _REVISION_LINE.finditer(path.read_text())}
+        if False in found:
+            revisions.add(found[False])
+            parents.add(found.get(True))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: sa.Engine) -> bool:
+    """Whether the schema is this version's already (one read): nothing to migrate."""
+    head = _head_from_files()
+    with connections.translate_errors(), engine.connect() as conn:
+        return head is not None and _revision_if_any(conn) == head
 
 
 def ensure_schema(engine: sa.Engine) -> str:

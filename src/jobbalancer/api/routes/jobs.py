@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from jobbalancer import auth, chains, db, errors, jobs, logs, settings
 from jobbalancer.api import models, sse
@@ -35,18 +36,27 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=201, responses=_RESPONSES)
-def submit_job(
+@router.post("", status_code=201, responses=_RESPONSES, response_model=models.Job)
+async def submit_job(
     request: Request, spec: inputs.JobSubmit, user: Submitter, engine: EngineDep
-) -> models.Job:
+) -> Response:
     """Submit one job; it is assigned at once if a worker of its class has a free slot."""
-    [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter(request))
+    # The whole call in one thread hop (a sync route costs three: the route, its response
+    # model's validation, its serialisation), the answer serialised once.
+    body = await run_in_threadpool(_submit_one, engine, user, spec, limiter(request))
+    return Response(body, status_code=201, media_type="application/json")
+
+
+def _submit_one(
+    engine: sa.Engine, user: auth.User, spec: inputs.JobSubmit, limiter: submission.RateLimiter
+) -> bytes:
+    [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter)
     if job.state == jobs.State.OCCUPIED:
         raise _occupied(job, user)
     links = chains.Links(parents=[], children=[])  # a new job has no children yet
     if spec.after:
         job, links = job_actions.get_with_links(engine, user, job.id)
-    return models.Job.from_job(job, user, links)
+    return models.Job.from_job(job, user, links).model_dump_json().encode()
 
 
 @router.post("/batch", status_code=201, responses=_RESPONSES)

@@ -112,9 +112,15 @@ async def _read_body(request: Request) -> dict[str, Any]:
 
 
 def _submit(
-    engine: sa.Engine, user: auth.User, spec: inputs.JobSubmit, limiter: submission.RateLimiter
+    engine: sa.Engine,
+    key: str | None,
+    cache: auth.KeyCache | None,
+    data: dict[str, Any],
+    limiter: submission.RateLimiter,
 ) -> jobs.Job:
-    [job] = submission.submit(engine, user, [spec], prefix=False, limiter=limiter)
+    """Who asks (first), then their job: one thread hop for both."""
+    user = authenticate(engine, key, cache)
+    [job] = submission.submit(engine, user, [to_submit(data)], prefix=False, limiter=limiter)
     return job
 
 
@@ -144,9 +150,10 @@ async def add_job(request: Request, engine: EngineDep) -> JSONResponse:
     try:
         data = await _read_body(request)
         key = data.get("apiKey") if isinstance(data.get("apiKey"), str) else None
-        user = await run_in_threadpool(authenticate, engine, key or key_from_headers(request))
+        key = key or key_from_headers(request)
         limiter = submission.rate_limiter(request.app.state)
-        job = await run_in_threadpool(_submit, engine, user, to_submit(data), limiter)
+        cache = getattr(request.app.state, "key_cache", None)
+        job = await run_in_threadpool(_submit, engine, key, cache, data, limiter)
     except errors.JobBalancerError as exc:
         field = _LEGACY_NAMES.get(exc.field or "", exc.field)
         extra = {"error": exc.code} | ({"field": field} if field else {})
