@@ -76,7 +76,7 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         supervisor = None
         if supervise:
-            supervisor = monitor.Supervisor(engine, settings.server.balance_interval)
+            supervisor = monitor.Supervisor(engine, settings.server.balance_interval, settings)
             supervisor.start()
         try:
             yield

@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -42,6 +43,7 @@ FINAL_STATES = frozenset({"done", "failed", "timeout", "killed", "lost", "occupi
 _POLL_MIN, _POLL_MAX = 0.1, 2.0  # seconds between polls while waiting: grows while idle
 _RECONNECTS = 5  # live stream: reconnections in a row before giving up (about 10 s)
 _PAST_THE_END = 2**62  # a log offset beyond any output (the API's largest)
+_IDS_PER_REQUEST = 500  # the job list's largest page, and its most ids per filter
 
 
 class ClientError(Exception):
@@ -167,12 +169,15 @@ class Client:
         env: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         workdir: str | None = None,
+        notify: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments. Returns the new job.
 
         ``workdir`` is an absolute directory on the worker to run in (None: a private
         temporary one); a worker where it is missing or not usable fails the job, saying why.
+        ``notify``: the job's own notification rules, ``[{"on": ["failed"], "target":
+        "ops-hook"}]`` (targets an admin made).
 
         With ``need_realtime`` and no free worker the server keeps the job as
         ``occupied`` and this raises :class:`ApiError` with code ``"occupied"`` (the job
@@ -190,6 +195,7 @@ class Client:
             env=env,
             labels=labels,
             workdir=workdir,
+            notify=notify,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -238,6 +244,16 @@ class Client:
             cursor = page.get("next_cursor")
             if not cursor or not page["items"]:
                 return
+
+    def jobs_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """These jobs as they are now, in one request per 500 ids (the API's most); ids
+        that do not exist or that you may not see are left out."""
+        return self._by_ids("id", ids)
+
+    def retries_of(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The automatic retries (next attempts) of these jobs, where there are any; each
+        names the job it retries in ``retry_of``."""
+        return self._by_ids("retry_of", ids)
 
     def log(self, job_id: int, stream: Stream = "all", offset: int = 0) -> tuple[str, int, str]:
         """A job's output from byte ``offset`` on: (text, offset to ask next, job state)."""
@@ -321,6 +337,28 @@ class Client:
         body = self._json("GET", "/api/v1/workers")
         return list(body["items"] if isinstance(body, dict) else body)
 
+    def notification_targets(self) -> list[dict[str, Any]]:
+        """The notification targets (secrets never; URLs to admins only)."""
+        return list(self._json("GET", "/api/v1/notification-targets"))
+
+    def test_notification_target(self, target: str | int) -> dict[str, Any]:
+        """Send a test notification now: ``{"delivered": bool, "error": why not}``."""
+        path = f"/api/v1/notification-targets/{quote(str(target), safe='')}/test"
+        return self._json("POST", path)  # type: ignore[no-any-return]
+
+    def notifications(
+        self,
+        *,
+        job: int | None = None,
+        target: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Notifications and their delivery, newest first: a job's, or (admins) all."""
+        params = {"job": job, "target": target, "state": state, "limit": limit}
+        given = {k: v for k, v in params.items() if v is not None}
+        return list(self._json("GET", "/api/v1/notifications", params=given))
+
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``{"status", "database"}``. Answers (rather than raises) when the
         server is up but its database is not: ``database`` is then ``"unavailable"``."""
@@ -363,6 +401,15 @@ class Client:
             raise ApiError(
                 response.status_code, "bad_response", f"the answer to {path} is not JSON"
             ) from exc
+
+    def _by_ids(self, name: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), _IDS_PER_REQUEST):
+            chunk = ids[start : start + _IDS_PER_REQUEST]
+            params = {name: ",".join(str(i) for i in chunk), "limit": str(_IDS_PER_REQUEST)}
+            page = self._json("GET", "/api/v1/jobs", params=params)
+            found.extend(page["items"])
+        return found
 
     def _events(self, job_id: int, stream: Stream, offset: int) -> Iterator[ServerEvent]:
         """The job's server-sent events from ``offset``; ends when the server closes."""
@@ -426,6 +473,7 @@ def job_spec(
     env: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     workdir: str | None = None,
+    notify: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The JSON body of one submission; only the fields that differ from the defaults."""
     if (command is None) == (script is None):
@@ -441,6 +489,7 @@ def job_spec(
         "env": dict(env or {}),
         "labels": dict(labels or {}),
         "workdir": workdir,
+        "notify": [dict(rule) for rule in notify],
     }
     spec.update({key: value for key, value in optional.items() if value})
     return spec

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import db, errors
+from jobbalancer import db, errors, outbox
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -81,6 +81,8 @@ class Spec:
     retries: int = 0
     # The directory on the worker it runs in; None: a private temporary directory.
     workdir: str | None = None
+    # The job's own notification rules: ({"on": [states], "target": target id}, ...).
+    notify: tuple[Mapping[str, Any], ...] = ()
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -99,6 +101,7 @@ _SPEC_COLUMNS = (
     "priority",
     "retries",
     "workdir",
+    "notify",
     "user_id",
     "user_name",
 )
@@ -125,6 +128,7 @@ class Job:
     priority: int
     retries: int
     workdir: str | None
+    notify: tuple[Mapping[str, Any], ...]
     attempt: int
     retry_of: int | None
     restarted_from: int | None
@@ -153,6 +157,7 @@ class Job:
             params=tuple(m["params"] or ()),
             env=dict(m["env"] or {}),
             labels=dict(m["labels"] or {}),
+            notify=tuple(m["notify"] or ()),
             kill_requested=bool(m["kill_requested"]),
             need_realtime=bool(m["need_realtime"]),
         )
@@ -162,7 +167,7 @@ class Job:
         return self.state in FINAL
 
 
-_SPECIAL = {"state", "params", "env", "labels", "kill_requested", "need_realtime"}
+_SPECIAL = {"state", "params", "env", "labels", "notify", "kill_requested", "need_realtime"}
 _PLAIN_FIELDS = [n for n in Job.__dataclass_fields__ if n not in _SPECIAL]
 
 
@@ -240,6 +245,7 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
         "priority": spec.priority,
         "retries": spec.retries,
         "workdir": spec.workdir,
+        "notify": [dict(rule) for rule in spec.notify] or None,
         "attempt": 1,
         "user_id": user_id,
         "user_name": user_name,
@@ -382,7 +388,9 @@ def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list
         if not ids:
             return []
         conn.execute(_TAKE_IDS, {**params, "b_ids": ids})
-    return [Job.from_row(r) for r in conn.execute(_TAKEN, params)]
+    taken = [Job.from_row(r) for r in conn.execute(_TAKEN, params)]
+    outbox.jobs_moved(conn, "started", ((j.id, j.worker_class_id, j.notify) for j in taken))
+    return taken
 
 
 # -- occupy: waiting → occupied -----------------------------------------------------------
@@ -396,7 +404,10 @@ _OCCUPY = (
 
 def occupy(conn: sa.Connection, job_id: int) -> bool:
     """waiting → occupied: need_realtime and no free slot; kept for the record."""
-    return _moved(conn, _OCCUPY, {"b_id": job_id})
+    if not _moved(conn, _OCCUPY, {"b_id": job_id}):
+        return False
+    outbox.job_moved(conn, State.OCCUPIED.value, [job_id])
+    return True
 
 
 # -- claim: assigned → running ------------------------------------------------------------
@@ -416,7 +427,10 @@ _CLAIM = (
 def claim(conn: sa.Connection, job_id: int, worker_id: int, token: str) -> bool:
     """assigned → running: the worker takes the job before starting its process."""
     params = {"b_id": job_id, "b_worker": worker_id, "b_token": token}
-    return _moved(conn, _CLAIM, params)
+    if not _moved(conn, _CLAIM, params):
+        return False
+    outbox.job_moved(conn, "started", [job_id])
+    return True
 
 
 def _claim_all() -> sa.CompoundSelect[Any]:
@@ -465,6 +479,8 @@ def claim_for_worker(conn: sa.Connection, worker_id: int) -> tuple[list[Job], li
     to_kill: list[Job] = []
     for row in conn.execute(_CLAIM_ALL, {"b_worker": worker_id}):
         (claimed if row.claimed else to_kill).append(Job.from_row(row))
+    # Outside a transaction here (one statement): the started notices follow at once.
+    outbox.jobs_moved(conn, "started", ((j.id, j.worker_class_id, j.notify) for j in claimed))
     return claimed, to_kill
 
 
@@ -551,6 +567,8 @@ def finish(
         "b_signal": signal, "b_error": error, "b_output_bytes": output_bytes, "b_pid": pid,
     }  # fmt: skip
     done = _moved(conn, _FINISH, params)
+    if done:
+        outbox.job_moved(conn, state.value, [job_id])
     if done and retry and state in RETRYABLE:
         _retry(conn, job_id)
     return done
@@ -576,6 +594,7 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
     Raises NotFound for an unknown job and Conflict for one that is already over.
     """
     if _moved(conn, _KILL_PENDING, {"b_id": job_id}):
+        outbox.job_moved(conn, State.KILLED.value, [job_id])
         return
     if _moved(conn, _REQUEST_KILL, {"b_id": job_id}):
         worker_id = conn.execute(sa.select(J.c.worker_id).where(J.c.id == job_id)).scalar()
@@ -623,6 +642,7 @@ def lose_worker_jobs(conn: sa.Connection, worker_id: int, reason: str) -> list[i
         if _moved(conn, _LOSE, params):
             lost.append(job_id)
             _retry(conn, job_id)
+    outbox.job_moved(conn, State.LOST.value, lost)
     return lost
 
 
@@ -635,6 +655,7 @@ def delete(conn: sa.Connection, job_id: int) -> None:
     result = conn.execute(sa.delete(J).where(J.c.id == job_id, J.c.state.not_in(active)))
     if result.rowcount == 1:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id == job_id))
+        outbox.forget_jobs(conn, [job_id])
         return
     job = get(conn, job_id)  # raises NotFound
     raise errors.Conflict(f"job {job_id} is {job.state}: kill it first, then delete it")
@@ -662,4 +683,5 @@ def delete_finished_before(conn: sa.Connection, cutoff: datetime, limit: int = 1
     if ids:
         conn.execute(sa.delete(schema.job_output).where(schema.job_output.c.job_id.in_(ids)))
         conn.execute(sa.delete(J).where(J.c.id.in_(ids)))
+        outbox.forget_jobs(conn, ids)
     return len(ids)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, jobs, registry, settings
+from jobbalancer import balancer, db, jobs, notify, registry, settings
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,15 @@ def apply_retention(engine: sa.Engine) -> int:
 
 
 class Supervisor:
-    """The server's background loop: leader lease, monitor, balancer, retention."""
+    """The server's background loop: leader lease, monitor, balancer, retention; and, with
+    ``config``, the leader's delivery of notifications (a thread of its own, so a slow
+    target never holds up a tick)."""
 
     LEASE = "leader"
 
-    def __init__(self, engine: sa.Engine, interval: float = 1.0) -> None:
+    def __init__(
+        self, engine: sa.Engine, interval: float = 1.0, config: settings.Settings | None = None
+    ) -> None:
         self.engine = engine
         self.interval = interval
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -114,15 +118,27 @@ class Supervisor:
         self._unreachable = False  # the last tick could not reach the database
         self._reachable_since: datetime | None = None  # database clock, after an outage
         self._liveness = Liveness()
+        self.dispatcher = None if config is None else notify.Dispatcher(engine, config, self.holder)
+        self._notifier: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
+        if self.dispatcher is not None:
+            self._notifier = threading.Thread(
+                target=self.dispatcher.run,
+                args=(lambda: self.is_leader, self._stop),
+                name="notifier",
+                daemon=True,
+            )
+            self._notifier.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._notifier is not None:
+            self._notifier.join(timeout=10)
         if self.is_leader:
             try:
                 with db.write(self.engine) as conn:

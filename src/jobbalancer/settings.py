@@ -99,6 +99,31 @@ class WorkerSettings(_Section):
         return value
 
 
+class NotifySettings(_Section):
+    """Notifications (jobbalancer/notify.py): the job page's address in their links, and
+    the mail server for ``email`` targets. ``smtp_security``: ``starttls`` (port 587),
+    ``tls`` (port 465) or ``none`` (a relay on localhost)."""
+
+    # How people reach the web UI, e.g. https://jobs.example.com; "": http(s)://host:port.
+    base_url: str = ""
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = Field(default="", repr=False)
+    smtp_from: str = ""
+    # How long a server holds a notification it is sending before another may send it
+    # again (a server that died mid-send); longer than a delivery may take (15 s).
+    delivery_lease: float = Field(default=60.0, ge=20, le=3600)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("give an http:// or https:// address")
+        return value.rstrip("/")
+
+
 class Settings(_Section):
     """Everything a jobbalancer process needs to start."""
 
@@ -107,6 +132,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def database_url(self) -> str:
@@ -114,6 +140,14 @@ class Settings(_Section):
             return self.database.url
         path = Path(self.data_dir).resolve() / "jobbalancer.db"
         return f"sqlite:///{path}"
+
+    @property
+    def web_url(self) -> str:
+        """Where people reach the web UI: ``notify.base_url``, else this server's address."""
+        if self.notify.base_url:
+            return self.notify.base_url
+        scheme = "https" if self.server.tls_cert else "http"
+        return f"{scheme}://{self.server.host}:{self.server.port}"
 
     @property
     def worker_id_file(self) -> str:
@@ -260,7 +294,7 @@ def _merge_env(data: dict[str, Any], environ: os._Environ[str] | dict[str, str])
             continue
         rest = key[len(ENV_PREFIX) :].lower()
         section, _, name = rest.partition("_")
-        if section in ("database", "server", "worker") and name:
+        if section in ("database", "server", "worker", "notify") and name:
             _put(data, [section, name], value)
         elif rest in Settings.model_fields:
             _put(data, [rest], value)

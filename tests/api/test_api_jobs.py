@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from apihelpers import Api, submit
+from fastapi.testclient import TestClient
 
 from jobbalancer import jobs
 
@@ -150,3 +151,34 @@ def test_delete(api: Api) -> None:
     assert api.admin.get(f"/api/v1/jobs/{job['id']}").status_code == 404
     assert api.admin.get(f"/api/v1/jobs/{job['id']}/log").status_code == 404
     assert api.admin.delete(f"/api/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_list_by_ids_and_retries(api: Api) -> None:
+    """`id` and `retry_of` (what `jobbalancer parallel` follows a run by): these jobs, and
+    the next attempts of these jobs; a submitter still sees only their own."""
+    api.worker("node-1", max_jobs=4)
+    first, second, third = (submit(api.admin, command=f"c{i}", retries=1) for i in range(3))
+    api.balance()
+    api.finish(first["id"], jobs.State.FAILED, exit_code=3)  # → a retry, attempt 2
+
+    def ids(query: str, client: TestClient | None = None) -> list[int]:
+        r = (client or api.admin).get(f"/api/v1/jobs?{query}")
+        assert r.status_code == 200, r.text
+        return [j["id"] for j in r.json()["items"]]
+
+    assert ids(f"id={third['id']},{first['id']}") == [third["id"], first["id"]]
+    assert ids(f"id={second['id']}&state=done") == []
+    retry = ids(f"retry_of={first['id']},{second['id']}")
+    assert len(retry) == 1 and retry[0] > third["id"]
+    assert api.admin.get(f"/api/v1/jobs/{retry[0]}").json()["retry_of"] == first["id"]
+    _, key = api.user("alice")
+    # not hers: neither the jobs nor their retries, named by id or by the job they retry
+    alice = api.client(key)
+    assert ids(f"id={first['id']},{retry[0]}", alice) == []
+    assert ids(f"retry_of={first['id']}", alice) == []
+    assert ids(f"retry_of={first['id']}&id={retry[0]}") == retry  # the filters combine
+    many = ",".join(str(i) for i in range(1, 502))
+    for bad in ("id=x", "id=1,,-2", f"id={many}", "retry_of=0", "id=%2C"):
+        r = api.admin.get(f"/api/v1/jobs?{bad}")
+        assert r.status_code == 422, bad
+        assert r.json()["field"] == bad.split("=")[0], bad

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from jobbalancer import balancer, cli, db, errors, jobs, settings
+from jobbalancer import balancer, cli, db, errors, jobs, notify, settings
 from jobbalancer import registry as workers
 from jobbalancer.db import grants, schema
 from jobbalancer.worker.output import Closing
@@ -115,6 +115,9 @@ def test_bad_names_are_refused() -> None:
 
 @ROLES
 def test_a_worker_does_its_work_under_the_role(engine: sa.Engine, as_role: sa.Engine) -> None:
+    with db.write(engine) as conn:
+        hook = notify.create_target(conn, "hook", "webhook", url="https://x.test/", secret="k")
+        notify.create_rule(conn, ["failed", "started"], hook.id, None)
     waiting = _job(engine, retries=1)
     worker_id, session = _register(as_role)  # assigns the waiting job to it
 
@@ -139,6 +142,8 @@ def test_a_worker_does_its_work_under_the_role(engine: sa.Engine, as_role: sa.En
     with db.read(engine) as conn:
         assert jobs.get(conn, waiting).state == jobs.State.FAILED
         out = conn.execute(sa.select(schema.job_output.c.data)).scalars().all()
+        sent = [(n.job_id, n.event) for n in notify.list_notifications(conn)][::-1]
+    assert sent == [(waiting, "started"), (waiting, "failed"), (taken[0].id, "started")]
     assert [bytes(d) for d in out] == [b"hi\n"]
 
 
@@ -158,6 +163,10 @@ def _chunk(job_id: int) -> dict[str, object]:
         "SELECT * FROM scripts",
         "SELECT * FROM login_failures",
         "SELECT * FROM job_output",
+        "SELECT secret FROM notification_targets",
+        "SELECT url FROM notification_targets",
+        "SELECT * FROM notifications",
+        "UPDATE notifications SET state = 'delivered'",
         "UPDATE jobs SET command = 'rm -rf /' WHERE id = 1",
         "UPDATE jobs SET env = '{}' WHERE id = 1",
         "INSERT INTO worker_classes (name, max_jobs, description) VALUES ('x', 1, '')",

@@ -477,6 +477,7 @@ def test_submit_joins_command_words_with_shell_quoting() -> None:
     assert many["command"] == "printf '%s\n' 'a b'"
     assert many["env"] == {"K": "v=w"} and many["labels"] == {"team": "x"}
     assert script["script"] == 7 and script["params"] == ["in file", "-x"]
+    assert submit.submit_spec([], "²", [], [], [])["script"] == "²"  # a name, not a crash
 
 
 @pytest.mark.parametrize(

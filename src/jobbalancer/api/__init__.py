@@ -14,6 +14,7 @@ from jobbalancer.api.routes import (
     jobs,
     legacy,
     metrics,
+    notifications,
     scripts,
     settings,
     stats,
@@ -23,7 +24,10 @@ from jobbalancer.api.routes import (
 
 __all__ = ["install"]
 
-ROUTERS = (jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs)
+ROUTERS = (
+    jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
+    notifications,
+)  # fmt: skip
 
 
 def install(app: FastAPI, engine: sa.Engine) -> None:

@@ -8,11 +8,11 @@ the core's frozen records with ``from_*`` constructors.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import auth, classes, jobs, registry, scripts, stats
+from jobbalancer import auth, classes, jobs, notify, registry, scripts, stats
 from jobbalancer.service import access
 
 
@@ -56,6 +56,9 @@ class Job(BaseModel):
         description="Names and values; the values are `****` except to the job's owner and admins."
     )
     labels: dict[str, str]
+    notify: list[dict[str, Any]] = Field(
+        description="The job's own notification rules: `on` (states) and `target` (its id)."
+    )
     user: str | None
     worker: Ref | None
     pid: int | None
@@ -84,13 +87,16 @@ class Job(BaseModel):
             params=list(job.params),
             env=access.shown_env(job, viewer),
             labels=dict(job.labels),
+            notify=[dict(rule) for rule in job.notify],
             user=job.user_name,
             worker=worker,
         )
 
 
 _JOB_PLAIN = [
-    n for n in Job.model_fields if n not in ("script", "params", "env", "labels", "user", "worker")
+    n
+    for n in Job.model_fields
+    if n not in ("script", "params", "env", "labels", "notify", "user", "worker")
 ]
 
 
@@ -292,3 +298,80 @@ class LegacyResult(BaseModel):
     result: bool
     message: str
     jobId: int | None = None
+
+
+# -- notifications ------------------------------------------------------------------------
+
+
+class NotificationTarget(BaseModel):
+    """Where notifications go. The secret is never shown, only whether one is set; a
+    Slack URL only up to its host (its path is the secret)."""
+
+    id: int
+    name: str
+    kind: str
+    url: str | None = Field(description="Admins only (null to others).")
+    recipients: list[str] = Field(description="Admins only (empty to others).")
+    has_secret: bool
+    delivered: int = Field(description="Notifications delivered to it.")
+    failures: int = Field(description="Failed delivery attempts.")
+    created_at: Time
+
+    @classmethod
+    def from_target(cls, target: notify.Target, viewer: auth.User) -> NotificationTarget:
+        admin = viewer.is_admin
+        return cls(
+            id=target.id,
+            name=target.name,
+            kind=target.kind,
+            url=target.shown_url if admin else None,
+            recipients=list(target.recipients) if admin else [],
+            has_secret=bool(target.secret),
+            delivered=target.delivered,
+            failures=target.failures,
+            created_at=target.created_at,
+        )
+
+
+class NotificationRule(BaseModel):
+    id: int
+    on: list[str]
+    target: Ref
+    worker_class: Ref | None = Field(description="null: every job.")
+
+    @classmethod
+    def from_rule(cls, rule: notify.Rule) -> NotificationRule:
+        wclass = None
+        if rule.worker_class_id is not None:
+            wclass = Ref(id=rule.worker_class_id, name=rule.worker_class or "")
+        return cls(
+            id=rule.id,
+            on=list(rule.on),
+            target=Ref(id=rule.target_id, name=rule.target),
+            worker_class=wclass,
+        )
+
+
+class Notification(BaseModel):
+    """One notification of one job's state to one target, and how its delivery went."""
+
+    id: int
+    job_id: int
+    target: str | None = Field(description="null: the target was deleted.")
+    event: str = Field(description="The job state it tells of (or `started`).")
+    key: str = Field(description="The idempotency key sent with every try.")
+    state: str = Field(description="pending, delivered, or failed (gave up after a day).")
+    attempts: int
+    next_at: Time = Field(description="When a pending one is tried next.")
+    last_error: str | None
+    created_at: Time
+    delivered_at: Time | None
+
+    @classmethod
+    def from_notification(cls, n: notify.Notification) -> Notification:
+        return cls(**{name: getattr(n, name) for name in cls.model_fields})
+
+
+class TestResult(BaseModel):
+    delivered: bool
+    error: str | None = Field(description="Why it did not go through.")

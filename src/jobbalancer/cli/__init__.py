@@ -7,7 +7,8 @@ end in one place, which prints what to do next and exits with one of the ``RET_*
 Where things are: ``base`` (the command tree, shared options, settings), ``exits``,
 ``formatting``, ``up`` and ``children`` (`up` and its child processes), ``run`` (server,
 worker), ``admin`` (db, users, keys: straight on the database), ``submit`` and
-``remote`` (client commands, through a server's API).
+``remote`` (client commands, through a server's API), ``parallel`` and ``fanout``
+(one job per input).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from jobbalancer.cli.exits import (
 
 # The command modules, in the order ``--help`` lists their commands: `up` first, the way
 # most people start. Importing one registers its commands on ``app``.
-_COMMANDS = ("up", "run", "admin", "submit", "remote")
+_COMMANDS = ("up", "run", "admin", "notify", "submit", "remote", "parallel")
 
 
 def _load_commands(names: tuple[str, ...] = _COMMANDS) -> None:

@@ -14,6 +14,108 @@ from jobbalancer import client
 from jobbalancer.cli import exits, formatting
 from jobbalancer.cli.base import Remote, app, opt, server_options
 
+# What to run and how: the options of `submit`, shared with `parallel`.
+ScriptOpt = Annotated[
+    str | None,
+    opt(
+        "--script",
+        env="SUBMIT_SCRIPT",
+        help="Run this stored script (name or id) instead of a command.",
+    ),
+]
+
+ParamOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--param",
+        "-p",
+        env="SUBMIT_PARAM",
+        help="A parameter for --script, passed as one argument (repeat for more).",
+    ),
+]
+
+WatchdogOpt = Annotated[
+    float | None,
+    opt(
+        "--watchdog",
+        env="SUBMIT_WATCHDOG",
+        min=0,
+        help="Kill the job after this many seconds (its state becomes timeout).",
+    ),
+]
+
+ClassOpt = Annotated[
+    str | None,
+    opt("--class", env="SUBMIT_CLASS", help="Worker class to run on. Default: default."),
+]
+
+RealtimeOpt = Annotated[
+    bool,
+    opt(
+        "--realtime",
+        env="SUBMIT_REALTIME",
+        help="Start now or not at all: rejected (exit 75) when no worker is free.",
+    ),
+]
+
+PriorityOpt = Annotated[
+    int,
+    opt("--priority", env="SUBMIT_PRIORITY", help="Higher runs first."),
+]
+
+RetriesOpt = Annotated[
+    int,
+    opt(
+        "--retries",
+        env="SUBMIT_RETRIES",
+        min=0,
+        help="Run again this many times if it fails or its worker vanishes.",
+    ),
+]
+
+EnvOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--env",
+        "-e",
+        env="SUBMIT_ENV",
+        help="KEY=VALUE added to the job's environment (repeat for more).",
+    ),
+]
+
+LabelOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--label",
+        "-l",
+        env="SUBMIT_LABEL",
+        help="KEY=VALUE label to find the job by (repeat for more).",
+    ),
+]
+
+WorkdirOpt = Annotated[
+    str | None,
+    opt(
+        "--workdir",
+        "-C",
+        env="SUBMIT_WORKDIR",
+        help="Run in this directory on the worker (an absolute path; it must exist "
+        "there and be usable by the job's user). Default: a private temporary "
+        "directory, removed when the job ends.",
+    ),
+]
+
+NotifyOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--notify",
+        "-N",
+        env="SUBMIT_NOTIFY",
+        help="STATES:TARGET, e.g. failed,timeout:ops-hook: tell a notification target "
+        "when the job reaches one of the states (repeat for more).",
+    ),
+]
+
 
 @app.command(context_settings={"allow_interspersed_args": False})
 @server_options
@@ -27,86 +129,17 @@ def submit(
             show_default=False,
         ),
     ] = None,
-    script: Annotated[
-        str | None,
-        opt(
-            "--script",
-            env="SUBMIT_SCRIPT",
-            help="Run this stored script (name or id) instead of a command.",
-        ),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        opt(
-            "--param",
-            "-p",
-            env="SUBMIT_PARAM",
-            help="A parameter for --script, passed as one argument (repeat for more).",
-        ),
-    ] = None,
-    watchdog: Annotated[
-        float | None,
-        opt(
-            "--watchdog",
-            env="SUBMIT_WATCHDOG",
-            min=0,
-            help="Kill the job after this many seconds (its state becomes timeout).",
-        ),
-    ] = None,
-    worker_class: Annotated[
-        str | None,
-        opt("--class", env="SUBMIT_CLASS", help="Worker class to run on. Default: default."),
-    ] = None,
-    realtime: Annotated[
-        bool,
-        opt(
-            "--realtime",
-            env="SUBMIT_REALTIME",
-            help="Start now or not at all: rejected (exit 75) when no worker is free.",
-        ),
-    ] = False,
-    priority: Annotated[
-        int,
-        opt("--priority", env="SUBMIT_PRIORITY", help="Higher runs first."),
-    ] = 0,
-    retries: Annotated[
-        int,
-        opt(
-            "--retries",
-            env="SUBMIT_RETRIES",
-            min=0,
-            help="Run again this many times if it fails or its worker vanishes.",
-        ),
-    ] = 0,
-    env: Annotated[
-        list[str] | None,
-        opt(
-            "--env",
-            "-e",
-            env="SUBMIT_ENV",
-            help="KEY=VALUE added to the job's environment (repeat for more).",
-        ),
-    ] = None,
-    label: Annotated[
-        list[str] | None,
-        opt(
-            "--label",
-            "-l",
-            env="SUBMIT_LABEL",
-            help="KEY=VALUE label to find the job by (repeat for more).",
-        ),
-    ] = None,
-    workdir: Annotated[
-        str | None,
-        opt(
-            "--workdir",
-            "-C",
-            env="SUBMIT_WORKDIR",
-            help="Run in this directory on the worker (an absolute path; it must exist "
-            "there and be usable by the job's user). Default: a private temporary "
-            "directory, removed when the job ends.",
-        ),
-    ] = None,
+    script: ScriptOpt = None,
+    param: ParamOpt = None,
+    watchdog: WatchdogOpt = None,
+    worker_class: ClassOpt = None,
+    realtime: RealtimeOpt = False,
+    priority: PriorityOpt = 0,
+    retries: RetriesOpt = 0,
+    env: EnvOpt = None,
+    label: LabelOpt = None,
+    workdir: WorkdirOpt = None,
+    notify: NotifyOpt = None,
     wait: Annotated[
         bool,
         opt(
@@ -144,6 +177,7 @@ def submit(
             priority=priority,
             retries=retries,
             workdir=workdir,
+            notify=notify_rules(notify or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")
@@ -167,6 +201,19 @@ def submit_spec(
     labels: list[str],
 ) -> dict[str, Any]:
     """What to submit, from the command line: a command (words after --) or a script."""
+    check_what_to_run(words, script, params)
+    spec: dict[str, Any] = {
+        "env": parse_pairs("--env", env),
+        "labels": parse_pairs("--label", labels),
+    }
+    if script:
+        return spec | {"script": script_ref(script), "params": params}
+    return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
+
+
+def check_what_to_run(words: Sequence[str], script: str | None, params: Sequence[str]) -> None:
+    """A usage error unless there is exactly one of a command and a script (and params
+    only with a script)."""
     if words and script:
         formatting.fail(
             exits.RET_USAGE, "give either a command (after --) or --script NAME, not both"
@@ -179,13 +226,27 @@ def submit_spec(
         formatting.fail(
             exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
         )
-    spec: dict[str, Any] = {"env": _pairs("--env", env), "labels": _pairs("--label", labels)}
-    if script:
-        return spec | {"script": int(script) if script.isdigit() else script, "params": params}
-    return spec | {"command": words[0] if len(words) == 1 else shlex.join(words)}
 
 
-def _pairs(option: str, items: Sequence[str]) -> dict[str, str]:
+def script_ref(script: str) -> str | int:
+    """``--script``'s value as the API takes it: an id when it is ASCII digits (``"²"`` is
+    a digit to Python, and no number), else a name."""
+    return int(script) if script.isascii() and script.isdigit() else script
+
+
+def notify_rules(items: Sequence[str]) -> list[dict[str, Any]]:
+    """``--notify failed,timeout:ops-hook`` → ``[{"on": [...], "target": "ops-hook"}]``."""
+    rules = []
+    for item in items:
+        states, sep, target = item.partition(":")
+        if not sep or not states or not target:
+            formatting.fail(exits.RET_USAGE, f"--notify {item!r}: write it as STATES:TARGET")
+        rules.append({"on": [s.strip() for s in states.split(",")], "target": target})
+    return rules
+
+
+def parse_pairs(option: str, items: Sequence[str]) -> dict[str, str]:
+    """``["K=V", …]`` from a repeated option → ``{"K": "V"}``; a usage error otherwise."""
     pairs = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -6,8 +6,10 @@ What a worker touches: its own registration (``workers``), the classes (read), t
 and its jobs' states (``jobs``: column-level UPDATE, so the command, script, environment
 and parameters of jobs other workers will run cannot be rewritten), their output (insert
 only), the tunables (``settings``, read), the balancer's row lock (``locks``) and the
-schema revision. LISTEN and ``pg_notify`` need no grant. What remains: INSERT on ``jobs``
-(a worker queues retries) lets a compromised worker host add jobs.
+schema revision, and the notifications of its jobs' ends (the rules, the targets' ids,
+insert only into the outbox; never a target's URL or secret). LISTEN and ``pg_notify``
+need no grant. What remains: INSERT on ``jobs`` (a worker queues retries) lets a
+compromised worker host add jobs.
 """
 
 from __future__ import annotations
@@ -59,10 +61,16 @@ WORKER_GRANTS = (
     # SELECT … FOR UPDATE (the balancer's row lock) needs an UPDATE privilege.
     Grant("locks", ("SELECT",), ("expires_at",)),
     Grant("alembic_version", ("SELECT",)),
+    # A job's end adds its notifications (jobbalancer/outbox.py): the rules, which targets
+    # exist (their ids only: never a URL or a secret), and the outbox rows.
+    Grant("notification_targets", ("SELECT (id)",)),
+    Grant("notification_rules", ("SELECT",)),
+    Grant("notifications", ("INSERT",)),
 )
 # PostgreSQL: the serial ids of the tables a worker inserts into, and INSERT … RETURNING id
-# on job_output (SQLAlchemy fetches the new key) needs SELECT on that column.
-_PG_SEQUENCES = ("jobs_id_seq", "workers_id_seq", "job_output_id_seq")
+# on job_output and notifications (SQLAlchemy fetches the new key) needs SELECT on that
+# column.
+_PG_SEQUENCES = ("jobs_id_seq", "workers_id_seq", "job_output_id_seq", "notifications_id_seq")
 
 
 def check_role(role: str) -> str:
@@ -118,7 +126,7 @@ def _postgres_statements(database: str, role: str) -> list[str]:
     ]
     quote = '"'
     statements += [f"GRANT {_privileges(g, quote)} ON {g.table} TO {role}" for g in WORKER_GRANTS]
-    statements.append(f"GRANT SELECT (id) ON job_output TO {role}")
+    statements += [f"GRANT SELECT (id) ON {t} TO {role}" for t in ("job_output", "notifications")]
     statements += [f"GRANT USAGE ON SEQUENCE {s} TO {role}" for s in _PG_SEQUENCES]
     return statements
 

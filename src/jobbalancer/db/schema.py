@@ -158,6 +158,8 @@ jobs = sa.Table(
     sa.Column("retries", sa.Integer, nullable=False, default=0),
     # The directory on the worker it runs in; NULL: a private temporary directory.
     sa.Column("workdir", sa.Text),
+    # The job's own notification rules: [{"on": [states], "target": target id}]; NULL: none.
+    sa.Column("notify", sa.JSON),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("retry_of", sa.Integer),
     sa.Column("restarted_from", sa.Integer),
@@ -222,4 +224,65 @@ locks = sa.Table(
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("holder", sa.String(100)),
     sa.Column("expires_at", UTCDateTime),
+)
+
+# -- notifications (issue 13) -------------------------------------------------------------
+
+# Where notifications go: an admin's named webhook, Slack-compatible webhook or mail
+# recipients. ``secret`` signs webhook bodies and is never shown again once written. The
+# counters are the Prometheus figures per target, the same whichever server is scraped.
+notification_targets = sa.Table(
+    "notification_targets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("url", sa.Text),
+    sa.Column("secret", sa.Text),
+    sa.Column("recipients", sa.JSON),
+    sa.Column("delivered", sa.BigInteger, nullable=False, default=0),
+    sa.Column("failures", sa.BigInteger, nullable=False, default=0),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sqlite_autoincrement=True,  # ids are never reused (above)
+)
+
+# Rules made by admins: jobs of a worker class (NULL: every job) ending in one of the
+# states ``on`` (",failed,timeout,": matched with LIKE on every backend) notify a target.
+# A job's own rules are on the job (``jobs.notify``).
+notification_rules = sa.Table(
+    "notification_rules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("worker_class_id", sa.Integer),
+    sa.Column("on", sa.String(200), nullable=False),
+    sa.Column("target_id", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# The outbox: one row per notification, written in the transaction that moved the job.
+# The leader delivers it (``lease_until`` keeps two servers from sending one at once) and
+# retries with backoff until ``delivered`` or, after a day, ``failed``. ``key`` is the
+# idempotency key, the same on every retry.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("job_id", sa.Integer, nullable=False),
+    sa.Column("target_id", sa.Integer, nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("key", sa.String(64), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_at", UTCDateTime, nullable=False),
+    sa.Column("lease_until", UTCDateTime),
+    sa.Column("leased_by", sa.String(100)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    # The leader's scan for due rows, a job's page, a target's recent deliveries.
+    sa.Index(None, "state", "next_at"),
+    sa.Index(None, "job_id"),
+    sa.Index(None, "target_id", "id"),
+    sqlite_autoincrement=True,
 )

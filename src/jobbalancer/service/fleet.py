@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, db, registry, scripts, settings
+from jobbalancer import auth, balancer, classes, db, notify, registry, scripts, settings
 from jobbalancer.service import access, inputs
 
 
@@ -63,6 +63,7 @@ def delete_class(engine: sa.Engine, user: auth.User, class_id: int) -> classes.W
     with db.write(engine) as conn:
         wclass = classes.get(conn, class_id)
         classes.delete(conn, class_id)
+        notify.delete_class_rules(conn, class_id)
     return wclass
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import pydantic
 from pydantic import (
@@ -156,6 +157,18 @@ class Input(BaseModel):
 # -- jobs ---------------------------------------------------------------------------------
 
 
+class NotifyRule(Input):
+    """A job's own notification rule: when it reaches one of ``on``, tell ``target``."""
+
+    on: list[Annotated[str, StringConstraints(max_length=20)]] = Field(
+        min_length=1,
+        max_length=10,
+        description="States: done, failed, timeout, killed, lost, occupied, started.",
+        examples=[["failed", "timeout"]],
+    )
+    target: NameOrId = Field(description="A notification target an admin made, by name or id.")
+
+
 class JobSubmit(Input):
     """A job to run: exactly one of ``command`` or ``script``."""
 
@@ -189,6 +202,11 @@ class JobSubmit(Input):
         "there and be usable by the job's user, or the job fails saying why. null: a private "
         "temporary directory, removed when the job ends.",
         examples=["/srv/media"],
+    )
+    notify: list[NotifyRule] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Notify targets when the job reaches these states.",
     )
 
 
@@ -253,6 +271,66 @@ class ScriptPatch(Input):
     description: Description | None = None
 
     _no_nulls = field_validator("name", "content", "description", mode="before")(_not_null)
+
+
+# -- notifications ------------------------------------------------------------------------
+
+MAX_RECIPIENTS = 50
+_EMAIL = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")
+
+
+def _http_url(value: str) -> str:
+    clean_text(value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if len(value) > 2000:
+        raise ValueError("must be at most 2000 characters")
+    return value
+
+
+def _recipients(value: list[str]) -> list[str]:
+    for address in value:
+        if not _EMAIL.fullmatch(address):
+            raise ValueError(f"{address!r} is not a mail address")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Recipients = Annotated[list[Text], Field(max_length=MAX_RECIPIENTS), AfterValidator(_recipients)]
+Secret = Annotated[str, StringConstraints(max_length=500), AfterValidator(clean_text)]
+
+
+class NotificationTargetIn(Input):
+    """A new notification target (admins). ``secret`` is write-only: never shown again."""
+
+    name: Name
+    kind: Literal["webhook", "slack", "email"] = Field(examples=["webhook"])
+    url: HttpUrl | None = Field(None, description="webhook and slack: where to POST.")
+    secret: Secret | None = Field(
+        None, description="webhook: signs each body (X-Jobbalancer-Signature, HMAC-SHA256)."
+    )
+    recipients: Recipients = Field(default_factory=list, description="email: mail addresses.")
+
+
+class NotificationTargetPatch(Input):
+    """Change a target: send only what changes (its kind stays; "" clears the secret)."""
+
+    name: Name | None = None
+    url: HttpUrl | None = None
+    secret: Secret | None = None
+    recipients: Recipients | None = None
+
+    _no_nulls = field_validator("name", "url", "recipients", mode="before")(_not_null)
+
+
+class NotificationRuleIn(Input):
+    """An admin's rule: jobs of ``worker_class`` (null: every job) reaching ``on`` notify
+    ``target``."""
+
+    on: list[Annotated[str, StringConstraints(max_length=20)]] = Field(min_length=1, max_length=10)
+    target: NameOrId
+    worker_class: NameOrId | None = None
 
 
 # -- users and keys -----------------------------------------------------------------------

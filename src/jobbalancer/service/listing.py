@@ -34,6 +34,12 @@ class Filters:
     q: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     owner_id: int | None = None
+    # These jobs only, or the retries of these jobs (both: ids, at most MAX_IDS each).
+    ids: Sequence[int] | None = None
+    retry_of: Sequence[int] | None = None
+
+
+MAX_IDS = 500  # ids in one `id` or `retry_of` filter: a page's worth, and a URL's
 
 
 def parse_states(text: str | None) -> list[str] | None:
@@ -48,6 +54,18 @@ def parse_states(text: str | None) -> list[str] | None:
                 f"state: unknown state {s!r}; use {', '.join(sorted(known))}", field="state"
             )
     return states
+
+
+def parse_ids(text: str | None, field_name: str) -> list[int] | None:
+    """``"41,42"`` → ``[41, 42]``; InvalidInput naming the field on anything else."""
+    if not text or not text.strip():
+        return None
+    ids = [parse_id(part.strip()) for part in text.split(",") if part.strip()]
+    if not ids or any(i is None for i in ids) or len(ids) > MAX_IDS:
+        raise errors.InvalidInput(
+            f"{field_name}: give 1 to {MAX_IDS} job ids, comma-separated", field=field_name
+        )
+    return [i for i in ids if i is not None]
 
 
 def parse_labels(values: Sequence[str]) -> dict[str, str]:
@@ -128,6 +146,12 @@ def _conditions(conn: sa.Connection, f: Filters) -> list[sa.ColumnElement[bool]]
         )
     for key, value in f.labels.items():
         where.append(J.c.labels[key].as_string() == value)
+    if f.ids is not None:
+        where.append(J.c.id.in_(list(f.ids)))
+    if f.retry_of is not None:
+        # A retry is newer than the job it retries: the id bound makes this a range scan
+        # of the primary key (retry_of has no index of its own).
+        where += [J.c.retry_of.in_(list(f.retry_of)), J.c.id > min(f.retry_of, default=0)]
     return where
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, db, errors, jobs, scripts, settings
+from jobbalancer import auth, balancer, classes, db, errors, jobs, notify, scripts, settings
 from jobbalancer.service import access, inputs
 
 # A scripts-only user may set only names in a namespace of our own. An allow-list, not a
@@ -202,6 +202,7 @@ def to_spec(
         priority=job.priority,
         retries=job.retries,
         workdir=job.workdir,
+        notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
     )
     if job.command is not None:
         if not user.commands_allowed:

@@ -38,6 +38,7 @@ NAV = (
     NavItem("classes", "/classes", "Classes"),
     NavItem("scripts", "/scripts", "Scripts"),
     NavItem("users", "/users", "Users", admin_only=True),
+    NavItem("notifications", "/notifications", "Notifications", admin_only=True),
     NavItem("settings", "/settings", "Settings", admin_only=True),
     NavItem("docs", "/docs", "API"),
 )

@@ -70,6 +70,14 @@ def list_jobs(
     label: Annotated[
         list[inputs.Text] | None, Query(description="NAME=VALUE; repeat to require several.")
     ] = None,
+    id_: Annotated[
+        inputs.QueryText,
+        Query(alias="id", max_length=10_000, description="Comma list of job ids (≤ 500)."),
+    ] = None,
+    retry_of: Annotated[
+        inputs.QueryText,
+        Query(max_length=10_000, description="The retries of these jobs (comma list, ≤ 500)."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[inputs.QueryText, Query(max_length=100)] = None,
 ) -> models.JobList:
@@ -81,6 +89,8 @@ def list_jobs(
         user=user_,
         q=q,
         labels=listing.parse_labels(label or []),
+        ids=listing.parse_ids(id_, "id"),
+        retry_of=listing.parse_ids(retry_of, "retry_of"),
     )
     found, next_cursor = job_actions.list_page(engine, user, filters, limit, cursor)
     return models.JobList(

@@ -12,17 +12,17 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobbalancer import db, stats
+from jobbalancer import db, notify, stats
 from jobbalancer.api.deps import EngineDep, SettingsDep, key_from_headers, metrics_allowed
 
 router = APIRouter(tags=["metrics"])
 
 
 class DatabaseCollector(Collector):
-    """Gauges of jobs by state, workers by state, and job slots."""
+    """Gauges of jobs by state, workers by state, and job slots; notification counters."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -31,6 +31,8 @@ class DatabaseCollector(Collector):
         with db.read(self.engine) as conn:
             by_state = stats.jobs_by_state(conn)
             per_worker = stats.by_worker(conn)
+            targets = notify.list_targets(conn)
+            pending = notify.pending_count(conn)
         jobs = GaugeMetricFamily("jobbalancer_jobs", "Jobs kept, by state.", labels=["state"])
         for state, count in by_state.items():
             jobs.add_metric([state], count)
@@ -49,6 +51,26 @@ class DatabaseCollector(Collector):
         for w in per_worker:
             active.add_metric([w.name], w.active_jobs)
         yield active
+        yield from self._notifications(targets, pending)
+
+    @staticmethod
+    def _notifications(targets: list[notify.Target], pending: int) -> Iterable[Metric]:
+        delivered = CounterMetricFamily(
+            "jobbalancer_notifications_delivered", "Notifications delivered.", labels=["target"]
+        )
+        failed = CounterMetricFamily(
+            "jobbalancer_notification_failures",
+            "Failed notification delivery attempts (each retry counts).",
+            labels=["target"],
+        )
+        for t in targets:
+            delivered.add_metric([t.name], t.delivered)
+            failed.add_metric([t.name], t.failures)
+        yield delivered
+        yield failed
+        yield GaugeMetricFamily(
+            "jobbalancer_notifications_pending", "Notifications not yet delivered.", value=pending
+        )
 
     @staticmethod
     def _workers(per_worker: list[stats.WorkerCount]) -> Metric:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from jobbalancer import auth, classes, db, errors, jobs, logs, refs, scripts
+from jobbalancer import auth, classes, db, errors, jobs, logs, notify, refs, scripts
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import access, inputs, job_actions, listing, submission
 from jobbalancer.web import deps, pages
@@ -265,6 +265,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         restarts = conn.execute(
             sa.select(jobs.J.c.id).where(jobs.J.c.restarted_from == job_id).order_by(jobs.J.c.id)
         ).scalars().all()  # fmt: skip
+        sent = notify.list_notifications(conn, job_id=job_id, limit=50)
     may_manage = page.user.can_manage_job(job.user_id)
     return page.render(
         "job.html",
@@ -276,6 +277,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         log_offset=offset,
         log_cut=cut,
         restarts=restarts,
+        notifications=sent,
         can_kill=may_manage and not job.finished,
         can_restart=may_manage and page.user.can_submit,
         can_delete=may_manage and job.state not in jobs.ACTIVE,

@@ -38,6 +38,8 @@ def _render(page: deps.Page, values: dict[str, Any], **extra: Any) -> Response:
         values=values,
         algorithms=ALGORITHMS,
         metrics_forced=page.request.app.state.settings.server.metrics_public,
+        notify=page.request.app.state.settings.notify,
+        web_url=page.request.app.state.settings.web_url,
         **extra,
     )
 

@@ -1,0 +1,52 @@
+"""What notifications look like and how sending fails: the signature, chat and mail text,
+and a target that never answers given up on within the total timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import pytest
+
+from jobbalancer import notify
+from jobbalancer.settings import NotifySettings
+from tests.receivers import free_port, silent_server
+
+DOC = {
+    "job_id": 42, "state": "failed", "url": "https://jobs.test/jobs/42", "exit_code": 3,
+    "command": "./backup.sh", "script": None, "worker": "node-1", "stderr_tail": "disk full\n",
+}  # fmt: skip
+
+
+def test_signature_is_hmac_sha256_of_the_body() -> None:
+    body = b'{"job_id":42}'
+    expected = hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert notify.signature("k", body) == f"sha256={expected}"
+
+
+def test_chat_text_and_mail_text_say_what_happened() -> None:
+    text = notify.chat_text(DOC)
+    assert text.startswith("Job <https://jobs.test/jobs/42|#42> *failed* (exit 3)")
+    assert "`./backup.sh`" in text and "disk full" in text
+    subject, body = notify.mail_text(DOC)
+    assert subject == "[jobbalancer] job 42 failed (exit 3)"
+    assert "Link: https://jobs.test/jobs/42" in body and "disk full" in body
+
+
+def test_a_silent_server_is_given_up_on_within_the_total_timeout() -> None:
+    with silent_server() as url:
+        started = time.monotonic()
+        with pytest.raises(notify.DeliveryError, match=r"did not answer within 0\.5 s"):
+            notify.post(url, b"{}", {}, notify.Timeouts(connect=0.2, total=0.5))
+        assert time.monotonic() - started < 2
+
+
+def test_refused_and_unconfigured_say_why() -> None:
+    with pytest.raises(notify.DeliveryError, match="connection refused"):
+        notify.post(f"http://127.0.0.1:{free_port()}/", b"{}", {}, notify.Timeouts())
+    with pytest.raises(notify.DeliveryError, match="no SMTP server is configured"):
+        notify.send_mail(NotifySettings(), ["a@b.test"], "s", "t", "k")
+    refused = NotifySettings(smtp_host="127.0.0.1", smtp_port=free_port())
+    with pytest.raises(notify.DeliveryError, match=r"SMTP cannot connect to 127\.0\.0\.1:\d+"):
+        notify.send_mail(refused, ["a@b.test"], "s", "t", "k")
