@@ -130,12 +130,25 @@ def assign_waiting(
     return len(chosen_ids)
 
 
+_WAITING_FOR_WORKER = (
+    sa.select(J.c.id)
+    .select_from(J.join(W, W.c.worker_class_id == J.c.worker_class_id))
+    .where(W.c.id == sa.bindparam("b_worker"), J.c.state == jobs.State.WAITING.value)
+    .limit(1)
+)
+
+
 def take_for_worker(conn: sa.Connection, worker_id: int) -> list[jobs.Job]:
     """Fill a worker's free slots from its class's queue, the jobs going straight to
     ``running`` (:func:`jobs.take`): the worker itself calls this when jobs ended, in the
     transaction that reports them, and starts what it got. The jobs taken, in queue order.
     """
     db.lock_row(conn, "assign")
+    # Most ends find nothing waiting for the worker's class (a job is assigned when it is
+    # submitted if a slot is free): one indexed look, instead of counting the slots and
+    # an update. Under the assign lock, so no submitter's decision is in between.
+    if conn.execute(_WAITING_FOR_WORKER, {"b_worker": worker_id}).first() is None:
+        return []
     taken = []
     for class_id, candidates in _candidates(conn, None, worker_id).items():
         taken += jobs.take(conn, worker_id, class_id, sum(c.free for c in candidates))

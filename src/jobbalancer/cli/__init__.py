@@ -13,19 +13,11 @@ worker), ``admin`` (db, users, keys: straight on the database), ``submit`` and
 
 from __future__ import annotations
 
-# Importing the command modules registers their commands on ``app``, in the order
-# ``--help`` lists them: `up` first, the way most people start.
-from jobbalancer.cli import up  # noqa: F401
+import importlib
+import sys
+from typing import Any
 
-# isort: split
-from jobbalancer.cli import run  # noqa: F401
-
-# isort: split
-from jobbalancer.cli import admin, notify, remote, submit  # noqa: F401
-
-# isort: split
-from jobbalancer.cli import parallel  # noqa: F401
-from jobbalancer.cli.base import app
+from jobbalancer.cli import base
 from jobbalancer.cli.exits import (
     RET_AUTH,
     RET_CHILD,
@@ -46,6 +38,31 @@ from jobbalancer.cli.exits import (
     job_exit_code,
 )
 
+# The command modules, in the order ``--help`` lists their commands: `up` first, the way
+# most people start. Importing one registers its commands on ``app``.
+_COMMANDS = ("up", "run", "admin", "notify", "submit", "remote", "parallel")
+
+
+def _load_commands(names: tuple[str, ...] = _COMMANDS) -> None:
+    for name in names:
+        importlib.import_module(f"jobbalancer.cli.{name}")
+    # In --help's order whichever module was imported first (a test may import one).
+    order = {f"jobbalancer.cli.{name}": i for i, name in enumerate(_COMMANDS)}
+    base.app.registered_commands.sort(
+        key=lambda c: order.get(getattr(c.callback, "__module__", ""), len(order))
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``app``, every command on it: the command modules are imported on first use, so
+    that ``jobbalancer worker`` can go without them (see :func:`main`)."""
+    if name == "app":
+        _load_commands()
+        globals()["app"] = base.app
+        return base.app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "RET_AUTH",
     "RET_CHILD",
@@ -63,12 +80,18 @@ __all__ = [
     "RET_SCHEMA",
     "RET_TEMPFAIL",
     "RET_USAGE",
-    "app",
+    "app",  # see __getattr__
     "job_exit_code",
     "main",
 ]
 
 
 def main() -> None:
-    """The ``jobbalancer`` entry point."""
-    app()
+    """The ``jobbalancer`` entry point.
+
+    ``jobbalancer worker`` loads its own command only: a worker runs for months, and what
+    the other commands import (the HTTP client, password hashing, the admin services)
+    would sit in its memory all that time.
+    """
+    _load_commands(("run",) if sys.argv[1:2] == ["worker"] else _COMMANDS)
+    base.app()

@@ -16,16 +16,19 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import sqlalchemy as sa
 import typer
 from typer.core import TyperGroup
 
-from jobbalancer import client, db, errors, procsec
+from jobbalancer import db, errors, procsec
 from jobbalancer import settings as settings_mod
 from jobbalancer.cli import exits, formatting
 from jobbalancer.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: `jobbalancer worker` keeps httpx out of its memory
+    from jobbalancer import client
 
 ENV = settings_mod.ENV_PREFIX  # JOBBALANCER_: every option's variable starts so
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -39,7 +42,7 @@ class _Group(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # Any: typer's vendored click Context
         try:
             return super().invoke(ctx)
-        except exits.REPORTED as exc:
+        except exits.reported() as exc:
             raise typer.Exit(exits.report(exc, ctx.meta.get(_URL_META))) from None
 
 
@@ -213,6 +216,8 @@ class Remote:
     timeout: float
 
     def client(self) -> client.Client:
+        from jobbalancer import client
+
         return client.Client(self.url, self.api_key, self.timeout)
 
     @classmethod

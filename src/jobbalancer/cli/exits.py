@@ -7,15 +7,19 @@ along the error's class hierarchy: the most specific entry wins.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from rich.markup import escape
 
-from jobbalancer import client, db, errors
+from jobbalancer import db, errors
 from jobbalancer.cli import formatting
 from jobbalancer.settings import ENV_PREFIX as ENV
+
+if TYPE_CHECKING:
+    from jobbalancer import client
 
 RET_OK = 0
 RET_ERROR = 1  # anything else; the message says what
@@ -36,29 +40,38 @@ RET_JOB_TIMEOUT = 124  # the job's watchdog fired (as timeout(1))
 RET_INTERRUPTED = 130  # Ctrl-C while following or waiting; the job goes on
 RET_JOB_KILLED = 137  # the job was killed (128 + SIGKILL, as a shell reports it)
 
-# What becomes a message and an exit code rather than a traceback.
-REPORTED: tuple[type[Exception], ...] = (
-    errors.JobBalancerError,
-    client.ClientError,
-    *db.UNAVAILABLE,
-)
+# The HTTP client (httpx) is imported only once a command meets an error: `jobbalancer
+# worker` never uses it, and keeps it out of its memory.
 
-# Errors of our own, of the client and of the database driver, by class. A class not
-# here is looked up by its bases (errors.RootRefused is a ConfigError, but found first).
-_BY_ERROR: Mapping[type[Exception], int] = {
-    errors.RootRefused: RET_ROOT,
-    errors.ConfigError: RET_CONFIG,
-    errors.NotFound: RET_NOT_FOUND,
-    errors.Conflict: RET_CONFLICT,
-    errors.InvalidInput: RET_USAGE,
-    errors.BadRequest: RET_USAGE,
-    errors.Unauthorized: RET_AUTH,
-    errors.Forbidden: RET_AUTH,
-    errors.SchemaMismatch: RET_SCHEMA,
-    errors.DatabaseRefused: RET_AUTH,
-    client.ConnectionFailed: RET_CONNECT,
-    **dict.fromkeys(db.UNAVAILABLE, RET_DATABASE),
-}
+
+def reported() -> tuple[type[Exception], ...]:
+    """What becomes a message and an exit code rather than a traceback."""
+    from jobbalancer import client
+
+    return (errors.JobBalancerError, client.ClientError, *db.UNAVAILABLE)
+
+
+@functools.cache
+def _by_error() -> Mapping[type[Exception], int]:
+    """Errors of our own, of the client and of the database driver, by class. A class not
+    here is looked up by its bases (errors.RootRefused is a ConfigError, but found first)."""
+    from jobbalancer import client
+
+    return {
+        errors.RootRefused: RET_ROOT,
+        errors.ConfigError: RET_CONFIG,
+        errors.NotFound: RET_NOT_FOUND,
+        errors.Conflict: RET_CONFLICT,
+        errors.InvalidInput: RET_USAGE,
+        errors.BadRequest: RET_USAGE,
+        errors.Unauthorized: RET_AUTH,
+        errors.Forbidden: RET_AUTH,
+        errors.SchemaMismatch: RET_SCHEMA,
+        errors.DatabaseRefused: RET_AUTH,
+        client.ConnectionFailed: RET_CONNECT,
+        **dict.fromkeys(db.UNAVAILABLE, RET_DATABASE),
+    }
+
 
 # The server's answers, by HTTP status.
 _BY_STATUS: Mapping[int, int] = {
@@ -82,9 +95,12 @@ def report(exc: Exception, database_url: str | None = None) -> int:
 
 def describe(exc: Exception, database_url: str | None = None) -> tuple[int, str]:
     """The exit code for ``exc``, and a message that says what to do next."""
+    from jobbalancer import client
+
     if isinstance(exc, client.ApiError):
         return _describe_answer(exc)
-    code = next((_BY_ERROR[t] for t in type(exc).__mro__ if t in _BY_ERROR), RET_ERROR)
+    by_error = _by_error()
+    code = next((by_error[t] for t in type(exc).__mro__ if t in by_error), RET_ERROR)
     if isinstance(exc, errors.JobBalancerError):
         message = errors.with_field(exc.message, exc.field)
     elif isinstance(exc, sa.exc.SQLAlchemyError):

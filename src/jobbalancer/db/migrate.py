@@ -110,6 +110,34 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 @functools.cache
 def _revisions() -> tuple[str, frozenset[str]]:
+    """The head revision and every known one. Read from the scripts' own lines when they
+    form one plain chain, as they do: a worker checks the schema at start and with every
+    heartbeat, and alembic (with mako) would add megabytes to its memory for that alone."""
+    return _plain_chain() or _alembic_revisions()
+
+
+_REVISION_LINE = re.compile(r'^(down_revision|revision) = (None|"([^"]+)")$', re.MULTILINE)
+
+
+def _plain_chain() -> tuple[str, frozenset[str]] | None:
+    """The revisions of versions/*.py if each names its revision and one parent (or
+    None) in plain lines, and they form one chain; else None (alembic must tell)."""
+    parent: dict[str, str | None] = {}
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        found = {m[0]: m[2] or None for m in _REVISION_LINE.findall(path.read_text())}
+        if "revision" not in found or "down_revision" not in found or found["revision"] is None:
+            return None
+        parent[found["revision"]] = found["down_revision"]
+    heads = parent.keys() - set(parent.values())
+    if len(heads) != 1 or list(parent.values()).count(None) != 1:
+        return None
+    head = heads.pop()
+    return head, frozenset(parent)
+
+
+def _alembic_revisions() -> tuple[str, frozenset[str]]:
     from alembic.script import ScriptDirectory
 
     scripts = ScriptDirectory(str(MIGRATIONS))

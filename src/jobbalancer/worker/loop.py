@@ -205,7 +205,8 @@ class Worker:
     def _loop(self, burst: bool) -> None:
         """Record ended jobs as soon as they end (taking new ones for the freed slots in
         the same transaction); poll when told to (a wake-up) or when the adaptive poll
-        interval is up."""
+        interval is up (poll_min after a timed poll found work, doubling up to poll_max
+        otherwise)."""
         interval = self.ws.poll_min
         next_poll = 0.0
         while not self._draining.is_set():
@@ -218,7 +219,10 @@ class Worker:
                 woken = self._poll_now.is_set()
                 self._poll_now.clear()
                 found = self._poll(woken)
-                interval = self.ws.poll_min if found else min(interval * 2, self.ws.poll_max)
+                # Work found by a timed poll: wake-ups may be missing, so poll sooner. Found
+                # when woken, they work: polling only covers what they miss, and slows down.
+                fast = found and not woken
+                interval = self.ws.poll_min if fast else min(interval * 2, self.ws.poll_max)
                 next_poll = time.monotonic() + interval
             if burst and not found and not reported and not self._running:
                 return
