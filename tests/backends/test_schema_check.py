@@ -109,10 +109,6 @@ def test_ensure_schema_refuses_a_newer_one(engine: sa.Engine) -> None:
     assert db.current_revision(engine) == "ffff0000"
 
 
-def test_the_head_read_from_the_scripts_is_alembics() -> None:
-    assert migrate._head_from_files() == db.head_revision()
-
-
 def test_upgrade_at_head_does_not_run_alembic(
     engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,28 +30,13 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     _migrate(engine, command.upgrade, revision, refuse_newer=True)
 
 
-_REVISION_LINE = re.compile(r'^(down_)?revision\s*(?::[^=]*)?=\s*(?:"([^"]*)"|None)', re.M)
-
-
-@functools.cache
-def _head_from_files() -> str | None:
-    """The newest revision, read from the scripts' ``revision``/``down_revision`` lines
-    (without Alembic); None when they do not make one chain to one head."""
-    revisions, parents = set(), set()
-    for path in (MIGRATIONS / "versions").glob("*.py"):
-        found = {bool(m[1]): m[2] for m in _REVISION_LINE.finditer(path.read_text())}
-        if False in found:
-            revisions.add(found[False])
-            parents.add(found.get(True))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
-
-
 def _at_head(engine: sa.Engine) -> bool:
     """Whether the schema is this version's already (one read): nothing to migrate."""
-    head = _head_from_files()
+    chain = _plain_chain()  # read from the scripts, without Alembic
+    if chain is None:
+        return False  # Alembic must tell
     with connections.translate_errors(), engine.connect() as conn:
-        return head is not None and _revision_if_any(conn) == head
+        return _revision_if_any(conn) == chain[0]
 
 
 def ensure_schema(engine: sa.Engine) -> str:
