@@ -486,7 +486,10 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) 
     parts = urlsplit(url)
     deadline = time.monotonic() + timeouts.total
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname or "", parts.port, timeout=timeouts.connect)
+    try:
+        conn = cls(parts.hostname or "", parts.port, timeout=timeouts.connect)
+    except (ValueError, http.client.InvalidURL) as exc:  # stored before URLs were checked
+        raise DeliveryError(f"the target's URL is not usable: {exc}") from exc
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         conn.connect()

@@ -59,6 +59,12 @@ def test_targets_keep_their_secret_write_only(api: Api) -> None:
     [
         ({"name": "a", "kind": "webhook", "url": "file:///etc/passwd"}, "url"),
         ({"name": "a", "kind": "webhook", "url": "ftp://x.test/"}, "url"),
+        ({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:99999/x"}, "url"),
+        ({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:abc/x"}, "url"),
+        ({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:0/x"}, "url"),
+        ({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:/x"}, "url"),
+        ({"name": "a", "kind": "webhook", "url": "http://a b.test/x"}, "url"),
+        ({"name": "a", "kind": "slack", "url": "https://u:pw@x.test/hook"}, "url"),
         ({"name": "a", "kind": "webhook"}, "url"),
         ({"name": "a", "kind": "email"}, "recipients"),
         ({"name": "a", "kind": "email", "recipients": ["not an address"]}, "recipients"),

@@ -50,3 +50,11 @@ def test_refused_and_unconfigured_say_why() -> None:
     refused = NotifySettings(smtp_host="127.0.0.1", smtp_port=free_port())
     with pytest.raises(notify.DeliveryError, match=r"SMTP cannot connect to 127\.0\.0\.1:\d+"):
         notify.send_mail(refused, ["a@b.test"], "s", "t", "k")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999/x", "http://127.0.0.1:abc/x", "http://a b/x"]
+)
+def test_a_url_stored_before_urls_were_checked_fails_the_delivery_not_the_server(url: str) -> None:
+    with pytest.raises(notify.DeliveryError, match="not usable"):
+        notify.post(url, b"{}", {}, notify.Timeouts(0.5, 0.5))
