@@ -18,6 +18,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -126,3 +127,20 @@ def forget_jobs(conn: sa.Connection, job_ids: Sequence[int]) -> None:
     still delivered (saying the job was deleted)."""
     if job_ids:
         conn.execute(sa.delete(N).where(N.c.job_id.in_(list(job_ids)), N.c.state != "pending"))
+
+
+def delete_sent_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:
+    """Retention of the outbox: delete up to ``limit`` delivered or failed notifications
+    made before ``cutoff``. Most go with their jobs (:func:`forget_jobs`); these are the
+    rest: those of a job deleted while they were pending, of a deleted target, of a job
+    kept longer than its notifications. Pending ones always stay."""
+    ids = list(
+        conn.execute(
+            sa.select(N.c.id)
+            .where(N.c.state.in_(("delivered", "failed")), N.c.created_at < cutoff)
+            .limit(limit)
+        ).scalars()
+    )
+    if ids:
+        conn.execute(sa.delete(N).where(N.c.id.in_(ids)))
+    return len(ids)

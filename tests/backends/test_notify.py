@@ -243,3 +243,36 @@ def test_mail_goes_through_smtp(
         assert message["X-Rcpt"] == "ops@example.test"
         assert "echo hello" in message.get_payload()
         assert rows(engine)[0].state == "delivered"
+
+
+def test_retention_deletes_old_sent_notifications_even_of_deleted_jobs_never_pending(
+    engine: sa.Engine, job_factory: Callable[..., int], worker_factory: Callable[..., int]
+) -> None:
+    """The outbox is bounded: retention deletes delivered and failed notifications older
+    than retention_days, also those no job deletion takes (a job deleted while they were
+    pending); pending ones stay however old."""
+    from jobbalancer import monitor
+
+    hook_id = target(engine, "ops-hook", "http://127.0.0.1:9/x")
+    rule(engine, ["failed"], hook_id)
+    worker = worker_factory("w1", max_jobs=5)
+    ended = [job_factory() for _ in range(4)]
+    for job in ended:
+        run_and_end(engine, job, worker)
+    ids = [r.id for r in rows(engine)]
+    with db.write(engine) as conn:
+        long_ago = db.now(conn) - timedelta(days=31)
+        states = ("delivered", "failed", "pending", "delivered")
+        for nid, state in zip(ids, states, strict=True):
+            conn.execute(sa.update(N).where(N.c.id == nid).values(state=state, created_at=long_ago))
+        jobs.delete(conn, ended[0])  # its delivered notification goes with it
+        conn.execute(  # a recent one stays
+            sa.update(N).where(N.c.id == ids[3]).values(created_at=db.now(conn))
+        )
+    monitor.apply_retention(engine)  # the jobs are recent: only notifications go
+    assert [(r.id, r.state) for r in rows(engine)] == [(ids[2], "pending"), (ids[3], "delivered")]
+    with db.read(engine) as conn:
+        assert jobs.get(conn, ended[1]).state == jobs.State.FAILED
+    with db.write(engine) as conn:
+        assert outbox.delete_sent_before(conn, db.now(conn) + timedelta(seconds=1)) == 1
+    assert [r.id for r in rows(engine)] == [ids[2]]
