@@ -504,6 +504,11 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) 
             if not piece:
                 break
             answer += piece
+    except (http.client.InvalidURL, ValueError) as exc:
+        # its message holds the path (a Slack URL's secret): never shown
+        raise DeliveryError(
+            "the target's URL is not usable (non-ASCII or control characters)"
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
         # host:port only: a URL's user:password@ or path (a Slack URL's secret) never shows
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"

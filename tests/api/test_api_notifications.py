@@ -64,6 +64,8 @@ def test_targets_keep_their_secret_write_only(api: Api) -> None:
         ({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:0/x"}, "url"),
         ({"name": "a", "kind": "webhook", "url": "http://127.0.0.1:/x"}, "url"),
         ({"name": "a", "kind": "webhook", "url": "http://a b.test/x"}, "url"),
+        ({"name": "a", "kind": "slack", "url": "https://x.test/T0/B0/\x7f"}, "url"),
+        ({"name": "a", "kind": "webhook", "url": "https://x.test/\u00fc"}, "url"),
         ({"name": "a", "kind": "slack", "url": "https://u:pw@x.test/hook"}, "url"),
         ({"name": "a", "kind": "webhook"}, "url"),
         ({"name": "a", "kind": "email"}, "recipients"),

@@ -11,7 +11,7 @@ import pytest
 
 from jobbalancer import notify
 from jobbalancer.settings import NotifySettings
-from tests.receivers import free_port, silent_server
+from tests.receivers import free_port, silent_server, webhook
 
 DOC = {
     "job_id": 42, "state": "failed", "url": "https://jobs.test/jobs/42", "exit_code": 3,
@@ -58,3 +58,10 @@ def test_refused_and_unconfigured_say_why() -> None:
 def test_a_url_stored_before_urls_were_checked_fails_the_delivery_not_the_server(url: str) -> None:
     with pytest.raises(notify.DeliveryError, match="not usable"):
         notify.post(url, b"{}", {}, notify.Timeouts(0.5, 0.5))
+
+
+@pytest.mark.parametrize("path", ["/services/T0/SECRET\x7f", "/services/T0/SECRET\u00fc"])
+def test_an_unusable_path_fails_the_delivery_without_showing_the_path(path: str) -> None:
+    with webhook() as hook, pytest.raises(notify.DeliveryError) as failed:
+        notify.post(hook.url + path, b"{}", {}, notify.Timeouts(1, 1))
+    assert "not usable" in str(failed.value) and "SECRET" not in str(failed.value)

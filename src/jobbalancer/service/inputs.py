@@ -286,8 +286,11 @@ def _http_url(value: str) -> str:
         raise ValueError("must be an http:// or https:// URL with a host")
     if len(value) > 2000:
         raise ValueError("must be at most 2000 characters")
-    if any(c.isspace() for c in value):
-        raise ValueError("must not contain spaces")
+    if any(not "!" <= c <= "~" for c in value):
+        raise ValueError(
+            "must be printable ASCII without spaces (percent-encode the path, "
+            "give a host in its xn-- form)"
+        )
     try:
         port = parts.port
     except ValueError:
