@@ -13,6 +13,7 @@ delivery ever runs inside a job's transaction.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -480,6 +481,32 @@ def send(
     post(target.url, body, headers, timeouts)
 
 
+class _Deadline:
+    """Cuts a connection ``total`` seconds after it starts: a socket timeout bounds one
+    read, not a server that answers a byte, or an SMTP reply, just before each runs out.
+    ``sock`` gives the connection's current socket (STARTTLS replaces it)."""
+
+    def __init__(self, total: float, sock: Callable[[], socket.socket | None]) -> None:
+        self.passed = False
+        self._sock = sock
+        self._timer = threading.Timer(total, self._cut)
+        self._timer.daemon = True
+
+    def _cut(self) -> None:
+        self.passed = True
+        found = self._sock()
+        if found is not None:
+            with contextlib.suppress(OSError):
+                found.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) -> None:
     """POST ``body``; a 2xx answer within ``timeouts`` is a delivery. Redirects are not
     followed (the admin gave this address)."""
@@ -491,19 +518,21 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) 
     except (ValueError, http.client.InvalidURL) as exc:  # stored before URLs were checked
         raise DeliveryError(f"the target's URL is not usable: {exc}") from exc
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    cut = _Deadline(timeouts.total, lambda: conn.sock)
     try:
-        conn.connect()
-        _left(conn, deadline)
-        conn.request("POST", path, body=body, headers=dict(headers))
-        _left(conn, deadline)
-        response = conn.getresponse()
-        answer = b""
-        while len(answer) < 65536:
+        with cut:
+            conn.connect()
             _left(conn, deadline)
-            piece = response.read1(8192) if hasattr(response, "read1") else response.read(8192)
-            if not piece:
-                break
-            answer += piece
+            conn.request("POST", path, body=body, headers=dict(headers))
+            _left(conn, deadline)
+            response = conn.getresponse()
+            answer = b""
+            while len(answer) < 65536:
+                _left(conn, deadline)
+                piece = response.read1(8192)
+                if not piece:
+                    break
+                answer += piece
     except (http.client.InvalidURL, ValueError) as exc:
         # its message holds the path (a Slack URL's secret): never shown
         raise DeliveryError(
@@ -512,7 +541,8 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) 
     except (OSError, http.client.HTTPException) as exc:
         # host:port only: a URL's user:password@ or path (a Slack URL's secret) never shows
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-        raise DeliveryError(_why(where, exc, timeouts)) from exc
+        why = TimeoutError("timed out") if cut.passed else exc
+        raise DeliveryError(_why(where, why, timeouts)) from exc
     finally:
         conn.close()
     if not 200 <= response.status < 300:
@@ -561,12 +591,15 @@ def send_mail(
     message["X-Jobbalancer-Delivery"] = key
     message.set_content(text)
     where = f"{smtp.smtp_host}:{smtp.smtp_port}"
+    started = time.monotonic()
     try:
         client = _smtp_client(smtp, timeouts)
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryError(f"SMTP cannot connect to {where}: {exc}") from exc
+    left = max(timeouts.total - (time.monotonic() - started), 0.001)
+    cut = _Deadline(left, lambda: client.sock)
     try:
-        with client:
+        with client, cut:
             if smtp.smtp_security == "starttls":
                 client.starttls(context=ssl.create_default_context())
             if smtp.smtp_user:
@@ -575,6 +608,8 @@ def send_mail(
     except smtplib.SMTPAuthenticationError as exc:
         raise DeliveryError(f"SMTP {where} refused the login of {smtp.smtp_user!r}") from exc
     except (OSError, smtplib.SMTPException) as exc:
+        if cut.passed:
+            raise DeliveryError(f"SMTP {where} did not finish within {timeouts.total:g} s") from exc
         raise DeliveryError(f"SMTP {where}: {exc}") from exc
 
 

@@ -3,11 +3,19 @@ and a target that never answers given up on within the total timeout."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from jobbalancer import notify
 from jobbalancer.settings import NotifySettings
@@ -65,3 +73,78 @@ def test_an_unusable_path_fails_the_delivery_without_showing_the_path(path: str)
     with webhook() as hook, pytest.raises(notify.DeliveryError) as failed:
         notify.post(hook.url + path, b"{}", {}, notify.Timeouts(1, 1))
     assert "not usable" in str(failed.value) and "SECRET" not in str(failed.value)
+
+
+@contextmanager
+def dribbling_server(pause: float) -> Iterator[str]:
+    """An HTTP server that answers one byte of its status line per ``pause`` seconds: each
+    read is within a socket timeout, the whole is not."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    sock.settimeout(5)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = sock.accept()
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                    conn.sendall(bytes([byte]))
+                    time.sleep(pause)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    finally:
+        sock.close()
+        thread.join(timeout=5)
+
+
+def test_a_server_answering_a_byte_at_a_time_is_cut_at_the_total_timeout() -> None:
+    with dribbling_server(pause=0.1) as url:
+        started = time.monotonic()
+        with pytest.raises(notify.DeliveryError, match=r"did not answer within 0\.5 s"):
+            notify.post(url, b"{}", {}, notify.Timeouts(connect=0.3, total=0.5))
+        assert time.monotonic() - started < 1.5
+
+
+class _SlowHandler:
+    """Answers each SMTP command of a mail after ``pause`` seconds."""
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:  # fmt: skip
+        await asyncio.sleep(self.pause)
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:  # fmt: skip
+        await asyncio.sleep(self.pause)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.pause)
+        return "250 OK"
+
+
+def test_a_slow_mail_server_is_cut_at_the_total_timeout_not_per_reply() -> None:
+    controller = Controller(_SlowHandler(0.4), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        smtp = NotifySettings(
+            smtp_host="127.0.0.1", smtp_port=controller.port, smtp_security="none"
+        )
+        started = time.monotonic()
+        with pytest.raises(notify.DeliveryError, match=r"did not finish within 1 s"):
+            notify.send_mail(smtp, ["a@b.test"], "s", "t", "k", notify.Timeouts(1, 1))
+        assert time.monotonic() - started < 1.3
+        # each reply is within 1 s: a per-reply timeout alone lets it through
+        notify.send_mail(smtp, ["a@b.test"], "s", "t", "k", notify.Timeouts(1, 5))
+    finally:
+        controller.stop()
