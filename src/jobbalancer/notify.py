@@ -395,23 +395,29 @@ def _last_chunks(conn: sa.Connection, job_id: int, stream: str) -> list[logs.Chu
     return found[::-1]
 
 
+def _chat_escape(text: str) -> str:
+    """Slack's escaping of text from jobs: ``<!channel>``, ``<@U…>`` or ``<https://…|…>`` in
+    a command or its output would otherwise ping everyone or show a link of its own."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def chat_text(doc: Mapping[str, Any]) -> str:
-    """A line or two for chat (Slack's ``text``)."""
+    """A line or two for chat (Slack's ``text``); what a job wrote is escaped."""
     if doc.get("test"):
-        return f"jobbalancer: test notification for target {doc.get('target')}"
+        return f"jobbalancer: test notification for target {_chat_escape(str(doc.get('target')))}"
     what = doc.get("command") or (f"script {doc['script']}" if doc.get("script") else "")
     head = f"Job <{doc['url']}|#{doc['job_id']}> *{doc['state']}*"
     if doc.get("exit_code") is not None:
         head += f" (exit {doc['exit_code']})"
     parts = [head]
     if what:
-        parts.append(f"`{str(what)[:200]}`")
+        parts.append(f"`{_chat_escape(str(what)[:200])}`")
     if doc.get("worker"):
-        parts.append(f"on {doc['worker']}")
+        parts.append(f"on {_chat_escape(str(doc['worker']))}")
     text = " ".join(parts)
     tail = (doc.get("stderr_tail") or "").strip()
     if doc["state"] != "done" and tail:
-        text += "\n```" + tail[-600:] + "```"
+        text += "\n```" + _chat_escape(tail[-600:]) + "```"
     return text
 
 

@@ -148,3 +148,12 @@ def test_a_slow_mail_server_is_cut_at_the_total_timeout_not_per_reply() -> None:
         notify.send_mail(smtp, ["a@b.test"], "s", "t", "k", notify.Timeouts(1, 5))
     finally:
         controller.stop()
+
+
+def test_chat_text_escapes_what_the_job_wrote() -> None:
+    """A command or output with <!channel> or a <url|label> link pings or links nobody."""
+    doc = {**DOC, "command": "echo '<!channel> a&b'", "stderr_tail": "<https://evil.test|docs>"}
+    text = notify.chat_text(doc)
+    assert "<!channel>" not in text and "&lt;!channel&gt; a&amp;b" in text
+    assert "<https://evil.test" not in text and "&lt;https://evil.test|docs&gt;" in text
+    assert text.startswith("Job <https://jobs.test/jobs/42|#42>")  # our own link stays one
