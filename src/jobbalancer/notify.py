@@ -613,6 +613,12 @@ def send_mail(
             client.send_message(message)
     except smtplib.SMTPAuthenticationError as exc:
         raise DeliveryError(f"SMTP {where} refused the login of {smtp.smtp_user!r}") from exc
+    except smtplib.SMTPRecipientsRefused as exc:
+        # the addresses are admins' to see; the error shows to whoever sees the job
+        codes = sorted({str(code) for code, _ in exc.recipients.values()})
+        raise DeliveryError(
+            f"SMTP {where} refused all {len(exc.recipients)} recipient(s) ({', '.join(codes)})"
+        ) from exc
     except (OSError, smtplib.SMTPException) as exc:
         if cut.passed:
             raise DeliveryError(f"SMTP {where} did not finish within {timeouts.total:g} s") from exc

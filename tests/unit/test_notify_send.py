@@ -157,3 +157,25 @@ def test_chat_text_escapes_what_the_job_wrote() -> None:
     assert "<!channel>" not in text and "&lt;!channel&gt; a&amp;b" in text
     assert "<https://evil.test" not in text and "&lt;https://evil.test|docs&gt;" in text
     assert text.startswith("Job <https://jobs.test/jobs/42|#42>")  # our own link stays one
+
+
+class _Refusing:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:  # fmt: skip
+        return "550 no such user here"
+
+
+def test_refused_recipients_are_counted_not_named() -> None:
+    """last_error shows to whoever sees the job; the target's addresses are admins' only."""
+    controller = Controller(_Refusing(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        smtp = NotifySettings(
+            smtp_host="127.0.0.1", smtp_port=controller.port, smtp_security="none"
+        )
+        with pytest.raises(notify.DeliveryError) as failed:
+            notify.send_mail(smtp, ["ceo@corp.test", "cfo@corp.test"], "s", "t", "k")
+        assert "refused all 2 recipient(s) (550)" in str(failed.value)
+        assert "corp.test" not in str(failed.value)
+    finally:
+        controller.stop()
