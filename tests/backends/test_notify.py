@@ -276,3 +276,24 @@ def test_retention_deletes_old_sent_notifications_even_of_deleted_jobs_never_pen
     with db.write(engine) as conn:
         assert outbox.delete_sent_before(conn, db.now(conn) + timedelta(seconds=1)) == 1
     assert [r.id for r in rows(engine)] == [ids[2]]
+
+
+def test_a_jobs_own_target_counts_before_this_process_has_seen_it(
+    engine: sa.Engine, job_factory: Callable[..., int], worker_factory: Callable[..., int]
+) -> None:
+    """A target made in another process is missing from this one's copy for up to TTL: a
+    job's own rule naming it (checked at submission) still notifies; an admin's rule
+    counts once the copy knows it."""
+    import time
+
+    known = target(engine, "known", "http://127.0.0.1:9/a")
+    with db.read(engine) as conn:
+        outbox.rules(conn)  # this process's copy: only "known"
+    stale = outbox._cache[engine]
+    fresh = target(engine, "fresh", "http://127.0.0.1:9/b")  # as if made by another server
+    rule(engine, ["failed"], fresh)
+    outbox._cache[engine] = outbox.Rules(stale.targets, stale.rules, time.monotonic())
+    job = job_factory(notify=({"on": ["failed"], "target": fresh},))
+    run_and_end(engine, job, worker_factory("w1"))
+    assert [(r.job_id, r.target_id) for r in rows(engine)] == [(job, fresh)]  # once
+    assert known not in {r.target_id for r in rows(engine)}
