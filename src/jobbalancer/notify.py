@@ -605,7 +605,7 @@ def send_mail(
     left = max(timeouts.total - (time.monotonic() - started), 0.001)
     cut = _Deadline(left, lambda: client.sock)
     try:
-        with client, cut:
+        with cut, client:  # the deadline covers the QUIT on the way out too
             if smtp.smtp_security == "starttls":
                 client.starttls(context=ssl.create_default_context())
             if smtp.smtp_user:
