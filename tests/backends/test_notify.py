@@ -264,10 +264,16 @@ def test_retention_deletes_old_sent_notifications_even_of_deleted_jobs_never_pen
         long_ago = db.now(conn) - timedelta(days=31)
         states = ("delivered", "failed", "pending", "delivered")
         for nid, state in zip(ids, states, strict=True):
-            conn.execute(sa.update(N).where(N.c.id == nid).values(state=state, created_at=long_ago))
+            conn.execute(
+                sa.update(N)
+                .where(N.c.id == nid)
+                .values(state=state, created_at=long_ago, next_at=long_ago)
+            )
         jobs.delete(conn, ended[0])  # its delivered notification goes with it
         conn.execute(  # a recent one stays
-            sa.update(N).where(N.c.id == ids[3]).values(created_at=db.now(conn))
+            sa.update(N)
+            .where(N.c.id == ids[3])
+            .values(created_at=db.now(conn), next_at=db.now(conn))
         )
     monitor.apply_retention(engine)  # the jobs are recent: only notifications go
     assert [(r.id, r.state) for r in rows(engine)] == [(ids[2], "pending"), (ids[3], "delivered")]
