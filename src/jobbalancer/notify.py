@@ -503,7 +503,9 @@ class _Deadline:
         found = self._sock()
         if found is not None:
             with contextlib.suppress(OSError):
-                found.shutdown(socket.SHUT_RDWR)
+                # the plain socket's shutdown, also under TLS: SSLSocket's would unwrap the
+                # TLS layer under the reading thread's feet
+                socket.socket.shutdown(found, socket.SHUT_RDWR)
 
     def __enter__(self) -> _Deadline:
         self._timer.start()
@@ -539,16 +541,17 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) 
                 if not piece:
                     break
                 answer += piece
-    except (http.client.InvalidURL, ValueError) as exc:
-        # its message holds the path (a Slack URL's secret): never shown
-        raise DeliveryError(
-            "the target's URL is not usable (non-ASCII or control characters)"
-        ) from exc
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         # host:port only: a URL's user:password@ or path (a Slack URL's secret) never shows
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-        why = TimeoutError("timed out") if cut.passed else exc
-        raise DeliveryError(_why(where, why, timeouts)) from exc
+        if cut.passed:
+            raise DeliveryError(_why(where, TimeoutError("timed out"), timeouts)) from exc
+        if isinstance(exc, http.client.InvalidURL | ValueError):
+            # its message holds the path (a Slack URL's secret): never shown
+            raise DeliveryError(
+                "the target's URL is not usable (non-ASCII or control characters)"
+            ) from exc
+        raise DeliveryError(_why(where, exc, timeouts)) from exc
     finally:
         conn.close()
     if not 200 <= response.status < 300:
@@ -619,7 +622,7 @@ def send_mail(
         raise DeliveryError(
             f"SMTP {where} refused all {len(exc.recipients)} recipient(s) ({', '.join(codes)})"
         ) from exc
-    except (OSError, smtplib.SMTPException) as exc:
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
         if cut.passed:
             raise DeliveryError(f"SMTP {where} did not finish within {timeouts.total:g} s") from exc
         raise DeliveryError(f"SMTP {where}: {exc}") from exc

@@ -137,9 +137,9 @@ def forget_jobs(conn: sa.Connection, job_ids: Sequence[int]) -> None:
 
 def delete_sent_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:
     """Retention of the outbox: delete up to ``limit`` delivered or failed notifications
-    made and last tried before ``cutoff``. Most go with their jobs (:func:`forget_jobs`); these are the
-    rest: those of a job deleted while they were pending, of a deleted target, of a job
-    kept longer than its notifications. Pending ones always stay."""
+    made and last tried before ``cutoff``. Most go with their jobs (:func:`forget_jobs`);
+    these are the rest: those of a job deleted while they were pending, of a deleted
+    target, of a job kept longer than its notifications. Pending ones always stay."""
     ids = list(
         conn.execute(
             sa.select(N.c.id)
