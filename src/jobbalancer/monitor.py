@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, jobs, notify, registry, settings
+from jobbalancer import balancer, db, jobs, notify, outbox, registry, settings
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,14 @@ def check_workers(
 
 
 def apply_retention(engine: sa.Engine) -> int:
-    """Delete finished jobs older than retention_days (0 keeps everything)."""
+    """Delete finished jobs older than retention_days (0 keeps everything), and the
+    delivered or failed notifications as old (the outbox stays bounded too)."""
     with db.write(engine) as conn:
         days = settings.load_tunables(conn).retention_days
         if days <= 0:
             return 0
         cutoff = db.now(conn) - timedelta(days=days)
+        outbox.delete_sent_before(conn, cutoff)
         return jobs.delete_finished_before(conn, cutoff)
 
 

@@ -13,6 +13,7 @@ delivery ever runs inside a job's transaction.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -394,23 +395,29 @@ def _last_chunks(conn: sa.Connection, job_id: int, stream: str) -> list[logs.Chu
     return found[::-1]
 
 
+def _chat_escape(text: str) -> str:
+    """Slack's escaping of text from jobs: ``<!channel>``, ``<@U…>`` or ``<https://…|…>`` in
+    a command or its output would otherwise ping everyone or show a link of its own."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def chat_text(doc: Mapping[str, Any]) -> str:
-    """A line or two for chat (Slack's ``text``)."""
+    """A line or two for chat (Slack's ``text``); what a job wrote is escaped."""
     if doc.get("test"):
-        return f"jobbalancer: test notification for target {doc.get('target')}"
+        return f"jobbalancer: test notification for target {_chat_escape(str(doc.get('target')))}"
     what = doc.get("command") or (f"script {doc['script']}" if doc.get("script") else "")
     head = f"Job <{doc['url']}|#{doc['job_id']}> *{doc['state']}*"
     if doc.get("exit_code") is not None:
         head += f" (exit {doc['exit_code']})"
     parts = [head]
     if what:
-        parts.append(f"`{str(what)[:200]}`")
+        parts.append(f"`{_chat_escape(str(what)[:200])}`")
     if doc.get("worker"):
-        parts.append(f"on {doc['worker']}")
+        parts.append(f"on {_chat_escape(str(doc['worker']))}")
     text = " ".join(parts)
     tail = (doc.get("stderr_tail") or "").strip()
     if doc["state"] != "done" and tail:
-        text += "\n```" + tail[-600:] + "```"
+        text += "\n```" + _chat_escape(tail[-600:]) + "```"
     return text
 
 
@@ -480,30 +487,70 @@ def send(
     post(target.url, body, headers, timeouts)
 
 
+class _Deadline:
+    """Cuts a connection ``total`` seconds after it starts: a socket timeout bounds one
+    read, not a server that answers a byte, or an SMTP reply, just before each runs out.
+    ``sock`` gives the connection's current socket (STARTTLS replaces it)."""
+
+    def __init__(self, total: float, sock: Callable[[], socket.socket | None]) -> None:
+        self.passed = False
+        self._sock = sock
+        self._timer = threading.Timer(total, self._cut)
+        self._timer.daemon = True
+
+    def _cut(self) -> None:
+        self.passed = True
+        found = self._sock()
+        if found is not None:
+            with contextlib.suppress(OSError):
+                # the plain socket's shutdown, also under TLS: SSLSocket's would unwrap the
+                # TLS layer under the reading thread's feet
+                socket.socket.shutdown(found, socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) -> None:
     """POST ``body``; a 2xx answer within ``timeouts`` is a delivery. Redirects are not
     followed (the admin gave this address)."""
     parts = urlsplit(url)
     deadline = time.monotonic() + timeouts.total
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname or "", parts.port, timeout=timeouts.connect)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        conn.connect()
-        _left(conn, deadline)
-        conn.request("POST", path, body=body, headers=dict(headers))
-        _left(conn, deadline)
-        response = conn.getresponse()
-        answer = b""
-        while len(answer) < 65536:
+        conn = cls(parts.hostname or "", parts.port, timeout=timeouts.connect)
+    except (ValueError, http.client.InvalidURL) as exc:  # stored before URLs were checked
+        raise DeliveryError(f"the target's URL is not usable: {exc}") from exc
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    cut = _Deadline(timeouts.total, lambda: conn.sock)
+    try:
+        with cut:
+            conn.connect()
             _left(conn, deadline)
-            piece = response.read1(8192) if hasattr(response, "read1") else response.read(8192)
-            if not piece:
-                break
-            answer += piece
-    except (OSError, http.client.HTTPException) as exc:
+            conn.request("POST", path, body=body, headers=dict(headers))
+            _left(conn, deadline)
+            response = conn.getresponse()
+            answer = b""
+            while len(answer) < 65536:
+                _left(conn, deadline)
+                piece = response.read1(8192)
+                if not piece:
+                    break
+                answer += piece
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         # host:port only: a URL's user:password@ or path (a Slack URL's secret) never shows
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+        if cut.passed:
+            raise DeliveryError(_why(where, TimeoutError("timed out"), timeouts)) from exc
+        if isinstance(exc, http.client.InvalidURL | ValueError):
+            # its message holds the path (a Slack URL's secret): never shown
+            raise DeliveryError(
+                "the target's URL is not usable (non-ASCII or control characters)"
+            ) from exc
         raise DeliveryError(_why(where, exc, timeouts)) from exc
     finally:
         conn.close()
@@ -553,12 +600,15 @@ def send_mail(
     message["X-Jobbalancer-Delivery"] = key
     message.set_content(text)
     where = f"{smtp.smtp_host}:{smtp.smtp_port}"
+    started = time.monotonic()
     try:
         client = _smtp_client(smtp, timeouts)
     except (OSError, smtplib.SMTPException) as exc:
         raise DeliveryError(f"SMTP cannot connect to {where}: {exc}") from exc
+    left = max(timeouts.total - (time.monotonic() - started), 0.001)
+    cut = _Deadline(left, lambda: client.sock)
     try:
-        with client:
+        with cut, client:  # the deadline covers the QUIT on the way out too
             if smtp.smtp_security == "starttls":
                 client.starttls(context=ssl.create_default_context())
             if smtp.smtp_user:
@@ -566,7 +616,15 @@ def send_mail(
             client.send_message(message)
     except smtplib.SMTPAuthenticationError as exc:
         raise DeliveryError(f"SMTP {where} refused the login of {smtp.smtp_user!r}") from exc
-    except (OSError, smtplib.SMTPException) as exc:
+    except smtplib.SMTPRecipientsRefused as exc:
+        # the addresses are admins' to see; the error shows to whoever sees the job
+        codes = sorted({str(code) for code, _ in exc.recipients.values()})
+        raise DeliveryError(
+            f"SMTP {where} refused all {len(exc.recipients)} recipient(s) ({', '.join(codes)})"
+        ) from exc
+    except (OSError, smtplib.SMTPException, ValueError) as exc:
+        if cut.passed:
+            raise DeliveryError(f"SMTP {where} did not finish within {timeouts.total:g} s") from exc
         raise DeliveryError(f"SMTP {where}: {exc}") from exc
 
 

@@ -6,8 +6,10 @@ Called by :mod:`jobbalancer.jobs` at every move a rule may name, so it must cost
 when no rule can apply: the targets and the admins' rules are kept per process for
 :data:`TTL` seconds, and with no target at all (no rule of any kind can name one) a move
 costs no query. Otherwise it is one read of the moved jobs' class and own rules by id,
-and an insert if anything applies. A target or rule made in another process counts here
-within :data:`TTL`; one made in this process counts at once (:func:`forget`).
+and an insert if anything applies. An admin's rule made in another process counts here
+within :data:`TTL`; one made in this process counts at once (:func:`forget`). A job's own
+rules (checked at its submission) count at once, unless this process knows no target at
+all yet (the first target, within :data:`TTL`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,12 +52,16 @@ class Rules:
     loaded_at: float
 
     def for_job(self, class_id: int, event: str, own: Any) -> set[int]:
-        """The targets a job of ``class_id`` with its own rules ``own`` notifies on ``event``."""
+        """The targets a job of ``class_id`` with its own rules ``own`` notifies on ``event``.
+        A job's own targets were checked when it was submitted and count even if this copy
+        does not know them yet (made in another process within :data:`TTL`); one deleted
+        since gives a row its delivery marks failed ("the target was deleted")."""
         found = {t for c, on, t in self.rules if event in on and c in (None, class_id)}
+        found &= self.targets
         for rule in own or ():
             if event in rule.get("on", ()):
                 found.add(int(rule["target"]))
-        return found & self.targets
+        return found
 
 
 _cache: weakref.WeakKeyDictionary[sa.Engine, Rules] = weakref.WeakKeyDictionary()
@@ -107,7 +114,7 @@ def jobs_moved(
     if not moved:  # a worker's poll that claimed nothing: not even the cache is looked at
         return
     known = rules(conn)
-    if known.targets:
+    if known.targets or any(own for _, _, own in moved):
         _add(conn, known, event, moved)
 
 
@@ -128,3 +135,24 @@ def forget_jobs(conn: sa.Connection, job_ids: Sequence[int]) -> None:
     still delivered (saying the job was deleted)."""
     if job_ids:
         conn.execute(sa.delete(N).where(N.c.job_id.in_(list(job_ids)), N.c.state != "pending"))
+
+
+def delete_sent_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:
+    """Retention of the outbox: delete up to ``limit`` delivered or failed notifications
+    made and last tried before ``cutoff``. Most go with their jobs (:func:`forget_jobs`);
+    these are the rest: those of a job deleted while they were pending, of a deleted
+    target, of a job kept longer than its notifications. Pending ones always stay."""
+    ids = list(
+        conn.execute(
+            sa.select(N.c.id)
+            .where(
+                N.c.state.in_(("delivered", "failed")),
+                N.c.next_at < cutoff,  # the (state, next_at) index bounds the look
+                N.c.created_at < cutoff,
+            )
+            .limit(limit)
+        ).scalars()
+    )
+    if ids:
+        conn.execute(sa.delete(N).where(N.c.id.in_(ids)))
+    return len(ids)

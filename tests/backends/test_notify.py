@@ -243,3 +243,63 @@ def test_mail_goes_through_smtp(
         assert message["X-Rcpt"] == "ops@example.test"
         assert "echo hello" in message.get_payload()
         assert rows(engine)[0].state == "delivered"
+
+
+def test_retention_deletes_old_sent_notifications_even_of_deleted_jobs_never_pending(
+    engine: sa.Engine, job_factory: Callable[..., int], worker_factory: Callable[..., int]
+) -> None:
+    """The outbox is bounded: retention deletes delivered and failed notifications older
+    than retention_days, also those no job deletion takes (a job deleted while they were
+    pending); pending ones stay however old."""
+    from jobbalancer import monitor
+
+    hook_id = target(engine, "ops-hook", "http://127.0.0.1:9/x")
+    rule(engine, ["failed"], hook_id)
+    worker = worker_factory("w1", max_jobs=5)
+    ended = [job_factory() for _ in range(4)]
+    for job in ended:
+        run_and_end(engine, job, worker)
+    ids = [r.id for r in rows(engine)]
+    with db.write(engine) as conn:
+        long_ago = db.now(conn) - timedelta(days=31)
+        states = ("delivered", "failed", "pending", "delivered")
+        for nid, state in zip(ids, states, strict=True):
+            conn.execute(
+                sa.update(N)
+                .where(N.c.id == nid)
+                .values(state=state, created_at=long_ago, next_at=long_ago)
+            )
+        jobs.delete(conn, ended[0])  # its delivered notification goes with it
+        conn.execute(  # a recent one stays
+            sa.update(N)
+            .where(N.c.id == ids[3])
+            .values(created_at=db.now(conn), next_at=db.now(conn))
+        )
+    monitor.apply_retention(engine)  # the jobs are recent: only notifications go
+    assert [(r.id, r.state) for r in rows(engine)] == [(ids[2], "pending"), (ids[3], "delivered")]
+    with db.read(engine) as conn:
+        assert jobs.get(conn, ended[1]).state == jobs.State.FAILED
+    with db.write(engine) as conn:
+        assert outbox.delete_sent_before(conn, db.now(conn) + timedelta(seconds=1)) == 1
+    assert [r.id for r in rows(engine)] == [ids[2]]
+
+
+def test_a_jobs_own_target_counts_before_this_process_has_seen_it(
+    engine: sa.Engine, job_factory: Callable[..., int], worker_factory: Callable[..., int]
+) -> None:
+    """A target made in another process is missing from this one's copy for up to TTL: a
+    job's own rule naming it (checked at submission) still notifies; an admin's rule
+    counts once the copy knows it."""
+    import time
+
+    known = target(engine, "known", "http://127.0.0.1:9/a")
+    with db.read(engine) as conn:
+        outbox.rules(conn)  # this process's copy: only "known"
+    stale = outbox._cache[engine]
+    fresh = target(engine, "fresh", "http://127.0.0.1:9/b")  # as if made by another server
+    rule(engine, ["failed"], fresh)
+    outbox._cache[engine] = outbox.Rules(stale.targets, stale.rules, time.monotonic())
+    job = job_factory(notify=({"on": ["failed"], "target": fresh},))
+    run_and_end(engine, job, worker_factory("w1"))
+    assert [(r.job_id, r.target_id) for r in rows(engine)] == [(job, fresh)]  # once
+    assert known not in {r.target_id for r in rows(engine)}

@@ -311,3 +311,49 @@ def test_polls_outlast_a_server_restart(monkeypatch: pytest.MonkeyPatch) -> None
     run = _run(server, 1)
     with pytest.raises(client.ApiError):
         run._loop()
+
+
+def test_notify_reaches_every_job_of_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--notify STATES:TARGET (submit's option) goes into every job of the fan-out; a
+    malformed one is a usage error before anything is submitted."""
+    from typer.testing import CliRunner
+
+    from jobbalancer import cli
+    from jobbalancer.cli import base, exits
+
+    made: list[dict[str, Any]] = []
+
+    class Captured:
+        def __init__(self, c: object, items: list[parallel.Item], *args: object, **kw: object):
+            made.extend(item.spec for item in items)
+
+        def go(self, *args: object, **kw: object) -> int:
+            return 0
+
+    monkeypatch.setattr(parallel, "Run", Captured)
+    monkeypatch.setattr(base.Remote, "client", lambda self: FakeClientContext())
+    args = ["parallel", "--url", "http://127.0.0.1:9", "--api-key", "k"]
+    result = CliRunner().invoke(
+        cli.app, [*args, "-N", "failed,timeout:ops-hook", "--notify", "done:chat",
+                  "--", "echo", "{}", ":::", "a", "b"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rules = [
+        {"on": ["failed", "timeout"], "target": "ops-hook"},
+        {"on": ["done"], "target": "chat"},
+    ]
+    assert [spec["notify"] for spec in made] == [rules, rules]
+    assert [spec["command"] for spec in made] == ["echo a", "echo b"]
+
+    made.clear()
+    bad = CliRunner().invoke(cli.app, [*args, "--notify", "ops-hook", "--", "echo", ":::", "a"])
+    assert bad.exit_code == exits.RET_USAGE and "STATES:TARGET" in bad.output
+    assert made == []
+
+
+class FakeClientContext:
+    def __enter__(self) -> object:
+        return object()
+
+    def __exit__(self, *exc: object) -> None:
+        return None

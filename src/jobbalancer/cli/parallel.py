@@ -39,6 +39,7 @@ from jobbalancer.cli.submit import (
     ClassOpt,
     EnvOpt,
     LabelOpt,
+    NotifyOpt,
     ParamOpt,
     PriorityOpt,
     RetriesOpt,
@@ -46,6 +47,7 @@ from jobbalancer.cli.submit import (
     WatchdogOpt,
     WorkdirOpt,
     check_what_to_run,
+    notify_rules,
     parse_pairs,
     script_ref,
 )
@@ -84,6 +86,7 @@ def parallel(
     env: EnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
+    notify: NotifyOpt = None,
     tag: Annotated[
         bool,
         opt("--tag", env="PARALLEL_TAG", help="Prefix each line of output with its input."),
@@ -180,6 +183,7 @@ def parallel(
         "env": parse_pairs("--env", env or []),
         "labels": labels,
         "workdir": workdir,
+        "notify": notify_rules(notify or []),
     }
     items = [
         _item(seq, value, words, script, param or [], common)

@@ -327,6 +327,20 @@ def _http_url(value: str) -> str:
         raise ValueError("must be an http:// or https:// URL with a host")
     if len(value) > 2000:
         raise ValueError("must be at most 2000 characters")
+    if any(not "!" <= c <= "~" for c in value):
+        raise ValueError(
+            "must be printable ASCII without spaces (percent-encode the path, "
+            "give a host in its xn-- form)"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("has no valid port (1-65535)")
+    if parts.username is not None or parts.password is not None:
+        # never sent (no Basic auth is made from it), and it would show on the page
+        raise ValueError("must not hold a user or password (user:password@); use a secret")
     return value
 
 
