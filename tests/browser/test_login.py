@@ -63,7 +63,8 @@ def test_the_printed_admin_password_logs_in_and_out(
         # every link of the nav, the admin-only ones too
         links = page.locator("nav a").all_inner_texts()
         assert links == [
-            "Dashboard", "Jobs", "Workers", "Classes", "Scripts", "Users", "Settings", "API",
+            "Dashboard", "Jobs", "Workers", "Classes", "Scripts", "Users", "Notifications",
+            "Settings", "API",
         ]  # fmt: skip
 
         # And Logout ends the session
