@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from jobbalancer import classes, db, errors, notify
+from jobbalancer import classes, db, errors, notify, settings
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import inputs, notifications
 from jobbalancer.web import deps, pages
@@ -80,14 +80,20 @@ def create_target(page: deps.Admin) -> Response:
 async def test_target(target_id: Id, page: deps.Admin) -> Response:
     """Send a test notification now and say how it went."""
     config = page.request.app.state.settings
-    error = await run_in_threadpool(
-        notifications.test_target, page.engine, page.user, target_id, config
-    )
-    with db.read(page.engine) as conn:
-        name = notify.get_target(conn, target_id).name
+    name, error = await run_in_threadpool(_test_target, page, target_id, config)
     if error is None:
         return pages.redirect("/notifications", f"Test notification delivered to {name}.")
     return pages.redirect("/notifications", f"Test to {name} failed: {error}", error=True)
+
+
+def _test_target(
+    page: deps.Page, target_id: int, config: settings.Settings
+) -> tuple[str, str | None]:
+    """The target's name and why its test failed (None: delivered), in a thread: the
+    route is async (the test waits up to 15 s), a read on the event loop stalls them all."""
+    error = notifications.test_target(page.engine, page.user, target_id, config)
+    with db.read(page.engine) as conn:
+        return notify.get_target(conn, target_id).name, error
 
 
 @router.post("/notifications/targets/{target_id}/delete")
