@@ -360,9 +360,12 @@ _KEY_GENERATION = _Generation()
 
 def keys_changed(conn: sa.Connection) -> None:
     """Forget the keys verified so far, now and once ``conn``'s transaction commits (a
-    check that read the old rows before the commit must not be remembered)."""
+    check that read the old rows before the commit must not be remembered). SQLAlchemy's
+    ``commit`` event comes just before the database commits, so a check in between still
+    read the old rows: in a ``db.write`` the keys are forgotten once more after it."""
     _KEY_GENERATION.bump()
     sa.event.listen(conn, "commit", _KEY_GENERATION.bump, once=True)
+    db.after_commit(conn, _KEY_GENERATION.bump)
 
 
 class KeyCache:

@@ -131,3 +131,25 @@ def test_unknown_keys_are_not_remembered(api: Api) -> None:
     with db.read(api.engine) as conn:
         assert cache.authenticate(conn, "jb_unknown") is None
     assert cache.get("jb_unknown") is None
+
+
+def test_a_check_between_the_commit_event_and_the_commit_is_not_remembered(api: Api) -> None:
+    # SQLAlchemy's "commit" event comes before the database commits: a check then still
+    # reads the old row, after the generation was bumped.
+    cache = auth.KeyCache(clock=Clock())
+    user_id, key = api.user("sam")
+    checked: list[auth.User | None] = []
+
+    def check_meanwhile(_: sa.Connection) -> None:
+        with db.read(api.engine) as conn:
+            checked.append(cache.authenticate(conn, key))
+
+    with db.write(api.engine) as change:
+        change.execute(
+            sa.update(schema.users).where(schema.users.c.id == user_id).values(disabled=True)
+        )
+        auth.keys_changed(change)
+        sa.event.listen(change, "commit", check_meanwhile, once=True)
+
+    assert checked != [None]  # it read the row before the commit
+    assert cache.get(key) is None  # but is not remembered past it

@@ -17,6 +17,7 @@ from __future__ import annotations
 from jobbalancer.db import backends, connections, grants, locks, migrate, schema, types, wake
 from jobbalancer.db.connections import (
     UNAVAILABLE,
+    after_commit,
     backend,
     connect,
     count_up,
@@ -47,6 +48,7 @@ __all__ = [
     "UNAVAILABLE",
     "WAKE_CHANNEL",
     "WakeListener",
+    "after_commit",
     "backend",
     "backends",
     "check_schema",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -87,9 +87,21 @@ def write(engine: sa.Engine) -> Iterator[sa.Connection]:
     with translate_errors(), engine.connect() as conn:
         conn = conn.execution_options(immediate=True)
         wake.forget(conn)
+        conn.info.pop(_AFTER_COMMIT, None)
         with conn.begin():
             yield conn
         wake.send_wakes(conn)
+        for call in conn.info.pop(_AFTER_COMMIT, ()):
+            call()
+
+
+_AFTER_COMMIT = "jobbalancer.after_commit"
+
+
+def after_commit(conn: sa.Connection, call: Callable[[], None]) -> None:
+    """Call ``call`` once this :func:`write` transaction has committed (SQLAlchemy's own
+    ``commit`` event comes before the database's commit)."""
+    conn.info.setdefault(_AFTER_COMMIT, []).append(call)
 
 
 @contextlib.contextmanager
