@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from jobbalancer import errors, procsec
 from jobbalancer.settings import Settings
@@ -21,6 +22,46 @@ log = logging.getLogger(__name__)
 
 # Open live log streams would hold a graceful shutdown forever; past this they are cut.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+# A request's line and headers together (a URL with 500 ids in two filters is ~12 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on a request's head: httptools keeps a
+    header line however long it grows (h11 refused one past 16 KiB), so one connection
+    sending a header without end held hundreds of MiB before any of our code ran. Past
+    MAX_HEAD_BYTES the answer is 431 and the connection is closed."""
+
+    _in_head = False
+    _head_bytes = 0
+    _heads_ended = 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads_ended += 1
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        ended = self._heads_ended
+        super().data_received(data)
+        # Bytes of a head still incomplete (a chunk that also ended a head is let go: it
+        # may hold a body and a pipelined request's start, and is at most one read).
+        if not (self._in_head and ended == self._heads_ended) or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            message = b"request line and headers too large"
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message)
+            )
+            self.transport.close()
 
 
 def run_server(settings: Settings, *, access_log: bool = False) -> None:
@@ -46,6 +87,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
             ssl_keyfile=key,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             server_header=False,
+            http=BoundedHttpTools,
             # Clients are who the socket says: an X-Forwarded-For from 127.0.0.1 (which
             # uvicorn believes by default) would let a local job pick its own address
             # for the login throttling.
