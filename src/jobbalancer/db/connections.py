@@ -90,9 +90,9 @@ def write(engine: sa.Engine) -> Iterator[sa.Connection]:
         conn.info.pop(_AFTER_COMMIT, None)
         with conn.begin():
             yield conn
-        wake.send_wakes(conn)
         for call in conn.info.pop(_AFTER_COMMIT, ()):
             call()
+        wake.send_wakes(conn)
 
 
 _AFTER_COMMIT = "jobbalancer.after_commit"
