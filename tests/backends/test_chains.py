@@ -4,15 +4,17 @@ transaction of that end (jobbalancer.chains)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import chains, classes, db, errors, jobs
+from jobbalancer import auth, chains, classes, db, errors, jobs
 from jobbalancer.jobs import State
+from jobbalancer.service import job_actions
 
 JobFactory = Callable[..., int]
 
@@ -419,3 +421,73 @@ def test_a_fan_out_is_released_in_one_end(
     with db.read(engine) as conn:
         got = {j.state for j in jobs.get_many(conn, children)}
     assert got == {State.WAITING}
+
+
+def _lock_waits(engine: sa.Engine, backend: str) -> int:
+    """How many statements of this test's database wait for a row lock now (MariaDB:
+    how many update jobs, which here only waiting makes last; its innodb_trx does not
+    list a transaction that has not written yet, even while it waits for a lock)."""
+    if backend == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    else:
+        query = (
+            "SELECT count(*) FROM information_schema.processlist"
+            " WHERE db = DATABASE() AND command = 'Query' AND info LIKE 'UPDATE jobs %%'"
+        )
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(query)).scalar_one())
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])  # SQLite: one writer at a time
+@pytest.mark.parametrize("moved", ["finished", "unassigned"])
+def test_a_kill_and_a_jobs_end_or_unassign_do_not_deadlock(
+    engine: sa.Engine, backend: str, job_factory: JobFactory, worker: int, moved: str
+) -> None:
+    """A worker's end (jobs.finish, then chains.ended) and the monitor's unassign (then
+    lose_worker_jobs, assign_waiting) hold the job's row, then take the assign lock. A
+    user's kill of that running or assigned job arriving in between must not hold the
+    assign lock while it waits for the row: that was a deadlock (one side rolled back)."""
+    job = job_factory()
+    if moved == "finished":
+        token = start(engine, job, worker)
+    else:
+        assert do(engine, jobs.assign, job, worker)
+    admin = auth.User(1, "root", auth.Role.ADMIN, True, None, False, datetime.now(UTC))
+    failures: list[BaseException] = []
+    refused: list[errors.Conflict] = []
+
+    def kill() -> None:
+        try:
+            job_actions.kill(engine, admin, job)
+        except errors.Conflict as exc:
+            refused.append(exc)
+        except BaseException as exc:
+            failures.append(exc)
+
+    killer = threading.Thread(target=kill)
+    with db.write(engine) as conn:
+        if moved == "finished":  # the worker's end has moved the row
+            assert jobs._moved(
+                conn,
+                jobs._FINISH,
+                {"b_id": job, "b_token": token, "b_state": "done", "b_exit_code": 0,
+                 "b_signal": None, "b_error": None, "b_output_bytes": None, "b_pid": None},
+            )  # fmt: skip
+        else:  # the monitor has put the job of a vanished worker back in the queue
+            assert jobs.unassign_worker(conn, worker) == 1
+        killer.start()
+        deadline = time.monotonic() + 10
+        while _lock_waits(engine, backend) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _lock_waits(engine, backend) == 1  # the kill waits for the job's row
+        db.lock_row(conn, "assign")  # what the end, or the monitor, does next
+    killer.join(timeout=30)
+    assert not killer.is_alive() and not failures
+    after = get(engine, job)
+    if moved == "finished":  # over before the kill came: nothing to kill (409)
+        assert after.state == State.DONE and not after.kill_requested and len(refused) == 1
+    else:
+        assert after.state == State.KILLED and not refused

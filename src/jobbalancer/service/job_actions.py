@@ -56,12 +56,17 @@ def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
     same transaction. The job as it is now."""
     with db.write(engine) as conn:
         job = access.manageable_job(conn, user, job_id)
-        # The balancer's lock before the job's row, the balancer's own order: the kill of
-        # a waiting job decides the jobs held for it under that lock (jobbalancer.chains).
-        db.lock_row(conn, "assign")
+        # Lock order, by who else may hold the job's row and want the assign lock: a held
+        # or waiting job's row is the balancer's, which takes the lock first (as the kill
+        # then must); an assigned or running one's is its worker's (an end: jobs.finish,
+        # then chains.ended) or the monitor's (unassign or lose, then the lock), which take
+        # the row first. Taking the lock first there deadlocked with them.
+        queued = job.state in (jobs.State.HELD, jobs.State.WAITING)
+        if queued:
+            db.lock_row(conn, "assign")
         jobs.request_kill(conn, job_id)
         if job.state != jobs.State.RUNNING:  # a slot freed, or held jobs released
-            balancer.assign_waiting(conn, locked=True)
+            balancer.assign_waiting(conn, locked=queued)
         return jobs.get(conn, job_id)
 
 
