@@ -30,10 +30,9 @@ before it reads its parents' states. So:
 
 The lock order is the balancer's: the ``assign`` lock, then job rows. A job's end holds
 its own row (running, or being killed or deleted) before it takes the lock; the balancer
-never waits for such a row (it moves waiting jobs only). A user's kill of a held or
-waiting job, or a delete, takes the lock before the job's row; the kill of an assigned
-or running job takes the row first, as its worker and the monitor do
-(``service.job_actions``).
+never waits for such a row (it moves waiting jobs only). A user's kill or delete of a
+held or waiting job takes the lock before the job's row; of any other job, the row
+first, as its worker and the monitor do (``service.job_actions``).
 
 This module sits below :mod:`jobbalancer.jobs`, which calls it at every move of a job into
 a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``) and knows

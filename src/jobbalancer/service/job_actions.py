@@ -83,6 +83,9 @@ def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
     """Delete a job and its output; an assigned or running one must be killed first. Jobs
     held for it are skipped."""
     with db.write(engine) as conn:
-        access.manageable_job(conn, user, job_id)
-        db.lock_row(conn, "assign")  # before the job's row, as kill does
+        job = access.manageable_job(conn, user, job_id)
+        if job.state in (jobs.State.HELD, jobs.State.WAITING):  # the lock first, as kill
+            db.lock_row(conn, "assign")
+        # Else the row first (chains.ended takes the lock): MariaDB's DELETE waits for a
+        # row its worker or the monitor holds, whatever its state, and they want the lock.
         jobs.delete(conn, job_id)
