@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, chains, classes, db, errors, jobs
+from jobbalancer import auth, chains, classes, db, errors, jobs, monitor
+from jobbalancer.db import schema
 from jobbalancer.jobs import State
 from jobbalancer.service import job_actions
 
@@ -500,3 +501,57 @@ def test_a_kill_or_delete_and_a_jobs_end_or_unassign_do_not_deadlock(
         assert after == State.KILLED and not refused
     else:  # PostgreSQL judges the row as it was (assigned, running: 409), MariaDB as it is
         assert (after is None and not refused) or len(refused) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])  # SQLite: one writer at a time
+def test_the_monitor_losing_jobs_and_a_late_end_do_not_deadlock(
+    engine: sa.Engine,
+    backend: str,
+    job_factory: JobFactory,
+    worker_factory: Callable[[str], int],
+) -> None:
+    """Two silent workers, one running a job, the other two (one of which has retries
+    left), and the second reports the end of its last job just as the monitor gives them
+    up. The monitor moves every row before it takes the assign lock for the ends (a retry,
+    chains.ended): it took it after the first lost job and then waited for the end's row,
+    while the end, holding that row, waited for the lock."""
+    w1, w2 = worker_factory("w1"), worker_factory("w2")
+    r1, r2, r3 = job_factory(), job_factory(retries=1), job_factory()
+    start(engine, r1, w1)
+    start(engine, r2, w2)
+    token = start(engine, r3, w2)
+    with db.write(engine) as conn:
+        before = db.now(conn) - timedelta(seconds=600)
+        W = schema.workers
+        conn.execute(sa.update(W).where(W.c.id.in_([w1, w2])).values(last_heartbeat_at=before))
+    failures: list[BaseException] = []
+    gone: list[int] = []
+
+    def check() -> None:
+        try:
+            gone.extend(monitor.check_workers(engine))
+        except BaseException as exc:
+            failures.append(exc)
+
+    checker = threading.Thread(target=check)
+    with db.write(engine) as conn:
+        assert jobs._moved(
+            conn,
+            jobs._FINISH,
+            {"b_id": r3, "b_token": token, "b_state": "done", "b_exit_code": 0,
+             "b_signal": None, "b_error": None, "b_output_bytes": None, "b_pid": None},
+        )  # fmt: skip
+        checker.start()
+        deadline = time.monotonic() + 10
+        while checker.is_alive() and _lock_waits(engine, backend) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _lock_waits(engine, backend) == 1  # the monitor waits for r3's row
+        db.lock_row(conn, "assign")  # what the end does next (chains.ended)
+    checker.join(timeout=30)
+    assert not checker.is_alive() and not failures
+    assert sorted(gone) == sorted([w1, w2])
+    assert [state(engine, j) for j in (r1, r2, r3)] == [State.LOST, State.LOST, State.DONE]
+    with db.read(engine) as conn:
+        retry = conn.execute(sa.select(jobs.J.c.state).where(jobs.J.c.retry_of == r2)).scalar()
+    assert retry == State.WAITING
