@@ -236,10 +236,15 @@ def add(conn: sa.Connection, child_id: int, afters: Sequence[After]) -> None:
     parents = {a.parent_id: a.on for a in afters}
     found = states(conn, parents)
     # A failed or lost parent that was retried has not ended: its last attempt decides.
+    # Named with that attempt too, both conditions are on it: one row, the stricter.
+    impossible: int | None = None
     for parent in [p for p, (state, _) in found.items() if state in ("failed", "lost")]:
         newer = latest_attempt(conn, parent)
         if newer != parent:
-            parents[newer] = parents.pop(parent)
+            on, other = parents.pop(parent), parents.get(newer, "any")
+            if {on, other} == {"success", "failure"}:
+                impossible = newer
+            parents[newer] = on if other == "any" else other
             found.update(states(conn, [newer]))
             del found[parent]
     rows = [
@@ -247,6 +252,10 @@ def add(conn: sa.Connection, child_id: int, afters: Sequence[After]) -> None:
         for p, on in parents.items()
     ]
     conn.execute(sa.insert(D), rows)
+    if impossible is not None:
+        if _skip(conn, child_id, f"job {impossible} cannot both succeed and fail"):
+            ended(conn, child_id, SKIPPED)
+        return
     for parent, on in sorted(parents.items()):
         state = found[parent][0] if parent in found else None
         if state is not None and state not in MEETS:

@@ -250,6 +250,29 @@ def test_a_parent_already_retried_is_followed(
     assert link.id != parent and link.state == "waiting"
 
 
+def test_a_parent_named_with_its_retry_keeps_both_conditions(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    """Naming a retried parent and its retry: both conditions are on the retry (one of
+    them was dropped, whichever came second in the submission)."""
+    parent = job_factory(retries=2)
+    run(engine, parent, worker, State.FAILED)
+    with db.read(engine) as conn:
+        retry = chains.latest_attempt(conn, parent)
+    assert retry != parent
+    strict = held((retry, "success"), (parent, "any"))
+    with db.read(engine) as conn:
+        assert [(k.id, k.on) for k in chains.links(conn, strict).parents] == [(retry, "success")]
+    contradictory = held((retry, "failure"), (parent, "success"))
+    after = get(engine, contradictory)
+    assert after.state == State.SKIPPED
+    assert after.error == f"job {retry} cannot both succeed and fail"
+    run(engine, retry, worker, State.FAILED)  # its own retry, then; strict follows it
+    with db.read(engine) as conn:
+        (link,) = chains.links(conn, strict).parents
+    assert link.id != retry and link.on == "success" and state(engine, strict) == State.HELD
+
+
 def test_restart_of_a_skipped_child_checks_again(
     engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
 ) -> None:
