@@ -195,3 +195,16 @@ def test_a_job_skipped_for_its_parent_writes_its_skipped_notification(api: Api) 
         assert events(job_id) == [("skipped", "ops-hook")], job_id
     assert api.admin.get(f"/api/v1/jobs/{quiet}").json()["state"] == "skipped"
     assert events(quiet) == []
+
+
+def test_a_batch_naming_more_parents_than_a_statement_takes_is_a_404_not_a_503(
+    api: Api,
+) -> None:
+    """700 jobs naming 100 parents each: 70 000 ids, past PostgreSQL's 65 535 parameters
+    in one statement (the look-up was one IN, and the database's refusal a 503)."""
+    jobs_ = [
+        {"command": "true", "after": list(range(1 + 100 * i, 101 + 100 * i))} for i in range(700)
+    ]
+    body = batch(api, jobs_, expect=404)
+    assert body["field"] == "jobs.0.after.0.job"
+    assert _count_jobs(api) == 0
