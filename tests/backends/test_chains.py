@@ -306,6 +306,29 @@ def test_retention_forgets_conditions(
         assert chains.parents_of(conn, child) == []
 
 
+def test_retention_of_an_ended_parent_strands_no_held_child(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker_factory: Callable[[str], int]
+) -> None:
+    """Retention deletes finished jobs without deciding their children: it need not, an
+    ended parent's rows are all decided (met, or the child skipped). A child still held
+    for another parent is released by that one's end; one skipped stays skipped."""
+    w1, w2 = worker_factory("w1"), worker_factory("w2")
+    early, late, failed = job_factory(), job_factory(), job_factory()
+    both = held((early, "success"), (late, "success"))
+    wanted_failure = held((failed, "failure"), (late, "any"))
+    lone = held((early, "failure"))
+    run(engine, early, w1, State.DONE)
+    run(engine, failed, w1, State.FAILED)
+    assert state(engine, lone) == State.SKIPPED
+    token = start(engine, late, w2)
+    with db.write(engine) as conn:
+        cutoff = db.now(conn) + timedelta(days=1)
+        assert jobs.delete_finished_before(conn, cutoff) == 3  # early, failed, lone
+    assert [state(engine, j) for j in (both, wanted_failure)] == [State.HELD, State.HELD]
+    assert do(engine, jobs.finish, late, token, State.DONE, exit_code=0)
+    assert [state(engine, j) for j in (both, wanted_failure)] == [State.WAITING] * 2
+
+
 @pytest.mark.parametrize("rounds", [3])
 def test_two_parents_ending_at_once_release_the_child_once(
     engine: sa.Engine,
