@@ -470,6 +470,39 @@ def test_a_fan_out_is_released_in_one_end(
     assert got == {State.WAITING}
 
 
+@pytest.mark.parametrize("outcome", [State.DONE, State.FAILED])
+def test_a_fan_out_is_decided_in_few_statements(
+    engine: sa.Engine, job_factory: JobFactory, worker: int, outcome: State
+) -> None:
+    """1 200 children of one parent are released, or skipped with their notifications, in
+    a few statements per 500 (one per child held the assign lock ~10 s per 20 000)."""
+    parent = job_factory()
+    spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+    with db.write(engine) as conn:
+        children = jobs.create(conn, [spec] * 1200, 7, "alice")
+        row = {"parent_id": parent, "on_end": "success", "met": False}
+        conn.execute(sa.insert(chains.D), [{**row, "child_id": c} for c in children])
+    token = start(engine, parent, worker)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert do(engine, jobs.finish, parent, token, outcome, exit_code=0)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) < 40, statements
+    with db.read(engine) as conn:
+        got = {j.state for j in jobs.get_many(conn, children)}
+        reasons = conn.execute(
+            sa.select(jobs.J.c.error).where(jobs.J.c.id.in_(children[:10])).distinct()
+        ).scalars()
+        assert set(reasons) == ({None} if outcome == State.DONE else {f"job {parent} ended failed"})
+    assert got == {State.WAITING if outcome == State.DONE else State.SKIPPED}
+
+
 def _lock_waits(engine: sa.Engine, backend: str) -> int:
     """How many statements of this test's database wait for a row lock now (MariaDB:
     how many update or delete jobs, which here only waiting makes last; its innodb_trx does not
