@@ -677,16 +677,32 @@ _LOSE = (
 
 def lose_worker_jobs(conn: sa.Connection, worker_id: int, reason: str) -> list[int]:
     """running → lost for every job of a vanished worker; retries where allowed."""
+    lost = mark_lost(conn, worker_id, reason)
+    end_lost(conn, lost)
+    return lost
+
+
+def mark_lost(conn: sa.Connection, worker_id: int, reason: str) -> list[int]:
+    """running → lost for every job of a vanished worker, without their ends: call
+    :func:`end_lost` once every row is moved. An end takes the assign lock (a retry's
+    re-pointing, chains.ended), and a worker recording a job's end holds its row and
+    then wants that lock: moving a row while holding the lock could deadlock with it."""
     running = list(conn.execute(_RUNNING_ON, {"b_worker": worker_id}).scalars())
     lost = []
     for job_id in running:
         params = {"b_id": job_id, "b_worker": worker_id, "b_reason": reason}
         if _moved(conn, _LOSE, params):
             lost.append(job_id)
-            if _retry(conn, job_id) is None:
-                chains.ended(conn, job_id, State.LOST)
-    outbox.job_moved(conn, State.LOST.value, lost)
     return lost
+
+
+def end_lost(conn: sa.Connection, lost: Sequence[int]) -> None:
+    """The ends of jobs :func:`mark_lost` moved: retries where allowed, else the jobs held
+    for them decided."""
+    for job_id in lost:
+        if _retry(conn, job_id) is None:
+            chains.ended(conn, job_id, State.LOST)
+    outbox.job_moved(conn, State.LOST.value, list(lost))
 
 
 # -- housekeeping: finished jobs ----------------------------------------------------------

@@ -72,19 +72,22 @@ def check_workers(
         if reachable_since is not None and now - reachable_since < timedelta(seconds=timeout):
             return []
         cutoff = now - timedelta(seconds=timeout)
-        gone = []
+        gone, all_lost = [], []
         for worker_id in registry.silent_since(conn, cutoff):
             if not registry.mark_offline(conn, worker_id, cutoff):
                 continue
             gone.append(worker_id)
             back = jobs.unassign_worker(conn, worker_id)
-            lost = jobs.lose_worker_jobs(
+            lost = jobs.mark_lost(
                 conn, worker_id, f"its worker was silent for more than {timeout:g} s"
             )
+            all_lost.extend(lost)
             log.warning(
                 "worker %s went offline: %d assigned job(s) back to waiting, %d lost",
                 worker_id, back, len(lost),
             )  # fmt: skip
+        # The ends (retries, held jobs decided) take the assign lock: after every row.
+        jobs.end_lost(conn, all_lost)
     return gone
 
 

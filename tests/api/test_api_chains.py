@@ -158,3 +158,53 @@ def test_held_jobs_count_towards_the_waiting_cap(api: Api) -> None:
     assert [j["state"] for j in body["jobs"]] == ["waiting", "held"]
     r = client.post("/api/v1/jobs", json={"command": "c"})
     assert r.status_code == 409 and r.json()["error"] == "waiting_limit"
+
+
+def test_a_job_skipped_for_its_parent_writes_its_skipped_notification(api: Api) -> None:
+    """A child skipped because its parent failed (and its own child, by the cascade; and
+    one submitted after the failure, skipped at once) gets the `skipped` notification it
+    asked for, written with the skip; a sibling that asked for none gets none."""
+    r = api.admin.post(
+        "/api/v1/notification-targets",
+        json={"name": "ops-hook", "kind": "webhook", "url": "http://127.0.0.1:9/x"},
+    )
+    assert r.status_code == 201, r.text
+    api.worker("node-1")
+    rule = [{"on": ["skipped"], "target": "ops-hook"}]
+    body = batch(
+        api,
+        [
+            {"command": "false"},
+            {"command": "upload", "after": [{"ref": 0}], "notify": rule},
+            {"command": "publish", "after": [{"ref": 1}], "notify": rule},
+            {"command": "quiet", "after": [{"ref": 0}]},
+        ],
+    )
+    parent, child, grandchild, quiet = (j["id"] for j in body["jobs"])
+    api.finish(parent, jobs.State.FAILED, exit_code=1)
+    late = submit(api.admin, command="late", after=[parent], notify=rule)
+    assert late["state"] == "skipped"
+
+    def events(job_id: int) -> list[tuple[str, str]]:
+        r = api.admin.get("/api/v1/notifications", params={"job": job_id})
+        assert r.status_code == 200, r.text
+        return [(n["event"], n["target"]) for n in r.json()]
+
+    for job_id in (child, grandchild, late["id"]):
+        assert api.admin.get(f"/api/v1/jobs/{job_id}").json()["state"] == "skipped"
+        assert events(job_id) == [("skipped", "ops-hook")], job_id
+    assert api.admin.get(f"/api/v1/jobs/{quiet}").json()["state"] == "skipped"
+    assert events(quiet) == []
+
+
+def test_a_batch_naming_more_parents_than_a_statement_takes_is_a_404_not_a_503(
+    api: Api,
+) -> None:
+    """700 jobs naming 100 parents each: 70 000 ids, past PostgreSQL's 65 535 parameters
+    in one statement (the look-up was one IN, and the database's refusal a 503)."""
+    jobs_ = [
+        {"command": "true", "after": list(range(1 + 100 * i, 101 + 100 * i))} for i in range(700)
+    ]
+    body = batch(api, jobs_, expect=404)
+    assert body["field"] == "jobs.0.after.0.job"
+    assert _count_jobs(api) == 0

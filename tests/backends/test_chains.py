@@ -4,15 +4,18 @@ transaction of that end (jobbalancer.chains)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import chains, classes, db, errors, jobs
+from jobbalancer import auth, chains, classes, db, errors, jobs, monitor
+from jobbalancer.db import schema
 from jobbalancer.jobs import State
+from jobbalancer.service import job_actions
 
 JobFactory = Callable[..., int]
 
@@ -247,6 +250,29 @@ def test_a_parent_already_retried_is_followed(
     assert link.id != parent and link.state == "waiting"
 
 
+def test_a_parent_named_with_its_retry_keeps_both_conditions(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
+) -> None:
+    """Naming a retried parent and its retry: both conditions are on the retry (one of
+    them was dropped, whichever came second in the submission)."""
+    parent = job_factory(retries=2)
+    run(engine, parent, worker, State.FAILED)
+    with db.read(engine) as conn:
+        retry = chains.latest_attempt(conn, parent)
+    assert retry != parent
+    strict = held((retry, "success"), (parent, "any"))
+    with db.read(engine) as conn:
+        assert [(k.id, k.on) for k in chains.links(conn, strict).parents] == [(retry, "success")]
+    contradictory = held((retry, "failure"), (parent, "success"))
+    after = get(engine, contradictory)
+    assert after.state == State.SKIPPED
+    assert after.error == f"job {retry} cannot both succeed and fail"
+    run(engine, retry, worker, State.FAILED)  # its own retry, then; strict follows it
+    with db.read(engine) as conn:
+        (link,) = chains.links(conn, strict).parents
+    assert link.id != retry and link.on == "success" and state(engine, strict) == State.HELD
+
+
 def test_restart_of_a_skipped_child_checks_again(
     engine: sa.Engine, job_factory: JobFactory, held: Any, worker: int
 ) -> None:
@@ -278,6 +304,29 @@ def test_retention_forgets_conditions(
         assert jobs.delete_finished_before(conn, cutoff) == 2
         assert jobs.get_many(conn, [parent, child]) == []
         assert chains.parents_of(conn, child) == []
+
+
+def test_retention_of_an_ended_parent_strands_no_held_child(
+    engine: sa.Engine, job_factory: JobFactory, held: Any, worker_factory: Callable[[str], int]
+) -> None:
+    """Retention deletes finished jobs without deciding their children: it need not, an
+    ended parent's rows are all decided (met, or the child skipped). A child still held
+    for another parent is released by that one's end; one skipped stays skipped."""
+    w1, w2 = worker_factory("w1"), worker_factory("w2")
+    early, late, failed = job_factory(), job_factory(), job_factory()
+    both = held((early, "success"), (late, "success"))
+    wanted_failure = held((failed, "failure"), (late, "any"))
+    lone = held((early, "failure"))
+    run(engine, early, w1, State.DONE)
+    run(engine, failed, w1, State.FAILED)
+    assert state(engine, lone) == State.SKIPPED
+    token = start(engine, late, w2)
+    with db.write(engine) as conn:
+        cutoff = db.now(conn) + timedelta(days=1)
+        assert jobs.delete_finished_before(conn, cutoff) == 3  # early, failed, lone
+    assert [state(engine, j) for j in (both, wanted_failure)] == [State.HELD, State.HELD]
+    assert do(engine, jobs.finish, late, token, State.DONE, exit_code=0)
+    assert [state(engine, j) for j in (both, wanted_failure)] == [State.WAITING] * 2
 
 
 @pytest.mark.parametrize("rounds", [3])
@@ -419,3 +468,169 @@ def test_a_fan_out_is_released_in_one_end(
     with db.read(engine) as conn:
         got = {j.state for j in jobs.get_many(conn, children)}
     assert got == {State.WAITING}
+
+
+@pytest.mark.parametrize("outcome", [State.DONE, State.FAILED])
+def test_a_fan_out_is_decided_in_few_statements(
+    engine: sa.Engine, job_factory: JobFactory, worker: int, outcome: State
+) -> None:
+    """1 200 children of one parent are released, or skipped with their notifications, in
+    a few statements per 500 (one per child held the assign lock ~10 s per 20 000)."""
+    parent = job_factory()
+    spec = jobs.Spec(worker_class_id=1, command="echo child", held=True)
+    with db.write(engine) as conn:
+        children = jobs.create(conn, [spec] * 1200, 7, "alice")
+        row = {"parent_id": parent, "on_end": "success", "met": False}
+        conn.execute(sa.insert(chains.D), [{**row, "child_id": c} for c in children])
+    token = start(engine, parent, worker)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert do(engine, jobs.finish, parent, token, outcome, exit_code=0)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) < 40, statements
+    with db.read(engine) as conn:
+        got = {j.state for j in jobs.get_many(conn, children)}
+        reasons = conn.execute(
+            sa.select(jobs.J.c.error).where(jobs.J.c.id.in_(children[:10])).distinct()
+        ).scalars()
+        assert set(reasons) == ({None} if outcome == State.DONE else {f"job {parent} ended failed"})
+    assert got == {State.WAITING if outcome == State.DONE else State.SKIPPED}
+
+
+def _lock_waits(engine: sa.Engine, backend: str) -> int:
+    """How many statements of this test's database wait for a row lock now (MariaDB:
+    how many update or delete jobs, which here only waiting makes last; its innodb_trx does not
+    list a transaction that has not written yet, even while it waits for a lock)."""
+    if backend == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+    else:
+        query = (
+            "SELECT count(*) FROM information_schema.processlist"
+            " WHERE db = DATABASE() AND command = 'Query'"
+            " AND (info LIKE 'UPDATE jobs %%' OR info LIKE 'DELETE FROM jobs %%')"
+        )
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(query)).scalar_one())
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])  # SQLite: one writer at a time
+@pytest.mark.parametrize("moved", ["finished", "unassigned"])
+@pytest.mark.parametrize("action", ["kill", "delete"])
+def test_a_kill_or_delete_and_a_jobs_end_or_unassign_do_not_deadlock(
+    engine: sa.Engine, backend: str, job_factory: JobFactory, worker: int, moved: str, action: str
+) -> None:
+    """A worker's end (jobs.finish, then chains.ended) and the monitor's unassign (then
+    lose_worker_jobs, assign_waiting) hold the job's row, then take the assign lock. A
+    user's kill or delete of that running or assigned job arriving in between must not
+    hold the assign lock while it waits for the row: that was a deadlock (one side
+    rolled back; MariaDB's DELETE by key waits for the row whatever its state)."""
+    job = job_factory()
+    if moved == "finished":
+        token = start(engine, job, worker)
+    else:
+        assert do(engine, jobs.assign, job, worker)
+    admin = auth.User(1, "root", auth.Role.ADMIN, True, None, False, datetime.now(UTC))
+    failures: list[BaseException] = []
+    refused: list[errors.Conflict] = []
+
+    def act() -> None:
+        try:
+            (job_actions.kill if action == "kill" else job_actions.delete)(engine, admin, job)
+        except errors.Conflict as exc:
+            refused.append(exc)
+        except BaseException as exc:
+            failures.append(exc)
+
+    actor = threading.Thread(target=act)
+    with db.write(engine) as conn:
+        if moved == "finished":  # the worker's end has moved the row
+            assert jobs._moved(
+                conn,
+                jobs._FINISH,
+                {"b_id": job, "b_token": token, "b_state": "done", "b_exit_code": 0,
+                 "b_signal": None, "b_error": None, "b_output_bytes": None, "b_pid": None},
+            )  # fmt: skip
+        else:  # the monitor has put the job of a vanished worker back in the queue
+            assert jobs.unassign_worker(conn, worker) == 1
+        actor.start()
+        deadline = time.monotonic() + 10
+        while actor.is_alive() and _lock_waits(engine, backend) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # The user's call waits for the job's row (PostgreSQL's delete judges the row as
+        # its statement found it, running or assigned, and does not wait).
+        assert _lock_waits(engine, backend) == 1 or (action == "delete" and not actor.is_alive())
+        db.lock_row(conn, "assign")  # what the end, or the monitor, does next
+    actor.join(timeout=30)
+    assert not actor.is_alive() and not failures
+    with db.read(engine) as conn:
+        after = conn.execute(sa.select(jobs.J.c.state).where(jobs.J.c.id == job)).scalar()
+    if action == "kill" and moved == "finished":  # over before the kill came: 409
+        assert after == State.DONE and len(refused) == 1
+    elif action == "kill":
+        assert after == State.KILLED and not refused
+    else:  # PostgreSQL judges the row as it was (assigned, running: 409), MariaDB as it is
+        assert (after is None and not refused) or len(refused) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])  # SQLite: one writer at a time
+def test_the_monitor_losing_jobs_and_a_late_end_do_not_deadlock(
+    engine: sa.Engine,
+    backend: str,
+    job_factory: JobFactory,
+    worker_factory: Callable[[str], int],
+) -> None:
+    """Two silent workers, one running a job, the other two (one of which has retries
+    left), and the second reports the end of its last job just as the monitor gives them
+    up. The monitor moves every row before it takes the assign lock for the ends (a retry,
+    chains.ended): it took it after the first lost job and then waited for the end's row,
+    while the end, holding that row, waited for the lock."""
+    w1, w2 = worker_factory("w1"), worker_factory("w2")
+    r1, r2, r3 = job_factory(), job_factory(retries=1), job_factory()
+    start(engine, r1, w1)
+    start(engine, r2, w2)
+    token = start(engine, r3, w2)
+    with db.write(engine) as conn:
+        before = db.now(conn) - timedelta(seconds=600)
+        W = schema.workers
+        conn.execute(sa.update(W).where(W.c.id.in_([w1, w2])).values(last_heartbeat_at=before))
+    failures: list[BaseException] = []
+    gone: list[int] = []
+
+    def check() -> None:
+        try:
+            gone.extend(monitor.check_workers(engine))
+        except BaseException as exc:
+            failures.append(exc)
+
+    checker = threading.Thread(target=check)
+    with db.write(engine) as conn:
+        assert jobs._moved(
+            conn,
+            jobs._FINISH,
+            {"b_id": r3, "b_token": token, "b_state": "done", "b_exit_code": 0,
+             "b_signal": None, "b_error": None, "b_output_bytes": None, "b_pid": None},
+        )  # fmt: skip
+        checker.start()
+        deadline = time.monotonic() + 10
+        while checker.is_alive() and _lock_waits(engine, backend) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert _lock_waits(engine, backend) == 1  # the monitor waits for r3's row
+        db.lock_row(conn, "assign")  # what the end does next (chains.ended)
+    checker.join(timeout=30)
+    assert not checker.is_alive() and not failures
+    assert sorted(gone) == sorted([w1, w2])
+    assert [state(engine, j) for j in (r1, r2, r3)] == [State.LOST, State.LOST, State.DONE]
+    with db.read(engine) as conn:
+        retry = conn.execute(sa.select(jobs.J.c.state).where(jobs.J.c.retry_of == r2)).scalar()
+    assert retry == State.WAITING

@@ -56,12 +56,17 @@ def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
     same transaction. The job as it is now."""
     with db.write(engine) as conn:
         job = access.manageable_job(conn, user, job_id)
-        # The balancer's lock before the job's row, the balancer's own order: the kill of
-        # a waiting job decides the jobs held for it under that lock (jobbalancer.chains).
-        db.lock_row(conn, "assign")
+        # Lock order, by who else may hold the job's row and want the assign lock: a held
+        # or waiting job's row is the balancer's, which takes the lock first (as the kill
+        # then must); an assigned or running one's is its worker's (an end: jobs.finish,
+        # then chains.ended) or the monitor's (unassign or lose, then the lock), which take
+        # the row first. Taking the lock first there deadlocked with them.
+        queued = job.state in (jobs.State.HELD, jobs.State.WAITING)
+        if queued:
+            db.lock_row(conn, "assign")
         jobs.request_kill(conn, job_id)
         if job.state != jobs.State.RUNNING:  # a slot freed, or held jobs released
-            balancer.assign_waiting(conn, locked=True)
+            balancer.assign_waiting(conn, locked=queued)
         return jobs.get(conn, job_id)
 
 
@@ -78,6 +83,9 @@ def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
     """Delete a job and its output; an assigned or running one must be killed first. Jobs
     held for it are skipped."""
     with db.write(engine) as conn:
-        access.manageable_job(conn, user, job_id)
-        db.lock_row(conn, "assign")  # before the job's row, as kill does
+        job = access.manageable_job(conn, user, job_id)
+        if job.state in (jobs.State.HELD, jobs.State.WAITING):  # the lock first, as kill
+            db.lock_row(conn, "assign")
+        # Else the row first (chains.ended takes the lock): MariaDB's DELETE waits for a
+        # row its worker or the monitor holds, whatever its state, and they want the lock.
         jobs.delete(conn, job_id)
