@@ -4,6 +4,7 @@ a header line however long it grows)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any
 
 import uvicorn
@@ -54,7 +55,10 @@ def _serve(chunks: list[bytes]) -> Transport:
             await asyncio.sleep(0)
         return transport
 
-    return asyncio.run(run())
+    # In a thread of its own: a test before may leave a loop running on this one (the
+    # browser tests' Playwright does), and asyncio.run() refuses to start inside it.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=60)
 
 
 def test_a_header_without_end_is_refused_with_431() -> None:
