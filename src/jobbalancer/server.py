@@ -97,8 +97,9 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
         log.info("serving on %s://%s:%s", "https" if cert else "http", _url_host(host), port)
         if not cert:
             warn_without_tls(host, port)
-        with _return_after_signal():
-            uvicorn.Server(config).run(sockets=[sock])
+        server = uvicorn.Server(config)
+        with _return_after_signal(server):
+            server.run(sockets=[sock])
 
 
 def tls_files(settings: Settings) -> tuple[str | None, str | None]:
@@ -167,25 +168,28 @@ def _url_host(host: str) -> str:
 
 
 @contextlib.contextmanager
-def _return_after_signal() -> Iterator[None]:
+def _return_after_signal(server: uvicorn.Server) -> Iterator[None]:
     """Make a signal-triggered graceful shutdown end in a normal return.
 
     uvicorn re-raises the signal it shut down for once it is done, through the handler
     that was installed before it; with the defaults that kills the process (SIGTERM) or
-    raises KeyboardInterrupt (SIGINT) after the clean shutdown. A no-op handler there lets
-    ``run_server`` return and the process exit 0.
+    raises KeyboardInterrupt (SIGINT) after the clean shutdown. The handler installed here
+    asks ``server`` to exit instead, so ``run_server`` returns and the process exits 0; and
+    a signal that comes before uvicorn has put in its own handlers (while it starts) stops
+    the server too, rather than being lost.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
+    def stop(signum: int, frame: object) -> None:
+        log.debug("signal %s: stopping", signum)
+        server.should_exit = True
+
     handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, _ignore) for sig in handled}
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _ignore(signum: int, frame: object) -> None:
-    log.debug("signal %s after shutdown ignored", signum)

@@ -247,7 +247,8 @@ def test_halt_retries_scripts_and_ctrl_c(make_cluster: Factory, tmp_path: Path) 
 def _interrupt(
     cluster: Cluster, env: dict[str, str], label: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    """Start a run of three long jobs, press Ctrl-C once its first job runs."""
+    """Start a run of three long jobs, press Ctrl-C once all are submitted and one runs
+    (a Ctrl-C in the middle of submitting is the unit tests')."""
     proc = subprocess.Popen(
         [*PARALLEL, "-l", label, *extra, "--", "sleep", ":::", "30", "31", "32"],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -256,7 +257,8 @@ def _interrupt(
     try:
 
         def started() -> bool:
-            return any(j["state"] == "running" for j in _run_labelled(cluster, label))
+            jobs = _run_labelled(cluster, label)
+            return len(jobs) == 3 and any(j["state"] == "running" for j in jobs)
 
         cluster.wait_for(started, "a job of the run to start")
         proc.send_signal(signal.SIGINT)
