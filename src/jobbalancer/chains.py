@@ -138,20 +138,6 @@ _RELEASE_MANY = (
     )
     .values(state=WAITING)
 )
-_SKIP = (
-    sa.update(J)
-    .where(J.c.id == sa.bindparam("b_id"), J.c.state == HELD)
-    .values(state=SKIPPED, error=sa.bindparam("b_reason"), finished_at=utcnow())
-)
-_RELEASE = (
-    sa.update(J)
-    .where(
-        J.c.id == sa.bindparam("b_id"),
-        J.c.state == HELD,
-        ~sa.exists().where(D.c.child_id == sa.bindparam("b_id"), D.c.met.is_(False)),
-    )
-    .values(state=WAITING)
-)
 
 
 def ended(conn: sa.Connection, job_id: int, state: str) -> list[int]:
@@ -235,14 +221,14 @@ def _lock(conn: sa.Connection, ids: Sequence[int]) -> set[int]:
 
 
 def _skip(conn: sa.Connection, job_id: int, reason: str) -> bool:
-    if conn.execute(_SKIP, {"b_id": job_id, "b_reason": reason}).rowcount != 1:
+    if conn.execute(_SKIP_MANY, {"b_ids": [job_id], "b_reason": reason}).rowcount != 1:
         return False
     outbox.job_moved(conn, SKIPPED, [job_id])
     return True
 
 
 def _release(conn: sa.Connection, job_id: int) -> bool:
-    return conn.execute(_RELEASE, {"b_id": job_id}).rowcount == 1
+    return conn.execute(_RELEASE_MANY, {"b_ids": [job_id]}).rowcount == 1
 
 
 _FOLLOW = (
