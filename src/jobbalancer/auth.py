@@ -11,15 +11,17 @@ they come from (see "Login throttling"); nobody can lock an account for everyone
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import math
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import sqlalchemy as sa
@@ -42,6 +44,32 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"  # read-only
 
 
+class Scope(enum.StrEnum):
+    """What an API key may do: at most what its user's role allows, checked per request."""
+
+    READ = "read"  # look only: every request that changes something is refused
+    SUBMIT = "submit"  # submit, and manage its own jobs (a submitter's rights)
+    OPERATE = "operate"  # also kill, restart, delete others' jobs (an operator's rights)
+    ADMIN = "admin"  # everything its user may do
+
+
+# The role whose rights each scope stands for, and the roles in order of their rights.
+SCOPE_ROLES = {Scope.READ: Role.VIEWER, Scope.SUBMIT: Role.SUBMITTER,
+               Scope.OPERATE: Role.OPERATOR, Scope.ADMIN: Role.ADMIN}  # fmt: skip
+ROLE_SCOPES = {role: scope for scope, role in SCOPE_ROLES.items()}
+_RANK = {Role.VIEWER: 0, Role.SUBMITTER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+
+
+def lesser(a: Role, b: Role) -> Role:
+    """The role with fewer rights of ``a`` and ``b``."""
+    return a if _RANK[a] <= _RANK[b] else b
+
+
+def scope_allowed(scope: Scope, role: Role) -> bool:
+    """Whether a key of ``scope`` gives no more than ``role`` has."""
+    return _RANK[SCOPE_ROLES[scope]] <= _RANK[role]
+
+
 @dataclass(frozen=True)
 class User:
     """A user as read from the database (never with its password hash)."""
@@ -53,6 +81,12 @@ class User:
     worker_classes: tuple[str, ...] | None  # None: every class
     disabled: bool
     created_at: datetime
+    # How this request came, for the audit log (never stored with the user): "key jb_…"
+    # (the key's prefix), "web" or "cli"; the client's address; a key's scope (None: not
+    # a key). ``role`` is then the lesser of the user's role and the scope's.
+    via: str = field(default="", compare=False)
+    address: str = field(default="", compare=False)
+    scope: Scope | None = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: AnyRow) -> User:
@@ -269,19 +303,42 @@ class ApiKey:
     prefix: str
     created_at: datetime
     last_used_at: datetime | None
+    scope: Scope
+    expires_at: datetime | None
 
     @classmethod
     def from_row(cls, row: AnyRow) -> ApiKey:
-        return cls(**{n: row._mapping[n] for n in cls.__dataclass_fields__})
+        values = {n: row._mapping[n] for n in cls.__dataclass_fields__}
+        return cls(**{**values, "scope": Scope(values["scope"])})
 
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(conn: sa.Connection, user_id: int, name: str = "default") -> tuple[ApiKey, str]:
-    """A new key for the user: its record and the key, which is shown this once."""
-    get_user(conn, user_id)
+def create_api_key(
+    conn: sa.Connection,
+    user_id: int,
+    name: str = "default",
+    *,
+    scope: Scope | str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key for the user: its record and the key, which is shown this once. ``scope``
+    None is the user's role's; one above it is InvalidInput, as an ``expires_at`` past."""
+    owner = get_user(conn, user_id)
+    scope = ROLE_SCOPES[owner.role] if scope is None else parse_scope(scope)
+    if not scope_allowed(scope, owner.role):
+        raise errors.InvalidInput(
+            f"a key of {owner.name} (role {owner.role}) may have scope "
+            f"{', '.join(s for s in Scope if scope_allowed(s, owner.role))}, not {scope}",
+            field="scope",
+        )
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= db.now(conn):
+            raise errors.InvalidInput("expires_at: must be in the future", field="expires_at")
     name = name.strip() or "default"
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     result = conn.execute(
@@ -291,12 +348,55 @@ def create_api_key(conn: sa.Connection, user_id: int, name: str = "default") -> 
             prefix=key[: len(KEY_PREFIX) + 8],
             key_hash=_digest(key),
             created_at=utcnow(),
+            scope=scope.value,
+            expires_at=expires_at,
         )
     )
     pk = result.inserted_primary_key
     assert pk is not None
     row = conn.execute(sa.select(K).where(K.c.id == int(pk[0]))).one()
     return ApiKey.from_row(row), key
+
+
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*([hdw])\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_expiry(text: str | None, now: datetime) -> datetime | None:
+    """When a key given ``--expires TEXT`` expires: a duration from ``now`` (``12h``,
+    ``30d``, ``2w``), a date (``2027-03-01``: its start, UTC) or a time (UTC unless it
+    says); None for nothing. InvalidInput naming ``expires_at`` otherwise."""
+    if text is None or not text.strip():
+        return None
+    duration = _DURATION.match(text)
+    if duration:
+        unit = _DURATION_UNITS[duration.group(2).lower()]
+        return now + timedelta(**{unit: int(duration.group(1))})
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.InvalidInput(
+            "expires_at: give a duration (12h, 30d, 2w), a date (2027-03-01) or a time "
+            "(2027-03-01T12:00:00Z)",
+            field="expires_at",
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_scope(value: Scope | str) -> Scope:
+    try:
+        return Scope(str(value).strip().lower())
+    except ValueError:
+        raise errors.InvalidInput(
+            f"scope must be one of {', '.join(Scope)}, not {str(value)[:40]!r}", field="scope"
+        ) from None
+
+
+def get_api_key(conn: sa.Connection, user_id: int, key_id: int) -> ApiKey:
+    row = conn.execute(sa.select(K).where(K.c.id == key_id, K.c.user_id == user_id)).first()
+    if row is None:
+        raise errors.NotFound(f"user {user_id} has no API key {key_id}")
+    return ApiKey.from_row(row)
 
 
 def list_api_keys(conn: sa.Connection, user_id: int) -> list[ApiKey]:
@@ -317,18 +417,40 @@ def record_key_use(conn: sa.Connection, key: str) -> None:
 
 
 def authenticate_key(conn: sa.Connection, key: str) -> User | None:
-    """The enabled user owning ``key``, or None."""
+    """The enabled user owning ``key``, with the rights its scope leaves them (``role``
+    the lesser of theirs and the scope's), or None. Unauthorized, saying so, for a key
+    that expired."""
+    found = _key_user(conn, key)
+    return None if found is None else found[0]
+
+
+def _key_user(conn: sa.Connection, key: str) -> tuple[User, float | None] | None:
+    """:func:`authenticate_key`, and the seconds until the key expires (None: never)."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
     row = conn.execute(
-        sa.select(*_USER_COLUMNS, K.c.id.label("key_id"))
+        sa.select(*_USER_COLUMNS, K.c.prefix, K.c.scope, K.c.expires_at,
+                  utcnow().label("db_now"))
         .select_from(K.join(U, U.c.id == K.c.user_id))
         .where(K.c.key_hash == _digest(key))
-    ).first()
+    ).first()  # fmt: skip
     if row is None:
         return None
     user = User.from_row(row)
-    return None if user.disabled else user
+    if user.disabled:
+        return None
+    left = None
+    if row.expires_at is not None:
+        left = (row.expires_at - row.db_now).total_seconds()
+        if left <= 0:
+            at = row.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise errors.Unauthorized(
+                f"the API key {row.prefix}… expired at {at}; ask for a new one (or make one "
+                "on your account page)"
+            )
+    scope = Scope(row.scope)
+    role = lesser(user.role, SCOPE_ROLES[scope])
+    return dataclasses.replace(user, role=role, via=f"key {row.prefix}", scope=scope), left
 
 
 # -- verified keys, remembered briefly -------------------------------------------------
@@ -393,11 +515,16 @@ class KeyCache:
     def authenticate(self, conn: sa.Connection, key: str) -> User | None:
         """:func:`authenticate_key`, remembering a valid key."""
         generation, now = _KEY_GENERATION.value, self._clock()  # before the read
-        user = authenticate_key(conn, key)
-        if user is not None:
-            if len(self._known) >= self.MAX_KEYS:  # forget them all rather than grow
-                self._known = {}
-            self._known[_digest(key)] = (user, now + self.ttl, generation)
+        found = _key_user(conn, key)
+        if found is None:
+            return None
+        user, left = found
+        if len(self._known) >= self.MAX_KEYS:  # forget them all rather than grow
+            self._known = {}
+        # A key about to expire is remembered no longer than it lives (by the database's
+        # clock, read with the key: counted from before the read, so never too long).
+        ttl = self.ttl if left is None else min(self.ttl, left)
+        self._known[_digest(key)] = (user, now + ttl, generation)
         return user
 
 
@@ -637,7 +764,7 @@ def _find_session(conn: sa.Connection, token_hash: str) -> WebSession | None:
     ).first()  # fmt: skip
     if row is None:
         return None
-    user = User.from_row(row)
+    user = dataclasses.replace(User.from_row(row), via="web")
     if user.disabled:
         return None
     return WebSession(

@@ -255,6 +255,40 @@ class Client:
             if not cursor or not page["items"]:
                 return
 
+    def audit(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        object: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        page_size: int = 200,
+    ) -> Iterator[dict[str, Any]]:
+        """Audit log entries (admins), newest first, fetched page by page as you iterate.
+
+        ``actor`` is a user's name or id; ``action`` one action (``job.kill``) or an
+        object's every one (``job``); ``object`` ``TYPE``, ``TYPE:ID`` or ``TYPE:NAME``;
+        ``since``/``until`` times (ISO 8601) or durations back from now (``1h``, ``7d``).
+        """
+        named = {"actor": actor, "action": action, "object": object, "since": since,
+                 "until": until}  # fmt: skip
+        params = {k: v for k, v in named.items() if v}
+        yielded = 0
+        cursor: str | None = None
+        while limit is None or yielded < limit:
+            want = page_size if limit is None else min(page_size, limit - yielded)
+            page = self._json(
+                "GET", "/api/v1/audit", params={**params, "limit": str(want)} | _cursor(cursor)
+            )
+            for item in page["items"][:want]:
+                yield item
+                yielded += 1
+            cursor = page.get("next_cursor")
+            if not cursor or not page["items"]:
+                return
+
     def jobs_by_id(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """These jobs as they are now, in one request per 500 ids (the API's most); ids
         that do not exist or that you may not see are left out."""

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, jobs, notify, outbox, registry, settings
+from jobbalancer import audit, balancer, db, jobs, notify, outbox, registry, settings
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,17 @@ def check_workers(
 
 def apply_retention(engine: sa.Engine) -> int:
     """Delete finished jobs older than retention_days (0 keeps everything), and the
-    delivered or failed notifications as old (the outbox stays bounded too)."""
+    delivered or failed notifications as old (the outbox stays bounded too); and audit
+    entries older than audit_retention_days (0 keeps them)."""
     with db.write(engine) as conn:
-        days = settings.load_tunables(conn).retention_days
+        tunables = settings.load_tunables(conn)
+        now = db.now(conn)
+        if tunables.audit_retention_days > 0:
+            audit.delete_before(conn, now - timedelta(days=tunables.audit_retention_days))
+        days = tunables.retention_days
         if days <= 0:
             return 0
-        cutoff = db.now(conn) - timedelta(days=days)
+        cutoff = now - timedelta(days=days)
         outbox.delete_sent_before(conn, cutoff)
         return jobs.delete_finished_before(conn, cutoff)
 

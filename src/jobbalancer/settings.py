@@ -328,6 +328,8 @@ class Tunables(BaseModel):
     submit_burst: int = Field(default=100, ge=1, le=1_000_000)
     max_submitter_priority: int = Field(default=100, ge=-1_000_000_000, le=1_000_000_000)
     max_streams_per_user: int = Field(default=20, ge=1, le=100_000)
+    # Audit log entries older than this many days are deleted by the leader (0: kept).
+    audit_retention_days: int = Field(default=365, ge=0, le=36500)
 
     @field_validator("algorithm", mode="before")
     @classmethod

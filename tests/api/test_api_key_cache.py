@@ -45,8 +45,9 @@ def test_a_key_is_read_once_while_remembered(api: Api) -> None:
 
 def test_changes_made_through_this_server_count_at_once(api: Api) -> None:
     _frozen_cache(api)  # the clock stands still: only the change can void a key
-    sam_id, sam_key = api.user("sam", "viewer")
+    sam_id, sam_key = api.user("sam", "submitter")  # a key of scope submit
     sam = api.client(sam_key)
+    api.admin.patch(f"/api/v1/users/{sam_id}", json={"role": "viewer"})
     assert sam.post("/api/v1/jobs", json={"command": "true"}).status_code == 403
 
     api.admin.patch(f"/api/v1/users/{sam_id}", json={"role": "submitter"})

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from jobbalancer import auth
 from jobbalancer.api import deps, errors
 from jobbalancer.api.routes import (
+    audit,
     classes,
     docs,
     health,
@@ -27,7 +28,7 @@ __all__ = ["install"]
 
 ROUTERS = (
     jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
-    notifications,
+    notifications, audit,
 )  # fmt: skip
 
 

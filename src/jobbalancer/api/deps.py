@@ -13,6 +13,7 @@ session, stamping a key's use) goes to a thread itself, only then.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -118,10 +119,12 @@ async def current_user(
     _bearer_key: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     _header_key: Annotated[str | None, Depends(_key_header)],
 ) -> auth.User:
-    """The caller (the security parameters are for the OpenAPI document only)."""
+    """The caller (the security parameters are for the OpenAPI document only), with where
+    the request came from (for the audit log). A key scoped ``read`` may change nothing."""
     key = key_from_headers(request)
     if key is None and request.cookies.get(auth.SESSION_COOKIE):
-        return await run_in_threadpool(_session_user, request)
+        by_session = await run_in_threadpool(_session_user, request)
+        return dataclasses.replace(by_session, address=client_address(request))
     cache: auth.KeyCache | None = getattr(request.app.state, "key_cache", None)
     user = cache.get(key) if cache is not None and key else None
     if user is None:
@@ -129,7 +132,9 @@ async def current_user(
     usage: KeyUsage | None = getattr(request.app.state, "key_usage", None)
     if usage is not None and key is not None and usage.due(key):
         await run_in_threadpool(usage.record, engine, key)
-    return user
+    if request.method not in SAFE_METHODS:
+        access.refuse_read_only_key(user)
+    return dataclasses.replace(user, address=client_address(request))
 
 
 class KeyUsage:

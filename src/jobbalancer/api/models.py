@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import auth, chains, classes, jobs, notify, registry, scripts, stats
+from jobbalancer import audit, auth, chains, classes, jobs, notify, registry, scripts, stats
 from jobbalancer.service import access
 
 
@@ -251,7 +251,11 @@ class ApiKey(BaseModel):
     name: str
     prefix: str
     created_at: Time
-    last_used_at: Time | None
+    last_used_at: Time | None = Field(
+        description="Stamped at most once a minute per key and server."
+    )
+    scope: auth.Scope = Field(description="read, submit, operate or admin.")
+    expires_at: Time | None = Field(description="When it stops working; null: never.")
 
     @classmethod
     def from_key(cls, k: auth.ApiKey) -> ApiKey:
@@ -266,6 +270,42 @@ class ApiKeyCreated(BaseModel):
     key: str
     prefix: str
     created_at: Time
+    scope: auth.Scope
+    expires_at: Time | None
+
+
+# -- audit log ----------------------------------------------------------------------------
+
+
+class AuditEntry(BaseModel):
+    """One change: when (the database's clock), who, how (``key jb_…``, ``web``, ``cli``),
+    from where, what, on which object, and a short summary."""
+
+    id: int
+    at: Time
+    actor_id: int | None = Field(description="null: the local command line.")
+    actor_name: str
+    via: str
+    address: str
+    action: str
+    object_type: str
+    object_id: int | None
+    object_name: str | None
+    count: int | None = Field(description="Jobs of a submission; null for other actions.")
+    summary: str
+
+    @classmethod
+    def from_entry(cls, e: audit.Entry) -> AuditEntry:
+        return cls(**{n: getattr(e, n) for n in cls.model_fields})
+
+
+class AuditPage(BaseModel):
+    """A page of the audit log, newest first."""
+
+    items: list[AuditEntry]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 # -- statistics ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Where things are: ``base`` (the command tree, shared options, settings), ``exits
 ``formatting``, ``up`` and ``children`` (`up` and its child processes), ``run`` (server,
 worker), ``admin`` (db, users, keys: straight on the database), ``submit`` and
 ``remote`` (client commands, through a server's API), ``parallel`` and ``fanout``
-(one job per input).
+(one job per input), ``audit`` (the audit log, through the API).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from jobbalancer.cli.exits import (
 
 # The command modules, in the order ``--help`` lists their commands: `up` first, the way
 # most people start. Importing one registers its commands on ``app``.
-_COMMANDS = ("up", "run", "admin", "notify", "submit", "remote", "parallel")
+_COMMANDS = ("up", "run", "admin", "notify", "submit", "remote", "parallel", "audit")
 
 
 def _load_commands(names: tuple[str, ...] = _COMMANDS) -> None:

@@ -259,13 +259,35 @@ def keys_create(
         str,
         opt("--name", env="KEY_NAME", help="A label to tell keys apart."),
     ] = "default",
+    scope: Annotated[
+        str | None,
+        opt(
+            "--scope",
+            env="KEY_SCOPE",
+            help="read, submit, operate or admin (never above the user's role). Default: "
+            "the user's role's.",
+        ),
+    ] = None,
+    expires: Annotated[
+        str | None,
+        opt(
+            "--expires",
+            env="KEY_EXPIRES",
+            help="When it stops working: 30d, 12h, 2w, a date (2027-03-01, UTC) or a time. "
+            "Default: never.",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key for a user; the key is printed once, as the last line."""
     with target.engine() as engine:
         owner = users.get(engine, access.LOCAL, _user_id(engine, user))
-        record, key = users.create_key(engine, access.LOCAL, owner.id, name)
+        record, key = users.create_key(
+            engine, access.LOCAL, owner.id, name, scope=scope, expires_at=expires
+        )
+    until = f", expires {formatting.iso(record.expires_at)}" if record.expires_at else ""
     formatting.out().print(
-        f"created API key {record.id} ({escape(record.name)}) for {escape(owner.name)}"
+        f"created API key {record.id} ({escape(record.name)}, scope {record.scope}{until}) "
+        f"for {escape(owner.name)}"
     )
     _print_secret("key (shown once):", key)
 
@@ -289,12 +311,15 @@ def keys_list(
             str(k.id),
             escape(k.name),
             k.prefix,
+            k.scope.value,
+            formatting.when(k.expires_at) if k.expires_at else "never",
             formatting.when(k.created_at),
             formatting.when(k.last_used_at),
         ]
         for k in keys
     ]
-    formatting.print_table(["id", "name", "prefix", "created", "last used"], rows, flexible="name")
+    columns = ["id", "name", "prefix", "scope", "expires", "created", "last used"]
+    formatting.print_table(columns, rows, flexible="name")
 
 
 @keys_app.command("revoke")
@@ -362,4 +387,6 @@ def _key_dict(k: auth.ApiKey) -> dict[str, Any]:
         "prefix": k.prefix,
         "created_at": formatting.iso(k.created_at),
         "last_used_at": formatting.iso(k.last_used_at),
+        "scope": k.scope.value,
+        "expires_at": formatting.iso(k.expires_at),
     }

@@ -78,6 +78,10 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("last_used_at", UTCDateTime),
+    # What the key may do (read, submit, operate, admin), never more than its user's role
+    # allows at the time of each request; and when it stops working (NULL: never).
+    sa.Column("scope", sa.String(16), nullable=False, server_default="read"),
+    sa.Column("expires_at", UTCDateTime),
     sa.Index(None, "user_id"),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
@@ -301,5 +305,33 @@ notifications = sa.Table(
     sa.Index(None, "state", "next_at"),
     sa.Index(None, "job_id"),
     sa.Index(None, "target_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+# -- audit log (issue 14) -----------------------------------------------------------------
+
+# One row per change, written in the change's own transaction (jobbalancer/audit.py): who
+# (``actor_id`` NULL for the local command line), how (``via``: "key jb_xxxxxxxx", "web",
+# "cli"), from where, what (``action``: "job.kill"), on what, and a short summary that
+# never holds a password, key, secret or env value. Retention: ``audit_retention_days``.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor_id", sa.Integer),
+    sa.Column("actor_name", Name, nullable=False),
+    sa.Column("via", sa.String(40), nullable=False),
+    sa.Column("address", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("object_type", sa.String(40), nullable=False),
+    sa.Column("object_id", sa.Integer),
+    sa.Column("object_name", Name),
+    sa.Column("count", sa.Integer),
+    sa.Column("summary", LongText, nullable=False),
+    sa.Index(None, "at"),
+    sa.Index(None, "actor_name"),
+    sa.Index(None, "action"),
+    sa.Index(None, "object_type", "object_id"),
     sqlite_autoincrement=True,
 )

@@ -41,14 +41,32 @@ LOCAL = auth.User(
     worker_classes=None,
     disabled=False,
     created_at=datetime(1970, 1, 1, tzinfo=UTC),
+    via="cli",
+    address="local",
 )
 
 
 def require(user: auth.User, rule: Rule) -> auth.User:
     """``user``, if ``rule`` allows them; Forbidden otherwise."""
     if not rule.allowed(user):
-        raise errors.Forbidden(f"your role ({user.role}) does not allow {rule.what}")
+        raise errors.Forbidden(f"{rights(user)} does not allow {rule.what}")
     return user
+
+
+def rights(user: auth.User) -> str:
+    """Whose rights a refusal speaks of: the user's role, or their key's scope."""
+    if user.scope is not None:
+        return f"this API key (scope {user.scope}: the rights of a {user.role})"
+    return f"your role ({user.role})"
+
+
+def refuse_read_only_key(user: auth.User) -> None:
+    """A key scoped ``read`` changes nothing at all (not even its own user's keys)."""
+    if user.scope == auth.Scope.READ:
+        raise errors.Forbidden(
+            "this API key has scope read: it may look, not change anything (use a key of "
+            "scope submit, operate or admin)"
+        )
 
 
 def self_or_admin(user: auth.User, user_id: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, classes, db, notify, registry, scripts, settings
+from jobbalancer import audit, auth, balancer, classes, db, notify, registry, scripts, settings
 from jobbalancer.service import access, inputs
 
 
@@ -19,12 +19,23 @@ def update_worker(
     """Change max_jobs, worker_class (a name or id) or enabled; the worker as it is now."""
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
+        before = registry.get(conn, worker_id)
         if "worker_class" in changes:
             changes = {**changes, "worker_class": classes.find(conn, changes["worker_class"]).id}
         registry.update(conn, worker_id, changes)
         # More slots, another class, or enabled again: waiting jobs may fit now.
         balancer.assign_waiting(conn, worker_id=worker_id)
-        return registry.get(conn, worker_id)
+        after = registry.get(conn, worker_id)
+        action = "worker.update"
+        if set(changes) == {"enabled"}:
+            action = "worker.enable" if after.enabled else "worker.disable"
+        audit.record(conn, user, action, "worker", worker_id, after.name,
+                     audit.changes(_worker(before), _worker(after)))  # fmt: skip
+        return after
+
+
+def _worker(w: registry.Worker) -> dict[str, Any]:
+    return {"enabled": w.enabled, "worker_class": w.worker_class, "max_jobs": w.own_max_jobs}
 
 
 def remove_worker(engine: sa.Engine, user: auth.User, worker_id: int) -> registry.Worker:
@@ -33,6 +44,8 @@ def remove_worker(engine: sa.Engine, user: auth.User, worker_id: int) -> registr
     with db.write(engine) as conn:
         worker = registry.get(conn, worker_id)
         registry.delete(conn, worker_id)
+        audit.record(conn, user, "worker.remove", "worker", worker_id, worker.name,
+                     f"host {worker.host}; class {worker.worker_class}")  # fmt: skip
     return worker
 
 
@@ -41,7 +54,14 @@ def create_class(
 ) -> classes.WorkerClass:
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return classes.create(conn, spec.name, spec.max_jobs, spec.description)
+        made = classes.create(conn, spec.name, spec.max_jobs, spec.description)
+        summary = audit.fields(_class(made))
+        audit.record(conn, user, "class.create", "class", made.id, made.name, summary)
+        return made
+
+
+def _class(c: classes.WorkerClass) -> dict[str, Any]:
+    return {"name": c.name, "max_jobs": c.max_jobs, "description": c.description}
 
 
 def update_class(
@@ -54,6 +74,8 @@ def update_class(
         updated = classes.update(conn, class_id, changes)
         # A higher max_jobs frees slots on the class's workers at once.
         balancer.assign_waiting(conn, class_ids=[class_id])
+        audit.record(conn, user, "class.update", "class", class_id, updated.name,
+                     audit.changes(_class(before), _class(updated)))  # fmt: skip
     return before, updated
 
 
@@ -64,6 +86,8 @@ def delete_class(engine: sa.Engine, user: auth.User, class_id: int) -> classes.W
         wclass = classes.get(conn, class_id)
         classes.delete(conn, class_id)
         notify.delete_class_rules(conn, class_id)
+        audit.record(conn, user, "class.delete", "class", class_id, wclass.name,
+                     audit.fields(_class(wclass)))  # fmt: skip
     return wclass
 
 
@@ -71,7 +95,14 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
     """Store a script. Jobs copy it when submitted, so later edits never change them."""
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+        made = scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+        summary = audit.fields(_script(made)) + "\n" + audit.diff("", made.content, made.name)
+        audit.record(conn, user, "script.create", "script", made.id, made.name, summary)
+        return made
+
+
+def _script(s: scripts.Script) -> dict[str, Any]:
+    return {"name": s.name, "interpreter": s.interpreter, "description": s.description}
 
 
 def update_script(
@@ -79,7 +110,14 @@ def update_script(
 ) -> scripts.Script:
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return scripts.update(conn, script_id, changes)
+        before = scripts.get(conn, script_id)
+        after = scripts.update(conn, script_id, changes)
+        summary = audit.changes(_script(before), _script(after))
+        if after.content != before.content:
+            text = audit.diff(before.content, after.content, after.name)
+            summary += ("\n" if summary else "") + text
+        audit.record(conn, user, "script.update", "script", script_id, after.name, summary)
+        return after
 
 
 def delete_script(engine: sa.Engine, user: auth.User, script_id: int) -> scripts.Script:
@@ -88,6 +126,8 @@ def delete_script(engine: sa.Engine, user: auth.User, script_id: int) -> scripts
     with db.write(engine) as conn:
         script = scripts.get(conn, script_id)
         scripts.delete(conn, script_id)
+        summary = audit.fields(_script(script)) + "\n" + audit.diff(script.content, "", script.name)
+        audit.record(conn, user, "script.delete", "script", script_id, script.name, summary)
     return script
 
 
@@ -95,4 +135,8 @@ def save_settings(engine: sa.Engine, user: auth.User, changes: dict[str, Any]) -
     """Change some settings; they take effect at once on every server and worker."""
     access.require(user, access.ADMIN)
     with db.write(engine) as conn:
-        return settings.save_tunables(conn, changes)
+        before = settings.load_tunables(conn)
+        after = settings.save_tunables(conn, changes)
+        summary = audit.changes(before.model_dump(), after.model_dump()) or "no change"
+        audit.record(conn, user, "setting.update", "settings", None, None, summary)
+        return after

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -423,6 +424,10 @@ class UserPatch(Input):
 
 class ApiKeyIn(Input):
     name: Annotated[str, StringConstraints(max_length=200), AfterValidator(clean_text)] = "default"
+    # What the key may do (default: its user's role's), never more than the role allows.
+    scope: Literal["read", "submit", "operate", "admin"] | None = None
+    # When it stops working (UTC unless it says; default: never).
+    expires_at: datetime | None = None
 
 
 # -- naming the field of a validation error -----------------------------------------------

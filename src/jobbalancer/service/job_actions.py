@@ -7,7 +7,7 @@ import dataclasses
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, balancer, chains, db, jobs, logs
+from jobbalancer import audit, auth, balancer, chains, db, jobs, logs
 from jobbalancer.service import access, listing, submission
 
 
@@ -67,6 +67,8 @@ def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
         jobs.request_kill(conn, job_id)
         if job.state != jobs.State.RUNNING:  # a slot freed, or held jobs released
             balancer.assign_waiting(conn, locked=queued)
+        audit.record(conn, user, "job.kill", "job", job_id, submission.what(job),
+                     f"was {job.state}; owner {job.user_name}")  # fmt: skip
         return jobs.get(conn, job_id)
 
 
@@ -89,3 +91,5 @@ def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
         # Else the row first (chains.ended takes the lock): MariaDB's DELETE waits for a
         # row its worker or the monitor holds, whatever its state, and they want the lock.
         jobs.delete(conn, job_id)
+        audit.record(conn, user, "job.delete", "job", job_id, submission.what(job),
+                     f"was {job.state}; owner {job.user_name}")  # fmt: skip

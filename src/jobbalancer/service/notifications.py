@@ -7,9 +7,12 @@ a job sees its notifications.
 
 from __future__ import annotations
 
+import urllib.parse
+from typing import Any
+
 import sqlalchemy as sa
 
-from jobbalancer import auth, classes, db, errors, notify
+from jobbalancer import audit, auth, classes, db, errors, notify
 from jobbalancer.service import access, inputs
 from jobbalancer.settings import Settings
 
@@ -30,10 +33,24 @@ def create_target(
 ) -> notify.Target:
     access.require(user, access.ADMIN)
     with db.write(engine) as conn:
-        return notify.create_target(
+        target = notify.create_target(
             conn, spec.name, spec.kind, url=spec.url, secret=spec.secret,
             recipients=spec.recipients,
         )  # fmt: skip
+        audit.record(conn, user, "notification_target.create", "notification_target", target.id,
+                     target.name, audit.fields(_target(target), hide=("secret",)))  # fmt: skip
+        return target
+
+
+def _target(t: notify.Target) -> dict[str, Any]:
+    """What an audit entry says of a target: never its secret, only whether it has one, and
+    of its URL only where it goes (a webhook's path often is its token)."""
+    where = None
+    if t.url:
+        parts = urllib.parse.urlsplit(t.url)
+        where = f"{parts.scheme}://{parts.netloc}/…"
+    return {"kind": t.kind, "url": where, "recipients": list(t.recipients),
+            "secret": t.secret is not None}  # fmt: skip
 
 
 def update_target(
@@ -42,19 +59,35 @@ def update_target(
     access.require(user, access.ADMIN)
     with db.write(engine) as conn:
         target = notify.get_target(conn, ref)
-        return notify.update_target(conn, target.id, patch.model_dump(exclude_unset=True))
+        changes = patch.model_dump(exclude_unset=True)
+        updated = notify.update_target(conn, target.id, changes)
+        summary = audit.changes(_target(target), _target(updated))
+        if "secret" in changes and "secret" not in summary:
+            summary = "; ".join(s for s in (summary, f"secret {audit.HIDDEN}") if s)
+        audit.record(conn, user, "notification_target.update", "notification_target",
+                     updated.id, updated.name, summary)  # fmt: skip
+        return updated
 
 
 def delete_target(engine: sa.Engine, user: auth.User, ref: str | int) -> notify.Target:
     access.require(user, access.ADMIN)
     with db.write(engine) as conn:
-        return notify.delete_target(conn, notify.get_target(conn, ref).id)
+        target = notify.delete_target(conn, notify.get_target(conn, ref).id)
+        audit.record(conn, user, "notification_target.delete", "notification_target",
+                     target.id, target.name, audit.fields(_target(target)))  # fmt: skip
+        return target
 
 
 def test_target(engine: sa.Engine, user: auth.User, ref: str | int, config: Settings) -> str | None:
     """Send a test notification now; None if it went through, else why not."""
     access.require(user, access.ADMIN)
-    return notify.send_test(engine, ref, config)
+    with db.read(engine) as conn:
+        target = notify.get_target(conn, ref)
+    failure = notify.send_test(engine, target.id, config)
+    # Nothing changed in the database: the test is recorded on its own (it calls out).
+    audit.record_alone(engine, user, "notification_target.test", "notification_target",
+                       target.id, target.name, failure or "delivered")  # fmt: skip
+    return failure
 
 
 def list_rules(engine: sa.Engine, user: auth.User) -> list[notify.Rule]:
@@ -69,13 +102,22 @@ def create_rule(engine: sa.Engine, user: auth.User, spec: inputs.NotificationRul
         class_id = None
         if spec.worker_class is not None:
             class_id = classes.find(conn, spec.worker_class).id
-        return notify.create_rule(conn, spec.on, target.id, class_id)
+        rule = notify.create_rule(conn, spec.on, target.id, class_id)
+        audit.record(conn, user, "notification_rule.create", "notification_rule", rule.id,
+                     None, _rule(rule))  # fmt: skip
+        return rule
+
+
+def _rule(rule: notify.Rule) -> str:
+    where = "every job" if rule.worker_class is None else f"class {rule.worker_class}"
+    return f"{where}: on {', '.join(rule.on)} notify {rule.target}"
 
 
 def delete_rule(engine: sa.Engine, user: auth.User, rule_id: int) -> None:
     access.require(user, access.ADMIN)
     with db.write(engine) as conn:
         notify.delete_rule(conn, rule_id)
+        audit.record(conn, user, "notification_rule.delete", "notification_rule", rule_id)
 
 
 def list_notifications(

@@ -4,12 +4,14 @@ cookie's token, whose expiry slides forward, and where a request came from."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, db, errors
+from jobbalancer import audit, auth, db, errors
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def prove_password(engine: sa.Engine, name: str, password: str, address: str) ->
         with db.read(engine) as conn:
             user = auth.verify_login(conn, name, password)
     except errors.Unauthorized as exc:
+        _record_failure(engine, name, address, wait)
         if not wait:
             raise
         raise errors.Unauthorized(
@@ -70,9 +73,36 @@ def prove_password(engine: sa.Engine, name: str, password: str, address: str) ->
         ) from None
     except errors.Forbidden:
         _forgive(engine, name, address)  # the password was right
+        _record_failure(engine, name, address, 0, "the account is disabled")
         raise
     _forgive(engine, name, address)
     return user
+
+
+def anonymous(address: str) -> auth.User:
+    """The actor of a login that has not proven who it is."""
+    return auth.User(id=0, name="anonymous", role=auth.Role.VIEWER, commands_allowed=False,
+                     worker_classes=(), disabled=True, created_at=datetime(1970, 1, 1, tzinfo=UTC),
+                     via="web", address=address)  # fmt: skip
+
+
+def _record_failure(
+    engine: sa.Engine, name: str, address: str, wait: int, why: str = "wrong user name or password"
+) -> None:
+    """A failed login in the audit log: ``login.locked`` when it makes the next try wait.
+    The user is named only if one has that name: what people type into the name field
+    may be a password."""
+    with db.write(engine) as conn:
+        try:
+            user: auth.User | None = auth.find_user(conn, name) if "\x00" not in name else None
+        except errors.NotFound:
+            user = None
+        if user is not None and user.name != name:
+            user = None  # found by id: not what was typed as a name
+        summary = why + (f"; next try in {wait} s" if wait else "")
+        action = "login.locked" if wait else "login.failed"
+        object_id, object_name = (user.id, user.name) if user else (None, None)
+        audit.record(conn, anonymous(address), action, "user", object_id, object_name, summary)
 
 
 def _forgive(engine: sa.Engine, name: str, address: str) -> None:
@@ -88,10 +118,15 @@ def log_in(engine: sa.Engine, name: str, password: str, address: str, old_token:
         if old_token:
             auth.end_session(conn, old_token)
         token, _ = auth.create_session(conn, user.id)
+        actor = dataclasses.replace(user, via="web", address=address)
+        audit.record(conn, actor, "login", "user", user.id, user.name)
     return token
 
 
-def log_out(engine: sa.Engine, token: str) -> None:
-    """End the session of ``token`` (nothing if it has ended already)."""
+def log_out(engine: sa.Engine, token: str, actor: auth.User | None = None) -> None:
+    """End the session of ``token`` (nothing if it has ended already); ``actor``, the
+    session's user, is recorded."""
     with db.write(engine) as conn:
         auth.end_session(conn, token)
+        if actor is not None:
+            audit.record(conn, actor, "logout", "user", actor.id, actor.name)

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobbalancer import (
+    audit,
     auth,
     balancer,
     chains,
@@ -280,8 +281,30 @@ def submit(
         ids = balancer.submit(conn, specs, user.id, user.name)
         if any(afters):
             _chain(conn, ids, specs, afters)
+        _record_submit(conn, user, ids, specs)
         # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
+
+
+def what(job: jobs.Job | jobs.Spec) -> str:
+    """A job's name in the audit log: its script's name, or its command, shortened."""
+    if job.script_name is not None:
+        return f"script {job.script_name}"
+    command = " ".join((job.command or "").split())
+    return command if len(command) <= 60 else command[:59] + "…"
+
+
+def _record_submit(
+    conn: sa.Connection, user: auth.User, ids: Sequence[int], specs: Sequence[jobs.Spec]
+) -> None:
+    """One entry for the whole submission (a batch too), with its count."""
+    if len(ids) == 1:
+        audit.record(conn, user, "job.submit", "job", ids[0], what(specs[0]), count=1)
+        return
+    names = sorted({what(s) for s in specs})
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    audit.record(conn, user, "job.submit", "job", ids[0], f"{len(ids)} jobs",
+                 f"jobs {ids[0]} to {ids[-1]}: {shown}", count=len(ids))  # fmt: skip
 
 
 def _afters(
@@ -380,6 +403,8 @@ def restart(
         balancer.assign_waiting(conn, class_ids=[job.worker_class_id])
         if job.need_realtime:
             jobs.occupy(conn, new_id)  # a no-op unless it is still waiting
+        audit.record(conn, user, "job.restart", "job", job_id, what(job),
+                     f"as job {new_id}; owner {job.user_name}")  # fmt: skip
     with db.read(engine) as conn:
         return jobs.get(conn, new_id)
 

@@ -4,11 +4,12 @@ enabled admin always stays: nobody could undo demoting, disabling or deleting th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, classes, db, errors
+from jobbalancer import audit, auth, classes, db, errors
 from jobbalancer.service import access, inputs, sessions
 
 
@@ -80,7 +81,20 @@ def create(
         )
         if spec.disabled:
             created = auth.update_user(conn, created.id, {"disabled": True})
+        audit.record(conn, actor, "user.create", "user", created.id, created.name,
+                     audit.fields(_shown(created)))  # fmt: skip
     return created
+
+
+def _shown(user: auth.User) -> dict[str, Any]:
+    """What an audit entry says of a user (never the password)."""
+    return {
+        "name": user.name,
+        "role": user.role.value,
+        "commands_allowed": user.commands_allowed,
+        "worker_classes": "all" if user.worker_classes is None else list(user.worker_classes),
+        "disabled": user.disabled,
+    }
 
 
 def update(
@@ -95,7 +109,12 @@ def update(
         keep_an_admin(conn, target, changes)
         if "worker_classes" in changes:
             changes["worker_classes"] = class_names(conn, changes["worker_classes"])
-        return auth.update_user(conn, user_id, changes)
+        updated = auth.update_user(conn, user_id, changes)
+        summary = audit.changes(_shown(target), _shown(updated))
+        if changes.get("password") is not None:
+            summary = "; ".join(s for s in (summary, f"password {audit.HIDDEN}") if s)
+        audit.record(conn, actor, "user.update", "user", user_id, updated.name, summary)
+        return updated
 
 
 def delete(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
@@ -106,6 +125,8 @@ def delete(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
         keep_an_admin(conn, target, {"deleted": True})
         auth.end_sessions(conn, user_id)
         auth.delete_user(conn, user_id)
+        audit.record(conn, actor, "user.delete", "user", user_id, target.name,
+                     audit.fields(_shown(target)))  # fmt: skip
     return target
 
 
@@ -118,19 +139,47 @@ def list_keys(engine: sa.Engine, actor: auth.User, user_id: int) -> list[auth.Ap
 
 
 def create_key(
-    engine: sa.Engine, actor: auth.User, user_id: int, name: str
+    engine: sa.Engine,
+    actor: auth.User,
+    user_id: int,
+    name: str,
+    *,
+    scope: auth.Scope | str | None = None,
+    expires_at: datetime | str | None = None,
 ) -> tuple[auth.ApiKey, str]:
-    """A new key of the user's: its record, and the key itself (shown this once)."""
+    """A new key of the user's: its record, and the key itself (shown this once).
+    ``scope`` None is the user's role's; a scope above the user's role, or above what
+    the asking key may do itself, is InvalidInput naming ``scope``. ``expires_at``: a
+    time, or text (``30d``, ``12h``, a date) counted from the database's clock."""
     access.self_or_admin(actor, user_id)
+    if scope is not None and not auth.scope_allowed(auth.parse_scope(scope), actor.role):
+        raise errors.InvalidInput(
+            f"{access.rights(actor)} may not make a key of scope {auth.parse_scope(scope)}",
+            field="scope",
+        )
     with db.write(engine) as conn:
-        return auth.create_api_key(conn, user_id, name)
+        if isinstance(expires_at, str):
+            expires_at = auth.parse_expiry(expires_at, db.now(conn))
+        if scope is None:  # the owner's role's, but never more than the asking key's
+            owner = auth.get_user(conn, user_id)
+            scope = auth.ROLE_SCOPES[auth.lesser(owner.role, actor.role)]
+        record, key = auth.create_api_key(conn, user_id, name, scope=scope, expires_at=expires_at)
+        audit.record(conn, actor, "key.create", "key", record.id, record.name, _key_summary(record))
+    return record, key
+
+
+def _key_summary(key: auth.ApiKey) -> str:
+    expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "never"
+    return f"user {key.user_id}; prefix {key.prefix}; scope {key.scope}; expires {expires}"
 
 
 def revoke_key(engine: sa.Engine, actor: auth.User, user_id: int, key_id: int) -> None:
     """Revoke a key of the user's: it stops working at once."""
     access.self_or_admin(actor, user_id)
     with db.write(engine) as conn:
+        key = auth.get_api_key(conn, user_id, key_id)
         auth.revoke_api_key(conn, user_id, key_id)
+        audit.record(conn, actor, "key.revoke", "key", key.id, key.name, _key_summary(key))
 
 
 MAX_PASSWORD = 1000  # as the login form's
@@ -150,6 +199,8 @@ def change_own_password(
     with db.write(engine) as conn:
         auth.update_user(conn, user.id, {"password": new})  # ends every session of theirs
         token, _ = auth.create_session(conn, user.id)
+        audit.record(conn, user, "user.password", "user", user.id, user.name,
+                     f"own password {audit.HIDDEN}")  # fmt: skip
     return token
 
 

@@ -7,6 +7,7 @@ form); a role that does not allow the page raises ``errors.Forbidden`` (a 403 pa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -85,6 +86,9 @@ async def signed_in(request: Request) -> Page:
     session = await run_in_threadpool(web_session, request)
     if session is None:
         raise LoginRequired()
+    # Where the request came from, for the audit log (the session itself is shared).
+    user = dataclasses.replace(session.user, address=client_address(request))
+    session = dataclasses.replace(session, user=user)
     form = None
     if request.method not in sessions.SAFE_METHODS:
         if request.headers.get("content-type", "").split(";")[0].strip() in FORM_TYPES:

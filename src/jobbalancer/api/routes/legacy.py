@@ -8,6 +8,7 @@ with ``result: false`` and a 4xx status on rejection (``error``/``field`` are ex
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jobbalancer import auth, errors, jobs
 from jobbalancer.api import models
-from jobbalancer.api.deps import EngineDep, authenticate, key_from_headers
+from jobbalancer.api.deps import EngineDep, authenticate, client_address, key_from_headers
 from jobbalancer.service import inputs, submission
 
 router = APIRouter(tags=["legacy"])
@@ -117,9 +118,10 @@ def _submit(
     cache: auth.KeyCache | None,
     data: dict[str, Any],
     limiter: submission.RateLimiter,
+    address: str,
 ) -> jobs.Job:
     """Who asks (first), then their job: one thread hop for both."""
-    user = authenticate(engine, key, cache)
+    user = dataclasses.replace(authenticate(engine, key, cache), address=address)
     [job] = submission.submit(engine, user, [to_submit(data)], prefix=False, limiter=limiter)
     return job
 
@@ -153,7 +155,8 @@ async def add_job(request: Request, engine: EngineDep) -> JSONResponse:
         key = key or key_from_headers(request)
         limiter = submission.rate_limiter(request.app.state)
         cache = getattr(request.app.state, "key_cache", None)
-        job = await run_in_threadpool(_submit, engine, key, cache, data, limiter)
+        address = client_address(request)
+        job = await run_in_threadpool(_submit, engine, key, cache, data, limiter, address)
     except errors.JobBalancerError as exc:
         field = _LEGACY_NAMES.get(exc.field or "", exc.field)
         extra = {"error": exc.code} | ({"field": field} if field else {})

@@ -67,11 +67,15 @@ def list_keys(user_id: UserId, user: CurrentUser, engine: EngineDep) -> list[mod
 def create_key(
     user_id: UserId, spec: inputs.ApiKeyIn, user: CurrentUser, engine: EngineDep
 ) -> models.ApiKeyCreated:
-    """A new key; ``key`` is in this answer only, so store it now."""
-    record, key = users.create_key(engine, user, user_id, spec.name)
-    return models.ApiKeyCreated(
-        id=record.id, name=record.name, key=key, prefix=record.prefix, created_at=record.created_at
+    """A new key; ``key`` is in this answer only, so store it now. ``scope`` (default:
+    the user's role's) is never above the user's role (422); ``expires_at`` null: never."""
+    record, key = users.create_key(
+        engine, user, user_id, spec.name, scope=spec.scope, expires_at=spec.expires_at
     )
+    return models.ApiKeyCreated(
+        id=record.id, name=record.name, key=key, prefix=record.prefix,
+        created_at=record.created_at, scope=record.scope, expires_at=record.expires_at,
+    )  # fmt: skip
 
 
 @router.delete("/users/{user_id}/api-keys/{key_id}", status_code=204)

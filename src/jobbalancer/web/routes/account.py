@@ -9,7 +9,7 @@ used to guess it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydantic
 from fastapi import APIRouter, Path
@@ -19,7 +19,7 @@ from jobbalancer import auth, db, errors
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import inputs, users
 from jobbalancer.web import deps, pages
-from jobbalancer.web.routes.users import render_keys_page
+from jobbalancer.web.routes.users import create_key_from_form, render_keys_page
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,7 +49,7 @@ def _render(
         keys = auth.list_api_keys(conn, page.user.id)
     return render_keys_page(
         page, "account.html", active="account", shown=shown, note=note, error=error,
-        status=status, keys=keys,
+        status=status, keys=keys, owner=page.user,
     )  # fmt: skip
 
 
@@ -84,12 +84,12 @@ def change_password(page: deps.Viewer) -> Response:
 @router.post("/account/keys")
 def create_key(page: deps.Viewer) -> Response:
     """A new key of one's own, shown once (with a Copy button)."""
-    form: dict[str, Any] = {"name": page.field("name").strip() or "default"}
     try:
-        spec = inputs.ApiKeyIn.model_validate(form)
+        record, key = create_key_from_form(page, page.user.id)
     except pydantic.ValidationError as exc:
         return _render(page, error=inputs.first_message(exc), status=422)
-    record, key = users.create_key(page.engine, page.user, page.user.id, spec.name)
+    except errors.InvalidInput as exc:
+        return _render(page, error=exc.message, status=422)
     return _render(
         page, shown={"key": key, "key_name": record.name}, note=f"API key {record.name} created."
     )

@@ -92,7 +92,7 @@ def _sentence(message: str) -> str:
 @router.post("/logout")
 async def log_out(page: deps.Viewer) -> Response:
     token = page.request.cookies.get(auth.SESSION_COOKIE, "")
-    await run_in_threadpool(sessions.log_out, page.engine, token)
+    await run_in_threadpool(sessions.log_out, page.engine, token, page.user)
     response = pages.redirect("/login", "You are logged out.")
     response.delete_cookie(auth.SESSION_COOKIE, path="/")
     return response

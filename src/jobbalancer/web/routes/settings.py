@@ -21,7 +21,7 @@ ALGORITHMS = {
 }
 NUMBERS = ("worker_timeout", "kill_grace", "max_log_bytes", "retention_days",
            "max_waiting_per_user", "submit_rate", "submit_burst", "max_submitter_priority",
-           "max_streams_per_user")  # fmt: skip
+           "max_streams_per_user", "audit_retention_days")  # fmt: skip
 
 
 @router.get("/settings")

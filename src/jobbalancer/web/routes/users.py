@@ -120,7 +120,7 @@ def _render_user(
         all_classes = classes.list_all(conn)
     return render_keys_page(
         page, "user.html", active="users", shown=shown, note=note, error=error, status=status,
-        target=target, keys=keys, classes=all_classes,
+        target=target, keys=keys, classes=all_classes, owner=target,
     )  # fmt: skip
 
 
@@ -136,10 +136,15 @@ def render_keys_page(
     **values: Any,
 ) -> Response:
     """A page with API keys (a user's, or one's own account): ``shown`` holds a secret
-    just made (a password or key), which only this answer carries and no cache keeps."""
+    just made (a password or key), which only this answer carries and no cache keeps.
+    ``values["owner"]`` is the keys' user: the key form offers the scopes their role
+    allows."""
+    owner: auth.User = values["owner"]
+    scopes = [s for s in auth.Scope if auth.scope_allowed(s, owner.role)]
     response = page.render(
         template, active=active, status=status, roles=ROLE_HELP, shown=shown or {},
-        note=note, error=error, **values,
+        note=note, error=error, scopes=scopes, scope_help=SCOPE_HELP,
+        default_scope=auth.ROLE_SCOPES[owner.role], **values,
     )  # fmt: skip
     if shown:
         response.headers["Cache-Control"] = "no-store"
@@ -218,14 +223,34 @@ def _update(page: deps.Page, user_id: int, changes: dict[str, Any]) -> str:
 # -- API keys -------------------------------------------------------------------------------
 
 
+SCOPE_HELP = {
+    auth.Scope.READ: "read: look only, change nothing",
+    auth.Scope.SUBMIT: "submit: submit, and manage its own jobs",
+    auth.Scope.OPERATE: "operate: also kill, restart, delete others' jobs",
+    auth.Scope.ADMIN: "admin: everything its user may do",
+}
+
+
+def create_key_from_form(page: deps.Page, user_id: int) -> tuple[auth.ApiKey, str]:
+    """A key as the key form asks (name, scope, expires: ``30d``, a date or nothing)."""
+    spec = inputs.ApiKeyIn.model_validate(
+        {"name": page.field("name").strip() or "default", "scope": page.field("scope") or None}
+    )
+    return users.create_key(
+        page.engine, page.user, user_id, spec.name, scope=spec.scope,
+        expires_at=page.field("expires").strip() or None,
+    )  # fmt: skip
+
+
 @router.post("/users/{user_id}/keys")
 def create_key(user_id: UserId, page: deps.Admin) -> Response:
     """A new key for the user, shown once (with a Copy button)."""
     try:
-        spec = inputs.ApiKeyIn.model_validate({"name": page.field("name").strip() or "default"})
-        record, key = users.create_key(page.engine, page.user, user_id, spec.name)
+        record, key = create_key_from_form(page, user_id)
     except pydantic.ValidationError as exc:
         return _render_user(page, user_id, error=inputs.first_message(exc), status=422)
+    except errors.InvalidInput as exc:
+        return _render_user(page, user_id, error=exc.message, status=422)
     return _render_user(
         page,
         user_id,
