@@ -30,7 +30,7 @@ def update_worker(
         if set(changes) == {"enabled"}:
             action = "worker.enable" if after.enabled else "worker.disable"
         audit.record(conn, user, action, "worker", worker_id, after.name,
-                     audit.changes(_worker(before), _worker(after)))  # fmt: skip
+                     audit.changes(_worker(before), _worker(after)) or "no change")  # fmt: skip
         return after
 
 

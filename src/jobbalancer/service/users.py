@@ -113,7 +113,8 @@ def update(
         summary = audit.changes(_shown(target), _shown(updated))
         if changes.get("password") is not None:
             summary = "; ".join(s for s in (summary, f"password {audit.HIDDEN}") if s)
-        audit.record(conn, actor, "user.update", "user", user_id, updated.name, summary)
+        audit.record(conn, actor, "user.update", "user", user_id, updated.name,
+                     summary or "no change")  # fmt: skip
         return updated
 
 
