@@ -194,3 +194,19 @@ def test_existing_keys_get_the_scope_of_their_users_role(
         assert scopes == {1: "admin", 2: "operate", 3: "submit", 4: "read"}
     finally:
         engine.dispose()
+
+
+def test_a_submission_costs_the_audit_log_one_insert(engine: sa.Engine, alice: auth.User) -> None:
+    _submit(engine, alice)  # warm
+    seen: list[str] = []
+
+    def record(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        _submit(engine, alice, 20)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    audit_sql = [sql for sql in seen if "audit_log" in sql]
+    assert len(audit_sql) == 1 and audit_sql[0].lstrip().upper().startswith("INSERT")
