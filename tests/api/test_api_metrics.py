@@ -4,14 +4,17 @@ histograms of jobs that ended, the same on every server and never counting a job
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from apihelpers import Api, submit
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobbalancer import jobs
+from jobbalancer import db, jobs
 from jobbalancer.app import create_app
+from jobbalancer.db import schema
 from jobbalancer.settings import ServerSettings, Settings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -85,8 +88,14 @@ def test_workers_capacity_and_queues(api: Api) -> None:
     api.worker("node-1", max_jobs=1)
     api.worker("node-2", worker_class="gpu", max_jobs=2)
     submit(api.admin, command="a")
-    submit(api.admin, command="b")
+    oldest = submit(api.admin, command="b")["id"]
     submit(api.admin, command="c")
+    with db.write(api.engine) as conn:  # b was submitted ten minutes ago
+        conn.execute(
+            sa.update(schema.jobs)
+            .where(schema.jobs.c.id == oldest)
+            .values(created_at=db.now(conn) - timedelta(minutes=10))
+        )
     s = scrape(api.admin)
     gpu = {"class": "gpu"}
     assert value(s, "jobbalancer_worker_info", worker="node-2", state="online", **gpu) == 1
@@ -99,7 +108,7 @@ def test_workers_capacity_and_queues(api: Api) -> None:
     assert value(s, "jobbalancer_worker_memory_available_bytes", worker="node-1") == 4 << 30
     assert value(s, "jobbalancer_queue_waiting", **{"class": "default"}) == 2
     assert value(s, "jobbalancer_queue_waiting", **{"class": "gpu"}) == 0
-    assert value(s, "jobbalancer_queue_oldest_seconds", **{"class": "default"}) >= 0
+    assert 600 <= value(s, "jobbalancer_queue_oldest_seconds", **{"class": "default"}) < 700
     assert value(s, "jobbalancer_queue_oldest_seconds", **{"class": "gpu"}) == 0
     # What was there before stays as it was.
     assert value(s, "jobbalancer_slots", kind="total") == 3
