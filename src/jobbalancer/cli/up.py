@@ -19,6 +19,7 @@ from rich.panel import Panel
 
 from jobbalancer import auth, db, procsec
 from jobbalancer import settings as settings_mod
+from jobbalancer.cli import examples as scripts_examples
 from jobbalancer.cli import formatting
 from jobbalancer.cli.base import (
     ENV,
@@ -61,12 +62,22 @@ def up(
         opt("--allow-root", env="WORKER_ALLOW_ROOT", help="Let jobs run as root."),
     ] = False,
     log_level: LogLevelOpt = None,
+    examples: Annotated[
+        bool,
+        opt(
+            "--examples/--no-examples",
+            env="UP_EXAMPLES",
+            help="On a fresh database (when the first admin is created), add a few example "
+            "scripts with typed parameters.",
+        ),
+    ] = True,
 ) -> None:
     """Start everything on this machine: the server and local workers, on SQLite.
 
-    Creates the database and the first admin if needed, prints the URL and (on the first
-    start) the admin's credentials. Ctrl-C stops it: workers finish their running jobs
-    first; press Ctrl-C again to kill them.
+    Creates the database and the first admin if needed (with a few example scripts, unless
+    --no-examples), prints the URL and (on the first start) the admin's credentials.
+    Ctrl-C stops it: workers finish their running jobs first; press Ctrl-C again to kill
+    them.
     """
     loaded = target.settings(
         log_level=log_level,
@@ -80,7 +91,7 @@ def up(
     plan = UpPlan.make(loaded, workers, target.config)
     plan.check_privileges()
     procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
-    first_admin = _prepare_database(loaded.database_url)
+    first_admin = _prepare_database(loaded.database_url, examples=examples)
     code = Children(plan).run(lambda: _print_up_panel(plan, first_admin))
     raise typer.Exit(code)
 
@@ -156,14 +167,21 @@ class UpPlan:
         return argv
 
 
-def _prepare_database(url: str) -> tuple[auth.User, str, str] | None:
+def _prepare_database(url: str, *, examples: bool = True) -> tuple[auth.User, str, str] | None:
     """Schema up to date and, on an empty user table, the first admin: before anything
-    starts, so the server finds the admin there and the credentials are shown once, here."""
+    starts, so the server finds the admin there and the credentials are shown once, here.
+
+    The example scripts come with the first admin, in its transaction: a database is
+    fresh when it has no user yet, so examples an admin deleted never come back, and a
+    database that has users (made by `server` or `users create`) gets none."""
     engine = db.connect(url, pool_size=1)
     try:
         db.upgrade(engine)
         with db.write(engine) as conn:
-            return auth.ensure_first_admin(conn)
+            first = auth.ensure_first_admin(conn)
+            if first is not None and examples:
+                scripts_examples.add(conn)
+            return first
     finally:
         engine.dispose()
 
