@@ -88,10 +88,10 @@ def up(
             "worker.allow_root": allow_root or None,
         },
     )
-    plan = UpPlan.make(loaded, workers, target.config)
+    plan = UpPlan.make(loaded, workers, target.config, examples=examples)
     plan.check_privileges()
     procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
-    first_admin = _prepare_database(loaded.database_url, examples=examples)
+    first_admin = _prepare_database(loaded.database_url, examples=plan.examples)
     code = Children(plan).run(lambda: _print_up_panel(plan, first_admin))
     raise typer.Exit(code)
 
@@ -105,13 +105,16 @@ class UpPlan:
     config: Path | None
     run_as: str
     default_run_as: bool  # root without --run-as/--allow-root: each job a uid of its own
+    examples: bool = True  # example scripts on a fresh database
 
     @classmethod
-    def make(cls, loaded: Settings, workers: int, config: Path | None) -> UpPlan:
+    def make(
+        cls, loaded: Settings, workers: int, config: Path | None, *, examples: bool = True
+    ) -> UpPlan:
         ws = loaded.worker
         dynamic = os.geteuid() == 0 and not ws.run_as and not ws.allow_root
         run_as = "dynamic" if dynamic else ws.run_as
-        return cls(loaded, workers, config, run_as, dynamic)
+        return cls(loaded, workers, config, run_as, dynamic, examples)
 
     @property
     def scheme(self) -> str:
@@ -210,7 +213,7 @@ def _print_up_panel(plan: UpPlan, first_admin: tuple[auth.User, str, str] | None
     lines += ["", "Stop with Ctrl-C (workers finish their running jobs first)."]
     formatting.out().print(Panel("\n".join(lines), title="jobbalancer is running", expand=False))
     if first_admin is not None:
-        _print_try_it(plan.url, first_admin[2])
+        _print_try_it(plan.url, first_admin[2], examples=plan.examples)
 
 
 def _runs_as_lines(plan: UpPlan) -> list[str]:
@@ -245,7 +248,7 @@ def _where_flags(loaded: Settings) -> str:
     return ""
 
 
-def _print_try_it(url: str, key: str) -> None:
+def _print_try_it(url: str, key: str, *, examples: bool = False) -> None:
     # Outside the panel and unwrapped, so a terminal copy pastes as one working command.
     body = json.dumps({"command": "echo hello from jobbalancer"})
     print("Try it:")
@@ -254,3 +257,7 @@ def _print_try_it(url: str, key: str) -> None:
         f"-d {shlex.quote(body)} {url}/api/v1/jobs"
     )
     print(f"  export {ENV}API_KEY={key}; jobbalancer submit --follow -- echo hello", flush=True)
+    if examples:
+        print("Example scripts with typed parameters are on the Scripts page:")
+        print("  jobbalancer scripts list; jobbalancer scripts show hello")
+        print("  jobbalancer submit --script hello -p name=you -p count=3 --follow", flush=True)
