@@ -51,6 +51,11 @@ def test_submit_by_name_from_the_command_line(cluster: Cluster) -> None:
     bad = _cli(cluster, "submit", "--script", "hello", "-p", "count=11")
     assert bad.returncode != 0
     assert "params.count: must be ≤ 10" in bad.stderr
+    # parallel: one job per input, the input named by its replacement string.
+    ran = _cli(cluster, "parallel", "--script", "hello", "-p", "name={}", "-p", "count=1",
+               "--no-bar", ":::", "ann", "bob")  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert sorted(ran.stdout.splitlines()) == ["hello, ann (1/1)", "hello, bob (1/1)"]
     shown = _cli(cluster, "scripts", "show", "hello")
     assert shown.returncode == 0, shown.stderr
     for words in ("name", "count", "string", "int", "world", "≤ 10", "How many times."):
