@@ -110,8 +110,12 @@ def parse_declaration(raw: Any, field: str = "parameters") -> tuple[Param, ...]:
     seen: set[str] = set()
     for i, item in enumerate(raw):
         where = f"{field}.{i}"
+        if not isinstance(item, dict):
+            raise errors.InvalidInput(
+                f"{where}: must be an object with a name and a type", field=where
+            )
         try:
-            param = _parse_one(item, where)
+            param = _parse_one(item)
         except _Bad as exc:
             key, _, message = str(exc).partition(": ")
             raise errors.InvalidInput(f"{where}.{key}: {message}", field=f"{where}.{key}") from None
@@ -131,10 +135,8 @@ def from_stored(raw: Any) -> tuple[Param, ...]:
     return parse_declaration(raw) if raw else ()
 
 
-def _parse_one(item: Any, where: str) -> Param:
+def _parse_one(item: dict[str, Any]) -> Param:
     """One parameter; _Bad("key: message") for the first key at fault."""
-    if not isinstance(item, dict):
-        raise _Bad(f"name: {where} must be an object with a name and a type")
     for key in item:
         if key not in _KEYS:
             raise _Bad(f"{key}: unknown key (a parameter has {', '.join(_KEYS)})")

@@ -43,6 +43,7 @@ def test_a_declaration_is_read_and_written_back_with_the_keys_that_say_something
     ("raw", "field", "words"),
     [
         ({"name": "x"}, "parameters", "must be a list"),
+        (["x"], "parameters.0", "must be an object"),
         ([{"name": "x"}, {"name": "X"}], "parameters.1.name", "declared twice"),
         ([{"name": "1x"}], "parameters.0.name", "starting with a letter"),
         ([{"name": "a b"}], "parameters.0.name", "letters, digits"),

@@ -51,6 +51,10 @@ def test_the_declaration_is_edited_as_json_and_listed(web: Web) -> None:
         r = client.post(f"/scripts/{script.id}", data=_form(csrf, parameters=text))
         assert r.status_code == 422, text
         assert words in r.text, r.text
+        shown = re.search(
+            r'<span class="field-error" role="alert" data-field="parameters">([^<]+)', r.text
+        )
+        assert shown and words in shown.group(1), r.text
         assert text.replace('"', "&#34;")[:10] in r.text  # what was typed stays
     assert _script(web).parameters == script.parameters
     # Emptied: the script declares none, and runs with parameters one a line again.

@@ -124,9 +124,12 @@ def create_script(page: deps.Operator) -> Response:
         spec = inputs.ScriptIn.model_validate(form.body())
         created = fleet.create_script(page.engine, page.user, spec)
     except pydantic.ValidationError as exc:
-        return _render_editor(page, None, form, error=inputs.first_message(exc), status=422)
+        field, message = inputs.describe(exc.errors()[0])
+        return _render_editor(page, None, form, error=message, error_field=field, status=422)
     except errors.JobBalancerError as exc:
-        return _render_editor(page, None, form, error=exc.message, status=exc.status)
+        return _render_editor(
+            page, None, form, error=exc.message, error_field=exc.field, status=exc.status
+        )
     return pages.redirect(f"/scripts/{created.id}", f"Script {created.name} saved.")
 
 
@@ -147,9 +150,12 @@ def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
         patch = inputs.ScriptPatch.model_validate(form.body())
         saved = fleet.update_script(page.engine, page.user, script_id, patch.model_dump())
     except pydantic.ValidationError as exc:
-        return _render_editor(page, script, form, error=inputs.first_message(exc), status=422)
+        field, message = inputs.describe(exc.errors()[0])
+        return _render_editor(page, script, form, error=message, error_field=field, status=422)
     except errors.JobBalancerError as exc:
-        return _render_editor(page, script, form, error=exc.message, status=exc.status)
+        return _render_editor(
+            page, script, form, error=exc.message, error_field=exc.field, status=exc.status
+        )
     renamed = f" (renamed from {script.name})" if saved.name != script.name else ""
     return pages.redirect(f"/scripts/{script_id}", f"Script {saved.name} saved{renamed}.")
 
@@ -166,6 +172,7 @@ def _render_editor(
     form: ScriptForm,
     *,
     error: str | None = None,
+    error_field: str | None = None,
     run: dict[str, str] | None = None,
     run_error: str | None = None,
     param_errors: dict[str, str] | None = None,
@@ -184,6 +191,8 @@ def _render_editor(
         custom=CUSTOM,
         classes=[c for c in found if page.user.may_use_class(c.name)],
         error=error,
+        # A declaration's error is shown under its textarea too.
+        parameters_error=error if (error_field or "").startswith("parameters") else None,
         run=run or {"params": "", "worker_class": classes.DEFAULT, "watchdog": ""},
         run_error=run_error,
         param_errors=param_errors or {},
