@@ -154,8 +154,7 @@ def _parse_one(item: dict[str, Any]) -> Param:
     help_text = item.get("help") or ""
     if not isinstance(help_text, str) or len(help_text) > MAX_HELP_CHARS:
         raise _Bad(f"help: must be a text of at most {MAX_HELP_CHARS} characters")
-    if "\x00" in help_text:
-        raise _Bad("help: must not contain NUL characters")
+    _storable(help_text, "help")
     param = Param(
         name=name,
         type=kind,
@@ -180,13 +179,24 @@ def _parse_one(item: dict[str, Any]) -> Param:
     return param
 
 
+def _storable(text: str, key: str) -> None:
+    """_Bad unless every backend can store ``text`` (no NUL, no lone surrogate)."""
+    if "\x00" in text:
+        raise _Bad(f"{key}: must not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise _Bad(f"{key}: must be valid Unicode (no lone surrogates)") from None
+
+
 def _regex(value: Any, kind: str) -> str | None:
     if value is None or value == "":
         return None
     if kind != "string":
         raise _Bad("regex: only string parameters have a regex")
-    if not isinstance(value, str) or len(value) > MAX_REGEX_CHARS or "\x00" in value:
+    if not isinstance(value, str) or len(value) > MAX_REGEX_CHARS:
         raise _Bad(f"regex: must be a text of at most {MAX_REGEX_CHARS} characters")
+    _storable(value, "regex")
     try:
         _compiled(value)
     except re2.error as exc:
@@ -218,8 +228,9 @@ def _values(value: Any, kind: str) -> tuple[str, ...]:
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise _Bad("values: each must be a text (or a number)")
         text = str(v)
-        if not text or len(text) > MAX_CHOICE_CHARS or "\x00" in text:
+        if not text or len(text) > MAX_CHOICE_CHARS:
             raise _Bad(f"values: each must have 1 to {MAX_CHOICE_CHARS} characters")
+        _storable(text, "values")
         if text in found:
             raise _Bad(f"values: {text!r} is given twice")
         found.append(text)

@@ -139,8 +139,6 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
 
 
 NameOrId = Annotated[str | int, PlainValidator(_name_or_id, json_schema_input_type=str | int)]
-
-
 Param = Annotated[str, PlainValidator(_param, json_schema_input_type=str | int | float)]
 Command = Annotated[str, AfterValidator(clean_text), AfterValidator(_fits_argv)]
 Env = Annotated[dict[Text, Text], AfterValidator(_env)]
