@@ -131,8 +131,24 @@ def parse_declaration(raw: Any, field: str = "parameters") -> tuple[Param, ...]:
 
 
 def from_stored(raw: Any) -> tuple[Param, ...]:
-    """A declaration as stored (it was checked when saved)."""
-    return parse_declaration(raw) if raw else ()
+    """A declaration as stored: checked when saved, so read as it is (checking it again
+    cost about 40 µs a parameter on every read of the script, every submission)."""
+    if not raw:
+        return ()
+    return tuple(
+        Param(
+            name=item["name"],
+            type=item["type"],
+            required=bool(item.get("required")),
+            default=item.get("default"),
+            regex=item.get("regex"),
+            min=item.get("min"),
+            max=item.get("max"),
+            values=tuple(item.get("values") or ()),
+            help=item.get("help") or "",
+        )
+        for item in raw
+    )
 
 
 def _parse_one(item: dict[str, Any]) -> Param:

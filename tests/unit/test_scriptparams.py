@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobbalancer import errors
-from jobbalancer.scriptparams import Param, parse_declaration, resolve_params
+from jobbalancer.scriptparams import Param, from_stored, parse_declaration, resolve_params
 
 TRANSCODE = [
     {"name": "input", "type": "string", "required": True, "help": "the file"},
@@ -37,6 +37,9 @@ def test_a_declaration_is_read_and_written_back_with_the_keys_that_say_something
     ]
     assert parse_declaration(None) == ()
     assert parse_declaration([]) == ()
+    # Read back from the column as it was checked.
+    assert from_stored([p.to_json() for p in params]) == params
+    assert from_stored(None) == ()
 
 
 @pytest.mark.parametrize(
