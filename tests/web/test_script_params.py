@@ -38,6 +38,9 @@ def test_the_declaration_is_edited_as_json_and_listed(web: Web) -> None:
     assert r.status_code == 303, r.text
     script = _script(web)
     assert [p.name for p in script.parameters] == [p["name"] for p in DECLARED]
+    listing = client.get("/scripts").text
+    assert '<code title="int">crf</code>' in listing
+    assert '<code title="string: the file to encode">input</code>' in listing
     page = client.get(f"/scripts/{script.id}").text
     assert 'id="parameters"' in page and "the file to encode" in page and "0 to 51" in page
     assert "&#34;crf&#34;" in page or "&quot;crf&quot;" in page or '"crf"' in page  # the JSON
