@@ -134,6 +134,8 @@ scripts = sa.Table(
     sa.Column("description", sa.Text, nullable=False, default=""),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The typed parameters it declares (scriptparams); null: none, params as given.
+    sa.Column("parameters", sa.JSON),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 

@@ -71,15 +71,31 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
     """Store a script. Jobs copy it when submitted, so later edits never change them."""
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+        return scripts.create(
+            conn,
+            spec.name,
+            spec.interpreter,
+            spec.content,
+            spec.description,
+            parameters=_declared(spec.parameters),
+        )
 
 
 def update_script(
     engine: sa.Engine, user: auth.User, script_id: int, changes: dict[str, Any]
 ) -> scripts.Script:
     access.require(user, access.OPERATE)
+    if isinstance(changes.get("parameters"), list):  # models from a ScriptPatch, or JSON
+        changes = {**changes, "parameters": _declared(changes["parameters"])}
     with db.write(engine) as conn:
         return scripts.update(conn, script_id, changes)
+
+
+def _declared(parameters: list[Any] | None) -> list[Any] | None:
+    """A declaration as scripts take it: plain objects with the keys given."""
+    if parameters is None:
+        return None
+    return [p.declared() if isinstance(p, inputs.ParameterIn) else p for p in parameters]
 
 
 def delete_script(engine: sa.Engine, user: auth.User, script_id: int) -> scripts.Script:
