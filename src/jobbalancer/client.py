@@ -165,7 +165,7 @@ class Client:
         command: str | None = None,
         *,
         script: str | int | None = None,
-        params: Sequence[str] = (),
+        params: Sequence[str] | Mapping[str, Any] = (),
         watchdog: float | None = None,
         worker_class: str | int | None = None,
         need_realtime: bool = False,
@@ -178,7 +178,8 @@ class Client:
         after: Sequence[int | Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
-        ``params`` passed as separate arguments. Returns the new job.
+        ``params`` passed as separate arguments (by name, ``{"crf": 23}``, for a script
+        that declares its parameters). Returns the new job.
 
         ``workdir`` is an absolute directory on the worker to run in (None: a private
         temporary one); a worker where it is missing or not usable fails the job, saying why.
@@ -376,6 +377,15 @@ class Client:
 
     # -- the rest ---------------------------------------------------------------------------
 
+    def scripts(self) -> list[dict[str, Any]]:
+        """Every stored script, by name (with its body and declared ``parameters``)."""
+        return list(self._json("GET", "/api/v1/scripts"))
+
+    def script(self, ref: str | int) -> dict[str, Any]:
+        """One stored script by name or id, with its declared ``parameters``."""
+        path = f"/api/v1/scripts/{quote(str(ref), safe='')}"
+        return self._json("GET", path)  # type: ignore[no-any-return]
+
     def workers(self) -> list[dict[str, Any]]:
         """Every known worker: name, state, class, load and active jobs."""
         body = self._json("GET", "/api/v1/workers")
@@ -514,7 +524,7 @@ def job_spec(
     command: str | None = None,
     *,
     script: str | int | None = None,
-    params: Sequence[str] = (),
+    params: Sequence[str] | Mapping[str, Any] = (),
     watchdog: float | None = None,
     worker_class: str | int | None = None,
     need_realtime: bool = False,
@@ -533,7 +543,7 @@ def job_spec(
         raise ValueError("give exactly one of command or script")
     spec: dict[str, Any] = {"command": command} if command is not None else {"script": script}
     optional: dict[str, Any] = {
-        "params": list(params),
+        "params": dict(params) if isinstance(params, Mapping) else list(params),
         "watchdog": watchdog,
         "worker_class": worker_class,
         "need_realtime": need_realtime,

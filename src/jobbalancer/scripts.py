@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import errors, refs
+from jobbalancer import errors, refs, scriptparams
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -38,6 +38,8 @@ class Script:
     description: str
     created_at: datetime
     updated_at: datetime
+    # The typed parameters it declares; () for none (params then go as given).
+    parameters: tuple[scriptparams.Param, ...] = ()
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Script:
@@ -50,6 +52,7 @@ class Script:
             description=m["description"],
             created_at=m["created_at"],
             updated_at=m["updated_at"],
+            parameters=scriptparams.from_stored(m["parameters"]),
         )
 
 
@@ -82,6 +85,12 @@ def check_content(value: str) -> str:
     return value
 
 
+def stored_parameters(raw: Any) -> list[dict[str, Any]] | None:
+    """A declaration checked, as the column keeps it: None when it declares nothing."""
+    declared = scriptparams.parse_declaration(raw)
+    return [p.to_json() for p in declared] or None
+
+
 def list_all(conn: sa.Connection) -> list[Script]:
     return [Script.from_row(r) for r in conn.execute(sa.select(S).order_by(S.c.name))]
 
@@ -101,17 +110,29 @@ def find(conn: sa.Connection, ref: str | int, *, field: str = "script") -> Scrip
     return Script.from_row(row)
 
 
+def lookup(conn: sa.Connection, ref: str) -> Script:
+    """A script by name or id, as a URL gives it; NotFound when there is none."""
+    text = ref.strip()
+    row = None if "\x00" in text or not text else refs.find_row(conn, S, text)
+    if row is None:
+        raise errors.NotFound(f"script {ref!r} does not exist")
+    return Script.from_row(row)
+
+
 def create(
     conn: sa.Connection,
     name: str,
     interpreter: str | None,
     content: str,
     description: str = "",
+    parameters: Any = None,
 ) -> Script:
-    """Store a new script; Conflict when the name is taken."""
+    """Store a new script; Conflict when the name is taken. ``parameters`` is its
+    declaration as given (a list of objects; scriptparams checks it)."""
     name = refs.check_name(name, "script")
     content = check_content(content)
     interpreter = check_interpreter(interpreter, content)
+    declared = stored_parameters(parameters)
     refs.ensure_free_name(conn, S, name, "script")
     try:
         result = conn.execute(
@@ -120,6 +141,7 @@ def create(
                 interpreter=interpreter,
                 content=content,
                 description=description,
+                parameters=declared,
                 created_at=utcnow(),
                 updated_at=utcnow(),
             )
@@ -132,7 +154,7 @@ def create(
 
 
 def update(conn: sa.Connection, script_id: int, changes: Mapping[str, Any]) -> Script:
-    """Change name, interpreter, content or description."""
+    """Change name, interpreter, content, description or parameters."""
     current = get(conn, script_id)
     values: dict[str, Any] = {}
     if "name" in changes:
@@ -146,6 +168,8 @@ def update(conn: sa.Connection, script_id: int, changes: Mapping[str, Any]) -> S
     values["interpreter"] = check_interpreter(interpreter, content)
     if "description" in changes:
         values["description"] = str(changes["description"])
+    if "parameters" in changes:
+        values["parameters"] = stored_parameters(changes["parameters"])
     try:
         conn.execute(sa.update(S).where(S.c.id == script_id).values(**values, updated_at=utcnow()))
     except sa.exc.IntegrityError as exc:

@@ -58,6 +58,8 @@ class ServerSettings(_Section):
     tls_key: str = ""
     allow_root: bool = False  # the server needs no privileges: refused as root without this
     metrics_public: bool = False
+    # Seconds a job's start or end must be old before /metrics counts it (jobbalancer.tally).
+    metrics_settle: float = Field(default=15.0, ge=0, le=3600)
     balance_interval: float = Field(default=1.0, gt=0, le=60)
     monitor_interval: float = Field(default=1.0, gt=0, le=60)
 

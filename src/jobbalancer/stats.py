@@ -147,3 +147,68 @@ def summary(conn: sa.Connection) -> Summary:
         slots=slots(per_worker),
         finished_per_minute=finished_per_minute(conn),
     )
+
+
+# -- capacity and queues for /metrics (issue 15) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """One worker's capacity and use, as it last reported them (None: not reported)."""
+
+    name: str
+    worker_class: str
+    state: str
+    slots: int
+    active_jobs: int
+    load: float | None
+    cpus: int | None
+    memory_total: int | None
+    memory_available: int | None
+
+
+def capacity(conn: sa.Connection) -> list[Capacity]:
+    """Every registered worker's capacity and use (a few indexed reads per worker)."""
+    return [
+        Capacity(
+            name=w.name,
+            worker_class=w.worker_class,
+            state=w.display_state,
+            slots=w.max_jobs,
+            active_jobs=w.active_jobs,
+            load=w.load,
+            cpus=w.cpu_count,
+            memory_total=w.memory_total,
+            memory_available=w.memory_available,
+        )
+        for w in registry.list_all(conn)
+    ]
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A class's waiting jobs: how many, and the submit time of the oldest (None: none)."""
+
+    worker_class: str
+    waiting: int
+    oldest: datetime | None
+
+
+def queues(conn: sa.Connection) -> list[Queue]:
+    """Every class's queue: a count and a minimum over the queue's index, then the oldest
+    job's submit time by its id (ids grow with submission)."""
+    C = schema.worker_classes
+    waiting = (
+        sa.select(J.c.worker_class_id, sa.func.count().label("n"), sa.func.min(J.c.id).label("id"))
+        .where(J.c.state == jobs.State.WAITING.value)
+        .group_by(J.c.worker_class_id)
+        .subquery()
+    )
+    query = (
+        sa.select(C.c.name, waiting.c.n, J.c.created_at)
+        .select_from(C)
+        .outerjoin(waiting, waiting.c.worker_class_id == C.c.id)
+        .outerjoin(J, J.c.id == waiting.c.id)
+        .order_by(C.c.name)
+    )
+    return [Queue(str(name), int(n or 0), created) for name, n, created in conn.execute(query)]

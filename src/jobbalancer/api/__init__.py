@@ -36,7 +36,9 @@ def install(app: FastAPI, engine: sa.Engine) -> None:
     """The API's error handlers, routes, API-key use stamps and metrics registry."""
     app.state.key_usage = deps.KeyUsage()
     app.state.key_cache = auth.KeyCache()
-    app.state.metrics_registry = metrics.make_registry(engine)
+    app.state.metrics_registry = metrics.make_registry(
+        engine, app.state.settings.server.metrics_settle
+    )
     errors.install(app)
     for module in ROUTERS:
         app.include_router(module.router)

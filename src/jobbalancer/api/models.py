@@ -212,10 +212,14 @@ class Script(BaseModel):
     description: str
     created_at: Time
     updated_at: Time
+    parameters: list[dict[str, Any]] = Field(
+        default_factory=list, description="The typed parameters it declares, in argv order."
+    )
 
     @classmethod
     def from_script(cls, s: scripts.Script) -> Script:
-        return cls(**{n: getattr(s, n) for n in cls.model_fields})
+        fields = {n: getattr(s, n) for n in cls.model_fields if n != "parameters"}
+        return cls(**fields, parameters=[p.to_json() for p in s.parameters])
 
 
 # -- users and keys -----------------------------------------------------------------------

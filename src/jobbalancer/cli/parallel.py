@@ -46,7 +46,9 @@ from jobbalancer.cli.submit import (
     ScriptOpt,
     WatchdogOpt,
     WorkdirOpt,
+    arrange_params,
     check_what_to_run,
+    declared_names,
     notify_rules,
     parse_pairs,
     script_ref,
@@ -185,8 +187,12 @@ def parallel(
         "workdir": workdir,
         "notify": notify_rules(notify or []),
     }
+    names: list[str] = []
+    if script:  # parameters given by name (-p crf=23) need the script's declaration
+        with remote.client() as c:
+            names = declared_names(c, script, param or [])
     items = [
-        _item(seq, value, words, script, param or [], common)
+        _item(seq, value, words, script, param or [], common, names)
         for seq, value in enumerate(inputs, start=1)
     ]
     if dry_run:
@@ -277,10 +283,12 @@ def _item(
     script: str | None,
     params: Sequence[str],
     common: dict[str, Any],
+    names: Sequence[str] = (),
 ) -> Item:
     if script:
         filled = fanout.params_for(params, value, seq)
-        spec = client.job_spec(script=script_ref(script), params=filled, **common)
+        arranged = arrange_params(names, filled)
+        spec = client.job_spec(script=script_ref(script), params=arranged, **common)
         return Item(seq, value, f"script {shlex.join([script, *filled])}", spec)
     shell = fanout.command_for(words, value, seq)
     return Item(seq, value, shell, client.job_spec(shell, **common))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -30,7 +31,8 @@ ParamOpt = Annotated[
         "--param",
         "-p",
         env="SUBMIT_PARAM",
-        help="A parameter for --script, passed as one argument (repeat for more).",
+        help="A parameter for --script, passed as one argument (repeat for more); "
+        "NAME=VALUE sets a parameter the script declares by name.",
     ),
 ]
 
@@ -197,6 +199,8 @@ def submit(
     """
     spec = submit_spec(command or [], script, param or [], env or [], label or [])
     with remote.client() as c:
+        if script:
+            spec["params"] = arrange_params(declared_names(c, script, spec["params"]), param or [])
         job = c.submit(
             **spec,
             watchdog=watchdog or None,
@@ -255,6 +259,52 @@ def check_what_to_run(words: Sequence[str], script: str | None, params: Sequence
         formatting.fail(
             exits.RET_USAGE, "--param goes with --script; for a command put arguments after --"
         )
+
+
+# A -p value that may name a declared parameter: NAME=VALUE.
+_NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_-]{0,63})=(.*)", re.DOTALL)
+
+
+def declared_names(c: client.Client, script: str, params: Sequence[str]) -> list[str]:
+    """The names of the parameters ``script`` declares, when some ``-p`` may name one
+    (no request otherwise); [] for a script that declares none, or that cannot be read
+    (the submission then says what is wrong with it)."""
+    if not any(_NAMED.fullmatch(p) for p in params):
+        return []
+    try:
+        found = c.script(script_ref(script))
+    except client.ApiError:
+        return []
+    return [str(p.get("name")) for p in found.get("parameters") or []]
+
+
+def arrange_params(names: Sequence[str], params: Sequence[str]) -> list[str] | dict[str, str]:
+    """``-p`` values as the API takes them. For a script that declares ``names``,
+    ``NAME=VALUE`` with a declared NAME sets that parameter, and the other values fill the
+    declared parameters in order (``-p a.mp4 -p crf=23``); otherwise a list as given."""
+    named: dict[str, str] = {}
+    positional: list[str] = []
+    for p in params:
+        match = _NAMED.fullmatch(p)
+        if match and match[1] in names:
+            if match[1] in named:
+                formatting.fail(exits.RET_USAGE, f"-p {match[1]}=… is given twice")
+            named[match[1]] = match[2]
+        else:
+            positional.append(p)
+    if not named:
+        return list(params)
+    if len(positional) > len(names):
+        formatting.fail(
+            exits.RET_USAGE,
+            f"the script declares {len(names)} parameters ({', '.join(names)}); "
+            f"{len(positional) + len(named)} were given",
+        )
+    for name, value in zip(names, positional, strict=False):
+        if name in named:
+            formatting.fail(exits.RET_USAGE, f"-p {name}=… sets a parameter also given by position")
+        named[name] = value
+    return named
 
 
 def after_list(

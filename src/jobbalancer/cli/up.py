@@ -19,6 +19,7 @@ from rich.panel import Panel
 
 from jobbalancer import auth, db, procsec
 from jobbalancer import settings as settings_mod
+from jobbalancer.cli import examples as scripts_examples
 from jobbalancer.cli import formatting
 from jobbalancer.cli.base import (
     ENV,
@@ -61,12 +62,22 @@ def up(
         opt("--allow-root", env="WORKER_ALLOW_ROOT", help="Let jobs run as root."),
     ] = False,
     log_level: LogLevelOpt = None,
+    examples: Annotated[
+        bool,
+        opt(
+            "--examples/--no-examples",
+            env="UP_EXAMPLES",
+            help="On a fresh database (when the first admin is created), add a few example "
+            "scripts with typed parameters.",
+        ),
+    ] = True,
 ) -> None:
     """Start everything on this machine: the server and local workers, on SQLite.
 
-    Creates the database and the first admin if needed, prints the URL and (on the first
-    start) the admin's credentials. Ctrl-C stops it: workers finish their running jobs
-    first; press Ctrl-C again to kill them.
+    Creates the database and the first admin if needed (with a few example scripts, unless
+    --no-examples), prints the URL and (on the first start) the admin's credentials.
+    Ctrl-C stops it: workers finish their running jobs first; press Ctrl-C again to kill
+    them.
     """
     loaded = target.settings(
         log_level=log_level,
@@ -77,10 +88,10 @@ def up(
             "worker.allow_root": allow_root or None,
         },
     )
-    plan = UpPlan.make(loaded, workers, target.config)
+    plan = UpPlan.make(loaded, workers, target.config, examples=examples)
     plan.check_privileges()
     procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
-    first_admin = _prepare_database(loaded.database_url)
+    first_admin = _prepare_database(loaded.database_url, examples=plan.examples)
     code = Children(plan).run(lambda: _print_up_panel(plan, first_admin))
     raise typer.Exit(code)
 
@@ -94,13 +105,16 @@ class UpPlan:
     config: Path | None
     run_as: str
     default_run_as: bool  # root without --run-as/--allow-root: each job a uid of its own
+    examples: bool = True  # example scripts on a fresh database
 
     @classmethod
-    def make(cls, loaded: Settings, workers: int, config: Path | None) -> UpPlan:
+    def make(
+        cls, loaded: Settings, workers: int, config: Path | None, *, examples: bool = True
+    ) -> UpPlan:
         ws = loaded.worker
         dynamic = os.geteuid() == 0 and not ws.run_as and not ws.allow_root
         run_as = "dynamic" if dynamic else ws.run_as
-        return cls(loaded, workers, config, run_as, dynamic)
+        return cls(loaded, workers, config, run_as, dynamic, examples)
 
     @property
     def scheme(self) -> str:
@@ -156,14 +170,21 @@ class UpPlan:
         return argv
 
 
-def _prepare_database(url: str) -> tuple[auth.User, str, str] | None:
+def _prepare_database(url: str, *, examples: bool = True) -> tuple[auth.User, str, str] | None:
     """Schema up to date and, on an empty user table, the first admin: before anything
-    starts, so the server finds the admin there and the credentials are shown once, here."""
+    starts, so the server finds the admin there and the credentials are shown once, here.
+
+    The example scripts come with the first admin, in its transaction: a database is
+    fresh when it has no user yet, so examples an admin deleted never come back, and a
+    database that has users (made by `server` or `users create`) gets none."""
     engine = db.connect(url, pool_size=1)
     try:
         db.upgrade(engine)
         with db.write(engine) as conn:
-            return auth.ensure_first_admin(conn)
+            first = auth.ensure_first_admin(conn)
+            if first is not None and examples:
+                scripts_examples.add(conn)
+            return first
     finally:
         engine.dispose()
 
@@ -192,7 +213,7 @@ def _print_up_panel(plan: UpPlan, first_admin: tuple[auth.User, str, str] | None
     lines += ["", "Stop with Ctrl-C (workers finish their running jobs first)."]
     formatting.out().print(Panel("\n".join(lines), title="jobbalancer is running", expand=False))
     if first_admin is not None:
-        _print_try_it(plan.url, first_admin[2])
+        _print_try_it(plan.url, first_admin[2], examples=plan.examples)
 
 
 def _runs_as_lines(plan: UpPlan) -> list[str]:
@@ -227,7 +248,7 @@ def _where_flags(loaded: Settings) -> str:
     return ""
 
 
-def _print_try_it(url: str, key: str) -> None:
+def _print_try_it(url: str, key: str, *, examples: bool = False) -> None:
     # Outside the panel and unwrapped, so a terminal copy pastes as one working command.
     body = json.dumps({"command": "echo hello from jobbalancer"})
     print("Try it:")
@@ -236,3 +257,7 @@ def _print_try_it(url: str, key: str) -> None:
         f"-d {shlex.quote(body)} {url}/api/v1/jobs"
     )
     print(f"  export {ENV}API_KEY={key}; jobbalancer submit --follow -- echo hello", flush=True)
+    if examples:
+        print("Example scripts with typed parameters are on the Scripts page:")
+        print("  jobbalancer scripts list; jobbalancer scripts show hello")
+        print("  jobbalancer submit --script hello -p name=you -p count=3 --follow", flush=True)

@@ -138,6 +138,8 @@ scripts = sa.Table(
     sa.Column("description", sa.Text, nullable=False, default=""),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # The typed parameters it declares (scriptparams); null: none, params as given.
+    sa.Column("parameters", sa.JSON),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
@@ -307,6 +309,37 @@ notifications = sa.Table(
     sa.Index(None, "target_id", "id"),
     sqlite_autoincrement=True,
 )
+
+# -- job tallies for /metrics (issue 15) --------------------------------------------------
+
+# Counters and histograms of jobs that started and ended, the same whichever server is
+# scraped and kept across restarts: a scrape folds in the jobs that started or ended since
+# the cursor (jobbalancer.tally), so the jobs' own moves write nothing more. ``name`` is
+# the tally (ended, wait, run), ``label`` the state or the histogram bucket ("sum" for the
+# sum of observations).
+metric_counts = sa.Table(
+    "metric_counts",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("worker_class", Name, primary_key=True),
+    sa.Column("label", sa.String(32), primary_key=True),
+    sa.Column("value", sa.Double, nullable=False),
+)
+
+# How far each fold got: the (time, job id) of the last job it counted, in the order of
+# ``jobs.started_at`` (the "started" cursor) or ``jobs.finished_at`` ("ended"). ``at`` is
+# NULL until the first fold, which starts the cursor there (jobs that ended before the
+# first scrape are not counted).
+metric_cursors = sa.Table(
+    "metric_cursors",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("at", UTCDateTime),
+    sa.Column("job_id", sa.Integer, nullable=False),
+)
+
+# The "started" cursor reads jobs in the order they started.
+sa.Index("ix_jobs_started_at", jobs.c.started_at)
 
 # -- audit log (issue 14) -----------------------------------------------------------------
 

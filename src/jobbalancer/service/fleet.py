@@ -95,20 +95,32 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
     """Store a script. Jobs copy it when submitted, so later edits never change them."""
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        made = scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+        made = scripts.create(
+            conn,
+            spec.name,
+            spec.interpreter,
+            spec.content,
+            spec.description,
+            parameters=_declared(spec.parameters),
+        )
         summary = audit.fields(_script(made)) + "\n" + audit.diff("", made.content, made.name)
         audit.record(conn, user, "script.create", "script", made.id, made.name, summary)
         return made
 
 
 def _script(s: scripts.Script) -> dict[str, Any]:
-    return {"name": s.name, "interpreter": s.interpreter, "description": s.description}
+    """What an audit entry says of a script besides its content: its parameters by name
+    (a default may be a secret's name; declarations are on the script's page)."""
+    return {"name": s.name, "interpreter": s.interpreter, "description": s.description,
+            "parameters": [p.name for p in s.parameters]}  # fmt: skip
 
 
 def update_script(
     engine: sa.Engine, user: auth.User, script_id: int, changes: dict[str, Any]
 ) -> scripts.Script:
     access.require(user, access.OPERATE)
+    if isinstance(changes.get("parameters"), list):  # models from a ScriptPatch, or JSON
+        changes = {**changes, "parameters": _declared(changes["parameters"])}
     with db.write(engine) as conn:
         before = scripts.get(conn, script_id)
         after = scripts.update(conn, script_id, changes)
@@ -118,6 +130,13 @@ def update_script(
             summary += ("\n" if summary else "") + text
         audit.record(conn, user, "script.update", "script", script_id, after.name, summary)
         return after
+
+
+def _declared(parameters: list[Any] | None) -> list[Any] | None:
+    """A declaration as scripts take it: plain objects with the keys given."""
+    if parameters is None:
+        return None
+    return [p.declared() if isinstance(p, inputs.ParameterIn) else p for p in parameters]
 
 
 def delete_script(engine: sa.Engine, user: auth.User, script_id: int) -> scripts.Script:

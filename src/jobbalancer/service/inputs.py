@@ -19,9 +19,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainValidator,
     StringConstraints,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -145,6 +147,31 @@ Labels = Annotated[dict[Text, Text], AfterValidator(_labels)]
 Workdir = Annotated[str, AfterValidator(_workdir)]
 
 
+def _param_value(value: Any) -> Any:
+    # A value given by name: its type is the declaration's to check (scriptparams).
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _fits_argv(clean_text(value))
+    raise ValueError("must be a string, a number, true/false or null")
+
+
+ParamName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ParamValue = Annotated[
+    str | int | float | bool | None,
+    PlainValidator(_param_value, json_schema_input_type=str | int | float | bool | None),
+]
+# The two forms of ``params``, told apart by the value's own type so an error names the
+# form's own field (``params.1``, ``params.crf``); field_name drops these tags, which no
+# field or parameter name can be.
+_BY_POSITION, _BY_NAME = "(list)", "(object)"
+Params = Annotated[
+    Annotated[list[Param], Field(max_length=10_000), Tag(_BY_POSITION)]
+    | Annotated[dict[ParamName, ParamValue], Field(max_length=100), Tag(_BY_NAME)],
+    Discriminator(lambda v: _BY_NAME if isinstance(v, dict) else _BY_POSITION),
+]
+
+
 def _not_null(cls: Any, value: Any) -> Any:
     # On the optional fields of a patch: leaving a field out keeps it, null is refused.
     if value is None:
@@ -211,11 +238,12 @@ class JobSubmit(Input):
         None, description="Shell command, run as `/bin/sh -c COMMAND`.", examples=["sleep 5"]
     )
     script: NameOrId | None = Field(None, description="A stored script, by name or id.")
-    params: list[Param] = Field(
+    params: Params = Field(
         default_factory=list,
-        max_length=10_000,
         description="Arguments passed as separate argv entries (to a script; to a command as "
-        "`$1`…), never pasted into a shell string. Numbers are turned into strings.",
+        "`$1`…), never pasted into a shell string. Numbers are turned into strings. For a "
+        'script that declares parameters, also by name: `{"input": "a.mp4", "crf": 23}`; '
+        "either way they are checked against the declaration and passed in declared order.",
     )
     watchdog: float | None = Field(
         None,
@@ -291,6 +319,35 @@ class WorkerClassPatch(Input):
     _no_nulls = field_validator("name", "max_jobs", "description", mode="before")(_not_null)
 
 
+PARAMETERS_HELP = (
+    "The typed parameters the script takes, in argv order: submissions may then give "
+    '`params` by name, checked against these rules (docs/api.md, "Typed parameters").'
+)
+
+
+class ParameterIn(Input):
+    """One parameter a script declares (checked further by the server: the default fits
+    the rules, the regex compiles, names are unique)."""
+
+    name: Annotated[str, StringConstraints(max_length=64)] = Field(examples=["crf"])
+    type: Literal["string", "int", "float", "bool", "choice", "secret"] = "string"
+    required: bool = False
+    default: str | int | float | bool | None = None
+    regex: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        None, description="string: RE2 syntax, matched against the whole value."
+    )
+    min: int | float | None = Field(None, description="int and float: the least value.")
+    max: int | float | None = Field(None, description="int and float: the greatest value.")
+    values: list[str | int | float] | None = Field(
+        None, max_length=200, description="choice: the values to choose from."
+    )
+    help: Annotated[str, StringConstraints(max_length=1000)] = ""
+
+    def declared(self) -> dict[str, Any]:
+        """As scripts.create takes it: the keys given."""
+        return self.model_dump(exclude_unset=True)
+
+
 class ScriptIn(Input):
     """A new stored script."""
 
@@ -302,6 +359,7 @@ class ScriptIn(Input):
     )
     content: Annotated[str, AfterValidator(clean_text)] = Field(description="The script body.")
     description: Description = ""
+    parameters: list[ParameterIn] | None = Field(None, max_length=100, description=PARAMETERS_HELP)
 
 
 class ScriptPatch(Input):
@@ -311,8 +369,13 @@ class ScriptPatch(Input):
     interpreter: Annotated[str, AfterValidator(clean_text)] | None = None
     content: Annotated[str, AfterValidator(clean_text)] | None = None
     description: Description | None = None
+    parameters: list[ParameterIn] | None = Field(
+        None, max_length=100, description=PARAMETERS_HELP + " `[]` removes them."
+    )
 
-    _no_nulls = field_validator("name", "content", "description", mode="before")(_not_null)
+    _no_nulls = field_validator("name", "content", "description", "parameters", mode="before")(
+        _not_null
+    )
 
 
 # -- notifications ------------------------------------------------------------------------
@@ -438,7 +501,7 @@ _SOURCES = ("body", "query", "path", "header", "cookie")
 
 def field_name(loc: Sequence[int | str]) -> str:
     """``("body", "jobs", 3, "params", 1)`` → ``"jobs.3.params.1"``."""
-    parts = list(loc)
+    parts = [p for p in loc if p not in (_BY_POSITION, _BY_NAME)]
     if parts and parts[0] in _SOURCES:
         parts = parts[1:]
     return ".".join(str(p) for p in parts)

@@ -28,6 +28,7 @@ from jobbalancer import (
     errors,
     jobs,
     notify,
+    scriptparams,
     scripts,
     settings,
 )
@@ -210,7 +211,7 @@ def to_spec(
     check_workdir(user, job.workdir, where)
     base = jobs.Spec(
         worker_class_id=wclass.id,
-        params=tuple(job.params),
+        params=tuple(job.params) if isinstance(job.params, list) else (),
         env=dict(job.env),
         labels=dict(job.labels),
         watchdog=job.watchdog or None,
@@ -227,16 +228,59 @@ def to_spec(
             )
         if not job.command.strip():
             raise errors.InvalidInput(f"{where}command: must not be empty", field=f"{where}command")
+        if isinstance(job.params, dict):
+            raise errors.InvalidInput(
+                f"{where}params: a command takes its params as a list ($1, $2, …); by name "
+                "only for a script that declares its parameters",
+                field=f"{where}params",
+            )
         return dataclasses.replace(base, command=job.command)
     assert job.script is not None
     script = lookups.script(job.script, f"{where}script")
-    return dataclasses.replace(
+    argv, secret_args = script_argv(script, job.params, where)
+    spec = dataclasses.replace(
         base,
         script_id=script.id,
         script_name=script.name,
         interpreter=script.interpreter,
         script_content=script.content,
+        params=tuple(argv),
     )
+    return with_secret_args(spec, secret_args, where)
+
+
+def script_argv(
+    script: scripts.Script, given: list[str] | dict[str, Any], where: str = ""
+) -> tuple[list[str], dict[int, str]]:
+    """The script's argv and secret_args ({argv index: secret name}) for ``given``:
+    checked against its declaration, in declared order, defaults filled in; a script
+    that declares nothing takes a list as it is (docs/api.md, "Typed parameters")."""
+    if script.parameters:
+        return scriptparams.resolve_params(script.parameters, given, where)
+    if isinstance(given, dict):
+        raise errors.InvalidInput(
+            f"{where}params: script {script.name!r} declares no parameters, so it takes "
+            "them as a list, not by name",
+            field=f"{where}params",
+        )
+    return list(given), {}
+
+
+def with_secret_args(spec: jobs.Spec, secret_args: dict[int, str], where: str = "") -> jobs.Spec:
+    """``spec`` carrying its secret parameters: ``secret_args`` maps each argv index
+    that holds a secret's name to that name (the job's ``secret_args``), and the worker
+    puts the secret's value there when the job starts.
+
+    Without a secret store to read them from, a job with secret parameters is refused
+    rather than run with the names in place of the values."""
+    if secret_args:
+        index = min(secret_args)
+        raise errors.InvalidInput(
+            f"{where}params: secret parameters cannot be given: this server keeps no "
+            f"secrets (parameter {index + 1} names {secret_args[index]!r})",
+            field=f"{where}params",
+        )
+    return spec
 
 
 def _class_for(

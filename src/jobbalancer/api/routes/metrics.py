@@ -2,55 +2,69 @@
 
 Each app has its own registry (two apps in one process, as in tests, do not collide), and
 the collector queries the database on every scrape: the figures are the cluster's, the
-same whichever server is scraped.
+same whichever server is scraped. The counters and histograms of jobs' starts and ends
+are kept in the database too (jobbalancer.tally): a scrape folds in what happened since
+the last one, then reads them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from jobbalancer import db, notify, stats
+from jobbalancer import db, notify, stats, tally
 from jobbalancer.api.deps import EngineDep, SettingsDep, key_from_headers, metrics_allowed
 
 router = APIRouter(tags=["metrics"])
 
 
 class DatabaseCollector(Collector):
-    """Gauges of jobs by state, workers by state, and job slots; notification counters."""
+    """Gauges of jobs by state, workers by state, job slots, workers' capacity and use,
+    and queues; counters and histograms of jobs' starts and ends (folded in first, see
+    jobbalancer.tally); notification counters."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, settle: float = tally.SETTLE) -> None:
         self.engine = engine
+        self.settle = settle
 
     def collect(self) -> Iterable[Metric]:
+        with db.write(self.engine) as conn:
+            tally.fold(conn, self.settle)
         with db.read(self.engine) as conn:
+            now = db.now(conn)
             by_state = stats.jobs_by_state(conn)
-            per_worker = stats.by_worker(conn)
+            workers = stats.capacity(conn)
+            queues = stats.queues(conn)
+            tallies = tally.read(conn, [q.worker_class for q in queues])
             targets = notify.list_targets(conn)
             pending = notify.pending_count(conn)
         jobs = GaugeMetricFamily("jobbalancer_jobs", "Jobs kept, by state.", labels=["state"])
         for state, count in by_state.items():
             jobs.add_metric([state], count)
         yield jobs
-        yield self._workers(per_worker)
-        slots = stats.slots(per_worker)
+        yield self._workers(workers)
+        taking = [w for w in workers if w.state == "online"]
+        slots = stats.Slots(sum(w.slots for w in taking), sum(w.active_jobs for w in taking))
         gauge = GaugeMetricFamily(
             "jobbalancer_slots", "Job slots of online, enabled workers.", labels=["kind"]
         )
         for kind, value in (("total", slots.total), ("used", slots.used), ("free", slots.free)):
             gauge.add_metric([kind], value)
         yield gauge
-        active = GaugeMetricFamily(
-            "jobbalancer_worker_active_jobs", "Assigned and running jobs.", labels=["worker"]
-        )
-        for w in per_worker:
-            active.add_metric([w.name], w.active_jobs)
-        yield active
+        yield from self._capacity(workers)
+        yield from self._queues(queues, now)
+        yield from self._tallies(tallies)
         yield from self._notifications(targets, pending)
 
     @staticmethod
@@ -73,7 +87,7 @@ class DatabaseCollector(Collector):
         )
 
     @staticmethod
-    def _workers(per_worker: list[stats.WorkerCount]) -> Metric:
+    def _workers(per_worker: list[stats.Capacity]) -> Metric:
         counts = dict.fromkeys(("online", "draining", "offline", "disabled"), 0)
         for w in per_worker:
             counts[w.state] = counts.get(w.state, 0) + 1
@@ -82,10 +96,80 @@ class DatabaseCollector(Collector):
             gauge.add_metric([state], count)
         return gauge
 
+    @staticmethod
+    def _capacity(workers: list[stats.Capacity]) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "jobbalancer_worker_info",
+            "Each registered worker (1), with its class and state.",
+            labels=["worker", "class", "state"],
+        )
+        for w in workers:
+            info.add_metric([w.name, w.worker_class, w.state], 1)
+        yield info
+        for name, help_text, value in WORKER_GAUGES:
+            gauge = GaugeMetricFamily(name, help_text, labels=["worker"])
+            for w in workers:
+                figure = value(w)
+                if figure is not None:  # not reported (yet): no sample
+                    gauge.add_metric([w.name], figure)
+            yield gauge
 
-def make_registry(engine: sa.Engine) -> CollectorRegistry:
+    @staticmethod
+    def _queues(queues: list[stats.Queue], now: datetime) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(
+            "jobbalancer_queue_waiting", "Jobs waiting for a worker, by class.", labels=["class"]
+        )
+        oldest = GaugeMetricFamily(
+            "jobbalancer_queue_oldest_seconds",
+            "Seconds since the oldest waiting job of the class was submitted (0: none waits).",
+            labels=["class"],
+        )
+        for q in queues:
+            depth.add_metric([q.worker_class], q.waiting)
+            age = 0.0 if q.oldest is None else max((now - q.oldest).total_seconds(), 0.0)
+            oldest.add_metric([q.worker_class], age)
+        yield depth
+        yield oldest
+
+    @staticmethod
+    def _tallies(tallies: tally.Tallies) -> Iterable[Metric]:
+        ended = CounterMetricFamily(
+            "jobbalancer_jobs_ended",
+            "Jobs that reached a final state, by class and state.",
+            labels=["class", "state"],
+        )
+        for (cls, state), count in tallies.ended.items():
+            ended.add_metric([cls, state], count)
+        yield ended
+        for name, help_text, histograms in (
+            ("jobbalancer_job_wait_seconds", "Seconds from submit to start, by class.",
+             tallies.wait),
+            ("jobbalancer_job_run_seconds", "Seconds from start to end, by class.", tallies.run),
+        ):  # fmt: skip
+            family = HistogramMetricFamily(name, help_text, labels=["class"])
+            for cls, h in histograms.items():
+                family.add_metric([cls], h.buckets, h.sum)
+            yield family
+
+
+# Per-worker gauges: (name, help, the figure or None when the worker has not reported it).
+# A new figure of the workers table is one line here (and one row in docs/operations.md).
+WORKER_GAUGES: tuple[tuple[str, str, Callable[[stats.Capacity], float | None]], ...] = (
+    ("jobbalancer_worker_slots", "Job slots (the worker's limit, or its class's).",
+     lambda w: w.slots),
+    ("jobbalancer_worker_active_jobs", "Assigned and running jobs.", lambda w: w.active_jobs),
+    ("jobbalancer_worker_load", "Load average (1 min) the worker reported.", lambda w: w.load),
+    ("jobbalancer_worker_cpus", "CPUs the worker reported.", lambda w: w.cpus),
+    ("jobbalancer_worker_memory_bytes", "Memory the worker reported, in all.",
+     lambda w: w.memory_total),
+    ("jobbalancer_worker_memory_available_bytes", "Memory the worker reported available.",
+     lambda w: w.memory_available),
+)  # fmt: skip
+
+
+def make_registry(engine: sa.Engine, settle: float = tally.SETTLE) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(engine))
+    registry.register(DatabaseCollector(engine, settle))
     return registry
 
 

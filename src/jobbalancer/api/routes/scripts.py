@@ -15,6 +15,7 @@ from jobbalancer.service import fleet, inputs
 router = APIRouter(prefix="/api/v1/scripts", tags=["scripts"])
 
 ScriptId = Annotated[int, Path(ge=1, le=MAX_ID, description="The script's id.")]
+ScriptRef = Annotated[str, Path(max_length=200, description="The script's name or id.")]
 
 
 @router.get("")
@@ -30,10 +31,11 @@ def create_script(spec: inputs.ScriptIn, user: Operator, engine: EngineDep) -> m
     return models.Script.from_script(fleet.create_script(engine, user, spec))
 
 
-@router.get("/{script_id}")
-def get_script(script_id: ScriptId, user: CurrentUser, engine: EngineDep) -> models.Script:
+@router.get("/{script}")
+def get_script(script: ScriptRef, user: CurrentUser, engine: EngineDep) -> models.Script:
+    """One script, by id or by name (with its declared ``parameters``)."""
     with db.read(engine) as conn:
-        return models.Script.from_script(scripts.get(conn, script_id))
+        return models.Script.from_script(scripts.lookup(conn, script))
 
 
 @router.patch("/{script_id}")

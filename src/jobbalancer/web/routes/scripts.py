@@ -9,6 +9,7 @@ it as an ``inputs.JobSubmit``, so the rules and messages are the API's.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ import pydantic
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
-from jobbalancer import classes, db, errors, jobs, scripts
+from jobbalancer import classes, db, errors, jobs, scriptparams, scripts
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import fleet, inputs, submission
 from jobbalancer.web import deps, pages
@@ -44,6 +45,7 @@ class ScriptForm:
     custom: str = ""
     content: str = NEW_SCRIPT
     description: str = ""
+    parameters: str = ""  # the declaration as JSON text; empty: none
 
     @classmethod
     def of(cls, script: scripts.Script) -> ScriptForm:
@@ -54,7 +56,9 @@ class ScriptForm:
             choice, custom = interpreter, ""
         else:
             choice, custom = CUSTOM, interpreter
-        return cls(script.name, choice, custom, script.content, script.description)
+        declared = [p.to_json() for p in script.parameters]
+        parameters = json.dumps(declared, indent=2, ensure_ascii=False) if declared else ""
+        return cls(script.name, choice, custom, script.content, script.description, parameters)
 
     @classmethod
     def read(cls, page: deps.Page) -> ScriptForm:
@@ -65,6 +69,7 @@ class ScriptForm:
             # Browsers send CRLF line ends from a textarea; scripts want LF.
             content=page.field("content").replace("\r\n", "\n"),
             description=page.field("description"),
+            parameters=page.field("parameters").replace("\r\n", "\n"),
         )
 
     @property
@@ -79,7 +84,19 @@ class ScriptForm:
             "interpreter": self.interpreter,
             "content": self.content,
             "description": self.description,
+            "parameters": self.declared(),
         }
+
+    def declared(self) -> Any:
+        """The parameters text as JSON (blank: none); InvalidInput saying where it breaks."""
+        if not self.parameters.strip():
+            return []
+        try:
+            return json.loads(self.parameters)
+        except ValueError as exc:
+            raise errors.InvalidInput(
+                f"parameters: not valid JSON ({exc})", field="parameters"
+            ) from None
 
 
 # -- the list -------------------------------------------------------------------------------
@@ -107,9 +124,12 @@ def create_script(page: deps.Operator) -> Response:
         spec = inputs.ScriptIn.model_validate(form.body())
         created = fleet.create_script(page.engine, page.user, spec)
     except pydantic.ValidationError as exc:
-        return _render_editor(page, None, form, error=inputs.first_message(exc), status=422)
+        field, message = inputs.describe(exc.errors()[0])
+        return _render_editor(page, None, form, error=message, error_field=field, status=422)
     except errors.JobBalancerError as exc:
-        return _render_editor(page, None, form, error=exc.message, status=exc.status)
+        return _render_editor(
+            page, None, form, error=exc.message, error_field=exc.field, status=exc.status
+        )
     return pages.redirect(f"/scripts/{created.id}", f"Script {created.name} saved.")
 
 
@@ -130,9 +150,12 @@ def save_script(script_id: ScriptId, page: deps.Operator) -> Response:
         patch = inputs.ScriptPatch.model_validate(form.body())
         saved = fleet.update_script(page.engine, page.user, script_id, patch.model_dump())
     except pydantic.ValidationError as exc:
-        return _render_editor(page, script, form, error=inputs.first_message(exc), status=422)
+        field, message = inputs.describe(exc.errors()[0])
+        return _render_editor(page, script, form, error=message, error_field=field, status=422)
     except errors.JobBalancerError as exc:
-        return _render_editor(page, script, form, error=exc.message, status=exc.status)
+        return _render_editor(
+            page, script, form, error=exc.message, error_field=exc.field, status=exc.status
+        )
     renamed = f" (renamed from {script.name})" if saved.name != script.name else ""
     return pages.redirect(f"/scripts/{script_id}", f"Script {saved.name} saved{renamed}.")
 
@@ -149,8 +172,10 @@ def _render_editor(
     form: ScriptForm,
     *,
     error: str | None = None,
+    error_field: str | None = None,
     run: dict[str, str] | None = None,
     run_error: str | None = None,
+    param_errors: dict[str, str] | None = None,
     status: int = 200,
 ) -> Response:
     with db.read(page.engine) as conn:
@@ -166,8 +191,12 @@ def _render_editor(
         custom=CUSTOM,
         classes=[c for c in found if page.user.may_use_class(c.name)],
         error=error,
+        # A declaration's error is shown under its textarea too.
+        parameters_error=error if (error_field or "").startswith("parameters") else None,
         run=run or {"params": "", "worker_class": classes.DEFAULT, "watchdog": ""},
         run_error=run_error,
+        param_errors=param_errors or {},
+        fields=_fields(script, run),
     )
 
 
@@ -176,29 +205,98 @@ def _render_editor(
 
 @router.post("/scripts/{script_id}/run")
 def run_script(script_id: ScriptId, page: deps.Submitter) -> Response:
-    """Submit a job running the stored script with the page's parameters, one a line."""
+    """Submit a job running the stored script: its declared parameters from the form's
+    fields (checked by the server, an error shown next to its field), or for a script that
+    declares none the parameters typed into the page, one a line."""
     run = {n: page.field(n) for n in ("params", "worker_class", "watchdog")}
     with db.read(page.engine) as conn:
         script = scripts.get(conn, script_id)
+    params: list[str] | dict[str, str]
+    if script.parameters:
+        params = _typed_values(page, script)
+        run |= {f"{PARAM_FIELD}{name}": value for name, value in params.items()}
+    else:
+        params = [p for p in run["params"].replace("\r\n", "\n").split("\n") if p]
     body: dict[str, Any] = {
         "script": script.id,
-        "params": [p for p in run["params"].replace("\r\n", "\n").split("\n") if p],
+        "params": params,
         "worker_class": run["worker_class"].strip() or classes.DEFAULT,
     }
     if run["watchdog"].strip():
         body["watchdog"] = run["watchdog"].strip()
+    field: str | None = None
     try:
         spec = inputs.JobSubmit.model_validate(body)
         limiter = submission.rate_limiter(page.request.app.state)
         [job] = submission.submit(page.engine, page.user, [spec], prefix=False, limiter=limiter)
     except pydantic.ValidationError as exc:
-        message = inputs.first_message(exc)
+        field, message = inputs.describe(exc.errors()[0])
     except errors.JobBalancerError as exc:
-        message = exc.message
+        field, message = exc.field, exc.message
     else:
         if job.state == jobs.State.OCCUPIED:  # not possible without need_realtime; say so
             return pages.redirect(f"/jobs/{job.id}", f"Job {job.id} was not run.", error=True)
         return pages.redirect(f"/jobs/{job.id}", f"Job {job.id} submitted: script {script.name}.")
+    name = (field or "").removeprefix("params.")
+    if script.parameters and name in {p.name for p in script.parameters}:
+        return _render_editor(
+            page, script, ScriptForm.of(script), run=run, param_errors={name: message},
+            run_error="The job was not submitted: see the parameters marked below.",
+            status=422,
+        )  # fmt: skip
     return _render_editor(
         page, script, ScriptForm.of(script), run=run, run_error=message, status=422
     )
+
+
+# The Run form's field of a declared parameter: "param.crf".
+PARAM_FIELD = "param."
+
+
+def _typed_values(page: deps.Page, script: scripts.Script) -> dict[str, str]:
+    """The declared parameters' values as the form sent them: a checkbox is "true" when
+    ticked, else "false"; an empty field is not given (the default applies)."""
+    values = {}
+    for p in script.parameters:
+        if p.type == "bool":
+            values[p.name] = "true" if page.field(PARAM_FIELD + p.name) else "false"
+        else:
+            values[p.name] = page.field(PARAM_FIELD + p.name)
+    return values
+
+
+@dataclass(frozen=True)
+class ParamField:
+    """One declared parameter as the Run form shows it."""
+
+    param: scriptparams.Param
+    value: str  # what the field holds (the default, or what was sent)
+    input_type: str  # text, number, checkbox, select
+    step: str = ""
+    pattern: str = ""
+
+    @property
+    def name(self) -> str:
+        return PARAM_FIELD + self.param.name
+
+
+def _fields(script: scripts.Script | None, run: dict[str, str] | None) -> list[ParamField]:
+    if script is None:
+        return []
+    found = []
+    for p in script.parameters:
+        sent = (run or {}).get(PARAM_FIELD + p.name)
+        value = sent if sent is not None else "" if p.default is None else (
+            scriptparams.argv_form(p.default)
+        )  # fmt: skip
+        kind, step, pattern = "text", "", ""
+        if p.type in ("int", "float"):
+            kind, step = "number", "1" if p.type == "int" else "any"
+        elif p.type == "bool":
+            kind = "checkbox"
+        elif p.type == "choice":
+            kind = "select"
+        elif p.regex is not None:
+            pattern = p.regex
+        found.append(ParamField(p, value, kind, step, pattern))
+    return found
