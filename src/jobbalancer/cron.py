@@ -62,6 +62,8 @@ def check(expr: str) -> str:
         raise ValueError(f"{exc} in {text!r}") from None
     except StopIteration:  # cronsim gives up past its horizon: a date that never comes
         raise ValueError(f"{text!r} never fires") from None
+    except Exception:  # whatever else the parser trips on is still a bad expression
+        raise ValueError(f"{text!r} is not a cron expression") from None
     return text
 
 
@@ -96,18 +98,24 @@ def _zone_names() -> set[str]:
 def times(expr: str, tz: str, after: datetime) -> Iterator[datetime]:
     """The fire times of ``expr`` read in ``tz``, strictly after ``after``, in UTC.
 
-    Endless for an expression that keeps firing; stops where cronsim's search does (an
-    expression such as ``0 0 29 2 1`` fires rarely, not never)."""
-    local = after.astimezone(zone(tz))
-    for t in CronSim(expand(expr), local):
-        yield t.astimezone(UTC)
+    Endless for an expression that keeps firing; stops where cronsim's search does, and
+    at the ends of the calendar (year 1 or 9999)."""
+    try:
+        local = after.astimezone(zone(tz))
+        for t in CronSim(expand(expr), local):
+            yield t.astimezone(UTC)
+    except (OverflowError, CronSimError):
+        return
 
 
 def times_before(expr: str, tz: str, until: datetime) -> Iterator[datetime]:
     """The fire times at or before ``until``, latest first, in UTC."""
-    local = (until + timedelta(microseconds=1)).astimezone(zone(tz))
-    for t in CronSim(expand(expr), local, reverse=True):
-        yield t.astimezone(UTC)
+    try:
+        local = (until + timedelta(microseconds=1)).astimezone(zone(tz))
+        for t in CronSim(expand(expr), local, reverse=True):
+            yield t.astimezone(UTC)
+    except (OverflowError, CronSimError):
+        return
 
 
 def next_time(expr: str, tz: str, after: datetime) -> datetime | None:
