@@ -255,6 +255,18 @@ def counters(conn: sa.Connection) -> dict[str, int]:
     return found
 
 
+def count_by_state(conn: sa.Connection) -> dict[str, int]:
+    """Schedules by state: enabled (with a next run), paused, ended (past end_at)."""
+    found = {"enabled": 0, "paused": 0, "ended": 0}
+    query = sa.select(S.c.enabled, S.c.next_fire_at.is_(None), sa.func.count()).group_by(
+        S.c.enabled, S.c.next_fire_at.is_(None)
+    )
+    for enabled, no_next, count in conn.execute(query):
+        state = "paused" if not enabled else "ended" if no_next else "enabled"
+        found[state] += int(count)
+    return found
+
+
 def due(conn: sa.Connection, now: datetime, limit: int = 200) -> list[tuple[int, datetime]]:
     """Schedules whose next occurrence is due: (id, its time), earliest first. A range
     scan of the next_fire_at index: it costs the due rows, not the schedules."""

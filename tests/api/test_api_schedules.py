@@ -3,10 +3,13 @@ delete, preview; bad input is a 422 naming the field with nothing saved; who may
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from apihelpers import TIME, Api
+
+from jobbalancer.service import firing
 
 BODY: dict[str, Any] = {
     "name": "nightly-backup",
@@ -183,3 +186,22 @@ def test_a_scripts_only_submitter_cannot_schedule_a_command(api: Api) -> None:
     r = api.client(key).post("/api/v1/schedules", json=BODY)
     assert r.status_code == 422 and r.json()["field"] == "job.command", r.text
     assert api.admin.get("/api/v1/schedules").json() == []
+
+
+def test_metrics_count_fired_skipped_and_late(api: Api) -> None:
+    made = create(api, cron="* * * * *")
+    assert api.admin.post(f"/api/v1/schedules/{made['id']}/run").status_code == 201
+    due = datetime.fromisoformat(made["next_fire_at"].replace("Z", "+00:00"))
+    # the leader fires the next occurrence 2 s late; the run-now job still waits: skipped
+    firing.Firer(api.engine, clock=lambda: due + timedelta(seconds=2)).tick()
+    api.admin.post("/api/v1/schedules", json={**BODY, "name": "off", "enabled": False})
+    text = api.admin.get("/metrics").text
+    assert "jobbalancer_schedule_occurrences_fired_total 1.0" in text
+    assert 'jobbalancer_schedule_occurrences_skipped_total{reason="overlap"} 1.0' in text
+    assert 'jobbalancer_schedule_occurrences_skipped_total{reason="missed"} 0.0' in text
+    assert "jobbalancer_schedule_occurrences_late_total 0.0" in text
+    assert 'jobbalancer_schedules{state="enabled"} 1.0' in text
+    assert 'jobbalancer_schedules{state="paused"} 1.0' in text
+    [occ] = [o for o in api.admin.get("/api/v1/schedules/nightly-backup/history").json()
+             if not o["manual"]]  # fmt: skip
+    assert occ["reason"].startswith("previous run ") and occ["late_ms"] == 2000
