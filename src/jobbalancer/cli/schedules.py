@@ -92,7 +92,7 @@ def _last(occ: dict[str, Any] | None) -> str:
     return f"[yellow]skipped[/] {escape(str(occ.get('reason') or ''))} ({at})"
 
 
-@schedules_app.command("add", context_settings={"allow_interspersed_args": False})
+@schedules_app.command("add")
 @server_options
 def add(
     remote: Remote,
