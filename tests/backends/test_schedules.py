@@ -315,3 +315,37 @@ def test_two_servers_fire_each_occurrence_once(bench: Bench, database_url: str) 
 
 def _never(_: Any) -> Callable[[], bool]:
     return lambda: False
+
+
+def test_a_schedule_that_fails_to_fire_does_not_hold_up_the_others(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad, good = bench.add("bad", overlap="allow"), bench.add("good", overlap="allow")
+    real = firing._fire
+
+    def broken(conn: sa.Connection, schedule: schedules.Schedule, *args: Any) -> None:
+        if schedule.id == bad.id:
+            raise RuntimeError("a bug")
+        real(conn, schedule, *args)
+
+    monkeypatch.setattr(firing, "_fire", broken)
+    bench.at(minutes(1))
+    assert len(bench.jobs_of(good.id)) == 1
+    assert bench.occurrences(bad.id) == []  # rolled back: tried again next tick
+    monkeypatch.setattr(firing, "_fire", real)
+    bench.at(minutes(1) + timedelta(seconds=1))
+    assert [o.fire_at for o in bench.occurrences(bad.id)] == [minutes(1)]
+
+
+def test_a_retry_is_the_same_run_of_its_schedule(bench: Bench) -> None:
+    s = bench.add(job={"command": "false", "retries": 1})
+    bench.at(minutes(1))
+    [first] = bench.jobs_of(s.id)
+    with db.write(bench.engine) as conn:  # it ran and failed: its retry waits
+        conn.execute(sa.update(J).where(J.c.id == first.id).values(state="running", token="t"))
+        jobs.finish(conn, first.id, "t", jobs.State.FAILED, exit_code=1)
+    ended, retry = bench.jobs_of(s.id)
+    assert ended.state == jobs.State.FAILED
+    assert (retry.retry_of, retry.state) == (first.id, jobs.State.WAITING)
+    bench.at(minutes(2))  # overlap skip: the retry is the previous run, still going
+    assert bench.occurrences(s.id)[1].reason == f"previous run {retry.id} still waiting"

@@ -92,7 +92,7 @@ def _last(occ: dict[str, Any] | None) -> str:
     return f"[yellow]skipped[/] {escape(str(occ.get('reason') or ''))} ({at})"
 
 
-@schedules_app.command("add", context_settings={"allow_interspersed_args": False})
+@schedules_app.command("add")
 @server_options
 def add(
     remote: Remote,
@@ -218,7 +218,7 @@ def show(remote: Remote, name: NameArg, as_json: JsonOpt = False) -> None:
     job = found.get("job") or {}
     what = job.get("command") or f"script {job.get('script')} {' '.join(job.get('params') or [])}"
     rows = [
-        ["name", escape(str(found["name"]))],
+        ["name", escape(str(found["name"]))],  # the heading (below)
         ["id", str(found["id"])],
         ["state", "enabled" if found.get("enabled") else "paused"],
         ["cron", escape(f"{found['cron']} ({found['timezone']})")],
@@ -232,7 +232,8 @@ def show(remote: Remote, name: NameArg, as_json: JsonOpt = False) -> None:
     ]
     if found.get("description"):
         rows.insert(1, ["description", escape(str(found["description"]))])
-    formatting.print_table(["", ""], rows, "")
+    title = escape(str(found["name"]))  # the table's heading; its rows are label, value
+    formatting.print_table([" ", title], rows[1:], title)
     _print_runs(found.get("next_runs") or [])
     _print_history(found.get("occurrences") or [])
 

@@ -98,15 +98,24 @@ class Firer:
         return self.clock() if self.clock is not None else db.now(conn)
 
     def tick(self) -> int:
-        """Decide every due occurrence; how many schedules were handled."""
+        """Decide every due occurrence; how many schedules were handled. A schedule whose
+        decision fails (a deadlock, a bug) is logged and tried again next tick; the others
+        go on."""
         handled = 0
         while True:
             with db.read(self.engine) as conn:
                 now = self.now(conn)
                 due = schedules.due(conn, now, self.batch)
+            moved = 0
             for schedule_id, _ in due:
-                handled += self.decide(schedule_id, now)
-            if len(due) < self.batch:
+                try:
+                    moved += self.decide(schedule_id, now)
+                except db.UNAVAILABLE:
+                    raise
+                except Exception:
+                    log.exception("schedule %d: firing failed; tried again next tick", schedule_id)
+            handled += moved
+            if len(due) < self.batch or moved == 0:
                 return handled
 
     def decide(self, schedule_id: int, now: datetime) -> int:
