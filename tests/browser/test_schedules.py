@@ -5,12 +5,13 @@ appear in its history; the job links back to it; pause it."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.browser.conftest import Cluster
 
@@ -41,12 +42,12 @@ def test_create_preview_fire_and_see_the_history(
     expect(preview.locator("li")).to_have_count(5)
     expect(preview).not_to_contain_text("seconds")
     minutes = _times(preview)
-    assert all((b - a).total_seconds() == 120 for a, b in zip(minutes, minutes[1:], strict=False))
+    assert all((b - a).total_seconds() == 120 for a, b in itertools.pairwise(minutes))
     cron.press_sequentially(" *", delay=20)
     expect(preview).to_contain_text("the first of 6 fields is seconds")
     expect(preview.locator("li")).to_have_count(5)
     seconds = _times(preview)
-    assert all((b - a).total_seconds() == 2 for a, b in zip(seconds, seconds[1:], strict=False))
+    assert all((b - a).total_seconds() == 2 for a, b in itertools.pairwise(seconds))
     # A bad one, then back
     cron.press_sequentially("x", delay=20)
     expect(preview.locator(".preview-error")).to_be_visible()
@@ -100,7 +101,7 @@ def test_create_preview_fire_and_see_the_history(
     assert fired and all(s["job_id"] for s in fired)
 
 
-def _times(preview: object) -> list[datetime]:
-    """The UTC times of the preview's runs (in a UTC-zoned preview, its local times)."""
-    texts = preview.locator("li .local").all_inner_texts()  # type: ignore[attr-defined]
+def _times(preview: Locator) -> list[datetime]:
+    """The local times of the preview's runs."""
+    texts = preview.locator("li .local").all_inner_texts()
     return [datetime.strptime(t[:19], "%Y-%m-%d %H:%M:%S") for t in texts]

@@ -234,7 +234,6 @@ def preview(
 ) -> Response:
     """The next runs of the form's expression, as a fragment (the form asks as it is
     typed); an expression or zone that is not one gets its message instead."""
-    error, runs = None, []
     if not cron_expr.strip():
         return page.render("_schedule_preview.html", runs=[], error=None, empty=True)
     body: dict[str, Any] = {"cron": cron_expr, "timezone": timezone.strip() or "UTC",
@@ -276,7 +275,7 @@ def _form_choices(page: deps.Page, form: ScheduleForm) -> dict[str, Any]:
         "overlaps": [o.value for o in schedules.Overlap],
         "catch_ups": [c.value for c in schedules.CatchUp],
         # A command already in the schedule stays editable by whoever may change it.
-        "commands_ok": page.user.commands_allowed or (form.kind == "command" and form.command),
+        "commands_ok": page.user.commands_allowed or bool(form.kind == "command" and form.command),
     }
 
 
