@@ -22,8 +22,9 @@
    idle worker, the raw-spawn floor of the same run and idle RSS (see bench/sequential.py).
    Each run is a new cluster; the table gives every run, in order ("a / b").
 7. schedules: 1k / 10k (/ 100k) enabled schedules, 10 of them firing every second: the
-   leader's firing tick with nothing due and with 10 occurrences due (each a job), and the
-   lateness of occurrences fired by the leader's loop, p50/p99 (see bench/schedules.py).
+   leader's firing tick with nothing due and with 10 occurrences due (each a job), 200 due
+   at one instant, and the lateness of occurrences fired by the leader's loop, p50/p99
+   (see bench/schedules.py).
 
 ``--quick`` runs fewer jobs (400, 50 for latency, queue up to 10k, 20 MB of output).
 ``--profile DIR`` has py-spy (if installed) sample the server and the worker during the

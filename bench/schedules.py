@@ -13,6 +13,8 @@ range). Measured in-process on a fresh database, with the firing code the server
 - idle tick: a pass with nothing due (the due query);
 - firing tick: a pass that fires the ``DUE`` occurrences, each a job (ms per pass and per
   occurrence);
+- burst: ``BURST`` schedules due at the same instant (a top of the hour): ms until the
+  last has fired, which is the lateness of the last one;
 - lateness: the leader's loop (``Firer.run``) for ``--seconds`` s, each occurrence's
   decision time minus its fire time (``late_ms``), p50 / p99 / max.
 
@@ -39,6 +41,7 @@ from jobbalancer.service import firing
 S, O = schema.schedules, schema.schedule_occurrences  # noqa: E741
 DUE = 10
 TICKS = 20
+BURST = 200
 
 
 def _setup(engine: sa.Engine, n: int) -> list[int]:
@@ -100,6 +103,20 @@ def ticks(engine: sa.Engine, ids: list[int]) -> tuple[float, float]:
     return statistics.median(idle), statistics.median(busy)
 
 
+def burst(engine: sa.Engine, every_second: list[int]) -> float:
+    """Ms to fire BURST occurrences due at one instant (other schedules than the DUE)."""
+    with db.read(engine) as conn:
+        ids = list(conn.execute(sa.select(S.c.id).where(S.c.cron != "* * * * * *")).scalars())
+    ids = ids[:BURST]
+    at = datetime.now(UTC) + timedelta(hours=3)
+    _make_due(engine, every_second, at + timedelta(days=1))
+    _make_due(engine, ids, at)
+    start = time.perf_counter()
+    fired = firing.Firer(engine, clock=lambda: at).tick()
+    assert fired == len(ids), fired
+    return _ms(start)
+
+
 def lateness(engine: sa.Engine, ids: list[int], seconds: float) -> list[int]:
     """late_ms of every occurrence the leader's loop fired in ``seconds``."""
     with db.read(engine) as conn:
@@ -131,18 +148,20 @@ def run(backend: str, levels: list[int], seconds: float) -> list[list[str]]:
                 db.upgrade(engine)
                 ids = _setup(engine, n)
                 idle, busy = ticks(engine, ids)
+                all_at_once = burst(engine, ids)
                 late = lateness(engine, ids, seconds)
             finally:
                 engine.dispose()
         out.append([
             backend, str(n), f"{idle:.2f}", f"{busy:.1f}", f"{busy / DUE:.2f}",
+            f"{all_at_once:.0f}",
             str(len(late)), f"{pct(late, 50):.0f}", f"{pct(late, 99):.0f}", str(max(late)),
         ])  # fmt: skip
     return out
 
 
 HEADER = ["backend", "schedules", "idle tick", f"tick firing {DUE}", "per occurrence",
-          "occurrences", "late p50", "p99", "max"]  # fmt: skip
+          f"burst of {BURST}", "occurrences", "late p50", "p99", "max"]  # fmt: skip
 TITLE = (
     f"7. Schedules: the leader's tick with N enabled schedules ({DUE} firing every second, "
     "each a job); ms"

@@ -284,22 +284,31 @@ def earliest(conn: sa.Connection) -> datetime | None:
     return conn.execute(sa.select(sa.func.min(S.c.next_fire_at))).scalar()
 
 
+# The statements a firing runs per occurrence are built once: building and cache-keying a
+# SQLAlchemy statement costs more than running it on SQLite (as in jobs.py).
+_LOCK = sa.select(S).where(S.c.id == sa.bindparam("b_id")).with_for_update()
+_UNFINISHED = (
+    sa.select(J.c.id, J.c.state)
+    .where(
+        J.c.schedule_id == sa.bindparam("b_id"),
+        J.c.state.not_in([s.value for s in jobs.FINAL]),
+    )
+    .order_by(J.c.id)
+)
+
+
 def lock(conn: sa.Connection, schedule_id: int) -> Schedule | None:
     """The schedule, its row locked until the transaction ends (two servers that reach one
     occurrence decide it one after the other); None if it was deleted."""
-    row = conn.execute(sa.select(S).where(S.c.id == schedule_id).with_for_update()).first()
+    row = conn.execute(_LOCK, {"b_id": schedule_id}).first()
     return None if row is None else Schedule.from_row(row)
 
 
 def unfinished_jobs(conn: sa.Connection, schedule_id: int) -> list[tuple[int, jobs.State]]:
     """The schedule's jobs that have not ended (held, waiting, assigned, running, or any
     state a later version adds that is not final), oldest first."""
-    query = (
-        sa.select(J.c.id, J.c.state)
-        .where(J.c.schedule_id == schedule_id, J.c.state.not_in([s.value for s in jobs.FINAL]))
-        .order_by(J.c.id)
-    )
-    return [(r.id, jobs.State(r.state)) for r in conn.execute(query)]
+    rows = conn.execute(_UNFINISHED, {"b_id": schedule_id})
+    return [(r.id, jobs.State(r.state)) for r in rows]
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -367,8 +376,21 @@ def delete(conn: sa.Connection, schedule_id: int) -> None:
     conn.execute(sa.delete(S).where(S.c.id == schedule_id))
 
 
+_SET_NEXT = (
+    sa.update(S).where(S.c.id == sa.bindparam("b_id")).values(next_fire_at=sa.bindparam("b_next"))
+)
+
+
 def set_next(conn: sa.Connection, schedule_id: int, next_fire_at: datetime | None) -> None:
-    conn.execute(sa.update(S).where(S.c.id == schedule_id).values(next_fire_at=next_fire_at))
+    conn.execute(_SET_NEXT, {"b_id": schedule_id, "b_next": next_fire_at})
+
+
+_RECORD = sa.insert(OC)
+_COUNT = (
+    sa.update(K)
+    .where(K.c.name == sa.bindparam("b_name"))
+    .values(count=K.c.count + sa.bindparam("b_n", type_=sa.BigInteger))
+)
 
 
 def record(
@@ -388,19 +410,18 @@ def record(
     record of one (schedule, time) is an IntegrityError: the caller's transaction, and
     the job it created, roll back."""
     late = max(now - fire_at, timedelta(0))
-    conn.execute(
-        sa.insert(OC).values(
-            schedule_id=schedule_id,
-            fire_at=fire_at,
-            recorded_at=now,
-            outcome=(Outcome.FIRED if job_id is not None else Outcome.SKIPPED).value,
-            job_id=job_id,
-            reason=reason,
-            reason_code=None if code is None else code.value,
-            late_ms=int(late / timedelta(milliseconds=1)),
-            manual=manual,
-        )
-    )
+    row = {
+        "schedule_id": schedule_id,
+        "fire_at": fire_at,
+        "recorded_at": now,
+        "outcome": (Outcome.FIRED if job_id is not None else Outcome.SKIPPED).value,
+        "job_id": job_id,
+        "reason": reason,
+        "reason_code": None if code is None else code.value,
+        "late_ms": int(late / timedelta(milliseconds=1)),
+        "manual": manual,
+    }
+    conn.execute(_RECORD, row)
     if job_id is None:
         _count(conn, f"skipped:{code.value if code else Reason.REFUSED.value}", count)
         return
@@ -410,6 +431,6 @@ def record(
 
 
 def _count(conn: sa.Connection, name: str, n: int = 1) -> None:
-    done = conn.execute(sa.update(K).where(K.c.name == name).values(count=K.c.count + n))
+    done = conn.execute(_COUNT, {"b_name": name, "b_n": n})
     if done.rowcount == 0:  # a counter the migration did not seed
         conn.execute(sa.insert(K).values(name=name, count=n))
