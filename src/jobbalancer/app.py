@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobbalancer import __version__, api, db, monitor, web
 from jobbalancer.api import errors
-from jobbalancer.service import users
+from jobbalancer.service import firing, users
 from jobbalancer.settings import Settings
 from jobbalancer.web import security
 
@@ -76,7 +76,12 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         supervisor = None
         if supervise:
-            supervisor = monitor.Supervisor(engine, settings.server.balance_interval, settings)
+            supervisor = monitor.Supervisor(
+                engine,
+                settings.server.balance_interval,
+                settings,
+                leader_loops=[firing.Firer(engine).run],
+            )
             supervisor.start()
         try:
             yield

@@ -230,14 +230,18 @@ class Client:
         q: str | None = None,
         limit: int | None = None,
         page_size: int = 100,
+        schedule_id: int | None = None,
         **filters: str,
     ) -> Iterator[dict[str, Any]]:
         """Jobs matching the filters, newest first, fetched page by page as you iterate.
 
         ``state`` is one state or several; ``q`` searches commands and scripts; ``limit``
-        stops after that many jobs (None: all of them).
+        stops after that many jobs (None: all of them); ``schedule_id``: the jobs that
+        schedule fired.
         """
         params: dict[str, str] = {k: v for k, v in filters.items() if v is not None}
+        if schedule_id is not None:
+            params["schedule_id"] = str(schedule_id)
         if state:
             params["state"] = state if isinstance(state, str) else ",".join(state)
         named = {"worker": worker, "worker_class": worker_class, "user": user, "q": q}
@@ -378,6 +382,63 @@ class Client:
         params = {"job": job, "target": target, "state": state, "limit": limit}
         given = {k: v for k, v in params.items() if v is not None}
         return list(self._json("GET", "/api/v1/notifications", params=given))
+
+    # -- schedules --------------------------------------------------------------------------
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule you may see, by name, each with its latest occurrence (``last``)."""
+        return list(self._json("GET", "/api/v1/schedules"))
+
+    def schedule(self, ref: str | int) -> dict[str, Any]:
+        """One schedule (name or id) with ``next_runs`` and its latest ``occurrences``."""
+        return self._json("GET", _schedule_path(ref))  # type: ignore[no-any-return]
+
+    def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        job: Mapping[str, Any],
+        *,
+        timezone: str = "UTC",
+        **options: Any,
+    ) -> dict[str, Any]:
+        """A new schedule submitting ``job`` (a body as :func:`job_spec` makes) at the times
+        of ``cron`` read in ``timezone``. ``options``: description, enabled, overlap
+        (allow, skip, queue, replace), catch_up (none, latest, all), catch_up_max,
+        start_at, end_at (RFC 3339 strings)."""
+        body = {"name": name, "cron": cron, "timezone": timezone, "job": dict(job)}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self._json("POST", "/api/v1/schedules", json=body)  # type: ignore[no-any-return]
+
+    def update_schedule(self, ref: str | int, **changes: Any) -> dict[str, Any]:
+        """Change the fields given (``None`` clears start_at or end_at)."""
+        return self._json("PATCH", _schedule_path(ref), json=changes)  # type: ignore[no-any-return]
+
+    def delete_schedule(self, ref: str | int) -> None:
+        """Delete a schedule and its history; the jobs it fired stay."""
+        self._request("DELETE", _schedule_path(ref))
+
+    def pause_schedule(self, ref: str | int) -> dict[str, Any]:
+        return self._json("POST", _schedule_path(ref) + "/pause")  # type: ignore[no-any-return]
+
+    def resume_schedule(self, ref: str | int) -> dict[str, Any]:
+        return self._json("POST", _schedule_path(ref) + "/resume")  # type: ignore[no-any-return]
+
+    def run_schedule(self, ref: str | int) -> dict[str, Any]:
+        """Submit the schedule's job now; the occurrence (with ``job_id``)."""
+        return self._json("POST", _schedule_path(ref) + "/run")  # type: ignore[no-any-return]
+
+    def schedule_history(self, ref: str | int, limit: int = 50) -> list[dict[str, Any]]:
+        """Occurrences, newest first: fired (``job_id``) or skipped (``reason``)."""
+        path = _schedule_path(ref) + "/history"
+        return list(self._json("GET", path, params={"limit": limit}))
+
+    def preview_schedule(
+        self, cron: str, timezone: str = "UTC", count: int = 5
+    ) -> list[dict[str, Any]]:
+        """The next ``count`` fire times (``utc``, ``local``) of an expression."""
+        body = {"cron": cron, "timezone": timezone, "count": count}
+        return list(self._json("POST", "/api/v1/schedules/preview", json=body)["next_runs"])
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``{"status", "database"}``. Answers (rather than raises) when the
@@ -523,6 +584,10 @@ def job_spec(
     }
     spec.update({key: value for key, value in optional.items() if value})
     return spec
+
+
+def _schedule_path(ref: str | int) -> str:
+    return f"/api/v1/schedules/{quote(str(ref), safe='')}"
 
 
 class ServerEvent(NamedTuple):

@@ -100,6 +100,8 @@ class Spec:
     notify: tuple[Mapping[str, Any], ...] = ()
     # Created held: it has conditions (chains.add gives them, and may release it at once).
     held: bool = False
+    # The schedule firing it (jobbalancer.schedules); None: submitted by hand.
+    schedule_id: int | None = None
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -164,6 +166,8 @@ class Job:
     assigned_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    # The schedule that fired it (its retries keep it); None: submitted by hand.
+    schedule_id: int | None = None
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Job:
@@ -263,6 +267,7 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
         "retries": spec.retries,
         "workdir": spec.workdir,
         "notify": [dict(rule) for rule in spec.notify] or None,
+        "schedule_id": spec.schedule_id,
         "attempt": 1,
         "user_id": user_id,
         "user_name": user_name,
@@ -308,7 +313,9 @@ def _copy(
 
     ``attempt=None`` makes the next attempt of the same job, only if it has retries left.
     """
-    query = sa.select(*(J.c[n] for n in _SPEC_COLUMNS), J.c.attempt).where(J.c.id == job_id)
+    query = sa.select(*(J.c[n] for n in _SPEC_COLUMNS), J.c.attempt, J.c.schedule_id).where(
+        J.c.id == job_id
+    )
     if attempt is None:
         query = query.where(J.c.attempt <= J.c.retries)
     row = conn.execute(query).first()
@@ -317,6 +324,8 @@ def _copy(
     values = {n: row._mapping[n] for n in _SPEC_COLUMNS}
     if user is not None:
         values["user_id"], values["user_name"] = user
+    if retry_of is not None:  # a retry is the same run of its schedule; a restart is not
+        values["schedule_id"] = row.schedule_id
     result = conn.execute(
         sa.insert(J).values(
             **values,

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from jobbalancer import balancer, db, jobs, notify, outbox, registry, settings
 
 log = logging.getLogger(__name__)
+
+LeaderLoop = Callable[[Callable[[], bool], threading.Event], None]
 
 
 class Liveness:
@@ -106,12 +108,18 @@ def apply_retention(engine: sa.Engine) -> int:
 class Supervisor:
     """The server's background loop: leader lease, monitor, balancer, retention; and, with
     ``config``, the leader's delivery of notifications (a thread of its own, so a slow
-    target never holds up a tick)."""
+    target never holds up a tick). ``leader_loops``: more threads of the leader's work
+    (firing schedules), each called as ``loop(is_leader, stop)`` and doing its work
+    while ``is_leader()``."""
 
     LEASE = "leader"
 
     def __init__(
-        self, engine: sa.Engine, interval: float = 1.0, config: settings.Settings | None = None
+        self,
+        engine: sa.Engine,
+        interval: float = 1.0,
+        config: settings.Settings | None = None,
+        leader_loops: Sequence[LeaderLoop] = (),
     ) -> None:
         self.engine = engine
         self.interval = interval
@@ -125,6 +133,8 @@ class Supervisor:
         self._liveness = Liveness()
         self.dispatcher = None if config is None else notify.Dispatcher(engine, config, self.holder)
         self._notifier: threading.Thread | None = None
+        self._leader_loops = list(leader_loops)
+        self._loop_threads: list[threading.Thread] = []
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -137,6 +147,13 @@ class Supervisor:
                 daemon=True,
             )
             self._notifier.start()
+        for loop in self._leader_loops:
+            thread = threading.Thread(
+                target=loop, args=(lambda: self.is_leader, self._stop), daemon=True,
+                name=getattr(loop, "__qualname__", "leader-loop"),
+            )  # fmt: skip
+            thread.start()
+            self._loop_threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,6 +161,8 @@ class Supervisor:
             self._thread.join(timeout=10)
         if self._notifier is not None:
             self._notifier.join(timeout=10)
+        for thread in self._loop_threads:
+            thread.join(timeout=10)
         if self.is_leader:
             try:
                 with db.write(self.engine) as conn:

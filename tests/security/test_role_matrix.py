@@ -61,6 +61,13 @@ class World:
         n = len(self.app.admin.get("/api/v1/users").json())
         return self.app.user(f"other{n}", "viewer")[0]
 
+    def schedule(self) -> int:
+        n = len(self.app.admin.get("/api/v1/schedules").json())
+        body = {"name": f"sched{n}", "cron": "@daily", "job": {"command": "true"}}
+        r = self.app.admin.post("/api/v1/schedules", json=body)
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
 
 Action = tuple[str, str, Callable[[World], tuple[str, Any]], dict[str, int]]
 
@@ -225,6 +232,38 @@ ACTIONS: list[Action] = [
         _only(SUBMITTERS, 200),
     ),
 ]
+
+
+# Schedules: admins and operators manage all; a submitter only its own (others' do not
+# exist for it); viewers read.
+_SCHEDULE = {"name": "mine", "cron": "*/15 * * * *", "job": {"command": "true"}}
+ACTIONS += [
+    ("GET", "list schedules", lambda w: ("/api/v1/schedules", None), _all(200)),
+    ("POST", "create a schedule", lambda w: ("/api/v1/schedules", _SCHEDULE),
+     _only(SUBMITTERS, 201)),
+    ("POST", "preview a schedule", lambda w: ("/api/v1/schedules/preview", {"cron": "@hourly"}),
+     _all(200)),
+    ("GET", "see another's schedule", lambda w: (f"/api/v1/schedules/{w.schedule()}", None),
+     {"admin": 200, "operator": 200, "submitter": 404, "viewer": 200}),
+    ("GET", "another's schedule history",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/history", None),
+     {"admin": 200, "operator": 200, "submitter": 404, "viewer": 200}),
+    ("PATCH", "change another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}", {"cron": "@hourly"}),
+     {**OTHERS_JOB, "admin": 200, "operator": 200}),
+    ("POST", "pause another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/pause", None),
+     {**OTHERS_JOB, "admin": 200, "operator": 200}),
+    ("POST", "resume another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/resume", None),
+     {**OTHERS_JOB, "admin": 200, "operator": 200}),
+    ("POST", "run another's schedule now",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/run", None),
+     {**OTHERS_JOB, "admin": 201, "operator": 201}),
+    ("DELETE", "delete another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}", None),
+     {**OTHERS_JOB, "admin": 204, "operator": 204}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -16,6 +16,7 @@ from jobbalancer.api.routes import (
     legacy,
     metrics,
     notifications,
+    schedules,
     scripts,
     settings,
     stats,
@@ -27,7 +28,7 @@ __all__ = ["install"]
 
 ROUTERS = (
     jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
-    notifications,
+    notifications, schedules,
 )  # fmt: skip
 
 

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import auth, chains, classes, jobs, notify, registry, scripts, stats
+from jobbalancer import auth, chains, classes, jobs, notify, registry, schedules, scripts, stats
 from jobbalancer.service import access
+from jobbalancer.service import schedules as schedule_service
 
 
 def format_time(value: datetime) -> str:
@@ -95,6 +96,7 @@ class Job(BaseModel):
     waiting_for: str | None = Field(
         None, description="A held job: what it waits for (`waits for job 41 to succeed`)."
     )
+    schedule_id: int | None = Field(None, description="The schedule that fired it; null: none.")
 
     @classmethod
     def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
@@ -410,3 +412,105 @@ class Notification(BaseModel):
 class TestResult(BaseModel):
     delivered: bool
     error: str | None = Field(description="Why it did not go through.")
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+def format_local(value: datetime) -> str:
+    """ISO-8601 with the zone's offset that day: ``2026-03-29T03:00:00+02:00``."""
+    return value.isoformat(timespec="seconds")
+
+
+LocalTime = Annotated[datetime, PlainSerializer(format_local, return_type=str)]
+
+
+class NextRun(BaseModel):
+    """A fire time in UTC and in the schedule's zone."""
+
+    utc: Time
+    local: LocalTime
+
+    @classmethod
+    def from_run(cls, run: schedule_service.NextRun) -> NextRun:
+        return cls(utc=run.utc, local=run.local)
+
+
+class Occurrence(BaseModel):
+    """What became of one occurrence: ``fired`` (its job) or ``skipped`` (why)."""
+
+    id: int
+    fire_at: Time = Field(description="Its time (for a run-now: when it was asked for).")
+    recorded_at: Time = Field(description="When it was decided.")
+    outcome: schedules.Outcome
+    job_id: int | None
+    job_state: str | None = Field(description="The job's state now; null: none, or deleted.")
+    reason: str | None = Field(description="Why it was skipped.", examples=["owner disabled"])
+    reason_code: str | None = Field(
+        description="overlap, queue_full, owner, refused or missed (the metrics' label)."
+    )
+    late_ms: int = Field(description="How long after its time it was decided.")
+    manual: bool = Field(description="A run-now, not a fire time.")
+
+    @classmethod
+    def from_occurrence(cls, o: schedules.Occurrence) -> Occurrence:
+        return cls(
+            id=o.id, fire_at=o.fire_at, recorded_at=o.recorded_at, outcome=o.outcome,
+            job_id=o.job_id, job_state=o.job_state, reason=o.reason,
+            reason_code=o.reason_code, late_ms=o.late_ms, manual=o.manual,
+        )  # fmt: skip
+
+
+class Schedule(BaseModel):
+    """A schedule. In a list, ``last`` is its latest occurrence; ``GET`` of one adds
+    ``next_runs`` and ``occurrences`` (the latest, newest first)."""
+
+    id: int
+    name: str
+    description: str
+    job: dict[str, Any] = Field(description="The body of POST /api/v1/jobs it submits.")
+    cron: str
+    timezone: str
+    enabled: bool
+    overlap: schedules.Overlap
+    catch_up: schedules.CatchUp
+    catch_up_max: int
+    start_at: Time | None
+    end_at: Time | None
+    next_fire_at: Time | None = Field(description="The next occurrence; null: paused or ended.")
+    user: str = Field(description="Its owner: the jobs run as them, with their rights then.")
+    user_id: int
+    created_at: Time
+    updated_at: Time
+    last: Occurrence | None = None
+    next_runs: list[NextRun] | None = None
+    occurrences: list[Occurrence] | None = None
+
+    @classmethod
+    def from_schedule(
+        cls, s: schedules.Schedule, viewer: auth.User, last: schedules.Occurrence | None = None
+    ) -> Schedule:
+        job = dict(s.job)
+        if "env" in job and not (viewer.is_admin or viewer.id == s.user_id):
+            job["env"] = dict.fromkeys(job["env"], access.ENV_MASK)
+        return cls(
+            id=s.id, name=s.name, description=s.description, job=job, cron=s.cron,
+            timezone=s.timezone, enabled=s.enabled, overlap=s.overlap, catch_up=s.catch_up,
+            catch_up_max=s.catch_up_max, start_at=s.start_at, end_at=s.end_at,
+            next_fire_at=s.next_fire_at, user=s.user_name, user_id=s.user_id,
+            created_at=s.created_at, updated_at=s.updated_at,
+            last=None if last is None else Occurrence.from_occurrence(last),
+        )  # fmt: skip
+
+    @classmethod
+    def from_detail(cls, d: schedule_service.Detail, viewer: auth.User) -> Schedule:
+        found = cls.from_schedule(d.schedule, viewer, d.occurrences[0] if d.occurrences else None)
+        found.next_runs = [NextRun.from_run(r) for r in d.next_runs]
+        found.occurrences = [Occurrence.from_occurrence(o) for o in d.occurrences]
+        return found
+
+
+class SchedulePreview(BaseModel):
+    """The next fire times of an expression."""
+
+    next_runs: list[NextRun]

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobbalancer import auth, classes, refs
+from jobbalancer import auth, classes, cron, refs
 from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
@@ -486,6 +486,92 @@ class UserPatch(Input):
 
 class ApiKeyIn(Input):
     name: Annotated[str, StringConstraints(max_length=200), AfterValidator(clean_text)] = "default"
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+def _cron(value: str) -> str:
+    return cron.check(clean_text(value))
+
+
+def _timezone(value: str) -> str:
+    cron.zone(clean_text(value).strip())
+    return value.strip()
+
+
+Cron = Annotated[
+    str,
+    AfterValidator(_cron),
+    Field(
+        description="5 fields (minute hour day-of-month month day-of-week), an alias "
+        "(@hourly, @daily, @weekly, @monthly, @yearly), or 6 fields with seconds in front.",
+        examples=["30 2 * * *"],
+    ),
+]
+TimeZone = Annotated[
+    str,
+    AfterValidator(_timezone),
+    Field(description="IANA time zone the expression is read in.", examples=["Europe/Berlin"]),
+]
+Overlap = Literal["allow", "skip", "queue", "replace"]
+CatchUp = Literal["none", "latest", "all"]
+_OVERLAP_HELP = (
+    "While the previous run has not ended: allow (run anyway), skip (record a skip), queue "
+    "(wait for it; at most one waits), replace (kill it, then run)."
+)
+_CATCH_UP_HELP = (
+    "Occurrences missed while no server ran: none (skip them), latest (run the latest), "
+    "all (run them, up to catch_up_max)."
+)
+
+
+class ScheduleIn(Input):
+    """A new schedule: ``job`` (the body of POST /api/v1/jobs) submitted at the times of
+    ``cron`` read in ``timezone``, as its creator."""
+
+    name: Name
+    description: Description = ""
+    job: JobSubmit
+    cron: Cron
+    timezone: TimeZone = "UTC"
+    enabled: bool = True
+    overlap: Overlap = Field("skip", description=_OVERLAP_HELP)
+    catch_up: CatchUp = Field("latest", description=_CATCH_UP_HELP)
+    catch_up_max: int = Field(10, ge=1, le=1000, description="catch_up all: at most this many.")
+    start_at: pydantic.AwareDatetime | None = Field(None, description="No occurrence before.")
+    end_at: pydantic.AwareDatetime | None = Field(None, description="No occurrence after.")
+
+
+class SchedulePatch(Input):
+    """Change a schedule: send only what changes (null clears start_at or end_at)."""
+
+    name: Name | None = None
+    description: Description | None = None
+    job: JobSubmit | None = None
+    cron: Cron | None = None
+    timezone: TimeZone | None = None
+    enabled: bool | None = None
+    overlap: Overlap | None = None
+    catch_up: CatchUp | None = None
+    catch_up_max: int | None = Field(None, ge=1, le=1000)
+    start_at: pydantic.AwareDatetime | None = None
+    end_at: pydantic.AwareDatetime | None = None
+
+    _no_nulls = field_validator(
+        "name", "description", "job", "cron", "timezone", "enabled", "overlap", "catch_up",
+        "catch_up_max", mode="before",
+    )(_not_null)  # fmt: skip
+
+
+class SchedulePreview(Input):
+    """The next fire times of an expression, without saving anything."""
+
+    cron: Cron
+    timezone: TimeZone = "UTC"
+    count: int = Field(5, ge=1, le=100)
+    start_at: pydantic.AwareDatetime | None = None
+    end_at: pydantic.AwareDatetime | None = None
 
 
 # -- naming the field of a validation error -----------------------------------------------

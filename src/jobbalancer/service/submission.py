@@ -9,6 +9,7 @@ submit requests per second. Admins and operators are exempt (they can run anythi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -134,13 +135,17 @@ def rate_limiter(state: Any) -> RateLimiter:
     return limiter
 
 
-def _limits(conn: sa.Connection, user: auth.User, limiter: RateLimiter) -> settings.Tunables | None:
-    """The settings that limit ``user``, after taking a token of their submit rate; None
-    for admins and operators (no limits, and no query: the benchmarks submit as admin)."""
+def _limits(
+    conn: sa.Connection, user: auth.User, limiter: RateLimiter | None
+) -> settings.Tunables | None:
+    """The settings that limit ``user``, after taking a token of their submit rate (none
+    without a limiter: a schedule's firing is not a request); None for admins and
+    operators (no limits, and no query: the benchmarks submit as admin)."""
     if unrestricted(user):
         return None
     limits = settings.load_tunables(conn)
-    limiter.take(user.id, limits.submit_rate, limits.submit_burst)
+    if limiter is not None:
+        limiter.take(user.id, limits.submit_rate, limits.submit_burst)
     return limits
 
 
@@ -292,20 +297,23 @@ def _class_for(
 
 
 def submit(
-    engine: sa.Engine,
+    engine: sa.Engine | sa.Connection,
     user: auth.User,
     batch: Sequence[inputs.JobSubmit],
     *,
     prefix: bool,
-    limiter: RateLimiter,
+    limiter: RateLimiter | None,
+    schedule_id: int | None = None,
 ) -> list[jobs.Job]:
     """Check the user's limits and every job, then create and assign them all in one
     transaction: all are submitted, or none.
 
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
+    A schedule's firing passes its own transaction (a connection: the occurrence's row
+    commits with the jobs), no limiter, and ``schedule_id``, which the jobs carry.
     """
     access.require(user, access.SUBMIT)
-    with db.write(engine) as conn:
+    with _transaction(engine) as conn:
         limits = _limits(conn, user, limiter)
         lookups = _Lookups(conn)
         specs = []
@@ -314,6 +322,8 @@ def submit(
             if limits is not None:
                 check_priority(user, job.priority, limits.max_submitter_priority, where)
             specs.append(to_spec(conn, user, job, where, lookups))
+        if schedule_id is not None:
+            specs = [dataclasses.replace(s, schedule_id=schedule_id) for s in specs]
         afters = _afters(conn, user, batch, prefix=prefix)
         specs = [
             dataclasses.replace(s, held=True) if a else s
@@ -326,6 +336,15 @@ def submit(
             _chain(conn, ids, specs, afters)
         # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
+
+
+def _transaction(
+    engine: sa.Engine | sa.Connection,
+) -> contextlib.AbstractContextManager[sa.Connection]:
+    """A write transaction of its own, or the caller's (a connection in one)."""
+    if isinstance(engine, sa.Connection):
+        return contextlib.nullcontext(engine)
+    return db.write(engine)
 
 
 def _afters(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import urllib.parse
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
 import sqlalchemy as sa
@@ -20,7 +20,11 @@ from fastapi.responses import Response
 from jobbalancer import auth, chains, classes, db, errors, jobs, logs, notify, refs, scripts
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import access, inputs, job_actions, listing, submission
+from jobbalancer.service import schedules as schedule_service
 from jobbalancer.web import deps, pages
+
+if TYPE_CHECKING:
+    from jobbalancer.schedules import Schedule
 
 router = APIRouter(include_in_schema=False)
 
@@ -267,6 +271,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         ).scalars().all()  # fmt: skip
         sent = notify.list_notifications(conn, job_id=job_id, limit=50)
         links = access.shown_links(chains.links(conn, job_id), page.user)
+    schedule = _schedule_of(page, job)
     may_manage = page.user.can_manage_job(job.user_id)
     return page.render(
         "job.html",
@@ -281,10 +286,21 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         notifications=sent,
         links=links,
         waiting_for=links.waiting_for() if job.state == jobs.State.HELD else None,
+        schedule=schedule,
         can_kill=may_manage and not job.finished,
         can_restart=may_manage and page.user.can_submit,
         can_delete=may_manage and job.state not in jobs.ACTIVE,
     )
+
+
+def _schedule_of(page: deps.Page, job: jobs.Job) -> Schedule | None:
+    """The schedule that fired the job; None if none did, or it was deleted since."""
+    if job.schedule_id is None:
+        return None
+    try:
+        return schedule_service.get(page.engine, page.user, job.schedule_id, history=0).schedule
+    except errors.NotFound:
+        return None
 
 
 @router.get("/jobs/{job_id}/run")
