@@ -53,6 +53,8 @@ from jobbalancer.db.types import utcnow
 J, D = schema.jobs, schema.job_dependencies
 
 HELD, WAITING, SKIPPED = "held", "waiting", "skipped"
+# A released job whose not_before is still to come waits for it (jobs.release_due).
+DELAYED = "delayed"
 ON = ("success", "failure", "any")
 # A parent's end → the conditions it meets. A state not in here has not ended.
 MEETS: dict[str, tuple[str, ...]] = {
@@ -136,7 +138,7 @@ _RELEASE_MANY = (
         J.c.state == HELD,
         ~sa.exists().where(D.c.child_id == J.c.id, D.c.met.is_(False)),
     )
-    .values(state=WAITING)
+    .values(state=sa.case((J.c.not_before > utcnow(), DELAYED), else_=WAITING))
 )
 
 

@@ -178,6 +178,15 @@ jobs = sa.Table(
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
+    # Starting later (docs/api.md, "Starting later, retrying later"): the job is not run
+    # before ``not_before`` (a ``delayed`` job until then). The retry policy is copied to
+    # retries and restarts; NULL: the default (at once; failed and lost ends retried).
+    sa.Column("not_before", UTCDateTime),
+    sa.Column("retry_delay", sa.Double),
+    sa.Column("retry_backoff", sa.Double),
+    sa.Column("retry_max_delay", sa.Double),
+    sa.Column("retry_jitter", sa.Double),
+    sa.Column("retry_on", sa.JSON),
     # A worker's pick-up and the balancer's slot count.
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),
@@ -188,6 +197,9 @@ jobs = sa.Table(
     sa.Index(None, "retry_of"),
     # The job list by state, newest first: without it SQLite sorts every job of the state.
     sa.Index(None, "state", "id"),
+    # The leader's release of delayed jobs that are due, and its next wake-up (the
+    # earliest due one): both read only the delayed jobs' head of this index.
+    sa.Index(None, "state", "not_before"),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
