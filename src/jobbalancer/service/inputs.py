@@ -235,6 +235,16 @@ def _distinct(value: list[str | int]) -> list[str | int]:
     return list(dict.fromkeys(value))
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """``"10m"`` → 600.0 (units s, m, h, d; none: seconds); None if it is not one."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    return None if match is None else float(match[1]) * _UNITS[match[2]]
+
+
 NotBefore = Annotated[datetime, AfterValidator(_not_before)]
 RetryEnd = Annotated[str | int, PlainValidator(_retry_end, json_schema_input_type=str | int)]
 
