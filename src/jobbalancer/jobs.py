@@ -117,9 +117,12 @@ class RetryPolicy:
         """Seconds to wait before the attempt after ``attempt`` (1 for the first run)."""
         if self.delay <= 0:
             return 0.0
-        # In logs: backoff^(attempt-1) overflows a float long before attempt 101.
-        exponent = (attempt - 1) * math.log(max(self.backoff, 1.0))
-        base = self.delay * math.exp(min(exponent, math.log(MAX_DELAY)))
+        backoff, steps = max(self.backoff, 1.0), max(attempt - 1, 0)
+        # backoff^steps overflows a float long before attempt 101: past a year, a year.
+        if steps * math.log(backoff) > math.log(2 * MAX_DELAY / self.delay):
+            base = 2 * MAX_DELAY
+        else:
+            base = self.delay * backoff**steps
         spread = base * self.jitter * (2.0 * rand() - 1.0)
         cap = MAX_DELAY if self.max_delay is None else min(self.max_delay, MAX_DELAY)
         return max(0.0, min(base + spread, cap))
