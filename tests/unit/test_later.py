@@ -189,9 +189,9 @@ def test_parallel_takes_the_same_options(monkeypatch: pytest.MonkeyPatch) -> Non
     result = CliRunner().invoke(cli.app, [*args, "{}", ":::", "a"])
     assert result.exit_code == 0, result.output
     bad = CliRunner().invoke(
-        cli.app, [*args[:3], "--dry-run", "--in", "x", "--", "echo", ":::", "a"]
+        cli.app, [*args[:5], "--dry-run", "--in", "x", "--", "echo", ":::", "a"]
     )
-    assert bad.exit_code == 2
+    assert bad.exit_code == 2 and "--in 'x'" in bad.output
 
 
 # -- what is shown ------------------------------------------------------------------------
