@@ -216,9 +216,12 @@ def _not_before(value: datetime) -> datetime:
             "must have a time zone offset (2026-12-24T18:00:00+01:00, or Z for UTC): a time "
             "without one could mean any of them"
         )
-    if value - datetime.now(UTC) > timedelta(seconds=MAX_DELAY):
-        raise ValueError("must be at most a year from now")
-    return value.astimezone(UTC)
+    try:
+        if value - datetime.now(UTC) > timedelta(seconds=MAX_DELAY):
+            raise ValueError("must be at most a year from now")
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+        raise ValueError("is out of range") from None
 
 
 def _retry_end(value: Any) -> str | int:
