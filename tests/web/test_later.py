@@ -85,3 +85,12 @@ def test_a_retry_that_waits_says_which_attempt_and_when(web: Web) -> None:
     page = client.get(f"/jobs/{retry}").text
     starts = re.search(r'<p class="hint" id="job-starts">(.*?)</p>', page, re.S)
     assert starts and starts.group(1).startswith("Attempt 2 of 4, next try at <time")
+
+
+def test_the_dashboard_counts_delayed_jobs(web: Web) -> None:
+    client, _ = web.login()
+    assert 'id="tile-delayed"' not in client.get("/").text
+    spec = jobs.Spec(worker_class_id=1, command="true", delay=600.0)
+    with db.write(web.engine) as conn:
+        jobs.create(conn, [spec, spec], None, None)
+    assert '<span id="tile-delayed">2 delayed</span>' in client.get("/").text
