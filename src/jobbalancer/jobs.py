@@ -781,9 +781,12 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
 # -- release_due: delayed → waiting once not_before has come (the leader's tick) ---------
 
 RELEASE_CHUNK = 1000
+# The database's clock is read once (with the earliest not_before) and bound: compared
+# with PostgreSQL's clock_timestamp(), which is volatile, not_before could not use the
+# index, and 100 000 delayed jobs were read at every tick.
 _DUE = (
     sa.select(J.c.id)
-    .where(J.c.state == State.DELAYED.value, J.c.not_before <= utcnow())
+    .where(J.c.state == State.DELAYED.value, J.c.not_before <= sa.bindparam("b_now"))
     .order_by(J.c.not_before)
     .limit(RELEASE_CHUNK)
 )
@@ -792,7 +795,7 @@ _RELEASE_DUE = (
     .where(
         J.c.id.in_(sa.bindparam("b_ids", expanding=True)),
         J.c.state == State.DELAYED.value,
-        J.c.not_before <= utcnow(),
+        J.c.not_before <= sa.bindparam("b_now"),
     )
     .values(state=State.WAITING.value)
 )
@@ -810,27 +813,35 @@ def release_due(conn: sa.Connection, chunks: int = 20) -> int:
     clock), earliest first, up to ``chunks`` statements of :data:`RELEASE_CHUNK` jobs;
     how many. Caller holds the assign lock (the balancer's order: the lock, then rows), and
     assigns them after. Each statement is conditional (still delayed, and due), so two
-    releases never release a job twice and none early."""
+    releases never release a job twice and none early. With none due, one read."""
+    due, now = _due_and_now(conn)
+    if due is None or due > now:
+        return 0
     released = 0
     for _ in range(chunks):
-        ids = list(conn.execute(_DUE).scalars())
+        ids = list(conn.execute(_DUE, {"b_now": now}).scalars())
         if not ids:
             break
-        released += conn.execute(_RELEASE_DUE, {"b_ids": ids}).rowcount
+        released += conn.execute(_RELEASE_DUE, {"b_ids": ids, "b_now": now}).rowcount
         if len(ids) < RELEASE_CHUNK:
             break
     return released
 
 
+def _due_and_now(conn: sa.Connection) -> tuple[datetime | None, datetime]:
+    """The earliest delayed job's not_before (None: none is delayed) and the database's
+    time. One read of the head of the (state, not_before) index."""
+    row = conn.execute(_NEXT_DUE).one()
+    due: datetime | None = row.due
+    now: datetime = row.now
+    return due, now
+
+
 def next_due(conn: sa.Connection) -> float | None:
     """Seconds until the earliest delayed job is due (0 when one is due already); None
-    when none is delayed. One read of the head of the (state, not_before) index."""
-    row = conn.execute(_NEXT_DUE).one()
-    if row.due is None:
-        return None
-    due: datetime = row.due
-    now: datetime = row.now
-    return max(0.0, (due - now).total_seconds())
+    when none is delayed."""
+    due, now = _due_and_now(conn)
+    return None if due is None else max(0.0, (due - now).total_seconds())
 
 
 # -- the worker is gone: assigned → waiting (unassign), running → lost (lose) -------------
