@@ -35,7 +35,8 @@ held or waiting job takes the lock before the job's row; of any other job, the r
 first, as its worker and the monitor do (``service.job_actions``).
 
 This module sits below :mod:`jobbalancer.jobs`, which calls it at every move of a job into
-a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``) and knows
+a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``; to
+``delayed`` for a job whose ``not_before`` is still to come) and knows
 the states by their names (tests check they are :class:`jobs.State` values).
 """
 

@@ -267,11 +267,6 @@ class Job:
         names = ("retry_delay", "retry_backoff", "retry_max_delay", "retry_jitter", "retry_on")
         return RetryPolicy.of({n: getattr(self, n) for n in names})
 
-    @property
-    def waits_for_retry(self) -> bool:
-        """A delayed attempt after a failed one: "attempt 2 of 4, next try at …"."""
-        return self.state == State.DELAYED and self.retry_of is not None
-
 
 _SPECIAL = {
     "state", "params", "env", "labels", "notify", "kill_requested", "need_realtime", "retry_on",
