@@ -36,6 +36,8 @@ def test_a_job_with_a_delay_is_delayed_with_its_time(api: Api) -> None:
     assert [j["id"] for j in listed] == [job["id"]]
     stats = api.admin.get("/api/v1/stats").json()
     assert stats["jobs"]["delayed"] == 1
+    metrics = api.admin.get("/metrics").text
+    assert 'jobbalancer_jobs{state="delayed"} 1.0' in metrics
 
 
 def test_not_before_with_an_offset(api: Api) -> None:
