@@ -45,16 +45,27 @@ def test_a_job_submitted_in_2s_starts_no_earlier(make_cluster: Any) -> None:
     # The delay counts from the database's clock as the submission read it, a few ms
     # before the insert stamped created_at.
     assert timedelta(seconds=1.9) <= not_before - created <= timedelta(seconds=2.5)
-    shown = _cli(cluster, "show", str(job_id))
-    assert shown.returncode == 0 and "starts at " in shown.stdout, shown.stdout
-    listed = _cli(cluster, "jobs", "--state", "delayed")
-    assert listed.returncode == 0 and "starts at" in listed.stdout, listed.stdout
 
     done = cluster.wait_job(job_id)
     assert done["state"] == "done" and cluster.log(job_id) == "later\n"
     started = _t(done["started_at"])
     assert started >= not_before - TOLERANCE  # never early
     print(f"\nstarted {(started - not_before).total_seconds() * 1000:.0f} ms after its time")
+
+
+def test_show_and_the_list_say_when_it_starts(make_cluster: Any) -> None:
+    cluster: Cluster = make_cluster()
+    proc = _cli(cluster, "submit", "--at", "2099-01-01T00:00Z", "--", "true")
+    assert proc.returncode == 2 and "at most a year from now" in proc.stderr, proc.stderr
+    proc = _cli(cluster, "submit", "--in", "1h", "--", "echo", "later")
+    assert proc.returncode == 0, proc.stderr
+    job_id = int(proc.stdout.strip())
+    shown = _cli(cluster, "show", str(job_id))
+    assert shown.returncode == 0 and "starts at " in shown.stdout, shown.stdout
+    listed = _cli(cluster, "jobs", "--state", "delayed")
+    assert listed.returncode == 0 and "starts at" in listed.stdout, listed.stdout
+    assert _cli(cluster, "kill", str(job_id)).returncode == 0
+    assert cluster.job(job_id)["state"] == "killed"
 
 
 def test_retries_wait_between_attempts(make_cluster: Any) -> None:
