@@ -10,8 +10,9 @@
    measured right before, in the same run;
 2. latency: 200 jobs at 20/s into idle workers; submit → started, submit → finished;
 3. scale: 500 simulated workers and 1k / 10k / 100k waiting jobs, then 100k held jobs
-   more: cost of a submit, of a finish that fills its slot, of a worker's poll and of a
-   balancing pass; list API time;
+   more, then 100k delayed jobs more: cost of a submit, of a finish that fills its slot,
+   of a worker's poll, of a balancing pass and of the leader's tick (release of due
+   delayed jobs, balancing, next wake-up); list API time;
 4. output: one job writing 100 MB; MB/s into the database, worker peak RSS growth, and
    log read-back speed;
 5. footprint: idle RSS of the server and a worker; CPU ms per job (throughput runs);
@@ -233,7 +234,7 @@ def main() -> None:
         _table(
             f"3. Scale: {scale_bench.WORKERS} workers, all slots busy; median ms per operation",
             ["backend", "waiting", "submit", "finish+assign", "poll", "balance pass",
-             "list API", "list waiting", "list worker"],
+             "list API", "list waiting", "list worker", "leader tick"],
             out["scale"],
         )  # fmt: skip
     if out["output"]:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 from urllib.parse import quote
 
@@ -176,10 +177,16 @@ class Client:
         workdir: str | None = None,
         notify: Sequence[Mapping[str, Any]] = (),
         after: Sequence[int | Mapping[str, Any]] = (),
+        **later: Any,
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments (by name, ``{"crf": 23}``, for a script
         that declares its parameters). Returns the new job.
+
+        ``later``: the fields of starting and retrying later, as the API names them
+        (``not_before`` an RFC 3339 string or an aware datetime, ``delay`` seconds,
+        ``retry_delay``, ``retry_backoff``, ``retry_max_delay``, ``retry_jitter``,
+        ``retry_on``); the job is ``delayed`` until it may start.
 
         ``workdir`` is an absolute directory on the worker to run in (None: a private
         temporary one); a worker where it is missing or not usable fails the job, saying why.
@@ -207,6 +214,7 @@ class Client:
             workdir=workdir,
             notify=notify,
             after=after,
+            **later,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -562,10 +570,15 @@ def job_spec(
     workdir: str | None = None,
     notify: Sequence[Mapping[str, Any]] = (),
     after: Sequence[int | Mapping[str, Any]] = (),
+    **later: Any,
 ) -> dict[str, Any]:
     """The JSON body of one submission; only the fields that differ from the defaults.
 
-    ``after`` (jobs to wait for) may name a job of the same batch as ``{"ref": INDEX}``."""
+    ``after`` (jobs to wait for) may name a job of the same batch as ``{"ref": INDEX}``.
+    ``later``: the fields of starting and retrying later (:data:`LATER_FIELDS`)."""
+    unknown = set(later) - set(LATER_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown submission fields: {', '.join(sorted(unknown))}")
     if (command is None) == (script is None):
         raise ValueError("give exactly one of command or script")
     spec: dict[str, Any] = {"command": command} if command is not None else {"script": script}
@@ -582,12 +595,21 @@ def job_spec(
         "notify": [dict(rule) for rule in notify],
         "after": [a if isinstance(a, int) else dict(a) for a in after],
     }
+    for key, value in later.items():
+        optional[key] = value.isoformat() if isinstance(value, datetime) else value
     spec.update({key: value for key, value in optional.items() if value})
     return spec
 
 
 def _schedule_path(ref: str | int) -> str:
     return f"/api/v1/schedules/{quote(str(ref), safe='')}"
+
+
+# Starting and retrying later (docs/api.md, "Starting later, retrying later").
+LATER_FIELDS = (
+    "not_before", "delay", "retry_delay", "retry_backoff", "retry_max_delay", "retry_jitter",
+    "retry_on",
+)  # fmt: skip
 
 
 class ServerEvent(NamedTuple):

@@ -131,6 +131,8 @@ class Supervisor:
         self._unreachable = False  # the last tick could not reach the database
         self._reachable_since: datetime | None = None  # database clock, after an outage
         self._liveness = Liveness()
+        # Seconds from the last tick to the earliest delayed job's not_before (None: none).
+        self._due_in: float | None = None
         self.dispatcher = None if config is None else notify.Dispatcher(engine, config, self.holder)
         self._notifier: threading.Thread | None = None
         self._leader_loops = list(leader_loops)
@@ -181,10 +183,18 @@ class Supervisor:
                 self._unreachable = True
             except Exception:
                 log.exception("supervisor tick failed; retrying")
-            self._stop.wait(self.interval)
+            self._stop.wait(self.pause())
+
+    def pause(self) -> float:
+        """How long to wait before the next tick: the interval, or less when a delayed
+        job is due sooner (it starts on time, not up to an interval late)."""
+        if not self.is_leader or self._due_in is None:
+            return self.interval
+        return min(self.interval, self._due_in)
 
     def tick(self) -> None:
-        """One round: renew or take the lease; as leader, monitor and balance."""
+        """One round: renew or take the lease; as leader, monitor, release the delayed jobs
+        that are due, and balance."""
         with db.write(self.engine) as conn:
             leader = db.take_lease(conn, self.LEASE, self.holder, self.interval * 5)
             if self._unreachable:
@@ -198,7 +208,10 @@ class Supervisor:
             return
         check_workers(self.engine, reachable_since=self._reachable_since, liveness=self._liveness)
         with db.write(self.engine) as conn:
-            balancer.assign_waiting(conn)
+            db.lock_row(conn, "assign")  # the balancer's order: the lock, then job rows
+            jobs.release_due(conn)
+            balancer.assign_waiting(conn, locked=True)
+            self._due_in = jobs.next_due(conn)
         self._ticks += 1
         if self._ticks % 60 == 1:
             apply_retention(self.engine)

@@ -30,7 +30,10 @@ class World:
 
     def job(self, *, own: bool = False, state: str = "waiting") -> int:
         key = self.actor_key if own else self.app.admin_key
-        r = self.app.client(key).post("/api/v1/jobs", json={"command": "true"})
+        body: dict[str, Any] = {"command": "true"}
+        if state == "delayed":
+            body["delay"] = 3600
+        r = self.app.client(key).post("/api/v1/jobs", json=body)
         assert r.status_code == 201, r.text
         job_id = int(r.json()["id"])
         if state == "killed":
@@ -124,6 +127,18 @@ ACTIONS: list[Action] = [
         "DELETE",
         "delete another's job",
         lambda w: (f"/api/v1/jobs/{w.job(state='killed')}", None),
+        {**OTHERS_JOB, "admin": 204, "operator": 204},
+    ),
+    (
+        "POST",
+        "kill another's delayed job",
+        lambda w: (f"/api/v1/jobs/{w.job(state='delayed')}/kill", None),
+        {**OTHERS_JOB, "admin": 202, "operator": 202},
+    ),
+    (
+        "DELETE",
+        "delete another's delayed job",
+        lambda w: (f"/api/v1/jobs/{w.job(state='delayed')}", None),
         {**OTHERS_JOB, "admin": 204, "operator": 204},
     ),
     ("GET", "list workers", lambda w: ("/api/v1/workers", None), _all(200)),

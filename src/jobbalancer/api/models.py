@@ -97,6 +97,17 @@ class Job(BaseModel):
         None, description="A held job: what it waits for (`waits for job 41 to succeed`)."
     )
     schedule_id: int | None = Field(None, description="The schedule that fired it; null: none.")
+    not_before: Time | None = Field(
+        description="Not started before this time: a `delayed` job starts then (a "
+        "submission's `not_before`/`delay`, or a retry's wait); null: at once."
+    )
+    retry_delay: float | None = Field(description="Seconds before the first retry; null: 0.")
+    retry_backoff: float | None = Field(description="Factor of each next wait; null: 1.")
+    retry_max_delay: float | None = Field(description="The longest wait; null: no cap.")
+    retry_jitter: float | None = Field(description="Random ± fraction of each wait; null: 0.")
+    retry_on: list[str | int] | None = Field(
+        description='Ends retried: states and exit codes; null: ["failed", "lost"].'
+    )
 
     @classmethod
     def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:

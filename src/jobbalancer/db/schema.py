@@ -182,6 +182,15 @@ jobs = sa.Table(
     sa.Column("finished_at", UTCDateTime),
     # The schedule that fired it (its retries keep it); NULL: submitted by hand.
     sa.Column("schedule_id", sa.Integer),
+    # Starting later (docs/api.md, "Starting later, retrying later"): the job is not run
+    # before ``not_before`` (a ``delayed`` job until then). The retry policy is copied to
+    # retries and restarts; NULL: the default (at once; failed and lost ends retried).
+    sa.Column("not_before", UTCDateTime),
+    sa.Column("retry_delay", sa.Double),
+    sa.Column("retry_backoff", sa.Double),
+    sa.Column("retry_max_delay", sa.Double),
+    sa.Column("retry_jitter", sa.Double),
+    sa.Column("retry_on", sa.JSON),
     # A worker's pick-up and the balancer's slot count.
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),
@@ -194,6 +203,9 @@ jobs = sa.Table(
     sa.Index(None, "state", "id"),
     # A schedule's jobs not yet ended (its overlap policy), and the list's schedule filter.
     sa.Index(None, "schedule_id", "state"),
+    # The leader's release of delayed jobs that are due, and its next wake-up (the
+    # earliest due one): both read only the delayed jobs' head of this index.
+    sa.Index(None, "state", "not_before"),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 

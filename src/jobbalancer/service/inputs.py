@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobbalancer import auth, classes, cron, refs
+from jobbalancer import auth, classes, cron, jobs, refs
 from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
@@ -230,6 +231,54 @@ class AfterIn(Input):
 After = Annotated[AfterIn, BeforeValidator(_bare_id, json_schema_input_type=AfterIn | int)]
 
 
+# -- starting later, retrying later -------------------------------------------------------
+
+MAX_DELAY = jobs.MAX_DELAY  # a year, in seconds
+RETRY_ON_STATES = tuple(s.value for s in jobs.RETRY_ENDS)
+
+
+def _not_before(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            "must have a time zone offset (2026-12-24T18:00:00+01:00, or Z for UTC): a time "
+            "without one could mean any of them"
+        )
+    try:
+        if value - datetime.now(UTC) > timedelta(seconds=MAX_DELAY):
+            raise ValueError("must be at most a year from now")
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+        raise ValueError("is out of range") from None
+
+
+def _retry_end(value: Any) -> str | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= 255:
+            return value
+        raise ValueError("an exit code must be 1 to 255")
+    if isinstance(value, str) and value in RETRY_ON_STATES:
+        return value
+    raise ValueError(f"must be one of {', '.join(RETRY_ON_STATES)} or an exit code (1 to 255)")
+
+
+def _distinct(value: list[str | int]) -> list[str | int]:
+    return list(dict.fromkeys(value))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """``"10m"`` → 600.0 (units s, m, h, d; none: seconds); None if it is not one."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    return None if match is None else float(match[1]) * _UNITS[match[2]]
+
+
+NotBefore = Annotated[datetime, AfterValidator(_not_before)]
+RetryEnd = Annotated[str | int, PlainValidator(_retry_end, json_schema_input_type=str | int)]
+
+
 class JobSubmit(Input):
     """A job to run: exactly one of ``command`` or ``script``."""
 
@@ -276,6 +325,62 @@ class JobSubmit(Input):
         description='Jobs to wait for: `{"job": ID, "on": "success"}` (or a bare id: '
         "success). The job is `held` until each has ended for good, then runs; `skipped` if "
         "one ended in a way it did not want.",
+    )
+    not_before: NotBefore | None = Field(
+        None,
+        description="Do not start before this time (RFC 3339 with an offset, at most a year "
+        "ahead); the job is `delayed` until then. A time already past runs at once. Not "
+        "with `delay`, nor with `need_realtime`.",
+        examples=["2026-12-24T18:00:00+01:00"],
+    )
+    delay: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="Do not start for this many seconds (at most a year); the job is "
+        "`delayed` until then. Not with `not_before`, nor with `need_realtime`.",
+        examples=[600],
+    )
+    retry_delay: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="Seconds between the end of a failed attempt and its retry (the first "
+        "one; see `retry_backoff`); the retry is `delayed` until then. null/0: at once.",
+    )
+    retry_backoff: float | None = Field(
+        None,
+        ge=1,
+        le=100,
+        allow_inf_nan=False,
+        description="Each retry waits this many times longer than the one before (2: 30 s, "
+        "60 s, 120 s …). null: 1 (always `retry_delay`).",
+    )
+    retry_max_delay: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="No retry waits longer than this many seconds (after the jitter).",
+    )
+    retry_jitter: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A fraction (0 to 1): each wait is moved at random by up to ± this much "
+        "of itself (0.1: 27 to 33 s for 30 s), so retries of many jobs do not come at once.",
+    )
+    retry_on: Annotated[list[RetryEnd], AfterValidator(_distinct)] | None = Field(
+        None,
+        min_length=1,
+        max_length=50,
+        description='Which ends are retried: any of "failed", "timeout", "lost", and exit '
+        "codes (a `failed` end with that code: [75] retries exit 75 only). null: "
+        '["failed", "lost"].',
+        examples=[["timeout", 75]],
     )
 
 

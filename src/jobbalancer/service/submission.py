@@ -149,9 +149,13 @@ def _limits(
     return limits
 
 
+# What counts as waiting towards a submitter's cap: held and delayed jobs wait too.
+_WAITING_STATES = [s.value for s in (jobs.State.WAITING, jobs.State.HELD, jobs.State.DELAYED)]
+
+
 def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) -> None:
     """WaitingLimit if ``adding`` more jobs would leave ``user`` over ``cap`` waiting jobs
-    (held jobs count: they wait too).
+    (held and delayed jobs count: they wait too).
 
     Counted in the submit's transaction; two batches submitted at the same instant on
     PostgreSQL or MariaDB may both pass, so the cap can be overshot by one batch."""
@@ -164,7 +168,7 @@ def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) 
         sa.select(J.c.id)
         .where(
             J.c.user_id + 0 == user.id,
-            J.c.state.in_([jobs.State.WAITING.value, jobs.State.HELD.value]),
+            J.c.state.in_(_WAITING_STATES),
         )
         .limit(cap + 1)
         .subquery()
@@ -224,6 +228,7 @@ def to_spec(
         retries=job.retries,
         workdir=job.workdir,
         notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
+        **_timing(job, where),
     )
     if job.command is not None:
         if not user.commands_allowed:
@@ -285,6 +290,28 @@ def with_secret_args(spec: jobs.Spec, secret_args: dict[int, str], where: str = 
             field=f"{where}params",
         )
     return spec
+
+
+def _timing(job: inputs.JobSubmit, where: str) -> dict[str, Any]:
+    """The spec's start time and retry policy (docs/api.md, "Starting later, retrying
+    later"): ``not_before`` or ``delay``, not both, and neither with ``need_realtime``."""
+    if job.not_before is not None and job.delay is not None:
+        raise errors.InvalidInput("give 'not_before' or 'delay', not both", field=f"{where}delay")
+    later = "not_before" if job.not_before is not None else "delay"
+    if job.need_realtime and (job.not_before is not None or job.delay is not None):
+        raise errors.InvalidInput(
+            f"a job with '{later}' starts later, so it cannot need a slot at once "
+            "(need_realtime): give one or the other",
+            field=f"{where}{later}",
+        )
+    retry = jobs.RetryPolicy(
+        delay=job.retry_delay or 0.0,
+        backoff=job.retry_backoff or 1.0,
+        max_delay=job.retry_max_delay,
+        jitter=job.retry_jitter or 0.0,
+        on=tuple(job.retry_on or ()),
+    )
+    return {"not_before": job.not_before, "delay": job.delay or None, "retry": retry}
 
 
 def _class_for(

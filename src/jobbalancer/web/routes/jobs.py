@@ -181,7 +181,8 @@ def delete(page: deps.Page, job_id: int) -> None:
 # -- submitting -----------------------------------------------------------------------------
 
 _FORM_FIELDS = ("kind", "command", "script", "params", "watchdog", "worker_class",
-                "priority", "retries", "need_realtime", "workdir")  # fmt: skip
+                "priority", "retries", "need_realtime", "workdir",
+                "start", "retry_delay")  # fmt: skip
 
 
 @router.post("/jobs")
@@ -228,7 +229,27 @@ def _spec_from_form(form: dict[str, str]) -> inputs.JobSubmit:
     for name in ("watchdog", "priority", "retries", "workdir"):
         if form[name].strip():
             body[name] = form[name].strip()
+    body.update(_later_from_form(form))
     return inputs.JobSubmit.model_validate(body)
+
+
+def _later_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """ "Start in or at": a duration (``10m``) is a ``delay``, anything else a
+    ``not_before`` (the API's checks name it); "Retry delay": a duration."""
+    body: dict[str, Any] = {}
+    start = form["start"].strip()
+    if start:
+        delay = inputs.parse_duration(start)
+        body["delay" if delay is not None else "not_before"] = start if delay is None else delay
+    retry_delay = form["retry_delay"].strip()
+    if retry_delay:
+        seconds = inputs.parse_duration(retry_delay)
+        if seconds is None:
+            raise errors.InvalidInput(
+                "retry delay: give a number with s, m, h or d (30s, 5m)", field="retry_delay"
+            )
+        body["retry_delay"] = seconds
+    return body
 
 
 # -- one job --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ row per occurrence decided, unique per schedule and time: the exactly-once guara
 with an index (schedule_id, state). New tables and one nullable column: no data changes.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-05 22:10:00
 """
 
@@ -19,7 +19,7 @@ from alembic import op
 import jobbalancer.db.types
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
