@@ -100,6 +100,10 @@ class Spec:
     notify: tuple[Mapping[str, Any], ...] = ()
     # Created held: it has conditions (chains.add gives them, and may release it at once).
     held: bool = False
+    # Secrets by name (jobbalancer/vault.py; never values): {ENV_NAME: name} and
+    # {index in params: name}, resolved by the worker just before the start.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    secret_args: Mapping[int, str] = field(default_factory=dict)
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -121,6 +125,8 @@ _SPEC_COLUMNS = (
     "notify",
     "user_id",
     "user_name",
+    "secret_env",
+    "secret_args",
 )
 
 
@@ -164,6 +170,9 @@ class Job:
     assigned_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    # Secrets by name (see Spec); last, with defaults, so records made elsewhere need not.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    secret_args: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Job:
@@ -177,6 +186,8 @@ class Job:
             notify=tuple(m["notify"] or ()),
             kill_requested=bool(m["kill_requested"]),
             need_realtime=bool(m["need_realtime"]),
+            secret_env=dict(m["secret_env"] or {}),
+            secret_args={int(k): v for k, v in (m["secret_args"] or {}).items()},
         )
 
     @property
@@ -185,6 +196,7 @@ class Job:
 
 
 _SPECIAL = {"state", "params", "env", "labels", "notify", "kill_requested", "need_realtime"}
+_SPECIAL |= {"secret_env", "secret_args"}
 _PLAIN_FIELDS = [n for n in Job.__dataclass_fields__ if n not in _SPECIAL]
 
 
@@ -263,6 +275,8 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
         "retries": spec.retries,
         "workdir": spec.workdir,
         "notify": [dict(rule) for rule in spec.notify] or None,
+        "secret_env": dict(spec.secret_env) or None,
+        "secret_args": {str(i): n for i, n in spec.secret_args.items()} or None,
         "attempt": 1,
         "user_id": user_id,
         "user_name": user_name,

@@ -17,6 +17,7 @@ from jobbalancer.api.routes import (
     metrics,
     notifications,
     scripts,
+    secrets,
     settings,
     stats,
     users,
@@ -27,7 +28,7 @@ __all__ = ["install"]
 
 ROUTERS = (
     jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
-    notifications,
+    notifications, secrets,
 )  # fmt: skip
 
 
