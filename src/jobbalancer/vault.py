@@ -229,9 +229,10 @@ class Secret:
             updated_at=m["updated_at"], updated_by=m["updated_by"],
         )  # fmt: skip
 
-    def allows_user(self, user_id: int | None, is_admin: bool) -> bool:
-        """Admins may use every secret (they set the limits); others if listed or unlimited."""
-        return is_admin or self.users is None or (user_id is not None and user_id in self.users)
+    def allows_user(self, user_id: int | None) -> bool:
+        """Whether jobs of ``user_id`` may use it: listed, or no one is (admins too: an
+        admin who wants one adds themselves; the worker checks again knowing only ids)."""
+        return self.users is None or (user_id is not None and user_id in self.users)
 
     def allows_class(self, class_name: str) -> bool:
         return self.worker_classes is None or class_name in self.worker_classes
@@ -347,6 +348,16 @@ def delete(conn: sa.Connection, secret_id: int) -> Secret:
     return secret
 
 
+def forget_user(conn: sa.Connection, user_id: int) -> None:
+    """A deleted user leaves every secret's user list, so their jobs still queued fail at
+    the start (a list left empty allows no one, not everyone)."""
+    for row in conn.execute(sa.select(S.c.id, S.c.users).where(S.c.users.is_not(None))).all():
+        listed = [int(u) for u in row.users or ()]
+        if user_id in listed:
+            kept = [u for u in listed if u != user_id]
+            conn.execute(sa.update(S).where(S.c.id == row.id).values(users=kept))
+
+
 def _list(items: Sequence[Any] | None) -> list[Any] | None:
     return None if items is None else list(dict.fromkeys(items))
 
@@ -357,25 +368,6 @@ def _list(items: Sequence[Any] | None) -> list[Any] | None:
 def names_of(secret_env: Mapping[str, str], secret_args: Mapping[int, str]) -> list[str]:
     """Every secret a job names, once each, in a stable order."""
     return list(dict.fromkeys([*secret_env.values(), *secret_args.values()]))
-
-
-@dataclass(frozen=True)
-class Owner:
-    """What the run-time check needs of a job's owner (the worker reads no more of them)."""
-
-    exists: bool
-    is_admin: bool
-    disabled: bool
-
-
-def _owner(conn: sa.Connection, user_id: int | None) -> Owner:
-    if user_id is None:
-        return Owner(exists=False, is_admin=False, disabled=True)
-    u = schema.users
-    row = conn.execute(sa.select(u.c.role, u.c.disabled).where(u.c.id == user_id)).first()
-    if row is None:
-        return Owner(exists=False, is_admin=False, disabled=True)
-    return Owner(exists=True, is_admin=row.role == "admin", disabled=bool(row.disabled))
 
 
 _VALUES = sa.select(S.c.name, S.c.value, S.c.worker_classes, S.c.users).where(
@@ -392,23 +384,19 @@ def resolve(
     worker_class: str,
     job_id: int,
 ) -> dict[str, str]:
-    """The values of the secrets a job names, by name, after checking again that they
-    exist and that the job's owner (still enabled) and class may use them. Unusable says
-    why not; the job must then not run. Only a worker calls this, just before the start."""
+    """The values of the secrets job ``job_id`` names, by name, after checking again
+    that they exist and that the job's owner and class may still use them. Unusable says
+    why not; the job must then not run. Only a worker calls this, just before the start
+    (its database role reads the secrets' sealed values and limits, never the users)."""
     if not names:
         return {}
-    owner = _owner(conn, owner_id)
-    if not owner.exists or owner.disabled:
-        gone = "disabled" if owner.exists else "deleted"
-        raise Unusable(f"job {job_id} uses secrets, and its owner is {gone}")
     rows = {r.name: r for r in conn.execute(_VALUES, {"b_names": list(names)})}
     found: dict[str, str] = {}
     for name in names:
         row = rows.get(name)
         if row is None:
             raise Unusable(f"secret {name!r} does not exist (any more)")
-        allowed = row.users is None or owner.is_admin or owner_id in {int(u) for u in row.users}
-        if not allowed:
+        if row.users is not None and owner_id not in {int(u) for u in row.users}:
             raise Unusable(f"the job's owner may not use secret {name!r} (any more)")
         if row.worker_classes is not None and worker_class not in row.worker_classes:
             raise Unusable(f"secret {name!r} may not be used in worker class {worker_class!r}")

@@ -9,9 +9,9 @@ only), the dependencies of jobs held for them (read; mark met, follow a retry), 
 tunables (``settings``, read), the balancer's row lock (``locks``) and the schema
 revision, and the notifications of its jobs' ends (the rules, the targets' ids, insert
 only into the outbox; never a target's URL or secret), and the secrets of the jobs it
-starts (their sealed values and limits; of users only id, role and disabled). LISTEN
-and ``pg_notify`` need no grant. What remains: INSERT on ``jobs`` (a worker queues retries) lets a compromised
-worker host add jobs.
+starts (their sealed values and limits, by user id). LISTEN
+and ``pg_notify`` need no grant. What remains: INSERT on ``jobs`` (a worker queues
+retries) lets a compromised worker host add jobs.
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ WORKER_GRANTS = (
     Grant("notification_rules", ("SELECT",)),
     Grant("notifications", ("INSERT",)),
     # A job's secrets, resolved at its start (jobbalancer/vault.py): the sealed values and
-    # their limits, and of the job's owner only whether they are an admin or disabled.
+    # their limits (user ids); nothing of the users themselves.
     Grant("secrets", ("SELECT (name, value, worker_classes, users)",)),
-    Grant("users", ("SELECT (id, role, disabled)",)),
 )
 # PostgreSQL: the serial ids of the tables a worker inserts into, and INSERT … RETURNING id
 # on job_output and notifications (SQLAlchemy fetches the new key) needs SELECT on that

@@ -30,13 +30,13 @@ def list_secrets(engine: sa.Engine, user: auth.User) -> list[vault.Secret]:
         found = vault.list_secrets(conn)
     if _shows_all(user):
         return found
-    return [s for s in found if s.allows_user(user.id, user.is_admin)]
+    return [s for s in found if s.allows_user(user.id)]
 
 
 def get(engine: sa.Engine, user: auth.User, ref: str | int) -> vault.Secret:
     with db.read(engine) as conn:
         found = vault.find(conn, ref)
-    if found is None or not (_shows_all(user) or found.allows_user(user.id, user.is_admin)):
+    if found is None or not (_shows_all(user) or found.allows_user(user.id)):
         raise errors.NotFound(f"secret {ref!r} does not exist")
     return found
 
@@ -157,7 +157,7 @@ class Checker:
         class_name = wclass if isinstance(wclass, str) else wclass.name
         for field, name in named.items():
             secret = self.secret(name)
-            if secret is None or not secret.allows_user(user.id, user.is_admin):
+            if secret is None or not secret.allows_user(user.id):
                 raise errors.InvalidInput(
                     f"secret {name!r} does not exist, or you may not use it", field=field
                 )
