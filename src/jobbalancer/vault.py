@@ -246,7 +246,8 @@ def _user_names(conn: sa.Connection, rows: Sequence[AnyRow]) -> dict[int, str]:
     if not ids:
         return {}
     u = schema.users
-    return dict(conn.execute(sa.select(u.c.id, u.c.name).where(u.c.id.in_(ids))).tuples().all())
+    rows = conn.execute(sa.select(u.c.id, u.c.name).where(u.c.id.in_(ids))).all()
+    return {int(r.id): str(r.name) for r in rows}
 
 
 def list_secrets(conn: sa.Connection) -> list[Secret]:

@@ -65,7 +65,7 @@ def full_env(user: auth.User) -> bool:
     return unrestricted(user) or user.commands_allowed
 
 
-def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
+def check_env(user: auth.User, env: Mapping[str, str], where: str = "", name: str = "env") -> None:
     """A scripts-only user's env: only ``JOB_`` + upper-case letters, digits and ``_``."""
     if full_env(user):
         return
@@ -76,7 +76,7 @@ def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
                 f"you set is limited to names {SCRIPT_ENV_PREFIX} followed by upper-case "
                 "letters, digits or '_' (other names can change how the shell, the "
                 "interpreter or the loader behave)",
-                field=f"{where}env",
+                field=f"{where}{name}",
             )
 
 
@@ -253,7 +253,7 @@ def _with_secret_env(
     twice, each secret usable by ``user`` in ``wclass`` (docs/api.md, "Secrets")."""
     if not job.secret_env:
         return base
-    check_env(user, job.secret_env, where)
+    check_env(user, job.secret_env, where, "secret_env")
     secret_checks.check_env_names(job.env, job.secret_env, where)
     lookups.secrets.check(user, wclass, secret_checks.fields_of(job.secret_env, {}, where))
     return dataclasses.replace(base, secret_env=dict(job.secret_env))
@@ -424,7 +424,7 @@ def check_may_rerun(conn: sa.Connection, user: auth.User, job: jobs.Job) -> None
     if not user.may_use_class(job.worker_class):
         raise errors.Forbidden(f"you may not submit to worker class {job.worker_class!r}")
     check_env(user, job.env)
-    check_env(user, job.secret_env)
+    check_env(user, job.secret_env, name="secret_env")
     secret_checks.check_rerun(conn, job)
     check_workdir(user, job.workdir)
     if not full_env(user) and job.script_id is not None and not _script_exists(conn, job):
