@@ -44,8 +44,7 @@ _NONCE = 12
 
 
 class NoKey(errors.JobBalancerError):
-    """This process has no secret key: set JOBBALANCER_SECRET_KEY or give secret_key_file
-    (the server makes the key file on its first start; see docs/operations.md)."""
+    """This server has no secret key, so it stores no secrets: set JOBBALANCER_SECRET_KEY or secret_key_file (docs/operations.md, 'Secrets')."""  # noqa: E501
 
     status = 503
     code = "no_secret_key"

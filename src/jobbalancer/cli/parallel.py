@@ -44,6 +44,7 @@ from jobbalancer.cli.submit import (
     PriorityOpt,
     RetriesOpt,
     ScriptOpt,
+    SecretEnvOpt,
     WatchdogOpt,
     WorkdirOpt,
     check_what_to_run,
@@ -84,6 +85,7 @@ def parallel(
     priority: PriorityOpt = 0,
     retries: RetriesOpt = 0,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
@@ -184,6 +186,7 @@ def parallel(
         "labels": labels,
         "workdir": workdir,
         "notify": notify_rules(notify or []),
+        "secret_env": parse_pairs("--secret-env", secret_env or []),
     }
     items = [
         _item(seq, value, words, script, param or [], common)

@@ -105,6 +105,17 @@ WorkdirOpt = Annotated[
     ),
 ]
 
+SecretEnvOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--secret-env",
+        "-S",
+        env="SUBMIT_SECRET_ENV",
+        help="VAR=SECRET: set VAR in the job's environment to the value of the named "
+        "secret (repeat for more); the value never shows, its output has **** instead.",
+    ),
+]
+
 NotifyOpt = Annotated[
     list[str] | None,
     opt(
@@ -137,6 +148,7 @@ def submit(
     priority: PriorityOpt = 0,
     retries: RetriesOpt = 0,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
@@ -207,6 +219,7 @@ def submit(
             workdir=workdir,
             notify=notify_rules(notify or []),
             after=after_list(after or [], after_any or [], after_failure or []),
+            secret_env=parse_pairs("--secret-env", secret_env or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")
