@@ -4,6 +4,7 @@ moved to another name), the key file, and masking values in output split anywher
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import random
 import stat
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import errors, vault
+from jobbalancer import errors, jobs, vault
 from jobbalancer.settings import Settings
+from jobbalancer.worker import loop
 from jobbalancer.worker.masking import MASK, Masker
 from jobbalancer.worker.output import OutputSink
 
@@ -243,3 +245,18 @@ def test_sink_caps_the_masked_output() -> None:
     out = _sink_output([("stdout", b"hunter2 " * 10)], ["hunter2"], cap=12)
     assert out["stdout"].startswith(b"**** **** **")
     assert b"hunter" not in out["stdout"] and b"output truncated" in out["stdout"]
+
+
+# -- the worker's side ----------------------------------------------------------------------
+
+
+def test_secret_args_replace_params_by_index_and_env_is_merged() -> None:
+    # A record with only what the worker reads here (the rest does not matter).
+    job = jobs.Job(**dict.fromkeys(jobs.Job.__dataclass_fields__))  # type: ignore[arg-type]
+    job = dataclasses.replace(job, params=("in.mp4", "api-token", "x"), secret_args={1: "tok"},
+                              secret_env={"PGPASSWORD": "db"})  # fmt: skip
+    assert loop._with_secret_args(job, {"tok": "T0KEN", "db": "pw"}) == ("in.mp4", "T0KEN", "x")
+    short = dataclasses.replace(job, secret_args={5: "tok"})
+    with pytest.raises(vault.Unusable, match="param 5"):
+        loop._with_secret_args(short, {"tok": "T0KEN"})
+    assert vault.names_of(job.secret_env, job.secret_args) == ["db", "tok"]
