@@ -165,7 +165,7 @@ def ensure_key_file(text: str, path: str | Path) -> tuple[Key, bool]:
     return key, True
 
 
-def check_key_id(conn: sa.Connection, key: Key) -> str | None:
+def check_key_id(conn: sa.Connection, key: Key) -> str:
     """The key id stored for this database (stored now, ours, if none was); a mismatch
     means this process's key cannot open the secrets stored so far."""
     t = schema.settings
