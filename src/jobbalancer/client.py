@@ -177,6 +177,7 @@ class Client:
         workdir: str | None = None,
         notify: Sequence[Mapping[str, Any]] = (),
         after: Sequence[int | Mapping[str, Any]] = (),
+        secret_env: Mapping[str, str] | None = None,
         **later: Any,
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
@@ -195,6 +196,9 @@ class Client:
 
         ``after``: jobs to wait for, each an id (its success) or ``{"job": ID, "on":
         "success" | "failure" | "any"}``; the job is ``held`` until they end.
+
+        ``secret_env``: environment variables set from named secrets, ``{"PGPASSWORD":
+        "prod-db"}`` (the value reaches only the job; its output shows ``****``).
 
         With ``need_realtime`` and no free worker the server keeps the job as
         ``occupied`` and this raises :class:`ApiError` with code ``"occupied"`` (the job
@@ -215,6 +219,7 @@ class Client:
             notify=notify,
             after=after,
             **later,
+            secret_env=secret_env,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -368,6 +373,30 @@ class Client:
         """Every known worker: name, state, class, load and active jobs."""
         body = self._json("GET", "/api/v1/workers")
         return list(body["items"] if isinstance(body, dict) else body)
+
+    def secrets(self) -> list[dict[str, Any]]:
+        """The secrets the caller may see (admins and operators: all). Never a value."""
+        return list(self._json("GET", "/api/v1/secrets"))
+
+    def set_secret(
+        self,
+        name: str,
+        value: str,
+        *,
+        description: str = "",
+        worker_classes: Sequence[str] | None = None,
+        users: Sequence[str] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create secret ``name`` or replace it whole (admins); (the secret, whether new)."""
+        body = {"value": value, "description": description,
+                "worker_classes": None if worker_classes is None else list(worker_classes),
+                "users": None if users is None else list(users)}  # fmt: skip
+        response = self._request("PUT", f"/api/v1/secrets/{quote(name, safe='')}", json=body)
+        return response.json(), response.status_code == 201
+
+    def delete_secret(self, name: str) -> None:
+        """Delete a secret (admins); jobs naming it that have not started then fail."""
+        self._request("DELETE", f"/api/v1/secrets/{quote(name, safe='')}")
 
     def notification_targets(self) -> list[dict[str, Any]]:
         """The notification targets (secrets never; URLs to admins only)."""
@@ -570,6 +599,7 @@ def job_spec(
     workdir: str | None = None,
     notify: Sequence[Mapping[str, Any]] = (),
     after: Sequence[int | Mapping[str, Any]] = (),
+    secret_env: Mapping[str, str] | None = None,
     **later: Any,
 ) -> dict[str, Any]:
     """The JSON body of one submission; only the fields that differ from the defaults.
@@ -594,6 +624,7 @@ def job_spec(
         "workdir": workdir,
         "notify": [dict(rule) for rule in notify],
         "after": [a if isinstance(a, int) else dict(a) for a in after],
+        "secret_env": dict(secret_env or {}),
     }
     for key, value in later.items():
         optional[key] = value.isoformat() if isinstance(value, datetime) else value

@@ -169,6 +169,10 @@ class Spec:
     not_before: datetime | None = None
     delay: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Secrets by name (jobbalancer/vault.py; never values): {ENV_NAME: name} and
+    # {index in params: name}, resolved by the worker just before the start.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    secret_args: Mapping[int, str] = field(default_factory=dict)
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -195,6 +199,8 @@ _SPEC_COLUMNS = (
     "retry_max_delay",
     "retry_jitter",
     "retry_on",
+    "secret_env",
+    "secret_args",
 )
 
 
@@ -246,6 +252,9 @@ class Job:
     retry_on: tuple[str | int, ...] | None
     # The schedule that fired it (its retries keep it); None: submitted by hand.
     schedule_id: int | None = None
+    # Secrets by name (see Spec); last, with defaults, so records made elsewhere need not.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    secret_args: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Job:
@@ -260,6 +269,8 @@ class Job:
             kill_requested=bool(m["kill_requested"]),
             need_realtime=bool(m["need_realtime"]),
             retry_on=None if m["retry_on"] is None else tuple(m["retry_on"]),
+            secret_env=dict(m["secret_env"] or {}),
+            secret_args={int(k): v for k, v in (m["secret_args"] or {}).items()},
         )
 
     @property
@@ -275,6 +286,7 @@ class Job:
 _SPECIAL = {
     "state", "params", "env", "labels", "notify", "kill_requested", "need_realtime", "retry_on",
 }  # fmt: skip
+_SPECIAL |= {"secret_env", "secret_args"}
 _PLAIN_FIELDS = [n for n in Job.__dataclass_fields__ if n not in _SPECIAL]
 
 
@@ -377,6 +389,8 @@ def _row(
         "workdir": spec.workdir,
         "notify": [dict(rule) for rule in spec.notify] or None,
         "schedule_id": spec.schedule_id,
+        "secret_env": dict(spec.secret_env) or None,
+        "secret_args": {str(i): n for i, n in spec.secret_args.items()} or None,
         "attempt": 1,
         "user_id": user_id,
         "user_name": user_name,

@@ -64,7 +64,7 @@ def test_the_printed_admin_password_logs_in_and_out(
         links = page.locator("nav a").all_inner_texts()
         assert links == [
             "Dashboard", "Jobs", "Schedules", "Workers", "Classes", "Scripts", "Users",
-            "Notifications", "Settings", "API",
+            "Notifications", "Secrets", "Settings", "API",
         ]  # fmt: skip
 
         # And Logout ends the session

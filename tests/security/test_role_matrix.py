@@ -60,6 +60,12 @@ class World:
         n = len(self.app.admin.get("/api/v1/workers").json())
         return self.app.worker(f"w{n}")
 
+    def secret(self) -> str:
+        n = len(self.app.admin.get("/api/v1/secrets").json())
+        r = self.app.admin.post("/api/v1/secrets", json={"name": f"sec{n}", "value": "v4lue"})
+        assert r.status_code == 201, r.text
+        return str(r.json()["name"])
+
     def other_user(self) -> int:
         n = len(self.app.admin.get("/api/v1/users").json())
         return self.app.user(f"other{n}", "viewer")[0]
@@ -240,6 +246,40 @@ ACTIONS: list[Action] = [
     ),
     ("GET", "stats", lambda w: ("/api/v1/stats", None), _all(200)),
     ("GET", "metrics", lambda w: ("/metrics", None), _all(200)),
+    # Secrets: admins manage them (not operators: see service/secrets.py); everyone lists
+    # those they may use, and may submit a job naming one (if they may submit at all).
+    ("GET", "list secrets", lambda w: ("/api/v1/secrets", None), _all(200)),
+    ("GET", "see a secret", lambda w: (f"/api/v1/secrets/{w.secret()}", None), _all(200)),
+    (
+        "POST",
+        "create a secret",
+        lambda w: ("/api/v1/secrets", {"name": "mine", "value": "v"}),
+        _only(("admin",), 201),
+    ),
+    (
+        "PUT",
+        "replace a secret",
+        lambda w: (f"/api/v1/secrets/{w.secret()}", {"value": "known-to-me"}),
+        _only(("admin",), 200),
+    ),
+    (
+        "PATCH",
+        "widen a secret's users",
+        lambda w: (f"/api/v1/secrets/{w.secret()}", {"users": None}),
+        _only(("admin",), 200),
+    ),
+    (
+        "DELETE",
+        "delete a secret",
+        lambda w: (f"/api/v1/secrets/{w.secret()}", None),
+        _only(("admin",), 204),
+    ),
+    (
+        "POST",
+        "submit with a secret",
+        lambda w: ("/api/v1/jobs", {"command": "true", "secret_env": {"P": w.secret()}}),
+        _only(SUBMITTERS, 201),
+    ),
     (
         "POST",
         "legacy submit",

@@ -18,6 +18,7 @@ from jobbalancer.api.routes import (
     notifications,
     schedules,
     scripts,
+    secrets,
     settings,
     stats,
     users,
@@ -29,6 +30,7 @@ __all__ = ["install"]
 ROUTERS = (
     jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
     notifications, schedules,
+    notifications, secrets,
 )  # fmt: skip
 
 

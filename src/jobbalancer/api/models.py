@@ -12,7 +12,18 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import auth, chains, classes, jobs, notify, registry, schedules, scripts, stats
+from jobbalancer import (
+    auth,
+    chains,
+    classes,
+    jobs,
+    notify,
+    registry,
+    schedules,
+    scripts,
+    stats,
+    vault,
+)
 from jobbalancer.service import access
 from jobbalancer.service import schedules as schedule_service
 
@@ -108,6 +119,14 @@ class Job(BaseModel):
     retry_on: list[str | int] | None = Field(
         description='Ends retried: states and exit codes; null: ["failed", "lost"].'
     )
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables set from secrets: names of both, never a value.",
+    )
+    secret_args: dict[str, str] = Field(
+        default_factory=dict,
+        description="Params (by index) replaced by a secret's value at the start: the names.",
+    )
 
     @classmethod
     def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
@@ -133,10 +152,12 @@ class Job(BaseModel):
             parents=None if links is None else Dependency.from_links(links.parents),
             children=None if links is None else Dependency.from_links(links.children),
             waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
+            secret_env=dict(job.secret_env),
+            secret_args={str(i): name for i, name in job.secret_args.items()},
         )
 
 
-_JOB_LINKS = ("parents", "children", "waiting_for")
+_JOB_LINKS = ("parents", "children", "waiting_for", "secret_env", "secret_args")
 _JOB_PLAIN = [
     n
     for n in Job.model_fields
@@ -525,3 +546,34 @@ class SchedulePreview(BaseModel):
     """The next fire times of an expression."""
 
     next_runs: list[NextRun]
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+class Secret(BaseModel):
+    """A named secret. Its value is never shown, to anyone."""
+
+    id: int
+    name: str
+    description: str
+    worker_classes: list[str] | None = Field(description="Classes that may use it; null: any.")
+    users: list[str] | None = Field(
+        description="Users who may use it (admins always may); null: anyone. Shown to admins "
+        "and operators (null to others, who see only the secrets they may use)."
+    )
+    created_at: Time
+    created_by: str | None
+    updated_at: Time
+    updated_by: str | None
+
+    @classmethod
+    def from_secret(cls, s: vault.Secret, viewer: auth.User) -> Secret:
+        sees_users = viewer.role in (auth.Role.ADMIN, auth.Role.OPERATOR)
+        return cls(
+            id=s.id, name=s.name, description=s.description,
+            worker_classes=None if s.worker_classes is None else list(s.worker_classes),
+            users=list(s.user_names) if sees_users and s.user_names is not None else None,
+            created_at=s.created_at, created_by=s.created_by,
+            updated_at=s.updated_at, updated_by=s.updated_by,
+        )  # fmt: skip

@@ -51,6 +51,7 @@ from jobbalancer.cli.submit import (
     RetryMaxDelayOpt,
     RetryOnOpt,
     ScriptOpt,
+    SecretEnvOpt,
     WatchdogOpt,
     WorkdirOpt,
     arrange_params,
@@ -94,6 +95,7 @@ def parallel(
     priority: PriorityOpt = 0,
     retries: RetriesOpt = 0,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
@@ -202,6 +204,7 @@ def parallel(
         "workdir": workdir,
         "notify": notify_rules(notify or []),
         **later_spec(at, in_, retry_delay, retry_backoff, retry_max_delay, retry_jitter, retry_on),
+        "secret_env": parse_pairs("--secret-env", secret_env or []),
     }
     names: list[str] = []
     if script:  # parameters given by name (-p crf=23) need the script's declaration

@@ -108,6 +108,17 @@ WorkdirOpt = Annotated[
     ),
 ]
 
+SecretEnvOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--secret-env",
+        "-S",
+        env="SUBMIT_SECRET_ENV",
+        help="VAR=SECRET: set VAR in the job's environment to the value of the named "
+        "secret (repeat for more); the value never shows, its output has **** instead.",
+    ),
+]
+
 NotifyOpt = Annotated[
     list[str] | None,
     opt(
@@ -289,6 +300,7 @@ def submit(
     priority: PriorityOpt = 0,
     retries: RetriesOpt = 0,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
@@ -370,6 +382,7 @@ def submit(
             notify=notify_rules(notify or []),
             after=after_list(after or [], after_any or [], after_failure or []),
             **later,
+            secret_env=parse_pairs("--secret-env", secret_env or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")

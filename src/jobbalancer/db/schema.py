@@ -162,6 +162,10 @@ jobs = sa.Table(
     sa.Column("workdir", sa.Text),
     # The job's own notification rules: [{"on": [states], "target": target id}]; NULL: none.
     sa.Column("notify", sa.JSON),
+    # Secrets (jobbalancer/vault.py) by name, never their values: {ENV_NAME: secret name}
+    # and {"<index in params>": secret name}; the worker resolves them at the start. NULL: none.
+    sa.Column("secret_env", sa.JSON),
+    sa.Column("secret_args", sa.JSON),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("retry_of", sa.Integer),
     sa.Column("restarted_from", sa.Integer),
@@ -415,4 +419,26 @@ schedule_counters = sa.Table(
     metadata,
     sa.Column("name", sa.String(40), primary_key=True),
     sa.Column("count", sa.BigInteger, nullable=False, default=0),
+)
+
+# -- secrets (issue 14) --------------------------------------------------------------------
+
+# Named secrets for jobs (jobbalancer/vault.py): ``value`` is AES-GCM ciphertext bound to the
+# name (the key is never in the database), ``key_id`` names the key it was sealed with.
+# ``worker_classes`` (names) and ``users`` (ids) limit who may use it; NULL: no limit.
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("worker_classes", sa.JSON),
+    sa.Column("users", sa.JSON),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", Name),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", Name),
+    sqlite_autoincrement=True,  # ids are never reused (above)
 )

@@ -279,7 +279,31 @@ NotBefore = Annotated[datetime, AfterValidator(_not_before)]
 RetryEnd = Annotated[str | int, PlainValidator(_retry_end, json_schema_input_type=str | int)]
 
 
-class JobSubmit(Input):
+def _secret_env(value: dict[str, str]) -> dict[str, str]:
+    for key, name in value.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if not 1 <= len(name.strip()) <= 200:
+            raise ValueError(f"{key}: name a secret (1 to 200 characters)")
+    return {key: name.strip() for key, name in value.items()}
+
+
+SecretEnv = Annotated[dict[Text, Text], Field(max_length=100), AfterValidator(_secret_env)]
+
+
+class JobSubmitSecrets(BaseModel):
+    """Secrets a job names (jobbalancer/vault.py); mixed into :class:`JobSubmit`."""
+
+    secret_env: SecretEnv = Field(
+        default_factory=dict,
+        description='Environment variables set from named secrets: `{"PGPASSWORD": "prod-db"}`. '
+        "The worker decrypts them just before the start; the values never show in the job, "
+        "and in its output they are `****`.",
+        examples=[{"PGPASSWORD": "prod-db"}],
+    )
+
+
+class JobSubmit(JobSubmitSecrets, Input):
     """A job to run: exactly one of ``command`` or ``script``."""
 
     command: Command | None = Field(
@@ -712,3 +736,45 @@ def describe(error: Mapping[str, Any]) -> tuple[str, str]:
 def first_message(exc: pydantic.ValidationError) -> str:
     """The message of ``exc``'s first error, naming its field (what a form shows)."""
     return describe(exc.errors()[0])[1]
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+SecretValue = Annotated[str, Field(min_length=1, max_length=65536), AfterValidator(clean_text)]
+
+
+class SecretIn(Input):
+    """A new secret (admins). ``value`` is write-only: never shown again. ``worker_classes``
+    and ``users`` (names or ids) limit where and by whom it may be used; null: no limit."""
+
+    name: Name
+    value: SecretValue = Field(repr=False)
+    description: Description = ""
+    worker_classes: list[NameOrId] | None = Field(
+        None, max_length=1000, description="Worker classes whose jobs may use it; null: any."
+    )
+    users: list[NameOrId] | None = Field(
+        None,
+        max_length=10_000,
+        description="Users whose jobs may use it (admins always may); null: anyone who submits.",
+    )
+
+
+class SecretPut(Input):
+    """A secret's whole new content (``PUT``: what is left out is reset to its default)."""
+
+    value: SecretValue = Field(repr=False)
+    description: Description = ""
+    worker_classes: list[NameOrId] | None = Field(None, max_length=1000)
+    users: list[NameOrId] | None = Field(None, max_length=10_000)
+
+
+class SecretPatch(Input):
+    """Change a secret: send only what changes (its name stays)."""
+
+    value: SecretValue | None = Field(None, repr=False)
+    description: Description | None = None
+    worker_classes: list[NameOrId] | None = Field(None, max_length=1000)
+    users: list[NameOrId] | None = Field(None, max_length=10_000)
+
+    _no_nulls = field_validator("value", "description", mode="before")(_not_null)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, classes, db, errors, notify
+from jobbalancer import auth, classes, db, errors, notify, vault
 from jobbalancer.service import access, inputs
 from jobbalancer.settings import Settings
 
@@ -26,23 +26,37 @@ def get_target(engine: sa.Engine, user: auth.User, ref: str | int) -> notify.Tar
 
 
 def create_target(
-    engine: sa.Engine, user: auth.User, spec: inputs.NotificationTargetIn
+    engine: sa.Engine,
+    user: auth.User,
+    spec: inputs.NotificationTargetIn,
+    key: vault.Key | None = None,
 ) -> notify.Target:
+    """A new target; a secret is stored encrypted with the server's ``key`` (none: the
+    target cannot have one, vault.NoKey)."""
     access.require(user, access.ADMIN)
+    if spec.secret and key is None:
+        raise vault.NoKey()
     with db.write(engine) as conn:
         return notify.create_target(
             conn, spec.name, spec.kind, url=spec.url, secret=spec.secret,
-            recipients=spec.recipients,
+            recipients=spec.recipients, key=key,
         )  # fmt: skip
 
 
 def update_target(
-    engine: sa.Engine, user: auth.User, ref: str | int, patch: inputs.NotificationTargetPatch
+    engine: sa.Engine,
+    user: auth.User,
+    ref: str | int,
+    patch: inputs.NotificationTargetPatch,
+    key: vault.Key | None = None,
 ) -> notify.Target:
     access.require(user, access.ADMIN)
+    changes = patch.model_dump(exclude_unset=True)
+    if changes.get("secret") and key is None:
+        raise vault.NoKey()
     with db.write(engine) as conn:
         target = notify.get_target(conn, ref)
-        return notify.update_target(conn, target.id, patch.model_dump(exclude_unset=True))
+        return notify.update_target(conn, target.id, changes, key)
 
 
 def delete_target(engine: sa.Engine, user: auth.User, ref: str | int) -> notify.Target:

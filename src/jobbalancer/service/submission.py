@@ -33,6 +33,7 @@ from jobbalancer import (
     settings,
 )
 from jobbalancer.service import access, inputs
+from jobbalancer.service import secrets as secret_checks
 
 # A scripts-only user may set only names in a namespace of our own. An allow-list, not a
 # list of dangerous names: BASH_ENV, ENV, SHELLOPTS+PS4, LD_PRELOAD, PYTHONSTARTUP,
@@ -66,7 +67,7 @@ def full_env(user: auth.User) -> bool:
     return unrestricted(user) or user.commands_allowed
 
 
-def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
+def check_env(user: auth.User, env: Mapping[str, str], where: str = "", name: str = "env") -> None:
     """A scripts-only user's env: only ``JOB_`` + upper-case letters, digits and ``_``."""
     if full_env(user):
         return
@@ -77,7 +78,7 @@ def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
                 f"you set is limited to names {SCRIPT_ENV_PREFIX} followed by upper-case "
                 "letters, digits or '_' (other names can change how the shell, the "
                 "interpreter or the loader behave)",
-                field=f"{where}env",
+                field=f"{where}{name}",
             )
 
 
@@ -189,6 +190,7 @@ class _Lookups:
         self.conn = conn
         self._classes: dict[str | int, classes.WorkerClass] = {}
         self._scripts: dict[str | int, scripts.Script] = {}
+        self.secrets = secret_checks.Checker(conn)
 
     def wclass(self, ref: str | int, field: str) -> classes.WorkerClass:
         if ref not in self._classes:
@@ -230,6 +232,7 @@ def to_spec(
         notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
         **_timing(job, where),
     )
+    base = _with_secret_env(user, job, wclass, where, lookups, base)
     if job.command is not None:
         if not user.commands_allowed:
             raise errors.Forbidden(
@@ -312,6 +315,33 @@ def _timing(job: inputs.JobSubmit, where: str) -> dict[str, Any]:
         on=tuple(job.retry_on or ()),
     )
     return {"not_before": job.not_before, "delay": job.delay or None, "retry": retry}
+
+
+def _with_secret_env(
+    user: auth.User,
+    job: inputs.JobSubmit,
+    wclass: classes.WorkerClass,
+    where: str,
+    lookups: _Lookups,
+    base: jobs.Spec,
+) -> jobs.Spec:
+    """``base`` with the job's ``secret_env``, checked: names as for ``env``, none set
+    twice, each secret usable by ``user`` in ``wclass`` (docs/api.md, "Secrets")."""
+    if not job.secret_env:
+        return base
+    check_env(user, job.secret_env, where, "secret_env")
+    secret_checks.check_env_names(job.env, job.secret_env, where)
+    lookups.secrets.check(user, wclass, secret_checks.fields_of(job.secret_env, {}, where))
+    return dataclasses.replace(base, secret_env=dict(job.secret_env))
+
+
+def check_secret_args(
+    user: auth.User, spec: jobs.Spec, wclass: classes.WorkerClass, where: str, lookups: _Lookups
+) -> None:
+    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above."""
+    if spec.secret_args:
+        fields = secret_checks.fields_of({}, spec.secret_args, where)
+        lookups.secrets.check(user, wclass, fields)
 
 
 def _class_for(
@@ -484,6 +514,8 @@ def check_may_rerun(conn: sa.Connection, user: auth.User, job: jobs.Job) -> None
     if not user.may_use_class(job.worker_class):
         raise errors.Forbidden(f"you may not submit to worker class {job.worker_class!r}")
     check_env(user, job.env)
+    check_env(user, job.secret_env, name="secret_env")
+    secret_checks.check_rerun(conn, job)
     check_workdir(user, job.workdir)
     if not full_env(user) and job.script_id is not None and not _script_exists(conn, job):
         raise errors.Conflict(

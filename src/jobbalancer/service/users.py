@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, classes, db, errors
+from jobbalancer import auth, classes, db, errors, vault
 from jobbalancer.service import access, inputs, sessions
 
 
@@ -106,6 +106,7 @@ def delete(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
         keep_an_admin(conn, target, {"deleted": True})
         auth.end_sessions(conn, user_id)
         auth.delete_user(conn, user_id)
+        vault.forget_user(conn, user_id)  # their queued jobs lose the secrets they named
     return target
 
 

@@ -41,6 +41,7 @@ NAV = (
     NavItem("scripts", "/scripts", "Scripts"),
     NavItem("users", "/users", "Users", admin_only=True),
     NavItem("notifications", "/notifications", "Notifications", admin_only=True),
+    NavItem("secrets", "/secrets", "Secrets", admin_only=True),
     NavItem("settings", "/settings", "Settings", admin_only=True),
     NavItem("docs", "/docs", "API"),
 )
