@@ -257,8 +257,10 @@ def to_spec(
         interpreter=script.interpreter,
         script_content=script.content,
         params=tuple(argv),
+        secret_args=secret_args,
     )
-    return with_secret_args(spec, secret_args, where)
+    check_secret_args(user, spec, wclass, where, lookups)  # typed `secret` parameters
+    return spec
 
 
 def script_argv(
@@ -276,23 +278,6 @@ def script_argv(
             field=f"{where}params",
         )
     return list(given), {}
-
-
-def with_secret_args(spec: jobs.Spec, secret_args: dict[int, str], where: str = "") -> jobs.Spec:
-    """``spec`` carrying its secret parameters: ``secret_args`` maps each argv index
-    that holds a secret's name to that name (the job's ``secret_args``), and the worker
-    puts the secret's value there when the job starts.
-
-    Without a secret store to read them from, a job with secret parameters is refused
-    rather than run with the names in place of the values."""
-    if secret_args:
-        index = min(secret_args)
-        raise errors.InvalidInput(
-            f"{where}params: secret parameters cannot be given: this server keeps no "
-            f"secrets (parameter {index + 1} names {secret_args[index]!r})",
-            field=f"{where}params",
-        )
-    return spec
 
 
 def _timing(job: inputs.JobSubmit, where: str) -> dict[str, Any]:
