@@ -114,7 +114,7 @@ def test_jobs_carry_references_through_restarts_and_retries(engine: sa.Engine) -
     with db.write(engine) as conn:
         [job_id] = jobs.create(conn, [spec], 7, "alice")
         restarted = jobs.restart(conn, job_id, 7, "alice")
-        retried = jobs._retry(conn, job_id)  # what a failed attempt with retries left gets
+        retried = jobs._retry(conn, job_id, jobs.State.FAILED, 1)  # a failed attempt's retry
     assert retried is not None
     with db.read(engine) as conn:
         for found in (jobs.get(conn, job_id), jobs.get(conn, restarted), jobs.get(conn, retried)):
