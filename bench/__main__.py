@@ -1,7 +1,7 @@
 """The benchmark suite: ``.venv/bin/python -m bench`` (or ``make bench``) prints a table.
 
     python -m bench [--quick] [--backend sqlite,postgresql,mysql] [--repeat N]
-                    [--only throughput,latency,scale,output,footprint,sequential]
+                    [--only throughput,latency,scale,output,footprint,sequential,schedules]
                     [--profile DIR]
 
 1. throughput: 2000 jobs of ``sh -c 'echo hi'`` through the HTTP API, in batches and one
@@ -10,8 +10,9 @@
    measured right before, in the same run;
 2. latency: 200 jobs at 20/s into idle workers; submit → started, submit → finished;
 3. scale: 500 simulated workers and 1k / 10k / 100k waiting jobs, then 100k held jobs
-   more: cost of a submit, of a finish that fills its slot, of a worker's poll and of a
-   balancing pass; list API time;
+   more, then 100k delayed jobs more: cost of a submit, of a finish that fills its slot,
+   of a worker's poll, of a balancing pass and of the leader's tick (release of due
+   delayed jobs, balancing, next wake-up); list API time;
 4. output: one job writing 100 MB; MB/s into the database, worker peak RSS growth, and
    log read-back speed;
 5. footprint: idle RSS of the server and a worker; CPU ms per job (throughput runs);
@@ -21,6 +22,10 @@
    jobs, database), submit call time, then submit → started / finished at 20/s into the
    idle worker, the raw-spawn floor of the same run and idle RSS (see bench/sequential.py).
    Each run is a new cluster; the table gives every run, in order ("a / b").
+7. schedules: 1k / 10k (/ 100k) enabled schedules, 10 of them firing every second: the
+   leader's firing tick with nothing due and with 10 occurrences due (each a job), 200 due
+   at one instant, and the lateness of occurrences fired by the leader's loop, p50/p99
+   (see bench/schedules.py).
 
 ``--quick`` runs fewer jobs (400, 50 for latency, queue up to 10k, 20 MB of output).
 ``--profile DIR`` has py-spy (if installed) sample the server and the worker during the
@@ -43,11 +48,12 @@ from pathlib import Path
 
 from bench import output as output_bench
 from bench import scale as scale_bench
+from bench import schedules as schedules_bench
 from bench import sequential as seq
 from bench import throughput as tp
 from bench.cluster import BACKENDS, Cluster
 
-SECTIONS = ("throughput", "latency", "scale", "output", "footprint", "sequential")
+SECTIONS = ("throughput", "latency", "scale", "output", "footprint", "sequential", "schedules")
 
 
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -207,6 +213,8 @@ def main() -> None:
                                   _f(o.read_mb_per_s)])  # fmt: skip
         if "sequential" in args.only:
             run_sequential(args, backend, out)
+        if "schedules" in args.only:
+            out["schedules"] += schedules_bench.run(backend, levels, 5 if args.quick else 10)
 
     n = args.jobs
     if out["throughput"]:
@@ -226,7 +234,7 @@ def main() -> None:
         _table(
             f"3. Scale: {scale_bench.WORKERS} workers, all slots busy; median ms per operation",
             ["backend", "waiting", "submit", "finish+assign", "poll", "balance pass",
-             "list API", "list waiting", "list worker"],
+             "list API", "list waiting", "list worker", "leader tick"],
             out["scale"],
         )  # fmt: skip
     if out["output"]:
@@ -243,6 +251,8 @@ def main() -> None:
         )
     if out["sequential"]:
         _print_sequential(args, out)
+    if out["schedules"]:
+        _table(schedules_bench.TITLE, schedules_bench.HEADER, out["schedules"])
 
 
 if __name__ == "__main__":

@@ -10,11 +10,16 @@ use:
   slot, which takes the next waiting job);
 - poll: a worker's ``jobs.for_worker``;
 - balance pass: the server's periodic ``assign_waiting`` over all workers;
-- list API: ``GET /api/v1/jobs`` first page, waiting jobs, and one worker's jobs.
+- list API: ``GET /api/v1/jobs`` first page, waiting jobs, and one worker's jobs;
+- leader tick: the leader's release of due delayed jobs (none due here), its balancing
+  pass, and its read of the earliest delayed job (when to wake), in one transaction.
 
 Then the same at the last queue length with ``HELD`` more jobs ``held`` (each waiting for
 one of the waiting jobs, with its ``job_dependencies`` row): the balancer and the workers' queues
-never read held jobs, so the row should match the one above it.
+never read held jobs, so the row should match the one above it. And then with ``DELAYED``
+more jobs ``delayed`` (a ``not_before`` a day ahead): outside the queue's index too, and the
+leader finds the due ones and the next wake-up on the head of (state, not_before), so
+that row should match as well.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -33,6 +38,7 @@ from jobbalancer.db import schema
 J, W, D = schema.jobs, schema.workers, schema.job_dependencies
 WORKERS = 500
 HELD = 100_000
+DELAYED = 100_000
 SLOTS = 2
 TOKEN = "bench"  # noqa: S105 - a fencing token, not a secret
 
@@ -139,6 +145,15 @@ def _measure(cluster: Cluster, worker_ids: list[int], reps: int) -> dict[str, fl
         ("list worker", f"/api/v1/jobs?worker={worker_ids[-1]}&limit=50"),
     ]:
         out[name] = _timed(lambda path=path: http.get(path).raise_for_status(), 7)
+
+    def leader_tick() -> None:
+        with db.write(engine) as conn:
+            db.lock_row(conn, "assign")
+            jobs.release_due(conn)
+            balancer.assign_waiting(conn, locked=True)
+            jobs.next_due(conn)
+
+    out["leader tick"] = _timed(leader_tick, max(5, reps // 5))
     return out
 
 
@@ -161,6 +176,17 @@ def _add_held(engine: sa.Engine, count: int) -> None:
             conn.execute(sa.insert(D), rows[i : i + 5000])
 
 
+def _add_delayed(engine: sa.Engine, count: int) -> None:
+    """``count`` delayed jobs, due over the next day (none due during the measures)."""
+    start = datetime.now(UTC) + timedelta(hours=1)
+    rows = []
+    for i in range(count):
+        row = _job_row("delayed")
+        row["not_before"] = start + timedelta(seconds=i * 86400 / count)
+        rows.append(row)
+    _insert(engine, rows)
+
+
 def scale(backend: str, levels: list[int], reps: int) -> dict[str, dict[str, float]]:
     """Costs (median ms) at each queue length in ``levels``, then at the last one with
     :data:`HELD` held jobs more."""
@@ -181,4 +207,8 @@ def scale(backend: str, levels: list[int], reps: int) -> dict[str, dict[str, flo
         _add_held(cluster.engine, HELD)
         _analyze(cluster.engine)
         results[f"{levels[-1]:,} + {HELD:,} held"] = _measure(cluster, worker_ids, reps)
+        _add_delayed(cluster.engine, DELAYED)
+        _analyze(cluster.engine)
+        label = f"{levels[-1]:,} + {HELD // 1000}k held + {DELAYED // 1000}k delayed"
+        results[label] = _measure(cluster, worker_ids, reps)
     return results

@@ -16,9 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobbalancer import __version__, api, db, monitor, web
+from jobbalancer import __version__, api, db, monitor, notify, vault, web
 from jobbalancer.api import errors
-from jobbalancer.service import users
+from jobbalancer.errors import ConfigError
+from jobbalancer.service import firing, users
 from jobbalancer.settings import Settings
 from jobbalancer.web import security
 
@@ -43,6 +44,7 @@ def create_app(
     if engine is None:
         engine = db.connect(settings.database_url, pool_size=settings.database.pool_size)
     db.upgrade(engine)
+    secret_key = _secret_key(engine, settings)
     first_admin = users.ensure_first_admin(engine)
     if first_admin is not None:
         print_first_admin(first_admin)
@@ -62,11 +64,37 @@ def create_app(
     app.state.engine = engine
     app.state.settings = settings
     app.state.first_admin = first_admin
+    app.state.secret_key = secret_key
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(security.SecurityHeaders)
     api.install(app, engine)  # the routes and the error handlers
     web.install(app)  # the UI's pages (after the API's error handlers, which it wraps)
     return app
+
+
+def _secret_key(engine: sa.Engine, settings: Settings) -> vault.Key | None:
+    """The key for secrets (None: this server has none, and refuses to store one), checked
+    against the key the database's secrets were sealed with; notification targets'
+    secrets an older version kept in clear are encrypted now."""
+    key = vault.from_settings(settings)
+    if key is None:
+        return None
+    with db.write(engine) as conn:
+        stored = vault.check_key_id(conn, key)
+        if stored != key.id:
+            if vault.anything_sealed(conn):
+                raise ConfigError(
+                    f"this server's secret key (id {key.id}, from {key.source}) is not the "
+                    f"one this database's secrets were encrypted with (id {stored}): give it "
+                    "the same key file or JOBBALANCER_SECRET_KEY as the first server "
+                    "(docs/operations.md, 'Secrets')",
+                    field="secret_key",
+                )
+            vault.take_key_id(conn, key)
+        sealed = notify.seal_stored(conn, key)
+    if sealed:
+        log.info("encrypted the secrets of %d notification target(s) stored in clear", sealed)
+    return key
 
 
 def _lifespan(
@@ -76,7 +104,12 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         supervisor = None
         if supervise:
-            supervisor = monitor.Supervisor(engine, settings.server.balance_interval, settings)
+            supervisor = monitor.Supervisor(
+                engine,
+                settings.server.balance_interval,
+                settings,
+                leader_loops=[firing.Firer(engine).run],
+            )
             supervisor.start()
         try:
             yield

@@ -35,7 +35,8 @@ held or waiting job takes the lock before the job's row; of any other job, the r
 first, as its worker and the monitor do (``service.job_actions``).
 
 This module sits below :mod:`jobbalancer.jobs`, which calls it at every move of a job into
-a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``) and knows
+a final state; it owns the moves out of ``held`` (to ``waiting`` or ``skipped``; to
+``delayed`` for a job whose ``not_before`` is still to come) and knows
 the states by their names (tests check they are :class:`jobs.State` values).
 """
 
@@ -53,6 +54,8 @@ from jobbalancer.db.types import utcnow
 J, D = schema.jobs, schema.job_dependencies
 
 HELD, WAITING, SKIPPED = "held", "waiting", "skipped"
+# A released job whose not_before is still to come waits for it (jobs.release_due).
+DELAYED = "delayed"
 ON = ("success", "failure", "any")
 # A parent's end → the conditions it meets. A state not in here has not ended.
 MEETS: dict[str, tuple[str, ...]] = {
@@ -136,7 +139,7 @@ _RELEASE_MANY = (
         J.c.state == HELD,
         ~sa.exists().where(D.c.child_id == J.c.id, D.c.met.is_(False)),
     )
-    .values(state=WAITING)
+    .values(state=sa.case((J.c.not_before > utcnow(), DELAYED), else_=WAITING))
 )
 
 

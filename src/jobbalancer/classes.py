@@ -133,12 +133,14 @@ def delete(conn: sa.Connection, class_id: int) -> None:
             f"worker class {current.name!r} has {n_workers} worker(s): "
             "move them to another class or remove them first"
         )
-    unfinished = [s.value for s in (jobs.State.HELD, jobs.State.WAITING, *jobs.ACTIVE)]
+    unfinished = [
+        s.value for s in (jobs.State.HELD, jobs.State.DELAYED, jobs.State.WAITING, *jobs.ACTIVE)
+    ]
     n_jobs = _count(conn, J, J.c.worker_class_id == class_id, J.c.state.in_(unfinished))
     if n_jobs:
         raise errors.Conflict(
-            f"worker class {current.name!r} has {n_jobs} held, waiting, assigned or running "
-            "job(s): let them finish or kill them first"
+            f"worker class {current.name!r} has {n_jobs} held, delayed, waiting, assigned or "
+            "running job(s): let them finish or kill them first"
         )
     jobs.move_finished(conn, class_id, find(conn, DEFAULT).id)
     try:

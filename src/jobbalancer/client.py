@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 from urllib.parse import quote
 
@@ -176,10 +177,17 @@ class Client:
         workdir: str | None = None,
         notify: Sequence[Mapping[str, Any]] = (),
         after: Sequence[int | Mapping[str, Any]] = (),
+        secret_env: Mapping[str, str] | None = None,
+        **later: Any,
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments (by name, ``{"crf": 23}``, for a script
         that declares its parameters). Returns the new job.
+
+        ``later``: the fields of starting and retrying later, as the API names them
+        (``not_before`` an RFC 3339 string or an aware datetime, ``delay`` seconds,
+        ``retry_delay``, ``retry_backoff``, ``retry_max_delay``, ``retry_jitter``,
+        ``retry_on``); the job is ``delayed`` until it may start.
 
         ``workdir`` is an absolute directory on the worker to run in (None: a private
         temporary one); a worker where it is missing or not usable fails the job, saying why.
@@ -188,6 +196,9 @@ class Client:
 
         ``after``: jobs to wait for, each an id (its success) or ``{"job": ID, "on":
         "success" | "failure" | "any"}``; the job is ``held`` until they end.
+
+        ``secret_env``: environment variables set from named secrets, ``{"PGPASSWORD":
+        "prod-db"}`` (the value reaches only the job; its output shows ``****``).
 
         With ``need_realtime`` and no free worker the server keeps the job as
         ``occupied`` and this raises :class:`ApiError` with code ``"occupied"`` (the job
@@ -207,6 +218,8 @@ class Client:
             workdir=workdir,
             notify=notify,
             after=after,
+            **later,
+            secret_env=secret_env,
         )
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
@@ -230,14 +243,18 @@ class Client:
         q: str | None = None,
         limit: int | None = None,
         page_size: int = 100,
+        schedule_id: int | None = None,
         **filters: str,
     ) -> Iterator[dict[str, Any]]:
         """Jobs matching the filters, newest first, fetched page by page as you iterate.
 
         ``state`` is one state or several; ``q`` searches commands and scripts; ``limit``
-        stops after that many jobs (None: all of them).
+        stops after that many jobs (None: all of them); ``schedule_id``: the jobs that
+        schedule fired.
         """
         params: dict[str, str] = {k: v for k, v in filters.items() if v is not None}
+        if schedule_id is not None:
+            params["schedule_id"] = str(schedule_id)
         if state:
             params["state"] = state if isinstance(state, str) else ",".join(state)
         named = {"worker": worker, "worker_class": worker_class, "user": user, "q": q}
@@ -391,6 +408,30 @@ class Client:
         body = self._json("GET", "/api/v1/workers")
         return list(body["items"] if isinstance(body, dict) else body)
 
+    def secrets(self) -> list[dict[str, Any]]:
+        """The secrets the caller may see (admins and operators: all). Never a value."""
+        return list(self._json("GET", "/api/v1/secrets"))
+
+    def set_secret(
+        self,
+        name: str,
+        value: str,
+        *,
+        description: str = "",
+        worker_classes: Sequence[str] | None = None,
+        users: Sequence[str] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create secret ``name`` or replace it whole (admins); (the secret, whether new)."""
+        body = {"value": value, "description": description,
+                "worker_classes": None if worker_classes is None else list(worker_classes),
+                "users": None if users is None else list(users)}  # fmt: skip
+        response = self._request("PUT", f"/api/v1/secrets/{quote(name, safe='')}", json=body)
+        return response.json(), response.status_code == 201
+
+    def delete_secret(self, name: str) -> None:
+        """Delete a secret (admins); jobs naming it that have not started then fail."""
+        self._request("DELETE", f"/api/v1/secrets/{quote(name, safe='')}")
+
     def notification_targets(self) -> list[dict[str, Any]]:
         """The notification targets (secrets never; URLs to admins only)."""
         return list(self._json("GET", "/api/v1/notification-targets"))
@@ -412,6 +453,63 @@ class Client:
         params = {"job": job, "target": target, "state": state, "limit": limit}
         given = {k: v for k, v in params.items() if v is not None}
         return list(self._json("GET", "/api/v1/notifications", params=given))
+
+    # -- schedules --------------------------------------------------------------------------
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule you may see, by name, each with its latest occurrence (``last``)."""
+        return list(self._json("GET", "/api/v1/schedules"))
+
+    def schedule(self, ref: str | int) -> dict[str, Any]:
+        """One schedule (name or id) with ``next_runs`` and its latest ``occurrences``."""
+        return self._json("GET", _schedule_path(ref))  # type: ignore[no-any-return]
+
+    def create_schedule(
+        self,
+        name: str,
+        cron: str,
+        job: Mapping[str, Any],
+        *,
+        timezone: str = "UTC",
+        **options: Any,
+    ) -> dict[str, Any]:
+        """A new schedule submitting ``job`` (a body as :func:`job_spec` makes) at the times
+        of ``cron`` read in ``timezone``. ``options``: description, enabled, overlap
+        (allow, skip, queue, replace), catch_up (none, latest, all), catch_up_max,
+        start_at, end_at (RFC 3339 strings)."""
+        body = {"name": name, "cron": cron, "timezone": timezone, "job": dict(job)}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self._json("POST", "/api/v1/schedules", json=body)  # type: ignore[no-any-return]
+
+    def update_schedule(self, ref: str | int, **changes: Any) -> dict[str, Any]:
+        """Change the fields given (``None`` clears start_at or end_at)."""
+        return self._json("PATCH", _schedule_path(ref), json=changes)  # type: ignore[no-any-return]
+
+    def delete_schedule(self, ref: str | int) -> None:
+        """Delete a schedule and its history; the jobs it fired stay."""
+        self._request("DELETE", _schedule_path(ref))
+
+    def pause_schedule(self, ref: str | int) -> dict[str, Any]:
+        return self._json("POST", _schedule_path(ref) + "/pause")  # type: ignore[no-any-return]
+
+    def resume_schedule(self, ref: str | int) -> dict[str, Any]:
+        return self._json("POST", _schedule_path(ref) + "/resume")  # type: ignore[no-any-return]
+
+    def run_schedule(self, ref: str | int) -> dict[str, Any]:
+        """Submit the schedule's job now; the occurrence (with ``job_id``)."""
+        return self._json("POST", _schedule_path(ref) + "/run")  # type: ignore[no-any-return]
+
+    def schedule_history(self, ref: str | int, limit: int = 50) -> list[dict[str, Any]]:
+        """Occurrences, newest first: fired (``job_id``) or skipped (``reason``)."""
+        path = _schedule_path(ref) + "/history"
+        return list(self._json("GET", path, params={"limit": limit}))
+
+    def preview_schedule(
+        self, cron: str, timezone: str = "UTC", count: int = 5
+    ) -> list[dict[str, Any]]:
+        """The next ``count`` fire times (``utc``, ``local``) of an expression."""
+        body = {"cron": cron, "timezone": timezone, "count": count}
+        return list(self._json("POST", "/api/v1/schedules/preview", json=body)["next_runs"])
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: ``{"status", "database"}``. Answers (rather than raises) when the
@@ -535,10 +633,16 @@ def job_spec(
     workdir: str | None = None,
     notify: Sequence[Mapping[str, Any]] = (),
     after: Sequence[int | Mapping[str, Any]] = (),
+    secret_env: Mapping[str, str] | None = None,
+    **later: Any,
 ) -> dict[str, Any]:
     """The JSON body of one submission; only the fields that differ from the defaults.
 
-    ``after`` (jobs to wait for) may name a job of the same batch as ``{"ref": INDEX}``."""
+    ``after`` (jobs to wait for) may name a job of the same batch as ``{"ref": INDEX}``.
+    ``later``: the fields of starting and retrying later (:data:`LATER_FIELDS`)."""
+    unknown = set(later) - set(LATER_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown submission fields: {', '.join(sorted(unknown))}")
     if (command is None) == (script is None):
         raise ValueError("give exactly one of command or script")
     spec: dict[str, Any] = {"command": command} if command is not None else {"script": script}
@@ -554,9 +658,23 @@ def job_spec(
         "workdir": workdir,
         "notify": [dict(rule) for rule in notify],
         "after": [a if isinstance(a, int) else dict(a) for a in after],
+        "secret_env": dict(secret_env or {}),
     }
+    for key, value in later.items():
+        optional[key] = value.isoformat() if isinstance(value, datetime) else value
     spec.update({key: value for key, value in optional.items() if value})
     return spec
+
+
+def _schedule_path(ref: str | int) -> str:
+    return f"/api/v1/schedules/{quote(str(ref), safe='')}"
+
+
+# Starting and retrying later (docs/api.md, "Starting later, retrying later").
+LATER_FIELDS = (
+    "not_before", "delay", "retry_delay", "retry_backoff", "retry_max_delay", "retry_jitter",
+    "retry_on",
+)  # fmt: skip
 
 
 class ServerEvent(NamedTuple):

@@ -12,10 +12,12 @@ goes with it (a retry, a freed slot filled) commit together.
 from __future__ import annotations
 
 import enum
+import math
+import random
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +44,10 @@ class State(enum.StrEnum):
                                ├─skip (a parent's end cannot meet it)─▶ skipped
                                └─request_kill ─▶ killed
 
+        submit with a future not_before/delay, or a retry that waits (retry_delay)
+          ─▶ delayed ─release_due (not_before has come; the leader's tick)─▶ waiting
+               └─request_kill ─▶ killed   (a retry's kill ends the chain of attempts)
+
     A running job is killed by its worker: ``request_kill`` sets ``kill_requested``, the
     worker kills the process and reports it (``finish`` → killed). Every move into a final
     state (and ``delete``) tells :mod:`jobbalancer.chains`, which releases or skips the
@@ -62,6 +68,8 @@ class State(enum.StrEnum):
     # longer be met.
     HELD = "held"
     SKIPPED = "skipped"
+    # Starting later: not run before ``not_before`` (a submission's, or a retry's wait).
+    DELAYED = "delayed"
 
 
 ACTIVE = (State.ASSIGNED, State.RUNNING)
@@ -73,8 +81,62 @@ FINAL = (
 # What a worker may report when a job's process is over. LOST: the worker stopped the
 # attempt itself, cut off from the database too long to know it still held it (fencing).
 OUTCOMES = (State.DONE, State.FAILED, State.TIMEOUT, State.KILLED, State.LOST)
-# Ends after which a job with retries left runs again as a new attempt.
+# Ends after which a job with retries left runs again as a new attempt (unless its
+# ``retry_on`` says otherwise: then those it names, of RETRY_ENDS).
 RETRYABLE = (State.FAILED, State.LOST)
+RETRY_ENDS = (State.FAILED, State.TIMEOUT, State.LOST)
+# The longest a job may be delayed, or a retry wait: a year.
+MAX_DELAY = 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed attempt is retried (docs/api.md, "Starting later, retrying later").
+
+    The wait before attempt ``n + 1`` is ``delay · backoff^(n-1)``, spread at random by up
+    to ± ``jitter`` of itself (a fraction, 0 to 1), then capped at ``max_delay``. ``on``:
+    the ends retried, states of :data:`RETRY_ENDS` and exit codes (a ``failed`` job with
+    that exit code); empty: :data:`RETRYABLE`.
+    """
+
+    delay: float = 0.0
+    backoff: float = 1.0
+    max_delay: float | None = None
+    jitter: float = 0.0
+    on: tuple[str | int, ...] = ()
+
+    def retries_end(self, state: State, exit_code: int | None) -> bool:
+        """Whether an attempt that ended so is retried (if it has retries left)."""
+        if not self.on:
+            return state in RETRYABLE
+        if state.value in self.on:
+            return True
+        return state == State.FAILED and exit_code is not None and exit_code in self.on
+
+    def wait(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before the attempt after ``attempt`` (1 for the first run)."""
+        if self.delay <= 0:
+            return 0.0
+        backoff, steps = max(self.backoff, 1.0), max(attempt - 1, 0)
+        # backoff^steps overflows a float long before attempt 101: past a year, a year.
+        if steps * math.log(backoff) > math.log(2 * MAX_DELAY / self.delay):
+            base = 2 * MAX_DELAY
+        else:
+            base = self.delay * backoff**steps
+        spread = base * self.jitter * (2.0 * rand() - 1.0)
+        cap = MAX_DELAY if self.max_delay is None else min(self.max_delay, MAX_DELAY)
+        return max(0.0, min(base + spread, cap))
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any] | sa.RowMapping) -> RetryPolicy:
+        """The policy kept in a job's columns (NULL: the default)."""
+        return cls(
+            delay=float(row["retry_delay"] or 0.0),
+            backoff=float(row["retry_backoff"] or 1.0),
+            max_delay=None if row["retry_max_delay"] is None else float(row["retry_max_delay"]),
+            jitter=float(row["retry_jitter"] or 0.0),
+            on=tuple(row["retry_on"] or ()),
+        )
 
 
 @dataclass(frozen=True)
@@ -100,6 +162,17 @@ class Spec:
     notify: tuple[Mapping[str, Any], ...] = ()
     # Created held: it has conditions (chains.add gives them, and may release it at once).
     held: bool = False
+    # The schedule firing it (jobbalancer.schedules); None: submitted by hand.
+    schedule_id: int | None = None
+    # Not run before this time, or for this many seconds from now (the database's clock);
+    # at most one of the two. A time already past runs at once (and is not kept).
+    not_before: datetime | None = None
+    delay: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Secrets by name (jobbalancer/vault.py; never values): {ENV_NAME: name} and
+    # {index in params: name}, resolved by the worker just before the start.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    secret_args: Mapping[int, str] = field(default_factory=dict)
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -121,6 +194,13 @@ _SPEC_COLUMNS = (
     "notify",
     "user_id",
     "user_name",
+    "retry_delay",
+    "retry_backoff",
+    "retry_max_delay",
+    "retry_jitter",
+    "retry_on",
+    "secret_env",
+    "secret_args",
 )
 
 
@@ -164,6 +244,17 @@ class Job:
     assigned_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    not_before: datetime | None
+    retry_delay: float | None
+    retry_backoff: float | None
+    retry_max_delay: float | None
+    retry_jitter: float | None
+    retry_on: tuple[str | int, ...] | None
+    # The schedule that fired it (its retries keep it); None: submitted by hand.
+    schedule_id: int | None = None
+    # Secrets by name (see Spec); last, with defaults, so records made elsewhere need not.
+    secret_env: Mapping[str, str] = field(default_factory=dict)
+    secret_args: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Job:
@@ -177,14 +268,25 @@ class Job:
             notify=tuple(m["notify"] or ()),
             kill_requested=bool(m["kill_requested"]),
             need_realtime=bool(m["need_realtime"]),
+            retry_on=None if m["retry_on"] is None else tuple(m["retry_on"]),
+            secret_env=dict(m["secret_env"] or {}),
+            secret_args={int(k): v for k, v in (m["secret_args"] or {}).items()},
         )
 
     @property
     def finished(self) -> bool:
         return self.state in FINAL
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        names = ("retry_delay", "retry_backoff", "retry_max_delay", "retry_jitter", "retry_on")
+        return RetryPolicy.of({n: getattr(self, n) for n in names})
 
-_SPECIAL = {"state", "params", "env", "labels", "notify", "kill_requested", "need_realtime"}
+
+_SPECIAL = {
+    "state", "params", "env", "labels", "notify", "kill_requested", "need_realtime", "retry_on",
+}  # fmt: skip
+_SPECIAL |= {"secret_env", "secret_args"}
 _PLAIN_FIELDS = [n for n in Job.__dataclass_fields__ if n not in _SPECIAL]
 
 
@@ -233,21 +335,44 @@ _INSERT = sa.insert(J).values(created_at=utcnow())
 def create(
     conn: sa.Connection, specs: Sequence[Spec], user_id: int | None, user_name: str | None
 ) -> list[int]:
-    """Insert waiting jobs; their ids in the order of ``specs``.
+    """Insert waiting jobs (held ones with ``after``, delayed ones with a ``not_before`` or
+    ``delay`` still to come); their ids in the order of ``specs``.
 
     One multi-row INSERT … RETURNING where the database can (SQLite, PostgreSQL,
-    MariaDB); a row at a time elsewhere.
+    MariaDB); a row at a time elsewhere. The database's clock says what is to come (read
+    once, only when a spec starts later).
     """
-    rows = [_row(spec, user_id, user_name) for spec in specs]
+    timed = any(s.not_before is not None or s.delay is not None for s in specs)
+    now = db.now(conn) if timed else None
+    rows = [_row(spec, user_id, user_name, now) for spec in specs]
     if len(rows) > 1 and conn.dialect.insert_executemany_returning_sort_by_parameter_order:
         stmt = _INSERT.returning(J.c.id, sort_by_parameter_order=True)
         return [int(i) for i in conn.execute(stmt, rows).scalars()]
     return [_inserted_id(conn.execute(_INSERT, row)) for row in rows]
 
 
-def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, Any]:
+def _starts_at(spec: Spec, now: datetime | None) -> datetime | None:
+    """When a spec's job may start, if that is still to come."""
+    if now is None:
+        return None
+    at = now + timedelta(seconds=spec.delay) if spec.delay is not None else spec.not_before
+    return at if at is not None and at > now else None
+
+
+def _row(
+    spec: Spec, user_id: int | None, user_name: str | None, now: datetime | None = None
+) -> dict[str, Any]:
+    not_before = _starts_at(spec, now)
+    later = State.DELAYED if not_before is not None else State.WAITING
+    retry = spec.retry
     return {
-        "state": (State.HELD if spec.held else State.WAITING).value,
+        "state": (State.HELD if spec.held else later).value,
+        "not_before": not_before,
+        "retry_delay": retry.delay or None,
+        "retry_backoff": None if retry.backoff == 1.0 else retry.backoff,
+        "retry_max_delay": retry.max_delay,
+        "retry_jitter": retry.jitter or None,
+        "retry_on": list(retry.on) or None,
         "command": spec.command,
         "script_id": spec.script_id,
         "script_name": spec.script_name,
@@ -263,6 +388,9 @@ def _row(spec: Spec, user_id: int | None, user_name: str | None) -> dict[str, An
         "retries": spec.retries,
         "workdir": spec.workdir,
         "notify": [dict(rule) for rule in spec.notify] or None,
+        "schedule_id": spec.schedule_id,
+        "secret_env": dict(spec.secret_env) or None,
+        "secret_args": {str(i): n for i, n in spec.secret_args.items()} or None,
         "attempt": 1,
         "user_id": user_id,
         "user_name": user_name,
@@ -281,7 +409,8 @@ def restart(conn: sa.Connection, job_id: int, user_id: int | None, user_name: st
     """A new waiting job with the same spec as ``job_id``; the old one stays as it was.
 
     A job that had parents gets the same ones, checked at once: it may be held, released
-    or skipped (the parents are not run again, nor are the old job's children)."""
+    or skipped (the parents are not run again, nor are the old job's children). A restart
+    runs now: the old job's ``not_before`` is not copied (its retry policy is)."""
     after = chains.parents_of(conn, job_id)
     state = State.HELD if after else State.WAITING
     new_id = _copy(
@@ -303,20 +432,36 @@ def _copy(
     retry_of: int | None = None,
     user: tuple[int | None, str | None] | None = None,
     state: State = State.WAITING,
+    ended: tuple[State, int | None] | None = None,
 ) -> int | None:
     """Insert a waiting copy of a job's spec; None when the job does not exist.
 
-    ``attempt=None`` makes the next attempt of the same job, only if it has retries left.
+    ``attempt=None`` makes the next attempt of the same job, only if it has retries left
+    and, with ``ended`` (how the attempt ended: state, exit code), its retry policy
+    retries that end; the attempt is ``delayed`` until the policy's wait from the end
+    (its ``finished_at``, the database's clock) has passed.
     """
-    query = sa.select(*(J.c[n] for n in _SPEC_COLUMNS), J.c.attempt).where(J.c.id == job_id)
+    query = sa.select(
+        *(J.c[n] for n in _SPEC_COLUMNS), J.c.attempt, J.c.schedule_id, J.c.finished_at
+    ).where(J.c.id == job_id)
     if attempt is None:
         query = query.where(J.c.attempt <= J.c.retries)
     row = conn.execute(query).first()
     if row is None:
         return None
+    not_before = None
+    if ended is not None:
+        policy = RetryPolicy.of(row._mapping)
+        if not policy.retries_end(*ended):
+            return None
+        wait = policy.wait(row.attempt)
+        if wait > 0 and row.finished_at is not None:
+            state, not_before = State.DELAYED, row.finished_at + timedelta(seconds=wait)
     values = {n: row._mapping[n] for n in _SPEC_COLUMNS}
     if user is not None:
         values["user_id"], values["user_name"] = user
+    if retry_of is not None:  # a retry is the same run of its schedule; a restart is not
+        values["schedule_id"] = row.schedule_id
     result = conn.execute(
         sa.insert(J).values(
             **values,
@@ -324,6 +469,7 @@ def _copy(
             attempt=row.attempt + 1 if attempt is None else attempt,
             restarted_from=restarted_from,
             retry_of=retry_of,
+            not_before=not_before,
             kill_requested=False,
             output_bytes=0,
             created_at=utcnow(),
@@ -338,10 +484,11 @@ def _inserted_id(result: sa.CursorResult[Any]) -> int:
     return int(key[0])
 
 
-def _retry(conn: sa.Connection, job_id: int) -> int | None:
-    """Queue the next attempt of a failed or lost job, if it has retries left; the jobs
+def _retry(conn: sa.Connection, job_id: int, state: State, exit_code: int | None) -> int | None:
+    """Queue the next attempt of a job that ended ``state``, if it has retries left and
+    its policy retries that end (at once, or delayed by the policy's wait); the jobs
     waiting for it wait for the new attempt."""
-    new_id = _copy(conn, job_id, retry_of=job_id)
+    new_id = _copy(conn, job_id, retry_of=job_id, ended=(state, exit_code))
     if new_id is not None:
         chains.follow_retry(conn, job_id, new_id)
     return new_id
@@ -607,18 +754,18 @@ def finish(
     if not _moved(conn, _FINISH, params):
         return False
     outbox.job_moved(conn, state.value, [job_id])
-    if not (retry and state in RETRYABLE and _retry(conn, job_id) is not None):
+    if not (retry and state in RETRY_ENDS and _retry(conn, job_id, state, exit_code) is not None):
         chains.ended(conn, job_id, state)
     return True
 
 
-# -- request_kill: held | waiting | assigned → killed; running → kill_requested -----------
+# -- request_kill: held | delayed | waiting | assigned → killed; running → kill_requested --
 
 _KILL_PENDING = (
     sa.update(J)
     .where(
         J.c.id == sa.bindparam("b_id"),
-        J.c.state.in_([s.value for s in (State.HELD, *PENDING)]),
+        J.c.state.in_([s.value for s in (State.HELD, State.DELAYED, *PENDING)]),
     )
     .values(state=State.KILLED.value, error="killed before it started", finished_at=utcnow())
 )
@@ -630,7 +777,8 @@ _REQUEST_KILL = (
 
 
 def request_kill(conn: sa.Connection, job_id: int) -> None:
-    """Kill a job: at once if it has not started, by its worker if it runs.
+    """Kill a job: at once if it has not started, by its worker if it runs. A delayed
+    retry killed ends its job's attempts (the jobs held for it are decided as killed).
 
     Raises NotFound for an unknown job and Conflict for one that is already over.
     """
@@ -645,6 +793,72 @@ def request_kill(conn: sa.Connection, job_id: int) -> None:
         return
     job = get(conn, job_id)  # raises NotFound
     raise errors.Conflict(f"job {job_id} is already {job.state}; nothing to kill")
+
+
+# -- release_due: delayed → waiting once not_before has come (the leader's tick) ---------
+
+RELEASE_CHUNK = 1000
+# The database's clock is read once (with the earliest not_before) and bound: compared
+# with PostgreSQL's clock_timestamp(), which is volatile, not_before could not use the
+# index, and 100 000 delayed jobs were read at every tick.
+_DUE = (
+    sa.select(J.c.id)
+    .where(J.c.state == State.DELAYED.value, J.c.not_before <= sa.bindparam("b_now"))
+    .order_by(J.c.not_before)
+    .limit(RELEASE_CHUNK)
+)
+_RELEASE_DUE = (
+    sa.update(J)
+    .where(
+        J.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+        J.c.state == State.DELAYED.value,
+        J.c.not_before <= sa.bindparam("b_now"),
+    )
+    .values(state=State.WAITING.value)
+)
+_NEXT_DUE = sa.select(
+    sa.select(sa.func.min(J.c.not_before))
+    .where(J.c.state == State.DELAYED.value)
+    .scalar_subquery()
+    .label("due"),
+    utcnow().label("now"),
+)
+
+
+def release_due(conn: sa.Connection, chunks: int = 20) -> int:
+    """delayed → waiting for the jobs whose ``not_before`` has come (the database's
+    clock), earliest first, up to ``chunks`` statements of :data:`RELEASE_CHUNK` jobs;
+    how many. Caller holds the assign lock (the balancer's order: the lock, then rows), and
+    assigns them after. Each statement is conditional (still delayed, and due), so two
+    releases never release a job twice and none early. With none due, one read."""
+    due, now = _due_and_now(conn)
+    if due is None or due > now:
+        return 0
+    released = 0
+    for _ in range(chunks):
+        ids = list(conn.execute(_DUE, {"b_now": now}).scalars())
+        if not ids:
+            break
+        released += conn.execute(_RELEASE_DUE, {"b_ids": ids, "b_now": now}).rowcount
+        if len(ids) < RELEASE_CHUNK:
+            break
+    return released
+
+
+def _due_and_now(conn: sa.Connection) -> tuple[datetime | None, datetime]:
+    """The earliest delayed job's not_before (None: none is delayed) and the database's
+    time. One read of the head of the (state, not_before) index."""
+    row = conn.execute(_NEXT_DUE).one()
+    due: datetime | None = row.due
+    now: datetime = row.now
+    return due, now
+
+
+def next_due(conn: sa.Connection) -> float | None:
+    """Seconds until the earliest delayed job is due (0 when one is due already); None
+    when none is delayed."""
+    due, now = _due_and_now(conn)
+    return None if due is None else max(0.0, (due - now).total_seconds())
 
 
 # -- the worker is gone: assigned → waiting (unassign), running → lost (lose) -------------
@@ -700,7 +914,7 @@ def end_lost(conn: sa.Connection, lost: Sequence[int]) -> None:
     """The ends of jobs :func:`mark_lost` moved: retries where allowed, else the jobs held
     for them decided."""
     for job_id in lost:
-        if _retry(conn, job_id) is None:
+        if _retry(conn, job_id, State.LOST, None) is None:
             chains.ended(conn, job_id, State.LOST)
     outbox.job_moved(conn, State.LOST.value, list(lost))
 

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from jobbalancer import audit, balancer, db, jobs, notify, outbox, registry, settings
 
 log = logging.getLogger(__name__)
+
+LeaderLoop = Callable[[Callable[[], bool], threading.Event], None]
 
 
 class Liveness:
@@ -111,12 +113,18 @@ def apply_retention(engine: sa.Engine) -> int:
 class Supervisor:
     """The server's background loop: leader lease, monitor, balancer, retention; and, with
     ``config``, the leader's delivery of notifications (a thread of its own, so a slow
-    target never holds up a tick)."""
+    target never holds up a tick). ``leader_loops``: more threads of the leader's work
+    (firing schedules), each called as ``loop(is_leader, stop)`` and doing its work
+    while ``is_leader()``."""
 
     LEASE = "leader"
 
     def __init__(
-        self, engine: sa.Engine, interval: float = 1.0, config: settings.Settings | None = None
+        self,
+        engine: sa.Engine,
+        interval: float = 1.0,
+        config: settings.Settings | None = None,
+        leader_loops: Sequence[LeaderLoop] = (),
     ) -> None:
         self.engine = engine
         self.interval = interval
@@ -128,8 +136,12 @@ class Supervisor:
         self._unreachable = False  # the last tick could not reach the database
         self._reachable_since: datetime | None = None  # database clock, after an outage
         self._liveness = Liveness()
+        # Seconds from the last tick to the earliest delayed job's not_before (None: none).
+        self._due_in: float | None = None
         self.dispatcher = None if config is None else notify.Dispatcher(engine, config, self.holder)
         self._notifier: threading.Thread | None = None
+        self._leader_loops = list(leader_loops)
+        self._loop_threads: list[threading.Thread] = []
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
@@ -142,6 +154,13 @@ class Supervisor:
                 daemon=True,
             )
             self._notifier.start()
+        for loop in self._leader_loops:
+            thread = threading.Thread(
+                target=loop, args=(lambda: self.is_leader, self._stop), daemon=True,
+                name=getattr(loop, "__qualname__", "leader-loop"),
+            )  # fmt: skip
+            thread.start()
+            self._loop_threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
@@ -149,6 +168,8 @@ class Supervisor:
             self._thread.join(timeout=10)
         if self._notifier is not None:
             self._notifier.join(timeout=10)
+        for thread in self._loop_threads:
+            thread.join(timeout=10)
         if self.is_leader:
             try:
                 with db.write(self.engine) as conn:
@@ -167,10 +188,18 @@ class Supervisor:
                 self._unreachable = True
             except Exception:
                 log.exception("supervisor tick failed; retrying")
-            self._stop.wait(self.interval)
+            self._stop.wait(self.pause())
+
+    def pause(self) -> float:
+        """How long to wait before the next tick: the interval, or less when a delayed
+        job is due sooner (it starts on time, not up to an interval late)."""
+        if not self.is_leader or self._due_in is None:
+            return self.interval
+        return min(self.interval, self._due_in)
 
     def tick(self) -> None:
-        """One round: renew or take the lease; as leader, monitor and balance."""
+        """One round: renew or take the lease; as leader, monitor, release the delayed jobs
+        that are due, and balance."""
         with db.write(self.engine) as conn:
             leader = db.take_lease(conn, self.LEASE, self.holder, self.interval * 5)
             if self._unreachable:
@@ -184,7 +213,10 @@ class Supervisor:
             return
         check_workers(self.engine, reachable_since=self._reachable_since, liveness=self._liveness)
         with db.write(self.engine) as conn:
-            balancer.assign_waiting(conn)
+            db.lock_row(conn, "assign")  # the balancer's order: the lock, then job rows
+            jobs.release_due(conn)
+            balancer.assign_waiting(conn, locked=True)
+            self._due_in = jobs.next_due(conn)
         self._ticks += 1
         if self._ticks % 60 == 1:
             apply_retention(self.engine)

@@ -14,6 +14,7 @@ delivery ever runs inside a job's transaction.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import http.client
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from jobbalancer import db, errors, jobs, logs, outbox, refs, settings
+from jobbalancer import db, errors, jobs, logs, outbox, refs, settings, vault
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -130,23 +131,65 @@ def create_target(
     url: str | None = None,
     secret: str | None = None,
     recipients: Sequence[str] = (),
+    key: vault.Key | None = None,
 ) -> Target:
+    """A new target; its ``secret`` is stored encrypted with ``key`` (bound to the
+    target's id). The service always gives the server's key; without one (tests of this
+    module) the secret is kept as given."""
     refs.check_name(name, "notification target")
     refs.ensure_free_name(conn, T, name, "notification target")
     check_target(kind, url, recipients)
     values = {
-        "name": name, "kind": kind, "url": url, "secret": secret or None,
+        "name": name, "kind": kind, "url": url, "secret": None,
         "recipients": list(recipients) or None, "delivered": 0, "failures": 0,
     }  # fmt: skip
     result = conn.execute(sa.insert(T).values(**values, created_at=utcnow()))
-    key = result.inserted_primary_key
-    assert key is not None
+    new = result.inserted_primary_key
+    assert new is not None
+    target_id = int(new[0])
+    if secret:
+        conn.execute(
+            sa.update(T).where(T.c.id == target_id).values(secret=_seal(key, secret, target_id))
+        )
     outbox.forget(conn.engine)
-    return get_target(conn, int(key[0]))
+    return get_target(conn, target_id)
 
 
-def update_target(conn: sa.Connection, target_id: int, changes: Mapping[str, Any]) -> Target:
-    """Change a target (a name, url, secret or recipients); the kind stays."""
+def _context(target_id: int) -> str:
+    """What a target's sealed secret is bound to: its id (its name may change)."""
+    return f"notification-target:{target_id}"
+
+
+def _seal(key: vault.Key | None, secret: str, target_id: int) -> str:
+    return secret if key is None else vault.seal(key, secret, _context(target_id)) or secret
+
+
+def opened(target: Target, config: settings.Settings) -> Target:
+    """The target with its secret decrypted, to sign a body (vault.NoKey if it cannot be)."""
+    if not vault.is_sealed(target.secret):
+        return target
+    key = vault.from_settings(config)
+    return dataclasses.replace(target, secret=vault.unseal(key, target.secret, _context(target.id)))
+
+
+def seal_stored(conn: sa.Connection, key: vault.Key) -> int:
+    """Encrypt the secrets an older version stored in clear; how many (the server's start)."""
+    rows = conn.execute(sa.select(T.c.id, T.c.secret).where(T.c.secret.is_not(None))).all()
+    clear = [(r.id, r.secret) for r in rows if not vault.is_sealed(r.secret)]
+    for target_id, secret in clear:
+        sealed = _seal(key, secret, target_id)
+        conn.execute(sa.update(T).where(T.c.id == target_id).values(secret=sealed))
+    return len(clear)
+
+
+def update_target(
+    conn: sa.Connection,
+    target_id: int,
+    changes: Mapping[str, Any],
+    key: vault.Key | None = None,
+) -> Target:
+    """Change a target (a name, url, secret or recipients); the kind stays. A new secret
+    is encrypted with ``key`` as in :func:`create_target`."""
     current = get_target(conn, target_id)
     values = dict(changes)
     if "name" in values:
@@ -155,7 +198,7 @@ def update_target(conn: sa.Connection, target_id: int, changes: Mapping[str, Any
     if "recipients" in values:
         values["recipients"] = list(values["recipients"] or ()) or None
     if "secret" in values:
-        values["secret"] = values["secret"] or None
+        values["secret"] = _seal(key, values["secret"], target_id) if values["secret"] else None
     url = values.get("url", current.url)
     recipients = values["recipients"] or () if "recipients" in values else current.recipients
     check_target(current.kind, url, recipients)
@@ -644,8 +687,10 @@ def send_test(
     with db.read(engine) as conn:
         target = get_target(conn, ref)
     try:
-        send(target, test_payload(target, config.web_url), f"test-{time.time_ns():x}",
-             config.notify, timeouts)  # fmt: skip
+        send(opened(target, config), test_payload(target, config.web_url),
+             f"test-{time.time_ns():x}", config.notify, timeouts)  # fmt: skip
+    except vault.NoKey as exc:
+        return str(exc)
     except DeliveryError as exc:
         return str(exc)
     return None
@@ -799,7 +844,8 @@ class Dispatcher:
             self._record(notification_id, row.target_id, "the target was deleted", final=True)
             return False
         try:
-            send(Target.from_row(target_row), doc, row.key, self.config.notify, self.timeouts)
+            target = opened(Target.from_row(target_row), self.config)
+            send(target, doc, row.key, self.config.notify, self.timeouts)
         except DeliveryError as exc:
             self._record(notification_id, row.target_id, str(exc))
             log.warning("notification %s to %s failed: %s", notification_id, target_row.name, exc)

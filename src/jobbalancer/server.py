@@ -15,7 +15,7 @@ from pathlib import Path
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from jobbalancer import errors, procsec
+from jobbalancer import errors, procsec, vault
 from jobbalancer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def run_server(settings: Settings, *, access_log: bool = False) -> None:
     # environment, and whatever it creates is its user's alone (it starts no jobs).
     procsec.make_undumpable()
     procsec.private_umask()
+    ensure_secret_key(settings)
     cert, key = tls_files(settings)
     with bind(settings.server.host, settings.server.port) as sock:
         config = uvicorn.Config(
@@ -193,3 +194,10 @@ def _return_after_signal(server: uvicorn.Server) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def ensure_secret_key(settings: Settings) -> None:
+    """The key for secrets: JOBBALANCER_SECRET_KEY, else the key file, made (mode 0600)
+    on the first start when there is neither (`up` makes it before its children start)."""
+    if not settings.secret_key:
+        vault.ensure_key_file("", settings.secret_key_path)

@@ -135,6 +135,11 @@ class Settings(_Section):
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
     notify: NotifySettings = NotifySettings()
+    # Secrets (jobbalancer/vault.py): the key that encrypts them, as urlsafe base64
+    # (JOBBALANCER_SECRET_KEY), else read from this file (mode 0600; "": <data_dir>/secret.key,
+    # made by the first `server` or `up`). Workers that run jobs with secrets need it too.
+    secret_key: str = Field(default="", repr=False)
+    secret_key_file: str = ""
 
     @property
     def database_url(self) -> str:
@@ -150,6 +155,11 @@ class Settings(_Section):
             return self.notify.base_url
         scheme = "https" if self.server.tls_cert else "http"
         return f"{scheme}://{self.server.host}:{self.server.port}"
+
+    @property
+    def secret_key_path(self) -> Path:
+        """Where the secret key file is (used when ``secret_key`` is not given)."""
+        return Path(self.secret_key_file or Path(self.data_dir).resolve() / "secret.key")
 
     @property
     def worker_id_file(self) -> str:
@@ -252,6 +262,9 @@ def _read_secret_file(path: Path, field: str, what: str) -> str:
         raise ConfigError(f"cannot read the {what} {path}: {exc}", field=field) from exc
     finally:
         os.close(fd)
+
+
+read_secret_file = _read_secret_file  # the secret key file is read the same way (vault.py)
 
 
 def _check_private(path: Path, info: os.stat_result, field: str, what: str) -> None:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from apihelpers import Api
 from argon2 import PasswordHasher
 
-from jobbalancer import auth
+from jobbalancer import auth, vault
 from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
@@ -21,7 +21,7 @@ def api(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     monkeypatch.setattr(
         auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     )
-    app = create_app(Settings(), engine, supervise=False)
+    app = create_app(Settings(secret_key=vault.new_key_text()), engine, supervise=False)
     first = app.state.first_admin
     assert first is not None
     result = Api(app=app, engine=engine, admin_key=first[2])

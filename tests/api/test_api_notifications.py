@@ -183,7 +183,7 @@ def test_a_failed_job_lists_its_delivery_and_metrics_count_it(api: Api, engine: 
         api.worker("node-1")
         job = submit(api.admin, command="false", notify=[{"on": ["failed"], "target": "ops-hook"}])
         api.finish(job["id"], jobs.State.FAILED, exit_code=3)
-        d = notify.Dispatcher(engine, Settings(), "api-test")
+        d = notify.Dispatcher(engine, api.app.state.settings, "api-test")
         assert d.dispatch() == 1 and d.wait_idle(10)
         [got] = hook.wait(1)
         assert got.body["exit_code"] == 3
@@ -208,7 +208,7 @@ def test_a_target_that_never_answers_delays_neither_jobs_nor_other_targets(
         make_target(api, name="never", kind="webhook", url=never)
         make_target(api, name="good", kind="webhook", url=hook.url)
         api.admin.post("/api/v1/notification-rules", json={"on": ["done"], "target": "never"})
-        d = notify.Dispatcher(engine, Settings(), "api-test", interval=0.05)
+        d = notify.Dispatcher(engine, api.app.state.settings, "api-test", interval=0.05)
         stop = threading.Event()
         thread = threading.Thread(target=d.run, args=(lambda: True, stop), daemon=True)
         thread.start()
@@ -249,7 +249,7 @@ def test_a_dead_targets_backlog_does_not_starve_the_others(api: Api, engine: sa.
             )
             for job_id in jobs.create(conn, specs, None, None):
                 jobs.request_kill(conn, job_id)
-        d = notify.Dispatcher(engine, Settings(), "api-test")
+        d = notify.Dispatcher(engine, api.app.state.settings, "api-test")
         d.dispatch()  # the oldest 200 are the dead target's: its lane fills up
         d.dispatch()  # the next look leaves that lane out
         [got] = hook.wait(1, timeout=5)

@@ -131,19 +131,35 @@ def test_by_name_needs_a_declaration_and_plain_scripts_keep_their_params(api: Ap
     assert r.status_code == 201 and r.json()["params"] == ["x", "1", "", "y"]
 
 
-def test_a_secret_parameter_is_refused_without_a_secret_store(api: Api) -> None:
+def test_a_secret_parameter_names_a_secret_the_submitter_may_use(api: Api) -> None:
     _script(
         api,
         {
             "name": "backup",
             "interpreter": "sh",
             "content": "echo",
-            "parameters": [{"name": "password", "type": "secret", "required": True}],
+            "parameters": [
+                {"name": "host", "type": "string"},
+                {"name": "password", "type": "secret", "required": True},
+            ],
         },
     )
-    r = api.admin.post("/api/v1/jobs", json={"script": "backup", "params": {"password": "db"}})
-    assert r.status_code == 422 and r.json()["field"] == "params"
+    # No such secret: refused, naming the parameter's place, nothing submitted.
+    r = api.admin.post(
+        "/api/v1/jobs", json={"script": "backup", "params": {"host": "h", "password": "db"}}
+    )
+    assert r.status_code == 422 and r.json()["field"].startswith("params"), r.text
     assert api.admin.get("/api/v1/jobs").json()["items"] == []
+    r = api.admin.post("/api/v1/secrets", json={"name": "db", "value": "s3cr3t-value"})
+    assert r.status_code == 201, r.text
+    r = api.admin.post(
+        "/api/v1/jobs", json={"script": "backup", "params": {"host": "h", "password": "db"}}
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()
+    # The record holds the secret's name where its value will be, and says which.
+    assert job["params"] == ["h", "db"] and job["secret_args"] == {"1": "db"}
+    assert "s3cr3t-value" not in r.text
 
 
 def test_legacy_add_job_checks_a_declared_script(api: Api) -> None:

@@ -70,7 +70,7 @@ def state(engine: sa.Engine, job_id: int) -> State:
 
 def test_states_chains_names_are_job_states() -> None:
     names = {s.value for s in State}
-    assert {chains.HELD, chains.WAITING, chains.SKIPPED} <= names
+    assert {chains.HELD, chains.WAITING, chains.SKIPPED, chains.DELAYED} <= names
     assert set(chains.MEETS) == {s.value for s in jobs.FINAL}
 
 
@@ -451,7 +451,7 @@ def test_a_class_with_held_jobs_is_in_use(engine: sa.Engine, job_factory: JobFac
     with db.write(engine) as conn:
         (held_id,) = jobs.create(conn, [spec2], 7, "alice")
         chains.add(conn, held_id, [chains.After(other, "success")])
-    with pytest.raises(errors.Conflict, match="1 held, waiting, assigned or running"):
+    with pytest.raises(errors.Conflict, match="1 held, delayed, waiting, assigned or running"):
         do(engine, classes.delete, gpu)
 
 

@@ -63,8 +63,8 @@ def test_the_printed_admin_password_logs_in_and_out(
         # every link of the nav, the admin-only ones too
         links = page.locator("nav a").all_inner_texts()
         assert links == [
-            "Dashboard", "Jobs", "Workers", "Classes", "Scripts", "Users", "Notifications",
-            "Activity", "Settings", "API",
+            "Dashboard", "Jobs", "Schedules", "Workers", "Classes", "Scripts", "Users",
+            "Notifications", "Secrets", "Activity", "Settings", "API",
         ]  # fmt: skip
 
         # And Logout ends the session
@@ -87,6 +87,6 @@ def test_nav_shows_each_role_its_pages(
     viewer = login_as("viewer")
     assert viewer.locator(".role").inner_text().lower() == "viewer"
     assert viewer.locator("nav a").all_inner_texts() == [
-        "Dashboard", "Jobs", "Workers", "Classes", "Scripts", "API",
+        "Dashboard", "Jobs", "Schedules", "Workers", "Classes", "Scripts", "API",
     ]  # fmt: skip
     assert viewer.locator("a:has-text('Submit a job')").count() == 0

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from jobbalancer import auth, db
+from jobbalancer import auth, db, vault
 from jobbalancer import registry as workers
 from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
@@ -65,7 +65,7 @@ def cheap_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def secapp(sqlite_engine: sa.Engine, cheap_hashing: None) -> Iterator[App]:
-    app = create_app(Settings(), sqlite_engine, supervise=False)
+    app = create_app(Settings(secret_key=vault.new_key_text()), sqlite_engine, supervise=False)
     first = app.state.first_admin
     assert first is not None
     result = App(app=app, engine=sqlite_engine, admin_key=first[2])

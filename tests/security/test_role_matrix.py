@@ -30,7 +30,10 @@ class World:
 
     def job(self, *, own: bool = False, state: str = "waiting") -> int:
         key = self.actor_key if own else self.app.admin_key
-        r = self.app.client(key).post("/api/v1/jobs", json={"command": "true"})
+        body: dict[str, Any] = {"command": "true"}
+        if state == "delayed":
+            body["delay"] = 3600
+        r = self.app.client(key).post("/api/v1/jobs", json=body)
         assert r.status_code == 201, r.text
         job_id = int(r.json()["id"])
         if state == "killed":
@@ -57,9 +60,22 @@ class World:
         n = len(self.app.admin.get("/api/v1/workers").json())
         return self.app.worker(f"w{n}")
 
+    def secret(self) -> str:
+        n = len(self.app.admin.get("/api/v1/secrets").json())
+        r = self.app.admin.post("/api/v1/secrets", json={"name": f"sec{n}", "value": "v4lue"})
+        assert r.status_code == 201, r.text
+        return str(r.json()["name"])
+
     def other_user(self) -> int:
         n = len(self.app.admin.get("/api/v1/users").json())
         return self.app.user(f"other{n}", "viewer")[0]
+
+    def schedule(self) -> int:
+        n = len(self.app.admin.get("/api/v1/schedules").json())
+        body = {"name": f"sched{n}", "cron": "@daily", "job": {"command": "true"}}
+        r = self.app.admin.post("/api/v1/schedules", json=body)
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
 
 
 Action = tuple[str, str, Callable[[World], tuple[str, Any]], dict[str, int]]
@@ -117,6 +133,18 @@ ACTIONS: list[Action] = [
         "DELETE",
         "delete another's job",
         lambda w: (f"/api/v1/jobs/{w.job(state='killed')}", None),
+        {**OTHERS_JOB, "admin": 204, "operator": 204},
+    ),
+    (
+        "POST",
+        "kill another's delayed job",
+        lambda w: (f"/api/v1/jobs/{w.job(state='delayed')}/kill", None),
+        {**OTHERS_JOB, "admin": 202, "operator": 202},
+    ),
+    (
+        "DELETE",
+        "delete another's delayed job",
+        lambda w: (f"/api/v1/jobs/{w.job(state='delayed')}", None),
         {**OTHERS_JOB, "admin": 204, "operator": 204},
     ),
     ("GET", "list workers", lambda w: ("/api/v1/workers", None), _all(200)),
@@ -220,6 +248,40 @@ ACTIONS: list[Action] = [
     ),
     ("GET", "stats", lambda w: ("/api/v1/stats", None), _all(200)),
     ("GET", "metrics", lambda w: ("/metrics", None), _all(200)),
+    # Secrets: admins manage them (not operators: see service/secrets.py); everyone lists
+    # those they may use, and may submit a job naming one (if they may submit at all).
+    ("GET", "list secrets", lambda w: ("/api/v1/secrets", None), _all(200)),
+    ("GET", "see a secret", lambda w: (f"/api/v1/secrets/{w.secret()}", None), _all(200)),
+    (
+        "POST",
+        "create a secret",
+        lambda w: ("/api/v1/secrets", {"name": "mine", "value": "v"}),
+        _only(("admin",), 201),
+    ),
+    (
+        "PUT",
+        "replace a secret",
+        lambda w: (f"/api/v1/secrets/{w.secret()}", {"value": "known-to-me"}),
+        _only(("admin",), 200),
+    ),
+    (
+        "PATCH",
+        "widen a secret's users",
+        lambda w: (f"/api/v1/secrets/{w.secret()}", {"users": None}),
+        _only(("admin",), 200),
+    ),
+    (
+        "DELETE",
+        "delete a secret",
+        lambda w: (f"/api/v1/secrets/{w.secret()}", None),
+        _only(("admin",), 204),
+    ),
+    (
+        "POST",
+        "submit with a secret",
+        lambda w: ("/api/v1/jobs", {"command": "true", "secret_env": {"P": w.secret()}}),
+        _only(SUBMITTERS, 201),
+    ),
     (
         "POST",
         "legacy submit",
@@ -227,6 +289,38 @@ ACTIONS: list[Action] = [
         _only(SUBMITTERS, 200),
     ),
 ]
+
+
+# Schedules: admins and operators manage all; a submitter only its own (others' do not
+# exist for it); viewers read.
+_SCHEDULE = {"name": "mine", "cron": "*/15 * * * *", "job": {"command": "true"}}
+ACTIONS += [
+    ("GET", "list schedules", lambda w: ("/api/v1/schedules", None), _all(200)),
+    ("POST", "create a schedule", lambda w: ("/api/v1/schedules", _SCHEDULE),
+     _only(SUBMITTERS, 201)),
+    ("POST", "preview a schedule", lambda w: ("/api/v1/schedules/preview", {"cron": "@hourly"}),
+     _all(200)),
+    ("GET", "see another's schedule", lambda w: (f"/api/v1/schedules/{w.schedule()}", None),
+     {"admin": 200, "operator": 200, "submitter": 404, "viewer": 200}),
+    ("GET", "another's schedule history",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/history", None),
+     {"admin": 200, "operator": 200, "submitter": 404, "viewer": 200}),
+    ("PATCH", "change another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}", {"cron": "@hourly"}),
+     {**OTHERS_JOB, "admin": 200, "operator": 200}),
+    ("POST", "pause another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/pause", None),
+     {**OTHERS_JOB, "admin": 200, "operator": 200}),
+    ("POST", "resume another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/resume", None),
+     {**OTHERS_JOB, "admin": 200, "operator": 200}),
+    ("POST", "run another's schedule now",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}/run", None),
+     {**OTHERS_JOB, "admin": 201, "operator": 201}),
+    ("DELETE", "delete another's schedule",
+     lambda w: (f"/api/v1/schedules/{w.schedule()}", None),
+     {**OTHERS_JOB, "admin": 204, "operator": 204}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -15,7 +15,7 @@ import hypothesis
 import schemathesis
 from schemathesis import checks
 
-from jobbalancer import db
+from jobbalancer import db, vault
 from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
@@ -29,7 +29,7 @@ CHECKS = [
 
 def _fresh_app(make_database_url: Callable[..., str]) -> tuple[Any, str, Any]:
     engine = db.connect(make_database_url("sqlite", migrated=True))
-    app = create_app(Settings(), engine, supervise=False)
+    app = create_app(Settings(secret_key=vault.new_key_text()), engine, supervise=False)
     return app, app.state.first_admin[2], engine
 
 

@@ -100,12 +100,14 @@ def test_a_worker_under_the_role_runs_every_kind_of_job(
 
     marker = tmp_path / "failed-once"
     flaky = f"if [ -e {marker} ]; then echo again; else touch {marker}; exit 3; fi"
-    failed = cluster.wait_job(cluster.submit(command=flaky, retries=1)["id"])
+    # The retry waits (retry_delay): the worker inserts it delayed, the server releases it.
+    failed = cluster.wait_job(cluster.submit(command=flaky, retries=1, retry_delay=0.5)["id"])
     assert (failed["state"], failed["exit_code"]) == ("failed", 3)
     retry = cluster.wait_job(
         cluster.wait_for(lambda: _retry_of(cluster, failed["id"]), "retry")["id"]
     )
     assert (retry["state"], retry["attempt"]) == ("done", 2)
+    assert retry["not_before"] is not None and retry["retry_delay"] == 0.5
     assert cluster.log(retry["id"]) == "again\n"
 
     long = cluster.submit(command="echo started; sleep 300")

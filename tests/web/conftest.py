@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 
-from jobbalancer import auth, db
+from jobbalancer import auth, db, vault
 from jobbalancer.app import create_app
 from jobbalancer.settings import Settings
 
@@ -88,7 +88,7 @@ def web(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
     monkeypatch.setattr(
         auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     )
-    app = create_app(Settings(), engine, supervise=False)
+    app = create_app(Settings(secret_key=vault.new_key_text()), engine, supervise=False)
     first = app.state.first_admin
     assert first is not None
     result = Web(app=app, engine=engine, admin_password=first[1], admin_key=first[2])

@@ -17,7 +17,9 @@ from jobbalancer.api.routes import (
     legacy,
     metrics,
     notifications,
+    schedules,
     scripts,
+    secrets,
     settings,
     stats,
     users,
@@ -28,7 +30,8 @@ __all__ = ["install"]
 
 ROUTERS = (
     jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
-    notifications, audit,
+    notifications, schedules,
+    notifications, secrets, audit,
 )  # fmt: skip
 
 

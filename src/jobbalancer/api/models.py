@@ -12,8 +12,21 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, PlainSerializer
 
-from jobbalancer import audit, auth, chains, classes, jobs, notify, registry, scripts, stats
+from jobbalancer import (
+    audit,
+    auth,
+    chains,
+    classes,
+    jobs,
+    notify,
+    registry,
+    schedules,
+    scripts,
+    stats,
+    vault,
+)
 from jobbalancer.service import access
+from jobbalancer.service import schedules as schedule_service
 
 
 def format_time(value: datetime) -> str:
@@ -95,6 +108,26 @@ class Job(BaseModel):
     waiting_for: str | None = Field(
         None, description="A held job: what it waits for (`waits for job 41 to succeed`)."
     )
+    schedule_id: int | None = Field(None, description="The schedule that fired it; null: none.")
+    not_before: Time | None = Field(
+        description="Not started before this time: a `delayed` job starts then (a "
+        "submission's `not_before`/`delay`, or a retry's wait); null: at once."
+    )
+    retry_delay: float | None = Field(description="Seconds before the first retry; null: 0.")
+    retry_backoff: float | None = Field(description="Factor of each next wait; null: 1.")
+    retry_max_delay: float | None = Field(description="The longest wait; null: no cap.")
+    retry_jitter: float | None = Field(description="Random ± fraction of each wait; null: 0.")
+    retry_on: list[str | int] | None = Field(
+        description='Ends retried: states and exit codes; null: ["failed", "lost"].'
+    )
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables set from secrets: names of both, never a value.",
+    )
+    secret_args: dict[str, str] = Field(
+        default_factory=dict,
+        description="Params (by index) replaced by a secret's value at the start: the names.",
+    )
 
     @classmethod
     def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
@@ -120,10 +153,12 @@ class Job(BaseModel):
             parents=None if links is None else Dependency.from_links(links.parents),
             children=None if links is None else Dependency.from_links(links.children),
             waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
+            secret_env=dict(job.secret_env),
+            secret_args={str(i): name for i, name in job.secret_args.items()},
         )
 
 
-_JOB_LINKS = ("parents", "children", "waiting_for")
+_JOB_LINKS = ("parents", "children", "waiting_for", "secret_env", "secret_args")
 _JOB_PLAIN = [
     n
     for n in Job.model_fields
@@ -450,3 +485,136 @@ class Notification(BaseModel):
 class TestResult(BaseModel):
     delivered: bool
     error: str | None = Field(description="Why it did not go through.")
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+def format_local(value: datetime) -> str:
+    """ISO-8601 with the zone's offset that day: ``2026-03-29T03:00:00+02:00``."""
+    return value.isoformat(timespec="seconds")
+
+
+LocalTime = Annotated[datetime, PlainSerializer(format_local, return_type=str)]
+
+
+class NextRun(BaseModel):
+    """A fire time in UTC and in the schedule's zone."""
+
+    utc: Time
+    local: LocalTime
+
+    @classmethod
+    def from_run(cls, run: schedule_service.NextRun) -> NextRun:
+        return cls(utc=run.utc, local=run.local)
+
+
+class Occurrence(BaseModel):
+    """What became of one occurrence: ``fired`` (its job) or ``skipped`` (why)."""
+
+    id: int
+    fire_at: Time = Field(description="Its time (for a run-now: when it was asked for).")
+    recorded_at: Time = Field(description="When it was decided.")
+    outcome: schedules.Outcome
+    job_id: int | None
+    job_state: str | None = Field(description="The job's state now; null: none, or deleted.")
+    reason: str | None = Field(description="Why it was skipped.", examples=["owner disabled"])
+    reason_code: str | None = Field(
+        description="overlap, queue_full, owner, refused or missed (the metrics' label)."
+    )
+    late_ms: int = Field(description="How long after its time it was decided.")
+    manual: bool = Field(description="A run-now, not a fire time.")
+
+    @classmethod
+    def from_occurrence(cls, o: schedules.Occurrence) -> Occurrence:
+        return cls(
+            id=o.id, fire_at=o.fire_at, recorded_at=o.recorded_at, outcome=o.outcome,
+            job_id=o.job_id, job_state=o.job_state, reason=o.reason,
+            reason_code=o.reason_code, late_ms=o.late_ms, manual=o.manual,
+        )  # fmt: skip
+
+
+class Schedule(BaseModel):
+    """A schedule. In a list, ``last`` is its latest occurrence; ``GET`` of one adds
+    ``next_runs`` and ``occurrences`` (the latest, newest first)."""
+
+    id: int
+    name: str
+    description: str
+    job: dict[str, Any] = Field(description="The body of POST /api/v1/jobs it submits.")
+    cron: str
+    timezone: str
+    enabled: bool
+    overlap: schedules.Overlap
+    catch_up: schedules.CatchUp
+    catch_up_max: int
+    start_at: Time | None
+    end_at: Time | None
+    next_fire_at: Time | None = Field(description="The next occurrence; null: paused or ended.")
+    user: str = Field(description="Its owner: the jobs run as them, with their rights then.")
+    user_id: int
+    created_at: Time
+    updated_at: Time
+    last: Occurrence | None = None
+    next_runs: list[NextRun] | None = None
+    occurrences: list[Occurrence] | None = None
+
+    @classmethod
+    def from_schedule(
+        cls, s: schedules.Schedule, viewer: auth.User, last: schedules.Occurrence | None = None
+    ) -> Schedule:
+        job = dict(s.job)
+        if "env" in job and not (viewer.is_admin or viewer.id == s.user_id):
+            job["env"] = dict.fromkeys(job["env"], access.ENV_MASK)
+        return cls(
+            id=s.id, name=s.name, description=s.description, job=job, cron=s.cron,
+            timezone=s.timezone, enabled=s.enabled, overlap=s.overlap, catch_up=s.catch_up,
+            catch_up_max=s.catch_up_max, start_at=s.start_at, end_at=s.end_at,
+            next_fire_at=s.next_fire_at, user=s.user_name, user_id=s.user_id,
+            created_at=s.created_at, updated_at=s.updated_at,
+            last=None if last is None else Occurrence.from_occurrence(last),
+        )  # fmt: skip
+
+    @classmethod
+    def from_detail(cls, d: schedule_service.Detail, viewer: auth.User) -> Schedule:
+        found = cls.from_schedule(d.schedule, viewer, d.occurrences[0] if d.occurrences else None)
+        found.next_runs = [NextRun.from_run(r) for r in d.next_runs]
+        found.occurrences = [Occurrence.from_occurrence(o) for o in d.occurrences]
+        return found
+
+
+class SchedulePreview(BaseModel):
+    """The next fire times of an expression."""
+
+    next_runs: list[NextRun]
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+class Secret(BaseModel):
+    """A named secret. Its value is never shown, to anyone."""
+
+    id: int
+    name: str
+    description: str
+    worker_classes: list[str] | None = Field(description="Classes that may use it; null: any.")
+    users: list[str] | None = Field(
+        description="Users who may use it (admins always may); null: anyone. Shown to admins "
+        "and operators (null to others, who see only the secrets they may use)."
+    )
+    created_at: Time
+    created_by: str | None
+    updated_at: Time
+    updated_by: str | None
+
+    @classmethod
+    def from_secret(cls, s: vault.Secret, viewer: auth.User) -> Secret:
+        sees_users = viewer.role in (auth.Role.ADMIN, auth.Role.OPERATOR)
+        return cls(
+            id=s.id, name=s.name, description=s.description,
+            worker_classes=None if s.worker_classes is None else list(s.worker_classes),
+            users=list(s.user_names) if sees_users and s.user_names is not None else None,
+            created_at=s.created_at, created_by=s.created_by,
+            updated_at=s.updated_at, updated_by=s.updated_by,
+        )  # fmt: skip

@@ -40,7 +40,10 @@ from jobbalancer.cli.exits import (
 
 # The command modules, in the order ``--help`` lists their commands: `up` first, the way
 # most people start. Importing one registers its commands on ``app``.
-_COMMANDS = ("up", "run", "admin", "notify", "submit", "remote", "parallel", "scripts", "audit")
+_COMMANDS = (
+    "up", "run", "admin", "notify", "secrets", "submit", "remote", "parallel", "scripts",
+    "schedules", "audit",
+)  # fmt: skip
 
 
 def _load_commands(names: tuple[str, ...] = _COMMANDS) -> None:

@@ -115,7 +115,7 @@ def _room(shown: Sequence[str], widths: Mapping[str, int], width: int) -> int:
 def _job_cells(job: Mapping[str, Any], now: datetime) -> dict[str, str]:
     return {
         "id": str(job["id"]),
-        "state": state(job["state"]),
+        "state": state(job["state"]) + _starts_cell(job, now),
         "user": escape(str(job.get("user") or "")),
         "worker": escape(name(job.get("worker"))),
         "class": escape(name(job.get("worker_class"))),
@@ -133,8 +133,38 @@ HIDDEN_NOTE = "(values hidden: only the job's owner and admins see them)"
 
 def show_rows(job: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``job`` as (label, text) rows for a person: nothing empty (no None, "", [] or {}),
-    maps one ``K=V`` a line, parameters as one shell-quoted line, times local."""
-    return [(key, _shown(key, value)) for key, value in job.items() if not _empty(value)]
+    maps one ``K=V`` a line, parameters as one shell-quoted line, times local. A delayed
+    job's row "starts" follows its state (``starts at …``, or ``attempt 2 of 4, next try
+    at …``)."""
+    rows = []
+    for key, value in job.items():
+        if not _empty(value):
+            rows.append((key, _shown(key, value)))
+        if key == "state" and (text := starts(job)):
+            rows.append(("starts", text))
+    return rows
+
+
+# -- starting later -----------------------------------------------------------------------
+
+
+def starts(job: Mapping[str, Any], today: date | None = None) -> str:
+    """When a delayed job starts: ``starts at 2026-12-24 18:00:00``, or for a retry that
+    waits ``attempt 2 of 4, next try at …`` (local times; with ``today``, short ones).
+    "" for any other job."""
+    at = parse_time(job.get("not_before"))
+    if job.get("state") != "delayed" or at is None:
+        return ""
+    shown = short_when(at, today) if today else at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if job.get("retry_of") is not None:
+        total = int(job.get("retries") or 0) + 1
+        return f"attempt {job.get('attempt')} of {total}, next try at {shown}"
+    return f"starts at {shown}"
+
+
+def _starts_cell(job: Mapping[str, Any], now: datetime) -> str:
+    text = starts(job, now.astimezone().date())
+    return f" [dim]{escape(text)}[/]" if text else ""
 
 
 def _empty(value: Any) -> bool:
@@ -188,6 +218,7 @@ _STATE_STYLE = {
     "occupied": "yellow",
     "held": "cyan",
     "skipped": "magenta",
+    "delayed": "cyan",
     "online": "green",
     "draining": "yellow",
     "offline": "dim",

@@ -36,19 +36,28 @@ from jobbalancer import client
 from jobbalancer.cli import exits, fanout, formatting
 from jobbalancer.cli.base import Remote, app, opt, server_options
 from jobbalancer.cli.submit import (
+    AtOpt,
     ClassOpt,
     EnvOpt,
+    InOpt,
     LabelOpt,
     NotifyOpt,
     ParamOpt,
     PriorityOpt,
     RetriesOpt,
+    RetryBackoffOpt,
+    RetryDelayOpt,
+    RetryJitterOpt,
+    RetryMaxDelayOpt,
+    RetryOnOpt,
     ScriptOpt,
+    SecretEnvOpt,
     WatchdogOpt,
     WorkdirOpt,
     arrange_params,
     check_what_to_run,
     declared_names,
+    later_spec,
     notify_rules,
     parse_pairs,
     script_ref,
@@ -63,8 +72,8 @@ RET_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose pipe c
 PATIENCE = 30  # polls in a row that may fail (server or database restarting), about 30 s
 READERS = 8  # jobs whose output is read at the same time
 SHOWN_FAILURES = 50  # failed inputs listed in the summary; the joblog has them all
-UNFINISHED = frozenset({"waiting", "assigned", "running", "held"})
-NOT_STARTED = frozenset({"waiting", "assigned", "held"})
+UNFINISHED = frozenset({"waiting", "assigned", "running", "held", "delayed"})
+NOT_STARTED = frozenset({"waiting", "assigned", "held", "delayed"})
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -86,9 +95,17 @@ def parallel(
     priority: PriorityOpt = 0,
     retries: RetriesOpt = 0,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
+    at: AtOpt = None,
+    in_: InOpt = None,
+    retry_delay: RetryDelayOpt = None,
+    retry_backoff: RetryBackoffOpt = None,
+    retry_max_delay: RetryMaxDelayOpt = None,
+    retry_jitter: RetryJitterOpt = None,
+    retry_on: RetryOnOpt = None,
     tag: Annotated[
         bool,
         opt("--tag", env="PARALLEL_TAG", help="Prefix each line of output with its input."),
@@ -186,6 +203,8 @@ def parallel(
         "labels": labels,
         "workdir": workdir,
         "notify": notify_rules(notify or []),
+        **later_spec(at, in_, retry_delay, retry_backoff, retry_max_delay, retry_jitter, retry_on),
+        "secret_env": parse_pairs("--secret-env", secret_env or []),
     }
     names: list[str] = []
     if script:  # parameters given by name (-p crf=23) need the script's declaration

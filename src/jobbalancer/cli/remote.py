@@ -64,9 +64,14 @@ def jobs_list(
         opt("--limit", "-n", env="JOBS_LIMIT", min=1, help="At most this many."),
     ] = 50,
     as_json: JsonOpt = False,
+    schedule: Annotated[
+        str | None,
+        opt("--schedule", env="JOBS_SCHEDULE", help="Only jobs this schedule (name or id) fired."),
+    ] = None,
 ) -> None:
     """List jobs, newest first."""
     with remote.client() as c:
+        schedule_id = None if schedule is None else int(c.schedule(schedule)["id"])
         found = list(
             c.jobs(
                 state=state,
@@ -75,6 +80,7 @@ def jobs_list(
                 user=user,
                 q=query,
                 limit=limit,
+                schedule_id=schedule_id,
             )
         )
     if as_json:

@@ -6,6 +6,7 @@ import re
 import shlex
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -107,6 +108,17 @@ WorkdirOpt = Annotated[
     ),
 ]
 
+SecretEnvOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--secret-env",
+        "-S",
+        env="SUBMIT_SECRET_ENV",
+        help="VAR=SECRET: set VAR in the job's environment to the value of the named "
+        "secret (repeat for more); the value never shows, its output has **** instead.",
+    ),
+]
+
 NotifyOpt = Annotated[
     list[str] | None,
     opt(
@@ -117,6 +129,155 @@ NotifyOpt = Annotated[
         "when the job reaches one of the states (repeat for more).",
     ),
 ]
+
+
+# Starting and retrying later (docs/api.md, "Starting later, retrying later").
+AtOpt = Annotated[
+    str | None,
+    opt(
+        "--at",
+        env="SUBMIT_AT",
+        help="Start no earlier than this time: RFC 3339 with an offset, e.g. "
+        "2026-12-24T18:00+01:00 (Z for UTC). Not with --in.",
+    ),
+]
+
+InOpt = Annotated[
+    str | None,
+    opt(
+        "--in",
+        env="SUBMIT_IN",
+        help="Start no earlier than this long from now: a number with s, m, h or d "
+        "(90s, 10m, 2h, 1d; no unit: seconds). Not with --at.",
+    ),
+]
+
+RetryDelayOpt = Annotated[
+    str | None,
+    opt(
+        "--retry-delay",
+        env="SUBMIT_RETRY_DELAY",
+        help="Wait this long before the first retry (30s, 5m …; see --retries).",
+    ),
+]
+
+RetryBackoffOpt = Annotated[
+    float | None,
+    opt(
+        "--retry-backoff",
+        env="SUBMIT_RETRY_BACKOFF",
+        min=1,
+        help="Each retry waits this many times longer than the one before (e.g. 2).",
+    ),
+]
+
+RetryMaxDelayOpt = Annotated[
+    str | None,
+    opt(
+        "--retry-max-delay",
+        env="SUBMIT_RETRY_MAX_DELAY",
+        help="No retry waits longer than this (e.g. 10m).",
+    ),
+]
+
+RetryJitterOpt = Annotated[
+    float | None,
+    opt(
+        "--retry-jitter",
+        env="SUBMIT_RETRY_JITTER",
+        min=0,
+        max=1,
+        help="Move each wait at random by up to this fraction of itself (0 to 1, e.g. 0.1).",
+    ),
+]
+
+RetryOnOpt = Annotated[
+    str | None,
+    opt(
+        "--retry-on",
+        env="SUBMIT_RETRY_ON",
+        help="Which ends are retried, comma-separated: failed, timeout, lost and exit "
+        "codes (e.g. failed,timeout or 75). Default: failed,lost.",
+    ),
+]
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(option: str, text: str) -> float:
+    """``"10m"`` → 600.0: a number with an optional unit s, m, h or d; a usage error
+    naming ``option`` otherwise."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        formatting.fail(
+            exits.RET_USAGE,
+            f"{option} {text!r}: give a number with s, m, h or d, e.g. 90s, 10m, 2h, 1d",
+        )
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_at(text: str) -> str:
+    """``--at``'s value checked as a time with an offset, in the API's form."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        formatting.fail(
+            exits.RET_USAGE,
+            f"--at {text!r}: give a time like 2026-12-24T18:00+01:00 (RFC 3339, Z for UTC)",
+        )
+    if at.tzinfo is None:
+        formatting.fail(
+            exits.RET_USAGE,
+            f"--at {text!r}: add the time zone offset (e.g. +01:00, or Z for UTC)",
+        )
+    return at.isoformat()
+
+
+def parse_retry_on(text: str) -> list[str | int]:
+    """``"failed,timeout,75"`` → ``["failed", "timeout", 75]``."""
+    ends: list[str | int] = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item.isascii() and item.isdigit():
+            ends.append(int(item))
+        elif item in ("failed", "timeout", "lost"):
+            ends.append(item)
+        else:
+            formatting.fail(
+                exits.RET_USAGE,
+                f"--retry-on {text!r}: {item!r} is not failed, timeout, lost or an exit code",
+            )
+    return ends
+
+
+def later_spec(
+    at: str | None = None,
+    in_: str | None = None,
+    retry_delay: str | None = None,
+    retry_backoff: float | None = None,
+    retry_max_delay: str | None = None,
+    retry_jitter: float | None = None,
+    retry_on: str | None = None,
+) -> dict[str, Any]:
+    """The submission's fields of starting and retrying later, from the options."""
+    if at is not None and in_ is not None:
+        formatting.fail(exits.RET_USAGE, "give --at or --in, not both")
+    spec: dict[str, Any] = {}
+    if at is not None:
+        spec["not_before"] = parse_at(at)
+    if in_ is not None:
+        spec["delay"] = parse_duration("--in", in_)
+    if retry_delay is not None:
+        spec["retry_delay"] = parse_duration("--retry-delay", retry_delay)
+    if retry_backoff is not None:
+        spec["retry_backoff"] = retry_backoff
+    if retry_max_delay is not None:
+        spec["retry_max_delay"] = parse_duration("--retry-max-delay", retry_max_delay)
+    if retry_jitter is not None:
+        spec["retry_jitter"] = retry_jitter
+    if retry_on is not None:
+        spec["retry_on"] = parse_retry_on(retry_on)
+    return spec
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -139,9 +300,17 @@ def submit(
     priority: PriorityOpt = 0,
     retries: RetriesOpt = 0,
     env: EnvOpt = None,
+    secret_env: SecretEnvOpt = None,
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
+    at: AtOpt = None,
+    in_: InOpt = None,
+    retry_delay: RetryDelayOpt = None,
+    retry_backoff: RetryBackoffOpt = None,
+    retry_max_delay: RetryMaxDelayOpt = None,
+    retry_jitter: RetryJitterOpt = None,
+    retry_on: RetryOnOpt = None,
     after: Annotated[
         list[int] | None,
         opt(
@@ -198,6 +367,7 @@ def submit(
     Prints the new job's id. With --wait or --follow, exits with the job's exit code.
     """
     spec = submit_spec(command or [], script, param or [], env or [], label or [])
+    later = later_spec(at, in_, retry_delay, retry_backoff, retry_max_delay, retry_jitter, retry_on)
     with remote.client() as c:
         if script:
             spec["params"] = arrange_params(declared_names(c, script, spec["params"]), param or [])
@@ -211,6 +381,8 @@ def submit(
             workdir=workdir,
             notify=notify_rules(notify or []),
             after=after_list(after or [], after_any or [], after_failure or []),
+            **later,
+            secret_env=parse_pairs("--secret-env", secret_env or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.panel import Panel
 
-from jobbalancer import auth, db, procsec
+from jobbalancer import auth, db, procsec, vault
 from jobbalancer import settings as settings_mod
 from jobbalancer.cli import examples as scripts_examples
 from jobbalancer.cli import formatting
@@ -92,6 +92,8 @@ def up(
     plan.check_privileges()
     procsec.make_undumpable()  # `up` holds the database URL, maybe in its environment
     first_admin = _prepare_database(loaded.database_url, examples=plan.examples)
+    if not loaded.secret_key:  # made before the workers start: they read the same file
+        vault.ensure_key_file("", loaded.secret_key_path)
     code = Children(plan).run(lambda: _print_up_panel(plan, first_admin))
     raise typer.Exit(code)
 

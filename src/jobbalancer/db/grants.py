@@ -8,9 +8,10 @@ and parameters of jobs other workers will run cannot be rewritten), their output
 only), the dependencies of jobs held for them (read; mark met, follow a retry), the
 tunables (``settings``, read), the balancer's row lock (``locks``) and the schema
 revision, and the notifications of its jobs' ends (the rules, the targets' ids, insert
-only into the outbox; never a target's URL or secret). LISTEN and ``pg_notify`` need no
-grant. What remains: INSERT on ``jobs`` (a worker queues retries) lets a compromised
-worker host add jobs.
+only into the outbox; never a target's URL or secret), and the secrets of the jobs it
+starts (their sealed values and limits, by user id). LISTEN
+and ``pg_notify`` need no grant. What remains: INSERT on ``jobs`` (a worker queues
+retries) lets a compromised worker host add jobs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ WORKER_GRANTS = (
     Grant("notification_targets", ("SELECT (id)",)),
     Grant("notification_rules", ("SELECT",)),
     Grant("notifications", ("INSERT",)),
+    # A job's secrets, resolved at its start (jobbalancer/vault.py): the sealed values and
+    # their limits (user ids); nothing of the users themselves.
+    Grant("secrets", ("SELECT (name, value, worker_classes, users)",)),
 )
 # PostgreSQL: the serial ids of the tables a worker inserts into, and INSERT … RETURNING id
 # on job_output and notifications (SQLAlchemy fetches the new key) needs SELECT on that

@@ -166,6 +166,10 @@ jobs = sa.Table(
     sa.Column("workdir", sa.Text),
     # The job's own notification rules: [{"on": [states], "target": target id}]; NULL: none.
     sa.Column("notify", sa.JSON),
+    # Secrets (jobbalancer/vault.py) by name, never their values: {ENV_NAME: secret name}
+    # and {"<index in params>": secret name}; the worker resolves them at the start. NULL: none.
+    sa.Column("secret_env", sa.JSON),
+    sa.Column("secret_args", sa.JSON),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("retry_of", sa.Integer),
     sa.Column("restarted_from", sa.Integer),
@@ -184,6 +188,17 @@ jobs = sa.Table(
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
+    # The schedule that fired it (its retries keep it); NULL: submitted by hand.
+    sa.Column("schedule_id", sa.Integer),
+    # Starting later (docs/api.md, "Starting later, retrying later"): the job is not run
+    # before ``not_before`` (a ``delayed`` job until then). The retry policy is copied to
+    # retries and restarts; NULL: the default (at once; failed and lost ends retried).
+    sa.Column("not_before", UTCDateTime),
+    sa.Column("retry_delay", sa.Double),
+    sa.Column("retry_backoff", sa.Double),
+    sa.Column("retry_max_delay", sa.Double),
+    sa.Column("retry_jitter", sa.Double),
+    sa.Column("retry_on", sa.JSON),
     # A worker's pick-up and the balancer's slot count.
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),
@@ -194,6 +209,11 @@ jobs = sa.Table(
     sa.Index(None, "retry_of"),
     # The job list by state, newest first: without it SQLite sorts every job of the state.
     sa.Index(None, "state", "id"),
+    # A schedule's jobs not yet ended (its overlap policy), and the list's schedule filter.
+    sa.Index(None, "schedule_id", "state"),
+    # The leader's release of delayed jobs that are due, and its next wake-up (the
+    # earliest due one): both read only the delayed jobs' head of this index.
+    sa.Index(None, "state", "not_before"),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
@@ -340,6 +360,92 @@ metric_cursors = sa.Table(
 
 # The "started" cursor reads jobs in the order they started.
 sa.Index("ix_jobs_started_at", jobs.c.started_at)
+# -- schedules (issue 11) -----------------------------------------------------------------
+
+# A schedule: a job body (as POST /api/v1/jobs takes it, stored as given and validated
+# again at every firing with its owner's rights then), a cron expression read in an IANA
+# zone, and its policies. ``next_fire_at`` is the next occurrence the leader has not
+# decided yet (UTC); NULL while paused or once past ``end_at``. The leader's due query
+# walks its index, so a tick costs the same with 10 or 10 000 schedules.
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("job", sa.JSON, nullable=False),
+    sa.Column("cron", sa.String(200), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    # allow | skip | queue | replace
+    sa.Column("overlap", sa.String(8), nullable=False),
+    # none | latest | all (up to catch_up_max)
+    sa.Column("catch_up", sa.String(8), nullable=False),
+    sa.Column("catch_up_max", sa.Integer, nullable=False, default=10),
+    sa.Column("start_at", UTCDateTime),
+    sa.Column("end_at", UTCDateTime),
+    sa.Column("next_fire_at", UTCDateTime),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("user_name", Name, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index(None, "next_fire_at"),
+    sa.Index(None, "user_id"),
+    sqlite_autoincrement=True,  # ids are never reused (above)
+)
+
+# What became of each occurrence: ``fired`` (its job) or ``skipped`` (why, in words and
+# as a code for the metrics). The unique (schedule, time) row is written in the
+# transaction that creates the job: an occurrence fires once, whichever server, however
+# many times a crashed leader's successor looks at it. A run-now is an occurrence at the
+# instant it was asked for (``manual``). ``late_ms``: how long after its time it fired.
+schedule_occurrences = sa.Table(
+    "schedule_occurrences",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("schedule_id", sa.Integer, nullable=False),
+    sa.Column("fire_at", UTCDateTime, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("outcome", sa.String(8), nullable=False),
+    sa.Column("job_id", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Column("reason_code", sa.String(16)),
+    sa.Column("late_ms", sa.BigInteger, nullable=False, default=0),
+    sa.Column("manual", sa.Boolean, nullable=False, default=False),
+    sa.UniqueConstraint("schedule_id", "fire_at"),
+    sqlite_autoincrement=True,
+)
+
+# The Prometheus counters of occurrences (fired, late, skipped:<reason code>), kept apart
+# from the occurrences so that deleting a schedule does not make a counter go down.
+schedule_counters = sa.Table(
+    "schedule_counters",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False, default=0),
+)
+
+# -- secrets (issue 14) --------------------------------------------------------------------
+
+# Named secrets for jobs (jobbalancer/vault.py): ``value`` is AES-GCM ciphertext bound to the
+# name (the key is never in the database), ``key_id`` names the key it was sealed with.
+# ``worker_classes`` (names) and ``users`` (ids) limit who may use it; NULL: no limit.
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("worker_classes", sa.JSON),
+    sa.Column("users", sa.JSON),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", Name),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", Name),
+    sqlite_autoincrement=True,  # ids are never reused (above)
+)
 
 # -- audit log (issue 14) -----------------------------------------------------------------
 

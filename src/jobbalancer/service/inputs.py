@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobbalancer import auth, classes, refs
+from jobbalancer import auth, classes, cron, jobs, refs
 from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
@@ -231,7 +231,79 @@ class AfterIn(Input):
 After = Annotated[AfterIn, BeforeValidator(_bare_id, json_schema_input_type=AfterIn | int)]
 
 
-class JobSubmit(Input):
+# -- starting later, retrying later -------------------------------------------------------
+
+MAX_DELAY = jobs.MAX_DELAY  # a year, in seconds
+RETRY_ON_STATES = tuple(s.value for s in jobs.RETRY_ENDS)
+
+
+def _not_before(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            "must have a time zone offset (2026-12-24T18:00:00+01:00, or Z for UTC): a time "
+            "without one could mean any of them"
+        )
+    try:
+        if value - datetime.now(UTC) > timedelta(seconds=MAX_DELAY):
+            raise ValueError("must be at most a year from now")
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+        raise ValueError("is out of range") from None
+
+
+def _retry_end(value: Any) -> str | int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= 255:
+            return value
+        raise ValueError("an exit code must be 1 to 255")
+    if isinstance(value, str) and value in RETRY_ON_STATES:
+        return value
+    raise ValueError(f"must be one of {', '.join(RETRY_ON_STATES)} or an exit code (1 to 255)")
+
+
+def _distinct(value: list[str | int]) -> list[str | int]:
+    return list(dict.fromkeys(value))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float | None:
+    """``"10m"`` → 600.0 (units s, m, h, d; none: seconds); None if it is not one."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    return None if match is None else float(match[1]) * _UNITS[match[2]]
+
+
+NotBefore = Annotated[datetime, AfterValidator(_not_before)]
+RetryEnd = Annotated[str | int, PlainValidator(_retry_end, json_schema_input_type=str | int)]
+
+
+def _secret_env(value: dict[str, str]) -> dict[str, str]:
+    for key, name in value.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if not 1 <= len(name.strip()) <= 200:
+            raise ValueError(f"{key}: name a secret (1 to 200 characters)")
+    return {key: name.strip() for key, name in value.items()}
+
+
+SecretEnv = Annotated[dict[Text, Text], Field(max_length=100), AfterValidator(_secret_env)]
+
+
+class JobSubmitSecrets(BaseModel):
+    """Secrets a job names (jobbalancer/vault.py); mixed into :class:`JobSubmit`."""
+
+    secret_env: SecretEnv = Field(
+        default_factory=dict,
+        description='Environment variables set from named secrets: `{"PGPASSWORD": "prod-db"}`. '
+        "The worker decrypts them just before the start; the values never show in the job, "
+        "and in its output they are `****`.",
+        examples=[{"PGPASSWORD": "prod-db"}],
+    )
+
+
+class JobSubmit(JobSubmitSecrets, Input):
     """A job to run: exactly one of ``command`` or ``script``."""
 
     command: Command | None = Field(
@@ -277,6 +349,62 @@ class JobSubmit(Input):
         description='Jobs to wait for: `{"job": ID, "on": "success"}` (or a bare id: '
         "success). The job is `held` until each has ended for good, then runs; `skipped` if "
         "one ended in a way it did not want.",
+    )
+    not_before: NotBefore | None = Field(
+        None,
+        description="Do not start before this time (RFC 3339 with an offset, at most a year "
+        "ahead); the job is `delayed` until then. A time already past runs at once. Not "
+        "with `delay`, nor with `need_realtime`.",
+        examples=["2026-12-24T18:00:00+01:00"],
+    )
+    delay: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="Do not start for this many seconds (at most a year); the job is "
+        "`delayed` until then. Not with `not_before`, nor with `need_realtime`.",
+        examples=[600],
+    )
+    retry_delay: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="Seconds between the end of a failed attempt and its retry (the first "
+        "one; see `retry_backoff`); the retry is `delayed` until then. null/0: at once.",
+    )
+    retry_backoff: float | None = Field(
+        None,
+        ge=1,
+        le=100,
+        allow_inf_nan=False,
+        description="Each retry waits this many times longer than the one before (2: 30 s, "
+        "60 s, 120 s …). null: 1 (always `retry_delay`).",
+    )
+    retry_max_delay: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY,
+        allow_inf_nan=False,
+        description="No retry waits longer than this many seconds (after the jitter).",
+    )
+    retry_jitter: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A fraction (0 to 1): each wait is moved at random by up to ± this much "
+        "of itself (0.1: 27 to 33 s for 30 s), so retries of many jobs do not come at once.",
+    )
+    retry_on: Annotated[list[RetryEnd], AfterValidator(_distinct)] | None = Field(
+        None,
+        min_length=1,
+        max_length=50,
+        description='Which ends are retried: any of "failed", "timeout", "lost", and exit '
+        "codes (a `failed` end with that code: [75] retries exit 75 only). null: "
+        '["failed", "lost"].',
+        examples=[["timeout", 75]],
     )
 
 
@@ -493,6 +621,92 @@ class ApiKeyIn(Input):
     expires_at: datetime | None = None
 
 
+# -- schedules ----------------------------------------------------------------------------
+
+
+def _cron(value: str) -> str:
+    return cron.check(clean_text(value))
+
+
+def _timezone(value: str) -> str:
+    cron.zone(clean_text(value).strip())
+    return value.strip()
+
+
+Cron = Annotated[
+    str,
+    AfterValidator(_cron),
+    Field(
+        description="5 fields (minute hour day-of-month month day-of-week), an alias "
+        "(@hourly, @daily, @weekly, @monthly, @yearly), or 6 fields with seconds in front.",
+        examples=["30 2 * * *"],
+    ),
+]
+TimeZone = Annotated[
+    str,
+    AfterValidator(_timezone),
+    Field(description="IANA time zone the expression is read in.", examples=["Europe/Berlin"]),
+]
+Overlap = Literal["allow", "skip", "queue", "replace"]
+CatchUp = Literal["none", "latest", "all"]
+_OVERLAP_HELP = (
+    "While the previous run has not ended: allow (run anyway), skip (record a skip), queue "
+    "(wait for it; at most one waits), replace (kill it, then run)."
+)
+_CATCH_UP_HELP = (
+    "Occurrences missed while no server ran: none (skip them), latest (run the latest), "
+    "all (run them, up to catch_up_max)."
+)
+
+
+class ScheduleIn(Input):
+    """A new schedule: ``job`` (the body of POST /api/v1/jobs) submitted at the times of
+    ``cron`` read in ``timezone``, as its creator."""
+
+    name: Name
+    description: Description = ""
+    job: JobSubmit
+    cron: Cron
+    timezone: TimeZone = "UTC"
+    enabled: bool = True
+    overlap: Overlap = Field("skip", description=_OVERLAP_HELP)
+    catch_up: CatchUp = Field("latest", description=_CATCH_UP_HELP)
+    catch_up_max: int = Field(10, ge=1, le=1000, description="catch_up all: at most this many.")
+    start_at: pydantic.AwareDatetime | None = Field(None, description="No occurrence before.")
+    end_at: pydantic.AwareDatetime | None = Field(None, description="No occurrence after.")
+
+
+class SchedulePatch(Input):
+    """Change a schedule: send only what changes (null clears start_at or end_at)."""
+
+    name: Name | None = None
+    description: Description | None = None
+    job: JobSubmit | None = None
+    cron: Cron | None = None
+    timezone: TimeZone | None = None
+    enabled: bool | None = None
+    overlap: Overlap | None = None
+    catch_up: CatchUp | None = None
+    catch_up_max: int | None = Field(None, ge=1, le=1000)
+    start_at: pydantic.AwareDatetime | None = None
+    end_at: pydantic.AwareDatetime | None = None
+
+    _no_nulls = field_validator(
+        "name", "description", "job", "cron", "timezone", "enabled", "overlap", "catch_up",
+        "catch_up_max", mode="before",
+    )(_not_null)  # fmt: skip
+
+
+class SchedulePreview(Input):
+    """The next fire times of an expression, without saving anything."""
+
+    cron: Cron
+    timezone: TimeZone = "UTC"
+    count: int = Field(5, ge=1, le=100)
+    start_at: pydantic.AwareDatetime | None = None
+    end_at: pydantic.AwareDatetime | None = None
+
+
 # -- naming the field of a validation error -----------------------------------------------
 
 # Where FastAPI says an input came from; not part of the field's name.
@@ -526,3 +740,45 @@ def describe(error: Mapping[str, Any]) -> tuple[str, str]:
 def first_message(exc: pydantic.ValidationError) -> str:
     """The message of ``exc``'s first error, naming its field (what a form shows)."""
     return describe(exc.errors()[0])[1]
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+SecretValue = Annotated[str, Field(min_length=1, max_length=65536), AfterValidator(clean_text)]
+
+
+class SecretIn(Input):
+    """A new secret (admins). ``value`` is write-only: never shown again. ``worker_classes``
+    and ``users`` (names or ids) limit where and by whom it may be used; null: no limit."""
+
+    name: Name
+    value: SecretValue = Field(repr=False)
+    description: Description = ""
+    worker_classes: list[NameOrId] | None = Field(
+        None, max_length=1000, description="Worker classes whose jobs may use it; null: any."
+    )
+    users: list[NameOrId] | None = Field(
+        None,
+        max_length=10_000,
+        description="Users whose jobs may use it (admins always may); null: anyone who submits.",
+    )
+
+
+class SecretPut(Input):
+    """A secret's whole new content (``PUT``: what is left out is reset to its default)."""
+
+    value: SecretValue = Field(repr=False)
+    description: Description = ""
+    worker_classes: list[NameOrId] | None = Field(None, max_length=1000)
+    users: list[NameOrId] | None = Field(None, max_length=10_000)
+
+
+class SecretPatch(Input):
+    """Change a secret: send only what changes (its name stays)."""
+
+    value: SecretValue | None = Field(None, repr=False)
+    description: Description | None = None
+    worker_classes: list[NameOrId] | None = Field(None, max_length=1000)
+    users: list[NameOrId] | None = Field(None, max_length=10_000)
+
+    _no_nulls = field_validator("value", "description", mode="before")(_not_null)

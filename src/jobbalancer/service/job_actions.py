@@ -10,6 +10,10 @@ import sqlalchemy as sa
 from jobbalancer import audit, auth, balancer, chains, db, jobs, logs
 from jobbalancer.service import access, listing, submission
 
+# Jobs whose rows the balancer (or the leader's release of delayed jobs) moves under the
+# assign lock: a kill or delete of one takes the lock before the row, as they do.
+QUEUED = (jobs.State.HELD, jobs.State.DELAYED, jobs.State.WAITING)
+
 
 def get(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
     """The job, if ``user`` may see it (NotFound otherwise)."""
@@ -51,7 +55,7 @@ def list_page(
 
 
 def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
-    """Kill: a held, waiting or assigned job at once, a running one when its worker stopped
+    """Kill: a held, delayed, waiting or assigned job at once, a running one when its worker stopped
     it; a freed slot, or jobs it released (``after`` it, ``on: any``), are assigned in the
     same transaction. The job as it is now."""
     with db.write(engine) as conn:
@@ -61,7 +65,7 @@ def kill(engine: sa.Engine, user: auth.User, job_id: int) -> jobs.Job:
         # then must); an assigned or running one's is its worker's (an end: jobs.finish,
         # then chains.ended) or the monitor's (unassign or lose, then the lock), which take
         # the row first. Taking the lock first there deadlocked with them.
-        queued = job.state in (jobs.State.HELD, jobs.State.WAITING)
+        queued = job.state in QUEUED
         if queued:
             db.lock_row(conn, "assign")
         jobs.request_kill(conn, job_id)
@@ -86,7 +90,7 @@ def delete(engine: sa.Engine, user: auth.User, job_id: int) -> None:
     held for it are skipped."""
     with db.write(engine) as conn:
         job = access.manageable_job(conn, user, job_id)
-        if job.state in (jobs.State.HELD, jobs.State.WAITING):  # the lock first, as kill
+        if job.state in QUEUED:  # the lock first, as kill
             db.lock_row(conn, "assign")
         # Else the row first (chains.ended takes the lock): MariaDB's DELETE waits for a
         # row its worker or the monitor holds, whatever its state, and they want the lock.

@@ -37,6 +37,8 @@ class Filters:
     # These jobs only, or the retries of these jobs (both: ids, at most MAX_IDS each).
     ids: Sequence[int] | None = None
     retry_of: Sequence[int] | None = None
+    # The jobs a schedule fired (and their retries).
+    schedule_id: int | None = None
 
 
 MAX_IDS = 500  # ids in one `id` or `retry_of` filter: a page's worth, and a URL's
@@ -152,6 +154,8 @@ def _conditions(conn: sa.Connection, f: Filters) -> list[sa.ColumnElement[bool]]
         # A retry is newer than the job it retries: the id bound makes this a range scan
         # of the primary key (retry_of has no index of its own).
         where += [J.c.retry_of.in_(list(f.retry_of)), J.c.id > min(f.retry_of, default=0)]
+    if f.schedule_id is not None:
+        where.append(J.c.schedule_id == f.schedule_id)
     return where
 
 

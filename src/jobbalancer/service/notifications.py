@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import audit, auth, classes, db, errors, notify
+from jobbalancer import audit, auth, classes, db, errors, notify, vault
 from jobbalancer.service import access, inputs
 from jobbalancer.settings import Settings
 
@@ -29,13 +29,20 @@ def get_target(engine: sa.Engine, user: auth.User, ref: str | int) -> notify.Tar
 
 
 def create_target(
-    engine: sa.Engine, user: auth.User, spec: inputs.NotificationTargetIn
+    engine: sa.Engine,
+    user: auth.User,
+    spec: inputs.NotificationTargetIn,
+    key: vault.Key | None = None,
 ) -> notify.Target:
+    """A new target; a secret is stored encrypted with the server's ``key`` (none: the
+    target cannot have one, vault.NoKey)."""
     access.require(user, access.ADMIN)
+    if spec.secret and key is None:
+        raise vault.NoKey()
     with db.write(engine) as conn:
         target = notify.create_target(
             conn, spec.name, spec.kind, url=spec.url, secret=spec.secret,
-            recipients=spec.recipients,
+            recipients=spec.recipients, key=key,
         )  # fmt: skip
         audit.record(conn, user, "notification_target.create", "notification_target", target.id,
                      target.name, audit.fields(_target(target), hide=("secret",)))  # fmt: skip
@@ -54,13 +61,19 @@ def _target(t: notify.Target) -> dict[str, Any]:
 
 
 def update_target(
-    engine: sa.Engine, user: auth.User, ref: str | int, patch: inputs.NotificationTargetPatch
+    engine: sa.Engine,
+    user: auth.User,
+    ref: str | int,
+    patch: inputs.NotificationTargetPatch,
+    key: vault.Key | None = None,
 ) -> notify.Target:
     access.require(user, access.ADMIN)
+    changes = patch.model_dump(exclude_unset=True)
+    if changes.get("secret") and key is None:
+        raise vault.NoKey()
     with db.write(engine) as conn:
         target = notify.get_target(conn, ref)
-        changes = patch.model_dump(exclude_unset=True)
-        updated = notify.update_target(conn, target.id, changes)
+        updated = notify.update_target(conn, target.id, changes, key)
         summary = audit.changes(_target(target), _target(updated))
         if "secret" in changes and "secret" not in summary:
             summary = "; ".join(s for s in (summary, f"secret {audit.HIDDEN}") if s)

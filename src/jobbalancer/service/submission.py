@@ -9,6 +9,7 @@ submit requests per second. Admins and operators are exempt (they can run anythi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import threading
@@ -33,6 +34,7 @@ from jobbalancer import (
     settings,
 )
 from jobbalancer.service import access, inputs
+from jobbalancer.service import secrets as secret_checks
 
 # A scripts-only user may set only names in a namespace of our own. An allow-list, not a
 # list of dangerous names: BASH_ENV, ENV, SHELLOPTS+PS4, LD_PRELOAD, PYTHONSTARTUP,
@@ -66,7 +68,7 @@ def full_env(user: auth.User) -> bool:
     return unrestricted(user) or user.commands_allowed
 
 
-def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
+def check_env(user: auth.User, env: Mapping[str, str], where: str = "", name: str = "env") -> None:
     """A scripts-only user's env: only ``JOB_`` + upper-case letters, digits and ``_``."""
     if full_env(user):
         return
@@ -77,7 +79,7 @@ def check_env(user: auth.User, env: Mapping[str, str], where: str = "") -> None:
                 f"you set is limited to names {SCRIPT_ENV_PREFIX} followed by upper-case "
                 "letters, digits or '_' (other names can change how the shell, the "
                 "interpreter or the loader behave)",
-                field=f"{where}env",
+                field=f"{where}{name}",
             )
 
 
@@ -135,19 +137,27 @@ def rate_limiter(state: Any) -> RateLimiter:
     return limiter
 
 
-def _limits(conn: sa.Connection, user: auth.User, limiter: RateLimiter) -> settings.Tunables | None:
-    """The settings that limit ``user``, after taking a token of their submit rate; None
-    for admins and operators (no limits, and no query: the benchmarks submit as admin)."""
+def _limits(
+    conn: sa.Connection, user: auth.User, limiter: RateLimiter | None
+) -> settings.Tunables | None:
+    """The settings that limit ``user``, after taking a token of their submit rate (none
+    without a limiter: a schedule's firing is not a request); None for admins and
+    operators (no limits, and no query: the benchmarks submit as admin)."""
     if unrestricted(user):
         return None
     limits = settings.load_tunables(conn)
-    limiter.take(user.id, limits.submit_rate, limits.submit_burst)
+    if limiter is not None:
+        limiter.take(user.id, limits.submit_rate, limits.submit_burst)
     return limits
+
+
+# What counts as waiting towards a submitter's cap: held and delayed jobs wait too.
+_WAITING_STATES = [s.value for s in (jobs.State.WAITING, jobs.State.HELD, jobs.State.DELAYED)]
 
 
 def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) -> None:
     """WaitingLimit if ``adding`` more jobs would leave ``user`` over ``cap`` waiting jobs
-    (held jobs count: they wait too).
+    (held and delayed jobs count: they wait too).
 
     Counted in the submit's transaction; two batches submitted at the same instant on
     PostgreSQL or MariaDB may both pass, so the cap can be overshot by one batch."""
@@ -160,7 +170,7 @@ def _check_waiting(conn: sa.Connection, user: auth.User, adding: int, cap: int) 
         sa.select(J.c.id)
         .where(
             J.c.user_id + 0 == user.id,
-            J.c.state.in_([jobs.State.WAITING.value, jobs.State.HELD.value]),
+            J.c.state.in_(_WAITING_STATES),
         )
         .limit(cap + 1)
         .subquery()
@@ -181,6 +191,7 @@ class _Lookups:
         self.conn = conn
         self._classes: dict[str | int, classes.WorkerClass] = {}
         self._scripts: dict[str | int, scripts.Script] = {}
+        self.secrets = secret_checks.Checker(conn)
 
     def wclass(self, ref: str | int, field: str) -> classes.WorkerClass:
         if ref not in self._classes:
@@ -220,7 +231,9 @@ def to_spec(
         retries=job.retries,
         workdir=job.workdir,
         notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
+        **_timing(job, where),
     )
+    base = _with_secret_env(user, job, wclass, where, lookups, base)
     if job.command is not None:
         if not user.commands_allowed:
             raise errors.Forbidden(
@@ -245,8 +258,10 @@ def to_spec(
         interpreter=script.interpreter,
         script_content=script.content,
         params=tuple(argv),
+        secret_args=secret_args,
     )
-    return with_secret_args(spec, secret_args, where)
+    check_secret_args(user, spec, wclass, where, lookups)  # typed `secret` parameters
+    return spec
 
 
 def script_argv(
@@ -266,21 +281,53 @@ def script_argv(
     return list(given), {}
 
 
-def with_secret_args(spec: jobs.Spec, secret_args: dict[int, str], where: str = "") -> jobs.Spec:
-    """``spec`` carrying its secret parameters: ``secret_args`` maps each argv index
-    that holds a secret's name to that name (the job's ``secret_args``), and the worker
-    puts the secret's value there when the job starts.
-
-    Without a secret store to read them from, a job with secret parameters is refused
-    rather than run with the names in place of the values."""
-    if secret_args:
-        index = min(secret_args)
+def _timing(job: inputs.JobSubmit, where: str) -> dict[str, Any]:
+    """The spec's start time and retry policy (docs/api.md, "Starting later, retrying
+    later"): ``not_before`` or ``delay``, not both, and neither with ``need_realtime``."""
+    if job.not_before is not None and job.delay is not None:
+        raise errors.InvalidInput("give 'not_before' or 'delay', not both", field=f"{where}delay")
+    later = "not_before" if job.not_before is not None else "delay"
+    if job.need_realtime and (job.not_before is not None or job.delay is not None):
         raise errors.InvalidInput(
-            f"{where}params: secret parameters cannot be given: this server keeps no "
-            f"secrets (parameter {index + 1} names {secret_args[index]!r})",
-            field=f"{where}params",
+            f"a job with '{later}' starts later, so it cannot need a slot at once "
+            "(need_realtime): give one or the other",
+            field=f"{where}{later}",
         )
-    return spec
+    retry = jobs.RetryPolicy(
+        delay=job.retry_delay or 0.0,
+        backoff=job.retry_backoff or 1.0,
+        max_delay=job.retry_max_delay,
+        jitter=job.retry_jitter or 0.0,
+        on=tuple(job.retry_on or ()),
+    )
+    return {"not_before": job.not_before, "delay": job.delay or None, "retry": retry}
+
+
+def _with_secret_env(
+    user: auth.User,
+    job: inputs.JobSubmit,
+    wclass: classes.WorkerClass,
+    where: str,
+    lookups: _Lookups,
+    base: jobs.Spec,
+) -> jobs.Spec:
+    """``base`` with the job's ``secret_env``, checked: names as for ``env``, none set
+    twice, each secret usable by ``user`` in ``wclass`` (docs/api.md, "Secrets")."""
+    if not job.secret_env:
+        return base
+    check_env(user, job.secret_env, where, "secret_env")
+    secret_checks.check_env_names(job.env, job.secret_env, where)
+    lookups.secrets.check(user, wclass, secret_checks.fields_of(job.secret_env, {}, where))
+    return dataclasses.replace(base, secret_env=dict(job.secret_env))
+
+
+def check_secret_args(
+    user: auth.User, spec: jobs.Spec, wclass: classes.WorkerClass, where: str, lookups: _Lookups
+) -> None:
+    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above."""
+    if spec.secret_args:
+        fields = secret_checks.fields_of({}, spec.secret_args, where)
+        lookups.secrets.check(user, wclass, fields)
 
 
 def _class_for(
@@ -293,20 +340,23 @@ def _class_for(
 
 
 def submit(
-    engine: sa.Engine,
+    engine: sa.Engine | sa.Connection,
     user: auth.User,
     batch: Sequence[inputs.JobSubmit],
     *,
     prefix: bool,
-    limiter: RateLimiter,
+    limiter: RateLimiter | None,
+    schedule_id: int | None = None,
 ) -> list[jobs.Job]:
     """Check the user's limits and every job, then create and assign them all in one
     transaction: all are submitted, or none.
 
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
+    A schedule's firing passes its own transaction (a connection: the occurrence's row
+    commits with the jobs), no limiter, and ``schedule_id``, which the jobs carry.
     """
     access.require(user, access.SUBMIT)
-    with db.write(engine) as conn:
+    with _transaction(engine) as conn:
         limits = _limits(conn, user, limiter)
         lookups = _Lookups(conn)
         specs = []
@@ -315,6 +365,8 @@ def submit(
             if limits is not None:
                 check_priority(user, job.priority, limits.max_submitter_priority, where)
             specs.append(to_spec(conn, user, job, where, lookups))
+        if schedule_id is not None:
+            specs = [dataclasses.replace(s, schedule_id=schedule_id) for s in specs]
         afters = _afters(conn, user, batch, prefix=prefix)
         specs = [
             dataclasses.replace(s, held=True) if a else s
@@ -349,6 +401,15 @@ def _record_submit(
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     audit.record(conn, user, "job.submit", "job", ids[0], f"{len(ids)} jobs",
                  f"jobs {ids[0]} to {ids[-1]}: {shown}", count=len(ids))  # fmt: skip
+
+
+def _transaction(
+    engine: sa.Engine | sa.Connection,
+) -> contextlib.AbstractContextManager[sa.Connection]:
+    """A write transaction of its own, or the caller's (a connection in one)."""
+    if isinstance(engine, sa.Connection):
+        return contextlib.nullcontext(engine)
+    return db.write(engine)
 
 
 def _afters(
@@ -463,6 +524,8 @@ def check_may_rerun(conn: sa.Connection, user: auth.User, job: jobs.Job) -> None
     if not user.may_use_class(job.worker_class):
         raise errors.Forbidden(f"you may not submit to worker class {job.worker_class!r}")
     check_env(user, job.env)
+    check_env(user, job.secret_env, name="secret_env")
+    secret_checks.check_rerun(conn, job)
     check_workdir(user, job.workdir)
     if not full_env(user) and job.script_id is not None and not _script_exists(conn, job):
         raise errors.Conflict(

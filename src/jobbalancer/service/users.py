@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import audit, auth, classes, db, errors
+from jobbalancer import audit, auth, classes, db, errors, vault
 from jobbalancer.service import access, inputs, sessions
 
 
@@ -126,6 +126,7 @@ def delete(engine: sa.Engine, actor: auth.User, user_id: int) -> auth.User:
         keep_an_admin(conn, target, {"deleted": True})
         auth.end_sessions(conn, user_id)
         auth.delete_user(conn, user_id)
+        vault.forget_user(conn, user_id)  # their queued jobs lose the secrets they named
         audit.record(conn, actor, "user.delete", "user", user_id, target.name,
                      audit.fields(_shown(target)))  # fmt: skip
     return target

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from jobbalancer import auth, errors
+from jobbalancer import auth, errors, vault
 from jobbalancer.service import access, sessions
 from jobbalancer.web import pages
 
@@ -45,6 +45,12 @@ class Page:
     def engine(self) -> sa.Engine:
         engine: sa.Engine = self.request.app.state.engine
         return engine
+
+    @property
+    def secret_key(self) -> vault.Key | None:
+        """The server's key for secrets (jobbalancer/vault.py); None if it has none."""
+        key: vault.Key | None = getattr(self.request.app.state, "secret_key", None)
+        return key
 
     def field(self, name: str, default: str = "") -> str:
         """A form field as text (an upload or a missing field: ``default``)."""

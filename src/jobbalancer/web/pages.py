@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
@@ -34,11 +35,13 @@ class NavItem:
 NAV = (
     NavItem("dashboard", "/", "Dashboard"),
     NavItem("jobs", "/jobs", "Jobs"),
+    NavItem("schedules", "/schedules", "Schedules"),
     NavItem("workers", "/workers", "Workers"),
     NavItem("classes", "/classes", "Classes"),
     NavItem("scripts", "/scripts", "Scripts"),
     NavItem("users", "/users", "Users", admin_only=True),
     NavItem("notifications", "/notifications", "Notifications", admin_only=True),
+    NavItem("secrets", "/secrets", "Secrets", admin_only=True),
     NavItem("activity", "/activity", "Activity", admin_only=True),
     NavItem("settings", "/settings", "Settings", admin_only=True),
     NavItem("docs", "/docs", "API"),
@@ -143,6 +146,27 @@ def signal_name(number: int | None) -> str:
         return str(number)
 
 
+def in_zone(value: datetime | None, tz: str) -> str:
+    """A time in the IANA zone ``tz`` with its offset that day: ``2026-03-29 03:00:00
+    CEST (+02:00)`` (a schedule's own time); ``—`` for none."""
+    if value is None:
+        return "—"
+    try:
+        local = value.astimezone(ZoneInfo(tz))
+    except (ZoneInfoNotFoundError, ValueError):
+        return fmt_dt(value) + " UTC"
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()} ({offset[:3]}:{offset[3:]})"
+
+
+def until(value: datetime | None, now: datetime | None = None) -> str:
+    """``in 5.0s``, ``in 3m 05s``; ``due`` for a time not in the future; ``—`` for none."""
+    if value is None:
+        return "—"
+    seconds = (value - (now or datetime.now(UTC))).total_seconds()
+    return "due" if seconds < 0.5 else f"in {fmt_seconds(seconds)}"
+
+
 TEMPLATES.env.filters.update(
     signal=signal_name,
     dt=fmt_dt,
@@ -151,6 +175,8 @@ TEMPLATES.env.filters.update(
     seconds=fmt_seconds,
     size=size,
     ago=ago,
+    in_zone=in_zone,
+    until=until,
 )
 TEMPLATES.env.globals.update(duration=duration, when=when, version=__version__)
 

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from jobbalancer import db, errors, jobs, procsec, registry, settings
+from jobbalancer import db, errors, jobs, procsec, registry, settings, vault
 from jobbalancer.settings import Settings, WorkerSettings
 from jobbalancer.worker import fence, runner, uids
 from jobbalancer.worker.output import OutputSink
@@ -103,6 +103,29 @@ class _Running:
     stop: Stop | None = None  # why the worker stopped it, once it did
 
 
+def _load_key(config: Settings) -> tuple[vault.Key | None, str | None]:
+    """This worker's key for secrets, or why it has none that works (the worker runs on:
+    only jobs with secrets need it, and they fail saying so)."""
+    try:
+        return vault.from_settings(config), None
+    except errors.ConfigError as exc:
+        log.error("secret key: %s; jobs that use secrets will fail here", exc.message)
+        return None, exc.message
+
+
+def _with_secret_args(job: jobs.Job, values: dict[str, str]) -> tuple[str, ...]:
+    """The job's params with those that name a secret (``secret_args``) replaced by its value."""
+    if not job.secret_args:
+        return job.params
+    params = list(job.params)
+    for index, name in job.secret_args.items():
+        if 0 <= index < len(params):
+            params[index] = values[name]
+        else:
+            raise vault.Unusable(f"secret {name!r} is for param {index}, which the job lacks")
+    return tuple(params)
+
+
 class _Interrupted(BaseException):
     """SIGTERM/SIGINT when there is nothing to finish: before the worker is online, or
     idle (or fenced: its jobs killed) while the database is away. Raised from the
@@ -152,6 +175,7 @@ class Worker:
         self._listener = db.WakeListener(self.engine, lambda: self.presence.worker_id, self._woken)
         self._claim_in_one = db.writable_ctes(self.engine)
         self._uid_pool: uids.UidPool | None = None
+        self._secret_key, self._key_problem = _load_key(settings_)
 
     # -- the whole life ----------------------------------------------------------------
 
@@ -200,6 +224,7 @@ class Worker:
         log.info("worker %s (id %d) is online", self.presence.name, self.presence.worker_id)
         log.log(logging.WARNING if self.ws.run_as != DYNAMIC else logging.INFO,
                 "isolation: %s", isolation(self.ws))  # fmt: skip
+        self._check_secret_key()
         self._starting = False
 
     def _loop(self, burst: bool) -> None:
@@ -372,7 +397,14 @@ class Worker:
         assert job.token is not None
         tunables = self.presence.tunables
         self.sink.open(job.id, tunables.max_log_bytes)
-        process = runner.JobProcess(self._run_spec(job, tunables), self._on_output(job.id))
+        try:
+            values = self._secrets(job)
+            spec = self._run_spec(job, tunables, values)
+        except vault.Unusable as exc:
+            # Never run without the secret: the job fails saying why (never with a value).
+            return self._report(job, runner.Outcome.start_failed(str(exc)), None)
+        self.sink.mask(job.id, values.values())
+        process = runner.JobProcess(spec, self._on_output(job.id))
         if not self.fence.can_start():
             with self._lock:
                 self._running[job.id].stop = Stop(_NOT_STARTED, jobs.State.LOST)
@@ -414,14 +446,50 @@ class Worker:
             self._start_thread(job)
         return True
 
-    def _run_spec(self, job: jobs.Job, tunables: settings.Tunables) -> runner.RunSpec:
+    def _secrets(self, job: jobs.Job) -> dict[str, str]:
+        """The values of the secrets the job names, checked again now (vault.resolve);
+        vault.Unusable says why the job cannot have them."""
+        names = vault.names_of(job.secret_env, job.secret_args)
+        if not names:
+            return {}
+        if self._secret_key is None and self._key_problem is not None:
+            raise vault.Unusable(f"this worker cannot read its secret key: {self._key_problem}")
+        with db.read(self.engine) as conn:
+            return vault.resolve(
+                conn, self._secret_key, names, owner_id=job.user_id,
+                worker_class=job.worker_class, job_id=job.id,
+            )  # fmt: skip
+
+    def _check_secret_key(self) -> None:
+        """Say at the start what jobs with secrets will meet here."""
+        try:
+            with db.read(self.engine) as conn:
+                stored = vault.stored_key_id(conn)
+        except Exception:  # only a log line: the jobs check again
+            return
+        if self._secret_key is None:
+            if stored is not None:
+                why = self._key_problem or "no JOBBALANCER_SECRET_KEY and no secret key file"
+                log.warning("jobs that use secrets fail on this worker: %s "
+                            "(docs/operations.md, 'Secrets')", why)  # fmt: skip
+        elif stored is not None and stored != self._secret_key.id:
+            log.error(
+                "this worker's secret key (id %s) is not the server's (id %s): jobs that "
+                "use secrets fail on it (docs/operations.md, 'Secrets')",
+                self._secret_key.id, stored,
+            )  # fmt: skip
+
+    def _run_spec(
+        self, job: jobs.Job, tunables: settings.Tunables, values: dict[str, str] | None = None
+    ) -> runner.RunSpec:
+        values = values or {}
         return runner.RunSpec(
             job_id=job.id,
             command=job.command,
             interpreter=job.interpreter,
             script=job.script_content,
-            params=job.params,
-            env=job.env,
+            params=_with_secret_args(job, values),
+            env={**job.env, **{var: values[name] for var, name in job.secret_env.items()}},
             watchdog=job.watchdog or None,
             kill_grace=tunables.kill_grace,
             run_as=self.ws.run_as if self.ws.run_as not in ("", DYNAMIC) else None,

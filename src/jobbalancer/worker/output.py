@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from jobbalancer import db
 from jobbalancer.db import schema
+from jobbalancer.worker.masking import Masker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +43,8 @@ class _JobOutput:
     dropped_stream: str = "stdout"
     pending: list[tuple[str, bytearray]] = field(default_factory=list)
     closed: bool = False
+    # Secret values the job uses, masked per stream before anything is kept (see mask()).
+    maskers: dict[str, Masker] | None = None
 
 
 @dataclass
@@ -140,6 +143,15 @@ class OutputSink:
         with self._lock:
             self._jobs[job_id] = _JobOutput(cap=cap)
 
+    def mask(self, job_id: int, values: Iterable[str]) -> None:
+        """Replace these (secret) values with ``****`` in the job's output from now on,
+        before it is counted, capped or kept; also a value split across two writes."""
+        found = [v for v in values if v]
+        with self._lock:
+            out = self._jobs.get(job_id)
+            if out is not None and found:
+                out.maskers = {name: Masker(found) for name in ("stdout", "stderr")}
+
     def write(self, job_id: int, stream: str, data: bytes) -> None:
         """Take bytes a job wrote on ``stream`` ("stdout" or "stderr")."""
         if not data:
@@ -148,13 +160,9 @@ class OutputSink:
             out = self._jobs.get(job_id)
             if out is None or out.closed:
                 return
-            keep = self._room(out, len(data))
-            if keep < len(data):
-                if out.dropped == 0:
-                    out.dropped_stream = stream
-                out.dropped += len(data) - keep
-            if keep:
-                self._append(out, stream, data[:keep])
+            if out.maskers is not None:
+                data = out.maskers[stream].feed(data)
+            self._keep(out, stream, data)
             wake = self._buffered >= self.flush_bytes
         if wake:
             self._wake.set()
@@ -171,6 +179,18 @@ class OutputSink:
                 lambda: self._buffered < self.high_water or self._failing_since is not None,
                 timeout=0.1,
             )
+
+    def _keep(self, out: _JobOutput, stream: str, data: bytes) -> None:
+        """Append what fits under the cap and the buffer; count the rest as dropped."""
+        if not data:
+            return
+        keep = self._room(out, len(data))
+        if keep < len(data):
+            if out.dropped == 0:
+                out.dropped_stream = stream
+            out.dropped += len(data) - keep
+        if keep:
+            self._append(out, stream, data[:keep])
 
     def _room(self, out: _JobOutput, size: int) -> int:
         by_cap = max(0, out.cap - out.accepted)
@@ -248,6 +268,8 @@ class OutputSink:
                 out = self._jobs.setdefault(job_id, _JobOutput(cap=0))
                 if not out.closed:
                     out.closed = True
+                    for stream, masker in (out.maskers or {}).items():
+                        self._keep(out, stream, masker.flush())  # held back: no value after all
                     if out.dropped:
                         marker = f"\n[jobbalancer: output truncated, {out.dropped} bytes dropped]\n"
                         out.pending.append((out.dropped_stream, bytearray(marker.encode())))

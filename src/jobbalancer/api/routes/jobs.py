@@ -93,6 +93,9 @@ def list_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[inputs.QueryText, Query(max_length=100)] = None,
+    schedule_id: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="The jobs this schedule fired.")
+    ] = None,
 ) -> models.JobList:
     """Jobs, newest first; a submitter sees only their own."""
     filters = listing.Filters(
@@ -104,6 +107,7 @@ def list_jobs(
         labels=listing.parse_labels(label or []),
         ids=listing.parse_ids(id_, "id"),
         retry_of=listing.parse_ids(retry_of, "retry_of"),
+        schedule_id=schedule_id,
     )
     found, next_cursor = job_actions.list_page(engine, user, filters, limit, cursor)
     return models.JobList(

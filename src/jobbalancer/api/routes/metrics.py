@@ -23,7 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from jobbalancer import db, notify, stats, tally
+from jobbalancer import db, notify, schedules, stats, tally
 from jobbalancer.api.deps import EngineDep, SettingsDep, key_from_headers, metrics_allowed
 
 router = APIRouter(tags=["metrics"])
@@ -167,9 +167,48 @@ WORKER_GAUGES: tuple[tuple[str, str, Callable[[stats.Capacity], float | None]], 
 )  # fmt: skip
 
 
+class ScheduleCollector(Collector):
+    """Schedules' occurrences: fired, skipped (by reason code), fired late (more than
+    schedules.LATE_AFTER after their time); and schedules by state. Counters kept in the
+    database, so the same whichever server is scraped."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterable[Metric]:
+        with db.read(self.engine) as conn:
+            counts = schedules.counters(conn)
+            by_state = schedules.count_by_state(conn)
+        yield CounterMetricFamily(
+            "jobbalancer_schedule_occurrences_fired",
+            "Schedule occurrences that submitted a job (run-now included).",
+            value=counts["fired"],
+        )
+        skipped = CounterMetricFamily(
+            "jobbalancer_schedule_occurrences_skipped",
+            "Schedule occurrences skipped, by reason: overlap, queue_full, owner, refused, missed.",
+            labels=["reason"],
+        )
+        for name, count in counts.items():
+            if name.startswith("skipped:"):
+                skipped.add_metric([name.removeprefix("skipped:")], count)
+        yield skipped
+        yield CounterMetricFamily(
+            "jobbalancer_schedule_occurrences_late",
+            f"Schedule occurrences fired more than {schedules.LATE_AFTER.total_seconds():g} s "
+            "after their time.",
+            value=counts["late"],
+        )
+        gauge = GaugeMetricFamily("jobbalancer_schedules", "Schedules, by state.", labels=["state"])
+        for state, count in by_state.items():
+            gauge.add_metric([state], count)
+        yield gauge
+
+
 def make_registry(engine: sa.Engine, settle: float = tally.SETTLE) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(engine, settle))
+    registry.register(ScheduleCollector(engine))
     return registry
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from jobbalancer.api import models
@@ -29,9 +29,9 @@ def list_targets(user: CurrentUser, engine: EngineDep) -> list[models.Notificati
 
 @router.post(TARGETS, status_code=201)
 def create_target(
-    spec: inputs.NotificationTargetIn, user: Admin, engine: EngineDep
+    spec: inputs.NotificationTargetIn, request: Request, user: Admin, engine: EngineDep
 ) -> models.NotificationTarget:
-    target = notifications.create_target(engine, user, spec)
+    target = notifications.create_target(engine, user, spec, request.app.state.secret_key)
     return models.NotificationTarget.from_target(target, user)
 
 
@@ -43,9 +43,13 @@ def get_target(ref: TargetRef, user: CurrentUser, engine: EngineDep) -> models.N
 
 @router.patch(TARGETS + "/{ref}")
 def update_target(
-    ref: TargetRef, patch: inputs.NotificationTargetPatch, user: Admin, engine: EngineDep
+    ref: TargetRef,
+    patch: inputs.NotificationTargetPatch,
+    request: Request,
+    user: Admin,
+    engine: EngineDep,
 ) -> models.NotificationTarget:
-    target = notifications.update_target(engine, user, ref, patch)
+    target = notifications.update_target(engine, user, ref, patch, request.app.state.secret_key)
     return models.NotificationTarget.from_target(target, user)
 
 

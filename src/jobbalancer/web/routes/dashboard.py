@@ -10,12 +10,14 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from jobbalancer import db, jobs, stats
+from jobbalancer.service import schedules as schedule_service
 from jobbalancer.web import deps
 
 router = APIRouter(include_in_schema=False)
 
 # The chart's drawing area, in SVG user units (the SVG scales to its box).
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 250, 30, 18, 8
+UPCOMING = 5  # next scheduled runs shown
 
 
 @router.get("/")
@@ -76,6 +78,7 @@ def _figures(page: deps.Page) -> dict[str, Any]:
         per_worker = stats.by_worker(conn)
         summary = stats.Summary(stats.jobs_by_state(conn), per_worker, stats.slots(per_worker))
         minutes = stats.per_minute(conn)  # done and failures apart, unlike the summary's
+        now = db.now(conn)
     live = [w for w in summary.workers if w.state != "offline"]
     return {
         "summary": summary,
@@ -86,4 +89,7 @@ def _figures(page: deps.Page) -> dict[str, Any]:
         "done_hour": sum(m.done for m in minutes),
         "failed_hour": sum(m.failed for m in minutes),
         "chart": chart(minutes),
+        # The soonest runs of the schedules this user may see.
+        "upcoming": schedule_service.upcoming(page.engine, page.user, UPCOMING),
+        "now": now,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import urllib.parse
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
 import sqlalchemy as sa
@@ -20,7 +20,11 @@ from fastapi.responses import Response
 from jobbalancer import auth, chains, classes, db, errors, jobs, logs, notify, refs, scripts
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import access, inputs, job_actions, listing, submission
+from jobbalancer.service import schedules as schedule_service
 from jobbalancer.web import deps, pages
+
+if TYPE_CHECKING:
+    from jobbalancer.schedules import Schedule
 
 router = APIRouter(include_in_schema=False)
 
@@ -177,7 +181,8 @@ def delete(page: deps.Page, job_id: int) -> None:
 # -- submitting -----------------------------------------------------------------------------
 
 _FORM_FIELDS = ("kind", "command", "script", "params", "watchdog", "worker_class",
-                "priority", "retries", "need_realtime", "workdir")  # fmt: skip
+                "priority", "retries", "need_realtime", "workdir",
+                "start", "retry_delay")  # fmt: skip
 
 
 @router.post("/jobs")
@@ -224,7 +229,27 @@ def _spec_from_form(form: dict[str, str]) -> inputs.JobSubmit:
     for name in ("watchdog", "priority", "retries", "workdir"):
         if form[name].strip():
             body[name] = form[name].strip()
+    body.update(_later_from_form(form))
     return inputs.JobSubmit.model_validate(body)
+
+
+def _later_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """ "Start in or at": a duration (``10m``) is a ``delay``, anything else a
+    ``not_before`` (the API's checks name it); "Retry delay": a duration."""
+    body: dict[str, Any] = {}
+    start = form["start"].strip()
+    if start:
+        delay = inputs.parse_duration(start)
+        body["delay" if delay is not None else "not_before"] = start if delay is None else delay
+    retry_delay = form["retry_delay"].strip()
+    if retry_delay:
+        seconds = inputs.parse_duration(retry_delay)
+        if seconds is None:
+            raise errors.InvalidInput(
+                "retry delay: give a number with s, m, h or d (30s, 5m)", field="retry_delay"
+            )
+        body["retry_delay"] = seconds
+    return body
 
 
 # -- one job --------------------------------------------------------------------------------
@@ -267,6 +292,7 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         ).scalars().all()  # fmt: skip
         sent = notify.list_notifications(conn, job_id=job_id, limit=50)
         links = access.shown_links(chains.links(conn, job_id), page.user)
+    schedule = _schedule_of(page, job)
     may_manage = page.user.can_manage_job(job.user_id)
     return page.render(
         "job.html",
@@ -281,10 +307,21 @@ def job_page(job_id: JobId, page: deps.Viewer) -> Response:
         notifications=sent,
         links=links,
         waiting_for=links.waiting_for() if job.state == jobs.State.HELD else None,
+        schedule=schedule,
         can_kill=may_manage and not job.finished,
         can_restart=may_manage and page.user.can_submit,
         can_delete=may_manage and job.state not in jobs.ACTIVE,
     )
+
+
+def _schedule_of(page: deps.Page, job: jobs.Job) -> Schedule | None:
+    """The schedule that fired the job; None if none did, or it was deleted since."""
+    if job.schedule_id is None:
+        return None
+    try:
+        return schedule_service.get(page.engine, page.user, job.schedule_id, history=0).schedule
+    except errors.NotFound:
+        return None
 
 
 @router.get("/jobs/{job_id}/run")

@@ -68,7 +68,7 @@ def create_target(page: deps.Admin) -> Response:
         body["recipients"] = recipients
     try:
         spec = inputs.NotificationTargetIn.model_validate(body)
-        created = notifications.create_target(page.engine, page.user, spec)
+        created = notifications.create_target(page.engine, page.user, spec, page.secret_key)
     except pydantic.ValidationError as exc:
         return _render(page, form=form, error=inputs.first_message(exc), status=422)
     except errors.JobBalancerError as exc:

@@ -5,7 +5,7 @@
 as given, as before). One nullable column: no data changes.
 
 Revision ID: 0013
-Revises: 0009
+Revises: 0012
 Create Date: 2026-12-05 22:10:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0009"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
