@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, db, errors, schedules, settings
+from jobbalancer import audit, auth, db, errors, schedules, settings
 from jobbalancer.service import access, firing, inputs, submission
 
 
@@ -140,7 +140,19 @@ def create(
     with db.write(engine) as conn:
         _check_job(conn, user, spec.job)
         now = now or db.now(conn)
-        return schedules.create(conn, {**values, "user_id": user.id, "user_name": user.name}, now)
+        made = schedules.create(conn, {**values, "user_id": user.id, "user_name": user.name}, now)
+        audit.record(conn, user, "schedule.create", "schedule", made.id, made.name,
+                     audit.fields(_shown(made)))  # fmt: skip
+        return made
+
+
+def _shown(s: schedules.Schedule) -> dict[str, Any]:
+    """What an audit entry says of a schedule: its timing and what its job runs (never
+    the job's env)."""
+    job = s.job.get("command") or f"script {s.job.get('script')}"
+    return {"cron": s.cron, "timezone": s.timezone, "enabled": s.enabled,
+            "overlap": s.overlap, "catch_up": s.catch_up, "start_at": s.start_at,
+            "end_at": s.end_at, "job": str(job)[:80], "description": s.description}  # fmt: skip
 
 
 def update(
@@ -162,7 +174,14 @@ def update(
         if patch.job is not None:
             _check_job(conn, _owner(conn, schedule), patch.job)
             changes["job"] = _stored_job(patch.job)
-        return schedules.update(conn, schedule.id, changes, now or db.now(conn))
+        updated = schedules.update(conn, schedule.id, changes, now or db.now(conn))
+        summary = audit.changes({"name": schedule.name, **_shown(schedule)},
+                                {"name": updated.name, **_shown(updated)})  # fmt: skip
+        if "job" in changes and schedule.job != updated.job and "job:" not in summary:
+            summary = "; ".join(s for s in (summary, f"job {audit.HIDDEN}") if s)
+        audit.record(conn, user, "schedule.update", "schedule", schedule.id, updated.name,
+                     summary or "no change")  # fmt: skip
+        return updated
 
 
 def pause(
@@ -184,7 +203,12 @@ def _set_enabled(
 ) -> schedules.Schedule:
     with db.write(engine) as conn:
         schedule = _manageable(conn, user, ref)
-        return schedules.update(conn, schedule.id, {"enabled": enabled}, now or db.now(conn))
+        updated = schedules.update(conn, schedule.id, {"enabled": enabled}, now or db.now(conn))
+        action = "schedule.resume" if enabled else "schedule.pause"
+        audit.record(conn, user, action, "schedule", schedule.id, schedule.name,
+                     audit.changes({"enabled": schedule.enabled}, {"enabled": enabled})
+                     or "no change")  # fmt: skip
+        return updated
 
 
 def delete(engine: sa.Engine, user: auth.User, ref: str | int) -> None:
@@ -192,6 +216,8 @@ def delete(engine: sa.Engine, user: auth.User, ref: str | int) -> None:
     with db.write(engine) as conn:
         schedule = _manageable(conn, user, ref)
         schedules.delete(conn, schedule.id)
+        audit.record(conn, user, "schedule.delete", "schedule", schedule.id, schedule.name,
+                     audit.fields(_shown(schedule)))  # fmt: skip
 
 
 def run_now(
@@ -210,6 +236,8 @@ def run_now(
             raise errors.Conflict(refused.reason, field="job") from None
         now = now or db.now(conn)
         schedules.record(conn, schedule.id, now, now, job_id=job.id, manual=True)
+        audit.record(conn, user, "schedule.run", "schedule", schedule.id, schedule.name,
+                     f"job {job.id}, as {owner.name}")  # fmt: skip
         return schedules.occurrences(conn, schedule.id, limit=1)[0]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import auth, classes, db, errors, jobs, vault
+from jobbalancer import audit, auth, classes, db, errors, jobs, vault
 from jobbalancer.service import access, inputs, users
 
 
@@ -72,11 +72,33 @@ def create(
         raise vault.NoKey()
     with db.write(engine) as conn:
         limits = _limits(conn, spec)
-        return vault.create(
+        made = vault.create(
             conn, key, spec.name, spec.value, description=spec.description,
             worker_classes=limits.get("worker_classes"), users=limits.get("users"),
             by=user.name,
         )  # fmt: skip
+        _record(conn, user, "secret.create", made, audit.fields(_shown(made)))
+        return made
+
+
+def _shown(s: vault.Secret) -> dict[str, Any]:
+    """What an audit entry says of a secret: never its value."""
+    return {"description": s.description,
+            "worker_classes": "any" if s.worker_classes is None else list(s.worker_classes),
+            "users": "any" if s.user_names is None else list(s.user_names)}  # fmt: skip
+
+
+def _record(
+    conn: sa.Connection, user: auth.User, action: str, secret: vault.Secret, summary: str
+) -> None:
+    audit.record(conn, user, action, "secret", secret.id, secret.name, summary)
+
+
+def _changed(before: vault.Secret, after: vault.Secret, value: bool) -> str:
+    summary = audit.changes(_shown(before), _shown(after))
+    if value:  # a new value: said, never shown
+        summary = "; ".join(s for s in (f"value {audit.HIDDEN}", summary) if s)
+    return summary or "no change"
 
 
 def put(
@@ -99,12 +121,15 @@ def put(
                 conn, key, name, spec.value, description=spec.description,
                 worker_classes=worker_classes, users=user_ids, by=user.name,
             )  # fmt: skip
+            _record(conn, user, "secret.create", created, audit.fields(_shown(created)))
             return created, True
         changes = {
             "value": spec.value, "description": spec.description,
             "worker_classes": worker_classes, "users": user_ids,
         }  # fmt: skip
-        return vault.update(conn, key, current.id, changes, by=user.name), False
+        updated = vault.update(conn, key, current.id, changes, by=user.name)
+        _record(conn, user, "secret.update", updated, _changed(current, updated, value=True))
+        return updated, False
 
 
 def patch(
@@ -121,14 +146,19 @@ def patch(
             k: getattr(spec, k) for k in spec.model_fields_set if k in ("value", "description")
         }
         changes.update(_limits(conn, spec))
-        return vault.update(conn, key, current.id, changes, by=user.name)
+        updated = vault.update(conn, key, current.id, changes, by=user.name)
+        _record(conn, user, "secret.update", updated,
+                _changed(current, updated, value="value" in changes))  # fmt: skip
+        return updated
 
 
 def delete(engine: sa.Engine, user: auth.User, ref: str | int) -> vault.Secret:
     """Delete a secret. Jobs that name it and have not started fail when they would."""
     access.require(user, access.ADMIN)
     with db.write(engine) as conn:
-        return vault.delete(conn, vault.get(conn, ref).id)
+        gone = vault.delete(conn, vault.get(conn, ref).id)
+        _record(conn, user, "secret.delete", gone, audit.fields(_shown(gone)))
+        return gone
 
 
 # -- jobs that name secrets ---------------------------------------------------------------

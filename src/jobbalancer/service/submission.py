@@ -377,7 +377,8 @@ def submit(
         ids = balancer.submit(conn, specs, user.id, user.name)
         if any(afters):
             _chain(conn, ids, specs, afters)
-        _record_submit(conn, user, ids, specs)
+        if schedule_id is None:  # a schedule's firing: its history (or schedule.run) says so
+            _record_submit(conn, user, ids, specs)
         # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
 
