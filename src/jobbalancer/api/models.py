@@ -95,6 +95,19 @@ class Job(BaseModel):
     waiting_for: str | None = Field(
         None, description="A held job: what it waits for (`waits for job 41 to succeed`)."
     )
+    # Placement (docs/api.md, "Placement").
+    cpus: float | None = Field(None, description="CPUs it requested; null: none.")
+    memory: int | None = Field(None, description="Memory it requested, bytes; null: none.")
+    gpus: int | None = Field(None, description="GPUs it requested; null: none.")
+    constraints: dict[str, str | bool] | None = Field(
+        None, description="Worker labels it needs; null: none."
+    )
+    pending_reason: str | None = Field(
+        None,
+        description="A job that has not started: why it still waits (`all 3 workers of "
+        "class default are full (12/12 slots)`, `waits for job 41 to succeed`); null once "
+        "it runs.",
+    )
 
     @classmethod
     def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
@@ -120,14 +133,28 @@ class Job(BaseModel):
             parents=None if links is None else Dependency.from_links(links.parents),
             children=None if links is None else Dependency.from_links(links.children),
             waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
+            constraints=dict(job.constraints) if job.constraints else None,
+            pending_reason=pending_reason(job, links),
         )
 
 
+def pending_reason(job: jobs.Job, links: chains.Links | None = None) -> str | None:
+    """Why a job that has not started waits: the balancer's word for a waiting job, what
+    a held one waits for."""
+    if job.state == jobs.State.HELD:
+        return links.waiting_for() if links else "waits for other jobs to end"
+    if job.state == jobs.State.WAITING:
+        return job.pending_reason or "waiting for the balancer's next pass"
+    return None
+
+
 _JOB_LINKS = ("parents", "children", "waiting_for")
+_JOB_PLACEMENT = ("constraints", "pending_reason")
 _JOB_PLAIN = [
     n
     for n in Job.model_fields
     if n not in ("script", "params", "env", "labels", "notify", "user", "worker", *_JOB_LINKS)
+    and n not in _JOB_PLACEMENT
 ]
 
 
@@ -152,6 +179,15 @@ class Memory(BaseModel):
     available: int | None = Field(description="Bytes.")
 
 
+class Resources(BaseModel):
+    """Slots and resources: what a worker has, or what its jobs use."""
+
+    slots: int
+    cpus: float | None
+    memory: int | None = Field(description="Bytes.")
+    gpus: int | None
+
+
 class Worker(BaseModel):
     """A worker process and what its last heartbeat said about its machine."""
 
@@ -171,6 +207,13 @@ class Worker(BaseModel):
     pid: int | None
     started_at: Time
     last_heartbeat_at: Time
+    # Placement (docs/api.md, "Placement").
+    capacity: Resources = Field(
+        description="What it offers its jobs (detected or set with --cpus, --memory, --gpus); "
+        "a null resource is not limited."
+    )
+    used: Resources = Field(description="What its assigned and running jobs requested.")
+    labels: dict[str, str] = Field(description="Its labels (--label); a bare name has ''.")
 
     @classmethod
     def from_worker(cls, w: registry.Worker) -> Worker:
@@ -181,10 +224,17 @@ class Worker(BaseModel):
             **{n: getattr(w, n) for n in _WORKER_PLAIN},
             state=w.display_state,
             memory=memory,
+            capacity=Resources(slots=w.max_jobs, cpus=w.cpus, memory=w.memory, gpus=w.gpus),
+            used=Resources(
+                slots=w.active_jobs, cpus=w.used_cpus, memory=w.used_memory, gpus=w.used_gpus
+            ),
+            labels=dict(w.labels),
         )
 
 
-_WORKER_PLAIN = [n for n in Worker.model_fields if n not in ("state", "memory")]
+_WORKER_PLAIN = [
+    n for n in Worker.model_fields if n not in ("state", "memory", "capacity", "used", "labels")
+]
 
 
 # -- worker classes -----------------------------------------------------------------------

@@ -41,6 +41,7 @@ JOB_COLUMNS = (
     "assigned_at",
     "started_at",
     "finished_at",
+    "pending_reason",
 )
 
 

@@ -118,6 +118,12 @@ workers = sa.Table(
     sa.Column("cpu_count", sa.Integer),
     sa.Column("memory_total", sa.BigInteger),
     sa.Column("memory_available", sa.BigInteger),
+    # Placement (jobbalancer/resources.py): what the worker offers its jobs, detected or
+    # set (--cpus, --memory, --gpus), and its labels (--label); NULL capacity: not limited.
+    sa.Column("cpus", sa.Double),
+    sa.Column("memory", sa.BigInteger),
+    sa.Column("gpus", sa.Integer),
+    sa.Column("labels", sa.JSON),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("last_heartbeat_at", UTCDateTime, nullable=False),
     sa.Index(None, "state"),
@@ -178,6 +184,14 @@ jobs = sa.Table(
     sa.Column("assigned_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
+    # Placement: what the job requests (NULL: nothing of that; it needs one slot) and its
+    # constraints on worker labels ({"ffmpeg": "6", "ssd": true}; NULL: none). Why a
+    # waiting job still waits, written by the balancer's pass when it changes.
+    sa.Column("cpus", sa.Double),
+    sa.Column("memory", sa.BigInteger),
+    sa.Column("gpus", sa.Integer),
+    sa.Column("constraints", sa.JSON),
+    sa.Column("pending_reason", sa.String(300)),
     # A worker's pick-up and the balancer's slot count.
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),

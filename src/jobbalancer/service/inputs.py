@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobbalancer import auth, classes, refs
+from jobbalancer import auth, classes, refs, resources
 from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
@@ -136,6 +136,30 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _memory(value: Any) -> int | None:
+    return None if value is None else resources.parse_memory(value)
+
+
+def _constraints(value: Any) -> dict[str, str | bool] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError('must be an object such as {"ffmpeg": "6", "ssd": true}')
+    for key in value:
+        if not isinstance(key, str):
+            raise ValueError("label names must be strings")
+        clean_text(key)
+    for item in value.values():
+        if isinstance(item, str):
+            clean_text(item)
+    return resources.check_constraints(value) or None
+
+
+Memory = Annotated[int | None, PlainValidator(_memory, json_schema_input_type=str | int | None)]
+Constraints = Annotated[
+    dict[str, str | bool] | None,
+    PlainValidator(_constraints, json_schema_input_type=dict[str, str | bool] | None),
+]
 NameOrId = Annotated[str | int, PlainValidator(_name_or_id, json_schema_input_type=str | int)]
 Param = Annotated[str, PlainValidator(_param, json_schema_input_type=str | int | float)]
 Command = Annotated[str, AfterValidator(clean_text), AfterValidator(_fits_argv)]
@@ -248,6 +272,34 @@ class JobSubmit(Input):
         description='Jobs to wait for: `{"job": ID, "on": "success"}` (or a bare id: '
         "success). The job is `held` until each has ended for good, then runs; `skipped` if "
         "one ended in a way it did not want.",
+    )
+    # Placement (docs/api.md, "Placement").
+    cpus: float | None = Field(
+        None,
+        ge=0,
+        le=resources.MAX_CPUS,
+        description="CPUs it needs (may be fractional: 0.5); enforced as cpu.max where the "
+        "worker makes job cgroups. null: none asked for (the job needs one slot).",
+        examples=[2],
+    )
+    memory: Memory = Field(
+        None,
+        description='Memory it needs: bytes, or a size with a binary unit: "512M", "2G" '
+        "(K, M, G, T = powers of 1024; MB, MiB, Mi mean the same). Enforced as memory.max "
+        "(no swap) where the worker makes job cgroups: past it the job fails 'out of memory'.",
+        examples=["512M"],
+    )
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=resources.MAX_GPUS,
+        description="GPUs it needs; the worker gives it CUDA_VISIBLE_DEVICES of its own.",
+    )
+    constraints: Constraints = Field(
+        None,
+        description='Worker labels it needs: {"ffmpeg": "6"} (equals), {"os": "!windows"} '
+        '(missing or another value), {"ssd": true} (exists), {"old": false} (does not exist).',
+        examples=[{"ffmpeg": "6", "ssd": True}],
     )
 
 

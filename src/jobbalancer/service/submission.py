@@ -27,9 +27,11 @@ from jobbalancer import (
     errors,
     jobs,
     notify,
+    resources,
     scripts,
     settings,
 )
+from jobbalancer.db import schema
 from jobbalancer.service import access, inputs
 
 # A scripts-only user may set only names in a namespace of our own. An allow-list, not a
@@ -179,11 +181,24 @@ class _Lookups:
         self.conn = conn
         self._classes: dict[str | int, classes.WorkerClass] = {}
         self._scripts: dict[str | int, scripts.Script] = {}
+        self._capacities: dict[int, list[resources.Capacity]] = {}
 
     def wclass(self, ref: str | int, field: str) -> classes.WorkerClass:
         if ref not in self._classes:
             self._classes[ref] = classes.find(self.conn, ref, field=field)
         return self._classes[ref]
+
+    def capacities(self, class_id: int) -> list[resources.Capacity]:
+        """What each worker of the class (online or known) has, to refuse what none has."""
+        if class_id not in self._capacities:
+            w = schema.workers
+            rows = self.conn.execute(
+                sa.select(w.c.cpus, w.c.memory, w.c.gpus).where(w.c.worker_class_id == class_id)
+            )
+            self._capacities[class_id] = [
+                resources.Capacity(r.cpus, r.memory, r.gpus) for r in rows
+            ]
+        return self._capacities[class_id]
 
     def script(self, ref: str | int, field: str) -> scripts.Script:
         if ref not in self._scripts:
@@ -218,7 +233,12 @@ def to_spec(
         retries=job.retries,
         workdir=job.workdir,
         notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
+        cpus=job.cpus or None,
+        memory=job.memory or None,
+        gpus=job.gpus or None,
+        constraints=job.constraints or None,
     )
+    _check_fits(lookups, wclass, base.request, where)
     if job.command is not None:
         if not user.commands_allowed:
             raise errors.Forbidden(
@@ -236,6 +256,24 @@ def to_spec(
         interpreter=script.interpreter,
         script_content=script.content,
     )
+
+
+def _check_fits(
+    lookups: _Lookups, wclass: classes.WorkerClass, request: resources.Request, where: str
+) -> None:
+    """InvalidInput when no worker of the class, online or known, could ever run the
+    request; while some could, the job waits for room."""
+    if not (request.cpus or request.memory or request.gpus):
+        return
+    why = resources.too_big(request, lookups.capacities(wclass.id))
+    if why is not None:
+        field = next(n for n in ("memory", "cpus", "gpus") if getattr(request, n))
+        for name in ("cpus", "memory", "gpus"):
+            if name in why.split(";")[0]:
+                field = name
+        raise errors.InvalidInput(
+            f"{where}{field}: {why} in class {wclass.name}", field=f"{where}{field}"
+        )
 
 
 def _class_for(
