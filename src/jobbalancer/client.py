@@ -176,6 +176,10 @@ class Client:
         workdir: str | None = None,
         notify: Sequence[Mapping[str, Any]] = (),
         after: Sequence[int | Mapping[str, Any]] = (),
+        cpus: float | None = None,
+        memory: int | str | None = None,
+        gpus: int | None = None,
+        constraints: Mapping[str, str | bool] | None = None,
     ) -> dict[str, Any]:
         """Submit one job: a shell ``command``, or a stored ``script`` (name or id) with
         ``params`` passed as separate arguments. Returns the new job.
@@ -207,6 +211,9 @@ class Client:
             notify=notify,
             after=after,
         )
+        # Placement (docs/api.md): cpus, memory ("512M", "2G" or bytes), gpus, constraints.
+        placement = {"cpus": cpus, "memory": memory, "gpus": gpus, "constraints": constraints}
+        spec.update({k: v for k, v in placement.items() if v is not None})
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
     def submit_batch(self, specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
