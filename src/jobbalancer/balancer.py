@@ -196,8 +196,8 @@ def assign_waiting(
         db.lock_row(conn, "assign")
     explain = class_ids is None and worker_id is None
     new_ids = {n[0] for n in new}
-    by_class = _candidates(conn, class_ids, worker_id, everyone=explain or bool(new))
-    if not by_class:
+    by_class = _candidates(conn, class_ids, worker_id, all_classes=explain)
+    if not by_class and not new:
         return 0
     strategy: Strategy
     usable = {cid: [c for c in cands if c.usable] for cid, cands in by_class.items()}
@@ -234,9 +234,9 @@ def assign_waiting(
             cursor = chosen.id
             placed[chosen.id] = chosen = _replace(candidates, chosen, job.request)
         everyone = [placed.get(c.id, c) for c in everyone]
-        if explain or new:
-            by_class[class_id] = everyone
-            _explain_class(conn, class_id, everyone, left, reasons, full_pass=explain)
+        by_class[class_id] = everyone
+        if explain:
+            _explain_class(conn, class_id, everyone, left, reasons)
     if new:
         _explain_new(conn, [n for n in new if n[0] in new_ids], by_class, reasons)
     for why, ids in reasons.items():
@@ -247,6 +247,7 @@ def assign_waiting(
     return len(chosen_ids)
 
 
+NO_LABEL = "no worker has label "
 _SET_REASON = (
     sa.update(J)
     .where(J.c.id.in_(sa.bindparam("b_ids", expanding=True)), J.c.state == jobs.State.WAITING.value)
@@ -257,7 +258,14 @@ _SET_CLASS_REASON = (
     .where(
         J.c.state == jobs.State.WAITING.value,
         J.c.worker_class_id == sa.bindparam("b_class"),
-        sa.or_(J.c.pending_reason.is_(None), J.c.pending_reason != sa.bindparam("b_reason")),
+        sa.or_(
+            J.c.pending_reason.is_(None),
+            sa.and_(
+                J.c.pending_reason != sa.bindparam("b_reason"),
+                # A label no worker has says more than "full": it will not pass by itself.
+                J.c.pending_reason.not_like(NO_LABEL + "%"),
+            ),
+        ),
     )
     .values(pending_reason=sa.bindparam("b_reason"))
 )
@@ -272,26 +280,27 @@ def _explain_class(
     everyone: Sequence[Candidate],
     left: Sequence[_Waiting],
     reasons: dict[str, list[int]],
-    *,
-    full_pass: bool,
 ) -> None:
     """Why the jobs a pass looked at still wait (by request shape: one reason computed per
-    shape), and, on a full pass, the reason of the whole class's queue."""
+    shape); when no worker of the class may take a job now, the reason of the whole class,
+    written to all its waiting jobs when it changed."""
+    key = (conn.engine.url.render_as_string(hide_password=True), class_id)
+    whole = None if any(c.usable for c in everyone) else class_reason(conn, class_id)
+    if whole is not None:
+        if _class_reasons.get(key) != whole:
+            conn.execute(_SET_CLASS_REASON, {"b_class": class_id, "b_reason": whole})
+        _class_reasons[key] = whole
+        return
+    _class_reasons[key] = None
     name = _class_name(conn, class_id, everyone)
     by_shape: dict[tuple[Any, ...], str] = {}
     for job in left:
         shape = job.request.shape()
         if shape not in by_shape:
-            by_shape[shape] = reason(job.request, name, everyone)
+            labels = _class_labels(conn, class_id) if job.request.constraints else None
+            by_shape[shape] = reason(job.request, name, everyone, labels)
         if by_shape[shape] != job.pending_reason:
             reasons.setdefault(by_shape[shape], []).append(job.id)
-    if not full_pass:
-        return
-    key = (conn.engine.url.render_as_string(hide_password=True), class_id)
-    whole = None if any(c.usable for c in everyone) else reason(NO_REQUEST, name, everyone)
-    if whole is not None and _class_reasons.get(key) != whole:
-        conn.execute(_SET_CLASS_REASON, {"b_class": class_id, "b_reason": whole})
-    _class_reasons[key] = whole
 
 
 def _explain_new(
@@ -300,17 +309,74 @@ def _explain_new(
     by_class: Mapping[int, Sequence[Candidate]],
     reasons: dict[str, list[int]],
 ) -> None:
-    """The reasons of just-submitted jobs the pass left waiting, one per class and shape."""
-    explained = {i for ids in reasons.values() for i in ids}
+    """The reasons of just-submitted jobs the pass left waiting, one per class and shape.
+
+    Where the class has workers that may take jobs, from them; where it has none, from a
+    summary of its workers in one row (:func:`class_reason`): a submission to a full class
+    of 500 workers does not read them one by one.
+    """
     by_shape: dict[tuple[Any, ...], str] = {}
     for job_id, class_id, request in new:
-        if job_id in explained:
-            continue
+        candidates = by_class.get(class_id, [])
+        if not any(c.usable for c in candidates):
+            candidates = []
         shape = (class_id, *request.shape())
         if shape not in by_shape:
-            workers = by_class.get(class_id, [])
-            by_shape[shape] = reason(request, _class_name(conn, class_id, workers), workers)
+            labels = _class_labels(conn, class_id) if request.constraints else None
+            missing = _missing_label(request, labels or [])
+            if missing is not None:
+                by_shape[shape] = missing
+            elif candidates:
+                name = candidates[0].worker_class
+                by_shape[shape] = reason(request, name, candidates, labels)
+            else:
+                by_shape[shape] = class_reason(conn, class_id)
         reasons.setdefault(by_shape[shape], []).append(job_id)
+
+
+def _missing_label(request: resources.Request, labels: Sequence[Mapping[str, str]]) -> str | None:
+    """ "no worker has label ..." when no worker of the class meets one of the constraints."""
+    for label, want in (request.constraints or {}).items():
+        if not any(resources.matches({label: want}, have) for have in labels):
+            return NO_LABEL + resources.describe_constraint(label, want)
+    return None
+
+
+def _class_summary_query() -> sa.Select[Any]:
+    every = (
+        _EVERYONE.where(W.c.worker_class_id == sa.bindparam("b_class")).order_by(None).subquery()
+    )
+    ready = sa.and_(every.c.state == "online", every.c.enabled.is_(True))
+    online = every.c.state == "online"
+
+    def total(when: Any, value: Any) -> Any:
+        return sa.func.coalesce(sa.func.sum(sa.case((when, value), else_=0)), 0)
+
+    return sa.select(
+        total(online, 1).label("online"),
+        total(ready, 1).label("ready"),
+        total(ready, every.c.max_jobs).label("slots"),
+        total(ready, every.c.active).label("used"),
+        sa.func.min(sa.case((online, every.c.name))).label("a_name"),
+        sa.func.min(sa.case((ready, every.c.name))).label("ready_name"),
+    )
+
+
+def class_reason(conn: sa.Connection, class_id: int) -> str:
+    """Why nothing of a class can start now, when none of its workers may take a job: no
+    worker online, all disabled, or all full. One row read, whatever the workers."""
+    name = _class_name(conn, class_id, [])
+    row = conn.execute(_CLASS_SUMMARY, {"b_class": class_id}).one()
+    online, ready = int(row.online), int(row.ready)
+    if not online:
+        return f"no online worker of class {name}"
+    if not ready:
+        if online == 1:
+            return f"worker {row.a_name} is disabled"
+        return f"all {online} online workers of class {name} are disabled"
+    if ready == 1:
+        return f"worker {row.ready_name} of class {name} is full ({row.used}/{row.slots} slots)"
+    return f"all {ready} workers of class {name} are full ({row.used}/{row.slots} slots)"
 
 
 def _replace(
@@ -326,9 +392,18 @@ def _replace(
     return updated
 
 
-def reason(request: resources.Request, class_name: str, workers: Sequence[Candidate]) -> str:
-    """Why a job with ``request`` cannot start on any of ``workers`` (its class's, in any
-    state) now: one short sentence, from the first thing in the way."""
+def reason(
+    request: resources.Request,
+    class_name: str,
+    workers: Sequence[Candidate],
+    labels: Sequence[Mapping[str, str]] | None = None,
+) -> str:
+    """Why a job with ``request`` cannot start on any of ``workers`` (its class's, those
+    online and enabled, or all of them) now: one short sentence, from the first thing in
+    the way. ``labels``: those of every worker of the class, whatever its state (None: the
+    ``workers``' own)."""
+    if labels is None:
+        labels = [w.labels for w in workers]
     online = [w for w in workers if w.state == "online"]
     if not online:
         return f"no online worker of class {class_name}"
@@ -341,8 +416,8 @@ def reason(request: resources.Request, class_name: str, workers: Sequence[Candid
     if not matching:
         for label, want in (request.constraints or {}).items():
             one = {label: want}
-            if not any(resources.matches(one, w.labels) for w in workers):
-                return f"no worker has label {resources.describe_constraint(label, want)}"
+            if not any(resources.matches(one, have) for have in labels):
+                return NO_LABEL + resources.describe_constraint(label, want)
             if not any(resources.matches(one, w.labels) for w in enabled):
                 return (
                     f"no online worker of class {class_name} has label "
@@ -464,14 +539,39 @@ _QUEUE = (
 )
 
 
-def _candidates_query() -> sa.Select[Any]:
-    def active(column: Any) -> Any:
-        return (
-            sa.select(column)
-            .where(J.c.worker_id == W.c.id, J.c.state.in_([s.value for s in jobs.ACTIVE]))
-            .scalar_subquery()
-        )
+def _candidates_query(*, grouped: bool) -> sa.Select[Any]:
+    """Workers with their slots and what their active jobs requested.
 
+    ``grouped``: the active jobs summed once, grouped by worker, and joined (a pass over
+    many workers: one read of the active jobs instead of four per worker); else four
+    correlated subqueries (one worker: its own jobs only, by the (worker_id, state) index).
+    """
+    is_active = J.c.state.in_([s.value for s in jobs.ACTIVE])
+    sums = (
+        sa.func.count(),
+        sa.func.sum(J.c.cpus),
+        sa.func.sum(J.c.memory),
+        sa.func.sum(J.c.gpus),
+    )
+    names = ("active", "used_cpus", "used_memory", "used_gpus")
+    source: Any = W.join(C, C.c.id == W.c.worker_class_id)
+    if grouped:
+        per_worker = (
+            sa.select(J.c.worker_id, *(f.label(n) for f, n in zip(sums, names, strict=True)))
+            .where(is_active)
+            .group_by(J.c.worker_id)
+            .subquery("active_jobs")
+        )
+        source = source.outerjoin(per_worker, per_worker.c.worker_id == W.c.id)
+        used = [
+            sa.func.coalesce(per_worker.c.active, 0).label("active"),
+            *(per_worker.c[n] for n in names[1:]),
+        ]
+    else:
+        used = [
+            sa.select(f).where(J.c.worker_id == W.c.id, is_active).scalar_subquery().label(n)
+            for f, n in zip(sums, names, strict=True)
+        ]
     max_jobs = sa.func.coalesce(W.c.max_jobs, C.c.max_jobs)
     return (
         sa.select(
@@ -479,10 +579,7 @@ def _candidates_query() -> sa.Select[Any]:
             W.c.name,
             W.c.worker_class_id,
             max_jobs.label("max_jobs"),
-            active(sa.func.count()).label("active"),
-            active(sa.func.sum(J.c.cpus)).label("used_cpus"),
-            active(sa.func.sum(J.c.memory)).label("used_memory"),
-            active(sa.func.sum(J.c.gpus)).label("used_gpus"),
+            *used,
             W.c.cpus,
             W.c.memory,
             W.c.gpus,
@@ -493,21 +590,34 @@ def _candidates_query() -> sa.Select[Any]:
             W.c.enabled,
             C.c.name.label("worker_class"),
         )
-        .select_from(W.join(C, C.c.id == W.c.worker_class_id))
+        .select_from(source)
         .order_by(W.c.id)
     )
 
 
-_EVERYONE = _candidates_query()
-_CANDIDATES = _EVERYONE.where(W.c.state == "online", W.c.enabled.is_(True))
-_ONE_CANDIDATE = _CANDIDATES.where(W.c.id == sa.bindparam("b_worker"))
+_ONLINE = (W.c.state == "online", W.c.enabled.is_(True))
+_EVERYONE = _candidates_query(grouped=True)
+_CANDIDATES = _EVERYONE.where(*_ONLINE)
+_ONE_CANDIDATE = _candidates_query(grouped=False).where(
+    *_ONLINE, W.c.id == sa.bindparam("b_worker")
+)
 _CLASS_CANDIDATES = _CANDIDATES.where(
     W.c.worker_class_id.in_(sa.bindparam("b_classes", expanding=True))
 )
-_CLASS_EVERYONE = _EVERYONE.where(
-    W.c.worker_class_id.in_(sa.bindparam("b_classes", expanding=True))
-)
 _CLASS_IDS = sa.select(C.c.id)
+_CLASS_LABELS = sa.select(W.c.labels).where(W.c.worker_class_id == sa.bindparam("b_class"))
+
+
+def _class_labels(conn: sa.Connection, class_id: int) -> list[Mapping[str, str]]:
+    """The labels of every worker of a class, whatever its state (for a constraint's
+    reason: "no worker has label ...")."""
+    return [
+        dict(labels or {})
+        for labels in conn.execute(_CLASS_LABELS, {"b_class": class_id}).scalars()
+    ]
+
+
+_CLASS_SUMMARY = _class_summary_query()
 
 
 def _candidate(row: Any) -> Candidate:
@@ -531,29 +641,24 @@ def _candidates(
     class_ids: Iterable[int] | None,
     worker_id: int | None,
     *,
-    everyone: bool = False,
+    all_classes: bool = False,
 ) -> dict[int, list[Candidate]]:
-    """Online, enabled workers with free slots, by class, ordered by id; ``everyone``:
-    every worker of the classes whatever its state or slots (the reasons a job waits need
-    them), and every class of the pass, even one without workers."""
+    """Online, enabled workers with free slots, by class, ordered by id; ``all_classes``:
+    every class of the pass too, even one without such workers (an empty list)."""
     query, params = _CANDIDATES, dict[str, Any]()
     if worker_id is not None:
         query, params = _ONE_CANDIDATE, {"b_worker": worker_id}
         if class_ids is not None:
             query = query.where(W.c.worker_class_id.in_(list(class_ids)))
     elif class_ids is not None:
-        query = _CLASS_EVERYONE if everyone else _CLASS_CANDIDATES
-        params = {"b_classes": list(class_ids)}
-    elif everyone:
-        query = _EVERYONE
+        query, params = _CLASS_CANDIDATES, {"b_classes": list(class_ids)}
     by_class: dict[int, list[Candidate]] = {}
-    if everyone and worker_id is None:
+    if all_classes and worker_id is None:
         ids = class_ids if class_ids is not None else conn.execute(_CLASS_IDS).scalars()
         by_class = {int(i): [] for i in ids}
     for row in conn.execute(query, params):
-        candidate = _candidate(row)
-        if everyone or candidate.free > 0:
-            by_class.setdefault(candidate.worker_class_id, []).append(candidate)
+        if row.max_jobs > row.active:  # checked before building it: most may be full
+            by_class.setdefault(row.worker_class_id, []).append(_candidate(row))
     return by_class
 
 
