@@ -111,7 +111,7 @@ def test_too_big_names_the_largest_capacity() -> None:
     assert resources.too_big(Request(cpus=8000), []) is None  # no worker known yet: wait
 
 
-# -- strategies × resources × labels ------------------------------------------------------
+# -- strategies with resources and labels ------------------------------------------------
 
 
 def cand(
