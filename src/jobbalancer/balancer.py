@@ -666,3 +666,48 @@ def free_slots(conn: sa.Connection, class_id: int | None = None) -> int:
     """How many jobs could start right now (in one class, or anywhere)."""
     by_class = _candidates(conn, None if class_id is None else [class_id], None)
     return sum(c.free for cands in by_class.values() for c in cands)
+
+
+@dataclass(frozen=True)
+class WaitReason:
+    """How many waiting jobs of a class wait for one reason (the dashboard's list)."""
+
+    worker_class: str
+    reason: str
+    jobs: int
+
+    @property
+    def waits_for(self) -> str:
+        """What is in the way, in a word or two: memory, cpus, gpus, a free slot, a label,
+        a worker, or a turn."""
+        text = self.reason
+        for word, what in (
+            ("memory", "memory"),
+            ("cpus", "cpus"),
+            ("gpus", "gpus"),
+            ("label", "a label"),
+            ("full", "a free slot"),
+            ("disabled", "a worker"),
+            ("online", "a worker"),
+        ):
+            if word in text:
+                return what
+        return "its turn"
+
+
+_WAIT_REASONS = (
+    sa.select(C.c.name, J.c.pending_reason, sa.func.count().label("jobs"))
+    .select_from(J.join(C, C.c.id == J.c.worker_class_id))
+    .where(J.c.state == jobs.State.WAITING.value)
+    .group_by(C.c.name, J.c.pending_reason)
+    .order_by(sa.func.count().desc(), C.c.name)
+    .limit(sa.bindparam("b_limit", type_=sa.Integer))
+)
+
+
+def wait_reasons(conn: sa.Connection, limit: int = 10) -> list[WaitReason]:
+    """Waiting jobs counted by class and pending reason, the most first."""
+    return [
+        WaitReason(row.name, row.pending_reason or "waiting for the balancer's next pass", row.jobs)
+        for row in conn.execute(_WAIT_REASONS, {"b_limit": limit})
+    ]

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from jobbalancer import db, jobs, stats
+from jobbalancer import balancer, db, jobs, stats
 from jobbalancer.web import deps
 
 router = APIRouter(include_in_schema=False)
@@ -76,6 +76,7 @@ def _figures(page: deps.Page) -> dict[str, Any]:
         per_worker = stats.by_worker(conn)
         summary = stats.Summary(stats.jobs_by_state(conn), per_worker, stats.slots(per_worker))
         minutes = stats.per_minute(conn)  # done and failures apart, unlike the summary's
+        wait_reasons = balancer.wait_reasons(conn)
     live = [w for w in summary.workers if w.state != "offline"]
     return {
         "summary": summary,
@@ -86,4 +87,5 @@ def _figures(page: deps.Page) -> dict[str, Any]:
         "done_hour": sum(m.done for m in minutes),
         "failed_hour": sum(m.failed for m in minutes),
         "chart": chart(minutes),
+        "wait_reasons": wait_reasons,
     }
