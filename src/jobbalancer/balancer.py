@@ -359,14 +359,15 @@ def _class_summary_query() -> sa.Select[Any]:
         total(ready, every.c.active).label("used"),
         sa.func.min(sa.case((online, every.c.name))).label("a_name"),
         sa.func.min(sa.case((ready, every.c.name))).label("ready_name"),
+        sa.func.min(every.c.worker_class).label("class_name"),
     )
 
 
 def class_reason(conn: sa.Connection, class_id: int) -> str:
     """Why nothing of a class can start now, when none of its workers may take a job: no
     worker online, all disabled, or all full. One row read, whatever the workers."""
-    name = _class_name(conn, class_id, [])
     row = conn.execute(_CLASS_SUMMARY, {"b_class": class_id}).one()
+    name = row.class_name or _class_name(conn, class_id, [])
     online, ready = int(row.online), int(row.ready)
     if not online:
         return f"no online worker of class {name}"
