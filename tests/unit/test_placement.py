@@ -239,3 +239,47 @@ def test_worker_capacity_settings_parse_sizes_and_labels() -> None:
     for bad in ({"memory": "12X"}, {"cpus": -1}, {"labels": ["bad label"]}, {"gpus": -1}):
         with pytest.raises(ValidationError):
             WorkerSettings(**bad)  # type: ignore[arg-type]
+
+
+# -- enforcement: the job cgroup's files, the end a worker reports ------------------------
+
+
+def test_a_job_cgroup_gets_its_limits_and_counts_oom_kills(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from jobbalancer.worker import cgroups
+
+    path = Path(str(tmp_path))
+    for name in ("cpu.max", "memory.max", "memory.swap.max"):
+        (path / name).write_text("")  # the kernel replaces these; a test file is empty
+    group = cgroups.JobCgroup(str(path))
+    assert group.limit(1.5, 512 * MiB) == []
+    assert (path / "cpu.max").read_text() == "150000 100000"
+    assert (path / "memory.max").read_text() == str(512 * MiB)
+    assert (path / "memory.swap.max").read_text() == "0"
+    assert group.oom_kills() == 0  # no memory.events: none seen
+    (path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.oom_kills() == 1
+    # Without the controller's files nothing is written, and what was not is named
+    bare = path / "bare"
+    bare.mkdir()
+    assert cgroups.JobCgroup(str(bare)).limit(2, GiB) == ["cpus", "memory"]
+
+
+def test_an_oom_end_is_failed_out_of_memory_not_a_signal() -> None:
+    from jobbalancer.worker import reports, runner
+
+    job = type("J", (), {"watchdog": None})()
+    oom = runner.Outcome(
+        exit_code=None, signal=9, reason="out_of_memory", error="out of memory (limit 64 MiB)"
+    )
+    assert reports.judge(job, oom, None) == (  # type: ignore[arg-type]
+        jobs_state("failed"),
+        "out of memory (limit 64 MiB)",
+    )
+
+
+def jobs_state(value: str) -> object:
+    from jobbalancer import jobs
+
+    return jobs.State(value)
