@@ -43,9 +43,7 @@ def test_a_pending_reason_and_the_workers_bars(
     expect(badge).to_have_attribute("title", reason)
     # The dashboard counts jobs by what they wait for
     page.goto("/")
-    expect(page.locator("#wait-reasons")).to_contain_text(
-        "1 job waits for memory in class default"
-    )
+    expect(page.locator("#wait-reasons")).to_contain_text("1 job waits for memory in class default")
 
     # And the workers page shows the requested memory as a bar, with the labels
     page.goto("/workers")

@@ -52,3 +52,25 @@ def test_the_workers_page_shows_capacity_and_use_as_bars_and_labels(web: Web) ->
     assert f'<meter class="m-memory" min="0" max="{8 * GIB}" value="{6 * GIB}">' in page
     assert "6.0 GiB / 8.0 GiB" in page
     assert '<span class="tag">ffmpeg=6</span>' in page
+
+
+def test_the_run_form_takes_requests_and_constraints(web: Web) -> None:
+    client, csrf = web.login()
+    base = {"csrf_token": csrf, "kind": "command", "command": "true", "worker_class": "default"}
+    form = {**base, "cpus": "1.5", "memory": "512M", "gpus": "1",
+            "constraints": "ffmpeg=6, os!=windows\r\nssd"}  # fmt: skip
+    r = client.post("/jobs", data=form)
+    assert r.status_code == 303, r.text
+    job_id = int(r.headers["location"].rsplit("/", 1)[1])
+    with db.read(web.engine) as conn:
+        job = jobs.get(conn, job_id)
+    assert (job.cpus, job.memory, job.gpus) == (1.5, 512 << 20, 1)
+    assert job.constraints == {"ffmpeg": "6", "os": "!windows", "ssd": True}
+    for fields, message in (
+        ({"memory": "12X"}, "memory: "),
+        ({"cpus": "-1"}, "cpus: "),
+        ({"constraints": "bad label"}, "constraints: label name"),
+    ):
+        r = client.post("/jobs", data={**base, **fields})
+        assert r.status_code == 422, (fields, r.status_code)
+        assert message in html.unescape(r.text), (fields, r.text[:2000])
