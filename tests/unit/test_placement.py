@@ -283,3 +283,19 @@ def jobs_state(value: str) -> object:
     from jobbalancer import jobs
 
     return jobs.State(value)
+
+
+def test_up_shares_the_machine_between_its_workers(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from jobbalancer import settings
+    from jobbalancer.cli import up
+    from jobbalancer.worker import capacity
+
+    plan = up.UpPlan.make(settings.load(), 2, Path(str(tmp_path)) / "c.toml")
+    first, second = (plan.worker_argv(n) for n in plan.worker_names())
+    cpus = float(first[first.index("--cpus") + 1])
+    assert cpus == pytest.approx(capacity.detect_cpus() / 2, abs=0.01)
+    assert int(second[second.index("--memory") + 1]) == capacity.detect_memory() // 2
+    assert "--gpus" not in first and second[second.index("--gpus") + 1] == "0"
+    assert "--cpus" not in up.UpPlan.make(settings.load(), 1, None).worker_argv("w-1")
