@@ -38,6 +38,8 @@ class Script:
     description: str
     created_at: datetime
     updated_at: datetime
+    # Placement: what its jobs request unless they say; None: nothing.
+    requests: Mapping[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Script:
@@ -50,6 +52,7 @@ class Script:
             description=m["description"],
             created_at=m["created_at"],
             updated_at=m["updated_at"],
+            requests=m["requests"] or None,
         )
 
 
@@ -107,6 +110,8 @@ def create(
     interpreter: str | None,
     content: str,
     description: str = "",
+    *,
+    requests: Mapping[str, Any] | None = None,
 ) -> Script:
     """Store a new script; Conflict when the name is taken."""
     name = refs.check_name(name, "script")
@@ -122,6 +127,7 @@ def create(
                 description=description,
                 created_at=utcnow(),
                 updated_at=utcnow(),
+                requests=dict(requests) if requests else None,
             )
         )
     except sa.exc.IntegrityError as exc:  # stored by someone else since the check
@@ -146,6 +152,8 @@ def update(conn: sa.Connection, script_id: int, changes: Mapping[str, Any]) -> S
     values["interpreter"] = check_interpreter(interpreter, content)
     if "description" in changes:
         values["description"] = str(changes["description"])
+    if "requests" in changes:
+        values["requests"] = dict(changes["requests"]) if changes["requests"] else None
     try:
         conn.execute(sa.update(S).where(S.c.id == script_id).values(**values, updated_at=utcnow()))
     except sa.exc.IntegrityError as exc:

@@ -94,3 +94,36 @@ def test_bad_requests_are_422_naming_the_field(
     r = api.admin.post("/api/v1/jobs", json={"command": "true", **body})
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field, r.text
+
+
+def test_classes_and_scripts_carry_default_requests(api: Api) -> None:
+    big_worker(api)
+    r = api.admin.post(
+        "/api/v1/worker-classes",
+        json={"name": "render", "requests": {"cpus": 2, "memory": "1G"}},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["requests"] == {"cpus": 2.0, "memory": 1 << 30}
+    r = api.admin.post(
+        "/api/v1/scripts",
+        json={"name": "encode", "interpreter": "sh", "content": "true",
+              "requests": {"memory": "2G", "constraints": {"ffmpeg": "6"}}},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["requests"] == {"memory": 2 << 30, "constraints": {"ffmpeg": "6"}}
+    # A job takes what it does not ask itself: the script's before the class's
+    job = submit(api.admin, script="encode", worker_class="render")
+    assert (job["cpus"], job["memory"], job["constraints"]) == (2.0, 2 << 30, {"ffmpeg": "6"})
+    own = submit(api.admin, script="encode", worker_class="render", memory="512M", cpus=0)
+    assert (own["cpus"], own["memory"]) == (None, 512 << 20)
+    plain = submit(api.admin, command="true", worker_class="render")
+    assert (plain["cpus"], plain["memory"]) == (2.0, 1 << 30)
+    # Changed and cleared like any field; bad ones are 422 naming the field
+    cid = api.admin.get("/api/v1/worker-classes").json()
+    render = next(c for c in cid if c["name"] == "render")
+    r = api.admin.patch(f"/api/v1/worker-classes/{render['id']}", json={"requests": None})
+    assert r.status_code == 200 and r.json()["requests"] is None
+    r = api.admin.patch(
+        f"/api/v1/worker-classes/{render['id']}", json={"requests": {"memory": "1Q"}}
+    )
+    assert r.status_code == 422 and r.json()["field"] == "requests.memory", r.text

@@ -245,10 +245,16 @@ class WorkerClass(BaseModel):
     name: str
     max_jobs: int
     description: str
+    requests: dict[str, Any] | None = Field(
+        None, description="What its jobs request unless they say; null: nothing."
+    )
 
     @classmethod
     def from_class(cls, c: classes.WorkerClass) -> WorkerClass:
-        return cls(id=c.id, name=c.name, max_jobs=c.max_jobs, description=c.description)
+        return cls(
+            id=c.id, name=c.name, max_jobs=c.max_jobs, description=c.description,
+            requests=dict(c.requests) if c.requests else None,
+        )  # fmt: skip
 
 
 # -- scripts ------------------------------------------------------------------------------
@@ -262,10 +268,16 @@ class Script(BaseModel):
     description: str
     created_at: Time
     updated_at: Time
+    requests: dict[str, Any] | None = Field(
+        None, description="What its jobs request unless they say; null: nothing."
+    )
 
     @classmethod
     def from_script(cls, s: scripts.Script) -> Script:
-        return cls(**{n: getattr(s, n) for n in cls.model_fields})
+        return cls(
+            **{n: getattr(s, n) for n in cls.model_fields if n != "requests"},
+            requests=dict(s.requests) if s.requests else None,
+        )
 
 
 # -- users and keys -----------------------------------------------------------------------

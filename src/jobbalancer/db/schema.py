@@ -89,6 +89,9 @@ worker_classes = sa.Table(
     sa.Column("name", Name, nullable=False, unique=True),
     sa.Column("max_jobs", sa.Integer, nullable=False),
     sa.Column("description", sa.Text, nullable=False, default=""),
+    # Placement: what its jobs request unless they say ({"cpus", "memory", "gpus",
+    # "constraints"}); NULL: nothing.
+    sa.Column("requests", sa.JSON),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
@@ -140,6 +143,8 @@ scripts = sa.Table(
     sa.Column("description", sa.Text, nullable=False, default=""),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # Placement: what its jobs request unless they say (as worker_classes.requests).
+    sa.Column("requests", sa.JSON),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 

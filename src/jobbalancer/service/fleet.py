@@ -41,7 +41,8 @@ def create_class(
 ) -> classes.WorkerClass:
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return classes.create(conn, spec.name, spec.max_jobs, spec.description)
+        requests = spec.requests.stored() if spec.requests else None
+        return classes.create(conn, spec.name, spec.max_jobs, spec.description, requests=requests)
 
 
 def update_class(
@@ -71,7 +72,10 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
     """Store a script. Jobs copy it when submitted, so later edits never change them."""
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return scripts.create(conn, spec.name, spec.interpreter, spec.content, spec.description)
+        requests = spec.requests.stored() if spec.requests else None
+        return scripts.create(
+            conn, spec.name, spec.interpreter, spec.content, spec.description, requests=requests
+        )
 
 
 def update_script(

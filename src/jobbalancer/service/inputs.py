@@ -309,6 +309,20 @@ class JobBatch(Input):
     jobs: list[JobSubmit] = Field(min_length=1, max_length=1000)
 
 
+class Requests(Input):
+    """What a class's or a script's jobs request unless they say (docs/api.md,
+    "Placement"): the same fields, meaning and checks as a job's."""
+
+    cpus: float | None = Field(None, ge=0, le=resources.MAX_CPUS)
+    memory: Memory = None
+    gpus: int | None = Field(None, ge=0, le=resources.MAX_GPUS)
+    constraints: Constraints = None
+
+    def stored(self) -> dict[str, Any] | None:
+        """As kept in the database: only what is asked for; None for nothing."""
+        return {k: v for k, v in self.model_dump().items() if v} or None
+
+
 # -- workers, classes, scripts ------------------------------------------------------------
 
 
@@ -330,6 +344,9 @@ class WorkerClassIn(Input):
     name: Name
     max_jobs: int = Field(5, ge=1, le=classes.MAX_JOBS_LIMIT, description="Per worker, by default.")
     description: Description = ""
+    requests: Requests | None = Field(
+        None, description="What its jobs request unless they say (cpus, memory, gpus, constraints)."
+    )
 
 
 class WorkerClassPatch(Input):
@@ -338,6 +355,7 @@ class WorkerClassPatch(Input):
     name: Name | None = None
     max_jobs: int | None = Field(None, ge=1, le=classes.MAX_JOBS_LIMIT)
     description: Description | None = None
+    requests: Requests | None = Field(None, description="null: none.")
 
     _no_nulls = field_validator("name", "max_jobs", "description", mode="before")(_not_null)
 
@@ -353,6 +371,9 @@ class ScriptIn(Input):
     )
     content: Annotated[str, AfterValidator(clean_text)] = Field(description="The script body.")
     description: Description = ""
+    requests: Requests | None = Field(
+        None, description="What its jobs request unless they say (cpus, memory, gpus, constraints)."
+    )
 
 
 class ScriptPatch(Input):
@@ -362,6 +383,7 @@ class ScriptPatch(Input):
     interpreter: Annotated[str, AfterValidator(clean_text)] | None = None
     content: Annotated[str, AfterValidator(clean_text)] | None = None
     description: Description | None = None
+    requests: Requests | None = Field(None, description="null: none.")
 
     _no_nulls = field_validator("name", "content", "description", mode="before")(_not_null)
 

@@ -238,8 +238,9 @@ def to_spec(
         gpus=job.gpus or None,
         constraints=job.constraints or None,
     )
-    _check_fits(lookups, wclass, base.request, where)
+    base = _with_defaults(base, job, wclass.requests)
     if job.command is not None:
+        _check_fits(lookups, wclass, base.request, where)
         if not user.commands_allowed:
             raise errors.Forbidden(
                 "you may run stored scripts only, not commands", field=f"{where}command"
@@ -249,6 +250,9 @@ def to_spec(
         return dataclasses.replace(base, command=job.command)
     assert job.script is not None
     script = lookups.script(job.script, f"{where}script")
+    # A script's default requests come before its class's.
+    base = _with_defaults(base, job, {**(wclass.requests or {}), **(script.requests or {})})
+    _check_fits(lookups, wclass, base.request, where)
     return dataclasses.replace(
         base,
         script_id=script.id,
@@ -256,6 +260,23 @@ def to_spec(
         interpreter=script.interpreter,
         script_content=script.content,
     )
+
+
+def _with_defaults(
+    spec: jobs.Spec, job: inputs.JobSubmit, defaults: Mapping[str, Any] | None
+) -> jobs.Spec:
+    """The spec with the default requests (a class's, a script's) for what the job does
+    not ask itself (a field it leaves out or null)."""
+    if not defaults:
+        return spec
+    given = {
+        "cpus": job.cpus,
+        "memory": job.memory,
+        "gpus": job.gpus,
+        "constraints": job.constraints,
+    }
+    taken = {k: v for k, v in defaults.items() if k in given and given[k] is None and v}
+    return dataclasses.replace(spec, **taken) if taken else spec
 
 
 def _check_fits(

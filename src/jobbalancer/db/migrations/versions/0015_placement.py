@@ -2,7 +2,9 @@
 
 ``workers.cpus``, ``workers.memory``, ``workers.gpus`` (NULL: not limited) and
 ``workers.labels``; ``jobs.cpus``, ``jobs.memory``, ``jobs.gpus``, ``jobs.constraints``
-(NULL: none, the job needs one slot as before) and ``jobs.pending_reason``. New nullable
+(NULL: none, the job needs one slot as before) and ``jobs.pending_reason``;
+``worker_classes.requests`` and ``scripts.requests``, what their jobs request unless
+they say. New nullable
 columns only: no data changes.
 
 Revision ID: 0015
@@ -22,6 +24,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    for table in ("worker_classes", "scripts"):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("requests", sa.JSON))
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("cpus", sa.Double))
         batch.add_column(sa.Column("memory", sa.BigInteger))
@@ -42,3 +47,6 @@ def downgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         for name in ("labels", "gpus", "memory", "cpus"):
             batch.drop_column(name)
+    for table in ("scripts", "worker_classes"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("requests")
