@@ -557,10 +557,17 @@ def _candidates_query(*, grouped: bool) -> sa.Select[Any]:
     names = ("active", "used_cpus", "used_memory", "used_gpus")
     source: Any = W.join(C, C.c.id == W.c.worker_class_id)
     if grouped:
+        # Per worker, its active jobs by the (worker_id, state) index: a few rows each.
+        # (Grouped over the jobs alone, SQLite, once analyzed, walks that index over
+        # every job to group them, or scans the table: the state index looks too coarse.)
+        w2 = W.alias("w2")
         per_worker = (
-            sa.select(J.c.worker_id, *(f.label(n) for f, n in zip(sums, names, strict=True)))
-            .where(is_active)
-            .group_by(J.c.worker_id)
+            sa.select(
+                w2.c.id.label("worker_id"),
+                *(f.label(n) for f, n in zip(sums, names, strict=True)),
+            )
+            .select_from(w2.join(J, sa.and_(J.c.worker_id == w2.c.id, is_active)))
+            .group_by(w2.c.id)
             .subquery("active_jobs")
         )
         source = source.outerjoin(per_worker, per_worker.c.worker_id == W.c.id)
