@@ -343,23 +343,39 @@ def _missing_label(request: resources.Request, labels: Sequence[Mapping[str, str
 
 
 def _class_summary_query() -> sa.Select[Any]:
-    every = (
-        _EVERYONE.where(W.c.worker_class_id == sa.bindparam("b_class")).order_by(None).subquery()
+    """One row about a class's workers: how many are online, how many of those enabled
+    ("ready"), their slots and the active jobs on them, a name of each kind."""
+    in_class = W.c.worker_class_id == sa.bindparam("b_class")
+    online = W.c.state == "online"
+    ready = sa.and_(online, W.c.enabled.is_(True))
+    w2 = W.alias("w2")
+    used = (
+        sa.select(sa.func.count())
+        .select_from(w2.join(J, J.c.worker_id == w2.c.id))
+        .where(
+            w2.c.worker_class_id == sa.bindparam("b_class"),
+            w2.c.state == "online",
+            w2.c.enabled.is_(True),
+            J.c.state.in_([s.value for s in jobs.ACTIVE]),
+        )
+        .scalar_subquery()
     )
-    ready = sa.and_(every.c.state == "online", every.c.enabled.is_(True))
-    online = every.c.state == "online"
 
     def total(when: Any, value: Any) -> Any:
         return sa.func.coalesce(sa.func.sum(sa.case((when, value), else_=0)), 0)
 
-    return sa.select(
-        total(online, 1).label("online"),
-        total(ready, 1).label("ready"),
-        total(ready, every.c.max_jobs).label("slots"),
-        total(ready, every.c.active).label("used"),
-        sa.func.min(sa.case((online, every.c.name))).label("a_name"),
-        sa.func.min(sa.case((ready, every.c.name))).label("ready_name"),
-        sa.func.min(every.c.worker_class).label("class_name"),
+    return (
+        sa.select(
+            total(online, 1).label("online"),
+            total(ready, 1).label("ready"),
+            total(ready, sa.func.coalesce(W.c.max_jobs, C.c.max_jobs)).label("slots"),
+            used.label("used"),
+            sa.func.min(sa.case((online, W.c.name))).label("a_name"),
+            sa.func.min(sa.case((ready, W.c.name))).label("ready_name"),
+            sa.func.min(C.c.name).label("class_name"),
+        )
+        .select_from(W.join(C, C.c.id == W.c.worker_class_id))
+        .where(in_class)
     )
 
 
@@ -605,7 +621,11 @@ def _candidates_query(*, grouped: bool) -> sa.Select[Any]:
 
 _ONLINE = (W.c.state == "online", W.c.enabled.is_(True))
 _EVERYONE = _candidates_query(grouped=True)
-_CANDIDATES = _EVERYONE.where(*_ONLINE)
+# Only workers with a free slot come back: a full class of 500 workers sends no rows.
+_CANDIDATES = _EVERYONE.where(
+    *_ONLINE,
+    sa.func.coalesce(_EVERYONE.selected_columns.active, 0) < _EVERYONE.selected_columns.max_jobs,
+)
 _ONE_CANDIDATE = _candidates_query(grouped=False).where(
     *_ONLINE, W.c.id == sa.bindparam("b_worker")
 )

@@ -5,6 +5,8 @@ ends failed "out of memory"."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -53,11 +55,33 @@ def test_jobs_land_where_they_fit(make_cluster: Factory) -> None:
     job = cluster.job(waiting["id"])
     assert job["state"] == "waiting"
     assert job["pending_reason"] == "needs 2 cpus; the most free is 0 on big"
+    # The command line submits requests, and shows why a job waits
+    cli = _cli(cluster, "submit", "--cpus", "2", "--memory", "512M", "--constraint", "ssd",
+               "--constraint", "os!=windows", "--", "true")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    from_cli = cluster.job(int(cli.stdout))
+    assert (from_cli["cpus"], from_cli["memory"]) == (2.0, 512 << 20)
+    assert from_cli["constraints"] == {"ssd": True, "os": "!windows"}
+    shown = _cli(cluster, "show", str(from_cli["id"]))
+    assert "needs 2 cpus; the most free is 0 on big" in shown.stdout, shown.stdout
+    assert "512 MiB" in shown.stdout
+    listed = _cli(cluster, "jobs", "--state", "waiting")
+    assert "the most free is 0 on big" in " ".join(listed.stdout.split()), listed.stdout
     # And a request no worker could ever meet is refused with the largest capacity
     r = cluster.api.post("/api/v1/jobs", json={"command": "true", "memory": "64G"})
     assert r.status_code == 422 and "8 GiB" in r.json()["message"]
     cluster.api.post(f"/api/v1/jobs/{hog['id']}/kill")
     assert cluster.wait_job(waiting["id"])["state"] == "done"
+    assert cluster.wait_job(from_cli["id"])["state"] == "done"
+
+
+def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**cluster.env, "JOBBALANCER_URL": cluster.url, "JOBBALANCER_API_KEY": cluster.key,
+           "COLUMNS": "250"}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "jobbalancer", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(

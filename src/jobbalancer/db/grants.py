@@ -41,7 +41,6 @@ JOB_COLUMNS = (
     "assigned_at",
     "started_at",
     "finished_at",
-    "pending_reason",
 )
 
 
