@@ -306,7 +306,14 @@ class JobProcess:
         finally:
             returncode = run.finish()
         self._outcome = _outcome(returncode, watch.reason)
-        if run.oom_kills and self._spec.memory and self._outcome.reason == "exited":
+        ended = self._outcome
+        # A process of it was killed for memory, and the job did not succeed anyway.
+        if (
+            run.oom_kills
+            and self._spec.memory
+            and ended.reason == "exited"
+            and ended.exit_code != 0
+        ):
             limit = _format_size(self._spec.memory)
             self._outcome = dataclasses.replace(
                 self._outcome, reason="out_of_memory", error=f"out of memory (limit {limit})"
