@@ -559,9 +559,9 @@ _QUEUE = (
 def _candidates_query(*, grouped: bool) -> sa.Select[Any]:
     """Workers with their slots and what their active jobs requested.
 
-    ``grouped``: the active jobs summed per worker and joined (a pass over many workers);
-    else one worker's (``b_worker``), summed in one aggregate by the (worker_id, state)
-    index.
+    ``grouped``: the active jobs summed once, grouped by worker, and joined (a pass over
+    many workers: one read of the active jobs instead of four per worker); else four
+    correlated subqueries (one worker: its own jobs only, by the (worker_id, state) index).
     """
     is_active = J.c.state.in_([s.value for s in jobs.ACTIVE])
     sums = (
@@ -592,14 +592,10 @@ def _candidates_query(*, grouped: bool) -> sa.Select[Any]:
             *(per_worker.c[n] for n in names[1:]),
         ]
     else:
-        # One worker (``b_worker``): its active jobs summed in one aggregate, one row.
-        own = (
-            sa.select(*(f.label(n) for f, n in zip(sums, names, strict=True)))
-            .where(J.c.worker_id == sa.bindparam("b_worker"), is_active)
-            .subquery("active_jobs")
-        )
-        source = source.join(own, sa.true())
-        used = [own.c[n] for n in names]
+        used = [
+            sa.select(f).where(J.c.worker_id == W.c.id, is_active).scalar_subquery().label(n)
+            for f, n in zip(sums, names, strict=True)
+        ]
     max_jobs = sa.func.coalesce(W.c.max_jobs, C.c.max_jobs)
     return (
         sa.select(
