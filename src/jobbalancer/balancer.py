@@ -271,7 +271,20 @@ _SET_CLASS_REASON = (
 )
 # The class-wide reason last written, per database and class: the leader's pass rewrites
 # a class's waiting jobs only when it changes (a new leader does it once).
-_class_reasons: dict[tuple[str, int], str | None] = {}
+_class_reasons: dict[tuple[str, int], tuple[str | None, int]] = {}
+# Jobs that came since (a retry, a restart, a job released from held): only those without
+# a reason, found from the last job id the pass saw, by the (state, id) index.
+_SET_NEW_REASON = (
+    sa.update(J)
+    .where(
+        J.c.state == jobs.State.WAITING.value,
+        J.c.id > sa.bindparam("b_after"),
+        J.c.worker_class_id == sa.bindparam("b_class"),
+        J.c.pending_reason.is_(None),
+    )
+    .values(pending_reason=sa.bindparam("b_reason"))
+)
+_LAST_JOB = sa.select(sa.func.max(J.c.id))
 
 
 def _explain_class(
@@ -286,12 +299,17 @@ def _explain_class(
     written to all its waiting jobs when it changed."""
     key = (conn.engine.url.render_as_string(hide_password=True), class_id)
     whole = None if any(c.usable for c in everyone) else class_reason(conn, class_id)
+    last = int(conn.execute(_LAST_JOB).scalar() or 0)
     if whole is not None:
-        if _class_reasons.get(key) != whole:
+        written, seen = _class_reasons.get(key, (None, -1))
+        if written != whole or seen < 0:
             conn.execute(_SET_CLASS_REASON, {"b_class": class_id, "b_reason": whole})
-        _class_reasons[key] = whole
+        else:
+            params = {"b_class": class_id, "b_reason": whole, "b_after": seen}
+            conn.execute(_SET_NEW_REASON, params)
+        _class_reasons[key] = (whole, last)
         return
-    _class_reasons[key] = None
+    _class_reasons[key] = (None, last)
     name = _class_name(conn, class_id, everyone)
     by_shape: dict[tuple[Any, ...], str] = {}
     for job in left:

@@ -190,3 +190,24 @@ def test_a_worker_takes_only_what_fits_its_free_resources_and_labels(
         job = get(engine, i)
         assert (job.state, job.worker_id, job.token) == (State.WAITING, None, None)
     assert used(engine)[w][0] == 4
+
+
+def test_jobs_that_come_without_a_reason_get_their_class_reason_on_the_next_pass(
+    engine: sa.Engine,
+) -> None:
+    # Given a full worker, and the leader's pass that wrote the class's reason
+    add_worker(engine, "w1", max_jobs=1)
+    submit(engine, spec())  # it takes the only slot
+    (first,) = submit(engine, spec())
+    with db.write(engine) as conn:
+        balancer.assign_waiting(conn)
+    full = "worker w1 of class default is full (1/1 slots)"
+    assert get(engine, first).pending_reason == full
+    # When a job comes another way than a submission (a retry, a restart: no reason yet)
+    with db.write(engine) as conn:
+        (later,) = jobs.create(conn, [spec()], None, None)
+    assert get(engine, later).pending_reason is None
+    # Then the next pass gives it the class's reason (the reason itself did not change)
+    with db.write(engine) as conn:
+        balancer.assign_waiting(conn)
+    assert get(engine, later).pending_reason == full
