@@ -502,7 +502,8 @@ def _free(capacity: resources.Capacity | None) -> dict[str, Any]:
     if capacity is None:
         return dict(_UNLIMITED)
     return {
-        "b_free_cpus": min(capacity.free_cpus, _UNLIMITED["b_free_cpus"]),
+        # As Capacity.fits: a hair of tolerance, so tenths of a CPU add up to a whole one.
+        "b_free_cpus": min(capacity.free_cpus + 1e-9, _UNLIMITED["b_free_cpus"]),
         "b_free_memory": int(min(capacity.free_memory, _UNLIMITED["b_free_memory"])),
         "b_free_gpus": int(min(capacity.free_gpus, _UNLIMITED["b_free_gpus"])),
     }
