@@ -41,7 +41,8 @@ def create_class(
 ) -> classes.WorkerClass:
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        return classes.create(conn, spec.name, spec.max_jobs, spec.description)
+        requests = spec.requests.stored() if spec.requests else None
+        return classes.create(conn, spec.name, spec.max_jobs, spec.description, requests=requests)
 
 
 def update_class(
@@ -78,6 +79,7 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
             spec.content,
             spec.description,
             parameters=_declared(spec.parameters),
+            requests=spec.requests.stored() if spec.requests else None,
         )
 
 

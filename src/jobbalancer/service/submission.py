@@ -28,10 +28,12 @@ from jobbalancer import (
     errors,
     jobs,
     notify,
+    resources,
     scriptparams,
     scripts,
     settings,
 )
+from jobbalancer.db import schema
 from jobbalancer.service import access, inputs
 from jobbalancer.service import secrets as secret_checks
 
@@ -191,11 +193,24 @@ class _Lookups:
         self._classes: dict[str | int, classes.WorkerClass] = {}
         self._scripts: dict[str | int, scripts.Script] = {}
         self.secrets = secret_checks.Checker(conn)
+        self._capacities: dict[int, list[resources.Capacity]] = {}
 
     def wclass(self, ref: str | int, field: str) -> classes.WorkerClass:
         if ref not in self._classes:
             self._classes[ref] = classes.find(self.conn, ref, field=field)
         return self._classes[ref]
+
+    def capacities(self, class_id: int) -> list[resources.Capacity]:
+        """What each worker of the class (online or known) has, to refuse what none has."""
+        if class_id not in self._capacities:
+            w = schema.workers
+            rows = self.conn.execute(
+                sa.select(w.c.cpus, w.c.memory, w.c.gpus).where(w.c.worker_class_id == class_id)
+            )
+            self._capacities[class_id] = [
+                resources.Capacity(r.cpus, r.memory, r.gpus) for r in rows
+            ]
+        return self._capacities[class_id]
 
     def script(self, ref: str | int, field: str) -> scripts.Script:
         if ref not in self._scripts:
@@ -230,10 +245,16 @@ def to_spec(
         retries=job.retries,
         workdir=job.workdir,
         notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
+        cpus=job.cpus or None,
+        memory=job.memory or None,
+        gpus=job.gpus or None,
+        constraints=job.constraints or None,
         **_timing(job, where),
     )
+    base = _with_defaults(base, job, wclass.requests)
     base = _with_secret_env(user, job, wclass, where, lookups, base)
     if job.command is not None:
+        _check_fits(lookups, wclass, base.request, where)
         if not user.commands_allowed:
             raise errors.Forbidden(
                 "you may run stored scripts only, not commands", field=f"{where}command"
@@ -249,6 +270,9 @@ def to_spec(
         return dataclasses.replace(base, command=job.command)
     assert job.script is not None
     script = lookups.script(job.script, f"{where}script")
+    # A script's default requests come before its class's.
+    base = _with_defaults(base, job, {**(wclass.requests or {}), **(script.requests or {})})
+    _check_fits(lookups, wclass, base.request, where)
     argv, secret_args = script_argv(script, job.params, where)
     spec = dataclasses.replace(
         base,
@@ -327,6 +351,41 @@ def check_secret_args(
     if spec.secret_args:
         fields = secret_checks.fields_of({}, spec.secret_args, where)
         lookups.secrets.check(user, wclass, fields)
+
+
+def _with_defaults(
+    spec: jobs.Spec, job: inputs.JobSubmit, defaults: Mapping[str, Any] | None
+) -> jobs.Spec:
+    """The spec with the default requests (a class's, a script's) for what the job does
+    not ask itself (a field it leaves out or null)."""
+    if not defaults:
+        return spec
+    given = {
+        "cpus": job.cpus,
+        "memory": job.memory,
+        "gpus": job.gpus,
+        "constraints": job.constraints,
+    }
+    taken = {k: v for k, v in defaults.items() if k in given and given[k] is None and v}
+    return dataclasses.replace(spec, **taken) if taken else spec
+
+
+def _check_fits(
+    lookups: _Lookups, wclass: classes.WorkerClass, request: resources.Request, where: str
+) -> None:
+    """InvalidInput when no worker of the class, online or known, could ever run the
+    request; while some could, the job waits for room."""
+    if not (request.cpus or request.memory or request.gpus):
+        return
+    why = resources.too_big(request, lookups.capacities(wclass.id))
+    if why is not None:
+        field = next(n for n in ("memory", "cpus", "gpus") if getattr(request, n))
+        for name in ("cpus", "memory", "gpus"):
+            if name in why.split(";")[0]:
+                field = name
+        raise errors.InvalidInput(
+            f"{where}{field}: {why} in class {wclass.name}", field=f"{where}{field}"
+        )
 
 
 def _class_for(
