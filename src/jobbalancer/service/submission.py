@@ -259,8 +259,17 @@ def to_spec(
         params=tuple(argv),
         secret_args=secret_args,
     )
-    check_secret_args(user, spec, wclass, where, lookups)  # typed `secret` parameters
+    # Typed `secret` parameters, each named as the other params errors name it.
+    check_secret_args(user, spec, wclass, where, lookups, _secret_arg_fields(script, job, where))
     return spec
+
+
+def _secret_arg_fields(script: scripts.Script, job: inputs.JobSubmit, where: str) -> dict[int, str]:
+    """The field of each ``secret_args`` index, for messages: ``params.password`` when
+    given by name, ``params.1`` by position (as ``scriptparams.resolve_params`` names them)."""
+    if isinstance(job.params, dict):
+        return {i: f"{where}params.{p.name}" for i, p in enumerate(script.parameters)}
+    return {i: f"{where}params.{i}" for i in range(len(script.parameters))}
 
 
 def script_argv(
@@ -321,12 +330,20 @@ def _with_secret_env(
 
 
 def check_secret_args(
-    user: auth.User, spec: jobs.Spec, wclass: classes.WorkerClass, where: str, lookups: _Lookups
+    user: auth.User,
+    spec: jobs.Spec,
+    wclass: classes.WorkerClass,
+    where: str,
+    lookups: _Lookups,
+    fields: Mapping[int, str] | None = None,
 ) -> None:
-    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above."""
+    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above,
+    an error naming the field ``fields`` gives its index (else ``params.<index>``)."""
     if spec.secret_args:
-        fields = secret_checks.fields_of({}, spec.secret_args, where)
-        lookups.secrets.check(user, wclass, fields)
+        named = secret_checks.fields_of({}, spec.secret_args, where)
+        if fields:
+            named = {fields.get(i, f"{where}params.{i}"): n for i, n in spec.secret_args.items()}
+        lookups.secrets.check(user, wclass, named)
 
 
 def _class_for(
