@@ -149,10 +149,11 @@ def test_a_secret_parameter_names_a_secret_the_submitter_may_use(api: Api) -> No
         "/api/v1/jobs", json={"script": "backup", "params": {"host": "h", "password": "db"}}
     )
     assert r.status_code == 422 and r.json()["field"] == "params.password", r.text
-    assert "secret 'db' does not exist" in r.json()["message"]
+    assert r.json()["message"].startswith("params.password: secret 'db' does not exist")
     # By position: named by its place, as the other params errors are.
     r = api.admin.post("/api/v1/jobs", json={"script": "backup", "params": ["h", "db"]})
     assert r.status_code == 422 and r.json()["field"] == "params.1", r.text
+    assert r.json()["message"].startswith("params.1 (password): secret 'db'")
     # In a batch: the job's index before it.
     batch = {"jobs": [{"script": "backup", "params": {"host": "h", "password": "db"}}]}
     r = api.admin.post("/api/v1/jobs/batch", json=batch)

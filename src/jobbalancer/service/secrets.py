@@ -151,19 +151,24 @@ class Checker:
         user: auth.User,
         wclass: classes.WorkerClass | str,
         named: Mapping[str, str],
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """Each secret ``named`` (by field) exists, ``user`` may use it, and so may jobs
-        of the class. A secret the user may not use is one that does not exist for them."""
+        of the class. A secret the user may not use is one that does not exist for them.
+        ``labels``: a field's name at the start of its message (typed parameters, as the
+        other parameter errors: ``params.token: secret 'x' …``)."""
         class_name = wclass if isinstance(wclass, str) else wclass.name
         for field, name in named.items():
+            label = f"{labels[field]}: " if labels and field in labels else ""
             secret = self.secret(name)
             if secret is None or not secret.allows_user(user.id):
                 raise errors.InvalidInput(
-                    f"secret {name!r} does not exist, or you may not use it", field=field
+                    f"{label}secret {name!r} does not exist, or you may not use it", field=field
                 )
             if not secret.allows_class(class_name):
                 raise errors.Forbidden(
-                    f"secret {name!r} may not be used by jobs of worker class {class_name!r}",
+                    f"{label}secret {name!r} may not be used by jobs of worker class "
+                    f"{class_name!r}",
                     field=field,
                 )
 

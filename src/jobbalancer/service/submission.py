@@ -264,12 +264,18 @@ def to_spec(
     return spec
 
 
-def _secret_arg_fields(script: scripts.Script, job: inputs.JobSubmit, where: str) -> dict[int, str]:
-    """The field of each ``secret_args`` index, for messages: ``params.password`` when
-    given by name, ``params.1`` by position (as ``scriptparams.resolve_params`` names them)."""
+def _secret_arg_fields(
+    script: scripts.Script, job: inputs.JobSubmit, where: str
+) -> dict[int, tuple[str, str]]:
+    """The field and label of each ``secret_args`` index, for messages: ``params.token``
+    when given by name, ``params.1`` (label ``params.1 (token)``) by position, as
+    ``scriptparams.resolve_params`` names them."""
     if isinstance(job.params, dict):
-        return {i: f"{where}params.{p.name}" for i, p in enumerate(script.parameters)}
-    return {i: f"{where}params.{i}" for i in range(len(script.parameters))}
+        return {i: (f"{where}params.{p.name}",) * 2 for i, p in enumerate(script.parameters)}
+    return {
+        i: (f"{where}params.{i}", f"{where}params.{i} ({p.name})")
+        for i, p in enumerate(script.parameters)
+    }
 
 
 def script_argv(
@@ -335,15 +341,18 @@ def check_secret_args(
     wclass: classes.WorkerClass,
     where: str,
     lookups: _Lookups,
-    fields: Mapping[int, str] | None = None,
+    fields: Mapping[int, tuple[str, str]] | None = None,
 ) -> None:
-    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above,
-    an error naming the field ``fields`` gives its index (else ``params.<index>``)."""
-    if spec.secret_args:
-        named = secret_checks.fields_of({}, spec.secret_args, where)
-        if fields:
-            named = {fields.get(i, f"{where}params.{i}"): n for i, n in spec.secret_args.items()}
-        lookups.secrets.check(user, wclass, named)
+    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above, an
+    error naming the (field, label) ``fields`` gives its index (else ``params.<index>``)."""
+    if not spec.secret_args:
+        return
+    if not fields:
+        lookups.secrets.check(user, wclass, secret_checks.fields_of({}, spec.secret_args, where))
+        return
+    named = {fields[i][0]: name for i, name in spec.secret_args.items()}
+    labels = {fields[i][0]: fields[i][1] for i in spec.secret_args}
+    lookups.secrets.check(user, wclass, named, labels)
 
 
 def _class_for(
