@@ -559,7 +559,7 @@ class Secret(BaseModel):
     description: str
     worker_classes: list[str] | None = Field(description="Classes that may use it; null: any.")
     users: list[str] | None = Field(
-        description="Users who may use it (admins always may); null: anyone. Shown to admins "
+        description="Users whose jobs may use it (admins too); null: anyone. Shown to admins "
         "and operators (null to others, who see only the secrets they may use)."
     )
     created_at: Time
