@@ -178,7 +178,7 @@ def test_submit_checks_the_rights(api: Api) -> None:
 
 
 def test_a_restart_checks_again(api: Api) -> None:
-    _, alice = api.user("alice")
+    alice_id, alice = api.user("alice")
     api.worker("w1")
     make(api, users=["alice"])
     job = submit(api.client(alice), command="true", secret_env={"P": "prod-db"})
@@ -186,6 +186,12 @@ def test_a_restart_checks_again(api: Api) -> None:
     api.admin.patch(f"{SECRETS}/prod-db", json={"users": []})
     r = api.client(alice).post(f"/api/v1/jobs/{job['id']}/restart")
     assert r.status_code == 422 and "prod-db" in r.json()["message"]
+    # An owner disabled since: an operator's restart is refused (the worker would refuse
+    # the new job its secrets anyway).
+    api.admin.patch(f"{SECRETS}/prod-db", json={"users": ["alice"]})
+    api.admin.patch(f"/api/v1/users/{alice_id}", json={"disabled": True})
+    r = api.admin.post(f"/api/v1/jobs/{job['id']}/restart")
+    assert r.status_code == 409 and "is disabled" in r.json()["message"], r.text
 
 
 def test_no_key_means_no_secrets_but_a_clear_503(api: Api) -> None:

@@ -192,8 +192,8 @@ def check_env_names(env: Mapping[str, str], secret_env: Mapping[str, str], where
 
 
 def check_rerun(conn: sa.Connection, job: jobs.Job) -> None:
-    """A restart runs as the job's owner: they (still there) and the class must still be
-    allowed the secrets it names (the worker checks again at the start)."""
+    """A restart runs as the job's owner: they (still there and enabled) and the class must
+    still be allowed the secrets it names (the worker checks again at the start)."""
     if not job.secret_env and not job.secret_args:
         return
     try:
@@ -202,4 +202,9 @@ def check_rerun(conn: sa.Connection, job: jobs.Job) -> None:
         raise errors.Conflict(
             f"job {job.id} uses secrets and its owner was deleted: it cannot be restarted"
         ) from None
+    if owner.disabled:  # the worker would refuse it its secrets (vault.resolve)
+        raise errors.Conflict(
+            f"job {job.id} uses secrets and its owner {owner.name!r} is disabled: it cannot "
+            "be restarted"
+        )
     Checker(conn).check(owner, job.worker_class, fields_of(job.secret_env, job.secret_args))
