@@ -171,6 +171,18 @@ def test_multibyte_values_split_inside_a_character() -> None:
         assert mask_split(text, ["sécret"], [cut]) == "clé: ****!".encode()
 
 
+def test_a_value_of_several_lines_is_also_masked_line_by_line() -> None:
+    pem = "-----BEGIN KEY-----\r\nMIIEvQIBADANBgkq\nhkiG9w0BAQEFAASC\nab\n-----END KEY-----"
+    assert mask_whole(pem.encode() + b"\n", [pem]) == b"****\n"  # whole: one mask
+    # Printed in part (head -n 2), each long line is masked, split or not.
+    part = b"-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n"
+    assert mask_whole(part, [pem]) == b"****\n****\n"
+    for cut in range(len(part) + 1):
+        assert mask_split(part, [pem], [cut]) == b"****\n****\n"
+    # A short line ("ab") is common text: not masked on its own.
+    assert mask_whole(b"ab cd\n", [pem]) == b"ab cd\n"
+
+
 def test_no_values_pass_everything_through() -> None:
     m = Masker([])
     assert m.feed(b"abc") == b"abc" and m.flush() == b""
