@@ -96,6 +96,25 @@ def test_the_key_file_is_made_once_with_mode_0600(tmp_path: Path) -> None:
         vault.load_key("", path)
 
 
+def test_two_processes_making_the_key_file_at_once_get_the_same_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secret.key"
+    real_link = os.link
+
+    def other_first(src: str, dst: str) -> None:  # another server links its file first
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, (vault.new_key_text() + "\n").encode())
+            os.close(fd)
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", other_first)
+    key, made = vault.ensure_key_file("", path)
+    assert not made and key.raw == vault.load_key("", path).raw  # type: ignore[union-attr]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]  # no draft left
+
+
 def test_the_variable_wins_over_the_file(tmp_path: Path) -> None:
     text = vault.new_key_text()
     path = tmp_path / "secret.key"
