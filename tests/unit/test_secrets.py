@@ -115,6 +115,20 @@ def test_two_processes_making_the_key_file_at_once_get_the_same_key(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]  # no draft left
 
 
+def test_without_hard_links_the_key_file_is_made_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "secret.key"
+    key, made = vault.ensure_key_file("", path)
+    assert made and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert vault.load_key("", path) == key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]
+
+
 def test_the_variable_wins_over_the_file(tmp_path: Path) -> None:
     text = vault.new_key_text()
     path = tmp_path / "secret.key"
