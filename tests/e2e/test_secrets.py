@@ -135,3 +135,35 @@ def test_a_worker_without_the_key_fails_the_job_and_never_runs_it(
     logs = {p.name: p.log() for p in cluster.procs}
     assert "jobs that use secrets fail on this worker" in logs["w-nokey"]
     assert "is not the server's" in logs["w-other"]
+
+
+def test_a_disabled_owners_queued_job_gets_no_secret(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster("sqlite")
+    r = cluster.api.post("/api/v1/users", json={"name": "alice", "role": "submitter"})
+    assert r.status_code == 201, r.text
+    alice_id = r.json()["id"]
+    key = cluster.api.post(f"/api/v1/users/{alice_id}/api-keys", json={"name": "k"}).json()["key"]
+    assert cluster.api.post("/api/v1/worker-classes", json={"name": "later"}).status_code == 201
+    r = cluster.api.post("/api/v1/secrets", json={"name": "prod-db", "value": VALUE})
+    assert r.status_code == 201, r.text
+    marker = cluster.tmp / "ran"
+    # Queued (no worker of its class yet) by alice, who is then disabled.
+    r = cluster.api.post(
+        "/api/v1/jobs",
+        json={"command": f"touch {marker}", "worker_class": "later",
+              "secret_env": {"P": "prod-db"}},
+        headers={"Authorization": f"Bearer {key}"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    r = cluster.api.patch(f"/api/v1/users/{alice_id}", json={"disabled": True})
+    assert r.status_code == 200, r.text
+    cluster.start_worker("w", "--class", "later", "--allow-root")
+
+    failed = cluster.wait_job(job_id)
+
+    assert failed["state"] == "failed", failed
+    assert "owner is disabled" in failed["error"], failed["error"]
+    assert not marker.exists()  # never started without its secret
