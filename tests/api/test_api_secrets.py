@@ -117,7 +117,9 @@ def test_only_admins_manage_others_see_what_they_may_use(api: Api) -> None:
         assert c.delete(f"{SECRETS}/prod-db").status_code == 403
 
     seen = {s["name"]: s for s in api.client(alice).get(SECRETS).json()}
-    assert set(seen) == {"open", "prod-db"} and seen["prod-db"]["users"] is None
+    # Limited: alice sees herself in it (never the others), so it never reads as "anyone".
+    assert set(seen) == {"open", "prod-db"} and seen["prod-db"]["users"] == ["alice"]
+    assert seen["open"]["users"] is None
     assert [s["name"] for s in api.client(bob).get(SECRETS).json()] == ["open"]
     assert api.client(bob).get(f"{SECRETS}/prod-db").status_code == 404
     by_operator = {s["name"]: s for s in api.client(oper).get(SECRETS).json()}
