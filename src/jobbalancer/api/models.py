@@ -627,8 +627,9 @@ class Secret(BaseModel):
     description: str
     worker_classes: list[str] | None = Field(description="Classes that may use it; null: any.")
     users: list[str] | None = Field(
-        description="Users who may use it (admins always may); null: anyone. Shown to admins "
-        "and operators (null to others, who see only the secrets they may use)."
+        description="Users whose jobs may use it (admins too); null: anyone. Shown whole to "
+        "admins and operators; others, who see only the secrets they may use, see their own "
+        "name in it when it is limited."
     )
     created_at: Time
     created_by: str | None
@@ -641,7 +642,15 @@ class Secret(BaseModel):
         return cls(
             id=s.id, name=s.name, description=s.description,
             worker_classes=None if s.worker_classes is None else list(s.worker_classes),
-            users=list(s.user_names) if sees_users and s.user_names is not None else None,
+            users=_secret_users(s, viewer, sees_users),
             created_at=s.created_at, created_by=s.created_by,
             updated_at=s.updated_at, updated_by=s.updated_by,
         )  # fmt: skip
+
+
+def _secret_users(s: vault.Secret, viewer: auth.User, sees_all: bool) -> list[str] | None:
+    """A secret's users as ``viewer`` may see them: all (admins, operators), else only
+    themselves (a limited secret they may use), so a limit never reads as "anyone"."""
+    if s.user_names is None:
+        return None
+    return list(s.user_names) if sees_all else [viewer.name]

@@ -830,7 +830,7 @@ class SecretIn(Input):
     users: list[NameOrId] | None = Field(
         None,
         max_length=10_000,
-        description="Users whose jobs may use it (admins always may); null: anyone who submits.",
+        description="Users whose jobs may use it (admins too); null: anyone who submits.",
     )
 
 

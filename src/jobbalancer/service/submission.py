@@ -283,8 +283,23 @@ def to_spec(
         params=tuple(argv),
         secret_args=secret_args,
     )
-    check_secret_args(user, spec, wclass, where, lookups)  # typed `secret` parameters
+    # Typed `secret` parameters, each named as the other params errors name it.
+    check_secret_args(user, spec, wclass, where, lookups, _secret_arg_fields(script, job, where))
     return spec
+
+
+def _secret_arg_fields(
+    script: scripts.Script, job: inputs.JobSubmit, where: str
+) -> dict[int, tuple[str, str]]:
+    """The field and label of each ``secret_args`` index, for messages: ``params.token``
+    when given by name, ``params.1`` (label ``params.1 (token)``) by position, as
+    ``scriptparams.resolve_params`` names them."""
+    if isinstance(job.params, dict):
+        return {i: (f"{where}params.{p.name}",) * 2 for i, p in enumerate(script.parameters)}
+    return {
+        i: (f"{where}params.{i}", f"{where}params.{i} ({p.name})")
+        for i, p in enumerate(script.parameters)
+    }
 
 
 def script_argv(
@@ -345,12 +360,23 @@ def _with_secret_env(
 
 
 def check_secret_args(
-    user: auth.User, spec: jobs.Spec, wclass: classes.WorkerClass, where: str, lookups: _Lookups
+    user: auth.User,
+    spec: jobs.Spec,
+    wclass: classes.WorkerClass,
+    where: str,
+    lookups: _Lookups,
+    fields: Mapping[int, tuple[str, str]] | None = None,
 ) -> None:
-    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above."""
-    if spec.secret_args:
-        fields = secret_checks.fields_of({}, spec.secret_args, where)
-        lookups.secrets.check(user, wclass, fields)
+    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above, an
+    error naming the (field, label) ``fields`` gives its index (else ``params.<index>``)."""
+    if not spec.secret_args:
+        return
+    if not fields:
+        lookups.secrets.check(user, wclass, secret_checks.fields_of({}, spec.secret_args, where))
+        return
+    named = {fields[i][0]: name for i, name in spec.secret_args.items()}
+    labels = {fields[i][0]: fields[i][1] for i in spec.secret_args}
+    lookups.secrets.check(user, wclass, named, labels)
 
 
 def _with_defaults(
