@@ -187,28 +187,44 @@ def capacity(conn: sa.Connection) -> list[Capacity]:
 
 @dataclass(frozen=True)
 class Queue:
-    """A class's waiting jobs: how many, and the submit time of the oldest (None: none)."""
+    """A class's waiting jobs: how many, and when the one waiting longest could first
+    start (None: none waits)."""
 
     worker_class: str
     waiting: int
     oldest: datetime | None
 
 
+# When a job could first start: its submit, or its not_before if later (a job that started
+# later, a retry that waited), as jobbalancer.tally counts its wait.
+_READY = sa.type_coerce(
+    sa.case(
+        (sa.and_(J.c.not_before.is_not(None), J.c.not_before > J.c.created_at), J.c.not_before),
+        else_=J.c.created_at,
+    ),
+    db.types.UTCDateTime(),
+)
+
+
 def queues(conn: sa.Connection) -> list[Queue]:
-    """Every class's queue: a count and a minimum over the queue's index, then the oldest
-    job's submit time by its id (ids grow with submission)."""
+    """Every class's queue: a count of its waiting jobs and the earliest time one of them
+    could start (a job released from ``delayed`` has waited since its not_before, not
+    since its submit): one pass over the waiting jobs."""
     C = schema.worker_classes
     waiting = (
-        sa.select(J.c.worker_class_id, sa.func.count().label("n"), sa.func.min(J.c.id).label("id"))
+        sa.select(
+            J.c.worker_class_id,
+            sa.func.count().label("n"),
+            sa.type_coerce(sa.func.min(_READY), db.types.UTCDateTime()).label("oldest"),
+        )
         .where(J.c.state == jobs.State.WAITING.value)
         .group_by(J.c.worker_class_id)
         .subquery()
     )
     query = (
-        sa.select(C.c.name, waiting.c.n, J.c.created_at)
+        sa.select(C.c.name, waiting.c.n, waiting.c.oldest)
         .select_from(C)
         .outerjoin(waiting, waiting.c.worker_class_id == C.c.id)
-        .outerjoin(J, J.c.id == waiting.c.id)
         .order_by(C.c.name)
     )
-    return [Queue(str(name), int(n or 0), created) for name, n, created in conn.execute(query)]
+    return [Queue(str(name), int(n or 0), oldest) for name, n, oldest in conn.execute(query)]

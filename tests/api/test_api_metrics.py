@@ -163,3 +163,33 @@ def test_a_scrape_waits_for_sqlites_write_lock_a_bounded_time(api: Api) -> None:
             assert value(s, "jobbalancer_jobs", state="waiting") == 0
     finally:
         other.dispose()
+
+
+def test_a_released_delayed_job_waits_in_the_queue_from_its_not_before(api: Api) -> None:
+    """Submitted an hour ago to start 30 s ago: it has waited 30 s, not an hour; the
+    histogram of its wait, once it starts, says the same."""
+    later = submit(api.admin, command="a", delay=3600)["id"]
+    with db.write(api.engine) as conn:  # as if submitted an hour ago, released by the leader
+        now = db.now(conn)
+        conn.execute(
+            sa.update(schema.jobs)
+            .where(schema.jobs.c.id == later)
+            .values(
+                state=jobs.State.WAITING.value,
+                created_at=now - timedelta(hours=1),
+                not_before=now - timedelta(seconds=30),
+            )
+        )
+    s = scrape(api.admin)
+    assert value(s, "jobbalancer_queue_waiting", **{"class": "default"}) == 1
+    assert 30 <= value(s, "jobbalancer_queue_oldest_seconds", **{"class": "default"}) < 600
+    # A job submitted 100 s ago with no delay has waited longer: it is the oldest.
+    plain = submit(api.admin, command="b")["id"]
+    with db.write(api.engine) as conn:
+        conn.execute(
+            sa.update(schema.jobs)
+            .where(schema.jobs.c.id == plain)
+            .values(created_at=db.now(conn) - timedelta(seconds=100))
+        )
+    s = scrape(api.admin)
+    assert 100 <= value(s, "jobbalancer_queue_oldest_seconds", **{"class": "default"}) < 600

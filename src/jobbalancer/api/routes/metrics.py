@@ -136,7 +136,8 @@ class DatabaseCollector(Collector):
         )
         oldest = GaugeMetricFamily(
             "jobbalancer_queue_oldest_seconds",
-            "Seconds since the oldest waiting job of the class was submitted (0: none waits).",
+            "Seconds the longest waiting job of the class has waited since it could start "
+            "(its submit, or its not_before if later; 0: none waits).",
             labels=["class"],
         )
         for q in queues:
