@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobbalancer import db, jobs, tally
+from jobbalancer.api.routes import metrics
 from jobbalancer.app import create_app
 from jobbalancer.db import schema
 from jobbalancer.settings import ServerSettings, Settings
@@ -143,7 +144,9 @@ def test_a_scrape_answers_when_the_tallies_cannot_be_written(
     assert "tallies were not brought up to date" in caplog.text
 
 
-def test_a_scrape_waits_for_sqlites_write_lock_a_bounded_time(api: Api) -> None:
+def test_a_scrape_waits_for_sqlites_write_lock_a_bounded_time(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fold's write transaction gives up on SQLite's write lock after its wait (the
     scrape answers anyway, above); on PostgreSQL and MariaDB the wait is not needed (a
     fold in progress elsewhere is skipped, tests/backends/test_tally.py)."""
@@ -151,6 +154,7 @@ def test_a_scrape_waits_for_sqlites_write_lock_a_bounded_time(api: Api) -> None:
         with db.write(api.engine, wait=0.05) as conn:  # an option SQLite alone reads
             assert db.now(conn) is not None
         return
+    monkeypatch.setattr(metrics, "FOLD_WAIT", 0.05)
     url = api.engine.url.render_as_string(hide_password=False)
     other = db.connect(url)
     try:
