@@ -189,6 +189,23 @@ def test_overlap_replace_kills_the_previous_run(bench: Bench) -> None:
     assert second.state == jobs.State.WAITING
 
 
+def test_a_job_body_with_a_delay_fires_delayed_and_replace_kills_it(bench: Bench) -> None:
+    """Each firing starts the job ``delay`` seconds after it (by the database's clock); a
+    replaced run that still waits is killed and ended (its finished_at set)."""
+    s = bench.add(overlap="replace", job={"command": "true", "delay": 3600})
+    bench.at(minutes(1))
+    [first] = bench.jobs_of(s.id)
+    assert first.state == jobs.State.DELAYED and first.not_before is not None
+    with db.read(bench.engine) as conn:
+        left = (first.not_before - db.now(conn)).total_seconds()
+    assert 3500 < left <= 3600
+    bench.at(minutes(2))
+    first, second = bench.jobs_of(s.id)
+    assert (first.state, first.started_at) == (jobs.State.KILLED, None)
+    assert first.finished_at is not None
+    assert second.state == jobs.State.DELAYED and second.not_before is not None
+
+
 # -- catch-up after no server ran ---------------------------------------------------------
 
 

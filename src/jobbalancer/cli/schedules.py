@@ -22,15 +22,22 @@ from jobbalancer.cli.base import (
 from jobbalancer.cli.submit import (
     ClassOpt,
     EnvOpt,
+    InOpt,
     LabelOpt,
     NotifyOpt,
     ParamOpt,
     PriorityOpt,
     RealtimeOpt,
     RetriesOpt,
+    RetryBackoffOpt,
+    RetryDelayOpt,
+    RetryJitterOpt,
+    RetryMaxDelayOpt,
+    RetryOnOpt,
     ScriptOpt,
     WatchdogOpt,
     WorkdirOpt,
+    later_spec,
     notify_rules,
     submit_spec,
 )
@@ -165,13 +172,22 @@ def add(
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
+    in_: InOpt = None,
+    retry_delay: RetryDelayOpt = None,
+    retry_backoff: RetryBackoffOpt = None,
+    retry_max_delay: RetryMaxDelayOpt = None,
+    retry_jitter: RetryJitterOpt = None,
+    retry_on: RetryOnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a schedule: `jobbalancer schedules add NAME --cron '*/15 * * * *' --tz
     Europe/Berlin SUBMIT-OPTIONS -- CMD ARGS…` (or --script NAME -p P).
 
-    Its jobs run as you, with your rights at each firing. Prints the next runs.
+    Its jobs run as you, with your rights at each firing. Prints the next runs. --in
+    starts each occurrence's job that long after its fire time.
     """
+    later = later_spec(None, in_, retry_delay, retry_backoff, retry_max_delay, retry_jitter,
+                       retry_on)  # fmt: skip
     job = submit_spec(command or [], script, param or [], env or [], label or [])
     optional: dict[str, Any] = {
         "watchdog": watchdog or None,
@@ -181,6 +197,7 @@ def add(
         "retries": retries,
         "workdir": workdir,
         "notify": notify_rules(notify or []),
+        **later,
     }
     job.update({k: v for k, v in optional.items() if v})
     job = {k: v for k, v in job.items() if v or k in ("command", "script")}

@@ -309,9 +309,13 @@ def _apply_overlap(
 
 
 def _kill(conn: sa.Connection, unfinished: list[tuple[int, jobs.State]]) -> None:
-    # The lock order of a kill (service/job_actions.kill): a held or waiting job's row is
-    # the balancer's, so the assign lock first; a running one's is its worker's.
-    if any(state in (jobs.State.HELD, jobs.State.WAITING) for _, state in unfinished):
+    # The lock order of a kill (service/job_actions.kill): a held, delayed or waiting job's
+    # row is the balancer's (the leader releases delayed ones under the assign lock), so
+    # the assign lock first; a running one's is its worker's.
+    if any(
+        state in (jobs.State.HELD, jobs.State.DELAYED, jobs.State.WAITING)
+        for _, state in unfinished
+    ):
         db.lock_row(conn, "assign")
     for job_id, _ in unfinished:
         jobs.request_kill(conn, job_id)

@@ -230,6 +230,12 @@ def _stored_job(job: inputs.JobSubmit) -> dict[str, Any]:
             "'queue' makes a run wait for the previous one)",
             field="job.after",
         )
+    if job.not_before is not None:  # each occurrence's job would wait for that one time
+        raise errors.InvalidInput(
+            "job.not_before: a schedule's job starts at each fire time, not at one fixed "
+            "time; give job.delay (seconds after the fire time) instead",
+            field="job.not_before",
+        )
     return job.model_dump(mode="json", exclude_unset=True)
 
 
