@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, db, jobs, schedules
+from jobbalancer import auth, classes, db, jobs, schedules
 from jobbalancer.db import schema
 from jobbalancer.service import access, firing, inputs, job_actions
 from jobbalancer.service import schedules as service
@@ -265,6 +265,89 @@ def test_a_scripts_only_owner_cannot_fire_a_command(bench: Bench) -> None:
     assert occ.reason == "the job is refused: you may run stored scripts only, not commands"
 
 
+def test_schedules_due_at_once_fire_together_and_each_refusal_stays_its_own(
+    bench: Bench,
+) -> None:
+    """One owner's jobs due at one instant go in one submission; when one of them is
+    refused, the others still fire and the refusal is recorded on its occurrence only.
+    Another owner's disabled account skips theirs alone."""
+    with db.write(bench.engine) as conn:
+        classes.create(conn, "gpu")
+    bob = bench.user("bob")
+    mine = [bench.add(f"s{i}", overlap="allow") for i in range(5)]
+    lost = bench.add("on-gpu", overlap="allow", job={"command": "true", "worker_class": "gpu"})
+    theirs = service.create(
+        bench.engine, bob,
+        inputs.ScheduleIn.model_validate({"name": "bobs", "cron": "* * * * *",
+                                          "job": {"command": "true"}}),
+        now=bench.clock.now,
+    )  # fmt: skip
+    assert bench.at(minutes(1)) == 7
+    assert all(len(bench.jobs_of(s.id)) == 1 for s in [*mine, theirs])
+    bench.set_user(bench.owner.id, worker_classes=["default"])
+    bench.set_user(bob.id, disabled=True)
+    assert bench.at(minutes(2)) == 7
+    assert all(len(bench.jobs_of(s.id)) == 2 for s in mine)
+    assert all(o.job_id is not None for s in mine for o in bench.occurrences(s.id))
+    refused = bench.occurrences(lost.id)[1]
+    assert refused.reason_code == "refused" and "'gpu'" in (refused.reason or "")
+    assert bench.occurrences(theirs.id)[1].reason == "owner bob disabled"
+    with db.read(bench.engine) as conn:
+        counted = schedules.counters(conn)
+    assert (counted["fired"], counted["skipped:refused"], counted["skipped:owner"]) == (12, 1, 1)
+
+
+def test_two_occurrences_due_in_one_tick_see_each_other(bench: Bench) -> None:
+    """A tick that finds two occurrences of a schedule (and of another) decides them in
+    order: under overlap skip the first fires and the second sees it running."""
+    s = bench.add("skips")
+    other = bench.add("allows", overlap="allow")
+    assert bench.at(minutes(2)) == 2
+    first, second = bench.occurrences(s.id)
+    [job] = bench.jobs_of(s.id)
+    assert first.job_id == job.id
+    assert second.reason == f"previous run {job.id} still waiting"
+    assert len(bench.jobs_of(other.id)) == 2
+
+
+def test_history_pages_in_its_own_order(bench: Bench) -> None:
+    """A run now recorded before an occurrence of an earlier time: the history is by
+    fire time, and its pages follow that order, not the ids."""
+    s = bench.add(overlap="allow")
+    run = service.run_now(bench.engine, access.LOCAL, s.name, now=minutes(10))
+    bench.at(minutes(1))
+    bench.at(minutes(2))
+    newest = service.history(bench.engine, access.LOCAL, s.name, limit=1)
+    assert [o.id for o in newest] == [run.id]
+    rest = service.history(bench.engine, access.LOCAL, s.name, limit=5, before=run.id)
+    assert [o.fire_at for o in rest] == [minutes(2), minutes(1)]
+    assert all(o.id > run.id for o in rest)
+    last = service.history(bench.engine, access.LOCAL, s.name, before=rest[-1].id)
+    assert last == []
+    other = bench.add("other")
+    assert service.history(bench.engine, access.LOCAL, other.id, before=run.id) == []
+
+
+def test_upcoming_is_the_soonest_runs_a_user_may_see(bench: Bench) -> None:
+    bob = bench.user("bob")
+    bench.add("hourly", cron="0 * * * *")
+    bench.add("minutely", cron="* * * * *")
+    bench.add("paused", cron="* * * * * *", enabled=False)
+    bench.add("daily", cron="0 0 * * *")
+    service.create(
+        bench.engine, bob,
+        inputs.ScheduleIn.model_validate({"name": "bobs", "cron": "*/30 * * * * *",
+                                          "job": {"command": "true"}}),
+        now=bench.clock.now,
+    )  # fmt: skip
+    names = [s.name for s, _ in service.upcoming(bench.engine, access.LOCAL, limit=3)]
+    assert names == ["bobs", "minutely", "hourly"]
+    mine = service.upcoming(bench.engine, bench.owner, limit=5)
+    assert [(s.name, at) for s, at in mine] == [
+        ("minutely", minutes(1)), ("hourly", minutes(60)), ("daily", minutes(12 * 60)),
+    ]  # fmt: skip
+
+
 def test_run_now_fires_as_the_owner_and_is_recorded_manual(bench: Bench) -> None:
     s = bench.add()
     occ = service.run_now(bench.engine, access.LOCAL, s.name, now=T0)
@@ -321,18 +404,18 @@ def test_a_schedule_that_fails_to_fire_does_not_hold_up_the_others(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad, good = bench.add("bad", overlap="allow"), bench.add("good", overlap="allow")
-    real = firing._fire
+    real = firing.job_body
 
-    def broken(conn: sa.Connection, schedule: schedules.Schedule, *args: Any) -> None:
+    def broken(schedule: schedules.Schedule) -> inputs.JobSubmit:
         if schedule.id == bad.id:
             raise RuntimeError("a bug")
-        real(conn, schedule, *args)
+        return real(schedule)
 
-    monkeypatch.setattr(firing, "_fire", broken)
+    monkeypatch.setattr(firing, "job_body", broken)
     bench.at(minutes(1))
     assert len(bench.jobs_of(good.id)) == 1
     assert bench.occurrences(bad.id) == []  # rolled back: tried again next tick
-    monkeypatch.setattr(firing, "_fire", real)
+    monkeypatch.setattr(firing, "job_body", real)
     bench.at(minutes(1) + timedelta(seconds=1))
     assert [o.fire_at for o in bench.occurrences(bad.id)] == [minutes(1)]
 
