@@ -432,3 +432,29 @@ def test_a_retry_is_the_same_run_of_its_schedule(bench: Bench) -> None:
     assert (retry.retry_of, retry.state) == (first.id, jobs.State.WAITING)
     bench.at(minutes(2))  # overlap skip: the retry is the previous run, still going
     assert bench.occurrences(s.id)[1].reason == f"previous run {retry.id} still waiting"
+
+
+def test_a_delete_waits_for_a_firing_and_leaves_no_occurrence(bench: Bench) -> None:
+    """A schedule deleted while the leader decides it: the delete waits for the firing's
+    lock, then takes the occurrence the firing wrote with it (none is left behind)."""
+    s = bench.add(overlap="allow")
+    done = threading.Event()
+
+    def delete() -> None:
+        service.delete(bench.engine, access.LOCAL, s.id)
+        done.set()
+
+    with db.write(bench.engine) as conn:  # a firing, holding the schedule's row
+        assert schedules.lock(conn, s.id) is not None
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        done.wait(0.5)  # the delete is under way (or waits to begin)
+        assert not done.is_set()
+        schedules.record(
+            conn, s.id, minutes(1), minutes(1), reason="x", code=schedules.Reason.OVERLAP
+        )
+    deleting.join(timeout=60)
+    assert done.is_set()
+    with db.read(bench.engine) as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(schema.schedule_occurrences))
+        assert left.scalar() == 0

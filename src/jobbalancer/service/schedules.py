@@ -195,6 +195,9 @@ def delete(engine: sa.Engine, user: auth.User, ref: str | int) -> None:
     """Delete a schedule and its history; its jobs stay (with their ``schedule_id``)."""
     with db.write(engine) as conn:
         schedule = _manageable(conn, user, ref)
+        # The row first (a firing deciding it now finishes before): none of its
+        # occurrences can be written after they are deleted.
+        schedules.lock(conn, schedule.id)
         schedules.delete(conn, schedule.id)
 
 
