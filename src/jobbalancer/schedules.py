@@ -249,12 +249,19 @@ def _latest_occurrences(conn: sa.Connection, ids: Sequence[int]) -> dict[int, Oc
     found: dict[int, Occurrence] = {}
     for start in range(0, len(ids), 500):
         part = list(ids[start : start + 500])
-        latest = (
-            sa.select(sa.func.max(OC.c.id))
-            .where(OC.c.schedule_id.in_(part))
-            .group_by(OC.c.schedule_id)
+        # Each one's newest by fire time (the history's first row): one step down the
+        # (schedule_id, fire_at) index each, not all of their occurrences.
+        newest = (
+            sa.select(OC.c.id)
+            .where(OC.c.schedule_id == S.c.id)
+            .order_by(OC.c.fire_at.desc())
+            .limit(1)
             .scalar_subquery()
         )
+        found_ids = conn.execute(sa.select(newest).where(S.c.id.in_(part))).scalars()
+        latest = [i for i in found_ids if i is not None]
+        if not latest:
+            continue
         for row in conn.execute(_select_occurrences().where(OC.c.id.in_(latest))):
             occ = Occurrence.from_row(row)
             found[occ.schedule_id] = occ
@@ -510,6 +517,17 @@ def record_many(
     for name, n in sorted(counts.items()):
         if n:
             _count(conn, name, n)
+
+
+def delete_recorded_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:
+    """Retention: delete occurrences recorded before ``cutoff``, among the ``limit``
+    oldest (by id, which follows the time they were recorded): a bounded read of the
+    primary key, whatever the size of the table, with no index of its own. How many."""
+    oldest = conn.execute(sa.select(OC.c.id, OC.c.recorded_at).order_by(OC.c.id).limit(limit))
+    ids = [r.id for r in oldest if r.recorded_at < cutoff]
+    if ids:
+        conn.execute(sa.delete(OC).where(OC.c.id.in_(ids)))
+    return len(ids)
 
 
 def _count(conn: sa.Connection, name: str, n: int = 1) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, classes, db, jobs, schedules
+from jobbalancer import auth, classes, db, jobs, monitor, schedules
 from jobbalancer.db import schema
 from jobbalancer.service import access, firing, inputs, job_actions
 from jobbalancer.service import schedules as service
@@ -458,3 +458,34 @@ def test_a_delete_waits_for_a_firing_and_leaves_no_occurrence(bench: Bench) -> N
     with db.read(bench.engine) as conn:
         left = conn.execute(sa.select(sa.func.count()).select_from(schema.schedule_occurrences))
         assert left.scalar() == 0
+
+
+def test_retention_deletes_occurrences_recorded_long_ago(bench: Bench) -> None:
+    """The history follows the jobs' retention_days (30 by default): occurrences recorded
+    before then go, the others and the counters stay."""
+    s = bench.add(overlap="allow")
+    with db.write(bench.engine) as conn:
+        now = db.now(conn)
+        for days in (40, 31, 29, 1):
+            at = now - timedelta(days=days)
+            schedules.record(conn, s.id, at, at, reason="x", code=schedules.Reason.OVERLAP)
+    monitor.apply_retention(bench.engine)
+    with db.read(bench.engine) as conn:
+        left = schedules.occurrences(conn, s.id)
+        counted = schedules.counters(conn)
+    assert [(now - o.fire_at).days for o in left] == [1, 29]
+    assert counted["skipped:overlap"] == 4
+
+
+def test_the_lists_last_result_is_the_newest_by_fire_time(bench: Bench) -> None:
+    """A run now recorded before an occurrence of an earlier time stays the last result
+    (the history's first row); a schedule that never fired has none."""
+    s = bench.add(overlap="allow")
+    never = bench.add("never", cron="0 0 1 1 *")
+    run = service.run_now(bench.engine, access.LOCAL, s.name, now=minutes(10))
+    bench.at(minutes(1))
+    listed = {x.schedule.name: x.last for x in service.list_schedules(bench.engine, access.LOCAL)}
+    assert listed[s.name] is not None and listed[s.name].id == run.id
+    assert listed[never.name] is None
+    page = service.list_schedules(bench.engine, access.LOCAL, after="every-minute", limit=5)
+    assert [x.schedule.name for x in page] == ["never"]
