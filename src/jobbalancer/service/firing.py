@@ -1,9 +1,10 @@
 """Firing schedules: the leader's loop that turns due occurrences into jobs.
 
-Each due schedule is decided in a transaction of its own that locks its row, decides
-every occurrence from its ``next_fire_at`` up to now (fire or skip, by the overlap and
-catch-up policies and its owner's rights as they are now), writes each occurrence's row
-(unique per schedule and time) with the job it creates, and moves ``next_fire_at`` on.
+Each group of due schedules (up to 20) is decided in a transaction of its own that locks
+their rows, decides every occurrence from each one's ``next_fire_at`` up to now (fire or
+skip, by the overlap and catch-up policies and its owner's rights as they are now),
+writes each occurrence's row (unique per schedule and time) with the job it creates, and
+moves ``next_fire_at`` on.
 A crash before the commit leaves nothing: the next leader decides the same occurrences
 (late). A commit leaves them decided: nobody decides them again, and a second server
 that races for one fails on the unique row and rolls its job back. Exactly once.
