@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import balancer, db, jobs, notify, outbox, registry, settings
+from jobbalancer import balancer, db, jobs, notify, outbox, registry, schedules, settings
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,15 @@ def check_workers(
 
 def apply_retention(engine: sa.Engine) -> int:
     """Delete finished jobs older than retention_days (0 keeps everything), and the
-    delivered or failed notifications as old (the outbox stays bounded too)."""
+    delivered or failed notifications as old (the outbox stays bounded too), and the
+    schedules' occurrences recorded as long ago (their history)."""
     with db.write(engine) as conn:
         days = settings.load_tunables(conn).retention_days
         if days <= 0:
             return 0
         cutoff = db.now(conn) - timedelta(days=days)
         outbox.delete_sent_before(conn, cutoff)
+        schedules.delete_recorded_before(conn, cutoff)
         return jobs.delete_finished_before(conn, cutoff)
 
 

@@ -431,13 +431,16 @@ def submit(
     prefix: bool,
     limiter: RateLimiter | None,
     schedule_id: int | None = None,
+    schedule_ids: Sequence[int] | None = None,
 ) -> list[jobs.Job]:
     """Check the user's limits and every job, then create and assign them all in one
     transaction: all are submitted, or none.
 
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
     A schedule's firing passes its own transaction (a connection: the occurrence's row
-    commits with the jobs), no limiter, and ``schedule_id``, which the jobs carry.
+    commits with the jobs), no limiter, and ``schedule_id``, which the jobs carry (or
+    ``schedule_ids``, one a job: one owner's jobs of several schedules due at once). Every
+    check comes before the first write: a refused batch has written nothing.
     """
     access.require(user, access.SUBMIT)
     with _transaction(engine) as conn:
@@ -451,6 +454,11 @@ def submit(
             specs.append(to_spec(conn, user, job, where, lookups))
         if schedule_id is not None:
             specs = [dataclasses.replace(s, schedule_id=schedule_id) for s in specs]
+        if schedule_ids is not None:
+            specs = [
+                dataclasses.replace(s, schedule_id=i)
+                for s, i in zip(specs, schedule_ids, strict=True)
+            ]
         afters = _afters(conn, user, batch, prefix=prefix)
         specs = [
             dataclasses.replace(s, held=True) if a else s
