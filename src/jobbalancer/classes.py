@@ -30,11 +30,16 @@ class WorkerClass:
     name: str
     max_jobs: int
     description: str
+    # Placement: what its jobs request unless they say; None: nothing.
+    requests: Mapping[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: AnyRow) -> WorkerClass:
         m = row._mapping
-        return cls(id=m["id"], name=m["name"], max_jobs=m["max_jobs"], description=m["description"])
+        return cls(
+            id=m["id"], name=m["name"], max_jobs=m["max_jobs"], description=m["description"],
+            requests=m["requests"] or None,
+        )  # fmt: skip
 
 
 def list_all(conn: sa.Connection) -> list[WorkerClass]:
@@ -76,14 +81,24 @@ def _check_max_jobs(value: Any) -> int:
     return value
 
 
-def create(conn: sa.Connection, name: str, max_jobs: int = 5, description: str = "") -> WorkerClass:
+def create(
+    conn: sa.Connection,
+    name: str,
+    max_jobs: int = 5,
+    description: str = "",
+    *,
+    requests: Mapping[str, Any] | None = None,
+) -> WorkerClass:
     """Create a class; Conflict when the name is taken."""
     name = refs.check_name(name, "worker class")
     refs.ensure_free_name(conn, C, name, "worker class")
     try:
         result = conn.execute(
             sa.insert(C).values(
-                name=name, max_jobs=_check_max_jobs(max_jobs), description=description
+                name=name,
+                max_jobs=_check_max_jobs(max_jobs),
+                description=description,
+                requests=dict(requests) if requests else None,
             )
         )
     except sa.exc.IntegrityError as exc:  # created by someone else since the check
@@ -108,6 +123,8 @@ def update(conn: sa.Connection, class_id: int, changes: Mapping[str, Any]) -> Wo
         values["max_jobs"] = _check_max_jobs(changes["max_jobs"])
     if "description" in changes:
         values["description"] = str(changes["description"])
+    if "requests" in changes:
+        values["requests"] = dict(changes["requests"]) if changes["requests"] else None
     if values:
         try:
             conn.execute(sa.update(C).where(C.c.id == class_id).values(**values))

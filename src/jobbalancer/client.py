@@ -177,6 +177,10 @@ class Client:
         workdir: str | None = None,
         notify: Sequence[Mapping[str, Any]] = (),
         after: Sequence[int | Mapping[str, Any]] = (),
+        cpus: float | None = None,
+        memory: int | str | None = None,
+        gpus: int | None = None,
+        constraints: Mapping[str, str | bool] | None = None,
         secret_env: Mapping[str, str] | None = None,
         **later: Any,
     ) -> dict[str, Any]:
@@ -221,6 +225,9 @@ class Client:
             **later,
             secret_env=secret_env,
         )
+        # Placement (docs/api.md): cpus, memory ("512M", "2G" or bytes), gpus, constraints.
+        placement = {"cpus": cpus, "memory": memory, "gpus": gpus, "constraints": constraints}
+        spec.update({k: v for k, v in placement.items() if v is not None})
         return self._json("POST", "/api/v1/jobs", json=spec)  # type: ignore[no-any-return]
 
     def submit_batch(self, specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import chains, db, errors, outbox
+from jobbalancer import chains, db, errors, outbox, resources
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -173,6 +173,15 @@ class Spec:
     # {index in params: name}, resolved by the worker just before the start.
     secret_env: Mapping[str, str] = field(default_factory=dict)
     secret_args: Mapping[int, str] = field(default_factory=dict)
+    # Placement (jobbalancer/resources.py): what it requests; 0/None: nothing of that.
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    constraints: Mapping[str, str | bool] | None = None
+
+    @property
+    def request(self) -> resources.Request:
+        return resources.Request.of(self.cpus, self.memory, self.gpus, self.constraints)
 
 
 # Columns a restart or a retry copies from the job it repeats.
@@ -201,6 +210,10 @@ _SPEC_COLUMNS = (
     "retry_on",
     "secret_env",
     "secret_args",
+    "cpus",
+    "memory",
+    "gpus",
+    "constraints",
 )
 
 
@@ -255,6 +268,16 @@ class Job:
     # Secrets by name (see Spec); last, with defaults, so records made elsewhere need not.
     secret_env: Mapping[str, str] = field(default_factory=dict)
     secret_args: Mapping[int, str] = field(default_factory=dict)
+    # Placement: what it requests, and why it still waits (set while it waits).
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    constraints: Mapping[str, str | bool] | None = None
+    pending_reason: str | None = None
+
+    @property
+    def request(self) -> resources.Request:
+        return resources.Request.of(self.cpus, self.memory, self.gpus, self.constraints)
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Job:
@@ -271,6 +294,7 @@ class Job:
             retry_on=None if m["retry_on"] is None else tuple(m["retry_on"]),
             secret_env=dict(m["secret_env"] or {}),
             secret_args={int(k): v for k, v in (m["secret_args"] or {}).items()},
+            constraints=dict(m["constraints"]) if m["constraints"] else None,
         )
 
     @property
@@ -286,7 +310,7 @@ class Job:
 _SPECIAL = {
     "state", "params", "env", "labels", "notify", "kill_requested", "need_realtime", "retry_on",
 }  # fmt: skip
-_SPECIAL |= {"secret_env", "secret_args"}
+_SPECIAL |= {"secret_env", "secret_args", "constraints"}
 _PLAIN_FIELDS = [n for n in Job.__dataclass_fields__ if n not in _SPECIAL]
 
 
@@ -396,6 +420,10 @@ def _row(
         "user_name": user_name,
         "kill_requested": False,
         "output_bytes": 0,
+        "cpus": spec.cpus or None,
+        "memory": spec.memory or None,
+        "gpus": spec.gpus or None,
+        "constraints": dict(spec.constraints) if spec.constraints else None,
     }
 
 
@@ -533,7 +561,14 @@ QUEUE = (
     .order_by(J.c.priority.desc(), J.c.id)
     .limit(sa.bindparam("b_limit", type_=sa.Integer))
 )
-_QUEUE_LOCKED = QUEUE.with_for_update(skip_locked=True)
+# Only jobs whose request fits, each alone, in what the worker has free (a job without a
+# request asks for nothing but its slot, so it always does); :func:`take` checks their
+# sum and the labels they want after the update.
+_QUEUE_LOCKED = QUEUE.where(
+    sa.func.coalesce(J.c.cpus, 0) <= sa.bindparam("b_free_cpus", type_=sa.Double),
+    sa.func.coalesce(J.c.memory, 0) <= sa.bindparam("b_free_memory", type_=sa.BigInteger),
+    sa.func.coalesce(J.c.gpus, 0) <= sa.bindparam("b_free_gpus", type_=sa.Integer),
+).with_for_update(skip_locked=True)
 # The queue's head is read once, before the update. As a plain `IN (subquery)`,
 # PostgreSQL may plan it as a loop that reads the subquery again for every row it updates;
 # each time the rows it has just taken are skipped (locked), so the next ones qualify and
@@ -552,10 +587,37 @@ _TAKEN = (
 )
 
 
-def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list[Job]:
+_UNTAKE = (
+    sa.update(J)
+    .where(
+        J.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+        J.c.token == sa.bindparam("b_token"),
+        J.c.state == State.RUNNING.value,
+    )
+    .values(
+        state=State.WAITING.value, worker_id=None, token=None, assigned_at=None, started_at=None
+    )
+)
+_UNLIMITED = {"b_free_cpus": 1e15, "b_free_memory": 1 << 62, "b_free_gpus": 1 << 30}
+
+
+def take(
+    conn: sa.Connection,
+    worker_id: int,
+    class_id: int,
+    limit: int,
+    capacity: resources.Capacity | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[Job]:
     """The first ``limit`` waiting jobs of a class, in queue order, waiting → running on
     ``worker_id`` at once: a worker filling its own freed slots assigns and claims in one
     statement (it starts the processes right after the commit). The jobs it got.
+
+    Only jobs that fit what the worker has free (``capacity``) and whose constraints its
+    ``labels`` meet: the statement takes jobs that fit each alone; the read-back walks
+    them in queue order and gives back (one more statement, rarely run) those past what
+    is free together or whose constraints the labels do not meet. Jobs without requests
+    never need it.
 
     They share one fresh fencing token: what fences is that each assignment of a job
     gets a token no earlier assignment of it had. Reading the queue skips rows another
@@ -565,6 +627,7 @@ def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list
         return []
     token = secrets.token_hex(8)
     params = {"b_worker": worker_id, "b_token": token, "b_class": class_id, "b_limit": limit}
+    params.update(_free(capacity))
     if conn.dialect.update_returning:  # the queue as a subquery: one statement
         conn.execute(_TAKE_FIRST, params)
     else:  # MariaDB/MySQL cannot update a table it reads in a subquery
@@ -573,8 +636,42 @@ def take(conn: sa.Connection, worker_id: int, class_id: int, limit: int) -> list
             return []
         conn.execute(_TAKE_IDS, {**params, "b_ids": ids})
     taken = [Job.from_row(r) for r in conn.execute(_TAKEN, params)]
+    if any(not j.request.empty for j in taken):
+        taken = _within(conn, taken, capacity or resources.Capacity(), labels or {}, token)
     outbox.jobs_moved(conn, "started", ((j.id, j.worker_class_id, j.notify) for j in taken))
     return taken
+
+
+def _free(capacity: resources.Capacity | None) -> dict[str, Any]:
+    if capacity is None:
+        return dict(_UNLIMITED)
+    return {
+        # As Capacity.fits: a hair of tolerance, so tenths of a CPU add up to a whole one.
+        "b_free_cpus": min(capacity.free_cpus + 1e-9, _UNLIMITED["b_free_cpus"]),
+        "b_free_memory": int(min(capacity.free_memory, _UNLIMITED["b_free_memory"])),
+        "b_free_gpus": int(min(capacity.free_gpus, _UNLIMITED["b_free_gpus"])),
+    }
+
+
+def _within(
+    conn: sa.Connection,
+    taken: Sequence[Job],
+    capacity: resources.Capacity,
+    labels: Mapping[str, str],
+    token: str,
+) -> list[Job]:
+    """The jobs just taken that fit together, in queue order; the others go back."""
+    kept, back = [], []
+    for job in taken:
+        request = job.request
+        if capacity.fits(request) and resources.matches(request.constraints, labels):
+            kept.append(job)
+            capacity = capacity.plus(request)
+        else:
+            back.append(job.id)
+    if back:
+        conn.execute(_UNTAKE, {"b_ids": back, "b_token": token})
+    return kept
 
 
 # -- occupy: waiting → occupied -----------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from jobbalancer import audit, balancer, db, jobs, notify, outbox, registry, settings
+from jobbalancer import audit, balancer, db, jobs, notify, outbox, registry, schedules, settings
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ def check_workers(
 
 def apply_retention(engine: sa.Engine) -> int:
     """Delete finished jobs older than retention_days (0 keeps everything), and the
-    delivered or failed notifications as old (the outbox stays bounded too); and audit
-    entries older than audit_retention_days (0 keeps them)."""
+    delivered or failed notifications as old (the outbox stays bounded too), and the
+    schedules' occurrences recorded as long ago (their history); and audit entries older
+    than audit_retention_days (0 keeps them)."""
     with db.write(engine) as conn:
         tunables = settings.load_tunables(conn)
         now = db.now(conn)
@@ -107,6 +108,7 @@ def apply_retention(engine: sa.Engine) -> int:
             return 0
         cutoff = now - timedelta(days=days)
         outbox.delete_sent_before(conn, cutoff)
+        schedules.delete_recorded_before(conn, cutoff)
         return jobs.delete_finished_before(conn, cutoff)
 
 

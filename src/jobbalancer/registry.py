@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,14 +41,27 @@ class Worker:
     memory_available: int | None
     started_at: datetime
     last_heartbeat_at: datetime
+    # Placement: what it offers (None: not limited), its labels, what its jobs requested.
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    used_cpus: float = 0.0
+    used_memory: int = 0
+    used_gpus: int = 0
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Worker:
         m = row._mapping
+        special = ("own_max_jobs", "enabled", "labels", "used_cpus", "used_memory", "used_gpus")
         return cls(
-            **{n: m[n] for n in cls.__dataclass_fields__ if n not in ("own_max_jobs", "enabled")},
+            **{n: m[n] for n in cls.__dataclass_fields__ if n not in special},
             own_max_jobs=m["own_max_jobs"],
             enabled=bool(m["enabled"]),
+            labels=dict(m["labels"] or {}),
+            used_cpus=float(m["used_cpus"] or 0),
+            used_memory=int(m["used_memory"] or 0),
+            used_gpus=int(m["used_gpus"] or 0),
         )
 
     @property
@@ -60,17 +73,24 @@ class Worker:
 
 
 def select_workers() -> sa.Select[Any]:
-    active = (
-        sa.select(sa.func.count())
-        .where(J.c.worker_id == W.c.id, J.c.state.in_([s.value for s in jobs.ACTIVE]))
-        .scalar_subquery()
-    )
+    def of_active(column: Any) -> Any:
+        return (
+            sa.select(column)
+            .where(J.c.worker_id == W.c.id, J.c.state.in_([s.value for s in jobs.ACTIVE]))
+            .scalar_subquery()
+        )
+
+    active = of_active(sa.func.count())
     return sa.select(
         W.c.id, W.c.name, W.c.host, W.c.state, W.c.enabled, W.c.worker_class_id,
         C.c.name.label("worker_class"), W.c.max_jobs.label("own_max_jobs"),
         sa.func.coalesce(W.c.max_jobs, C.c.max_jobs).label("max_jobs"),
         active.label("active_jobs"), W.c.pid, W.c.version, W.c.load, W.c.cpu_count,
         W.c.memory_total, W.c.memory_available, W.c.started_at, W.c.last_heartbeat_at,
+        W.c.cpus, W.c.memory, W.c.gpus, W.c.labels,
+        of_active(sa.func.sum(J.c.cpus)).label("used_cpus"),
+        of_active(sa.func.sum(J.c.memory)).label("used_memory"),
+        of_active(sa.func.sum(J.c.gpus)).label("used_gpus"),
     ).select_from(W.join(C, C.c.id == W.c.worker_class_id))  # fmt: skip
 
 
@@ -159,6 +179,25 @@ class Stats:
         }
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What a worker offers its jobs (None: not limited) and its labels, stored when it
+    registers."""
+
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "cpus": self.cpus,
+            "memory": self.memory,
+            "gpus": self.gpus,
+            "labels": dict(self.labels),
+        }
+
+
 def register(
     conn: sa.Connection,
     *,
@@ -171,6 +210,7 @@ def register(
     stats: Stats,
     machine_id: str | None = None,
     instance: str | None = None,
+    capacity: Capacity | None = None,
 ) -> tuple[int, str]:
     """Make ``name`` online with a fresh session; its id and session. ``machine_id`` and
     ``instance`` say who holds it now (see worker/identity.py; the worker process decided
@@ -197,6 +237,7 @@ def register(
         "machine_id": machine_id,
         "instance": instance,
         **stats.values(),
+        **(capacity or Capacity()).values(),
     }
     if max_jobs is not None:
         values["max_jobs"] = max_jobs

@@ -203,14 +203,40 @@ def find(conn: sa.Connection, ref: str | int, field: str | None = None) -> Sched
     return Schedule.from_row(rows[0])
 
 
-def list_all(conn: sa.Connection, owner_id: int | None = None) -> list[Listed]:
-    """Schedules by name with their latest occurrence; ``owner_id``: that user's only."""
+def list_all(
+    conn: sa.Connection,
+    owner_id: int | None = None,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[Listed]:
+    """Schedules by name with their latest occurrence; ``owner_id``: that user's only;
+    ``after`` a name and ``limit``: a page (the names after that one)."""
     query = sa.select(S).order_by(S.c.name)
     if owner_id is not None:
         query = query.where(S.c.user_id == owner_id)
+    if after is not None:
+        query = query.where(S.c.name > after)
+    if limit is not None:
+        query = query.limit(limit)
     found = [Schedule.from_row(r) for r in conn.execute(query)]
     last = _latest_occurrences(conn, [s.id for s in found])
     return [Listed(s, last.get(s.id)) for s in found]
+
+
+def upcoming(conn: sa.Connection, owner_id: int | None = None, limit: int = 5) -> list[Schedule]:
+    """The ``limit`` schedules that fire soonest (``owner_id``: that user's only). Walks
+    the next_fire_at index from its start (paused and ended ones have none): it costs
+    ``limit`` rows, not the schedules."""
+    query = (
+        sa.select(S)
+        .where(S.c.next_fire_at.is_not(None))
+        .order_by(S.c.next_fire_at, S.c.id)
+        .limit(limit)
+    )
+    if owner_id is not None:
+        query = query.where(S.c.user_id == owner_id)
+    return [Schedule.from_row(r) for r in conn.execute(query)]
 
 
 def _select_occurrences() -> sa.Select[Any]:
@@ -223,12 +249,19 @@ def _latest_occurrences(conn: sa.Connection, ids: Sequence[int]) -> dict[int, Oc
     found: dict[int, Occurrence] = {}
     for start in range(0, len(ids), 500):
         part = list(ids[start : start + 500])
-        latest = (
-            sa.select(sa.func.max(OC.c.id))
-            .where(OC.c.schedule_id.in_(part))
-            .group_by(OC.c.schedule_id)
+        # Each one's newest by fire time (the history's first row): one step down the
+        # (schedule_id, fire_at) index each, not all of their occurrences.
+        newest = (
+            sa.select(OC.c.id)
+            .where(OC.c.schedule_id == S.c.id)
+            .order_by(OC.c.fire_at.desc())
+            .limit(1)
             .scalar_subquery()
         )
+        found_ids = conn.execute(sa.select(newest).where(S.c.id.in_(part))).scalars()
+        latest = [i for i in found_ids if i is not None]
+        if not latest:
+            continue
         for row in conn.execute(_select_occurrences().where(OC.c.id.in_(latest))):
             occ = Occurrence.from_row(row)
             found[occ.schedule_id] = occ
@@ -239,10 +272,17 @@ def occurrences(
     conn: sa.Connection, schedule_id: int, limit: int = 20, before: int | None = None
 ) -> list[Occurrence]:
     """A schedule's occurrences, newest first (by fire time); ``before``: an occurrence
-    id to page on from."""
+    id to page on from: the ones that come after it in that order (fired earlier; a
+    run now has a later time than an occurrence recorded after it, and a smaller id).
+    Fire times are unique per schedule, so the time alone is the cursor."""
     query = _select_occurrences().where(OC.c.schedule_id == schedule_id)
     if before is not None:
-        query = query.where(OC.c.id < before)
+        cursor = conn.execute(
+            sa.select(OC.c.fire_at).where(OC.c.id == before, OC.c.schedule_id == schedule_id)
+        ).scalar()
+        if cursor is None:  # not one of this schedule's: nothing comes after it
+            return []
+        query = query.where(OC.c.fire_at < cursor)
     rows = conn.execute(query.order_by(OC.c.fire_at.desc(), OC.c.id.desc()).limit(limit))
     return [Occurrence.from_row(r) for r in rows]
 
@@ -287,14 +327,31 @@ def earliest(conn: sa.Connection) -> datetime | None:
 # The statements a firing runs per occurrence are built once: building and cache-keying a
 # SQLAlchemy statement costs more than running it on SQLite (as in jobs.py).
 _LOCK = sa.select(S).where(S.c.id == sa.bindparam("b_id")).with_for_update()
-_UNFINISHED = (
-    sa.select(J.c.id, J.c.state)
-    .where(
-        J.c.schedule_id == sa.bindparam("b_id"),
-        J.c.state.not_in([s.value for s in jobs.FINAL]),
+
+
+def lock_many(conn: sa.Connection, ids: Sequence[int]) -> list[Schedule]:
+    """These schedules (the ones not deleted), their rows locked in id order until the
+    transaction ends: two servers deciding overlapping groups cannot deadlock."""
+    query = sa.select(S).where(S.c.id.in_(sorted(ids))).order_by(S.c.id).with_for_update()
+    return [Schedule.from_row(r) for r in conn.execute(query)]
+
+
+def unfinished_many(
+    conn: sa.Connection, ids: Sequence[int]
+) -> dict[int, list[tuple[int, jobs.State]]]:
+    """The schedules' jobs that have not ended (held, waiting, assigned, running, or any
+    state a later version adds that is not final), oldest first, by schedule id."""
+    found: dict[int, list[tuple[int, jobs.State]]] = {i: [] for i in ids}
+    if not ids:
+        return found
+    query = (
+        sa.select(J.c.id, J.c.state, J.c.schedule_id)
+        .where(J.c.schedule_id.in_(list(ids)), J.c.state.not_in([s.value for s in jobs.FINAL]))
+        .order_by(J.c.id)
     )
-    .order_by(J.c.id)
-)
+    for row in conn.execute(query):
+        found[row.schedule_id].append((row.id, jobs.State(row.state)))
+    return found
 
 
 def lock(conn: sa.Connection, schedule_id: int) -> Schedule | None:
@@ -302,13 +359,6 @@ def lock(conn: sa.Connection, schedule_id: int) -> Schedule | None:
     occurrence decide it one after the other); None if it was deleted."""
     row = conn.execute(_LOCK, {"b_id": schedule_id}).first()
     return None if row is None else Schedule.from_row(row)
-
-
-def unfinished_jobs(conn: sa.Connection, schedule_id: int) -> list[tuple[int, jobs.State]]:
-    """The schedule's jobs that have not ended (held, waiting, assigned, running, or any
-    state a later version adds that is not final), oldest first."""
-    rows = conn.execute(_UNFINISHED, {"b_id": schedule_id})
-    return [(r.id, jobs.State(r.state)) for r in rows]
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -376,6 +426,12 @@ def delete(conn: sa.Connection, schedule_id: int) -> None:
     conn.execute(sa.delete(S).where(S.c.id == schedule_id))
 
 
+def set_next_many(conn: sa.Connection, moves: Sequence[tuple[int, datetime | None]]) -> None:
+    """:func:`set_next` of several schedules, (id, next fire time), in one round trip."""
+    if moves:
+        conn.execute(_SET_NEXT, [{"b_id": i, "b_next": at} for i, at in moves])
+
+
 _SET_NEXT = (
     sa.update(S).where(S.c.id == sa.bindparam("b_id")).values(next_fire_at=sa.bindparam("b_next"))
 )
@@ -409,8 +465,27 @@ def record(
     count it (``count``: a row standing for that many missed occurrences). A second
     record of one (schedule, time) is an IntegrityError: the caller's transaction, and
     the job it created, roll back."""
+    row = occurrence_row(
+        schedule_id, fire_at, now, job_id=job_id, reason=reason, code=code, manual=manual
+    )
+    conn.execute(_RECORD, row)
+    for name in counted(row):
+        _count(conn, name, count)
+
+
+def occurrence_row(
+    schedule_id: int,
+    fire_at: datetime,
+    now: datetime,
+    *,
+    job_id: int | None = None,
+    reason: str | None = None,
+    code: Reason | None = None,
+    manual: bool = False,
+) -> dict[str, Any]:
+    """The row of an occurrence, as :func:`record` and :func:`record_many` write it."""
     late = max(now - fire_at, timedelta(0))
-    row = {
+    return {
         "schedule_id": schedule_id,
         "fire_at": fire_at,
         "recorded_at": now,
@@ -421,13 +496,38 @@ def record(
         "late_ms": int(late / timedelta(milliseconds=1)),
         "manual": manual,
     }
-    conn.execute(_RECORD, row)
-    if job_id is None:
-        _count(conn, f"skipped:{code.value if code else Reason.REFUSED.value}", count)
-        return
-    _count(conn, "fired")
-    if late > LATE_AFTER and not manual:
-        _count(conn, "late")
+
+
+def counted(row: Mapping[str, Any]) -> list[str]:
+    """The counters an occurrence's row adds to: fired (and late), or skipped:<code>."""
+    if row["job_id"] is None:
+        return [f"skipped:{row['reason_code'] or Reason.REFUSED.value}"]
+    late = row["late_ms"] > LATE_AFTER / timedelta(milliseconds=1) and not row["manual"]
+    return ["fired", "late"] if late else ["fired"]
+
+
+def record_many(
+    conn: sa.Connection, rows: Sequence[Mapping[str, Any]], counts: Mapping[str, int]
+) -> None:
+    """Insert occurrences' rows (:func:`occurrence_row`) in one statement and add
+    ``counts`` to the counters: what :func:`record` does, for a group. A row whose
+    (schedule, time) is recorded already is an IntegrityError, as there."""
+    if rows:
+        conn.execute(_RECORD, list(rows))
+    for name, n in sorted(counts.items()):
+        if n:
+            _count(conn, name, n)
+
+
+def delete_recorded_before(conn: sa.Connection, cutoff: datetime, limit: int = 1000) -> int:
+    """Retention: delete occurrences recorded before ``cutoff``, among the ``limit``
+    oldest (by id, which follows the time they were recorded): a bounded read of the
+    primary key, whatever the size of the table, with no index of its own. How many."""
+    oldest = conn.execute(sa.select(OC.c.id, OC.c.recorded_at).order_by(OC.c.id).limit(limit))
+    ids = [r.id for r in oldest if r.recorded_at < cutoff]
+    if ids:
+        conn.execute(sa.delete(OC).where(OC.c.id.in_(ids)))
+    return len(ids)
 
 
 def _count(conn: sa.Connection, name: str, n: int = 1) -> None:

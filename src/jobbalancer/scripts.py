@@ -40,6 +40,8 @@ class Script:
     updated_at: datetime
     # The typed parameters it declares; () for none (params then go as given).
     parameters: tuple[scriptparams.Param, ...] = ()
+    # Placement: what its jobs request unless they say; None: nothing.
+    requests: Mapping[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Script:
@@ -53,6 +55,7 @@ class Script:
             created_at=m["created_at"],
             updated_at=m["updated_at"],
             parameters=scriptparams.from_stored(m["parameters"]),
+            requests=m["requests"] or None,
         )
 
 
@@ -126,6 +129,8 @@ def create(
     content: str,
     description: str = "",
     parameters: Any = None,
+    *,
+    requests: Mapping[str, Any] | None = None,
 ) -> Script:
     """Store a new script; Conflict when the name is taken. ``parameters`` is its
     declaration as given (a list of objects; scriptparams checks it)."""
@@ -144,6 +149,7 @@ def create(
                 parameters=declared,
                 created_at=utcnow(),
                 updated_at=utcnow(),
+                requests=dict(requests) if requests else None,
             )
         )
     except sa.exc.IntegrityError as exc:  # stored by someone else since the check
@@ -170,6 +176,8 @@ def update(conn: sa.Connection, script_id: int, changes: Mapping[str, Any]) -> S
         values["description"] = str(changes["description"])
     if "parameters" in changes:
         values["parameters"] = stored_parameters(changes["parameters"])
+    if "requests" in changes:
+        values["requests"] = dict(changes["requests"]) if changes["requests"] else None
     try:
         conn.execute(sa.update(S).where(S.c.id == script_id).values(**values, updated_at=utcnow()))
     except sa.exc.IntegrityError as exc:

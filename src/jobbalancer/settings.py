@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from jobbalancer import resources
 from jobbalancer.db import schema
 from jobbalancer.errors import ConfigError, InvalidInput
 from jobbalancer.worker import jobenv, uids
@@ -86,6 +87,32 @@ class WorkerSettings(_Section):
     flush_interval: float = Field(default=0.2, gt=0, le=10)
     flush_bytes: int = Field(default=65536, ge=1024)
     buffer_max_bytes: int = Field(default=64 * 1024 * 1024, ge=65536)
+    # Placement (jobbalancer/resources.py): what jobs may request here. None: detected (CPUs
+    # and memory it may use, cgroup limits included; GPUs from nvidia-smi -L).
+    cpus: float | None = Field(default=None, gt=0, le=resources.MAX_CPUS)
+    memory: int | None = None
+    gpus: int | None = Field(default=None, ge=0, le=resources.MAX_GPUS)
+    # name=value or a bare name; in the environment, separated by commas.
+    labels: list[str] = Field(default_factory=list)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        size = resources.parse_memory(value)
+        if size <= 0:
+            raise ValueError("must be more than 0")
+        return size
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            resources.parse_labels(str(v) for v in value)  # its ValueError names the label
+        return value
 
     @field_validator("dynamic_uids")
     @classmethod
@@ -321,7 +348,7 @@ def _put(data: dict[str, Any], keys: list[str], value: Any) -> None:
     data[keys[-1]] = value
 
 
-Algorithm = Literal["round_robin", "least_loaded", "random", "fill_first"]
+Algorithm = Literal["round_robin", "least_loaded", "random", "fill_first", "binpack"]
 
 
 class Tunables(BaseModel):

@@ -187,28 +187,61 @@ def capacity(conn: sa.Connection) -> list[Capacity]:
 
 @dataclass(frozen=True)
 class Queue:
-    """A class's waiting jobs: how many, and the submit time of the oldest (None: none)."""
+    """A class's waiting jobs: how many, and when the one waiting longest could first
+    start (None: none waits)."""
 
     worker_class: str
     waiting: int
     oldest: datetime | None
 
 
+# When a job could first start: its submit, or its not_before if later (a job that started
+# later, a retry that waited), as jobbalancer.tally counts its wait.
+_READY = sa.type_coerce(
+    sa.case((J.c.not_before > J.c.created_at, J.c.not_before), else_=J.c.created_at),
+    db.types.UTCDateTime(),
+)
+_WAITING = J.c.state == jobs.State.WAITING.value
+
+
 def queues(conn: sa.Connection) -> list[Queue]:
-    """Every class's queue: a count and a minimum over the queue's index, then the oldest
-    job's submit time by its id (ids grow with submission)."""
+    """Every class's queue: how many jobs wait, and the earliest time one of them could
+    start. Most waiting jobs could start at their submit, and the first by id is the
+    earliest of those: a count and a minimum over the queue's index, then that job's row.
+    Jobs with a ``not_before`` (released from ``delayed``, or a retry that waited) could
+    start then, not at their submit: their earliest comes from the ``(state,
+    not_before)`` index; only when the first by id is one of them is the earliest of the
+    others looked for among the class's waiting rows."""
     C = schema.worker_classes
     waiting = (
         sa.select(J.c.worker_class_id, sa.func.count().label("n"), sa.func.min(J.c.id).label("id"))
-        .where(J.c.state == jobs.State.WAITING.value)
+        .where(_WAITING)
         .group_by(J.c.worker_class_id)
         .subquery()
     )
     query = (
-        sa.select(C.c.name, waiting.c.n, J.c.created_at)
+        sa.select(C.c.id, C.c.name, waiting.c.n, J.c.created_at, J.c.not_before)
         .select_from(C)
         .outerjoin(waiting, waiting.c.worker_class_id == C.c.id)
         .outerjoin(J, J.c.id == waiting.c.id)
         .order_by(C.c.name)
     )
-    return [Queue(str(name), int(n or 0), created) for name, n, created in conn.execute(query)]
+    later_query = (
+        sa.select(J.c.worker_class_id, sa.type_coerce(sa.func.min(_READY), db.types.UTCDateTime()))
+        .where(_WAITING, J.c.not_before.is_not(None))
+        .group_by(J.c.worker_class_id)
+    )
+    later: dict[int, datetime] = {int(c): at for c, at in conn.execute(later_query)}
+    result = []
+    for class_id, name, n, created, not_before in conn.execute(query).all():
+        oldest: datetime | None = created
+        if not_before is not None:  # the first by id could start later: the others'
+            oldest = conn.execute(
+                sa.select(sa.func.min(J.c.created_at)).where(
+                    _WAITING, J.c.worker_class_id == class_id, J.c.not_before.is_(None)
+                )
+            ).scalar()
+        if class_id in later:
+            oldest = later[class_id] if oldest is None else min(oldest, later[class_id])
+        result.append(Queue(str(name), int(n or 0), oldest))
+    return result

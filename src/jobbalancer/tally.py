@@ -1,12 +1,12 @@
 """Counters and histograms of jobs for /metrics: jobs ended by class and state, wait time
-(submit → start) and run time (start → end) by class.
+(submit, or ``not_before`` if later → start) and run time (start → end) by class.
 
 They live in the database (``metric_counts``), so every server shows the same figures and
 a restart resets nothing. A job's moves write nothing for them: each scrape first *folds
 in* the jobs that started or ended since the last fold, read in order of ``started_at`` /
 ``finished_at`` from a cursor (``metric_cursors``), at most :data:`FOLD_LIMIT` jobs per
 cursor (a backlog is caught up over the next scrapes), under a lock on the cursors so two
-servers never count a job twice.
+servers never count a job twice (a fold that finds them locked skips: the other counts).
 
 The cursors start at the first fold (the first scrape after the upgrade): jobs that ended
 before it are not counted. A job is folded in once its time is ``settle`` seconds old: its
@@ -86,7 +86,15 @@ def _after(cursor: Cursor, at: datetime, job_id: int, horizon: datetime) -> sa.S
         sa.select(
             *(
                 J.c[n]
-                for n in ("id", cursor.column, "state", "created_at", "started_at", "finished_at")
+                for n in (
+                    "id",
+                    cursor.column,
+                    "state",
+                    "created_at",
+                    "not_before",
+                    "started_at",
+                    "finished_at",
+                )
             ),
             C.c.name,
         )
@@ -100,8 +108,13 @@ def _after(cursor: Cursor, at: datetime, job_id: int, horizon: datetime) -> sa.S
 
 def fold(conn: sa.Connection, settle: float = SETTLE) -> int:
     """Fold the jobs that started or ended since the last fold into the tallies (in a
-    :func:`db.write` transaction); how many jobs it read."""
-    cursors = {r.name: r for r in db.lock_rows(conn, sa.select(CURSORS).order_by(CURSORS.c.name))}
+    :func:`db.write` transaction); how many jobs it read (0 too when another fold holds
+    the cursors)."""
+    # A fold under way on another server holds the cursors: this one skips (that fold
+    # counts the same jobs), so a scrape never waits for another (PostgreSQL, MariaDB;
+    # SQLite's write transaction excludes the other fold anyway).
+    locked = sa.select(CURSORS).order_by(CURSORS.c.name).with_for_update(skip_locked=True)
+    cursors = {r.name: r for r in conn.execute(locked)}
     horizon = db.now(conn) - timedelta(seconds=settle)
     adds: defaultdict[Key, float] = defaultdict(float)
     read = 0
@@ -113,13 +126,13 @@ def fold(conn: sa.Connection, settle: float = SETTLE) -> int:
             _move(conn, cursor, horizon, 0)
             continue
         last: tuple[datetime, int] | None = None
-        for job_id, at, state, created, started, finished, cls in conn.execute(
+        for job_id, at, state, created, not_before, started, finished, cls in conn.execute(
             _after(cursor, row.at, row.job_id, horizon)
         ):
             read += 1
             last = (at, job_id)
             if cursor is STARTED:
-                observe(adds, WAIT, cls, (started - created).total_seconds())
+                observe(adds, WAIT, cls, (started - ready(created, not_before)).total_seconds())
                 continue
             adds[(ENDED, cls, state)] += 1
             if started is not None:
@@ -128,6 +141,12 @@ def fold(conn: sa.Connection, settle: float = SETTLE) -> int:
             _move(conn, cursor, *last)
     _add(conn, adds)
     return read
+
+
+def ready(created: datetime, not_before: datetime | None) -> datetime:
+    """When a job could first start: its submit, or its ``not_before`` if later (a job
+    that starts later, a retry that waits); its wait is counted from there."""
+    return created if not_before is None else max(created, not_before)
 
 
 def _move(conn: sa.Connection, cursor: Cursor, at: datetime, job_id: int) -> None:

@@ -152,9 +152,27 @@ def ensure_key_file(text: str, path: str | Path) -> tuple[Key, bool]:
         return found, False
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new_key_text() + "\n")
+    # Written whole under another name, then linked in place: a process starting at the
+    # same moment sees no file or a whole one, and the one that loses the race reads it.
+    draft = target.with_name(f".{target.name}.{os.getpid()}.{random.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new_key_text() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(draft, target)
+        except FileExistsError:
+            key = load_key("", target)
+            assert key is not None
+            return key, False
+        except OSError:  # a file system without hard links: made in place, exclusively
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(draft.read_text())
+    finally:
+        draft.unlink(missing_ok=True)
     log.warning(
         "made a new secret key in %s (mode 0600): workers that run jobs with secrets, and "
         "other servers, need the same file (docs/operations.md, 'Secrets')",
@@ -373,6 +391,8 @@ def names_of(secret_env: Mapping[str, str], secret_args: Mapping[int, str]) -> l
 _VALUES = sa.select(S.c.name, S.c.value, S.c.worker_classes, S.c.users).where(
     S.c.name.in_(sa.bindparam("b_names", expanding=True))
 )
+# Whether the job's owner is still there and enabled (the worker's role reads these two).
+_OWNER = sa.select(schema.users.c.disabled).where(schema.users.c.id == sa.bindparam("b_owner"))
 
 
 def resolve(
@@ -385,11 +405,19 @@ def resolve(
     job_id: int,
 ) -> dict[str, str]:
     """The values of the secrets job ``job_id`` names, by name, after checking again
-    that they exist and that the job's owner and class may still use them. Unusable says
+    that the job's owner is still there and enabled, that the secrets exist and that the
+    owner and class may still use them. Unusable says
     why not; the job must then not run. Only a worker calls this, just before the start
-    (its database role reads the secrets' sealed values and limits, never the users)."""
+    (its database role reads the secrets' sealed values and limits, and of the users only
+    their ids and whether they are disabled)."""
     if not names:
         return {}
+    if owner_id is not None:
+        owner = conn.execute(_OWNER, {"b_owner": owner_id}).first()
+        if owner is None:
+            raise Unusable("the job's owner was deleted: their jobs get no secrets")
+        if owner.disabled:
+            raise Unusable("the job's owner is disabled: their jobs get no secrets")
     rows = {r.name: r for r in conn.execute(_VALUES, {"b_names": list(names)})}
     found: dict[str, str] = {}
     for name in names:

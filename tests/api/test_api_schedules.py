@@ -65,6 +65,11 @@ def test_create_read_and_list(api: Api) -> None:
         ({"job": {"command": "true", "worker_class": "nope"}}, "job.worker_class"),
         ({"job": {"command": "true", "priority": 10**10}}, "job.priority"),
         ({"job": {"command": "true", "after": [1]}}, "job.after"),
+        ({"job": {"command": "true", "not_before": "2020-01-01T00:00:00Z"}}, "job.not_before"),
+        ({"job": {"command": "true", "delay": -1}}, "job.delay"),
+        ({"job": {"command": "true", "delay": 60, "need_realtime": True}}, "job.delay"),
+        ({"job": {"command": "true", "retry_on": ["sometimes"]}}, "job.retry_on.0"),
+        ({"job": {"command": "true", "secret_env": {"X": "nope"}}}, "job.secret_env.X"),
         ({"job": {"command": "true", "typo": 1}}, "job.typo"),
         ({"job": {}}, "job.command"),
         ({"name": ""}, "name"),
@@ -78,6 +83,21 @@ def test_bad_input_names_the_field_and_saves_nothing(
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field, r.text
     assert api.admin.get("/api/v1/schedules").json() == []
+
+
+def test_the_job_takes_delay_and_a_retry_policy_not_a_fixed_start(api: Api) -> None:
+    job = {"command": "true", "delay": 600, "retries": 3, "retry_delay": 30,
+           "retry_backoff": 2, "retry_max_delay": 300, "retry_jitter": 0.1,
+           "retry_on": ["timeout", 75]}  # fmt: skip
+    made = create(api, job=job)
+    assert made["job"] == job
+    r = api.admin.patch(
+        f"/api/v1/schedules/{made['id']}",
+        json={"job": {"command": "true", "not_before": "2020-01-01T00:00:00Z"}},
+    )
+    assert r.status_code == 422 and r.json()["field"] == "job.not_before", r.text
+    assert "delay" in r.text
+    assert api.admin.get(f"/api/v1/schedules/{made['id']}").json()["job"] == job
 
 
 def test_a_name_is_taken_once(api: Api) -> None:

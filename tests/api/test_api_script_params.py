@@ -148,7 +148,16 @@ def test_a_secret_parameter_names_a_secret_the_submitter_may_use(api: Api) -> No
     r = api.admin.post(
         "/api/v1/jobs", json={"script": "backup", "params": {"host": "h", "password": "db"}}
     )
-    assert r.status_code == 422 and r.json()["field"].startswith("params"), r.text
+    assert r.status_code == 422 and r.json()["field"] == "params.password", r.text
+    assert r.json()["message"].startswith("params.password: secret 'db' does not exist")
+    # By position: named by its place, as the other params errors are.
+    r = api.admin.post("/api/v1/jobs", json={"script": "backup", "params": ["h", "db"]})
+    assert r.status_code == 422 and r.json()["field"] == "params.1", r.text
+    assert r.json()["message"].startswith("params.1 (password): secret 'db'")
+    # In a batch: the job's index before it.
+    batch = {"jobs": [{"script": "backup", "params": {"host": "h", "password": "db"}}]}
+    r = api.admin.post("/api/v1/jobs/batch", json=batch)
+    assert r.status_code == 422 and r.json()["field"] == "jobs.0.params.password", r.text
     assert api.admin.get("/api/v1/jobs").json()["items"] == []
     r = api.admin.post("/api/v1/secrets", json={"name": "db", "value": "s3cr3t-value"})
     assert r.status_code == 201, r.text

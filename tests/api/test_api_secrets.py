@@ -117,7 +117,9 @@ def test_only_admins_manage_others_see_what_they_may_use(api: Api) -> None:
         assert c.delete(f"{SECRETS}/prod-db").status_code == 403
 
     seen = {s["name"]: s for s in api.client(alice).get(SECRETS).json()}
-    assert set(seen) == {"open", "prod-db"} and seen["prod-db"]["users"] is None
+    # Limited: alice sees herself in it (never the others), so it never reads as "anyone".
+    assert set(seen) == {"open", "prod-db"} and seen["prod-db"]["users"] == ["alice"]
+    assert seen["open"]["users"] is None
     assert [s["name"] for s in api.client(bob).get(SECRETS).json()] == ["open"]
     assert api.client(bob).get(f"{SECRETS}/prod-db").status_code == 404
     by_operator = {s["name"]: s for s in api.client(oper).get(SECRETS).json()}
@@ -178,7 +180,7 @@ def test_submit_checks_the_rights(api: Api) -> None:
 
 
 def test_a_restart_checks_again(api: Api) -> None:
-    _, alice = api.user("alice")
+    alice_id, alice = api.user("alice")
     api.worker("w1")
     make(api, users=["alice"])
     job = submit(api.client(alice), command="true", secret_env={"P": "prod-db"})
@@ -186,6 +188,12 @@ def test_a_restart_checks_again(api: Api) -> None:
     api.admin.patch(f"{SECRETS}/prod-db", json={"users": []})
     r = api.client(alice).post(f"/api/v1/jobs/{job['id']}/restart")
     assert r.status_code == 422 and "prod-db" in r.json()["message"]
+    # An owner disabled since: an operator's restart is refused (the worker would refuse
+    # the new job its secrets anyway).
+    api.admin.patch(f"{SECRETS}/prod-db", json={"users": ["alice"]})
+    api.admin.patch(f"/api/v1/users/{alice_id}", json={"disabled": True})
+    r = api.admin.post(f"/api/v1/jobs/{job['id']}/restart")
+    assert r.status_code == 409 and "is disabled" in r.json()["message"], r.text
 
 
 def test_no_key_means_no_secrets_but_a_clear_503(api: Api) -> None:

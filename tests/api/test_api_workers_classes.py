@@ -62,7 +62,9 @@ def test_class_crud(api: Api) -> None:
     )
     assert r.status_code == 201
     gpu = r.json()
-    assert gpu == {"id": gpu["id"], "name": "gpu", "max_jobs": 2, "description": "GPUs"}
+    assert gpu == {
+        "id": gpu["id"], "name": "gpu", "max_jobs": 2, "description": "GPUs", "requests": None
+    }  # fmt: skip
     names = [c["name"] for c in api.admin.get("/api/v1/worker-classes").json()]
     assert names == ["default", "gpu"]
     url = f"/api/v1/worker-classes/{gpu['id']}"

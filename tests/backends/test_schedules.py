@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import auth, db, jobs, schedules
+from jobbalancer import auth, classes, db, jobs, monitor, schedules
 from jobbalancer.db import schema
 from jobbalancer.service import access, firing, inputs, job_actions
 from jobbalancer.service import schedules as service
@@ -189,6 +189,23 @@ def test_overlap_replace_kills_the_previous_run(bench: Bench) -> None:
     assert second.state == jobs.State.WAITING
 
 
+def test_a_job_body_with_a_delay_fires_delayed_and_replace_kills_it(bench: Bench) -> None:
+    """Each firing starts the job ``delay`` seconds after it (by the database's clock); a
+    replaced run that still waits is killed and ended (its finished_at set)."""
+    s = bench.add(overlap="replace", job={"command": "true", "delay": 3600})
+    bench.at(minutes(1))
+    [first] = bench.jobs_of(s.id)
+    assert first.state == jobs.State.DELAYED and first.not_before is not None
+    with db.read(bench.engine) as conn:
+        left = (first.not_before - db.now(conn)).total_seconds()
+    assert 3500 < left <= 3600
+    bench.at(minutes(2))
+    first, second = bench.jobs_of(s.id)
+    assert (first.state, first.started_at) == (jobs.State.KILLED, None)
+    assert first.finished_at is not None
+    assert second.state == jobs.State.DELAYED and second.not_before is not None
+
+
 # -- catch-up after no server ran ---------------------------------------------------------
 
 
@@ -265,6 +282,89 @@ def test_a_scripts_only_owner_cannot_fire_a_command(bench: Bench) -> None:
     assert occ.reason == "the job is refused: you may run stored scripts only, not commands"
 
 
+def test_schedules_due_at_once_fire_together_and_each_refusal_stays_its_own(
+    bench: Bench,
+) -> None:
+    """One owner's jobs due at one instant go in one submission; when one of them is
+    refused, the others still fire and the refusal is recorded on its occurrence only.
+    Another owner's disabled account skips theirs alone."""
+    with db.write(bench.engine) as conn:
+        classes.create(conn, "gpu")
+    bob = bench.user("bob")
+    mine = [bench.add(f"s{i}", overlap="allow") for i in range(5)]
+    lost = bench.add("on-gpu", overlap="allow", job={"command": "true", "worker_class": "gpu"})
+    theirs = service.create(
+        bench.engine, bob,
+        inputs.ScheduleIn.model_validate({"name": "bobs", "cron": "* * * * *",
+                                          "job": {"command": "true"}}),
+        now=bench.clock.now,
+    )  # fmt: skip
+    assert bench.at(minutes(1)) == 7
+    assert all(len(bench.jobs_of(s.id)) == 1 for s in [*mine, theirs])
+    bench.set_user(bench.owner.id, worker_classes=["default"])
+    bench.set_user(bob.id, disabled=True)
+    assert bench.at(minutes(2)) == 7
+    assert all(len(bench.jobs_of(s.id)) == 2 for s in mine)
+    assert all(o.job_id is not None for s in mine for o in bench.occurrences(s.id))
+    refused = bench.occurrences(lost.id)[1]
+    assert refused.reason_code == "refused" and "'gpu'" in (refused.reason or "")
+    assert bench.occurrences(theirs.id)[1].reason == "owner bob disabled"
+    with db.read(bench.engine) as conn:
+        counted = schedules.counters(conn)
+    assert (counted["fired"], counted["skipped:refused"], counted["skipped:owner"]) == (12, 1, 1)
+
+
+def test_two_occurrences_due_in_one_tick_see_each_other(bench: Bench) -> None:
+    """A tick that finds two occurrences of a schedule (and of another) decides them in
+    order: under overlap skip the first fires and the second sees it running."""
+    s = bench.add("skips")
+    other = bench.add("allows", overlap="allow")
+    assert bench.at(minutes(2)) == 2
+    first, second = bench.occurrences(s.id)
+    [job] = bench.jobs_of(s.id)
+    assert first.job_id == job.id
+    assert second.reason == f"previous run {job.id} still waiting"
+    assert len(bench.jobs_of(other.id)) == 2
+
+
+def test_history_pages_in_its_own_order(bench: Bench) -> None:
+    """A run now recorded before an occurrence of an earlier time: the history is by
+    fire time, and its pages follow that order, not the ids."""
+    s = bench.add(overlap="allow")
+    run = service.run_now(bench.engine, access.LOCAL, s.name, now=minutes(10))
+    bench.at(minutes(1))
+    bench.at(minutes(2))
+    newest = service.history(bench.engine, access.LOCAL, s.name, limit=1)
+    assert [o.id for o in newest] == [run.id]
+    rest = service.history(bench.engine, access.LOCAL, s.name, limit=5, before=run.id)
+    assert [o.fire_at for o in rest] == [minutes(2), minutes(1)]
+    assert all(o.id > run.id for o in rest)
+    last = service.history(bench.engine, access.LOCAL, s.name, before=rest[-1].id)
+    assert last == []
+    other = bench.add("other")
+    assert service.history(bench.engine, access.LOCAL, other.id, before=run.id) == []
+
+
+def test_upcoming_is_the_soonest_runs_a_user_may_see(bench: Bench) -> None:
+    bob = bench.user("bob")
+    bench.add("hourly", cron="0 * * * *")
+    bench.add("minutely", cron="* * * * *")
+    bench.add("paused", cron="* * * * * *", enabled=False)
+    bench.add("daily", cron="0 0 * * *")
+    service.create(
+        bench.engine, bob,
+        inputs.ScheduleIn.model_validate({"name": "bobs", "cron": "*/30 * * * * *",
+                                          "job": {"command": "true"}}),
+        now=bench.clock.now,
+    )  # fmt: skip
+    names = [s.name for s, _ in service.upcoming(bench.engine, access.LOCAL, limit=3)]
+    assert names == ["bobs", "minutely", "hourly"]
+    mine = service.upcoming(bench.engine, bench.owner, limit=5)
+    assert [(s.name, at) for s, at in mine] == [
+        ("minutely", minutes(1)), ("hourly", minutes(60)), ("daily", minutes(12 * 60)),
+    ]  # fmt: skip
+
+
 def test_run_now_fires_as_the_owner_and_is_recorded_manual(bench: Bench) -> None:
     s = bench.add()
     occ = service.run_now(bench.engine, access.LOCAL, s.name, now=T0)
@@ -321,18 +421,18 @@ def test_a_schedule_that_fails_to_fire_does_not_hold_up_the_others(
     bench: Bench, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bad, good = bench.add("bad", overlap="allow"), bench.add("good", overlap="allow")
-    real = firing._fire
+    real = firing.job_body
 
-    def broken(conn: sa.Connection, schedule: schedules.Schedule, *args: Any) -> None:
+    def broken(schedule: schedules.Schedule) -> inputs.JobSubmit:
         if schedule.id == bad.id:
             raise RuntimeError("a bug")
-        real(conn, schedule, *args)
+        return real(schedule)
 
-    monkeypatch.setattr(firing, "_fire", broken)
+    monkeypatch.setattr(firing, "job_body", broken)
     bench.at(minutes(1))
     assert len(bench.jobs_of(good.id)) == 1
     assert bench.occurrences(bad.id) == []  # rolled back: tried again next tick
-    monkeypatch.setattr(firing, "_fire", real)
+    monkeypatch.setattr(firing, "job_body", real)
     bench.at(minutes(1) + timedelta(seconds=1))
     assert [o.fire_at for o in bench.occurrences(bad.id)] == [minutes(1)]
 
@@ -349,3 +449,60 @@ def test_a_retry_is_the_same_run_of_its_schedule(bench: Bench) -> None:
     assert (retry.retry_of, retry.state) == (first.id, jobs.State.WAITING)
     bench.at(minutes(2))  # overlap skip: the retry is the previous run, still going
     assert bench.occurrences(s.id)[1].reason == f"previous run {retry.id} still waiting"
+
+
+def test_a_delete_waits_for_a_firing_and_leaves_no_occurrence(bench: Bench) -> None:
+    """A schedule deleted while the leader decides it: the delete waits for the firing's
+    lock, then takes the occurrence the firing wrote with it (none is left behind)."""
+    s = bench.add(overlap="allow")
+    done = threading.Event()
+
+    def delete() -> None:
+        service.delete(bench.engine, access.LOCAL, s.id)
+        done.set()
+
+    with db.write(bench.engine) as conn:  # a firing, holding the schedule's row
+        assert schedules.lock(conn, s.id) is not None
+        deleting = threading.Thread(target=delete)
+        deleting.start()
+        done.wait(0.5)  # the delete is under way (or waits to begin)
+        assert not done.is_set()
+        schedules.record(
+            conn, s.id, minutes(1), minutes(1), reason="x", code=schedules.Reason.OVERLAP
+        )
+    deleting.join(timeout=60)
+    assert done.is_set()
+    with db.read(bench.engine) as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(schema.schedule_occurrences))
+        assert left.scalar() == 0
+
+
+def test_retention_deletes_occurrences_recorded_long_ago(bench: Bench) -> None:
+    """The history follows the jobs' retention_days (30 by default): occurrences recorded
+    before then go, the others and the counters stay."""
+    s = bench.add(overlap="allow")
+    with db.write(bench.engine) as conn:
+        now = db.now(conn)
+        for days in (40, 31, 29, 1):
+            at = now - timedelta(days=days)
+            schedules.record(conn, s.id, at, at, reason="x", code=schedules.Reason.OVERLAP)
+    monitor.apply_retention(bench.engine)
+    with db.read(bench.engine) as conn:
+        left = schedules.occurrences(conn, s.id)
+        counted = schedules.counters(conn)
+    assert [(now - o.fire_at).days for o in left] == [1, 29]
+    assert counted["skipped:overlap"] == 4
+
+
+def test_the_lists_last_result_is_the_newest_by_fire_time(bench: Bench) -> None:
+    """A run now recorded before an occurrence of an earlier time stays the last result
+    (the history's first row); a schedule that never fired has none."""
+    s = bench.add(overlap="allow")
+    never = bench.add("never", cron="0 0 1 1 *")
+    run = service.run_now(bench.engine, access.LOCAL, s.name, now=minutes(10))
+    bench.at(minutes(1))
+    listed = {x.schedule.name: x.last for x in service.list_schedules(bench.engine, access.LOCAL)}
+    assert listed[s.name] is not None and listed[s.name].id == run.id
+    assert listed[never.name] is None
+    page = service.list_schedules(bench.engine, access.LOCAL, after="every-minute", limit=5)
+    assert [x.schedule.name for x in page] == ["never"]

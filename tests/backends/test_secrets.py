@@ -84,13 +84,25 @@ def test_resolve_checks_again_at_the_start(engine: sa.Engine) -> None:
         _resolve(engine, ["prod-db"], alice.id, key=other)
     with pytest.raises(vault.Unusable, match="'nope' does not exist"):
         _resolve(engine, ["nope"], alice.id)
+    # A disabled user's queued jobs get no secrets (enabled again: they do).
+    with db.write(engine) as conn:
+        auth.update_user(conn, alice.id, {"disabled": True})
+    with pytest.raises(vault.Unusable, match="owner is disabled"):
+        _resolve(engine, ["prod-db"], alice.id)
+    with db.write(engine) as conn:
+        auth.update_user(conn, alice.id, {"disabled": False})
+    assert _resolve(engine, ["prod-db"], alice.id) == {"prod-db": VALUE}
     # A deleted user leaves the list: their queued jobs fail at the start.
     with db.write(engine) as conn:
         auth.delete_user(conn, alice.id)
         vault.forget_user(conn, alice.id)
         assert vault.get(conn, made.id).users == ()
-    with pytest.raises(vault.Unusable, match="may not use"):
+    with pytest.raises(vault.Unusable, match="owner was deleted"):
         _resolve(engine, ["prod-db"], alice.id)
+    # Also for a secret anyone may use.
+    _secret(engine, "open-db")
+    with pytest.raises(vault.Unusable, match="owner was deleted"):
+        _resolve(engine, ["open-db"], alice.id)
 
 
 def test_submit_checks_with_one_read_per_secret(engine: sa.Engine) -> None:
@@ -151,7 +163,18 @@ def test_the_worker_role_reads_only_what_resolving_needs(
     alice = _user(engine, "alice")
     _secret(engine, users=[alice.id], worker_classes=["default"])
     assert _resolve(as_role, ["prod-db"], alice.id) == {"prod-db": VALUE}
-    for statement in ("SELECT * FROM secrets", "SELECT description FROM secrets",
-                      "SELECT name FROM users", "UPDATE secrets SET users = NULL"):  # fmt: skip
+    with db.write(engine) as conn:
+        auth.update_user(conn, alice.id, {"disabled": True})
+    with pytest.raises(vault.Unusable, match="owner is disabled"):
+        _resolve(as_role, ["prod-db"], alice.id)
+    refused = (
+        "SELECT * FROM secrets",
+        "SELECT description FROM secrets",
+        "SELECT name FROM users",
+        "SELECT password_hash FROM users",
+        "UPDATE users SET disabled = FALSE",
+        "UPDATE secrets SET users = NULL",
+    )
+    for statement in refused:
         with pytest.raises(errors.DatabaseRefused), db.write(as_role) as conn:
             conn.execute(sa.text(statement))

@@ -182,3 +182,56 @@ def test_the_first_fold_counts_from_there_on(
     run(engine, job_factory(), worker)
     assert fold(engine) == 2
     assert ended(read(engine)) == {"done": 1}
+
+
+def test_a_delayed_jobs_wait_counts_from_its_not_before(
+    engine: sa.Engine, job_factory: JobFactory, worker_factory: Callable[[str], int]
+) -> None:
+    """A job that starts later waits from the time it could first start (its not_before,
+    if after its submit), not from its submit; one killed while delayed counts as ended."""
+    worker = worker_factory("w1")
+    later, killed = job_factory(delay=3600), job_factory(delay=3600)
+    with db.write(engine) as conn:
+        assert jobs.get(conn, later).state == State.DELAYED
+        jobs.request_kill(conn, killed)
+        assert jobs.get(conn, killed).finished_at is not None
+        conn.execute(sa.update(J).where(J.c.id == later).values(state=State.WAITING.value))
+    run(engine, later, worker)
+    stamp(engine, later, wait=1000, ran=1)  # submitted 1000 s before it started …
+    with db.write(engine) as conn:
+        started = jobs.get(conn, later).started_at
+        assert started is not None  # … and due 2 s before
+        conn.execute(
+            sa.update(J).where(J.c.id == later).values(not_before=started - timedelta(seconds=2))
+        )
+    rewind(engine)
+
+    assert fold(engine) == 3  # two ends, one start
+    t = read(engine)
+    assert ended(t) == {"done": 1, "killed": 1}
+    wait = t.wait["default"]
+    assert (wait.count, wait.sum) == (1, pytest.approx(2))
+    assert dict(wait.buckets)["1.0"] == 0 and dict(wait.buckets)["2.5"] == 1
+
+
+def test_a_fold_skips_while_another_holds_the_cursors(
+    engine: sa.Engine, job_factory: JobFactory, worker_factory: Callable[[str], int]
+) -> None:
+    """A second server's fold does not wait for one under way: it folds nothing, and the
+    next fold counts every job once."""
+    rewind(engine)
+    run(engine, job_factory(), worker_factory("w1"))
+    if engine.dialect.name == "sqlite":  # one writer at a time: the write lock orders them
+        assert fold(engine) == 2
+        return
+    url = engine.url.render_as_string(hide_password=False)
+    other = db.connect(url)
+    try:
+        with db.write(engine) as conn:
+            db.lock_rows(conn, sa.select(schema.metric_cursors))
+            with ThreadPoolExecutor(1) as pool:
+                assert pool.submit(fold, other).result(timeout=60) == 0
+        assert fold(other) == 2
+    finally:
+        other.dispose()
+    assert ended(read(engine)) == {"done": 1}

@@ -66,3 +66,12 @@ def test_schedules_from_the_command_line(make_cluster: Any) -> None:
     assert preview.count("02:30:00+05:30") == 5
     _cli(cluster, "schedules", "delete", "tick")
     assert "no schedules yet" in _cli(cluster, "schedules").stdout
+
+    # The submit options of starting and retrying later: each job starts 10 min after
+    # its fire time (--at, a fixed time, makes no sense for a schedule).
+    _cli(
+        cluster, "schedules", "add", "later", "--cron", "0 3 * * *", "--paused", "--in", "10m",
+        "--retries", "2", "--retry-delay", "30s", "--retry-on", "failed,75", "--", "true",
+    )  # fmt: skip
+    job = cluster.api.get("/api/v1/schedules/later").json()["job"]
+    assert (job["delay"], job["retry_delay"], job["retry_on"]) == (600, 30, ["failed", 75])

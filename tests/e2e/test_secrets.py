@@ -5,6 +5,7 @@ the reason and never runs it."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from collections.abc import Callable
@@ -61,6 +62,43 @@ def test_a_job_gets_the_value_and_its_output_shows_stars(
     assert again.returncode != 0 and "prod-db" in again.stderr
 
 
+# A script whose typed `secret` parameter ($2) it prints whole, in two pieces, and as a
+# digest (which shows the value arrived, without printing it).
+DEPLOY = (
+    'printf \'to %s with %s\\n\' "$1" "$2"; printf %.5s "$2"; sleep 0.4; '
+    "printf '%s\\n' \"${2#?????}\"; "
+    "printf 'sha256 %s\\n' \"$(printf %s \"$2\" | sha256sum | cut -d' ' -f1)\"\n"
+)
+
+
+def test_a_typed_secret_parameter_reaches_the_script_and_is_masked(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster("sqlite")
+    assert _cli(cluster, "secrets", "set", "api-token", stdin=VALUE + "\n").returncode == 0
+    declared = [{"name": "target", "type": "string", "required": True},
+                {"name": "token", "type": "secret", "required": True}]  # fmt: skip
+    script = {"name": "deploy", "interpreter": "sh", "content": DEPLOY, "parameters": declared}
+    assert cluster.api.post("/api/v1/scripts", json=script).status_code == 201
+    cluster.start_worker("w", "--allow-root")
+
+    done = _cli(cluster, "submit", "--script", "deploy", "-p", "target=prod",
+                "-p", "token=api-token", "--wait")  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = int(done.stdout.split()[0])
+    digest = hashlib.sha256(VALUE.encode()).hexdigest()
+    assert cluster.log(job_id) == f"to prod with ****\n****\nsha256 {digest}\n"
+    job = cluster.job(job_id)
+    assert job["params"] == ["prod", "api-token"] and job["secret_args"] == {"1": "api-token"}
+    assert VALUE not in str(job)
+    for proc in cluster.procs:
+        assert VALUE not in proc.log(), proc.name
+    # One that does not exist: refused at submit, naming the parameter.
+    bad = _cli(cluster, "submit", "--script", "deploy", "-p", "target=x", "-p", "token=nope")
+    assert bad.returncode != 0 and "params.token: secret 'nope'" in bad.stderr, bad.stderr
+
+
 def _worker(cluster: Cluster, name: str, klass: str, **env: str) -> None:
     """A worker of class ``klass`` with ``env`` added to the cluster's environment."""
     saved = dict(cluster.env)
@@ -97,3 +135,35 @@ def test_a_worker_without_the_key_fails_the_job_and_never_runs_it(
     logs = {p.name: p.log() for p in cluster.procs}
     assert "jobs that use secrets fail on this worker" in logs["w-nokey"]
     assert "is not the server's" in logs["w-other"]
+
+
+def test_a_disabled_owners_queued_job_gets_no_secret(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster("sqlite")
+    r = cluster.api.post("/api/v1/users", json={"name": "alice", "role": "submitter"})
+    assert r.status_code == 201, r.text
+    alice_id = r.json()["id"]
+    key = cluster.api.post(f"/api/v1/users/{alice_id}/api-keys", json={"name": "k"}).json()["key"]
+    assert cluster.api.post("/api/v1/worker-classes", json={"name": "later"}).status_code == 201
+    r = cluster.api.post("/api/v1/secrets", json={"name": "prod-db", "value": VALUE})
+    assert r.status_code == 201, r.text
+    marker = cluster.tmp / "ran"
+    # Queued (no worker of its class yet) by alice, who is then disabled.
+    r = cluster.api.post(
+        "/api/v1/jobs",
+        json={"command": f"touch {marker}", "worker_class": "later",
+              "secret_env": {"P": "prod-db"}},
+        headers={"Authorization": f"Bearer {key}"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    r = cluster.api.patch(f"/api/v1/users/{alice_id}", json={"disabled": True})
+    assert r.status_code == 200, r.text
+    cluster.start_worker("w", "--class", "later", "--allow-root")
+
+    failed = cluster.wait_job(job_id)
+
+    assert failed["state"] == "failed", failed
+    assert "owner is disabled" in failed["error"], failed["error"]
+    assert not marker.exists()  # never started without its secret

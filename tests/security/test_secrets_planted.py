@@ -88,8 +88,12 @@ def test_planted_values_show_nowhere_they_should_not(make_cluster: Any) -> None:
         "/api/v1/secrets", json={"name": "prod-db", "value": SECRET, "users": ["alice"]}
     )
     assert r.status_code == 201, r.text
+    # A script with a typed `secret` parameter: the value reaches it as $1.
     r = cluster.api.post("/api/v1/scripts", json={"name": "s", "interpreter": "sh",
-                                                  "content": "echo hi"})  # fmt: skip
+                                                  "content": 'printf "arg=%s\\n" "$1"',
+                                                  "parameters": [{"name": "pw",
+                                                                  "type": "secret"}]})  # fmt: skip
+    assert r.status_code == 201, r.text
     script_id = r.json()["id"]
     target = {"name": "hook", "kind": "webhook", "url": "http://127.0.0.1:9/", "secret": SECRET}
     r = cluster.api.post("/api/v1/notification-targets", json=target)
@@ -106,6 +110,11 @@ def test_planted_values_show_nowhere_they_should_not(make_cluster: Any) -> None:
     log = cluster.log(job_id)
     assert "secret=****\n" in log and "****" in cluster.log(job_id, "stderr")
     assert f"env has {len(ENV_VALUE)} chars" in log
+    r = alice.post("/api/v1/jobs", json={"script": "s", "params": {"pw": "prod-db"}})
+    assert r.status_code == 201, r.text
+    typed_id = int(r.json()["id"])
+    assert cluster.wait_job(typed_id)["state"] == "done"
+    assert cluster.log(typed_id) == "arg=****\n"
     alice.close()
 
     worker_id = cluster.worker("w")["id"]  # type: ignore[index]
@@ -131,10 +140,16 @@ def test_planted_values_show_nowhere_they_should_not(make_cluster: Any) -> None:
         for path in [*api_paths, "/metrics"]:
             filled = _fill(path, ids)
             texts[f"GET {filled}"] = api.get(filled).text
+            if "{job_id}" in path:  # the job with a typed secret parameter too
+                typed = _fill(path, {**ids, "job_id": typed_id})
+                texts[f"GET {typed}"] = api.get(typed).text
         if browser is not None:
             for path in pages:
                 filled = _fill(path, ids)
                 texts[f"page {filled}"] = browser.get(filled).text
+                if "{job_id}" in path:
+                    typed = _fill(path, {**ids, "job_id": typed_id})
+                    texts[f"page {typed}"] = browser.get(typed).text
             browser.close()
         for where, text in texts.items():
             assert SECRET not in text, f"{name} sees the secret's value in {where}"

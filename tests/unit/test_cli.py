@@ -287,6 +287,10 @@ def test_option_variables_do_not_trip_the_settings_loader(
         "JOBBALANCER_WORKER_ID_FILE",
         "JOBBALANCER_WORKER_ALLOW_ROOT",
         "JOBBALANCER_WORKER_CGROUPS",
+        "JOBBALANCER_WORKER_CPUS",
+        "JOBBALANCER_WORKER_MEMORY",
+        "JOBBALANCER_WORKER_GPUS",
+        "JOBBALANCER_WORKER_LABELS",
     }
     assert settings_like <= allowed
 

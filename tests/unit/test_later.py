@@ -194,6 +194,28 @@ def test_parallel_takes_the_same_options(monkeypatch: pytest.MonkeyPatch) -> Non
     assert bad.exit_code == 2 and "--in 'x'" in bad.output
 
 
+def test_schedules_add_takes_in_and_the_retry_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schedule's job starts --in after each fire time and retries by the policy."""
+    sent: dict[str, Any] = {}
+
+    def fake_create(self: Client, name: str, cron: str, job: Any, **kw: Any) -> dict[str, Any]:
+        sent.update(job)
+        return {"id": 3, "name": name, "next_runs": []}
+
+    monkeypatch.setattr(Client, "create_schedule", fake_create)
+    args = ["schedules", "add", *REMOTE, "nightly", "--cron", "@daily", "--in", "90s"]
+    retry = ["--retries", "2", "--retry-delay", "1m", "--retry-backoff", "2",
+             "--retry-on", "timeout,75"]  # fmt: skip
+    result = CliRunner().invoke(cli.app, [*args, *retry, "--", "echo", "hi"])
+    assert result.exit_code == 0, result.output
+    assert sent["delay"] == 90.0 and sent["retries"] == 2
+    assert (sent["retry_delay"], sent["retry_backoff"]) == (60.0, 2.0)
+    assert sent["retry_on"] == ["timeout", 75]
+    sent.clear()
+    bad = CliRunner().invoke(cli.app, [*args[:-1], "soon", "--", "echo", "hi"])
+    assert bad.exit_code == 2 and "--in 'soon'" in bad.output and sent == {}
+
+
 # -- what is shown ------------------------------------------------------------------------
 
 _AT = "2026-12-24T17:00:00.000Z"

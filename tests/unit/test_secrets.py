@@ -96,6 +96,39 @@ def test_the_key_file_is_made_once_with_mode_0600(tmp_path: Path) -> None:
         vault.load_key("", path)
 
 
+def test_two_processes_making_the_key_file_at_once_get_the_same_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "secret.key"
+    real_link = os.link
+
+    def other_first(src: str, dst: str) -> None:  # another server links its file first
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.write(fd, (vault.new_key_text() + "\n").encode())
+            os.close(fd)
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", other_first)
+    key, made = vault.ensure_key_file("", path)
+    assert not made and key.raw == vault.load_key("", path).raw  # type: ignore[union-attr]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]  # no draft left
+
+
+def test_without_hard_links_the_key_file_is_made_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "secret.key"
+    key, made = vault.ensure_key_file("", path)
+    assert made and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert vault.load_key("", path) == key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]
+
+
 def test_the_variable_wins_over_the_file(tmp_path: Path) -> None:
     text = vault.new_key_text()
     path = tmp_path / "secret.key"
@@ -169,6 +202,18 @@ def test_multibyte_values_split_inside_a_character() -> None:
     text = "clé: sécret!".encode()
     for cut in range(len(text) + 1):
         assert mask_split(text, ["sécret"], [cut]) == "clé: ****!".encode()
+
+
+def test_a_value_of_several_lines_is_also_masked_line_by_line() -> None:
+    pem = "-----BEGIN KEY-----\r\nMIIEvQIBADANBgkq\nhkiG9w0BAQEFAASC\nab\n-----END KEY-----"
+    assert mask_whole(pem.encode() + b"\n", [pem]) == b"****\n"  # whole: one mask
+    # Printed in part (head -n 2), each long line is masked, split or not.
+    part = b"-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n"
+    assert mask_whole(part, [pem]) == b"****\n****\n"
+    for cut in range(len(part) + 1):
+        assert mask_split(part, [pem], [cut]) == b"****\n****\n"
+    # A short line ("ab") is common text: not masked on its own.
+    assert mask_whole(b"ab cd\n", [pem]) == b"ab cd\n"
 
 
 def test_no_values_pass_everything_through() -> None:

@@ -18,7 +18,9 @@ def cand(id: int, active: int = 0, max_jobs: int = 4, class_id: int = 1) -> Cand
 
 
 def test_every_setting_value_has_a_strategy() -> None:
-    assert set(balancer.STRATEGIES) == {"round_robin", "least_loaded", "random", "fill_first"}
+    assert set(balancer.STRATEGIES) == {
+        "round_robin", "least_loaded", "random", "fill_first", "binpack"
+    }  # fmt: skip
 
 
 def test_candidate_free_slots() -> None:

@@ -13,9 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from jobbalancer import db, jobs, schedules
+from jobbalancer import db, jobs, schedules, scripts
 from jobbalancer.db import schema
 from jobbalancer.service import firing
+from jobbalancer.web.routes.schedules import LIST_PAGE
 from tests.web.conftest import PASSWORD, Web
 
 
@@ -352,3 +353,50 @@ def test_a_form_without_its_csrf_token_is_refused(web: Web) -> None:
     assert _count(web) == 1
     with db.read(web.engine) as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(jobs.J)).scalar() == 0
+
+
+def test_the_form_sets_a_delay_and_a_retry_delay_and_keeps_params_by_name(web: Web) -> None:
+    with db.write(web.engine) as conn:
+        scripts.create(conn, "encode", "sh", 'echo "$@"\n', parameters=[
+            {"name": "input", "type": "string", "required": True},
+            {"name": "crf", "type": "int", "default": 23},
+        ])  # fmt: skip
+    client, csrf = web.login()
+    new = client.get("/schedules/new").text
+    assert 'name="delay"' in new and 'name="retry_delay"' in new
+    bad = client.post("/schedules", data=_form(csrf, delay="soon", retry_delay="1 minute"))
+    assert bad.status_code == 422 and 'id="err-delay"' in bad.text
+    assert 'id="err-retry_delay"' in bad.text and _count(web) == 0
+    r = client.post("/schedules", data=_form(csrf, delay="10m", retry_delay="30s", retries="2"))
+    assert r.status_code == 303, r.text
+    job = _get(web, "nightly").job
+    assert (job["delay"], job["retry_delay"], job["retries"]) == (600, 30, 2)
+
+    schedule_id = _make(web, "encoder", job={"script": "encode", "retry_backoff": 2,
+                                             "params": {"input": "a.mp4", "crf": 20}})  # fmt: skip
+    edit = client.get(f"/schedules/{schedule_id}/edit").text
+    assert "input=a.mp4\ncrf=20</textarea>" in edit and 'name="params_named"' in edit
+    assert "retry_backoff" in edit  # kept as it is
+    fields = _form(csrf, name="encoder", cron="0 * * * *", kind="script", script="encode",
+                   params="input=b.mp4\ncrf=21", params_named="1", retry_delay="2m")  # fmt: skip
+    r = client.post(f"/schedules/{schedule_id}", data=fields)
+    assert r.status_code == 303, r.text
+    job = _get(web, schedule_id).job
+    assert job["params"] == {"input": "b.mp4", "crf": "21"} and job["retry_backoff"] == 2
+    assert job["retry_delay"] == 120 and "delay" not in job
+    bad = client.post(f"/schedules/{schedule_id}", data={**fields, "params": "just-a-value"})
+    assert bad.status_code == 422 and 'id="err-params"' in bad.text
+
+
+def test_the_list_pages_by_name(web: Web) -> None:
+    for i in range(LIST_PAGE + 2):
+        _make(web, f"s{i:03d}")
+    client, _ = web.login()
+    first = client.get("/schedules").text
+    assert len(re.findall(r'<tr data-name="s\d+"', first)) == LIST_PAGE
+    more = re.search(r'href="(/schedules\?after=s\d+)" rel="next"', first)
+    assert more and more.group(1).endswith(f"s{LIST_PAGE - 1:03d}")
+    rest = client.get(more.group(1)).text
+    names = re.findall(r'<tr data-name="(s\d+)"', rest)
+    assert names == [f"s{LIST_PAGE:03d}", f"s{LIST_PAGE + 1:03d}"]
+    assert 'rel="next"' not in rest and ">First page<" in rest

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import re
 
-from jobbalancer import db, jobs, scripts
-from tests.web.conftest import Web
+from jobbalancer import db, jobs, scripts, vault
+from tests.web.conftest import PASSWORD, Web
 
 DECLARED = [
     {"name": "input", "type": "string", "required": True, "regex": "[a-z]+\\.mp4",
@@ -82,7 +82,9 @@ def test_the_run_form_is_generated_from_the_declaration(web: Web) -> None:
     assert re.search(r'<select name="param.preset">\s*<option value="fast">fast</option>'
                      r'<option value="slow" selected>slow</option>', run)  # fmt: skip
     assert re.search(r'type="checkbox" name="param.deinterlace" value="true" checked', run)
-    assert 'name="param.token" value="" placeholder="the name of a secret"' in run
+    # No secret the user may use yet: the secret's select says so.
+    token = re.search(r'<select name="param.token">(.*?)</select>', run, re.S)
+    assert token and "no secret you may use" in token.group(1), run
     assert "the file to encode" in run and 'class="required"' in run
 
     # Submitted: the values in declared order, an unticked box is false, defaults fill in.
@@ -118,3 +120,45 @@ def test_a_server_side_error_is_shown_next_to_its_field(web: Web) -> None:
     assert re.search(r'name="param.deinterlace" value="true" checked', r.text)
     with db.read(web.engine) as conn:
         assert jobs.get_many(conn, [1]) == []
+
+
+def test_a_secret_parameter_offers_the_secrets_the_user_may_use(web: Web) -> None:
+    bob, carol = web.user("bob", "submitter"), web.user("carol", "submitter")
+    key = vault.Key.parse(vault.new_key_text(), "test")
+    with db.write(web.engine) as conn:
+        vault.create(conn, key, "shared-db", "v1-value")  # anyone
+        vault.create(conn, key, "bob-token", "v2-value", users=[bob.id])
+        vault.create(conn, key, "carol-token", "v3-value", users=[carol.id])
+    admin, csrf = web.login()
+    admin.post("/scripts", data=_form(csrf))
+    script = _script(web)
+
+    client, csrf = web.login("bob", PASSWORD)
+    page = client.get(f"/scripts/{script.id}").text
+    run = page[page.index('id="run"') :]
+    token = re.search(r'<select name="param.token">(.*?)</select>', run, re.S)
+    assert token, run
+    offered = re.findall(r'<option value="([^"]*)"', token.group(1))
+    assert offered == ["", "bob-token", "shared-db"]  # not carol's; never a value
+    assert "value" not in "".join(offered) and "v2-value" not in page
+
+    r = client.post(
+        f"/scripts/{script.id}/run",
+        data={"csrf_token": csrf, "param.input": "in.mp4", "param.token": "bob-token",
+              "worker_class": "default"},
+    )  # fmt: skip
+    assert r.status_code == 303, r.text
+    job_id = int(r.headers["location"].rsplit("/", 1)[1])
+    with db.read(web.engine) as conn:
+        job = jobs.get(conn, job_id)
+    assert job.params[5] == "bob-token" and job.secret_args == {5: "bob-token"}
+
+    # One bob may not use (sent anyway): refused next to its field, by the parameter's name.
+    r = client.post(
+        f"/scripts/{script.id}/run",
+        data={"csrf_token": csrf, "param.input": "in.mp4", "param.token": "carol-token",
+              "worker_class": "default"},
+    )  # fmt: skip
+    assert r.status_code == 422
+    error = re.search(r'class="field-error" role="alert" data-param="token">([^<]+)', r.text)
+    assert error and "does not exist, or you may not use it" in error.group(1), r.text

@@ -128,6 +128,19 @@ class Job(BaseModel):
         default_factory=dict,
         description="Params (by index) replaced by a secret's value at the start: the names.",
     )
+    # Placement (docs/api.md, "Placement").
+    cpus: float | None = Field(None, description="CPUs it requested; null: none.")
+    memory: int | None = Field(None, description="Memory it requested, bytes; null: none.")
+    gpus: int | None = Field(None, description="GPUs it requested; null: none.")
+    constraints: dict[str, str | bool] | None = Field(
+        None, description="Worker labels it needs; null: none."
+    )
+    pending_reason: str | None = Field(
+        None,
+        description="A job that has not started: why it still waits (`all 3 workers of "
+        "class default are full (12/12 slots)`, `waits for job 41 to succeed`); null once "
+        "it runs.",
+    )
 
     @classmethod
     def from_job(cls, job: jobs.Job, viewer: auth.User, links: chains.Links | None = None) -> Job:
@@ -155,14 +168,32 @@ class Job(BaseModel):
             waiting_for=links.waiting_for() if links and job.state == jobs.State.HELD else None,
             secret_env=dict(job.secret_env),
             secret_args={str(i): name for i, name in job.secret_args.items()},
+            constraints=dict(job.constraints) if job.constraints else None,
+            pending_reason=pending_reason(job, links),
         )
 
 
+def pending_reason(job: jobs.Job, links: chains.Links | None = None) -> str | None:
+    """Why a job that has not started waits: the balancer's word for a waiting job, what
+    a held one waits for."""
+    if job.state == jobs.State.HELD:
+        return links.waiting_for() if links else "waits for other jobs to end"
+    if job.state == jobs.State.WAITING:
+        return job.pending_reason or "waiting for the balancer's next pass"
+    if job.state == jobs.State.DELAYED and job.not_before is not None:
+        when = job.not_before.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        retry = f"attempt {job.attempt} of {job.retries + 1}: " if job.retry_of else ""
+        return f"{retry}starts at {when}"
+    return None
+
+
 _JOB_LINKS = ("parents", "children", "waiting_for", "secret_env", "secret_args")
+_JOB_PLACEMENT = ("constraints", "pending_reason")
 _JOB_PLAIN = [
     n
     for n in Job.model_fields
     if n not in ("script", "params", "env", "labels", "notify", "user", "worker", *_JOB_LINKS)
+    and n not in _JOB_PLACEMENT
 ]
 
 
@@ -187,6 +218,15 @@ class Memory(BaseModel):
     available: int | None = Field(description="Bytes.")
 
 
+class Resources(BaseModel):
+    """Slots and resources: what a worker has, or what its jobs use."""
+
+    slots: int
+    cpus: float | None
+    memory: int | None = Field(description="Bytes.")
+    gpus: int | None
+
+
 class Worker(BaseModel):
     """A worker process and what its last heartbeat said about its machine."""
 
@@ -206,6 +246,13 @@ class Worker(BaseModel):
     pid: int | None
     started_at: Time
     last_heartbeat_at: Time
+    # Placement (docs/api.md, "Placement").
+    capacity: Resources = Field(
+        description="What it offers its jobs (detected or set with --cpus, --memory, --gpus); "
+        "a null resource is not limited."
+    )
+    used: Resources = Field(description="What its assigned and running jobs requested.")
+    labels: dict[str, str] = Field(description="Its labels (--label); a bare name has ''.")
 
     @classmethod
     def from_worker(cls, w: registry.Worker) -> Worker:
@@ -216,10 +263,17 @@ class Worker(BaseModel):
             **{n: getattr(w, n) for n in _WORKER_PLAIN},
             state=w.display_state,
             memory=memory,
+            capacity=Resources(slots=w.max_jobs, cpus=w.cpus, memory=w.memory, gpus=w.gpus),
+            used=Resources(
+                slots=w.active_jobs, cpus=w.used_cpus, memory=w.used_memory, gpus=w.used_gpus
+            ),
+            labels=dict(w.labels),
         )
 
 
-_WORKER_PLAIN = [n for n in Worker.model_fields if n not in ("state", "memory")]
+_WORKER_PLAIN = [
+    n for n in Worker.model_fields if n not in ("state", "memory", "capacity", "used", "labels")
+]
 
 
 # -- worker classes -----------------------------------------------------------------------
@@ -230,10 +284,16 @@ class WorkerClass(BaseModel):
     name: str
     max_jobs: int
     description: str
+    requests: dict[str, Any] | None = Field(
+        None, description="What its jobs request unless they say; null: nothing."
+    )
 
     @classmethod
     def from_class(cls, c: classes.WorkerClass) -> WorkerClass:
-        return cls(id=c.id, name=c.name, max_jobs=c.max_jobs, description=c.description)
+        return cls(
+            id=c.id, name=c.name, max_jobs=c.max_jobs, description=c.description,
+            requests=dict(c.requests) if c.requests else None,
+        )  # fmt: skip
 
 
 # -- scripts ------------------------------------------------------------------------------
@@ -250,11 +310,19 @@ class Script(BaseModel):
     parameters: list[dict[str, Any]] = Field(
         default_factory=list, description="The typed parameters it declares, in argv order."
     )
+    requests: dict[str, Any] | None = Field(
+        None, description="What its jobs request unless they say; null: nothing."
+    )
 
     @classmethod
     def from_script(cls, s: scripts.Script) -> Script:
-        fields = {n: getattr(s, n) for n in cls.model_fields if n != "parameters"}
-        return cls(**fields, parameters=[p.to_json() for p in s.parameters])
+        special = ("parameters", "requests")
+        fields = {n: getattr(s, n) for n in cls.model_fields if n not in special}
+        return cls(
+            **fields,
+            parameters=[p.to_json() for p in s.parameters],
+            requests=dict(s.requests) if s.requests else None,
+        )
 
 
 # -- users and keys -----------------------------------------------------------------------
@@ -600,8 +668,9 @@ class Secret(BaseModel):
     description: str
     worker_classes: list[str] | None = Field(description="Classes that may use it; null: any.")
     users: list[str] | None = Field(
-        description="Users who may use it (admins always may); null: anyone. Shown to admins "
-        "and operators (null to others, who see only the secrets they may use)."
+        description="Users whose jobs may use it (admins too); null: anyone. Shown whole to "
+        "admins and operators; others, who see only the secrets they may use, see their own "
+        "name in it when it is limited."
     )
     created_at: Time
     created_by: str | None
@@ -614,7 +683,15 @@ class Secret(BaseModel):
         return cls(
             id=s.id, name=s.name, description=s.description,
             worker_classes=None if s.worker_classes is None else list(s.worker_classes),
-            users=list(s.user_names) if sees_users and s.user_names is not None else None,
+            users=_secret_users(s, viewer, sees_users),
             created_at=s.created_at, created_by=s.created_by,
             updated_at=s.updated_at, updated_by=s.updated_by,
         )  # fmt: skip
+
+
+def _secret_users(s: vault.Secret, viewer: auth.User, sees_all: bool) -> list[str] | None:
+    """A secret's users as ``viewer`` may see them: all (admins, operators), else only
+    themselves (a limited secret they may use), so a limit never reads as "anyone"."""
+    if s.user_names is None:
+        return None
+    return list(s.user_names) if sees_all else [viewer.name]

@@ -119,11 +119,17 @@ def _job_cells(job: Mapping[str, Any], now: datetime) -> dict[str, str]:
         "user": escape(str(job.get("user") or "")),
         "worker": escape(name(job.get("worker"))),
         "class": escape(name(job.get("worker_class"))),
-        "what": escape(what(job)),
+        "what": escape(what(job)) + _why(job),
         "created": short_when(job.get("created_at"), now.astimezone().date()),
         "took": took(job, now),
         "exit": "" if job.get("exit_code") is None else str(job["exit_code"]),
     }
+
+
+def _why(job: Mapping[str, Any]) -> str:
+    """Why a job that has not started waits, dimmed after what it runs."""
+    reason = job.get("pending_reason")
+    return f" [dim]({escape(str(reason))})[/]" if reason else ""
 
 
 # -- one job in full ----------------------------------------------------------------------
@@ -184,6 +190,8 @@ def _shown(key: str, value: Any) -> str:
         return f"{value['name']} (id {value['id']})"
     if isinstance(value, dict):
         return "\n".join(f"{k}={v}" for k, v in value.items())
+    if key == "memory" and isinstance(value, int):
+        return _size(value)
     if key.endswith("_at") and (parsed := parse_time(value)):
         return parsed.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
@@ -303,3 +311,11 @@ def cell(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+def _size(size: int) -> str:
+    """A job's requested memory: ``512 MiB``, ``2 GiB``."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} B"

@@ -170,6 +170,42 @@ def worker(
             help="Give each job a cgroup of its own where the host allows. Default: on.",
         ),
     ] = None,
+    cpus: Annotated[
+        float | None,
+        opt(
+            "--cpus",
+            env="WORKER_CPUS",
+            help="CPUs jobs may request here in all (fractional ok). Default: what it may "
+            "use (affinity, cgroup cpu.max).",
+        ),
+    ] = None,
+    memory: Annotated[
+        str | None,
+        opt(
+            "--memory",
+            env="WORKER_MEMORY",
+            help="Memory jobs may request here in all: 16G, 512M. Default: the machine's, "
+            "or its cgroup's memory.max if lower.",
+        ),
+    ] = None,
+    gpus: Annotated[
+        int | None,
+        opt(
+            "--gpus",
+            env="WORKER_GPUS",
+            min=0,
+            help="GPUs jobs may request here. Default: those nvidia-smi -L lists (0 without).",
+        ),
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        opt(
+            "--label",
+            env="WORKER_LABELS",
+            help="A label jobs may ask for: name=value or a bare name; repeat for more "
+            "(in the variable: separated by commas).",
+        ),
+    ] = None,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Run jobs the server assigns to this machine, until stopped.
@@ -191,9 +227,20 @@ def worker(
             "worker.job_path": job_path,
             "worker.allow_root": allow_root or None,
             "worker.cgroups": cgroups,
+            "worker.cpus": cpus,
+            "worker.memory": memory,
+            "worker.gpus": gpus,
+            "worker.labels": _split_labels(label),
         },
     )
     check_privileges(loaded.worker)
     setup_logging(loaded.log_level)
     ws = loaded.worker.model_copy(update={"id_file": loaded.worker_id_file})
     raise typer.Exit(Worker(loaded.model_copy(update={"worker": ws})).run())
+
+
+def _split_labels(given: list[str] | None) -> list[str] | None:
+    """--label values; the variable gives them as one string, separated by commas."""
+    if not given:
+        return None
+    return [part for value in given for part in value.split(",") if part.strip()]

@@ -22,16 +22,27 @@ from jobbalancer.cli.base import (
 from jobbalancer.cli.submit import (
     ClassOpt,
     EnvOpt,
+    InOpt,
     LabelOpt,
     NotifyOpt,
     ParamOpt,
     PriorityOpt,
     RealtimeOpt,
     RetriesOpt,
+    RetryBackoffOpt,
+    RetryDelayOpt,
+    RetryJitterOpt,
+    RetryMaxDelayOpt,
+    RetryOnOpt,
     ScriptOpt,
+    SecretEnvOpt,
     WatchdogOpt,
     WorkdirOpt,
+    arrange_params,
+    declared_names,
+    later_spec,
     notify_rules,
+    parse_pairs,
     submit_spec,
 )
 
@@ -165,13 +176,23 @@ def add(
     label: LabelOpt = None,
     workdir: WorkdirOpt = None,
     notify: NotifyOpt = None,
+    secret_env: SecretEnvOpt = None,
+    in_: InOpt = None,
+    retry_delay: RetryDelayOpt = None,
+    retry_backoff: RetryBackoffOpt = None,
+    retry_max_delay: RetryMaxDelayOpt = None,
+    retry_jitter: RetryJitterOpt = None,
+    retry_on: RetryOnOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a schedule: `jobbalancer schedules add NAME --cron '*/15 * * * *' --tz
     Europe/Berlin SUBMIT-OPTIONS -- CMD ARGS…` (or --script NAME -p P).
 
-    Its jobs run as you, with your rights at each firing. Prints the next runs.
+    Its jobs run as you, with your rights at each firing; --in delays each one after its
+    fire time. Prints the next runs.
     """
+    later = later_spec(None, in_, retry_delay, retry_backoff, retry_max_delay, retry_jitter,
+                       retry_on)  # fmt: skip
     job = submit_spec(command or [], script, param or [], env or [], label or [])
     optional: dict[str, Any] = {
         "watchdog": watchdog or None,
@@ -181,10 +202,15 @@ def add(
         "retries": retries,
         "workdir": workdir,
         "notify": notify_rules(notify or []),
+        **later,
+        "secret_env": parse_pairs("--secret-env", secret_env or []),
     }
     job.update({k: v for k, v in optional.items() if v})
     job = {k: v for k, v in job.items() if v or k in ("command", "script")}
     with remote.client() as c:
+        if script:  # -p NAME=VALUE for a script that declares its parameters
+            job["params"] = arrange_params(declared_names(c, script, param or []), param or [])
+            job = {k: v for k, v in job.items() if v or k in ("command", "script")}
         made = c.create_schedule(
             name, cron, job, timezone=tz, description=description or None, overlap=overlap,
             catch_up=catch_up, catch_up_max=catch_up_max, start_at=start, end_at=end,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from jobbalancer import client
+from jobbalancer import client, resources
 from jobbalancer.cli import exits, formatting
 from jobbalancer.cli.base import Remote, app, opt, server_options
 
@@ -118,6 +118,49 @@ SecretEnvOpt = Annotated[
         "secret (repeat for more); the value never shows, its output has **** instead.",
     ),
 ]
+
+# Placement (docs/api.md, "Placement").
+CpusOpt = Annotated[
+    float | None,
+    opt("--cpus", env="SUBMIT_CPUS", min=0, help="CPUs it needs (fractional ok: 0.5)."),
+]
+MemoryOpt = Annotated[
+    str | None,
+    opt("--memory", env="SUBMIT_MEMORY", help="Memory it needs: 512M, 2G (powers of 1024)."),
+]
+GpusOpt = Annotated[
+    int | None,
+    opt("--gpus", env="SUBMIT_GPUS", min=0, help="GPUs it needs (CUDA_VISIBLE_DEVICES)."),
+]
+ConstraintOpt = Annotated[
+    list[str] | None,
+    opt(
+        "--constraint",
+        env="SUBMIT_CONSTRAINT",
+        help="A worker label it needs: ffmpeg=6, os!=windows, ssd (exists), !ssd (missing). "
+        "Repeat for more.",
+    ),
+]
+
+
+def placement(
+    cpus: float | None, memory: str | None, gpus: int | None, constraints: Sequence[str]
+) -> dict[str, Any]:
+    """The request fields of a submission from the command line (only those given)."""
+    out: dict[str, Any] = {}
+    if cpus is not None:
+        out["cpus"] = cpus
+    if memory is not None:
+        out["memory"] = memory
+    if gpus is not None:
+        out["gpus"] = gpus
+    if constraints:
+        try:
+            out["constraints"] = dict(resources.parse_constraint(c) for c in constraints)
+        except ValueError as exc:
+            formatting.fail(exits.RET_USAGE, f"--constraint: {exc}")
+    return out
+
 
 NotifyOpt = Annotated[
     list[str] | None,
@@ -311,6 +354,10 @@ def submit(
     retry_max_delay: RetryMaxDelayOpt = None,
     retry_jitter: RetryJitterOpt = None,
     retry_on: RetryOnOpt = None,
+    cpus: CpusOpt = None,
+    memory: MemoryOpt = None,
+    gpus: GpusOpt = None,
+    constraint: ConstraintOpt = None,
     after: Annotated[
         list[int] | None,
         opt(
@@ -383,6 +430,7 @@ def submit(
             after=after_list(after or [], after_any or [], after_failure or []),
             **later,
             secret_env=parse_pairs("--secret-env", secret_env or []),
+            **placement(cpus, memory, gpus, constraint or []),
         )
         if follow:
             formatting.err().print(f"[dim]job {job['id']} submitted[/]")

@@ -169,7 +169,24 @@ class UpPlan:
             argv += ["--run-as", self.run_as]
         if self.settings.worker.allow_root:
             argv.append("--allow-root")
-        return argv
+        return argv + self.share_argv(name)
+
+    def share_argv(self, name: str) -> list[str]:
+        """Several workers on one machine share it: each offers its part of the CPUs and
+        memory it would detect (unless set), and the first one all the GPUs, so their
+        requests together never count the machine twice."""
+        if self.workers <= 1:
+            return []
+        from jobbalancer.worker import capacity
+
+        ws, share = self.settings.worker, []
+        if ws.cpus is None:
+            share += ["--cpus", f"{capacity.detect_cpus() / self.workers:.2f}"]
+        if ws.memory is None:
+            share += ["--memory", str(capacity.detect_memory() // self.workers)]
+        if ws.gpus is None and name != self.worker_names()[0]:
+            share += ["--gpus", "0"]
+        return share
 
 
 def _prepare_database(url: str, *, examples: bool = True) -> tuple[auth.User, str, str] | None:

@@ -327,8 +327,9 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_on_begin(conn: sa.Connection) -> None:
     # A write transaction takes the write lock up front: a deferred one that upgrades
     # later gets SQLITE_BUSY at once in WAL mode instead of waiting its turn.
-    if conn.get_execution_options().get("immediate", False):
-        _begin_immediate(conn.connection.driver_connection)
+    options = conn.get_execution_options()
+    if options.get("immediate", False):
+        _begin_immediate(conn.connection.driver_connection, options.get("immediate_wait"))
     else:
         conn.exec_driver_sql("BEGIN")
 
@@ -356,14 +357,15 @@ def private_sqlite_files(path: Path) -> None:
         )
 
 
-def _begin_immediate(raw: Any) -> None:
-    """BEGIN IMMEDIATE, waiting for the write lock in short, jittered steps.
+def _begin_immediate(raw: Any, wait: float | None = None) -> None:
+    """BEGIN IMMEDIATE, waiting for the write lock in short, jittered steps (up to ``wait``
+    seconds, by default as long as SQLite's busy timeout).
 
     SQLite's own busy handler sleeps in steps of up to 100 ms, so with several processes
     writing small transactions most of the time goes to sleeping while the lock is free.
     Waiting here in steps of at most a few milliseconds keeps the lock busy instead.
     """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + (SQLITE_BUSY_TIMEOUT_MS / 1000 if wait is None else wait)
     step = 0.0002
     raw.execute("PRAGMA busy_timeout=0")
     try:
@@ -374,7 +376,9 @@ def _begin_immediate(raw: Any) -> None:
             except sqlite3.OperationalError as exc:
                 busy = "locked" in str(exc) or "busy" in str(exc)
                 if not busy or time.monotonic() > deadline:
-                    raise
+                    # As SQLAlchemy wraps a statement's error (it does not wrap one raised
+                    # here, in its begin event): callers catch db.UNAVAILABLE.
+                    raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, exc) from exc
             time.sleep(step * (0.5 + random.random()))  # noqa: S311 - jitter, not security
             step = min(step * 1.5, 0.004)
     finally:

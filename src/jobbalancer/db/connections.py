@@ -79,13 +79,15 @@ def _ping_after_idle(engine: sa.Engine) -> None:
 
 
 @contextlib.contextmanager
-def write(engine: sa.Engine) -> Iterator[sa.Connection]:
+def write(engine: sa.Engine, *, wait: float | None = None) -> Iterator[sa.Connection]:
     """A transaction that will write: committed on success, rolled back on error.
 
     Workers it named to :func:`wake.wake_workers` are woken once it has committed.
+    ``wait``: SQLite only, the longest it waits for the write lock (seconds; by default
+    SQLite's busy timeout), then "database is locked" (an OperationalError).
     """
     with translate_errors(), engine.connect() as conn:
-        conn = conn.execution_options(immediate=True)
+        conn = conn.execution_options(immediate=True, immediate_wait=wait)
         wake.forget(conn)
         conn.info.pop(_AFTER_COMMIT, None)
         with conn.begin():

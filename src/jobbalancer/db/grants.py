@@ -9,7 +9,8 @@ only), the dependencies of jobs held for them (read; mark met, follow a retry), 
 tunables (``settings``, read), the balancer's row lock (``locks``) and the schema
 revision, and the notifications of its jobs' ends (the rules, the targets' ids, insert
 only into the outbox; never a target's URL or secret), and the secrets of the jobs it
-starts (their sealed values and limits, by user id). LISTEN
+starts (their sealed values and limits, by user id; of the users, only whether one
+is still there and enabled: ``users.id`` and ``users.disabled``). LISTEN
 and ``pg_notify`` need no grant. What remains: INSERT on ``jobs`` (a worker queues
 retries) lets a compromised worker host add jobs.
 """
@@ -73,6 +74,9 @@ WORKER_GRANTS = (
     # A job's secrets, resolved at its start (jobbalancer/vault.py): the sealed values and
     # their limits (user ids); nothing of the users themselves.
     Grant("secrets", ("SELECT (name, value, worker_classes, users)",)),
+    # ... and whether the job's owner is still there and enabled (a disabled or deleted
+    # user's queued jobs get no secrets): their id and that flag, nothing else of them.
+    Grant("users", ("SELECT (id, disabled)",)),
 )
 # PostgreSQL: the serial ids of the tables a worker inserts into, and INSERT … RETURNING id
 # on job_output and notifications (SQLAlchemy fetches the new key) needs SELECT on that

@@ -93,6 +93,9 @@ worker_classes = sa.Table(
     sa.Column("name", Name, nullable=False, unique=True),
     sa.Column("max_jobs", sa.Integer, nullable=False),
     sa.Column("description", sa.Text, nullable=False, default=""),
+    # Placement: what its jobs request unless they say ({"cpus", "memory", "gpus",
+    # "constraints"}); NULL: nothing.
+    sa.Column("requests", sa.JSON),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
@@ -122,6 +125,12 @@ workers = sa.Table(
     sa.Column("cpu_count", sa.Integer),
     sa.Column("memory_total", sa.BigInteger),
     sa.Column("memory_available", sa.BigInteger),
+    # Placement (jobbalancer/resources.py): what the worker offers its jobs, detected or
+    # set (--cpus, --memory, --gpus), and its labels (--label); NULL capacity: not limited.
+    sa.Column("cpus", sa.Double),
+    sa.Column("memory", sa.BigInteger),
+    sa.Column("gpus", sa.Integer),
+    sa.Column("labels", sa.JSON),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("last_heartbeat_at", UTCDateTime, nullable=False),
     sa.Index(None, "state"),
@@ -140,6 +149,8 @@ scripts = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # The typed parameters it declares (scriptparams); null: none, params as given.
     sa.Column("parameters", sa.JSON),
+    # Placement: what its jobs request unless they say (as worker_classes.requests).
+    sa.Column("requests", sa.JSON),
     sqlite_autoincrement=True,  # ids are never reused (above)
 )
 
@@ -199,6 +210,14 @@ jobs = sa.Table(
     sa.Column("retry_max_delay", sa.Double),
     sa.Column("retry_jitter", sa.Double),
     sa.Column("retry_on", sa.JSON),
+    # Placement: what the job requests (NULL: nothing of that; it needs one slot) and its
+    # constraints on worker labels ({"ffmpeg": "6", "ssd": true}; NULL: none). Why a
+    # waiting job still waits, written by the balancer's pass when it changes.
+    sa.Column("cpus", sa.Double),
+    sa.Column("memory", sa.BigInteger),
+    sa.Column("gpus", sa.Integer),
+    sa.Column("constraints", sa.JSON),
+    sa.Column("pending_reason", sa.String(300)),
     # A worker's pick-up and the balancer's slot count.
     sa.Index(None, "worker_id", "state"),
     sa.Index(None, "user_id", "id"),

@@ -1,9 +1,10 @@
 """Firing schedules: the leader's loop that turns due occurrences into jobs.
 
-Each due schedule is decided in a transaction of its own that locks its row, decides
-every occurrence from its ``next_fire_at`` up to now (fire or skip, by the overlap and
-catch-up policies and its owner's rights as they are now), writes each occurrence's row
-(unique per schedule and time) with the job it creates, and moves ``next_fire_at`` on.
+Each group of due schedules (up to 20) is decided in a transaction of its own that locks
+their rows, decides every occurrence from each one's ``next_fire_at`` up to now (fire or
+skip, by the overlap and catch-up policies and its owner's rights as they are now),
+writes each occurrence's row (unique per schedule and time) with the job it creates, and
+moves ``next_fire_at`` on.
 A crash before the commit leaves nothing: the next leader decides the same occurrences
 (late). A commit leaves them decided: nobody decides them again, and a second server
 that races for one fails on the unique row and rolls its job back. Exactly once.
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pydantic
 import sqlalchemy as sa
@@ -144,17 +146,11 @@ class Firer:
         decided here (not by another server first, not deleted, paused or not due).
         The rows are locked in id order: two servers deciding overlapping groups take
         them in the same order and cannot deadlock."""
-        decided = 0
         with db.write(self.engine) as conn:
-            for schedule_id in sorted(ids):
-                schedule = schedules.lock(conn, schedule_id)
-                if schedule is None or schedule.next_fire_at is None:
-                    continue
-                if schedule.next_fire_at > now:
-                    continue
-                _decide(conn, schedule, now)
-                decided += 1
-        return decided
+            found = schedules.lock_many(conn, ids)
+            due = [s for s in found if s.next_fire_at is not None and s.next_fire_at <= now]
+            _decide_all(conn, due, now)
+        return len(due)
 
     def decide(self, schedule_id: int, now: datetime) -> int:
         """Decide one schedule's due occurrences; 1 if this call did, 0 if another server
@@ -185,18 +181,114 @@ class Firer:
             stop.wait(wait)
 
 
-def _decide(conn: sa.Connection, schedule: schedules.Schedule, now: datetime) -> None:
-    """Decide the occurrences from ``next_fire_at`` up to ``now`` and move
-    ``next_fire_at`` past them. Due for longer than MISSED_AFTER: no server ran, and
-    the catch-up policy decides which fire."""
-    assert schedule.next_fire_at is not None
-    if now - schedule.next_fire_at > schedules.MISSED_AFTER:
-        _catch_up(conn, schedule, now)
-        return
-    pending, following = _pending(schedule, now)
-    for at in pending:
-        _fire(conn, schedule, at, now)
-    schedules.set_next(conn, schedule.id, following)
+_Ready = tuple[schedules.Schedule, datetime, inputs.JobSubmit]  # an occurrence to submit
+
+
+class _Group:
+    """The occurrences a group of schedules decides in one transaction, written together:
+    the owners read once each, one query for the overlap policies' running jobs, one
+    submission per owner for the jobs, one insert for the occurrences' rows, the
+    counters added once, the next fire times moved in one round trip."""
+
+    def __init__(self, conn: sa.Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.rows: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+        self._owners: dict[int, auth.User | Refused] = {}
+
+    def owner(self, schedule: schedules.Schedule) -> auth.User:
+        if schedule.user_id not in self._owners:
+            try:
+                self._owners[schedule.user_id] = owner_of(self.conn, schedule)
+            except Refused as refused:
+                self._owners[schedule.user_id] = refused
+        found = self._owners[schedule.user_id]
+        if isinstance(found, Refused):
+            raise found
+        return found
+
+    def record(
+        self, schedule: schedules.Schedule, at: datetime, *, count: int = 1, **kw: Any
+    ) -> None:
+        row = schedules.occurrence_row(schedule.id, at, self.now, **kw)
+        self.rows.append(row)
+        for name in schedules.counted(row):
+            self.counts[name] += count
+
+    def fire(self, occurrences: list[tuple[schedules.Schedule, datetime]]) -> None:
+        """Fire these occurrences (of distinct schedules), or record why not."""
+        checked = [s for s, _ in occurrences if s.overlap != Overlap.ALLOW]
+        running = schedules.unfinished_many(self.conn, [s.id for s in checked])
+        ready: dict[int, tuple[auth.User, list[_Ready]]] = {}
+        for schedule, at in occurrences:
+            try:
+                owner = self.owner(schedule)
+                body = job_body(schedule)
+                body = _apply_overlap(self.conn, schedule, body, running.get(schedule.id, []))
+            except Refused as refused:
+                self.record(schedule, at, reason=refused.reason, code=refused.code)
+                continue
+            ready.setdefault(owner.id, (owner, []))[1].append((schedule, at, body))
+        for owner, found in ready.values():
+            self._submit(owner, found)
+
+    def _submit(
+        self,
+        owner: auth.User,
+        found: list[_Ready],
+    ) -> None:
+        """One owner's jobs in one submission; if it is refused (it wrote nothing), one
+        by one, so that each refusal is recorded on its own occurrence. A job that waits
+        for the previous run (overlap queue) is submitted alone."""
+        alone = [f for f in found if f[2].after]
+        together = [f for f in found if not f[2].after]
+        if len(together) > 1:
+            try:
+                made = submission.submit(
+                    self.conn, owner, [b for _, _, b in together], prefix=False,
+                    limiter=None, schedule_ids=[s.id for s, _, _ in together],
+                )  # fmt: skip
+            except errors.JobBalancerError:
+                alone += together
+            else:
+                for (schedule, at, _), job in zip(together, made, strict=True):
+                    self.record(schedule, at, job_id=job.id)
+        else:
+            alone += together
+        for schedule, at, body in alone:
+            try:
+                job = submit(self.conn, schedule, owner, body)
+            except Refused as refused:
+                self.record(schedule, at, reason=refused.reason, code=refused.code)
+            else:
+                self.record(schedule, at, job_id=job.id)
+
+    def write(self) -> None:
+        schedules.record_many(self.conn, self.rows, self.counts)
+
+
+def _decide_all(conn: sa.Connection, due: list[schedules.Schedule], now: datetime) -> None:
+    """Decide the occurrences of these schedules from their ``next_fire_at`` up to
+    ``now`` and move ``next_fire_at`` past them. Due for longer than MISSED_AFTER: no
+    server ran, and the catch-up policy decides which fire. The k-th occurrence of every
+    schedule is decided in the k-th round: it sees the jobs of the ones before it (a
+    schedule behind by two that skips overlaps fires the first, skips the second)."""
+    group = _Group(conn, now)
+    plans: list[tuple[schedules.Schedule, list[datetime]]] = []
+    moves: list[tuple[int, datetime | None]] = []
+    for schedule in due:
+        assert schedule.next_fire_at is not None
+        if now - schedule.next_fire_at > schedules.MISSED_AFTER:
+            fire, following = _catch_up(group, schedule, now)
+        else:
+            fire, following = _pending(schedule, now)
+        plans.append((schedule, fire))
+        moves.append((schedule.id, following))
+    for k in range(max((len(fire) for _, fire in plans), default=0)):
+        group.fire([(s, fire[k]) for s, fire in plans if k < len(fire)])
+    group.write()
+    schedules.set_next_many(conn, moves)
 
 
 def _pending(schedule: schedules.Schedule, now: datetime) -> tuple[list[datetime], datetime | None]:
@@ -244,10 +336,13 @@ def _scan(schedule: schedules.Schedule, now: datetime, keep: int) -> _Missed:
     return _Missed(None, latest[::-1], following[0] if following else None)
 
 
-def _catch_up(conn: sa.Connection, schedule: schedules.Schedule, now: datetime) -> None:
-    """Fire none, the latest, or the latest catch_up_max of the missed occurrences; the
-    others are recorded as one skip (a per-second schedule after a day down would
-    otherwise write 86 400 rows), at the first one's time, counting them all."""
+def _catch_up(
+    group: _Group, schedule: schedules.Schedule, now: datetime
+) -> tuple[list[datetime], datetime | None]:
+    """The missed occurrences to fire (none, the latest, or the latest catch_up_max) and
+    the next fire time; the others are recorded as one skip (a per-second schedule after
+    a day down would otherwise write 86 400 rows), at the first one's time, counting
+    them all."""
     assert schedule.next_fire_at is not None
     keep = {CatchUp.NONE: 1, CatchUp.LATEST: 1, CatchUp.ALL: schedule.catch_up_max}
     missed = _scan(schedule, now, keep[schedule.catch_up])
@@ -259,38 +354,25 @@ def _catch_up(conn: sa.Connection, schedule: schedules.Schedule, now: datetime) 
         reason = "missed while no server ran"
         if skipped != 1:
             reason += f" ({counted} from {_iso(first)} on)"
-        schedules.record(
-            conn, schedule.id, first, now, reason=reason, code=Reason.MISSED,
+        group.record(
+            schedule, first, reason=reason, code=Reason.MISSED,
             count=skipped if skipped is not None else SCAN,
         )  # fmt: skip
-    for at in fire:
-        _fire(conn, schedule, at, now)
-    schedules.set_next(conn, schedule.id, missed.following)
+    return fire, missed.following
 
 
 def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _fire(conn: sa.Connection, schedule: schedules.Schedule, at: datetime, now: datetime) -> None:
-    """Fire one occurrence, or record why not."""
-    try:
-        owner = owner_of(conn, schedule)
-        body = job_body(schedule)
-        body = _apply_overlap(conn, schedule, body)
-        job = submit(conn, schedule, owner, body)
-    except Refused as refused:
-        schedules.record(conn, schedule.id, at, now, reason=refused.reason, code=refused.code)
-        return
-    schedules.record(conn, schedule.id, at, now, job_id=job.id)
-
-
 def _apply_overlap(
-    conn: sa.Connection, schedule: schedules.Schedule, body: inputs.JobSubmit
+    conn: sa.Connection,
+    schedule: schedules.Schedule,
+    body: inputs.JobSubmit,
+    unfinished: list[tuple[int, jobs.State]],
 ) -> inputs.JobSubmit:
     """The body to submit under the overlap policy, or Refused (skip) while a previous
-    run has not ended."""
-    unfinished = schedules.unfinished_jobs(conn, schedule.id)
+    run (``unfinished``: the schedule's jobs not ended) has not ended."""
     if not unfinished or schedule.overlap == Overlap.ALLOW:
         return body
     first_id, first_state = unfinished[0]
@@ -309,9 +391,13 @@ def _apply_overlap(
 
 
 def _kill(conn: sa.Connection, unfinished: list[tuple[int, jobs.State]]) -> None:
-    # The lock order of a kill (service/job_actions.kill): a held or waiting job's row is
-    # the balancer's, so the assign lock first; a running one's is its worker's.
-    if any(state in (jobs.State.HELD, jobs.State.WAITING) for _, state in unfinished):
+    # The lock order of a kill (service/job_actions.kill): a held, delayed or waiting job's
+    # row is the balancer's (the leader releases delayed ones under the assign lock), so
+    # the assign lock first; a running one's is its worker's.
+    if any(
+        state in (jobs.State.HELD, jobs.State.DELAYED, jobs.State.WAITING)
+        for _, state in unfinished
+    ):
         db.lock_row(conn, "assign")
     for job_id, _ in unfinished:
         jobs.request_kill(conn, job_id)

@@ -54,7 +54,8 @@ def create_class(
 ) -> classes.WorkerClass:
     access.require(user, access.OPERATE)
     with db.write(engine) as conn:
-        made = classes.create(conn, spec.name, spec.max_jobs, spec.description)
+        requests = spec.requests.stored() if spec.requests else None
+        made = classes.create(conn, spec.name, spec.max_jobs, spec.description, requests=requests)
         summary = audit.fields(_class(made))
         audit.record(conn, user, "class.create", "class", made.id, made.name, summary)
         return made
@@ -102,6 +103,7 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
             spec.content,
             spec.description,
             parameters=_declared(spec.parameters),
+            requests=spec.requests.stored() if spec.requests else None,
         )
         summary = audit.fields(_script(made)) + "\n" + audit.diff("", made.content, made.name)
         audit.record(conn, user, "script.create", "script", made.id, made.name, summary)

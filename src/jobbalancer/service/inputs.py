@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobbalancer import auth, classes, cron, jobs, refs
+from jobbalancer import auth, classes, cron, jobs, refs, resources
 from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
@@ -139,6 +139,30 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _memory(value: Any) -> int | None:
+    return None if value is None else resources.parse_memory(value)
+
+
+def _constraints(value: Any) -> dict[str, str | bool] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError('must be an object such as {"ffmpeg": "6", "ssd": true}')
+    for key in value:
+        if not isinstance(key, str):
+            raise ValueError("label names must be strings")
+        clean_text(key)
+    for item in value.values():
+        if isinstance(item, str):
+            clean_text(item)
+    return resources.check_constraints(value) or None
+
+
+Memory = Annotated[int | None, PlainValidator(_memory, json_schema_input_type=str | int | None)]
+Constraints = Annotated[
+    dict[str, str | bool] | None,
+    PlainValidator(_constraints, json_schema_input_type=dict[str, str | bool] | None),
+]
 NameOrId = Annotated[str | int, PlainValidator(_name_or_id, json_schema_input_type=str | int)]
 Param = Annotated[str, PlainValidator(_param, json_schema_input_type=str | int | float)]
 Command = Annotated[str, AfterValidator(clean_text), AfterValidator(_fits_argv)]
@@ -406,12 +430,54 @@ class JobSubmit(JobSubmitSecrets, Input):
         '["failed", "lost"].',
         examples=[["timeout", 75]],
     )
+    # Placement (docs/api.md, "Placement").
+    cpus: float | None = Field(
+        None,
+        ge=0,
+        le=resources.MAX_CPUS,
+        description="CPUs it needs (may be fractional: 0.5); enforced as cpu.max where the "
+        "worker makes job cgroups. null: none asked for (the job needs one slot).",
+        examples=[2],
+    )
+    memory: Memory = Field(
+        None,
+        description='Memory it needs: bytes, or a size with a binary unit: "512M", "2G" '
+        "(K, M, G, T = powers of 1024; MB, MiB, Mi mean the same). Enforced as memory.max "
+        "(no swap) where the worker makes job cgroups: past it the job fails 'out of memory'.",
+        examples=["512M"],
+    )
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=resources.MAX_GPUS,
+        description="GPUs it needs; the worker gives it CUDA_VISIBLE_DEVICES of its own.",
+    )
+    constraints: Constraints = Field(
+        None,
+        description='Worker labels it needs: {"ffmpeg": "6"} (equals), {"os": "!windows"} '
+        '(missing or another value), {"ssd": true} (exists), {"old": false} (does not exist).',
+        examples=[{"ffmpeg": "6", "ssd": True}],
+    )
 
 
 class JobBatch(Input):
     """Up to 1000 jobs, submitted together: all are accepted, or none."""
 
     jobs: list[JobSubmit] = Field(min_length=1, max_length=1000)
+
+
+class Requests(Input):
+    """What a class's or a script's jobs request unless they say (docs/api.md,
+    "Placement"): the same fields, meaning and checks as a job's."""
+
+    cpus: float | None = Field(None, ge=0, le=resources.MAX_CPUS)
+    memory: Memory = None
+    gpus: int | None = Field(None, ge=0, le=resources.MAX_GPUS)
+    constraints: Constraints = None
+
+    def stored(self) -> dict[str, Any] | None:
+        """As kept in the database: only what is asked for; None for nothing."""
+        return {k: v for k, v in self.model_dump().items() if v} or None
 
 
 # -- workers, classes, scripts ------------------------------------------------------------
@@ -435,6 +501,9 @@ class WorkerClassIn(Input):
     name: Name
     max_jobs: int = Field(5, ge=1, le=classes.MAX_JOBS_LIMIT, description="Per worker, by default.")
     description: Description = ""
+    requests: Requests | None = Field(
+        None, description="What its jobs request unless they say (cpus, memory, gpus, constraints)."
+    )
 
 
 class WorkerClassPatch(Input):
@@ -443,6 +512,7 @@ class WorkerClassPatch(Input):
     name: Name | None = None
     max_jobs: int | None = Field(None, ge=1, le=classes.MAX_JOBS_LIMIT)
     description: Description | None = None
+    requests: Requests | None = Field(None, description="null: none.")
 
     _no_nulls = field_validator("name", "max_jobs", "description", mode="before")(_not_null)
 
@@ -488,6 +558,9 @@ class ScriptIn(Input):
     content: Annotated[str, AfterValidator(clean_text)] = Field(description="The script body.")
     description: Description = ""
     parameters: list[ParameterIn] | None = Field(None, max_length=100, description=PARAMETERS_HELP)
+    requests: Requests | None = Field(
+        None, description="What its jobs request unless they say (cpus, memory, gpus, constraints)."
+    )
 
 
 class ScriptPatch(Input):
@@ -500,6 +573,7 @@ class ScriptPatch(Input):
     parameters: list[ParameterIn] | None = Field(
         None, max_length=100, description=PARAMETERS_HELP + " `[]` removes them."
     )
+    requests: Requests | None = Field(None, description="null: none.")
 
     _no_nulls = field_validator("name", "content", "description", "parameters", mode="before")(
         _not_null
@@ -760,7 +834,7 @@ class SecretIn(Input):
     users: list[NameOrId] | None = Field(
         None,
         max_length=10_000,
-        description="Users whose jobs may use it (admins always may); null: anyone who submits.",
+        description="Users whose jobs may use it (admins too); null: anyone who submits.",
     )
 
 

@@ -68,10 +68,15 @@ def _manageable(conn: sa.Connection, user: auth.User, ref: str | int) -> schedul
     return schedule
 
 
-def list_schedules(engine: sa.Engine, user: auth.User) -> list[schedules.Listed]:
-    """The schedules ``user`` may see, by name, each with its latest occurrence."""
+def list_schedules(
+    engine: sa.Engine, user: auth.User, *, after: str | None = None, limit: int | None = None
+) -> list[schedules.Listed]:
+    """The schedules ``user`` may see, by name, each with its latest occurrence;
+    ``after`` (a name) and ``limit``: one page."""
     with db.read(engine) as conn:
-        return schedules.list_all(conn, owner_id=access.owner_filter(user))
+        return schedules.list_all(
+            conn, owner_id=access.owner_filter(user), after=after, limit=limit
+        )
 
 
 def get(
@@ -108,12 +113,11 @@ def history(
 def upcoming(
     engine: sa.Engine, user: auth.User, limit: int = 5
 ) -> list[tuple[schedules.Schedule, datetime]]:
-    """The soonest next runs among the schedules ``user`` may see (the dashboard's)."""
+    """The soonest next runs among the schedules ``user`` may see (the dashboard's,
+    every few seconds: one indexed query of ``limit`` rows)."""
     with db.read(engine) as conn:
-        listed = schedules.list_all(conn, owner_id=access.owner_filter(user))
-    found = [(s.schedule, s.schedule.next_fire_at) for s in listed if s.schedule.next_fire_at]
-    found.sort(key=lambda pair: pair[1])
-    return [(s, at) for s, at in found[:limit] if at is not None]
+        found = schedules.upcoming(conn, owner_id=access.owner_filter(user), limit=limit)
+    return [(s, s.next_fire_at) for s in found if s.next_fire_at is not None]
 
 
 def preview(spec: inputs.SchedulePreview, now: datetime) -> list[NextRun]:
@@ -215,6 +219,9 @@ def delete(engine: sa.Engine, user: auth.User, ref: str | int) -> None:
     """Delete a schedule and its history; its jobs stay (with their ``schedule_id``)."""
     with db.write(engine) as conn:
         schedule = _manageable(conn, user, ref)
+        # The row first (a firing deciding it now finishes before): none of its
+        # occurrences can be written after they are deleted.
+        schedules.lock(conn, schedule.id)
         schedules.delete(conn, schedule.id)
         audit.record(conn, user, "schedule.delete", "schedule", schedule.id, schedule.name,
                      audit.fields(_shown(schedule)))  # fmt: skip
@@ -257,6 +264,12 @@ def _stored_job(job: inputs.JobSubmit) -> dict[str, Any]:
             "job.after: a schedule's job cannot wait for given jobs (the overlap policy "
             "'queue' makes a run wait for the previous one)",
             field="job.after",
+        )
+    if job.not_before is not None:
+        raise errors.InvalidInput(
+            "job.not_before: a schedule's job starts at each fire time, so a fixed time "
+            "would be past at the next one; give 'delay' (seconds after the fire time)",
+            field="job.not_before",
         )
     return job.model_dump(mode="json", exclude_unset=True)
 

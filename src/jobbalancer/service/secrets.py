@@ -181,19 +181,24 @@ class Checker:
         user: auth.User,
         wclass: classes.WorkerClass | str,
         named: Mapping[str, str],
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         """Each secret ``named`` (by field) exists, ``user`` may use it, and so may jobs
-        of the class. A secret the user may not use is one that does not exist for them."""
+        of the class. A secret the user may not use is one that does not exist for them.
+        ``labels``: a field's name at the start of its message (typed parameters, as the
+        other parameter errors: ``params.token: secret 'x' …``)."""
         class_name = wclass if isinstance(wclass, str) else wclass.name
         for field, name in named.items():
+            label = f"{labels[field]}: " if labels and field in labels else ""
             secret = self.secret(name)
             if secret is None or not secret.allows_user(user.id):
                 raise errors.InvalidInput(
-                    f"secret {name!r} does not exist, or you may not use it", field=field
+                    f"{label}secret {name!r} does not exist, or you may not use it", field=field
                 )
             if not secret.allows_class(class_name):
                 raise errors.Forbidden(
-                    f"secret {name!r} may not be used by jobs of worker class {class_name!r}",
+                    f"{label}secret {name!r} may not be used by jobs of worker class "
+                    f"{class_name!r}",
                     field=field,
                 )
 
@@ -217,8 +222,8 @@ def check_env_names(env: Mapping[str, str], secret_env: Mapping[str, str], where
 
 
 def check_rerun(conn: sa.Connection, job: jobs.Job) -> None:
-    """A restart runs as the job's owner: they (still there) and the class must still be
-    allowed the secrets it names (the worker checks again at the start)."""
+    """A restart runs as the job's owner: they (still there and enabled) and the class must
+    still be allowed the secrets it names (the worker checks again at the start)."""
     if not job.secret_env and not job.secret_args:
         return
     try:
@@ -227,4 +232,9 @@ def check_rerun(conn: sa.Connection, job: jobs.Job) -> None:
         raise errors.Conflict(
             f"job {job.id} uses secrets and its owner was deleted: it cannot be restarted"
         ) from None
+    if owner.disabled:  # the worker would refuse it its secrets (vault.resolve)
+        raise errors.Conflict(
+            f"job {job.id} uses secrets and its owner {owner.name!r} is disabled: it cannot "
+            "be restarted"
+        )
     Checker(conn).check(owner, job.worker_class, fields_of(job.secret_env, job.secret_args))

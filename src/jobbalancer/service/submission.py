@@ -29,10 +29,12 @@ from jobbalancer import (
     errors,
     jobs,
     notify,
+    resources,
     scriptparams,
     scripts,
     settings,
 )
+from jobbalancer.db import schema
 from jobbalancer.service import access, inputs
 from jobbalancer.service import secrets as secret_checks
 
@@ -192,11 +194,24 @@ class _Lookups:
         self._classes: dict[str | int, classes.WorkerClass] = {}
         self._scripts: dict[str | int, scripts.Script] = {}
         self.secrets = secret_checks.Checker(conn)
+        self._capacities: dict[int, list[resources.Capacity]] = {}
 
     def wclass(self, ref: str | int, field: str) -> classes.WorkerClass:
         if ref not in self._classes:
             self._classes[ref] = classes.find(self.conn, ref, field=field)
         return self._classes[ref]
+
+    def capacities(self, class_id: int) -> list[resources.Capacity]:
+        """What each worker of the class (online or known) has, to refuse what none has."""
+        if class_id not in self._capacities:
+            w = schema.workers
+            rows = self.conn.execute(
+                sa.select(w.c.cpus, w.c.memory, w.c.gpus).where(w.c.worker_class_id == class_id)
+            )
+            self._capacities[class_id] = [
+                resources.Capacity(r.cpus, r.memory, r.gpus) for r in rows
+            ]
+        return self._capacities[class_id]
 
     def script(self, ref: str | int, field: str) -> scripts.Script:
         if ref not in self._scripts:
@@ -231,10 +246,16 @@ def to_spec(
         retries=job.retries,
         workdir=job.workdir,
         notify=notify.job_rules(conn, [(r.on, r.target) for r in job.notify], where),
+        cpus=job.cpus or None,
+        memory=job.memory or None,
+        gpus=job.gpus or None,
+        constraints=job.constraints or None,
         **_timing(job, where),
     )
+    base = _with_defaults(base, job, wclass.requests)
     base = _with_secret_env(user, job, wclass, where, lookups, base)
     if job.command is not None:
+        _check_fits(lookups, wclass, base.request, where)
         if not user.commands_allowed:
             raise errors.Forbidden(
                 "you may run stored scripts only, not commands", field=f"{where}command"
@@ -250,6 +271,9 @@ def to_spec(
         return dataclasses.replace(base, command=job.command)
     assert job.script is not None
     script = lookups.script(job.script, f"{where}script")
+    # A script's default requests come before its class's.
+    base = _with_defaults(base, job, {**(wclass.requests or {}), **(script.requests or {})})
+    _check_fits(lookups, wclass, base.request, where)
     argv, secret_args = script_argv(script, job.params, where)
     spec = dataclasses.replace(
         base,
@@ -260,8 +284,23 @@ def to_spec(
         params=tuple(argv),
         secret_args=secret_args,
     )
-    check_secret_args(user, spec, wclass, where, lookups)  # typed `secret` parameters
+    # Typed `secret` parameters, each named as the other params errors name it.
+    check_secret_args(user, spec, wclass, where, lookups, _secret_arg_fields(script, job, where))
     return spec
+
+
+def _secret_arg_fields(
+    script: scripts.Script, job: inputs.JobSubmit, where: str
+) -> dict[int, tuple[str, str]]:
+    """The field and label of each ``secret_args`` index, for messages: ``params.token``
+    when given by name, ``params.1`` (label ``params.1 (token)``) by position, as
+    ``scriptparams.resolve_params`` names them."""
+    if isinstance(job.params, dict):
+        return {i: (f"{where}params.{p.name}",) * 2 for i, p in enumerate(script.parameters)}
+    return {
+        i: (f"{where}params.{i}", f"{where}params.{i} ({p.name})")
+        for i, p in enumerate(script.parameters)
+    }
 
 
 def script_argv(
@@ -322,12 +361,58 @@ def _with_secret_env(
 
 
 def check_secret_args(
-    user: auth.User, spec: jobs.Spec, wclass: classes.WorkerClass, where: str, lookups: _Lookups
+    user: auth.User,
+    spec: jobs.Spec,
+    wclass: classes.WorkerClass,
+    where: str,
+    lookups: _Lookups,
+    fields: Mapping[int, tuple[str, str]] | None = None,
 ) -> None:
-    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above."""
-    if spec.secret_args:
-        fields = secret_checks.fields_of({}, spec.secret_args, where)
-        lookups.secrets.check(user, wclass, fields)
+    """A spec's ``secret_args`` (typed ``secret`` parameters): each usable as above, an
+    error naming the (field, label) ``fields`` gives its index (else ``params.<index>``)."""
+    if not spec.secret_args:
+        return
+    if not fields:
+        lookups.secrets.check(user, wclass, secret_checks.fields_of({}, spec.secret_args, where))
+        return
+    named = {fields[i][0]: name for i, name in spec.secret_args.items()}
+    labels = {fields[i][0]: fields[i][1] for i in spec.secret_args}
+    lookups.secrets.check(user, wclass, named, labels)
+
+
+def _with_defaults(
+    spec: jobs.Spec, job: inputs.JobSubmit, defaults: Mapping[str, Any] | None
+) -> jobs.Spec:
+    """The spec with the default requests (a class's, a script's) for what the job does
+    not ask itself (a field it leaves out or null)."""
+    if not defaults:
+        return spec
+    given = {
+        "cpus": job.cpus,
+        "memory": job.memory,
+        "gpus": job.gpus,
+        "constraints": job.constraints,
+    }
+    taken = {k: v for k, v in defaults.items() if k in given and given[k] is None and v}
+    return dataclasses.replace(spec, **taken) if taken else spec
+
+
+def _check_fits(
+    lookups: _Lookups, wclass: classes.WorkerClass, request: resources.Request, where: str
+) -> None:
+    """InvalidInput when no worker of the class, online or known, could ever run the
+    request; while some could, the job waits for room."""
+    if not (request.cpus or request.memory or request.gpus):
+        return
+    why = resources.too_big(request, lookups.capacities(wclass.id))
+    if why is not None:
+        field = next(n for n in ("memory", "cpus", "gpus") if getattr(request, n))
+        for name in ("cpus", "memory", "gpus"):
+            if name in why.split(";")[0]:
+                field = name
+        raise errors.InvalidInput(
+            f"{where}{field}: {why} in class {wclass.name}", field=f"{where}{field}"
+        )
 
 
 def _class_for(
@@ -347,13 +432,16 @@ def submit(
     prefix: bool,
     limiter: RateLimiter | None,
     schedule_id: int | None = None,
+    schedule_ids: Sequence[int] | None = None,
 ) -> list[jobs.Job]:
     """Check the user's limits and every job, then create and assign them all in one
     transaction: all are submitted, or none.
 
     ``prefix`` names fields ``jobs.N.…`` as in a batch body. Returns the committed jobs.
     A schedule's firing passes its own transaction (a connection: the occurrence's row
-    commits with the jobs), no limiter, and ``schedule_id``, which the jobs carry.
+    commits with the jobs), no limiter, and ``schedule_id``, which the jobs carry (or
+    ``schedule_ids``, one a job: one owner's jobs of several schedules due at once). Every
+    check comes before the first write: a refused batch has written nothing.
     """
     access.require(user, access.SUBMIT)
     with _transaction(engine) as conn:
@@ -367,6 +455,11 @@ def submit(
             specs.append(to_spec(conn, user, job, where, lookups))
         if schedule_id is not None:
             specs = [dataclasses.replace(s, schedule_id=schedule_id) for s in specs]
+        if schedule_ids is not None:
+            specs = [
+                dataclasses.replace(s, schedule_id=i)
+                for s, i in zip(specs, schedule_ids, strict=True)
+            ]
         afters = _afters(conn, user, batch, prefix=prefix)
         specs = [
             dataclasses.replace(s, held=True) if a else s

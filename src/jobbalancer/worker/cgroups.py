@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _PREFIX: Final = "jobbalancer-"
 _KILL_WAIT: Final = 5.0  # how long clean_up_after waits for a killed cgroup to empty
 _BY_HAND: Final = 2.0  # without cgroup.kill: how long to keep killing what is left
+_CPU_PERIOD: Final = 100_000  # microseconds, cpu.max's default period
 
 
 class JobCgroup:
@@ -79,6 +80,32 @@ class JobCgroup:
                 return True  # removed: nothing is left in it
             return self._kill_one_by_one()
         return True
+
+    def limit(self, cpus: float | None, memory: int | None) -> list[str]:
+        """Enforce a job's request: ``cpus`` as ``cpu.max`` (that many CPUs' time per
+        period), ``memory`` as ``memory.max`` with no swap (``memory.swap.max`` 0). What
+        could not be set (the controller is not enabled for the worker's cgroups), named."""
+        missed = []
+        if cpus:
+            quota = max(1000, int(cpus * _CPU_PERIOD))
+            if not _try_write(os.path.join(self.path, "cpu.max"), f"{quota} {_CPU_PERIOD}"):
+                missed.append("cpus")
+        if memory:
+            if not _try_write(os.path.join(self.path, "memory.max"), str(memory)):
+                missed.append("memory")
+            _try_write(os.path.join(self.path, "memory.swap.max"), "0")
+        return missed
+
+    def oom_kills(self) -> int:
+        """How many of its processes the OOM killer killed (``memory.events``)."""
+        try:
+            with open(os.path.join(self.path, "memory.events"), "rb") as file:
+                for line in file:
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+        return 0
 
     def remove(self) -> bool:
         """Remove the empty cgroup, and any below it; False if processes are still in it."""
@@ -202,6 +229,42 @@ def _unescape(field: str) -> str:
 def _prefix(owner: str) -> str:
     # "@" ends the owner (worker names cannot hold it), as for the temp directories.
     return f"{_PREFIX}{owner}@" if owner else _PREFIX
+
+
+def limits_problem() -> str | None:
+    """Why job cgroups cannot enforce cpus and memory here (None: they can).
+
+    The ``cpu`` and ``memory`` controllers must be enabled for the cgroups the worker
+    makes: it asks for them in its cgroup's ``cgroup.subtree_control``, which works where
+    its cgroup is delegated to it and holds no process itself (systemd ``Delegate=yes``
+    with the worker in a leaf below), or where an admin enabled them already.
+    """
+    base = base_dir()
+    if base is None:
+        return "the worker cannot make job cgroups here (cgroup v2, writable)"
+    wanted = ("cpu", "memory")
+    try:
+        with open(os.path.join(base, "cgroup.controllers")) as file:
+            available = file.read().split()
+        with open(os.path.join(base, "cgroup.subtree_control")) as file:
+            enabled = file.read().split()
+    except OSError as exc:
+        return f"cannot read the controllers of {base} ({exc.strerror})"
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        return f"the cgroup v2 controllers {', '.join(missing)} are not available in {base}"
+    for controller in (c for c in wanted if c not in enabled):
+        if not _try_write(os.path.join(base, "cgroup.subtree_control"), f"+{controller}"):
+            return f"cannot enable the {controller} controller for the job cgroups in {base}"
+    return None
+
+
+def _try_write(path: str, data: str) -> bool:
+    try:
+        _write(path, data)
+    except OSError:
+        return False
+    return True
 
 
 def _subtree(path: str) -> list[str]:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from jobbalancer import db, errors, jobs, procsec, registry, settings, vault
 from jobbalancer.settings import Settings, WorkerSettings
-from jobbalancer.worker import fence, runner, uids
+from jobbalancer.worker import capacity, cgroups, fence, runner, uids
 from jobbalancer.worker.output import OutputSink
 from jobbalancer.worker.presence import Presence
 from jobbalancer.worker.reports import Report, Reports, Stop
@@ -147,6 +147,7 @@ class Worker:
             max_buffer_bytes=self.ws.buffer_max_bytes,
         )
         self._running: dict[int, _Running] = {}
+        self._gpus_held: dict[int, tuple[int, ...]] = {}  # job id → its GPU indexes
         self._started: list[tuple[int, str, int, float]] = []  # (job, token, pid, when)
         self._job_queue: queue.SimpleQueue[jobs.Job] = queue.SimpleQueue()
         self._idle_threads = 0  # job threads waiting on _job_queue
@@ -222,6 +223,7 @@ class Worker:
         self.presence.start_heartbeat()
         self.fence.start()
         log.info("worker %s (id %d) is online", self.presence.name, self.presence.worker_id)
+        self._log_capacity()
         log.log(logging.WARNING if self.ws.run_as != DYNAMIC else logging.INFO,
                 "isolation: %s", isolation(self.ws))  # fmt: skip
         self._check_secret_key()
@@ -382,6 +384,27 @@ class Worker:
 
     # -- one job -------------------------------------------------------------------------
 
+    def _log_capacity(self) -> None:
+        """Say what jobs may request here, and whether their requests are enforced."""
+        offered = self.presence.capacity
+        problem = cgroups.limits_problem() if self.ws.cgroups else "job cgroups are off"
+        if problem is None:
+            enforced = "enforced by job cgroups (cpu.max, memory.max)"
+        else:
+            enforced = f"NOT enforced ({problem}): requests only place jobs"
+        log.info("offers %s; jobs' cpus and memory %s", capacity.describe(offered), enforced)
+
+    def _take_gpus(self, job: jobs.Job) -> tuple[int, ...] | None:
+        """The GPU indexes a job gets for itself (CUDA_VISIBLE_DEVICES); None: none asked."""
+        if not job.gpus:
+            return None
+        with self._lock:
+            held = {d for devices in self._gpus_held.values() for d in devices}
+            free = [d for d in range(self.presence.capacity.gpus or 0) if d not in held]
+            devices = tuple(free[: job.gpus])
+            self._gpus_held[job.id] = devices
+        return devices
+
     def _run_job(self, job: jobs.Job) -> Report:
         """Run a job; its end, for the main loop to record. The job stays in
         ``_running`` (holding its slot) until its end is in the database."""
@@ -392,6 +415,9 @@ class Worker:
             log.exception("job %d: unexpected error in the worker", job.id)
             outcome = runner.Outcome.start_failed(f"worker error: {exc}")
             return self._report(job, outcome, None)
+        finally:
+            with self._lock:
+                self._gpus_held.pop(job.id, None)
 
     def _run_claimed(self, job: jobs.Job) -> Report:
         assert job.token is not None
@@ -498,6 +524,9 @@ class Worker:
             owner=self.presence.owner,
             cgroup=self.ws.cgroups,
             workdir=job.workdir,
+            cpus=job.cpus,
+            memory=job.memory,
+            gpu_devices=self._take_gpus(job),
         )
 
     def _on_output(self, job_id: int) -> Callable[[str, bytes], None]:

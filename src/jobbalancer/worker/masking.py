@@ -6,6 +6,10 @@ value with ``****`` and holds back the end of what it was given while that end c
 the start of a value, until the next piece shows whether it is one (or the stream ends:
 :meth:`Masker.flush`). Only a possible start is held back, so a line that merely ends
 without one is passed on at once.
+
+A value of several lines (a PEM key, a JSON credential) is also masked line by line, as a
+job may print a part of it (``head -n 3 key.pem``): each of its lines of at least
+:data:`MIN_LINE` characters is a value of its own (a shorter one would mask common text).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 MASK = b"****"
+MIN_LINE = 8  # bytes: the shortest line of a value of several lines masked on its own
 
 
 class Masker:
@@ -20,6 +25,13 @@ class Masker:
 
     def __init__(self, values: Iterable[str | bytes]) -> None:
         found = {v.encode() if isinstance(v, str) else bytes(v) for v in values}
+        found |= {
+            line.strip(b"\r")
+            for v in found
+            if b"\n" in v
+            for line in v.split(b"\n")
+            if len(line.strip(b"\r")) >= MIN_LINE
+        }
         # Longest first: a value that holds another is masked whole.
         self._values = sorted((v for v in found if v), key=len, reverse=True)
         self._longest = len(self._values[0]) if self._values else 0

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from jobbalancer import __version__, balancer, db, errors, registry, settings
 from jobbalancer.settings import WorkerSettings
-from jobbalancer.worker import fence, identity, runner
+from jobbalancer.worker import capacity, fence, identity, runner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,6 +82,8 @@ class Presence:
         # What the worker process exits with once it stopped (0, or why it had to).
         self.exit_code = 0
         self.instance = str(identity.Instance.here())  # this process, in workers.instance
+        # What it offers its jobs (placement): set or detected once, stored at registration.
+        self.capacity = capacity.detect(ws)
         self._me: identity.Me | None = None
 
     def wait_for_schema(self) -> None:
@@ -203,6 +205,7 @@ class Presence:
                         conn, name=name, host=me.host, worker_class=self.ws.worker_class,
                         max_jobs=self.ws.max_jobs, pid=os.getpid(), version=__version__,
                         stats=stats, machine_id=me.machine_id, instance=self.instance,
+                        capacity=self.capacity,
                     )  # fmt: skip
             except sa.exc.IntegrityError:
                 return False  # another process inserted the name first: decide again

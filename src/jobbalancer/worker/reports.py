@@ -86,6 +86,8 @@ def judge(
         return jobs.State.LOST, stop.reason  # fenced, whether it had started or not
     if outcome.reason == "start_failed":
         return jobs.State.FAILED, outcome.error or "the job could not start"
+    if outcome.reason == "out_of_memory":
+        return jobs.State.FAILED, outcome.error or "out of memory"
     if outcome.reason == "timeout":
         return jobs.State.TIMEOUT, f"watchdog: ran longer than {job.watchdog:g} s"
     if outcome.reason == "killed":

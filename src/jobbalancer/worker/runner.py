@@ -83,15 +83,21 @@ class RunSpec:
     cgroup: bool = True
     # The job's working directory on this worker; None: its private temp dir.
     workdir: str | None = None
+    # Placement: what it requested, enforced through its cgroup (cpu.max, memory.max);
+    # the GPUs it holds (CUDA_VISIBLE_DEVICES), None: it asked for none.
+    cpus: float | None = None
+    memory: int | None = None
+    gpu_devices: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
     """How a job ended.
 
-    ``reason`` is ``"exited"``, ``"timeout"`` (watchdog), ``"killed"`` (kill()) or
-    ``"start_failed"`` (then ``error`` says why). ``exit_code`` is None when a signal
-    ended the main process; ``signal`` is that signal's number.
+    ``reason`` is ``"exited"``, ``"timeout"`` (watchdog), ``"killed"`` (kill()),
+    ``"out_of_memory"`` (the OOM killer killed a process of it in its cgroup; ``error``
+    says the limit) or ``"start_failed"`` (then ``error`` says why). ``exit_code`` is
+    None when a signal ended the main process; ``signal`` is that signal's number.
     """
 
     exit_code: int | None
@@ -245,8 +251,14 @@ class JobProcess:
         markers = {JOB_ID_VAR: str(spec.job_id), RUN_TAG_VAR: self._tag}
         if spec.owner:
             markers[OWNER_VAR] = spec.owner
+        if spec.gpu_devices is not None:
+            markers["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.gpu_devices)
         env = jobenv.job_env(spec.env, user or jobenv.own_identity(), workdir, spec.path, markers)
         group = cgroups.create(spec.owner, spec.job_id, self._tag) if spec.cgroup else None
+        if group is not None and (spec.cpus or spec.memory):
+            missed = group.limit(spec.cpus, spec.memory)
+            if missed:
+                log.debug("job %d: %s not enforced (no controller)", spec.job_id, missed)
         gate: spawn.Gate | None = None
         try:
             if group is not None:
@@ -294,6 +306,18 @@ class JobProcess:
         finally:
             returncode = run.finish()
         self._outcome = _outcome(returncode, watch.reason)
+        ended = self._outcome
+        # A process of it was killed for memory, and the job did not succeed anyway.
+        if (
+            run.oom_kills
+            and self._spec.memory
+            and ended.reason == "exited"
+            and ended.exit_code != 0
+        ):
+            limit = _format_size(self._spec.memory)
+            self._outcome = dataclasses.replace(
+                self._outcome, reason="out_of_memory", error=f"out of memory (limit {limit})"
+            )
         return self._outcome
 
     def kill(self, *, now: bool = False) -> None:
@@ -362,6 +386,7 @@ class _Run:
         self.pipes = pipes.Pipes(proc, on_output)
         self.tree = tree
         self.finished = False
+        self.oom_kills = 0  # processes of the job the OOM killer killed (cgroup only)
         self._pidfd = procs.open_pidfd(proc.pid)
         if self._pidfd is not None:
             self.pipes.add_wakeup(self._pidfd)  # so the end of the job wakes wait() at once
@@ -400,6 +425,8 @@ class _Run:
         self.tree.reap()
         self._close_pidfd()
         self.pipes.close()
+        if self.tree.cgroup is not None:
+            self.oom_kills = self.tree.cgroup.oom_kills()
         emptied = self.tree.cgroup is not None and _remove_cgroup(self.tree.cgroup)
         if self.lease is not None:
             # An empty cgroup proves no process of the job is left; without one, every
@@ -560,6 +587,13 @@ def _remove_cgroup(group: cgroups.JobCgroup) -> bool:
         log.warning("job cgroup %s still has processes %s", group.path, group.pids())
         return False
     return True
+
+
+def _format_size(size: int) -> str:
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} B"
 
 
 def _reap_main(proc: subprocess.Popen[bytes]) -> int:

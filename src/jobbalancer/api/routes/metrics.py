@@ -9,6 +9,7 @@ the last one, then reads them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -23,10 +24,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from jobbalancer import db, notify, schedules, stats, tally
+from jobbalancer import db, errors, notify, schedules, stats, tally
 from jobbalancer.api.deps import EngineDep, SettingsDep, key_from_headers, metrics_allowed
 
 router = APIRouter(tags=["metrics"])
+log = logging.getLogger(__name__)
+# Seconds a scrape waits for SQLite's write lock to fold in the tallies (see
+# DatabaseCollector._fold): well inside Prometheus's default 10 s scrape timeout.
+FOLD_WAIT = 2.0
 
 
 class DatabaseCollector(Collector):
@@ -39,8 +44,7 @@ class DatabaseCollector(Collector):
         self.settle = settle
 
     def collect(self) -> Iterable[Metric]:
-        with db.write(self.engine) as conn:
-            tally.fold(conn, self.settle)
+        self._fold()
         with db.read(self.engine) as conn:
             now = db.now(conn)
             by_state = stats.jobs_by_state(conn)
@@ -66,6 +70,17 @@ class DatabaseCollector(Collector):
         yield from self._queues(queues, now)
         yield from self._tallies(tallies)
         yield from self._notifications(targets, pending)
+
+    def _fold(self) -> None:
+        """Fold in the jobs' starts and ends. It is bookkeeping: a fold that cannot write
+        now (SQLite's write lock busy for longer than :data:`FOLD_WAIT`, a read-only or
+        standby database, a statement refused) is left to a later scrape, and this scrape
+        answers with the tallies as they are."""
+        try:
+            with db.write(self.engine, wait=FOLD_WAIT) as conn:
+                tally.fold(conn, self.settle)
+        except (sa.exc.DBAPIError, errors.DatabaseUnavailable, errors.DatabaseRefused) as exc:
+            log.warning("metrics: the tallies were not brought up to date (%s)", exc)
 
     @staticmethod
     def _notifications(targets: list[notify.Target], pending: int) -> Iterable[Metric]:
@@ -121,7 +136,8 @@ class DatabaseCollector(Collector):
         )
         oldest = GaugeMetricFamily(
             "jobbalancer_queue_oldest_seconds",
-            "Seconds since the oldest waiting job of the class was submitted (0: none waits).",
+            "Seconds the longest waiting job of the class has waited since it could start "
+            "(its submit, or its not_before if later; 0: none waits).",
             labels=["class"],
         )
         for q in queues:

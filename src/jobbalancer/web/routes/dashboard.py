@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from jobbalancer import db, jobs, stats
+from jobbalancer import balancer, db, jobs, stats
 from jobbalancer.service import schedules as schedule_service
 from jobbalancer.web import deps
 
@@ -79,6 +79,7 @@ def _figures(page: deps.Page) -> dict[str, Any]:
         summary = stats.Summary(stats.jobs_by_state(conn), per_worker, stats.slots(per_worker))
         minutes = stats.per_minute(conn)  # done and failures apart, unlike the summary's
         now = db.now(conn)
+        wait_reasons = balancer.wait_reasons(conn)
     live = [w for w in summary.workers if w.state != "offline"]
     return {
         "summary": summary,
@@ -92,4 +93,5 @@ def _figures(page: deps.Page) -> dict[str, Any]:
         # The soonest runs of the schedules this user may see.
         "upcoming": schedule_service.upcoming(page.engine, page.user, UPCOMING),
         "now": now,
+        "wait_reasons": wait_reasons,
     }

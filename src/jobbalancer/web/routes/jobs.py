@@ -17,7 +17,19 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from jobbalancer import auth, chains, classes, db, errors, jobs, logs, notify, refs, scripts
+from jobbalancer import (
+    auth,
+    chains,
+    classes,
+    db,
+    errors,
+    jobs,
+    logs,
+    notify,
+    refs,
+    resources,
+    scripts,
+)
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import access, inputs, job_actions, listing, submission
 from jobbalancer.service import schedules as schedule_service
@@ -182,7 +194,7 @@ def delete(page: deps.Page, job_id: int) -> None:
 
 _FORM_FIELDS = ("kind", "command", "script", "params", "watchdog", "worker_class",
                 "priority", "retries", "need_realtime", "workdir",
-                "start", "retry_delay")  # fmt: skip
+                "start", "retry_delay", "cpus", "memory", "gpus", "constraints")  # fmt: skip
 
 
 @router.post("/jobs")
@@ -226,10 +238,12 @@ def _spec_from_form(form: dict[str, str]) -> inputs.JobSubmit:
             raise errors.InvalidInput("choose a script", field="script")
     else:
         body["command"] = form["command"]
-    for name in ("watchdog", "priority", "retries", "workdir"):
+    for name in ("watchdog", "priority", "retries", "workdir", "cpus", "memory", "gpus"):
         if form[name].strip():
             body[name] = form[name].strip()
     body.update(_later_from_form(form))
+    if form["constraints"].strip():
+        body["constraints"] = _constraints(form["constraints"])
     return inputs.JobSubmit.model_validate(body)
 
 
@@ -250,6 +264,16 @@ def _later_from_form(form: dict[str, str]) -> dict[str, Any]:
             )
         body["retry_delay"] = seconds
     return body
+
+
+def _constraints(text: str) -> dict[str, str | bool]:
+    """The Run form's constraints: ``ffmpeg=6, os!=windows, ssd, !spinning`` (commas or
+    lines), as ``--constraint`` reads them."""
+    try:
+        parts = [p for p in text.replace("\n", ",").split(",") if p.strip()]
+        return dict(resources.parse_constraint(p) for p in parts)
+    except ValueError as exc:
+        raise errors.InvalidInput(f"constraints: {exc}", field="constraints") from None
 
 
 # -- one job --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from zoneinfo import available_timezones
 
 import pydantic
@@ -31,11 +32,12 @@ router = APIRouter(include_in_schema=False)
 ScheduleId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Text = Annotated[str, Query(max_length=1000)]
 HISTORY_PAGE = 50
+LIST_PAGE = 100
 PREVIEW_RUNS = 5
 # The job fields the form shows; any other field of a stored job (env, labels, notify …,
 # set through the API) is kept as it is when the form saves.
 JOB_FIELDS = ("command", "script", "params", "worker_class", "watchdog", "priority",
-              "retries", "need_realtime", "workdir")  # fmt: skip
+              "retries", "need_realtime", "workdir", "delay", "retry_delay")  # fmt: skip
 _ZONES: list[str] = []
 
 
@@ -73,6 +75,11 @@ class ScheduleForm:
     retries: str = ""
     need_realtime: bool = False
     workdir: str = ""
+    delay: str = ""  # a duration after each fire time (10m): the job's ``delay``
+    retry_delay: str = ""  # a duration (30s)
+    # The stored params are by name (a script that declares its parameters): the lines
+    # are ``name=value``.
+    params_named: bool = False
 
     @classmethod
     def of(cls, s: schedules.Schedule) -> ScheduleForm:
@@ -83,6 +90,12 @@ class ScheduleForm:
             value = job.get(key)
             return "" if value is None else str(value)
 
+        params = job.get("params") or []
+        named = isinstance(params, dict)
+        if isinstance(params, dict):
+            lines = [f"{k}={v}" for k, v in params.items()]
+        else:
+            lines = [str(p) for p in params]
         return cls(
             name=s.name, description=s.description, cron=s.cron, timezone=s.timezone,
             overlap=s.overlap.value, catch_up=s.catch_up.value,
@@ -90,15 +103,17 @@ class ScheduleForm:
             end_at=_local_input(s.end_at, s.timezone), enabled=s.enabled,
             kind="script" if job.get("script") is not None else "command",
             command=text("command"), script=text("script"),
-            params="\n".join(str(p) for p in job.get("params") or []),
+            params="\n".join(lines), params_named=named,
             worker_class=text("worker_class") or "default", watchdog=text("watchdog"),
             priority=text("priority"), retries=text("retries"),
             need_realtime=bool(job.get("need_realtime")), workdir=text("workdir"),
+            delay=_duration_text(job.get("delay")),
+            retry_delay=_duration_text(job.get("retry_delay")),
         )  # fmt: skip
 
     @classmethod
     def read(cls, page: deps.Page) -> ScheduleForm:
-        flags = ("enabled", "need_realtime")
+        flags = ("enabled", "need_realtime", "params_named")
         values: dict[str, Any] = {
             name: page.field(name) for name in cls.__dataclass_fields__ if name not in flags
         }
@@ -137,15 +152,39 @@ class ScheduleForm:
                 problems["script"] = "job.script: choose a script"
         else:
             job["command"] = self.command
-        job["params"] = [line for line in self.params.split("\n") if line]
+        lines = [line for line in self.params.split("\n") if line]
+        job["params"] = lines
+        if self.params_named:
+            pairs = [line.partition("=") for line in lines]
+            if any(not sep or not name.strip() for name, sep, _ in pairs):
+                problems["params"] = "job.params: one name=value a line"
+            job["params"] = {name.strip(): value for name, _, value in pairs}
         job["worker_class"] = self.worker_class.strip() or "default"
         for key in ("watchdog", "priority", "retries", "workdir"):
             if getattr(self, key).strip():
                 job[key] = getattr(self, key).strip()
         if self.need_realtime:
             job["need_realtime"] = True
+        for key in ("delay", "retry_delay"):
+            text = getattr(self, key).strip()
+            if text:
+                seconds = inputs.parse_duration(text)
+                if seconds is None:
+                    problems[key] = f"job.{key}: give a number with s, m, h or d (30s, 10m, 2h)"
+                else:
+                    job[key] = seconds
         body["job"] = job
         return body, problems
+
+
+def _duration_text(seconds: Any) -> str:
+    """Stored seconds as the form shows them: ``600`` → ``10m``."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not seconds:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_local(text: str, zone_name: str) -> datetime:
@@ -208,14 +247,25 @@ def _validated(
 
 
 @router.get("/schedules")
-def schedules_page(page: deps.Viewer) -> Response:
-    found = schedule_service.list_schedules(page.engine, page.user)
+def schedules_page(
+    page: deps.Viewer, after: Annotated[str, Query(max_length=200)] = ""
+) -> Response:
+    """The schedules by name, LIST_PAGE at a time (``after``: the last name shown)."""
+    found = schedule_service.list_schedules(
+        page.engine, page.user, after=after or None, limit=LIST_PAGE + 1
+    )
+    more = None
+    if len(found) > LIST_PAGE:
+        found = found[:LIST_PAGE]
+        more = "/schedules?" + urlencode({"after": found[-1].schedule.name})
     with db.read(page.engine) as conn:
         now = db.now(conn)
     return page.render(
         "schedules.html",
         active="schedules",
         listed=found,
+        more=more,
+        paged=bool(after),
         now=now,
         can_manage=lambda s: page.user.can_manage_job(s.user_id),
     )
@@ -364,7 +414,7 @@ def _history(
     older = None
     if len(found) > HISTORY_PAGE:
         found = found[:HISTORY_PAGE]
-        older = f"/schedules/{schedule_id}?before={min(o.id for o in found)}#history"
+        older = f"/schedules/{schedule_id}?before={found[-1].id}#history"
     return found, older
 
 

@@ -10,6 +10,7 @@ it as an ``inputs.JobSubmit``, so the rules and messages are the API's.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from fastapi.responses import Response
 from jobbalancer import classes, db, errors, jobs, scriptparams, scripts
 from jobbalancer.refs import MAX_ID
 from jobbalancer.service import fleet, inputs, submission
+from jobbalancer.service import secrets as secret_service
 from jobbalancer.web import deps, pages
 
 router = APIRouter(include_in_schema=False)
@@ -196,8 +198,17 @@ def _render_editor(
         run=run or {"params": "", "worker_class": classes.DEFAULT, "watchdog": ""},
         run_error=run_error,
         param_errors=param_errors or {},
-        fields=_fields(script, run),
+        fields=_fields(script, run, _usable_secrets(page, script)),
     )
+
+
+def _usable_secrets(page: deps.Page, script: scripts.Script | None) -> list[str]:
+    """The names of the secrets the user's jobs may use (a ``secret`` parameter's
+    choices), read only for a script that declares one."""
+    if script is None or not any(p.type == "secret" for p in script.parameters):
+        return []
+    found = secret_service.list_secrets(page.engine, page.user)
+    return [s.name for s in found if s.allows_user(page.user.id)]
 
 
 # -- running it -----------------------------------------------------------------------------
@@ -274,13 +285,18 @@ class ParamField:
     input_type: str  # text, number, checkbox, select
     step: str = ""
     pattern: str = ""
+    choices: tuple[str, ...] = ()  # a select's values: a choice's, or the usable secrets
 
     @property
     def name(self) -> str:
         return PARAM_FIELD + self.param.name
 
 
-def _fields(script: scripts.Script | None, run: dict[str, str] | None) -> list[ParamField]:
+def _fields(
+    script: scripts.Script | None, run: dict[str, str] | None, secrets: Sequence[str] = ()
+) -> list[ParamField]:
+    """The Run form's fields; a ``secret`` parameter is a select of ``secrets`` (the ones
+    the user may use; the value sent or the default is kept among them)."""
     if script is None:
         return []
     found = []
@@ -289,14 +305,17 @@ def _fields(script: scripts.Script | None, run: dict[str, str] | None) -> list[P
         value = sent if sent is not None else "" if p.default is None else (
             scriptparams.argv_form(p.default)
         )  # fmt: skip
-        kind, step, pattern = "text", "", ""
+        kind, step, pattern, choices = "text", "", "", p.values
         if p.type in ("int", "float"):
             kind, step = "number", "1" if p.type == "int" else "any"
         elif p.type == "bool":
             kind = "checkbox"
         elif p.type == "choice":
             kind = "select"
+        elif p.type == "secret":
+            kind = "select"
+            choices = tuple(secrets) + ((value,) if value and value not in secrets else ())
         elif p.regex is not None:
             pattern = p.regex
-        found.append(ParamField(p, value, kind, step, pattern))
+        found.append(ParamField(p, value, kind, step, pattern, choices))
     return found

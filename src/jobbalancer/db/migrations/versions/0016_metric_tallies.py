@@ -8,7 +8,7 @@ folded jobs in, one cursor in the order of ``jobs.finished_at`` and one of
 cursor rows and an index: no data changes.
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 Create Date: 2026-12-05 22:30:00
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 import jobbalancer.db.types
 
 revision = "0016"
-down_revision = "0013"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
