@@ -6,7 +6,7 @@ short summary), written in the change's own transaction. ``api_keys`` gets ``sco
 scope of their user's role, so nobody's rights change.
 
 Revision ID: 0014
-Revises: 0016
+Revises: 0013
 Create Date: 2026-12-05 22:00:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 import jobbalancer.db.types
 
 revision = "0014"
-down_revision = "0016"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
