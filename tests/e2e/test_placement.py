@@ -1,7 +1,7 @@
 """End to end: workers of different capacities and labels; each job lands where it fits,
 GPU jobs get devices of their own, a job that fits nowhere now waits saying why, and
-(where the host enables the memory controller for job cgroups) a job over its memory
-ends failed "out of memory"."""
+(where job cgroups can limit memory: cgroup v2 controllers or the v1 hierarchies) a job
+over its memory ends failed "out of memory"."""
 
 from __future__ import annotations
 

@@ -389,7 +389,7 @@ class Worker:
         offered = self.presence.capacity
         problem = cgroups.limits_problem() if self.ws.cgroups else "job cgroups are off"
         if problem is None:
-            enforced = "enforced by job cgroups (cpu.max, memory.max)"
+            enforced = f"enforced by job cgroups ({cgroups.limits_files()})"
         else:
             enforced = f"NOT enforced ({problem}): requests only place jobs"
         log.info("offers %s; jobs' cpus and memory %s", capacity.describe(offered), enforced)
