@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from jobbalancer import (
     auth,
+    balancer,
     chains,
     classes,
     db,
@@ -308,7 +309,7 @@ def _log_parts(conn: sa.Connection, job_id: int) -> tuple[list[LogPart], int, bo
 @router.get("/jobs/{job_id}")
 def job_page(job_id: JobId, page: deps.Viewer) -> Response:
     with db.read(page.engine) as conn:
-        job = access.visible_job(conn, page.user, job_id)
+        job = balancer.with_current_reason(conn, access.visible_job(conn, page.user, job_id))
         parts, offset, cut = _log_parts(conn, job_id)
         now = db.now(conn)
         restarts = conn.execute(
