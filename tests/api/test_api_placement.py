@@ -116,6 +116,8 @@ def test_classes_and_scripts_carry_default_requests(api: Api) -> None:
     assert (job["cpus"], job["memory"], job["constraints"]) == (2.0, 2 << 30, {"ffmpeg": "6"})
     own = submit(api.admin, script="encode", worker_class="render", memory="512M", cpus=0)
     assert (own["cpus"], own["memory"]) == (None, 512 << 20)
+    anywhere = submit(api.admin, script="encode", worker_class="render", constraints={})
+    assert (anywhere["memory"], anywhere["constraints"]) == (2 << 30, None)  # {}: none
     plain = submit(api.admin, command="true", worker_class="render")
     assert (plain["cpus"], plain["memory"]) == (2.0, 1 << 30)
     # Changed and cleared like any field; bad ones are 422 naming the field
