@@ -359,3 +359,25 @@ def test_a_worker_sweeps_the_v1_job_cgroups_its_predecessor_left(
     monkeypatch.setattr(cgroups, "base_dir", lambda: None)
     assert cgroups.clean_up_after("w") == 0  # empty: nothing to kill
     assert not left.exists() and other.exists()  # another worker's stays
+
+
+def test_capacity_counts_cgroup_v1_cpu_quotas_above_too_and_the_hierarchical_memory_limit(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    from jobbalancer.worker import capacity
+
+    top = Path(str(tmp_path)) / "cpu"
+    own = top / "workers" / "w1"
+    own.mkdir(parents=True)
+    for path, quota in ((top, "-1"), (top / "workers", "150000"), (own, "400000")):
+        (path / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (path / "cpu.cfs_period_us").write_text("100000\n")
+    assert sorted(capacity._cfs_quotas(str(own))) == [1.5, 4.0]  # -1 is no quota
+    memory = Path(str(tmp_path)) / "memory"
+    memory.mkdir()
+    (memory / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert capacity._hierarchical_limit(str(memory)) is None  # unlimited
+    (memory / "memory.stat").write_text(f"cache 0\nhierarchical_memory_limit {GiB}\n")
+    assert capacity._hierarchical_limit(str(memory)) == GiB  # a parent's limit counts

@@ -370,6 +370,13 @@ def _make_v1(path: str, controller: str, value: float) -> bool:
 def v1_base_dir(controller: str) -> str | None:
     """The worker's own cgroup in the v1 hierarchy of ``controller``, if it may make
     cgroups there and that controller's limit files are in it."""
+    path = v1_own_dir(controller)
+    return path if path is not None and os.access(path, os.W_OK) else None
+
+
+def v1_own_dir(controller: str) -> str | None:
+    """This process's cgroup directory in the v1 hierarchy of ``controller`` (``cpu`` or
+    ``memory``), where that hierarchy is mounted with its limit files; else None."""
     own = _own_v1_cgroup(controller)
     if own is None:
         return None
@@ -379,7 +386,7 @@ def v1_base_dir(controller: str) -> str | None:
         if relative.startswith(".."):
             continue
         path = os.path.normpath(os.path.join(mount, relative))
-        if os.path.isfile(os.path.join(path, probe)) and os.access(path, os.W_OK):
+        if os.path.isfile(os.path.join(path, probe)):
             return path
     return None
 
