@@ -354,7 +354,7 @@ def job_run(job_id: JobId, page: deps.Viewer) -> Response:
     """The "How it ran" card, refreshed while the job is not over (the log's stream reloads
     the whole page when it ends)."""
     with db.read(page.engine) as conn:
-        job = access.visible_job(conn, page.user, job_id)
+        job = balancer.with_current_reason(conn, access.visible_job(conn, page.user, job_id))
         now = db.now(conn)
     # 286: htmx stops polling once the job is over.
     return page.render("_job_run.html", job=job, now=now, status=286 if job.finished else 200)
