@@ -395,9 +395,11 @@ class Worker:
         log.info("offers %s; jobs' cpus and memory %s", capacity.describe(offered), enforced)
 
     def _take_gpus(self, job: jobs.Job) -> tuple[int, ...] | None:
-        """The GPU indexes a job gets for itself (CUDA_VISIBLE_DEVICES); None: none asked."""
+        """The GPU indexes a job gets for itself (CUDA_VISIBLE_DEVICES). A job that asked
+        for none on a worker with GPUs gets () (an empty CUDA_VISIBLE_DEVICES: it sees none,
+        and cannot use the ones other jobs hold); None: the worker has no GPUs to hide."""
         if not job.gpus:
-            return None
+            return () if self.presence.capacity.gpus else None
         with self._lock:
             held = {d for devices in self._gpus_held.values() for d in devices}
             free = [d for d in range(self.presence.capacity.gpus or 0) if d not in held]

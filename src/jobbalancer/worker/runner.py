@@ -84,7 +84,7 @@ class RunSpec:
     # The job's working directory on this worker; None: its private temp dir.
     workdir: str | None = None
     # Placement: what it requested, enforced through its cgroup (cpu.max, memory.max);
-    # the GPUs it holds (CUDA_VISIBLE_DEVICES), None: it asked for none.
+    # the GPUs it holds (CUDA_VISIBLE_DEVICES; (): none, all hidden), None: left unset.
     cpus: float | None = None
     memory: int | None = None
     gpu_devices: tuple[int, ...] | None = None
