@@ -97,3 +97,13 @@ def test_a_job_over_its_memory_ends_failed_out_of_memory(make_cluster: Factory) 
     assert (job["state"], job["error"]) == ("failed", "out of memory (limit 64 MiB)")
     fits = cluster.wait_job(cluster.submit(command=hungry, memory="512M")["id"])
     assert fits["state"] == "done"
+    # And cpus as a CFS quota of the job's own cgroup (v1 cpu.cfs_quota_us, or v2 cpu.max)
+    quota = (
+        "import os; from jobbalancer.worker import cgroups as c; v1 = c.v1_own_dir('cpu'); "
+        "print(open(v1 + '/cpu.cfs_quota_us').read().strip() "
+        "if v1 and 'jobbalancer-' in os.path.basename(v1) "
+        "else open(str(c.base_dir()) + '/cpu.max').read().split()[0])"
+    )
+    half = cluster.submit(command=f'{sys.executable} -c "{quota}"', cpus=0.5)
+    half = cluster.wait_job(half["id"])
+    assert half["state"] == "done" and cluster.log(half["id"]).strip() == "50000"
