@@ -83,7 +83,8 @@ class RunSpec:
     cgroup: bool = True
     # The job's working directory on this worker; None: its private temp dir.
     workdir: str | None = None
-    # Placement: what it requested, enforced through its cgroup (cpu.max, memory.max);
+    # Placement: what it requested, enforced through its cgroup (cpu.max, memory.max; on
+    # cgroup v1 hosts, cgroups of its own in the cpu and memory hierarchies);
     # the GPUs it holds (CUDA_VISIBLE_DEVICES; (): none, all hidden), None: left unset.
     cpus: float | None = None
     memory: int | None = None
@@ -606,15 +607,14 @@ def _abandon(proc: subprocess.Popen[bytes], group: cgroups.JobCgroup | None) -> 
         _remove_cgroup(group)
 
 
-def _move_into_limits(limits: cgroups.V1Limits, pid: int) -> cgroups.V1Limits | None:
-    """Move the job's main process, still at its gate, into its v1 cgroups; None (and
-    them removed) if that failed: the job then runs without its limits."""
+def _move_into_limits(limits: cgroups.V1Limits, pid: int) -> cgroups.V1Limits:
+    """Move the job's main process, still at its gate, into its v1 cgroups. If that
+    failed, the job runs without the limits it could not join; they are removed with the
+    others at its end (one it joined cannot be removed before)."""
     try:
         limits.add(pid)
     except OSError as exc:
         log.warning("job pid %d: cannot enforce its limits in %s (%s)", pid, limits.paths, exc)
-        limits.remove()
-        return None
     return limits
 
 
