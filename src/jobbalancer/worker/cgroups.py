@@ -298,9 +298,16 @@ class V1Limits:
         self.paths = paths
 
     def add(self, pid: int) -> None:
-        """Move a process (and, from then on, everything it starts) into them."""
+        """Move a process (and, from then on, everything it starts) into them; each is
+        tried, and the first failure raised after."""
+        failed: OSError | None = None
         for path in self.paths.values():
-            _write(os.path.join(path, "cgroup.procs"), str(pid))
+            try:
+                _write(os.path.join(path, "cgroup.procs"), str(pid))
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def oom_kills(self, *, sigkilled: bool) -> int:
         """How many of its processes the OOM killer killed: ``oom_kill`` of
