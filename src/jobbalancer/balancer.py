@@ -352,6 +352,22 @@ def _explain_new(
         reasons.setdefault(by_shape[shape], []).append(job_id)
 
 
+def with_current_reason(conn: sa.Connection, job: jobs.Job) -> jobs.Job:
+    """A waiting job with its ``pending_reason`` as a pass would say it now (read only).
+
+    The stored reason is written by the passes, for the jobs they look at: one deep in a
+    long queue, or back from a vanished worker, may carry an older one. One job's page
+    reads its class's free workers (or the one-row summary of them) instead.
+    """
+    if job.state != jobs.State.WAITING:
+        return job
+    candidates = _candidates(conn, [job.worker_class_id], None)
+    reasons: dict[str, list[int]] = {}
+    _explain_new(conn, [(job.id, job.worker_class_id, job.request)], candidates, reasons)
+    now = next(iter(reasons), None)
+    return job if now is None else dataclasses.replace(job, pending_reason=now)
+
+
 def _missing_label(request: resources.Request, labels: Sequence[Mapping[str, str]]) -> str | None:
     """ "no worker has label ..." when no worker of the class meets one of the constraints."""
     for label, want in (request.constraints or {}).items():

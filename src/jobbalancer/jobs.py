@@ -597,6 +597,7 @@ _UNTAKE = (
     .values(
         state=State.WAITING.value, worker_id=None, token=None, assigned_at=None, started_at=None
     )
+    .values(pending_reason=None)  # the reason it had before it was placed is old news
 )
 _UNLIMITED = {"b_free_cpus": 1e15, "b_free_memory": 1 << 62, "b_free_gpus": 1 << 30}
 
@@ -964,6 +965,7 @@ _UNASSIGN = (
     sa.update(J)
     .where(J.c.worker_id == sa.bindparam("b_worker"), J.c.state == State.ASSIGNED.value)
     .values(state=State.WAITING.value, worker_id=None, token=None, assigned_at=None)
+    .values(pending_reason=None)  # the reason it had before it was placed is old news
 )
 
 

@@ -165,6 +165,14 @@ class Capacity:
     cpus: int | None
     memory_total: int | None
     memory_available: int | None
+    # Placement: what it offers jobs' requests (None: not limited), and what the requests
+    # of its assigned and running jobs add up to.
+    offered_cpus: float | None = None
+    offered_memory: int | None = None
+    offered_gpus: int | None = None
+    requested_cpus: float = 0.0
+    requested_memory: int = 0
+    requested_gpus: int = 0
 
 
 def capacity(conn: sa.Connection) -> list[Capacity]:
@@ -180,6 +188,12 @@ def capacity(conn: sa.Connection) -> list[Capacity]:
             cpus=w.cpu_count,
             memory_total=w.memory_total,
             memory_available=w.memory_available,
+            offered_cpus=w.cpus,
+            offered_memory=w.memory,
+            offered_gpus=w.gpus,
+            requested_cpus=w.used_cpus,
+            requested_memory=w.used_memory,
+            requested_gpus=w.used_gpus,
         )
         for w in registry.list_all(conn)
     ]

@@ -197,3 +197,37 @@ def test_a_released_delayed_job_waits_in_the_queue_from_its_not_before(api: Api)
         )
     s = scrape(api.admin)
     assert 100 <= value(s, "jobbalancer_queue_oldest_seconds", **{"class": "default"}) < 600
+
+
+def test_workers_requested_resources_and_what_waiting_jobs_wait_for(api: Api) -> None:
+    from jobbalancer import balancer
+    from jobbalancer import registry as workers
+
+    gib = 1 << 30
+    with db.write(api.engine) as conn:
+        workers.register(
+            conn, name="render-1", host="test-host", worker_class="default", max_jobs=4,
+            pid=4242, version="test", stats=workers.Stats(),
+            capacity=workers.Capacity(cpus=8, memory=16 * gib, gpus=1, labels={"ssd": ""}),
+        )  # fmt: skip
+    # Two jobs placed on it, one too big for what is left, one wanting a label none has
+    submit(api.admin, command="a", cpus=2, memory="4G", gpus=1)
+    submit(api.admin, command="b", cpus=1.5, memory="8G")
+    submit(api.admin, command="c", memory="8G")
+    submit(api.admin, command="d", constraints={"ffmpeg": "6"})
+    with db.write(api.engine) as conn:
+        balancer.assign_waiting(conn)
+    s = scrape(api.admin)
+    render = {"worker": "render-1"}
+    assert value(s, "jobbalancer_worker_capacity_cpus", **render) == 8
+    assert value(s, "jobbalancer_worker_capacity_memory_bytes", **render) == 16 * gib
+    assert value(s, "jobbalancer_worker_capacity_gpus", **render) == 1
+    assert value(s, "jobbalancer_worker_requested_cpus", **render) == 3.5
+    assert value(s, "jobbalancer_worker_requested_memory_bytes", **render) == 12 * gib
+    assert value(s, "jobbalancer_worker_requested_gpus", **render) == 1
+    assert value(s, "jobbalancer_worker_active_jobs", **render) == 2
+    default = {"class": "default"}
+    assert value(s, "jobbalancer_queue_waiting_for", waits_for="memory", **default) == 1
+    assert value(s, "jobbalancer_queue_waiting_for", waits_for="label", **default) == 1
+    waiting_for = [k for k in s if k[0] == "jobbalancer_queue_waiting_for"]
+    assert len(waiting_for) == 2

@@ -116,6 +116,8 @@ def test_classes_and_scripts_carry_default_requests(api: Api) -> None:
     assert (job["cpus"], job["memory"], job["constraints"]) == (2.0, 2 << 30, {"ffmpeg": "6"})
     own = submit(api.admin, script="encode", worker_class="render", memory="512M", cpus=0)
     assert (own["cpus"], own["memory"]) == (None, 512 << 20)
+    anywhere = submit(api.admin, script="encode", worker_class="render", constraints={})
+    assert (anywhere["memory"], anywhere["constraints"]) == (2 << 30, None)  # {}: none
     plain = submit(api.admin, command="true", worker_class="render")
     assert (plain["cpus"], plain["memory"]) == (2.0, 1 << 30)
     # Changed and cleared like any field; bad ones are 422 naming the field
@@ -127,3 +129,18 @@ def test_classes_and_scripts_carry_default_requests(api: Api) -> None:
         f"/api/v1/worker-classes/{render['id']}", json={"requests": {"memory": "1Q"}}
     )
     assert r.status_code == 422 and r.json()["field"] == "requests.memory", r.text
+
+
+def test_get_job_says_why_it_waits_now_not_an_old_stored_reason(api: Api) -> None:
+    import sqlalchemy as sa
+
+    from jobbalancer.db import schema
+
+    job = submit(api.admin, command="true", memory="4G")  # no worker yet
+    assert job["pending_reason"] == "no online worker of class default"
+    big_worker(api)
+    with db.write(api.engine) as conn:  # render-2 came, but was disabled before any pass
+        conn.execute(sa.update(schema.workers).values(enabled=False))
+    r = api.admin.get(f"/api/v1/jobs/{job['id']}")
+    assert r.status_code == 200, r.text
+    assert r.json()["pending_reason"] == "worker render-2 is disabled"

@@ -211,3 +211,38 @@ def test_jobs_that_come_without_a_reason_get_their_class_reason_on_the_next_pass
     with db.write(engine) as conn:
         balancer.assign_waiting(conn)
     assert get(engine, later).pending_reason == full
+
+
+def test_a_job_back_from_a_vanished_worker_drops_its_old_reason(engine: sa.Engine) -> None:
+    # Given a job that waited for a worker, then was placed on the one that came
+    (job,) = submit(engine, spec())
+    assert get(engine, job).pending_reason == "no online worker of class default"
+    w1 = add_worker(engine, "w1", max_jobs=1)
+    with db.write(engine) as conn:
+        balancer.assign_waiting(conn)
+    assert get(engine, job).state == State.ASSIGNED
+    # When that worker vanishes before starting it
+    with db.write(engine) as conn:
+        assert jobs.unassign_worker(conn, w1) == 1
+    # Then it waits again without the old reason (the next pass gives it its own)
+    assert (get(engine, job).state, get(engine, job).pending_reason) == (State.WAITING, None)
+
+
+def test_one_job_read_says_why_it_waits_now_not_what_a_pass_wrote_long_ago(
+    engine: sa.Engine,
+) -> None:
+    # Given a full worker and a job whose stored reason is old (deep in a long queue)
+    add_worker(engine, "w1", max_jobs=1, cpus=2, memory=4 * GiB)
+    submit(engine, spec())
+    (deep, big) = submit(engine, spec(), spec(memory=8 * GiB, cpus=0))
+    with db.write(engine) as conn:
+        conn.execute(sa.update(J).values(pending_reason="no online worker of class default"))
+    # When one job is read for its page, `show` or the API
+    with db.read(engine) as conn:
+        now = balancer.with_current_reason(conn, jobs.get(conn, deep))
+        too_big = balancer.with_current_reason(conn, jobs.get(conn, big))
+        running = balancer.with_current_reason(conn, jobs.get(conn, 1))
+    # Then its reason is today's, and a job not waiting is left as it is
+    assert now.pending_reason == "worker w1 of class default is full (1/1 slots)"
+    assert too_big.pending_reason == "worker w1 of class default is full (1/1 slots)"
+    assert running.state == State.ASSIGNED

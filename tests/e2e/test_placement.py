@@ -1,7 +1,7 @@
 """End to end: workers of different capacities and labels; each job lands where it fits,
 GPU jobs get devices of their own, a job that fits nowhere now waits saying why, and
-(where the host enables the memory controller for job cgroups) a job over its memory
-ends failed "out of memory"."""
+(where job cgroups can limit memory: cgroup v2 controllers or the v1 hierarchies) a job
+over its memory ends failed "out of memory"."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_jobs_land_where_they_fit(make_cluster: Factory) -> None:
     assert big["labels"] == {"ffmpeg": "6", "ssd": ""}
     assert "offers 1 cpus, 1 GiB memory, 0 gpus, labels os=debian" in small.log()
     # When jobs ask for memory, a label, GPUs, or a label only the small one has
-    memory = cluster.submit(command="echo $CUDA_VISIBLE_DEVICES", memory="4G")
+    memory = cluster.submit(command='echo "[${CUDA_VISIBLE_DEVICES-unset}]"', memory="4G")
     label = cluster.submit(command="true", constraints={"ffmpeg": "6"})
     gpus = [cluster.submit(command="echo $CUDA_VISIBLE_DEVICES; sleep 1", gpus=1) for _ in "ab"]
     debian = cluster.submit(command="true", constraints={"os": "debian"}, cpus=0.5)
@@ -47,7 +47,7 @@ def test_jobs_land_where_they_fit(make_cluster: Factory) -> None:
     assert cluster.wait_job(debian["id"])["worker"]["name"] == "small"
     devices = sorted(cluster.log(j["id"]).strip() for j in gpus)
     assert devices == ["0", "1"]
-    assert cluster.log(memory["id"]).strip() == ""  # asked for no GPU: none named
+    assert cluster.log(memory["id"]).strip() == "[]"  # asked for no GPU: all hidden
     # When a job needs more than is free anywhere now, it waits saying why
     hog = cluster.submit(command="sleep 30", cpus=4)
     cluster.wait_for(lambda: cluster.job(hog["id"])["state"] == "running", "the hog runs")
@@ -97,3 +97,13 @@ def test_a_job_over_its_memory_ends_failed_out_of_memory(make_cluster: Factory) 
     assert (job["state"], job["error"]) == ("failed", "out of memory (limit 64 MiB)")
     fits = cluster.wait_job(cluster.submit(command=hungry, memory="512M")["id"])
     assert fits["state"] == "done"
+    # And cpus as a CFS quota of the job's own cgroup (v1 cpu.cfs_quota_us, or v2 cpu.max)
+    quota = (
+        "import os; from jobbalancer.worker import cgroups as c; v1 = c.v1_own_dir('cpu'); "
+        "print(open(v1 + '/cpu.cfs_quota_us').read().strip() "
+        "if v1 and 'jobbalancer-' in os.path.basename(v1) "
+        "else open(str(c.base_dir()) + '/cpu.max').read().split()[0])"
+    )
+    half = cluster.submit(command=f'{sys.executable} -c "{quota}"', cpus=0.5)
+    half = cluster.wait_job(half["id"])
+    assert half["state"] == "done" and cluster.log(half["id"]).strip() == "50000"

@@ -299,3 +299,85 @@ def test_up_shares_the_machine_between_its_workers(tmp_path: object) -> None:
     assert int(second[second.index("--memory") + 1]) == capacity.detect_memory() // 2
     assert "--gpus" not in first and second[second.index("--gpus") + 1] == "0"
     assert "--cpus" not in up.UpPlan.make(settings.load(), 1, None).worker_argv("w-1")
+
+
+def test_on_cgroup_v1_a_job_gets_cfs_quota_and_a_memory_limit_without_swap(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from jobbalancer.worker import cgroups
+
+    root = Path(str(tmp_path))
+    bases = {c: root / c for c in cgroups.V1_CONTROLLERS}
+    jobs_dirs = {c: bases[c] / "jobbalancer-w@7-t" for c in bases}
+    files = {
+        "cpu": ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cgroup.procs"),
+        "memory": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "cgroup.procs"),
+    }
+    for controller, names in files.items():
+        jobs_dirs[controller].mkdir(parents=True)  # the kernel fills a new cgroup's files
+        for name in names:
+            (jobs_dirs[controller] / name).write_text("")
+    monkeypatch.setattr(cgroups, "v1_base_dir", lambda c: str(bases[c]))
+    limits, missed = cgroups.create_v1("w", 7, "t", cpus=0.5, memory=512 * MiB)
+    assert limits is not None and missed == []
+    cpu, memory = jobs_dirs["cpu"], jobs_dirs["memory"]
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000"
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "50000"
+    assert (memory / "memory.limit_in_bytes").read_text() == str(512 * MiB)
+    assert (memory / "memory.memsw.limit_in_bytes").read_text() == str(512 * MiB)
+    limits.add(4242)
+    assert (cpu / "cgroup.procs").read_text() == (memory / "cgroup.procs").read_text() == "4242"
+    # The OOM killer's count, from memory.oom_control; an old kernel's failcnt + SIGKILL
+    oom = memory / "memory.oom_control"
+    oom.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    assert limits.oom_kills(sigkilled=False) == 2
+    oom.write_text("oom_kill_disable 0\nunder_oom 0\n")
+    (memory / "memory.failcnt").write_text("5\n")
+    assert limits.oom_kills(sigkilled=True) == 1
+    assert limits.oom_kills(sigkilled=False) == 0
+    # Only what was asked is made; a hierarchy without the files is named as missed
+    only_cpu, missed = cgroups.create_v1("w", 8, "t", cpus=1, memory=None)
+    assert only_cpu is None and missed == ["cpus"]  # no files in a plain new directory
+    assert not (bases["cpu"] / "jobbalancer-w@8-t").exists()  # and not left behind
+    assert not (bases["memory"] / "jobbalancer-w@8-t").exists()
+
+
+def test_a_worker_sweeps_the_v1_job_cgroups_its_predecessor_left(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from jobbalancer.worker import cgroups
+
+    root = Path(str(tmp_path))
+    left, other = root / "jobbalancer-w@3-x", root / "jobbalancer-w2@3-x"
+    left.mkdir()
+    other.mkdir()
+    monkeypatch.setattr(cgroups, "v1_base_dir", lambda c: str(root) if c == "memory" else None)
+    monkeypatch.setattr(cgroups, "base_dir", lambda: None)
+    assert cgroups.clean_up_after("w") == 0  # empty: nothing to kill
+    assert not left.exists() and other.exists()  # another worker's stays
+
+
+def test_capacity_counts_cgroup_v1_cpu_quotas_above_too_and_the_hierarchical_memory_limit(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    from jobbalancer.worker import capacity
+
+    top = Path(str(tmp_path)) / "cpu"
+    own = top / "workers" / "w1"
+    own.mkdir(parents=True)
+    for path, quota in ((top, "-1"), (top / "workers", "150000"), (own, "400000")):
+        (path / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (path / "cpu.cfs_period_us").write_text("100000\n")
+    assert sorted(capacity._cfs_quotas(str(own))) == [1.5, 4.0]  # -1 is no quota
+    memory = Path(str(tmp_path)) / "memory"
+    memory.mkdir()
+    (memory / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert capacity._hierarchical_limit(str(memory)) is None  # unlimited
+    (memory / "memory.stat").write_text(f"cache 0\nhierarchical_memory_limit {GiB}\n")
+    assert capacity._hierarchical_limit(str(memory)) == GiB  # a parent's limit counts

@@ -44,6 +44,20 @@ def test_a_waiting_job_says_why_on_its_page_in_the_list_and_on_the_dashboard(web
     assert 'id="pending-reason"' not in client.get(f"/jobs/{running}").text
 
 
+def test_a_job_page_says_why_it_waits_now_even_when_the_stored_reason_is_old(
+    web: Web,
+) -> None:
+    import sqlalchemy as sa
+
+    _, _, waiting = _setup(web)
+    with db.write(web.engine) as conn:  # what a pass wrote long ago, before render-2 came
+        conn.execute(sa.update(jobs.J).values(pending_reason="no online worker of class default"))
+    client, _ = web.login()
+    now = html.escape("needs 4 GiB memory; the most free is 2 GiB on render-2")
+    assert f'<dd id="pending-reason">{now}</dd>' in client.get(f"/jobs/{waiting}").text
+    assert now in client.get(f"/jobs/{waiting}/run").text
+
+
 def test_the_workers_page_shows_capacity_and_use_as_bars_and_labels(web: Web) -> None:
     _setup(web)
     client, _ = web.login()

@@ -155,7 +155,8 @@ def _constraints(value: Any) -> dict[str, str | bool] | None:
     for item in value.values():
         if isinstance(item, str):
             clean_text(item)
-    return resources.check_constraints(value) or None
+    # {} stays {}: "no constraints", which a class's or script's default does not replace.
+    return resources.check_constraints(value)
 
 
 Memory = Annotated[int | None, PlainValidator(_memory, json_schema_input_type=str | int | None)]

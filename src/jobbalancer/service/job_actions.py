@@ -26,7 +26,8 @@ def get_with_links(
 ) -> tuple[jobs.Job, chains.Links]:
     """The job, if ``user`` may see it, with its parents and children, read together."""
     with db.read(engine) as conn:
-        return access.visible_job(conn, user, job_id), chains.links(conn, job_id)
+        job = balancer.with_current_reason(conn, access.visible_job(conn, user, job_id))
+        return job, chains.links(conn, job_id)
 
 
 def read_log(

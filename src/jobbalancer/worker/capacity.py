@@ -2,9 +2,10 @@
 
 Detected unless set (``--cpus``, ``--memory``, ``--gpus``): CPUs are those the process may
 run on (``sched_getaffinity``), fewer if the cgroup it runs in (or one above) has a
-``cpu.max`` quota; memory is the machine's, less if a cgroup's ``memory.max`` (cgroup
-v1: ``memory.limit_in_bytes``) is lower; GPUs are those ``nvidia-smi -L`` lists (none
-without it).
+``cpu.max`` quota (cgroup v1: ``cpu.cfs_quota_us`` per ``cpu.cfs_period_us``); memory is
+the machine's, less if a cgroup's ``memory.max`` (cgroup v1: its
+``hierarchical_memory_limit``, which counts the cgroups above) is lower; GPUs are those
+``nvidia-smi -L`` lists (none without it).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import psutil
 
 from jobbalancer import registry, resources
 from jobbalancer.settings import WorkerSettings
+from jobbalancer.worker import cgroups
 
 log = logging.getLogger(__name__)
 _CGROUP2 = "/sys/fs/cgroup"
-_CGROUP1_MEMORY = "/sys/fs/cgroup/memory"
 
 
 def detect(ws: WorkerSettings) -> registry.Capacity:
@@ -58,7 +59,26 @@ def detect_cpus() -> float:
         quota = _cpu_max(os.path.join(path, "cpu.max"))
         if quota is not None:
             cpus = min(cpus, quota)
+    v1 = cgroups.v1_own_dir("cpu")
+    if v1 is not None:
+        for quota in _cfs_quotas(v1):
+            cpus = min(cpus, quota)
     return round(cpus, 2)
+
+
+def _cfs_quotas(path: str) -> list[float]:
+    """The cgroup v1 CPU quotas (in CPUs) of ``path`` and the cgroups above it."""
+    quotas = []
+    while os.path.isfile(os.path.join(path, "cpu.cfs_quota_us")):
+        quota = _read_int(os.path.join(path, "cpu.cfs_quota_us"))  # -1: none (not digits)
+        period = _read_int(os.path.join(path, "cpu.cfs_period_us"))
+        if quota and period:
+            quotas.append(quota / period)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return quotas
 
 
 def detect_memory() -> int:
@@ -67,12 +87,25 @@ def detect_memory() -> int:
         limit = _read_int(os.path.join(path, "memory.max"))
         if limit is not None:
             memory = min(memory, limit)
-    v1 = _own_cgroup1("memory")
+    v1 = cgroups.v1_own_dir("memory")
     if v1 is not None:
-        limit = _read_int(os.path.join(_CGROUP1_MEMORY, v1.lstrip("/"), "memory.limit_in_bytes"))
+        limit = _hierarchical_limit(v1)
         if limit is not None:
             memory = min(memory, limit)
     return memory
+
+
+def _hierarchical_limit(path: str) -> int | None:
+    """A v1 memory cgroup's effective limit (its own or one above it, the lowest)."""
+    try:
+        with open(os.path.join(path, "memory.stat")) as file:
+            for line in file:
+                if line.startswith("hierarchical_memory_limit "):
+                    value = int(line.split()[1])
+                    return value if value < (1 << 62) else None
+    except (OSError, ValueError):
+        pass
+    return _read_int(os.path.join(path, "memory.limit_in_bytes"))
 
 
 def detect_gpus() -> list[int]:

@@ -15,6 +15,12 @@ controller: the cgroups only group processes, they limit nothing.
 Hosts without a writable cgroup2 hierarchy (a worker that is not root, cgroup v1 only,
 a container without its cgroup mounted) get ``None`` from :func:`create`, and the
 runner falls back to tracking by session, process tree and environment.
+
+A job's ``cpus`` and ``memory`` are enforced in its cgroup2 cgroup where the ``cpu`` and
+``memory`` controllers are enabled there; where they are not, but the host mounts the
+cgroup v1 ``cpu`` and ``memory`` hierarchies (older or hybrid hosts), in a
+:class:`V1Limits`: one cgroup per job in each, made inside the worker's own v1 cgroups
+and named like the v2 ones, so a restarted worker sweeps those too.
 """
 
 from __future__ import annotations
@@ -160,10 +166,12 @@ def clean_up_after(owner: str) -> int:
     predecessor's jobs, already recovered elsewhere. Returns how many processes were
     in them.
     """
-    base = base_dir()
-    if base is None or not owner:
+    if not owner:
         return 0
-    killed = 0
+    killed = _clean_up_v1(owner)
+    base = base_dir()
+    if base is None:
+        return killed
     for path in glob.glob(os.path.join(glob.escape(base), f"{glob.escape(_prefix(owner))}*")):
         cgroup = JobCgroup(path)
         if cgroup.populated():
@@ -239,6 +247,20 @@ def limits_problem() -> str | None:
     its cgroup is delegated to it and holds no process itself (systemd ``Delegate=yes``
     with the worker in a leaf below), or where an admin enabled them already.
     """
+    problem = _v2_limits_problem()
+    if problem is not None and all(v1_base_dir(c) is not None for c in V1_CONTROLLERS):
+        return None  # the cgroup v1 hierarchies enforce them instead
+    return problem
+
+
+def limits_files() -> str:
+    """The files that enforce a job's cpus and memory on this host (for the worker's log)."""
+    if _v2_limits_problem() is None:
+        return "cpu.max, memory.max"
+    return "cgroup v1: cpu.cfs_quota_us, memory.limit_in_bytes"
+
+
+def _v2_limits_problem() -> str | None:
     base = base_dir()
     if base is None:
         return "the worker cannot make job cgroups here (cgroup v2, writable)"
@@ -257,6 +279,189 @@ def limits_problem() -> str | None:
         if not _try_write(os.path.join(base, "cgroup.subtree_control"), f"+{controller}"):
             return f"cannot enable the {controller} controller for the job cgroups in {base}"
     return None
+
+
+# -- cgroup v1: the cpu and memory hierarchies --------------------------------------------
+
+V1_CONTROLLERS: Final = ("cpu", "memory")
+
+
+class V1Limits:
+    """A job's cgroups in the cgroup v1 ``cpu`` and ``memory`` hierarchies, which only
+    limit it: tracking and killing stay with its cgroup2 cgroup or the fallbacks.
+
+    Every process the job starts inherits them. ``paths`` maps a controller to the job's
+    directory in that hierarchy.
+    """
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self.paths = paths
+
+    def add(self, pid: int) -> None:
+        """Move a process (and, from then on, everything it starts) into them; each is
+        tried, and the first failure raised after."""
+        failed: OSError | None = None
+        for path in self.paths.values():
+            try:
+                _write(os.path.join(path, "cgroup.procs"), str(pid))
+            except OSError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def oom_kills(self, *, sigkilled: bool) -> int:
+        """How many of its processes the OOM killer killed: ``oom_kill`` of
+        ``memory.oom_control`` (Linux 4.13). Older kernels lack that line: there a main
+        process ended by SIGKILL (``sigkilled``) after the limit was hit
+        (``memory.failcnt``) counts as one."""
+        path = self.paths.get("memory")
+        if path is None:
+            return 0
+        try:
+            with open(os.path.join(path, "memory.oom_control"), "rb") as file:
+                for line in file:
+                    if line.startswith(b"oom_kill "):
+                        return int(line.split()[1])
+            with open(os.path.join(path, "memory.failcnt"), "rb") as file:
+                return 1 if sigkilled and int(file.read()) > 0 else 0
+        except (OSError, ValueError):
+            return 0
+
+    def remove(self) -> bool:
+        """Remove them once no process is in them; False if one could not be."""
+        return all(_remove_v1(path) for path in self.paths.values())
+
+
+def create_v1(
+    owner: str, job_id: int, tag: str, *, cpus: float | None, memory: int | None
+) -> tuple[V1Limits | None, list[str]]:
+    """The v1 cgroups that enforce ``cpus`` and ``memory`` for one job (None if none
+    was needed or could be made), and what of the request could not be enforced."""
+    wanted = {"cpu": ("cpus", cpus), "memory": ("memory", memory)}
+    paths: dict[str, str] = {}
+    missed: list[str] = []
+    for controller, (field, value) in wanted.items():
+        if not value:
+            continue
+        base = v1_base_dir(controller)
+        path = os.path.join(base or "", f"{_prefix(owner)}{job_id}-{tag}")
+        if base is None or not _make_v1(path, controller, value):
+            missed.append(field)
+            continue
+        paths[controller] = path
+    return (V1Limits(paths) if paths else None), missed
+
+
+def _make_v1(path: str, controller: str, value: float) -> bool:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    if controller == "cpu":
+        quota = max(1000, int(value * _CPU_PERIOD))
+        done = _try_write(os.path.join(path, "cpu.cfs_period_us"), str(_CPU_PERIOD))
+        done = done and _try_write(os.path.join(path, "cpu.cfs_quota_us"), str(quota))
+    else:
+        done = _try_write(os.path.join(path, "memory.limit_in_bytes"), str(int(value)))
+        memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
+        if done and os.path.exists(memsw):  # no swap (absent where swap accounting is off)
+            done = _try_write(memsw, str(int(value)))
+    if not done:
+        _remove_v1(path)
+    return done
+
+
+@functools.cache
+def v1_base_dir(controller: str) -> str | None:
+    """The worker's own cgroup in the v1 hierarchy of ``controller``, if it may make
+    cgroups there and that controller's limit files are in it."""
+    path = v1_own_dir(controller)
+    return path if path is not None and os.access(path, os.W_OK) else None
+
+
+def v1_own_dir(controller: str) -> str | None:
+    """This process's cgroup directory in the v1 hierarchy of ``controller`` (``cpu`` or
+    ``memory``), where that hierarchy is mounted with its limit files; else None."""
+    own = _own_v1_cgroup(controller)
+    if own is None:
+        return None
+    probe = "cpu.cfs_quota_us" if controller == "cpu" else "memory.limit_in_bytes"
+    for mount, root in _v1_mounts(controller):
+        relative = os.path.relpath(own, root)
+        if relative.startswith(".."):
+            continue
+        path = os.path.normpath(os.path.join(mount, relative))
+        if os.path.isfile(os.path.join(path, probe)):
+            return path
+    return None
+
+
+def _own_v1_cgroup(controller: str) -> str | None:
+    """This process's cgroup in the v1 hierarchy of ``controller`` (/proc/self/cgroup)."""
+    try:
+        with open("/proc/self/cgroup") as file:
+            for line in file:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controller in controllers.split(","):
+                    return path
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _v1_mounts(controller: str) -> Iterator[tuple[str, str]]:
+    """(mount point, root in the hierarchy) of each cgroup v1 mount of ``controller``."""
+    try:
+        with open("/proc/self/mountinfo") as file:
+            lines = file.readlines()
+    except OSError:
+        return
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, kind = left.split(), right.split()
+        if kind[:1] == ["cgroup"] and len(kind) >= 3 and len(fields) >= 5:
+            if controller in kind[2].split(","):
+                yield _unescape(fields[4]), _unescape(fields[3])
+
+
+def _clean_up_v1(owner: str) -> int:
+    """Kill what is left in ``owner``'s v1 job cgroups and remove them."""
+    killed = 0
+    for controller in V1_CONTROLLERS:
+        base = v1_base_dir(controller)
+        if base is None:
+            continue
+        for path in glob.glob(os.path.join(glob.escape(base), f"{glob.escape(_prefix(owner))}*")):
+            left = _v1_pids(path)
+            killed += len(left)
+            deadline = time.monotonic() + _KILL_WAIT
+            while left and time.monotonic() < deadline:
+                _signal_each(left)
+                time.sleep(0.02)
+                left = _v1_pids(path)
+            if not _remove_v1(path):
+                log.warning("could not remove the job cgroup %s", path)
+    return killed
+
+
+def _v1_pids(path: str) -> list[int]:
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "rb") as file:
+            return [int(pid) for pid in file.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _remove_v1(path: str) -> bool:
+    """rmdir, retried a moment: a killed process leaves its v1 cgroup only once reaped."""
+    deadline = time.monotonic() + _BY_HAND
+    while not _remove(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _try_write(path: str, data: str) -> bool:

@@ -389,15 +389,17 @@ class Worker:
         offered = self.presence.capacity
         problem = cgroups.limits_problem() if self.ws.cgroups else "job cgroups are off"
         if problem is None:
-            enforced = "enforced by job cgroups (cpu.max, memory.max)"
+            enforced = f"enforced by job cgroups ({cgroups.limits_files()})"
         else:
             enforced = f"NOT enforced ({problem}): requests only place jobs"
         log.info("offers %s; jobs' cpus and memory %s", capacity.describe(offered), enforced)
 
     def _take_gpus(self, job: jobs.Job) -> tuple[int, ...] | None:
-        """The GPU indexes a job gets for itself (CUDA_VISIBLE_DEVICES); None: none asked."""
+        """The GPU indexes a job gets for itself (CUDA_VISIBLE_DEVICES). A job that asked
+        for none on a worker with GPUs gets () (an empty CUDA_VISIBLE_DEVICES: it sees none,
+        and cannot use the ones other jobs hold); None: the worker has no GPUs to hide."""
         if not job.gpus:
-            return None
+            return () if self.presence.capacity.gpus else None
         with self._lock:
             held = {d for devices in self._gpus_held.values() for d in devices}
             free = [d for d in range(self.presence.capacity.gpus or 0) if d not in held]

@@ -83,8 +83,9 @@ class RunSpec:
     cgroup: bool = True
     # The job's working directory on this worker; None: its private temp dir.
     workdir: str | None = None
-    # Placement: what it requested, enforced through its cgroup (cpu.max, memory.max);
-    # the GPUs it holds (CUDA_VISIBLE_DEVICES), None: it asked for none.
+    # Placement: what it requested, enforced through its cgroup (cpu.max, memory.max; on
+    # cgroup v1 hosts, cgroups of its own in the cpu and memory hierarchies);
+    # the GPUs it holds (CUDA_VISIBLE_DEVICES; (): none, all hidden), None: left unset.
     cpus: float | None = None
     memory: int | None = None
     gpu_devices: tuple[int, ...] | None = None
@@ -255,13 +256,10 @@ class JobProcess:
             markers["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in spec.gpu_devices)
         env = jobenv.job_env(spec.env, user or jobenv.own_identity(), workdir, spec.path, markers)
         group = cgroups.create(spec.owner, spec.job_id, self._tag) if spec.cgroup else None
-        if group is not None and (spec.cpus or spec.memory):
-            missed = group.limit(spec.cpus, spec.memory)
-            if missed:
-                log.debug("job %d: %s not enforced (no controller)", spec.job_id, missed)
+        limits = self._limits(group) if spec.cgroup and (spec.cpus or spec.memory) else None
         gate: spawn.Gate | None = None
         try:
-            if group is not None:
+            if group is not None or limits is not None:
                 gate = spawn.Gate()
             argv = _argv(spec, interpreter, workdir, user, gated=gate is not None)
             # Never spec.workdir here: Popen enters cwd as root, before it switches to the
@@ -272,22 +270,45 @@ class JobProcess:
                 gate.close()
             if group is not None:
                 group.remove()
+            if limits is not None:
+                limits.remove()
             raise
         self._started_nothing = False
         try:
             if group is not None:
                 group = spawn.move_in(group, proc.pid)
+            if limits is not None:
+                limits = _move_into_limits(limits, proc.pid)
             if gate is not None:
                 gate.open()
             tree = _Tree(spec.job_id, self._tag, proc.pid, group)
             self._run = _Run(proc, workdir, tree, self._on_output, lease)
+            self._run.limits = limits
         except BaseException:
             _abandon(proc, group)
+            if limits is not None:
+                limits.remove()
             raise
         finally:
             if gate is not None:
                 gate.close()
         return proc.pid
+
+    def _limits(self, group: cgroups.JobCgroup | None) -> cgroups.V1Limits | None:
+        """Enforce the job's cpus and memory: in its cgroup2 cgroup where the controllers
+        are enabled, else in cgroup v1 cgroups of its own (returned, to join)."""
+        spec = self._spec
+        missed = group.limit(spec.cpus, spec.memory) if group is not None else ["cpus", "memory"]
+        if not missed:
+            return None
+        limits, still = cgroups.create_v1(
+            spec.owner, spec.job_id, self._tag,
+            cpus=spec.cpus if "cpus" in missed else None,
+            memory=spec.memory if "memory" in missed else None,
+        )  # fmt: skip
+        if still:
+            log.debug("job %d: %s not enforced (no controller)", spec.job_id, still)
+        return limits
 
     def wait(self) -> Outcome:
         """Block until the job and every descendant are gone; return how it ended."""
@@ -387,6 +408,7 @@ class _Run:
         self.tree = tree
         self.finished = False
         self.oom_kills = 0  # processes of the job the OOM killer killed (cgroup only)
+        self.limits: cgroups.V1Limits | None = None  # its cgroup v1 limits, if any
         self._pidfd = procs.open_pidfd(proc.pid)
         if self._pidfd is not None:
             self.pipes.add_wakeup(self._pidfd)  # so the end of the job wakes wait() at once
@@ -427,6 +449,11 @@ class _Run:
         self.pipes.close()
         if self.tree.cgroup is not None:
             self.oom_kills = self.tree.cgroup.oom_kills()
+        if self.limits is not None:
+            sigkilled = returncode == -signal.SIGKILL
+            self.oom_kills += self.limits.oom_kills(sigkilled=sigkilled)
+            if not self.limits.remove():  # the worker's next start sweeps it
+                log.warning("job cgroups %s still have processes", list(self.limits.paths.values()))
         emptied = self.tree.cgroup is not None and _remove_cgroup(self.tree.cgroup)
         if self.lease is not None:
             # An empty cgroup proves no process of the job is left; without one, every
@@ -578,6 +605,17 @@ def _abandon(proc: subprocess.Popen[bytes], group: cgroups.JobCgroup | None) -> 
             pipe.close()
     if group is not None:
         _remove_cgroup(group)
+
+
+def _move_into_limits(limits: cgroups.V1Limits, pid: int) -> cgroups.V1Limits:
+    """Move the job's main process, still at its gate, into its v1 cgroups. If that
+    failed, the job runs without the limits it could not join; they are removed with the
+    others at its end (one it joined cannot be removed before)."""
+    try:
+        limits.add(pid)
+    except OSError as exc:
+        log.warning("job pid %d: cannot enforce its limits in %s (%s)", pid, limits.paths, exc)
+    return limits
 
 
 def _remove_cgroup(group: cgroups.JobCgroup) -> bool:

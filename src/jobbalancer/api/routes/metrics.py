@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from jobbalancer import db, errors, notify, schedules, stats, tally
+from jobbalancer import balancer, db, errors, notify, schedules, stats, tally
 from jobbalancer.api.deps import EngineDep, SettingsDep, key_from_headers, metrics_allowed
 
 router = APIRouter(tags=["metrics"])
@@ -50,6 +50,7 @@ class DatabaseCollector(Collector):
             by_state = stats.jobs_by_state(conn)
             workers = stats.capacity(conn)
             queues = stats.queues(conn)
+            reasons = balancer.wait_reasons(conn, limit=WAIT_REASON_ROWS)
             tallies = tally.read(conn, [q.worker_class for q in queues])
             targets = notify.list_targets(conn)
             pending = notify.pending_count(conn)
@@ -68,6 +69,7 @@ class DatabaseCollector(Collector):
         yield gauge
         yield from self._capacity(workers)
         yield from self._queues(queues, now)
+        yield self._waiting_for(reasons)
         yield from self._tallies(tallies)
         yield from self._notifications(targets, pending)
 
@@ -148,6 +150,24 @@ class DatabaseCollector(Collector):
         yield oldest
 
     @staticmethod
+    def _waiting_for(reasons: list[balancer.WaitReason]) -> Metric:
+        """Waiting jobs by class and what is in their way, in one word (a bounded set of
+        label values; the sentences themselves name workers and figures)."""
+        counts: dict[tuple[str, str], int] = {}
+        for r in reasons:
+            key = (r.worker_class, r.waits_for.split()[-1])
+            counts[key] = counts.get(key, 0) + r.jobs
+        gauge = GaugeMetricFamily(
+            "jobbalancer_queue_waiting_for",
+            "Waiting jobs by class and what they wait for: memory, cpus, gpus, slot, label, "
+            "worker or turn (their pending_reason, in a word).",
+            labels=["class", "waits_for"],
+        )
+        for (cls, what), count in sorted(counts.items()):
+            gauge.add_metric([cls, what], count)
+        return gauge
+
+    @staticmethod
     def _tallies(tallies: tally.Tallies) -> Iterable[Metric]:
         ended = CounterMetricFamily(
             "jobbalancer_jobs_ended",
@@ -180,7 +200,21 @@ WORKER_GAUGES: tuple[tuple[str, str, Callable[[stats.Capacity], float | None]], 
      lambda w: w.memory_total),
     ("jobbalancer_worker_memory_available_bytes", "Memory the worker reported available.",
      lambda w: w.memory_available),
+    ("jobbalancer_worker_capacity_cpus", "CPUs the worker offers jobs' requests.",
+     lambda w: w.offered_cpus),
+    ("jobbalancer_worker_capacity_memory_bytes", "Memory the worker offers jobs' requests.",
+     lambda w: w.offered_memory),
+    ("jobbalancer_worker_capacity_gpus", "GPUs the worker offers jobs' requests.",
+     lambda w: w.offered_gpus),
+    ("jobbalancer_worker_requested_cpus", "CPUs its assigned and running jobs requested.",
+     lambda w: w.requested_cpus),
+    ("jobbalancer_worker_requested_memory_bytes",
+     "Memory its assigned and running jobs requested.", lambda w: w.requested_memory),
+    ("jobbalancer_worker_requested_gpus", "GPUs its assigned and running jobs requested.",
+     lambda w: w.requested_gpus),
 )  # fmt: skip
+# Rows of (class, pending reason) read for jobbalancer_queue_waiting_for, the most first.
+WAIT_REASON_ROWS = 1000
 
 
 class ScheduleCollector(Collector):

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 
 from jobbalancer import (
     auth,
+    balancer,
     chains,
     classes,
     db,
@@ -308,7 +309,7 @@ def _log_parts(conn: sa.Connection, job_id: int) -> tuple[list[LogPart], int, bo
 @router.get("/jobs/{job_id}")
 def job_page(job_id: JobId, page: deps.Viewer) -> Response:
     with db.read(page.engine) as conn:
-        job = access.visible_job(conn, page.user, job_id)
+        job = balancer.with_current_reason(conn, access.visible_job(conn, page.user, job_id))
         parts, offset, cut = _log_parts(conn, job_id)
         now = db.now(conn)
         restarts = conn.execute(
@@ -353,7 +354,7 @@ def job_run(job_id: JobId, page: deps.Viewer) -> Response:
     """The "How it ran" card, refreshed while the job is not over (the log's stream reloads
     the whole page when it ends)."""
     with db.read(page.engine) as conn:
-        job = access.visible_job(conn, page.user, job_id)
+        job = balancer.with_current_reason(conn, access.visible_job(conn, page.user, job_id))
         now = db.now(conn)
     # 286: htmx stops polling once the job is over.
     return page.render("_job_run.html", job=job, now=now, status=286 if job.finished else 200)
