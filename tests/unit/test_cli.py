@@ -163,6 +163,44 @@ def test_keys_create_prints_a_key_that_authenticates_as_the_last_line(
     assert user is not None and user.name == "frank"
 
 
+def test_keys_create_name_with_user_scope_and_expiry_as_the_issue_writes_it(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    run(runner, "users", "create", "fern", "--role", "operator", "--database-url", url)
+
+    result = run(
+        runner, "keys", "create", "ci", "--user", "fern", "--scope", "submit",
+        "--expires", "30d", "--database-url", url,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    with db.read(engine) as conn:
+        (record,) = auth.list_api_keys(conn, auth.find_user(conn, "fern").id)
+        assert auth.authenticate_key(conn, last_line(result.output)) is not None
+    assert record.name == "ci" and record.scope.value == "submit"
+    assert record.expires_at is not None
+
+
+def test_keys_create_a_name_that_is_no_user_asks_whose_key_it_is(
+    runner: CliRunner, url: str
+) -> None:
+    result = run(runner, "keys", "create", "pipeline", "--scope", "submit", "--database-url", url)
+
+    assert result.exit_code == cli.RET_NOT_FOUND
+    assert "--user" in result.output
+
+
+def test_keys_create_with_both_user_and_name_is_a_usage_error(runner: CliRunner, url: str) -> None:
+    run(runner, "users", "create", "gus", "--role", "viewer", "--database-url", url)
+
+    result = run(
+        runner, "keys", "create", "ci", "--user", "gus", "--name", "x", "--database-url", url
+    )
+
+    assert result.exit_code == cli.RET_USAGE
+    assert "--name" in result.output
+
+
 def test_keys_list_and_revoke(runner: CliRunner, url: str, engine: sa.Engine) -> None:
     run(runner, "users", "create", "gina", "--role", "viewer", "--database-url", url)
     key = last_line(run(runner, "keys", "create", "gina", "--database-url", url).output)

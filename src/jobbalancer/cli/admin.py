@@ -254,11 +254,27 @@ UserArg = Annotated[str, typer.Argument(help="Whose key: user name or id.", show
 @database_options
 def keys_create(
     target: Target,
-    user: UserArg,
-    name: Annotated[
+    name_or_user: Annotated[
         str,
-        opt("--name", env="KEY_NAME", help="A label to tell keys apart."),
-    ] = "default",
+        typer.Argument(
+            metavar="NAME",
+            help="The key's name, a label to tell keys apart (with --user). Without --user "
+            "the older form: the user whose key it is (the key's name from --name).",
+            show_default=False,
+        ),
+    ],
+    user: Annotated[
+        str | None,
+        opt("--user", "-u", env="KEY_USER", help="Whose key: user name or id."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        opt(
+            "--name",
+            env="KEY_NAME",
+            help="The key's name in the older form `keys create USER --name NAME`.",
+        ),
+    ] = None,
     scope: Annotated[
         str | None,
         opt(
@@ -278,11 +294,23 @@ def keys_create(
         ),
     ] = None,
 ) -> None:
-    """Create an API key for a user; the key is printed once, as the last line."""
+    """Create an API key: `keys create NAME --user USER --scope submit --expires 30d`. The
+    key is printed once, as the last line. `keys create USER [--name NAME]` (the older form)
+    still works."""
+    if user is not None and name is not None:
+        formatting.fail(
+            exits.RET_USAGE,
+            "--name: the key's name is the argument when --user is given "
+            f"(keys create {name} --user {user})",
+        )
     with target.engine() as engine:
-        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
+        if user is not None:
+            owner_id, key_name = _user_id(engine, user), name_or_user
+        else:
+            owner_id, key_name = _key_owner(engine, name_or_user), name or "default"
+        owner = users.get(engine, access.LOCAL, owner_id)
         record, key = users.create_key(
-            engine, access.LOCAL, owner.id, name, scope=scope, expires_at=expires
+            engine, access.LOCAL, owner.id, key_name, scope=scope, expires_at=expires
         )
     until = f", expires {formatting.iso(record.expires_at)}" if record.expires_at else ""
     formatting.out().print(
@@ -290,6 +318,18 @@ def keys_create(
         f"for {escape(owner.name)}"
     )
     _print_secret("key (shown once):", key)
+
+
+def _key_owner(engine: sa.Engine, user: str) -> int:
+    """The user of the older form `keys create USER`; a name that is no user asks for --user
+    (the newer form `keys create NAME --user USER`)."""
+    try:
+        return _user_id(engine, user)
+    except errors.NotFound:
+        raise errors.NotFound(
+            f"user {user!r} does not exist; for a key named {user!r} say whose it is: "
+            f"jobbalancer keys create {user} --user USER"
+        ) from None
 
 
 @keys_app.command("list")
