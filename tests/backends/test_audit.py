@@ -98,6 +98,28 @@ def test_a_script_edit_is_a_bounded_diff(engine: sa.Engine, alice: auth.User) ->
     assert len(huge.summary) <= audit.MAX_SUMMARY and "more characters" in huge.summary
 
 
+def test_a_script_edit_shows_its_parameters_and_requests_and_a_class_its_requests(
+    engine: sa.Engine, alice: auth.User
+) -> None:
+    crf = {"name": "crf", "type": "int", "min": 0, "max": 51, "default": 23}
+    body = {"name": "encode", "interpreter": "sh", "content": "echo $1\n", "parameters": [crf]}
+    spec = inputs.ScriptIn.model_validate(body)
+    script = fleet.create_script(engine, alice, spec)
+    patch = inputs.ScriptPatch.model_validate(
+        {"parameters": [{**crf, "max": 63}], "requests": {"cpus": 2}}
+    )
+    fleet.update_script(engine, alice, script.id, patch.model_dump(exclude_unset=True))
+    made = fleet.create_class(engine, alice, inputs.WorkerClassIn(name="gpu"))
+    change = inputs.WorkerClassPatch.model_validate({"requests": {"gpus": 1}})
+    fleet.update_class(engine, alice, made.id, change.model_dump(exclude_unset=True))
+    created, edited, _, klass = _entries(engine)
+    assert '+{"default": 23, "max": 51, "min": 0' in created.summary
+    assert '-{"default": 23, "max": 51' in edited.summary
+    assert '+{"default": 23, "max": 63' in edited.summary
+    assert "requests: none → cpus=2" in edited.summary
+    assert klass.action == "class.update" and "requests: none → gpus=1" in klass.summary
+
+
 def test_users_and_keys_are_recorded_without_passwords_or_keys(engine: sa.Engine) -> None:
     spec = inputs.UserIn(name="bob", role="submitter", password="bobs secret pw")
     bob = users.create(engine, access.LOCAL, spec)
