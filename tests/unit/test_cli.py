@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from jobbalancer import auth, cli, db, settings
 from jobbalancer.cli import submit, up
 from jobbalancer.client import Client
+from jobbalancer.db import schema
 
 
 @pytest.fixture(autouse=True)
@@ -199,6 +201,21 @@ def test_keys_create_with_both_user_and_name_is_a_usage_error(runner: CliRunner,
 
     assert result.exit_code == cli.RET_USAGE
     assert "--name" in result.output
+
+
+def test_local_commands_are_audited_with_who_ran_them_where(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    run(runner, "users", "create", "hedy", "--role", "viewer", "--database-url", url)
+    run(runner, "keys", "create", "ci", "--user", "hedy", "--database-url", url)
+
+    with db.read(engine) as conn:
+        a = schema.audit_log
+        rows = conn.execute(sa.select(a).order_by(a.c.id)).all()
+    assert [r.action for r in rows] == ["user.create", "key.create"]
+    for row in rows:
+        assert (row.actor_id, row.actor_name, row.via) == (None, "local", "cli")
+        assert row.address == f"{getpass.getuser()}@{socket.gethostname()}"[:64]
 
 
 def test_keys_list_and_revoke(runner: CliRunner, url: str, engine: sa.Engine) -> None:
