@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import audit, auth, db, jobs, monitor
+from jobbalancer import audit, auth, db, errors, jobs, monitor
 from jobbalancer.db import schema
 from jobbalancer.service import access, fleet, inputs, job_actions, submission, users
 
@@ -144,6 +144,23 @@ def test_retention_deletes_old_entries_only(engine: sa.Engine, alice: auth.User)
         conn.execute(sa.update(A).where(A.c.id == first).values(at=old))
     monitor.apply_retention(engine)
     assert [e.action for e in _entries(engine)] == ["setting.update"]
+
+
+def test_a_key_that_expires_makes_keys_that_expire_no_later(engine: sa.Engine) -> None:
+    with db.write(engine) as conn:
+        dora = auth.create_user(conn, "dora", "operator")
+    _, key = users.create_key(engine, access.LOCAL, dora.id, "ci", expires_at="30d")
+    with db.read(engine) as conn:
+        by_key = auth.authenticate_key(conn, key)
+    assert by_key is not None and by_key.key_expires_at is not None
+    for later in (None, "60d"):
+        with pytest.raises(errors.InvalidInput, match="expire no later") as refused:
+            users.create_key(engine, by_key, dora.id, "forever", expires_at=later)
+        assert refused.value.field == "expires_at"
+    record, _ = users.create_key(engine, by_key, dora.id, "short", expires_at="7d")
+    assert record.expires_at is not None and record.expires_at <= by_key.key_expires_at
+    web = dataclasses.replace(dora, via="web")  # a web session may make any
+    assert users.create_key(engine, web, dora.id, "laptop")[0].expires_at is None
 
 
 def test_an_expired_key_is_refused_saying_so(engine: sa.Engine) -> None:
