@@ -50,7 +50,7 @@ def test_no_audit_entry_holds_a_password_key_secret_or_env_value(secapp: App) ->
     job = {"command": "true", "env": {"TOKEN": p["schedule_env"]}}
     r = api.post("/api/v1/schedules", json={"name": "nightly", "cron": "0 3 * * *", "job": job})
     _ok(r)
-    job2 = {"command": "true", "env": {"TOKEN": p["schedule_env2"]}}
+    job2 = {"command": "true", "env": {"TOKEN": p["schedule_env2"]}, "priority": 5}
     _ok(api.patch("/api/v1/schedules/nightly", json={"job": job2}))
     _ok(api.post("/api/v1/secrets", json={"name": "prod-db", "value": p["secret"]}))
     _ok(api.put("/api/v1/secrets/prod-db", json={"value": p["secret2"]}))
@@ -80,7 +80,8 @@ def test_no_audit_entry_holds_a_password_key_secret_or_env_value(secapp: App) ->
         assert value not in text, f"the audit log holds the planted {what}"
     assert key not in text and key[11:] not in text
     assert secapp.admin_key not in text and secapp.admin_key[11:] not in text
-    # the entries are there, only without the values
+    # the entries are there, only without the values; a schedule's job says what changed
+    assert "job.env (changed)" in text and "job.priority: " in text
     for action in ("job.submit", "schedule.update", "secret.update", "user.update",
                    "key.create", "notification_target.update", "login.failed"):  # fmt: skip
         assert action in text, action
