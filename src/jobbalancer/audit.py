@@ -237,10 +237,22 @@ def decode_cursor(cursor: str) -> int:
     return found
 
 
-def _conditions(f: Filters) -> list[sa.ColumnElement[bool]]:
+def _actor_id(conn: sa.Connection, actor: str | None) -> int | None:
+    """The id the ``actor`` filter means: digits, or the current name of a user (whose
+    older entries, made before a rename, carry the old name)."""
+    if not actor:
+        return None
+    found = parse_id(actor)
+    if found is not None:
+        return found
+    users = schema.users
+    by_name = conn.execute(sa.select(users.c.id).where(users.c.name == actor)).first()
+    return None if by_name is None else int(by_name.id)
+
+
+def _conditions(f: Filters, actor_id: int | None = None) -> list[sa.ColumnElement[bool]]:
     where: list[sa.ColumnElement[bool]] = []
     if f.actor:
-        actor_id = parse_id(f.actor)
         by_name = A.c.actor_name == f.actor
         where.append(by_name if actor_id is None else sa.or_(by_name, A.c.actor_id == actor_id))
     if f.action:
@@ -266,7 +278,7 @@ def page(
 ) -> tuple[list[Entry], str | None]:
     """One page of matching entries, newest first, and the cursor of the next (None: the
     last page). Ids only grow, so pages stay stable while entries are added."""
-    query = sa.select(A).where(*_conditions(filters))
+    query = sa.select(A).where(*_conditions(filters, _actor_id(conn, filters.actor)))
     if cursor:
         query = query.where(A.c.id < decode_cursor(cursor))
     rows = conn.execute(query.order_by(A.c.id.desc()).limit(limit + 1)).all()

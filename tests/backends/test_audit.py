@@ -135,6 +135,21 @@ def test_users_and_keys_are_recorded_without_passwords_or_keys(engine: sa.Engine
     assert "secret" not in text and key not in text and key[11:] not in text
 
 
+def test_the_actor_filter_finds_a_renamed_users_older_entries(
+    engine: sa.Engine, alice: auth.User
+) -> None:
+    _submit(engine, alice)
+    users.update(engine, access.LOCAL, alice.id, {"name": "alicia"})
+    renamed = dataclasses.replace(alice, name="alicia")
+    _submit(engine, renamed)
+    with db.read(engine) as conn:
+        found, _ = audit.page(conn, audit.Filters(actor="alicia"), 10, None)
+        by_old_name, _ = audit.page(conn, audit.Filters(actor="alice"), 10, None)
+    assert [(e.actor_name, e.action) for e in found] == [
+        ("alicia", "job.submit"), ("alice", "job.submit")]  # fmt: skip
+    assert [e.actor_name for e in by_old_name] == ["alice"]
+
+
 def test_retention_deletes_old_entries_only(engine: sa.Engine, alice: auth.User) -> None:
     _submit(engine, alice)
     fleet.save_settings(engine, access.LOCAL, {"audit_retention_days": 10})
