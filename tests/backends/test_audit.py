@@ -150,6 +150,20 @@ def test_the_actor_filter_finds_a_renamed_users_older_entries(
     assert [e.actor_name for e in by_old_name] == ["alice"]
 
 
+def test_the_object_filter_finds_a_renamed_scripts_older_entries(
+    engine: sa.Engine, alice: auth.User
+) -> None:
+    spec = inputs.ScriptIn(name="backup-old", interpreter="sh", content="echo one\n")
+    script = fleet.create_script(engine, alice, spec)
+    fleet.update_script(engine, alice, script.id, {"name": "backup"})
+    fleet.update_script(engine, alice, script.id, {"content": "echo two\n"})
+    with db.read(engine) as conn:
+        found, _ = audit.page(conn, audit.Filters(object="script:backup"), 10, None)
+        by_id, _ = audit.page(conn, audit.Filters(object=f"script:{script.id}"), 10, None)
+    assert [e.action for e in found] == ["script.update", "script.update", "script.create"]
+    assert by_id == found
+
+
 def test_retention_deletes_old_entries_only(engine: sa.Engine, alice: auth.User) -> None:
     _submit(engine, alice)
     fleet.save_settings(engine, access.LOCAL, {"audit_retention_days": 10})
