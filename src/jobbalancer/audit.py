@@ -237,10 +237,47 @@ def decode_cursor(cursor: str) -> int:
     return found
 
 
-def _conditions(f: Filters) -> list[sa.ColumnElement[bool]]:
+def _actor_id(conn: sa.Connection, actor: str | None) -> int | None:
+    """The id the ``actor`` filter means: digits, or the current name of a user (whose
+    older entries, made before a rename, carry the old name)."""
+    if not actor:
+        return None
+    found = parse_id(actor)
+    if found is not None:
+        return found
+    users = schema.users
+    by_name = conn.execute(sa.select(users.c.id).where(users.c.name == actor)).first()
+    return None if by_name is None else int(by_name.id)
+
+
+# Objects with a name that may change: ``TYPE:NAME`` also finds entries made under an
+# older name, by the id that name has now.
+_NAMED: dict[str, sa.Table] = {
+    "script": schema.scripts, "user": schema.users, "class": schema.worker_classes,
+    "worker": schema.workers, "schedule": schema.schedules, "secret": schema.secrets,
+    "notification_target": schema.notification_targets,
+}  # fmt: skip
+
+
+def _object_id(conn: sa.Connection, obj: str | None) -> int | None:
+    """The id an ``object`` filter's ``TYPE:REF`` means: digits, or the id of the object
+    of that type with that name now."""
+    kind, _, ref = (obj or "").strip().partition(":")
+    if not ref:
+        return None
+    found = parse_id(ref)
+    table = _NAMED.get(kind)
+    if found is not None or table is None:
+        return found
+    row = conn.execute(sa.select(table.c.id).where(table.c.name == ref)).first()
+    return None if row is None else int(row.id)
+
+
+def _conditions(
+    f: Filters, actor_id: int | None = None, object_id: int | None = None
+) -> list[sa.ColumnElement[bool]]:
     where: list[sa.ColumnElement[bool]] = []
     if f.actor:
-        actor_id = parse_id(f.actor)
         by_name = A.c.actor_name == f.actor
         where.append(by_name if actor_id is None else sa.or_(by_name, A.c.actor_id == actor_id))
     if f.action:
@@ -251,9 +288,10 @@ def _conditions(f: Filters) -> list[sa.ColumnElement[bool]]:
         kind, _, ref = f.object.strip().partition(":")
         where.append(A.c.object_type == kind)
         if ref:
-            ref_id = parse_id(ref)
             by_name = A.c.object_name == ref
-            where.append(by_name if ref_id is None else sa.or_(by_name, A.c.object_id == ref_id))
+            where.append(
+                by_name if object_id is None else sa.or_(by_name, A.c.object_id == object_id)
+            )
     if f.since is not None:
         where.append(A.c.at >= f.since)
     if f.until is not None:
@@ -266,7 +304,8 @@ def page(
 ) -> tuple[list[Entry], str | None]:
     """One page of matching entries, newest first, and the cursor of the next (None: the
     last page). Ids only grow, so pages stay stable while entries are added."""
-    query = sa.select(A).where(*_conditions(filters))
+    ids = _actor_id(conn, filters.actor), _object_id(conn, filters.object)
+    query = sa.select(A).where(*_conditions(filters, *ids))
     if cursor:
         query = query.where(A.c.id < decode_cursor(cursor))
     rows = conn.execute(query.order_by(A.c.id.desc()).limit(limit + 1)).all()

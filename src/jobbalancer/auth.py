@@ -87,6 +87,8 @@ class User:
     via: str = field(default="", compare=False)
     address: str = field(default="", compare=False)
     scope: Scope | None = field(default=None, compare=False)
+    # When the key expires (None: never, or not a key): keys it makes expire no later.
+    key_expires_at: datetime | None = field(default=None, compare=False)
 
     @classmethod
     def from_row(cls, row: AnyRow) -> User:
@@ -450,7 +452,10 @@ def _key_user(conn: sa.Connection, key: str) -> tuple[User, float | None] | None
             )
     scope = Scope(row.scope)
     role = lesser(user.role, SCOPE_ROLES[scope])
-    return dataclasses.replace(user, role=role, via=f"key {row.prefix}", scope=scope), left
+    expires = None if row.expires_at is None else row.expires_at.astimezone(UTC)
+    return dataclasses.replace(
+        user, role=role, via=f"key {row.prefix}", scope=scope, key_expires_at=expires
+    ), left
 
 
 # -- verified keys, remembered briefly -------------------------------------------------

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import audit, auth, db, jobs, monitor
+from jobbalancer import audit, auth, db, errors, jobs, monitor
 from jobbalancer.db import schema
 from jobbalancer.service import access, fleet, inputs, job_actions, submission, users
 
@@ -98,6 +98,28 @@ def test_a_script_edit_is_a_bounded_diff(engine: sa.Engine, alice: auth.User) ->
     assert len(huge.summary) <= audit.MAX_SUMMARY and "more characters" in huge.summary
 
 
+def test_a_script_edit_shows_its_parameters_and_requests_and_a_class_its_requests(
+    engine: sa.Engine, alice: auth.User
+) -> None:
+    crf = {"name": "crf", "type": "int", "min": 0, "max": 51, "default": 23}
+    body = {"name": "encode", "interpreter": "sh", "content": "echo $1\n", "parameters": [crf]}
+    spec = inputs.ScriptIn.model_validate(body)
+    script = fleet.create_script(engine, alice, spec)
+    patch = inputs.ScriptPatch.model_validate(
+        {"parameters": [{**crf, "max": 63}], "requests": {"cpus": 2}}
+    )
+    fleet.update_script(engine, alice, script.id, patch.model_dump(exclude_unset=True))
+    made = fleet.create_class(engine, alice, inputs.WorkerClassIn(name="gpu"))
+    change = inputs.WorkerClassPatch.model_validate({"requests": {"gpus": 1}})
+    fleet.update_class(engine, alice, made.id, change.model_dump(exclude_unset=True))
+    created, edited, _, klass = _entries(engine)
+    assert '+{"default": 23, "max": 51, "min": 0' in created.summary
+    assert '-{"default": 23, "max": 51' in edited.summary
+    assert '+{"default": 23, "max": 63' in edited.summary
+    assert "requests: none → cpus=2" in edited.summary
+    assert klass.action == "class.update" and "requests: none → gpus=1" in klass.summary
+
+
 def test_users_and_keys_are_recorded_without_passwords_or_keys(engine: sa.Engine) -> None:
     spec = inputs.UserIn(name="bob", role="submitter", password="bobs secret pw")
     bob = users.create(engine, access.LOCAL, spec)
@@ -113,6 +135,35 @@ def test_users_and_keys_are_recorded_without_passwords_or_keys(engine: sa.Engine
     assert "secret" not in text and key not in text and key[11:] not in text
 
 
+def test_the_actor_filter_finds_a_renamed_users_older_entries(
+    engine: sa.Engine, alice: auth.User
+) -> None:
+    _submit(engine, alice)
+    users.update(engine, access.LOCAL, alice.id, {"name": "alicia"})
+    renamed = dataclasses.replace(alice, name="alicia")
+    _submit(engine, renamed)
+    with db.read(engine) as conn:
+        found, _ = audit.page(conn, audit.Filters(actor="alicia"), 10, None)
+        by_old_name, _ = audit.page(conn, audit.Filters(actor="alice"), 10, None)
+    assert [(e.actor_name, e.action) for e in found] == [
+        ("alicia", "job.submit"), ("alice", "job.submit")]  # fmt: skip
+    assert [e.actor_name for e in by_old_name] == ["alice"]
+
+
+def test_the_object_filter_finds_a_renamed_scripts_older_entries(
+    engine: sa.Engine, alice: auth.User
+) -> None:
+    spec = inputs.ScriptIn(name="backup-old", interpreter="sh", content="echo one\n")
+    script = fleet.create_script(engine, alice, spec)
+    fleet.update_script(engine, alice, script.id, {"name": "backup"})
+    fleet.update_script(engine, alice, script.id, {"content": "echo two\n"})
+    with db.read(engine) as conn:
+        found, _ = audit.page(conn, audit.Filters(object="script:backup"), 10, None)
+        by_id, _ = audit.page(conn, audit.Filters(object=f"script:{script.id}"), 10, None)
+    assert [e.action for e in found] == ["script.update", "script.update", "script.create"]
+    assert by_id == found
+
+
 def test_retention_deletes_old_entries_only(engine: sa.Engine, alice: auth.User) -> None:
     _submit(engine, alice)
     fleet.save_settings(engine, access.LOCAL, {"audit_retention_days": 10})
@@ -122,6 +173,23 @@ def test_retention_deletes_old_entries_only(engine: sa.Engine, alice: auth.User)
         conn.execute(sa.update(A).where(A.c.id == first).values(at=old))
     monitor.apply_retention(engine)
     assert [e.action for e in _entries(engine)] == ["setting.update"]
+
+
+def test_a_key_that_expires_makes_keys_that_expire_no_later(engine: sa.Engine) -> None:
+    with db.write(engine) as conn:
+        dora = auth.create_user(conn, "dora", "operator")
+    _, key = users.create_key(engine, access.LOCAL, dora.id, "ci", expires_at="30d")
+    with db.read(engine) as conn:
+        by_key = auth.authenticate_key(conn, key)
+    assert by_key is not None and by_key.key_expires_at is not None
+    for later in (None, "60d"):
+        with pytest.raises(errors.InvalidInput, match="expire no later") as refused:
+            users.create_key(engine, by_key, dora.id, "forever", expires_at=later)
+        assert refused.value.field == "expires_at"
+    record, _ = users.create_key(engine, by_key, dora.id, "short", expires_at="7d")
+    assert record.expires_at is not None and record.expires_at <= by_key.key_expires_at
+    web = dataclasses.replace(dora, via="web")  # a web session may make any
+    assert users.create_key(engine, web, dora.id, "laptop")[0].expires_at is None
 
 
 def test_an_expired_key_is_refused_saying_so(engine: sa.Engine) -> None:

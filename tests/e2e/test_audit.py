@@ -27,7 +27,7 @@ def test_cli_audit_lists_who_changed_what(make_cluster: Factory) -> None:
     # A local command (straight on the database) makes alice and a scoped, expiring key.
     made = _cli(cluster, "users", "create", "alice", "--role", "operator")
     assert made.returncode == 0, made.stderr
-    key = _cli(cluster, "keys", "create", "alice", "--name", "ci", "--scope", "submit",
+    key = _cli(cluster, "keys", "create", "ci", "--user", "alice", "--scope", "submit",
                "--expires", "30d")  # fmt: skip
     assert key.returncode == 0, key.stderr
     assert "scope submit" in key.stdout and "expires" in key.stdout
@@ -57,6 +57,26 @@ def test_cli_audit_lists_who_changed_what(make_cluster: Factory) -> None:
     kills = _cli(cluster, "audit", "--action", "job.kill", "--json")
     assert [e["object_id"] for e in json.loads(kills.stdout)] == [job["id"]]
     assert "no audit entries match" in _cli(cluster, "audit", "--until", "1h").stdout
+    # who changed the backup script: the whole diff with --full
+    made = subprocess.run(
+        [sys.executable, "-m", "jobbalancer", "scripts", "create", "backup", "-", "-i", "sh"],
+        input="echo one\n", env={**cluster.env, "JOBBALANCER_URL": cluster.url,
+                                 "JOBBALANCER_API_KEY": cluster.key},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    edit = subprocess.run(
+        [sys.executable, "-m", "jobbalancer", "scripts", "edit", "backup", "--file", "-"],
+        input="echo two\n", env={**cluster.env, "JOBBALANCER_URL": cluster.url,
+                                 "JOBBALANCER_API_KEY": cluster.key},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert edit.returncode == 0, edit.stderr
+    diff = _cli(cluster, "audit", "--object", "script:backup", "--action", "script.update",
+                "--full")  # fmt: skip
+    assert "-echo one" in diff.stdout and "+echo two" in diff.stdout, diff.stdout
+    short = _cli(cluster, "audit", "--object", "script:backup", "--action", "script.update")
+    assert "+echo two" not in short.stdout and "…" in short.stdout
     # alice's submit key is no admin's: the log is not hers to read
     refused = _cli(cluster, "audit", key=alice_key)
     assert refused.returncode != 0 and "admins only" in refused.stderr + refused.stdout

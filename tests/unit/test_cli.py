@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from jobbalancer import auth, cli, db, settings
 from jobbalancer.cli import submit, up
 from jobbalancer.client import Client
+from jobbalancer.db import schema
 
 
 @pytest.fixture(autouse=True)
@@ -161,6 +163,59 @@ def test_keys_create_prints_a_key_that_authenticates_as_the_last_line(
     with db.read(engine) as conn:
         user = auth.authenticate_key(conn, key)
     assert user is not None and user.name == "frank"
+
+
+def test_keys_create_name_with_user_scope_and_expiry_as_the_issue_writes_it(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    run(runner, "users", "create", "fern", "--role", "operator", "--database-url", url)
+
+    result = run(
+        runner, "keys", "create", "ci", "--user", "fern", "--scope", "submit",
+        "--expires", "30d", "--database-url", url,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    with db.read(engine) as conn:
+        (record,) = auth.list_api_keys(conn, auth.find_user(conn, "fern").id)
+        assert auth.authenticate_key(conn, last_line(result.output)) is not None
+    assert record.name == "ci" and record.scope.value == "submit"
+    assert record.expires_at is not None
+
+
+def test_keys_create_a_name_that_is_no_user_asks_whose_key_it_is(
+    runner: CliRunner, url: str
+) -> None:
+    result = run(runner, "keys", "create", "pipeline", "--scope", "submit", "--database-url", url)
+
+    assert result.exit_code == cli.RET_NOT_FOUND
+    assert "--user" in result.output
+
+
+def test_keys_create_with_both_user_and_name_is_a_usage_error(runner: CliRunner, url: str) -> None:
+    run(runner, "users", "create", "gus", "--role", "viewer", "--database-url", url)
+
+    result = run(
+        runner, "keys", "create", "ci", "--user", "gus", "--name", "x", "--database-url", url
+    )
+
+    assert result.exit_code == cli.RET_USAGE
+    assert "--name" in result.output
+
+
+def test_local_commands_are_audited_with_who_ran_them_where(
+    runner: CliRunner, url: str, engine: sa.Engine
+) -> None:
+    run(runner, "users", "create", "hedy", "--role", "viewer", "--database-url", url)
+    run(runner, "keys", "create", "ci", "--user", "hedy", "--database-url", url)
+
+    with db.read(engine) as conn:
+        a = schema.audit_log
+        rows = conn.execute(sa.select(a).order_by(a.c.id)).all()
+    assert [r.action for r in rows] == ["user.create", "key.create"]
+    for row in rows:
+        assert (row.actor_id, row.actor_name, row.via) == (None, "local", "cli")
+        assert row.address == f"{getpass.getuser()}@{socket.gethostname()}"[:64]
 
 
 def test_keys_list_and_revoke(runner: CliRunner, url: str, engine: sa.Engine) -> None:

@@ -7,6 +7,10 @@ to run. They go through the same service layer as the API and the web UI.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import getpass
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -28,6 +32,19 @@ from jobbalancer.cli.base import (
     users_app,
 )
 from jobbalancer.service import access, inputs, users
+
+
+def _local_actor() -> auth.User:
+    """The local admin (``access.LOCAL``) with, as its address in the audit log, who ran
+    the command on which machine (``root@db1``): the database URL is all it proved."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        who = f"uid {os.getuid()}"
+    return dataclasses.replace(access.LOCAL, address=f"{who}@{socket.gethostname()}"[:64])
+
+
+LOCAL = _local_actor()
 
 # -- db -----------------------------------------------------------------------------------
 
@@ -197,7 +214,7 @@ def users_create(
         disabled=False,
     )
     with target.engine() as engine:
-        user = users.create(engine, access.LOCAL, spec, known_classes_only=False)
+        user = users.create(engine, LOCAL, spec, known_classes_only=False)
     formatting.out().print(f"created user {escape(user.name)} (id {user.id}, role {user.role})")
     if not password_stdin:
         _print_secret("password (shown once):", password)
@@ -208,7 +225,7 @@ def users_create(
 def users_list(target: Target, as_json: JsonOpt = False) -> None:
     """List the users with their roles and limits."""
     with target.engine() as engine:
-        found = users.list_all(engine, access.LOCAL)
+        found = users.list_all(engine, LOCAL)
     if as_json:
         formatting.print_json([_user_dict(u) for u in found])
         return
@@ -239,7 +256,7 @@ def users_reset_password(
     last line of output."""
     password = _read_password() if password_stdin else auth.generate_password()
     with target.engine() as engine:
-        user = users.update(engine, access.LOCAL, _user_id(engine, name), {"password": password})
+        user = users.update(engine, LOCAL, _user_id(engine, name), {"password": password})
     formatting.out().print(f"new password set for {escape(user.name)}")
     if not password_stdin:
         _print_secret("password (shown once):", password)
@@ -254,11 +271,27 @@ UserArg = Annotated[str, typer.Argument(help="Whose key: user name or id.", show
 @database_options
 def keys_create(
     target: Target,
-    user: UserArg,
-    name: Annotated[
+    name_or_user: Annotated[
         str,
-        opt("--name", env="KEY_NAME", help="A label to tell keys apart."),
-    ] = "default",
+        typer.Argument(
+            metavar="NAME",
+            help="The key's name, a label to tell keys apart (with --user). Without --user "
+            "the older form: the user whose key it is (the key's name from --name).",
+            show_default=False,
+        ),
+    ],
+    user: Annotated[
+        str | None,
+        opt("--user", "-u", env="KEY_USER", help="Whose key: user name or id."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        opt(
+            "--name",
+            env="KEY_NAME",
+            help="The key's name in the older form `keys create USER --name NAME`.",
+        ),
+    ] = None,
     scope: Annotated[
         str | None,
         opt(
@@ -278,11 +311,23 @@ def keys_create(
         ),
     ] = None,
 ) -> None:
-    """Create an API key for a user; the key is printed once, as the last line."""
+    """Create an API key: `keys create NAME --user USER --scope submit --expires 30d`. The
+    key is printed once, as the last line. `keys create USER [--name NAME]` (the older form)
+    still works."""
+    if user is not None and name is not None:
+        formatting.fail(
+            exits.RET_USAGE,
+            "--name: the key's name is the argument when --user is given "
+            f"(keys create {name} --user {user})",
+        )
     with target.engine() as engine:
-        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
+        if user is not None:
+            owner_id, key_name = _user_id(engine, user), name_or_user
+        else:
+            owner_id, key_name = _key_owner(engine, name_or_user), name or "default"
+        owner = users.get(engine, LOCAL, owner_id)
         record, key = users.create_key(
-            engine, access.LOCAL, owner.id, name, scope=scope, expires_at=expires
+            engine, LOCAL, owner.id, key_name, scope=scope, expires_at=expires
         )
     until = f", expires {formatting.iso(record.expires_at)}" if record.expires_at else ""
     formatting.out().print(
@@ -290,6 +335,18 @@ def keys_create(
         f"for {escape(owner.name)}"
     )
     _print_secret("key (shown once):", key)
+
+
+def _key_owner(engine: sa.Engine, user: str) -> int:
+    """The user of the older form `keys create USER`; a name that is no user asks for --user
+    (the newer form `keys create NAME --user USER`)."""
+    try:
+        return _user_id(engine, user)
+    except errors.NotFound:
+        raise errors.NotFound(
+            f"user {user!r} does not exist; for a key named {user!r} say whose it is: "
+            f"jobbalancer keys create {user} --user USER"
+        ) from None
 
 
 @keys_app.command("list")
@@ -301,8 +358,8 @@ def keys_list(
 ) -> None:
     """List a user's API keys (their prefixes; keys themselves are never stored)."""
     with target.engine() as engine:
-        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
-        keys = users.list_keys(engine, access.LOCAL, owner.id)
+        owner = users.get(engine, LOCAL, _user_id(engine, user))
+        keys = users.list_keys(engine, LOCAL, owner.id)
     if as_json:
         formatting.print_json([_key_dict(k) for k in keys])
         return
@@ -331,8 +388,8 @@ def keys_revoke(
 ) -> None:
     """Revoke an API key: requests with it are refused from now on."""
     with target.engine() as engine:
-        owner = users.get(engine, access.LOCAL, _user_id(engine, user))
-        users.revoke_key(engine, access.LOCAL, owner.id, key_id)
+        owner = users.get(engine, LOCAL, _user_id(engine, user))
+        users.revoke_key(engine, LOCAL, owner.id, key_id)
     formatting.out().print(f"revoked API key {key_id} of {escape(owner.name)}")
 
 

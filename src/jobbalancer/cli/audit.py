@@ -58,6 +58,14 @@ def audit_list(
         int,
         opt("--limit", "-n", env="AUDIT_LIMIT", min=1, help="At most this many."),
     ] = 100,
+    full: Annotated[
+        bool,
+        opt(
+            "--full",
+            env="AUDIT_FULL",
+            help="Each entry's whole summary (a script edit's diff), not its first line.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List audit log entries, newest first (admins only)."""
@@ -80,12 +88,19 @@ def audit_list(
             escape(str(e.get("address", ""))),
             escape(str(e.get("action", ""))),
             escape(_object(e)),
-            escape(str(e.get("summary", "")).split("\n", 1)[0]),
+            escape(_summary(str(e.get("summary", "")), full)),
         ]
         for e in found
     ]
     columns = ["time", "user", "how", "address", "action", "object", "summary"]
     formatting.print_table(columns, rows, flexible="summary")
+
+
+def _summary(text: str, full: bool) -> str:
+    if full:
+        return text.rstrip("\n")
+    first, _, rest = text.partition("\n")
+    return first + (" …" if rest.strip() else "")
 
 
 def _object(e: dict[str, object]) -> str:

@@ -126,7 +126,7 @@ ApiKeyOpt = Annotated[
     opt(
         "--api-key",
         env="API_KEY",
-        help="API key (printed on first start, or `jobbalancer keys create USER`).",
+        help="API key (printed on first start, or `jobbalancer keys create NAME --user USER`).",
     ),
 ]
 TimeoutOpt = Annotated[

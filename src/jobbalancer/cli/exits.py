@@ -125,7 +125,7 @@ def _describe_answer(exc: client.ApiError) -> tuple[int, str]:
     if exc.status == 401:
         message += (
             f". Pass an API key with --api-key or {ENV}API_KEY; an admin makes one with "
-            "`jobbalancer keys create USER`."
+            "`jobbalancer keys create NAME --user USER`."
         )
     elif exc.status == 403:
         message += ". Ask an admin for a role that allows this."

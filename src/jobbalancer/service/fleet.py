@@ -5,6 +5,8 @@ wait for the balancer's next pass."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,7 +64,14 @@ def create_class(
 
 
 def _class(c: classes.WorkerClass) -> dict[str, Any]:
-    return {"name": c.name, "max_jobs": c.max_jobs, "description": c.description}
+    return {"name": c.name, "max_jobs": c.max_jobs, "description": c.description,
+            "requests": _requests(c.requests)}  # fmt: skip
+
+
+def _requests(requests: Mapping[str, Any] | None) -> str | None:
+    """Placement requests as one short line (``cpu=2, memory_mb=512``); None: nothing."""
+    shown = [f"{k}={v}" for k, v in sorted((requests or {}).items()) if v is not None]
+    return ", ".join(shown) or None
 
 
 def update_class(
@@ -106,6 +115,8 @@ def create_script(engine: sa.Engine, user: auth.User, spec: inputs.ScriptIn) -> 
             requests=spec.requests.stored() if spec.requests else None,
         )
         summary = audit.fields(_script(made)) + "\n" + audit.diff("", made.content, made.name)
+        if made.parameters:
+            summary += audit.diff("", _declaration(made), f"{made.name} parameters")
         audit.record(conn, user, "script.create", "script", made.id, made.name, summary)
         return made
 
@@ -114,7 +125,14 @@ def _script(s: scripts.Script) -> dict[str, Any]:
     """What an audit entry says of a script besides its content: its parameters by name
     (a default may be a secret's name; declarations are on the script's page)."""
     return {"name": s.name, "interpreter": s.interpreter, "description": s.description,
-            "parameters": [p.name for p in s.parameters]}  # fmt: skip
+            "parameters": [p.name for p in s.parameters],
+            "requests": _requests(s.requests)}  # fmt: skip
+
+
+def _declaration(s: scripts.Script) -> str:
+    """A script's parameter declaration as text, one parameter a line, so that an edit's
+    entry shows a diff of it (a rule, a default or a help text changed)."""
+    return "".join(json.dumps(p.to_json(), sort_keys=True) + "\n" for p in s.parameters)
 
 
 def update_script(
@@ -129,6 +147,9 @@ def update_script(
         summary = audit.changes(_script(before), _script(after))
         if after.content != before.content:
             text = audit.diff(before.content, after.content, after.name)
+            summary += ("\n" if summary else "") + text
+        if _declaration(before) != _declaration(after):
+            text = audit.diff(_declaration(before), _declaration(after), f"{after.name} parameters")
             summary += ("\n" if summary else "") + text
         audit.record(conn, user, "script.update", "script", script_id, after.name, summary)
         return after

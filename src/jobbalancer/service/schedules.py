@@ -10,6 +10,7 @@ the owner's rights as they are then (:mod:`.firing`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -159,6 +160,17 @@ def _shown(s: schedules.Schedule) -> dict[str, Any]:
             "end_at": s.end_at, "job": str(job)[:80], "description": s.description}  # fmt: skip
 
 
+def _job_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """What changed in a schedule's job, field by field (``job.priority: 0 → 5``); of its
+    env and secret_env only that they changed (their values never go in the log)."""
+    # command and script are the summary's "job" already
+    everything = [*after, *(k for k in before if k not in after)]
+    keys = [k for k in everything if k not in ("command", "script")]
+    old = {f"job.{k}": before.get(k) for k in keys}
+    new = {f"job.{k}": after.get(k) for k in keys}
+    return audit.changes(old, new, hide=("job.env", "job.secret_env"))
+
+
 def update(
     engine: sa.Engine,
     user: auth.User,
@@ -181,8 +193,11 @@ def update(
         updated = schedules.update(conn, schedule.id, changes, now or db.now(conn))
         summary = audit.changes({"name": schedule.name, **_shown(schedule)},
                                 {"name": updated.name, **_shown(updated)})  # fmt: skip
-        if "job" in changes and schedule.job != updated.job and "job:" not in summary:
-            summary = "; ".join(s for s in (summary, f"job {audit.HIDDEN}") if s)
+        if "job" in changes and schedule.job != updated.job:
+            fields = _job_changes(schedule.job, updated.job)
+            if not fields and "job:" not in summary:
+                fields = f"job {audit.HIDDEN}"
+            summary = "; ".join(s for s in (summary, fields) if s)
         audit.record(conn, user, "schedule.update", "schedule", schedule.id, updated.name,
                      summary or "no change")  # fmt: skip
         return updated

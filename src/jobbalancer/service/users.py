@@ -4,7 +4,7 @@ enabled admin always stays: nobody could undo demoting, disabling or deleting th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -162,12 +162,32 @@ def create_key(
     with db.write(engine) as conn:
         if isinstance(expires_at, str):
             expires_at = auth.parse_expiry(expires_at, db.now(conn))
+        _no_later_than_the_asking_key(actor, expires_at)
         if scope is None:  # the owner's role's, but never more than the asking key's
             owner = auth.get_user(conn, user_id)
             scope = auth.ROLE_SCOPES[auth.lesser(owner.role, actor.role)]
         record, key = auth.create_api_key(conn, user_id, name, scope=scope, expires_at=expires_at)
         audit.record(conn, actor, "key.create", "key", record.id, record.name, _key_summary(record))
     return record, key
+
+
+def _no_later_than_the_asking_key(actor: auth.User, expires_at: datetime | None) -> None:
+    """A key that expires makes keys that expire no later: a leaked CI key must not
+    outlive itself by making one that never expires."""
+    limit = actor.key_expires_at
+    if limit is None:
+        return
+    if expires_at is None or _utc(expires_at) > limit:
+        at = limit.strftime("%Y-%m-%d %H:%M:%S UTC")
+        raise errors.InvalidInput(
+            f"expires_at: this API key expires at {at}; a key it makes must expire no later "
+            "(or make it on the account page)",
+            field="expires_at",
+        )
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _key_summary(key: auth.ApiKey) -> str:
