@@ -451,11 +451,24 @@ def _key_user(conn: sa.Connection, key: str) -> tuple[User, float | None] | None
                 "on your account page)"
             )
     scope = Scope(row.scope)
-    role = lesser(user.role, SCOPE_ROLES[scope])
-    expires = None if row.expires_at is None else row.expires_at.astimezone(UTC)
     return dataclasses.replace(
-        user, role=role, via=f"key {row.prefix}", scope=scope, key_expires_at=expires
+        user,
+        role=scoped_role(user.role, scope),
+        via=f"key {row.prefix}",
+        scope=scope,
+        key_expires_at=None if row.expires_at is None else row.expires_at.astimezone(UTC),
     ), left
+
+
+def scoped_role(role: Role, scope: Scope) -> Role:
+    """The rights a key of ``scope`` leaves its user of ``role``: the lesser of the two,
+    except that a scope narrows what a key may *do*, never widens what it may *see*. A
+    viewer sees every job and a submitter only their own, so a submitter's ``read`` key
+    keeps a submitter's sight (its scope refuses every change: api/deps.py), rather than
+    becoming a viewer's key that reads everyone's jobs."""
+    if role is Role.SUBMITTER:
+        return role
+    return lesser(role, SCOPE_ROLES[scope])
 
 
 # -- verified keys, remembered briefly -------------------------------------------------

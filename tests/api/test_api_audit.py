@@ -139,6 +139,20 @@ def test_rights_are_the_lesser_of_scope_and_role_at_each_request(api: Api) -> No
     assert operate.get("/api/v1/me").json()["role"] == "submitter"
 
 
+def test_a_submitters_read_key_sees_only_their_own_jobs(api: Api) -> None:
+    # A viewer reads every job, a submitter only theirs: a scope narrows what a key may
+    # do, never widens what it may see.
+    sam_id, sam = api.user("sam", "submitter")
+    others = api.admin.post("/api/v1/jobs", json={"command": "true"}).json()["id"]
+    own = api.client(sam).post("/api/v1/jobs", json={"command": "true"}).json()["id"]
+    read = api.client(str(_key(api, sam_id, scope="read")["key"]))
+    assert read.get(f"/api/v1/jobs/{others}").status_code == 404
+    assert read.get(f"/api/v1/jobs/{own}").status_code == 200
+    assert [j["id"] for j in read.get("/api/v1/jobs").json()["items"]] == [own]
+    assert read.post("/api/v1/jobs", json={"command": "true"}).status_code == 403
+    assert read.post(f"/api/v1/jobs/{own}/kill").status_code == 403
+
+
 def test_an_expired_key_gets_a_401_that_says_so(api: Api) -> None:
     eve_id, _ = api.user("eve", "submitter")
     made = _key(api, eve_id, expires_at=(datetime.now(UTC) + timedelta(days=1)).isoformat())
