@@ -30,7 +30,8 @@ ROLE_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # MariaDB host patterns: names, addresses, netmasks and the wildcards % and _.
 HOST_PATTERN = re.compile(r"[A-Za-z0-9.%_:/-]{1,255}")
 
-# Columns of `jobs` a worker changes (claim, take, pid, finish, unassign, lose).
+# Columns of `jobs` a worker changes (claim, take, pid, finish, unassign, lose; a job
+# it hands back to the queue drops its pending_reason).
 JOB_COLUMNS = (
     "state",
     "worker_id",
@@ -43,6 +44,7 @@ JOB_COLUMNS = (
     "assigned_at",
     "started_at",
     "finished_at",
+    "pending_reason",
 )
 
 
