@@ -122,7 +122,8 @@ class PrivateMariaDb:
             engine = sa.create_engine(f"mysql+pymysql://root@127.0.0.1:{self.port}/mysql")
             try:
                 with engine.connect() as conn:
-                    conn.exec_driver_sql("CREATE DATABASE IF NOT EXISTS jb")
+                    # as docs/operations.md says to make it (the server default is latin1)
+                    conn.exec_driver_sql("CREATE DATABASE IF NOT EXISTS jb CHARACTER SET utf8mb4")
                 return
             except sa.exc.OperationalError:
                 assert time.monotonic() < deadline, "the private MariaDB did not answer"
