@@ -266,19 +266,7 @@ class Client:
             params["state"] = state if isinstance(state, str) else ",".join(state)
         named = {"worker": worker, "worker_class": worker_class, "user": user, "q": q}
         params.update({k: v for k, v in named.items() if v})
-        yielded = 0
-        cursor: str | None = None
-        while limit is None or yielded < limit:
-            want = page_size if limit is None else min(page_size, limit - yielded)
-            page = self._json(
-                "GET", "/api/v1/jobs", params={**params, "limit": str(want)} | _cursor(cursor)
-            )
-            for item in page["items"][:want]:
-                yield item
-                yielded += 1
-            cursor = page.get("next_cursor")
-            if not cursor or not page["items"]:
-                return
+        yield from self._pages("/api/v1/jobs", params, limit, page_size)
 
     def audit(
         self,
@@ -300,13 +288,17 @@ class Client:
         named = {"actor": actor, "action": action, "object": object, "since": since,
                  "until": until}  # fmt: skip
         params = {k: v for k, v in named.items() if v}
+        yield from self._pages("/api/v1/audit", params, limit, page_size)
+
+    def _pages(
+        self, path: str, params: dict[str, str], limit: int | None, page_size: int
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a cursor-paged list, page by page, at most ``limit`` of them."""
         yielded = 0
         cursor: str | None = None
         while limit is None or yielded < limit:
             want = page_size if limit is None else min(page_size, limit - yielded)
-            page = self._json(
-                "GET", "/api/v1/audit", params={**params, "limit": str(want)} | _cursor(cursor)
-            )
+            page = self._json("GET", path, params={**params, "limit": str(want)} | _cursor(cursor))
             for item in page["items"][:want]:
                 yield item
                 yielded += 1
