@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jobbalancer import errors, refs, settings
 from jobbalancer.db import schema
@@ -93,6 +91,10 @@ class Key:
 
     def encrypt(self, value: str, context: str) -> str:
         """``value`` sealed and bound to ``context`` (a secret's name)."""
+        # Imported when used: a worker whose jobs use no secret never loads cryptography
+        # (about 7 MiB of its memory; issue 16's idle RSS).
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         nonce = os.urandom(_NONCE)
         sealed = AESGCM(self.raw).encrypt(nonce, value.encode("utf-8"), _aad(context))
         return f"{_FORMAT}:{self.id}:{base64.b64encode(nonce + sealed).decode('ascii')}"
@@ -109,6 +111,9 @@ class Key:
                 f"key with id {self.id} (from {self.source}): give it the same key as the "
                 "server (docs/operations.md, 'Secrets')"
             )
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             data = base64.b64decode(body.encode("ascii"), validate=True)
             plain = AESGCM(self.raw).decrypt(data[:_NONCE], data[_NONCE:], _aad(context))

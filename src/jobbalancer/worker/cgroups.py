@@ -41,6 +41,7 @@ _PREFIX: Final = "jobbalancer-"
 _KILL_WAIT: Final = 5.0  # how long clean_up_after waits for a killed cgroup to empty
 _BY_HAND: Final = 2.0  # without cgroup.kill: how long to keep killing what is left
 _CPU_PERIOD: Final = 100_000  # microseconds, cpu.max's default period
+_MOUNTINFO = "/proc/self/mountinfo"
 
 
 class JobCgroup:
@@ -215,16 +216,58 @@ def _own_cgroup() -> str | None:
 
 def _cgroup2_mounts() -> Iterator[tuple[str, str]]:
     """(mount point, root in the hierarchy) of each cgroup2 mount."""
+    for kind, mount, root, _ in _mounts():
+        if kind == "cgroup2":
+            yield mount, root
+
+
+def _mounts() -> Iterator[tuple[str, str, str, list[str]]]:
+    """(filesystem type, mount point, root in it, super options) of each mount, from
+    /proc/self/mountinfo (nothing where it cannot be read)."""
     try:
-        with open("/proc/self/mountinfo") as file:
+        with open(_MOUNTINFO) as file:
             lines = file.readlines()
     except OSError:
         return
     for line in lines:
         left, _, right = line.partition(" - ")
-        fields = left.split()
-        if right.split()[:1] == ["cgroup2"] and len(fields) >= 5:
-            yield _unescape(fields[4]), _unescape(fields[3])
+        fields, tail = left.split(), right.split()
+        if tail and len(fields) >= 5:
+            options = tail[2].split(",") if len(tail) >= 3 else []
+            yield tail[0], _unescape(fields[4]), _unescape(fields[3]), options
+
+
+def slow_moves(kernel: str | None = None) -> str | None:
+    """Why each job's start waits here for the move into its cgroup, in a line for the
+    worker's log; None where it does not, or where no option of the host would help.
+
+    Moving a process into a cgroup takes the kernel's global ``cgroup_threadgroup_rwsem``
+    for writing, which waits for an RCU grace period unless another move came a moment
+    before: about 10 ms for a job arriving at an idle worker. A cgroup2 mount with
+    ``favordynmods`` (Linux 6.0+) spares it (docs/worker.md, "What a start costs");
+    the worker does not remount the host's hierarchy itself.
+    """
+    base = base_dir()
+    release = kernel if kernel is not None else os.uname().release
+    if base is None or _kernel_major(release) < 6:
+        return None
+    for kind, mount, _, options in _mounts():
+        if kind != "cgroup2" or (base != mount and not base.startswith(mount.rstrip("/") + "/")):
+            continue
+        if "favordynmods" in options:
+            return None
+        return (
+            f"cgroup2 at {mount} is mounted without favordynmods: each job start can "
+            "wait for an RCU grace period (about 10 ms when jobs do not come back-to-back); "
+            f"`mount -o remount,favordynmods {mount}` removes the wait (docs/worker.md, "
+            "'What a start costs')"
+        )
+    return None
+
+
+def _kernel_major(release: str) -> int:
+    head = release.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _unescape(field: str) -> str:
@@ -413,17 +456,9 @@ def _own_v1_cgroup(controller: str) -> str | None:
 
 def _v1_mounts(controller: str) -> Iterator[tuple[str, str]]:
     """(mount point, root in the hierarchy) of each cgroup v1 mount of ``controller``."""
-    try:
-        with open("/proc/self/mountinfo") as file:
-            lines = file.readlines()
-    except OSError:
-        return
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, kind = left.split(), right.split()
-        if kind[:1] == ["cgroup"] and len(kind) >= 3 and len(fields) >= 5:
-            if controller in kind[2].split(","):
-                yield _unescape(fields[4]), _unescape(fields[3])
+    for kind, mount, root, options in _mounts():
+        if kind == "cgroup" and controller in options:
+            yield mount, root
 
 
 def _clean_up_v1(owner: str) -> int:
