@@ -79,6 +79,11 @@ class Entry:
         return cls(**{n: row._mapping[n] for n in cls.__dataclass_fields__})
 
 
+# Built once: every submit adds an entry, and building and cache-keying the statement
+# cost more than running it (as jobs.py's moves).
+_INSERT = sa.insert(A).values(at=utcnow())
+
+
 def record(
     conn: sa.Connection,
     actor: auth.User,
@@ -106,11 +111,6 @@ def record(
             "summary": bounded(summary),
         },
     )
-
-
-# Built once: every submit adds an entry, and building and cache-keying the statement
-# cost more than running it (as jobs.py's moves).
-_INSERT = sa.insert(A).values(at=utcnow())
 
 
 def record_alone(
