@@ -80,7 +80,7 @@ class Entry:
 
 
 # Built once: every submit adds an entry, and building and cache-keying the statement
-# cost more than running it (as jobs.py's moves).
+# cost more than running it (as jobs.py does for a job's moves).
 _INSERT = sa.insert(A).values(at=utcnow())
 
 

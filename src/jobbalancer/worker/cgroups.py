@@ -31,6 +31,7 @@ import glob
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Final
@@ -41,7 +42,11 @@ _PREFIX: Final = "jobbalancer-"
 _KILL_WAIT: Final = 5.0  # how long clean_up_after waits for a killed cgroup to empty
 _BY_HAND: Final = 2.0  # without cgroup.kill: how long to keep killing what is left
 _CPU_PERIOD: Final = 100_000  # microseconds, cpu.max's default period
-_MOUNTINFO = "/proc/self/mountinfo"
+_MOUNTINFO: Final = "/proc/self/mountinfo"
+_FEATURES: Final = "/sys/kernel/cgroup/features"
+SLOW_MOVE: Final = 0.005  # seconds: a move this long waited for the kernel (slow_move)
+_slow_move_said = False  # the worker's log says it once
+_said_lock = threading.Lock()
 
 
 class JobCgroup:
@@ -231,43 +236,70 @@ def _mounts() -> Iterator[tuple[str, str, str, list[str]]]:
         return
     for line in lines:
         left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
+        # Split on single spaces: the source may be empty ("cgroup2  rw,..."), and the
+        # options must stay the third field.
+        fields, tail = left.split(), right.rstrip("\n").split(" ")
         if tail and len(fields) >= 5:
             options = tail[2].split(",") if len(tail) >= 3 else []
             yield tail[0], _unescape(fields[4]), _unescape(fields[3]), options
 
 
-def slow_moves(kernel: str | None = None) -> str | None:
-    """Why each job's start waits here for the move into its cgroup, in a line for the
-    worker's log; None where it does not, or where no option of the host would help.
+def slow_move(seconds: float) -> str | None:
+    """The worker's log line the first time a job's move into its cgroup took
+    :data:`SLOW_MOVE` or longer (None for a quick one, and for every later slow one).
 
-    Moving a process into a cgroup takes the kernel's global ``cgroup_threadgroup_rwsem``
-    for writing, which waits for an RCU grace period unless another move came a moment
-    before: about 10 ms for a job arriving at an idle worker. A cgroup2 mount with
-    ``favordynmods`` (Linux 6.0+) spares it (docs/worker.md, "What a start costs");
-    the worker does not remount the host's hierarchy itself.
+    A move takes the kernel's global ``cgroup_threadgroup_rwsem`` for writing, which waits
+    for an RCU grace period unless another move came a moment before: about 10 ms for a
+    job arriving at an idle worker. The ``favordynmods`` root option (Linux 6.0, listed in
+    /sys/kernel/cgroup/features where the kernel has it, backports included) spares that
+    wait; the worker does not remount the host's hierarchy itself (docs/operations.md,
+    "Worker hosts: job start latency"). Measured rather than guessed from the mount: a
+    host can have it off again with moves still quick (Linux 6.18 keeps the quicker lock
+    until a reboot).
     """
-    base = base_dir()
-    release = kernel if kernel is not None else os.uname().release
-    if base is None or _kernel_major(release) < 6:
+    global _slow_move_said
+    if seconds < SLOW_MOVE:
+        return None
+    with _said_lock:
+        if _slow_move_said:
+            return None
+        _slow_move_said = True
+    took = f"moving a job into its cgroup took {seconds * 1000:.1f} ms"
+    if "favordynmods" not in _features():
+        return (
+            f"{took} (the kernel waits for an RCU grace period; this kernel has no "
+            "favordynmods, rcupdate.rcu_expedited=1 shortens the wait for the whole host)"
+        )
+    mount = _mount_of(base_dir())
+    if mount is None or "favordynmods" in mount[1]:
+        return f"{took} (the kernel waited for an RCU grace period)"
+    return (
+        f"{took}: the kernel waits for an RCU grace period on each job start that does "
+        f"not follow another closely, as cgroup2 at {mount[0]} is mounted without "
+        "favordynmods; on the host, `mount -o remount,favordynmods "
+        f"{mount[0]}` removes the wait (docs/operations.md, 'Worker hosts: job start "
+        "latency')"
+    )
+
+
+def _features() -> set[str]:
+    """What this kernel's cgroup2 offers (mount options, controllers' knobs)."""
+    try:
+        with open(_FEATURES) as file:
+            return set(file.read().split())
+    except OSError:
+        return set()
+
+
+def _mount_of(path: str | None) -> tuple[str, list[str]] | None:
+    """The cgroup2 mount holding ``path``, with its root options. Every mount of the one
+    cgroup2 hierarchy shows the same options: the first that holds it does."""
+    if path is None:
         return None
     for kind, mount, _, options in _mounts():
-        if kind != "cgroup2" or (base != mount and not base.startswith(mount.rstrip("/") + "/")):
-            continue
-        if "favordynmods" in options:
-            return None
-        return (
-            f"cgroup2 at {mount} is mounted without favordynmods: each job start can "
-            "wait for an RCU grace period (about 10 ms when jobs do not come back-to-back); "
-            f"`mount -o remount,favordynmods {mount}` removes the wait (docs/worker.md, "
-            "'What a start costs')"
-        )
+        if kind == "cgroup2" and (path == mount or path.startswith(mount.rstrip("/") + "/")):
+            return mount, options
     return None
-
-
-def _kernel_major(release: str) -> int:
-    head = release.split(".", 1)[0]
-    return int(head) if head.isdigit() else 0
 
 
 def _unescape(field: str) -> str:

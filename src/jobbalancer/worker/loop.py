@@ -393,9 +393,6 @@ class Worker:
         else:
             enforced = f"NOT enforced ({problem}): requests only place jobs"
         log.info("offers %s; jobs' cpus and memory %s", capacity.describe(offered), enforced)
-        slow = cgroups.slow_moves() if self.ws.cgroups else None
-        if slow is not None:
-            log.info("job starts: %s", slow)
 
     def _take_gpus(self, job: jobs.Job) -> tuple[int, ...] | None:
         """The GPU indexes a job gets for itself (CUDA_VISIBLE_DEVICES). A job that asked

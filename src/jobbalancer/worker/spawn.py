@@ -15,6 +15,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -154,12 +155,16 @@ class Gate:
 def move_in(group: cgroups.JobCgroup, pid: int) -> cgroups.JobCgroup | None:
     """Move the job's main process, still waiting at its gate, into its cgroup. None if
     that failed: then the job is tracked without one, which is removed."""
+    start = time.monotonic()
     try:
         group.add(pid)
     except OSError as exc:
         log.warning("job pid %d: cannot use its cgroup %s (%s)", pid, group.path, exc)
         group.remove()
         return None
+    slow = cgroups.slow_move(time.monotonic() - start)
+    if slow is not None:
+        log.info("job starts: %s", slow)
     return group
 
 
