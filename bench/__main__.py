@@ -153,11 +153,13 @@ def run_sequential(args: argparse.Namespace, backend: str, out: Rows) -> None:
 
 def _print_sequential(args: argparse.Namespace, out: Rows) -> None:
     runs = "each run in order, a / b" if args.repeat > 1 else "one run"
+    move = seq.idle_move_ms()
+    host = "no job cgroups here" if move is None else f"a cgroup move at idle: {move:.2f} ms"
     _table(
         f"6. Sequential: one client, one request per job over a kept-alive connection, "
         f"{args.jobs} jobs of sh -c 'echo hi', 1 worker x {seq.SLOTS} slots ({runs}); "
         f"latency: {args.latency_jobs} jobs at 20/s into the idle worker (run: started → "
-        f"finished); ms",
+        f"finished; {host}); ms",
         ["backend", "jobs/s", "CPU ms/job", "submit p50", "idle submit p50", "start p50",
          "p99", "finished p50", "p99", "run p50", "floor jobs/s", "floor CPU ms/job"],
         out["sequential"],

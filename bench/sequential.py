@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,7 @@ from bench import throughput as tp
 from bench.cluster import Cluster
 from jobbalancer.client import Client
 from jobbalancer.db import schema
+from jobbalancer.worker import cgroups
 
 SLOTS = 4
 FLOOR_THREADS = 4
@@ -255,6 +257,35 @@ def _profiled(cluster: Cluster, out: Path | None) -> Iterator[None]:
             proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         for proc in spies:
             proc.wait(timeout=60)
+
+
+def idle_move_ms(moves: int = 5, gap: float = 0.05) -> float | None:
+    """The median time of moving a process into a new cgroup when no move came in the last
+    ``gap`` seconds, as a job arriving at an idle worker is moved (None: no job cgroups
+    here). About 10 ms where the kernel waits for an RCU grace period, well under 1 ms
+    where ``favordynmods`` spares it (docs/operations.md, "Worker hosts: job start
+    latency"): it says which of the two the latency figures were measured in."""
+    if cgroups.base_dir() is None:
+        return None
+    times = []
+    sleeper = subprocess.Popen(["sleep", "30"])
+    made: list[cgroups.JobCgroup] = []
+    try:
+        for i in range(moves):
+            group = cgroups.create("bench-move", i, secrets.token_hex(4))
+            if group is None:
+                return None
+            made.append(group)
+            time.sleep(gap)
+            start = time.perf_counter()
+            group.add(sleeper.pid)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for group in reversed(made):
+            group.remove()
+    return sorted(times)[len(times) // 2]
 
 
 def _idle_rss(cluster: Cluster) -> dict[str, float]:
