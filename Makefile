@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 WORKERS ?= 2
+# pytest processes for `make test` (pytest-xdist); PYTEST_JOBS=0 runs the suite in one.
+PYTEST_JOBS ?= 3
 
 .PHONY: install run test lint typecheck unit clean bench
 
@@ -33,7 +35,7 @@ typecheck: install
 	$(BIN)/mypy
 
 test: install lint typecheck
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

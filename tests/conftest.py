@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import pytest
 import sqlalchemy as sa
@@ -43,6 +43,26 @@ def _unreachable(backend: str, exc: Exception) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{message} (CI must run every backend)")
     pytest.skip(message)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup`` (``make test``): the fault tests (tests/chaos) are one group,
+    run one after another by a single pytest-xdist process beside the other tests. Each
+    loads the host on purpose (floods, many jobs) and times recoveries; two at once would
+    skew them. Their directory makes the group: with pytest 9.2, pytest-xdist 3.8 no longer
+    sees ``xdist_group`` marks (it renames ``item._nodeid``, which pytest stopped reading)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ChaosTogether(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/chaos/"):
+                return "chaos"
+            return super()._split_scope(nodeid)
+
+    return ChaosTogether(config, log)
 
 
 # -- where the databases are made -----------------------------------------------------------

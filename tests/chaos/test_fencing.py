@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +32,12 @@ pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(150)]
 AT_DEFAULTS = os.environ.get("JB_FENCING_AT_DEFAULTS") == "1"
 WORKER_TIMEOUT, HEARTBEAT = (15.0, 3.0) if AT_DEFAULTS else (3.0, 0.5)
 # The first attempt sleeps for an odd time: the retry finds it by that. Written split in
-# the command (31.41""59) so the retry's own shell command line never matches.
+# the command (31.41""59) so the retry's own shell command line never matches; {tag} (six
+# digits, a new one each test) keeps the job of a test running beside it from matching.
 _JOB = (
-    'if [ -e {first} ]; then pgrep -f "sleep 31[.]4159" >/dev/null && echo TWICE >> {marks} '
-    '|| echo ALONE >> {marks}; else touch {first}; echo started; exec sleep 31.41""59; fi'
+    'if [ -e {first} ]; then pgrep -f "sleep 31[.]4159{tag}" >/dev/null '
+    "&& echo TWICE >> {marks} || echo ALONE >> {marks}; "
+    'else touch {first}; echo started; exec sleep 31.41""59{tag}; fi'
 )
 _LOGGED_AT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*fenced: ", re.M)
 
@@ -103,7 +106,8 @@ def _fence_and_measure(cluster: Cluster, proxy: Proxy, backend: str, tmp: Path) 
     a = _start_behind(cluster, proxy, "a")
     marks, first = tmp / "M", tmp / "first"
     # Given a job with a retry running on "a" (the only worker yet), then "b" online
-    job = cluster.submit(command=_JOB.format(first=first, marks=marks), retries=1)
+    tag = f"{secrets.randbelow(10**6):06d}"
+    job = cluster.submit(command=_JOB.format(first=first, marks=marks, tag=tag), retries=1)
     assert job["worker"]["name"] == "a"
     cluster.wait_for(lambda: "started" in cluster.log(job["id"]), "first attempt started", a)
     cluster.start_worker("b", "--allow-root")

@@ -992,21 +992,23 @@ def test_concurrent_jobs_leave_nothing_behind(jobs: Jobs) -> None:
 
 
 def test_clean_up_after_takes_only_what_its_owner_left() -> None:
-    # Given a job of worker "node" and one of worker "node-2", both left behind
+    # Given a job of worker "node" and one of worker "node-2", both left behind (named
+    # apart from any other test run's on the host: the clean-up sweeps the whole host)
+    node = f"node{secrets.token_hex(4)}"
     left = [
         runner.JobProcess(
             runner.RunSpec(job_id=90 + i, command="sleep 300", interpreter=None, script=None,
                            owner=owner),
             lambda stream, data: None,
         )
-        for i, owner in enumerate(("node", "node-2"))
+        for i, owner in enumerate((node, f"{node}-2"))
     ]  # fmt: skip
     pids = [job.start() for job in left]
-    mine = tempfile.mkdtemp(prefix="jobbalancer-node@7-")
-    other = tempfile.mkdtemp(prefix="jobbalancer-node-2@8-")
+    mine = tempfile.mkdtemp(prefix=f"jobbalancer-{node}@7-")
+    other = tempfile.mkdtemp(prefix=f"jobbalancer-{node}-2@8-")
     try:
         # When "node" cleans up after its predecessor
-        killed, removed = runner.clean_up_after("node")
+        killed, removed = runner.clean_up_after(node)
         # Then only its own process and directories are gone
         assert killed >= 1  # the shell and its sleep, however many processes that makes
         assert removed == 2  # the stale one, and the live job's own

@@ -67,13 +67,23 @@ def test_a_value_moved_to_another_name_does_not_open() -> None:
         KEY.decrypt(sealed, "test-db")
 
 
-@pytest.mark.parametrize("stored", ["", "v1", "v2:abc:def", f"v1:{KEY.id}:not base64!"])
+# The ids are fixed (KEY and the random key differ per process): pytest-xdist's processes
+# must collect the same tests.
+@pytest.mark.parametrize(
+    "stored",
+    ["", "v1", "v2:abc:def", f"v1:{KEY.id}:not base64!"],
+    ids=["empty", "version-only", "unknown-version", "not-base64"],
+)
 def test_garbage_is_refused_without_a_crash(stored: str) -> None:
     with pytest.raises(vault.CannotDecrypt):
         KEY.decrypt(stored, "x")
 
 
-@pytest.mark.parametrize("text", ["", "short", "a" * 44, base64.b64encode(os.urandom(16)).decode()])
+@pytest.mark.parametrize(
+    "text",
+    ["", "short", "a" * 44, base64.b64encode(os.urandom(16)).decode()],
+    ids=["empty", "short", "not-base64", "16-bytes"],
+)
 def test_a_malformed_key_is_a_config_error(text: str) -> None:
     with pytest.raises(errors.ConfigError, match="32 bytes"):
         vault.Key.parse(text, "JOBBALANCER_SECRET_KEY")
