@@ -103,3 +103,37 @@ def _repair(path: Path, private: int) -> str | None:
         log.warning("cannot make %s private to its user (%s): others may read it", path, exc)
         return None
     return f"{path} {mode:04o} -> {private:04o}"
+
+
+def create_whole(path: str | Path, text: str, *, sync: bool = False) -> bool:
+    """Make the file ``path`` (mode 0600) holding ``text``, unless it exists; True if this
+    call made it. ``sync``: on disk before it appears.
+
+    Written whole under another name, then linked in place: a process doing the same at
+    the same moment sees no file or a whole one, never an empty one, and the one that
+    loses the race reads the winner's. Never through a link at ``path``. On a file system
+    without hard links it is made in place, exclusively.
+    """
+    target = Path(path)
+    draft = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            if sync:
+                file.flush()
+                os.fsync(file.fileno())
+        try:
+            os.link(draft, target)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+    finally:
+        draft.unlink(missing_ok=True)
+    return True

@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from jobbalancer import errors, refs, settings
+from jobbalancer import errors, procsec, refs, settings
 from jobbalancer.db import schema
 from jobbalancer.db.types import AnyRow, utcnow
 
@@ -158,27 +158,11 @@ def ensure_key_file(text: str, path: str | Path) -> tuple[Key, bool]:
         return found, False
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Written whole under another name, then linked in place: a process starting at the
-    # same moment sees no file or a whole one, and the one that loses the race reads it.
-    draft = target.with_name(f".{target.name}.{os.getpid()}.{random.token_hex(4)}")
-    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new_key_text() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(draft, target)
-        except FileExistsError:
-            key = load_key("", target)
-            assert key is not None
-            return key, False
-        except OSError:  # a file system without hard links: made in place, exclusively
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(draft.read_text())
-    finally:
-        draft.unlink(missing_ok=True)
+    # Whole or not at all: a process starting at the same moment reads the winner's key.
+    if not procsec.create_whole(target, new_key_text() + "\n", sync=True):
+        key = load_key("", target)
+        assert key is not None
+        return key, False
     log.warning(
         "made a new secret key in %s (mode 0600): workers that run jobs with secrets, and "
         "other servers, need the same file (docs/operations.md, 'Secrets')",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -266,3 +267,30 @@ def test_a_link_in_place_of_the_id_file_is_refused_and_its_target_untouched(
         assert not target.exists()  # nothing made through the link
     else:
         assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_workers_starting_at_once_on_one_disk_agree_on_the_id(
+    tmp_path: Path, system_id: Path
+) -> None:
+    # Each as its own process, as workers are: one makes the file, all read the same id
+    # (one that read it while it was being written used to find it empty and refuse it).
+    path = tmp_path / "state" / "worker-id"
+    code = (
+        "import sys; from jobbalancer.worker import identity\n"
+        f"identity.SYSTEM_MACHINE_ID = {str(system_id)!r}\n"
+        "print(identity.machine_id(sys.argv[1]))\n"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outs = [s.communicate(timeout=60) for s in starts]
+    assert all(not err for _, err in outs), outs
+    ids = {out.strip() for out, _ in outs}
+    assert len(ids) == 1 and len(ids.pop()) == 32
+    assert path.read_text().splitlines()[1] == "1111"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from jobbalancer import errors
+from jobbalancer import errors, procsec
 from jobbalancer.registry import Holder
 
 log = logging.getLogger(__name__)
@@ -82,16 +82,12 @@ def _make(path: str, system: str) -> str:
     mid = uuid.uuid4().hex
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        # O_EXCL: of two workers starting at once on one disk, one writes it, both read it.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        return machine_id(path)
+        # Whole or not at all (0600, never through a link): of two workers starting at
+        # once on one disk, one writes it and both read it, never an empty file.
+        made = procsec.create_whole(path, f"{mid}\n{system}\n")
     except OSError as exc:
         raise errors.ConfigError(f"cannot create the worker id file {path}: {exc}") from exc
-    # 0600 as every file in the data dir (never through a link: O_NOFOLLOW above).
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(f"{mid}\n{system}\n")
-    return mid
+    return mid if made else machine_id(path)
 
 
 @functools.cache
