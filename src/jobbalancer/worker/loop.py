@@ -217,6 +217,9 @@ class Worker:
         """Wait for the schema, register, start the helpers; a signal meanwhile raises
         _Interrupted (nothing runs yet, so nothing is to finish)."""
         self.presence.wait_for_schema()  # only the server or `db upgrade` migrates
+        # Before registering: once the worker says it is online, nothing of its start reads
+        # the database any more (a link cut from then on meets the loop and its fence).
+        self._check_secret_key()
         self.presence.register()  # a dead predecessor's leftovers are cleaned up first
         self.sink.start()
         self._listener.start()
@@ -226,7 +229,6 @@ class Worker:
         self._log_capacity()
         log.log(logging.WARNING if self.ws.run_as != DYNAMIC else logging.INFO,
                 "isolation: %s", isolation(self.ws))  # fmt: skip
-        self._check_secret_key()
         self._starting = False
 
     def _loop(self, burst: bool) -> None:
