@@ -211,10 +211,9 @@ def _regex(value: Any, kind: str) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_REGEX_CHARS:
         raise _Bad(f"regex: must be a text of at most {MAX_REGEX_CHARS} characters")
     _storable(value, "regex")
-    re2 = _re2()
     try:
         _compiled(value)
-    except re2.error as exc:
+    except _re2().error as exc:
         reason = exc.args[0].decode(errors="replace") if exc.args else "not valid"
         reason = reason if isinstance(reason, str) else str(exc)
         raise _Bad(f"regex: is not a valid RE2 expression ({reason})") from None

@@ -271,8 +271,10 @@ def slow_move(seconds: float) -> str | None:
             "favordynmods, rcupdate.rcu_expedited=1 shortens the wait for the whole host)"
         )
     mount = _mount_of(base_dir())
-    if mount is None or "favordynmods" in mount[1]:
-        return f"{took} (the kernel waited for an RCU grace period)"
+    if mount is None:
+        return f"{took} (likely the kernel waiting for an RCU grace period)"
+    if "favordynmods" in mount[1]:
+        return f"{took} (favordynmods is on, so no grace period: the host was busy)"
     return (
         f"{took}: the kernel waits for an RCU grace period on each job start that does "
         f"not follow another closely, as cgroup2 at {mount[0]} is mounted without "
