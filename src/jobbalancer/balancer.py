@@ -135,12 +135,17 @@ STRATEGIES: dict[str, Strategy] = {
 
 
 def submit(
-    conn: sa.Connection, specs: Sequence[jobs.Spec], user_id: int | None, user_name: str | None
+    conn: sa.Connection,
+    specs: Sequence[jobs.Spec],
+    user_id: int | None,
+    user_name: str | None,
+    *,
+    assigned: dict[int, jobs.Job] | None = None,
 ) -> list[int]:
     """Create jobs and assign what can be assigned now, in one transaction.
 
     A job with need_realtime that found no free slot becomes ``occupied``; the others
-    that still wait get their ``pending_reason``.
+    that still wait get their ``pending_reason``. ``assigned``: see :func:`assign_waiting`.
     """
     db.lock_row(conn, "assign")
     ids = jobs.create(conn, specs, user_id, user_name)
@@ -149,7 +154,9 @@ def submit(
         for i, s in zip(ids, specs, strict=True)
         if not s.held and not s.need_realtime
     ]
-    assign_waiting(conn, class_ids={s.worker_class_id for s in specs}, locked=True, new=new)
+    assign_waiting(
+        conn, class_ids={s.worker_class_id for s in specs}, locked=True, new=new, assigned=assigned
+    )
     realtime = [i for i, s in zip(ids, specs, strict=True) if s.need_realtime]
     if realtime:
         still_waiting = conn.execute(
@@ -181,9 +188,14 @@ def assign_waiting(
     worker_id: int | None = None,
     locked: bool = False,
     new: Sequence[tuple[int, int, resources.Request]] = (),
+    assigned: dict[int, jobs.Job] | None = None,
 ) -> int:
     """Assign waiting jobs to workers with a free slot, room for their request and the
     labels they want; highest priority then oldest first.
+
+    ``assigned``: where the database returns what an UPDATE wrote, each job this pass
+    assigned is put there by id, as assigned (a submission answers with its jobs from
+    there rather than reading them back).
 
     Limit the pass to some classes, or to one worker's free slots (a worker that just
     finished a job fills its own slot). A full pass (no limit: the leader's tick) writes
@@ -227,7 +239,7 @@ def assign_waiting(
                 left.append(job)
                 continue
             chosen = strategy(fits, cursor, job.request)
-            if not jobs.assign(conn, job.id, chosen.id):
+            if not _assign(conn, job.id, chosen, assigned):
                 continue
             chosen_ids.append(chosen.id)
             new_ids.discard(job.id)
@@ -245,6 +257,21 @@ def assign_waiting(
         _put_cursor(conn, cursor)
     db.wake_workers(conn, chosen_ids)
     return len(chosen_ids)
+
+
+def _assign(
+    conn: sa.Connection, job_id: int, chosen: Candidate, assigned: dict[int, jobs.Job] | None
+) -> bool:
+    """Assign the job to ``chosen``; with ``assigned``, keep it there as assigned, where
+    the assignment's own statement can return it."""
+    if assigned is None or not conn.dialect.update_returning:
+        return jobs.assign(conn, job_id, chosen.id)
+    row = jobs.assign_returning(conn, job_id, chosen.id)
+    if row is None:
+        return False
+    names = {"worker_name": chosen.name, "worker_class": chosen.worker_class}
+    assigned[job_id] = jobs.Job.from_mapping({**row._mapping, **names})
+    return True
 
 
 NO_LABEL = "no worker has label "

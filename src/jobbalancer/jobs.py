@@ -281,7 +281,11 @@ class Job:
 
     @classmethod
     def from_row(cls, row: AnyRow) -> Job:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> Job:
+        """A job from its row's columns with ``worker_name`` and ``worker_class``."""
         return cls(
             **{name: m[name] for name in _PLAIN_FIELDS},
             state=State(m["state"]),
@@ -538,8 +542,21 @@ _ASSIGN = (
 
 def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
     """waiting → assigned to ``worker_id``, with a fresh fencing token."""
-    params = {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
-    return _moved(conn, _ASSIGN, params)
+    return _moved(conn, _ASSIGN, _assign_params(job_id, worker_id))
+
+
+def assign_returning(conn: sa.Connection, job_id: int, worker_id: int) -> AnyRow | None:
+    """:func:`assign`, and the job's row as assigned, in one statement (None: it was not
+    waiting). Only where the database returns what an UPDATE wrote
+    (``dialect.update_returning``: SQLite, PostgreSQL; not MariaDB)."""
+    return conn.execute(_ASSIGN_RETURNING, _assign_params(job_id, worker_id)).first()
+
+
+_ASSIGN_RETURNING = _ASSIGN.returning(*J.c)
+
+
+def _assign_params(job_id: int, worker_id: int) -> dict[str, Any]:
+    return {"b_id": job_id, "b_worker": worker_id, "b_token": secrets.token_hex(8)}
 
 
 # -- take: waiting → running (a worker fills its own freed slots) -------------------------

@@ -109,6 +109,35 @@ def test_submit_assigns_at_once_when_a_slot_is_free_else_waits(
     assert worker_of(engine, [second, third]) == [w2, None]
 
 
+def test_the_jobs_a_submission_assigned_are_returned_as_a_read_back_would_give_them(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker with two slots in a class of another name than the default
+    cid = make_class(engine, "render", 4)
+    w1 = worker_factory("w1", worker_class="render", max_jobs=2)
+    # When three jobs are submitted at once (with fields of every kind set)
+    full = dict(env={"A": "1"}, labels={"k": "v"}, params=["x"], priority=3, watchdog=60)
+    with db.write(engine) as conn:
+        assigned: dict[int, jobs.Job] = {}
+        ids = balancer.submit(
+            conn, [spec(worker_class_id=cid, **full) for _ in range(3)], 7, "alice",
+            assigned=assigned,
+        )  # fmt: skip
+        read_back = jobs.get_many(conn, ids)
+    # Then where the database returns what an UPDATE wrote, the two assigned ones are
+    # handed back exactly as reading them gives them (the third waits: not handed back)
+    if engine.dialect.update_returning:
+        assert sorted(assigned) == ids[:2]
+        assert [assigned[i] for i in ids[:2]] == read_back[:2]
+        assert {(j.worker_id, j.worker_name, j.worker_class) for j in assigned.values()} == {
+            (w1, "w1", "render")
+        }
+        assert all(j.state == State.ASSIGNED and j.token for j in assigned.values())
+    else:  # MariaDB: the submission reads them back
+        assert assigned == {}
+    assert [j.state for j in read_back] == [State.ASSIGNED, State.ASSIGNED, State.WAITING]
+
+
 def test_jobs_go_only_to_workers_of_their_class(
     engine: sa.Engine, worker_factory: WorkerFactory
 ) -> None:

@@ -467,11 +467,15 @@ def submit(
         ]
         if limits is not None:
             _check_waiting(conn, user, len(specs), limits.max_waiting_per_user)
-        ids = balancer.submit(conn, specs, user.id, user.name)
+        assigned: dict[int, jobs.Job] = {}
+        ids = balancer.submit(conn, specs, user.id, user.name, assigned=assigned)
         if any(afters):
             _chain(conn, ids, specs, afters)
+            assigned.clear()  # chained jobs are held, and their parents may have changed
         if schedule_id is None:  # a schedule's firing: its history (or schedule.run) says so
             _record_submit(conn, user, ids, specs)
+        if all(i in assigned for i in ids):  # as the assignment returned them: nothing since
+            return [assigned[i] for i in ids]
         # Read back in the same transaction: what it commits, without another round.
         return jobs.get_many(conn, ids)
 
