@@ -18,9 +18,29 @@ def lock_row(conn: sa.Connection, name: str) -> None:
     """Serialize writers on ``name`` until this transaction ends.
 
     SQLite: a write transaction (BEGIN IMMEDIATE) already excludes every other writer.
-    PostgreSQL and MariaDB: a row lock on the ``locks`` table, released at commit.
+    PostgreSQL and MariaDB: a row lock on the ``locks`` table, released at commit. Taken
+    once per transaction: asked again in the same one (a worker recording an end decides
+    its chains, then fills its slot, each under the ``assign`` lock), it is a round trip
+    saved. Only a lock taken outside any savepoint counts as held (rolling back to a
+    savepoint releases the locks taken after it).
     """
+    txn = conn.get_transaction()
+    held: tuple[sa.RootTransaction, set[str]] | None = conn.info.get(_HELD)
+    if held is not None and txn is not None and held[0] is txn and name in held[1]:
+        return
     backends.of(conn).lock_row(conn, name)
+    if txn is None or conn.in_nested_transaction():
+        return
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return  # each statement commits: nothing is held after it
+    if held is None or held[0] is not txn:
+        # conn.info outlives the transaction (it is the pooled connection's): the names
+        # are kept with the transaction they were taken in, which a new one never is.
+        conn.info[_HELD] = held = (txn, set())
+    held[1].add(name)
+
+
+_HELD = "jobbalancer.locks_held"
 
 
 def lock_rows(conn: sa.Connection, query: sa.Select[Any]) -> Sequence[sa.Row[Any]]:
