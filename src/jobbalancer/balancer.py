@@ -145,7 +145,9 @@ def submit(
     """Create jobs and assign what can be assigned now, in one transaction.
 
     A job with need_realtime that found no free slot becomes ``occupied``; the others
-    that still wait get their ``pending_reason``. ``assigned``: see :func:`assign_waiting`.
+    that still wait get their ``pending_reason``. ``assigned``: where the database returns
+    what an UPDATE wrote, each of these jobs that was assigned at once is put there by id,
+    as assigned (the submission answers with it rather than reading it back).
     """
     db.lock_row(conn, "assign")
     ids = jobs.create(conn, specs, user_id, user_name)
@@ -154,8 +156,9 @@ def submit(
         for i, s in zip(ids, specs, strict=True)
         if not s.held and not s.need_realtime
     ]
+    answer = None if assigned is None else _Answer(frozenset(ids), assigned)
     assign_waiting(
-        conn, class_ids={s.worker_class_id for s in specs}, locked=True, new=new, assigned=assigned
+        conn, class_ids={s.worker_class_id for s in specs}, locked=True, new=new, answer=answer
     )
     realtime = [i for i, s in zip(ids, specs, strict=True) if s.need_realtime]
     if realtime:
@@ -188,21 +191,17 @@ def assign_waiting(
     worker_id: int | None = None,
     locked: bool = False,
     new: Sequence[tuple[int, int, resources.Request]] = (),
-    assigned: dict[int, jobs.Job] | None = None,
+    answer: _Answer | None = None,
 ) -> int:
     """Assign waiting jobs to workers with a free slot, room for their request and the
     labels they want; highest priority then oldest first.
-
-    ``assigned``: where the database returns what an UPDATE wrote, each job this pass
-    assigned is put there by id, as assigned (a submission answers with its jobs from
-    there rather than reading them back).
 
     Limit the pass to some classes, or to one worker's free slots (a worker that just
     finished a job fills its own slot). A full pass (no limit: the leader's tick) writes
     why each job it looked at still waits (``pending_reason``) where that changed, and
     the reason of a whole class (no worker online, all full) to its every waiting job when
     that changed; ``new`` jobs (just submitted) get theirs too. Returns how many jobs were
-    assigned.
+    assigned. ``answer``: see :func:`submit`.
     """
     if not locked:
         db.lock_row(conn, "assign")
@@ -239,7 +238,7 @@ def assign_waiting(
                 left.append(job)
                 continue
             chosen = strategy(fits, cursor, job.request)
-            if not _assign(conn, job.id, chosen, assigned):
+            if not _assign(conn, job.id, chosen, answer):
                 continue
             chosen_ids.append(chosen.id)
             new_ids.discard(job.id)
@@ -259,19 +258,24 @@ def assign_waiting(
     return len(chosen_ids)
 
 
-def _assign(
-    conn: sa.Connection, job_id: int, chosen: Candidate, assigned: dict[int, jobs.Job] | None
-) -> bool:
-    """Assign the job to ``chosen``; with ``assigned``, keep it there as assigned, where
-    the assignment's own statement can return it."""
-    if assigned is None or not conn.dialect.update_returning:
+def _assign(conn: sa.Connection, job_id: int, chosen: Candidate, answer: _Answer | None) -> bool:
+    """Assign the job to ``chosen``; a job of ``answer``'s submission is kept there as
+    assigned, where the assignment's own statement can return it."""
+    if answer is None or job_id not in answer.ids:
         return jobs.assign(conn, job_id, chosen.id)
-    row = jobs.assign_returning(conn, job_id, chosen.id)
-    if row is None:
-        return False
-    names = {"worker_name": chosen.name, "worker_class": chosen.worker_class}
-    assigned[job_id] = jobs.Job.from_mapping({**row._mapping, **names})
-    return True
+    moved, columns = jobs.assign_read(conn, job_id, chosen.id)
+    if columns is not None:
+        names = {"worker_name": chosen.name, "worker_class": chosen.worker_class}
+        answer.jobs[job_id] = jobs.Job.from_mapping(columns | names)
+    return moved
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A submission's jobs (``ids``) that its pass assigned, as assigned (``jobs``)."""
+
+    ids: frozenset[int]
+    jobs: dict[int, jobs.Job]
 
 
 NO_LABEL = "no worker has label "

@@ -545,14 +545,27 @@ def assign(conn: sa.Connection, job_id: int, worker_id: int) -> bool:
     return _moved(conn, _ASSIGN, _assign_params(job_id, worker_id))
 
 
-def assign_returning(conn: sa.Connection, job_id: int, worker_id: int) -> AnyRow | None:
-    """:func:`assign`, and the job's row as assigned, in one statement (None: it was not
-    waiting). Only where the database returns what an UPDATE wrote
-    (``dialect.update_returning``: SQLite, PostgreSQL; not MariaDB)."""
-    return conn.execute(_ASSIGN_RETURNING, _assign_params(job_id, worker_id)).first()
+def assign_read(
+    conn: sa.Connection, job_id: int, worker_id: int
+) -> tuple[bool, dict[str, Any] | None]:
+    """:func:`assign`, and where the database returns what an UPDATE wrote (SQLite,
+    PostgreSQL; not MariaDB) the job's columns as assigned, from the same statement
+    (None elsewhere, or when the job was not waiting)."""
+    params = _assign_params(job_id, worker_id)
+    if not conn.dialect.update_returning:
+        return _moved(conn, _ASSIGN, params), None
+    row = conn.execute(_ASSIGN_RETURNING, params).first()
+    if row is None:
+        return False, None
+    columns = dict(row._mapping)
+    for name in _FLOATS:  # SQLite's RETURNING gives a whole REAL as an int, SELECT a float
+        if columns[name] is not None:
+            columns[name] = float(columns[name])
+    return True, columns
 
 
 _ASSIGN_RETURNING = _ASSIGN.returning(*J.c)
+_FLOATS = [c.name for c in J.c if isinstance(c.type, sa.Float)]
 
 
 def _assign_params(job_id: int, worker_id: int) -> dict[str, Any]:

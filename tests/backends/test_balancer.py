@@ -115,8 +115,12 @@ def test_the_jobs_a_submission_assigned_are_returned_as_a_read_back_would_give_t
     # Given a worker with two slots in a class of another name than the default
     cid = make_class(engine, "render", 4)
     w1 = worker_factory("w1", worker_class="render", max_jobs=2)
-    # When three jobs are submitted at once (with fields of every kind set)
-    full = dict(env={"A": "1"}, labels={"k": "v"}, params=["x"], priority=3, watchdog=60)
+    # When three jobs are submitted at once (with fields of every kind set; whole numbers in
+    # REAL columns: SQLite's RETURNING gives them as int where a read gives a float)
+    full = dict(
+        env={"A": "1"}, labels={"k": "v"}, params=["x"], priority=3, watchdog=60, cpus=1,
+        retries=2, retry=jobs.RetryPolicy(delay=5, backoff=2, max_delay=60),
+    )  # fmt: skip
     with db.write(engine) as conn:
         assigned: dict[int, jobs.Job] = {}
         ids = balancer.submit(
@@ -125,10 +129,12 @@ def test_the_jobs_a_submission_assigned_are_returned_as_a_read_back_would_give_t
         )  # fmt: skip
         read_back = jobs.get_many(conn, ids)
     # Then where the database returns what an UPDATE wrote, the two assigned ones are
-    # handed back exactly as reading them gives them (the third waits: not handed back)
+    # handed back exactly as reading them gives them, types too (the third waits: not
+    # handed back)
     if engine.dialect.update_returning:
         assert sorted(assigned) == ids[:2]
-        assert [assigned[i] for i in ids[:2]] == read_back[:2]
+        assert [repr(assigned[i]) for i in ids[:2]] == [repr(j) for j in read_back[:2]]
+        assert isinstance(assigned[ids[0]].watchdog, float)
         assert {(j.worker_id, j.worker_name, j.worker_class) for j in assigned.values()} == {
             (w1, "w1", "render")
         }

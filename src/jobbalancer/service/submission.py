@@ -470,8 +470,7 @@ def submit(
         assigned: dict[int, jobs.Job] = {}
         ids = balancer.submit(conn, specs, user.id, user.name, assigned=assigned)
         if any(afters):
-            _chain(conn, ids, specs, afters)
-            assigned.clear()  # chained jobs are held, and their parents may have changed
+            _chain(conn, ids, specs, afters)  # on held jobs: none of them is in assigned
         if schedule_id is None:  # a schedule's firing: its history (or schedule.run) says so
             _record_submit(conn, user, ids, specs)
         if all(i in assigned for i in ids):  # as the assignment returned them: nothing since
