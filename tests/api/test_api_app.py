@@ -3,6 +3,7 @@ and answers when the database is gone."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,17 @@ def test_own_engine_first_admin_and_supervisor(
     assert r.status_code == 503 and r.json()["database"] == "unavailable"
     r = client.get("/api/v1/jobs")
     assert r.status_code == 503 and r.json()["error"] == "database_unavailable"
+
+
+def test_every_route_is_named_once_in_the_openapi_document(tmp_path: Path) -> None:
+    """A router included twice served its routes twice (the second copy never reached)
+    and gave the OpenAPI document duplicate operation ids, which FastAPI warns of."""
+    app = create_app(Settings(data_dir=str(tmp_path)), supervise=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            document = app.openapi()
+        ids = [op["operationId"] for path in document["paths"].values() for op in path.values()]
+        assert len(ids) == len(set(ids)) and len(ids) > 50
+    finally:
+        app.state.engine.dispose()

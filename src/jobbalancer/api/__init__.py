@@ -30,8 +30,7 @@ __all__ = ["install"]
 
 ROUTERS = (
     jobs, workers, classes, scripts, users, settings, stats, legacy, health, metrics, docs,
-    notifications, schedules,
-    notifications, secrets, audit,
+    notifications, schedules, secrets, audit,
 )  # fmt: skip
 
 
