@@ -145,8 +145,8 @@ def test_a_lock_taken_once_still_makes_another_transaction_wait(
             thread.start()
             thread.join(timeout=0.5)
             assert thread.is_alive() and got == []  # waits for our lock
-            released = time.monotonic()
+            committing = time.monotonic()
         thread.join(timeout=30)
-        assert not thread.is_alive() and got and got[0] >= released
+        assert not thread.is_alive() and got and got[0] >= committing
     finally:
         engine.dispose()

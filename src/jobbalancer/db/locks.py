@@ -3,6 +3,7 @@ held across transactions, with an expiry, such as the monitor's leadership)."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -21,22 +22,25 @@ def lock_row(conn: sa.Connection, name: str) -> None:
     PostgreSQL and MariaDB: a row lock on the ``locks`` table, released at commit. Taken
     once per transaction: asked again in the same one (a worker recording an end decides
     its chains, then fills its slot, each under the ``assign`` lock), it is a round trip
-    saved. Only a lock taken outside any savepoint counts as held (rolling back to a
-    savepoint releases the locks taken after it).
+    saved. A lock taken inside a savepoint is not counted as held (on PostgreSQL, rolling
+    back to the savepoint releases it), nor one taken on a connection whose statements
+    commit each (``isolation_level="AUTOCOMMIT"`` in its execution options; an engine made
+    to autocommit everything would defeat this: none is).
     """
     txn = conn.get_transaction()
-    held: tuple[sa.RootTransaction, set[str]] | None = conn.info.get(_HELD)
-    if held is not None and txn is not None and held[0] is txn and name in held[1]:
+    held: tuple[weakref.ref[sa.RootTransaction], set[str]] | None = conn.info.get(_HELD)
+    if held is not None and txn is not None and held[0]() is txn and name in held[1]:
         return
     backends.of(conn).lock_row(conn, name)
     if txn is None or conn.in_nested_transaction():
         return
     if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         return  # each statement commits: nothing is held after it
-    if held is None or held[0] is not txn:
+    if held is None or held[0]() is not txn:
         # conn.info outlives the transaction (it is the pooled connection's): the names
-        # are kept with the transaction they were taken in, which a new one never is.
-        conn.info[_HELD] = held = (txn, set())
+        # are kept with (a weak reference to) the transaction they were taken in, which a
+        # later one never is.
+        conn.info[_HELD] = held = (weakref.ref(txn), set())
     held[1].add(name)
 
 
