@@ -156,7 +156,10 @@ def submit(
         for i, s in zip(ids, specs, strict=True)
         if not s.held and not s.need_realtime
     ]
-    answer = None if assigned is None else _Answer(frozenset(ids), assigned)
+    lone = None
+    if len(specs) == 1 and _waits_now(specs[0]):
+        lone = (specs[0].worker_class_id, _Waiting(ids[0], specs[0].request, None))
+    answer = _Answer(frozenset(ids), assigned, lone)
     assign_waiting(
         conn, class_ids={s.worker_class_id for s in specs}, locked=True, new=new, answer=answer
     )
@@ -207,7 +210,12 @@ def assign_waiting(
         db.lock_row(conn, "assign")
     explain = class_ids is None and worker_id is None
     new_ids = {n[0] for n in new}
-    by_class = _candidates(conn, class_ids, worker_id, all_classes=explain)
+    lone = answer.lone if answer is not None else None
+    others_wait = True
+    if lone is not None:
+        by_class, others_wait = _candidates_of_one(conn, lone[0], lone[1].id)
+    else:
+        by_class = _candidates(conn, class_ids, worker_id, all_classes=explain)
     if not by_class and not new:
         return 0
     strategy: Strategy
@@ -225,7 +233,9 @@ def assign_waiting(
     for class_id, everyone in by_class.items():
         candidates = usable[class_id]
         waiting = []
-        if candidates:
+        if candidates and lone is not None and not others_wait:
+            waiting = [lone[1]]  # the class's queue is the job just submitted: nothing to read
+        elif candidates:
             waiting = _queue(conn, class_id, sum(c.free for c in candidates) + LOOKAHEAD)
         left: list[_Waiting] = []
         placed: dict[int, Candidate] = {}
@@ -261,7 +271,7 @@ def assign_waiting(
 def _assign(conn: sa.Connection, job_id: int, chosen: Candidate, answer: _Answer | None) -> bool:
     """Assign the job to ``chosen``; a job of ``answer``'s submission is kept there as
     assigned, where the assignment's own statement can return it."""
-    if answer is None or job_id not in answer.ids:
+    if answer is None or answer.jobs is None or job_id not in answer.ids:
         return jobs.assign(conn, job_id, chosen.id)
     moved, columns = jobs.assign_read(conn, job_id, chosen.id)
     if columns is not None:
@@ -272,10 +282,19 @@ def _assign(conn: sa.Connection, job_id: int, chosen: Candidate, answer: _Answer
 
 @dataclass(frozen=True)
 class _Answer:
-    """A submission's jobs (``ids``) that its pass assigned, as assigned (``jobs``)."""
+    """A submission's jobs (``ids``) that its pass assigned, as assigned (``jobs``, if the
+    caller wants them); and ``lone``, its job with its class when it is one that waits from
+    now on (neither held nor delayed)."""
 
     ids: frozenset[int]
-    jobs: dict[int, jobs.Job]
+    jobs: dict[int, jobs.Job] | None
+    lone: tuple[int, _Waiting] | None = None
+
+
+def _waits_now(spec: jobs.Spec) -> bool:
+    """Whether a job of ``spec`` is created waiting (as :func:`jobs.create` decides it),
+    without asking the database's clock: neither held nor given a start to come."""
+    return not spec.held and spec.not_before is None and spec.delay is None
 
 
 NO_LABEL = "no worker has label "
@@ -697,6 +716,17 @@ _ONE_CANDIDATE = _candidates_query(grouped=False).where(
 _CLASS_CANDIDATES = _CANDIDATES.where(
     W.c.worker_class_id.in_(sa.bindparam("b_classes", expanding=True))
 )
+_OTHERS_WAIT = (
+    sa.exists()
+    .where(
+        J.c.state == jobs.State.WAITING.value,
+        J.c.worker_class_id == sa.bindparam("b_class"),
+        J.c.id != sa.bindparam("b_new"),
+    )
+    .correlate_except(J)  # one probe of the queue's index, not one per worker row
+    .label("others_wait")
+)
+_CLASS_CANDIDATES_OF_ONE = _CLASS_CANDIDATES.add_columns(_OTHERS_WAIT)
 _CLASS_IDS = sa.select(C.c.id)
 _CLASS_LABELS = sa.select(W.c.labels).where(W.c.worker_class_id == sa.bindparam("b_class"))
 
@@ -753,6 +783,24 @@ def _candidates(
         if row.max_jobs > row.active:  # checked before building it: most may be full
             by_class.setdefault(row.worker_class_id, []).append(_candidate(row))
     return by_class
+
+
+def _candidates_of_one(
+    conn: sa.Connection, class_id: int, job_id: int
+) -> tuple[dict[int, list[Candidate]], bool]:
+    """:func:`_candidates` of a submission of one job (``job_id``, just inserted), and
+    whether another job of its class waits: if none, its queue is that job alone and the
+    pass need not read it (a round trip less on every such submission). Read in the same
+    statement, under the assign lock, as the queue would have been."""
+    by_class: dict[int, list[Candidate]] = {}
+    others_wait = False
+    params = {"b_classes": [class_id], "b_class": class_id, "b_new": job_id}
+    rows = conn.execute(_CLASS_CANDIDATES_OF_ONE, params)
+    for row in rows:
+        others_wait = others_wait or bool(row.others_wait)
+        if row.max_jobs > row.active:
+            by_class.setdefault(row.worker_class_id, []).append(_candidate(row))
+    return by_class, others_wait
 
 
 def free_slots(conn: sa.Connection, class_id: int | None = None) -> int:

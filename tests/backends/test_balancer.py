@@ -144,6 +144,50 @@ def test_the_jobs_a_submission_assigned_are_returned_as_a_read_back_would_give_t
     assert [j.state for j in read_back] == [State.ASSIGNED, State.ASSIGNED, State.WAITING]
 
 
+def test_a_lone_job_into_an_empty_queue_is_assigned_without_reading_the_queue(
+    engine: sa.Engine, worker_factory: WorkerFactory
+) -> None:
+    # Given a worker with one slot, and a way to see the statements a submission runs
+    w1 = worker_factory("w1", max_jobs=1)
+    seen: list[str] = []
+
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    def queue_reads() -> int:
+        return sum(s.startswith("SELECT jobs.id, jobs.cpus") for s in seen)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        # When one job is submitted and no other job of its class waits, then it is
+        # assigned, and the class's queue was not read (it is that job alone)
+        first = submit_one(engine)
+        assert queue_reads() == 0 and worker_of(engine, [first]) == [w1]
+        # When the slot is taken, a second job waits; the slot frees without being filled
+        second = submit_one(engine)
+        assert get(engine, second).state == State.WAITING
+        with db.write(engine) as conn:
+            job = jobs.get(conn, first)
+            assert job.token is not None
+            jobs.claim(conn, first, w1, job.token)
+            assert jobs.finish(conn, first, job.token, State.DONE, exit_code=0)
+        # Then a third job, submitted while the second waits, reads the queue and lets the
+        # older one go first
+        seen.clear()
+        third = submit_one(engine)
+        assert queue_reads() == 1
+        assert worker_of(engine, [second, third]) == [w1, None]
+        # And a job that starts later, alone, with a slot free: not taken for the queue
+        # (it is delayed), the queue read as before, and the job stays delayed
+        w2 = worker_factory("w2", max_jobs=1)
+        seen.clear()
+        later = submit_one(engine, delay=3600.0)
+        assert get(engine, later).state == State.DELAYED and queue_reads() == 1
+        assert worker_of(engine, [third]) == [w2]  # the queue it read gave w2 the third job
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
 def test_jobs_go_only_to_workers_of_their_class(
     engine: sa.Engine, worker_factory: WorkerFactory
 ) -> None:
