@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from jobbalancer import db
+from jobbalancer import db, errors
 from jobbalancer.db import schema
 from tests.chaos.conftest import Cluster
 from tests.chaos.test_server_faults import _leader, _pid_of, _start_second_server
@@ -26,6 +27,34 @@ def _notifications(url: str) -> list[sa.Row[Any]]:
             return list(conn.execute(sa.select(schema.notifications)))
     finally:
         engine.dispose()
+
+
+def _freeze_holding_no_lock(pgid: int, url: str) -> None:
+    """SIGSTOP the process group at a moment it holds neither SQLite's write lock nor the
+    assign lock's row: frozen inside its tick's transaction, it would stop the worker from
+    recording the job's end (a stopped writer's locks stay held, as on any database), and
+    the test would wait for that instead of the failover it is about."""
+    engine = db.connect(url, pool_size=1)
+    try:
+        for _ in range(200):
+            os.killpg(pgid, signal.SIGSTOP)
+            if _locks_free(engine):
+                return
+            os.killpg(pgid, signal.SIGCONT)
+            time.sleep(0.02)
+        raise AssertionError("the leader never stood outside a write transaction")
+    finally:
+        engine.dispose()
+
+
+def _locks_free(engine: sa.Engine) -> bool:
+    try:
+        with db.write(engine, wait=0.0) as conn:  # SQLite: BEGIN IMMEDIATE, no waiting
+            lock = sa.select(schema.locks.c.name).where(schema.locks.c.name == "assign")
+            conn.execute(lock.with_for_update(nowait=True)).all()
+    except (sa.exc.OperationalError, errors.DatabaseUnavailable):  # locked
+        return False
+    return True
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -46,7 +75,7 @@ def test_a_notification_committed_before_the_leader_died_is_delivered_after_fail
             command="sleep 1; exit 4", notify=[{"on": ["failed"], "target": "ops-hook"}]
         )
         # The leader is frozen before the job ends: it cannot deliver what gets committed.
-        os.killpg(leader, signal.SIGSTOP)
+        _freeze_holding_no_lock(leader, cluster.database_url)
         [row] = cluster.wait_for(
             lambda: _notifications(cluster.database_url), "the job's end and its notification"
         )
