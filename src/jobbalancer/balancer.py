@@ -292,8 +292,9 @@ class _Answer:
 
 
 def _waits_now(spec: jobs.Spec) -> bool:
-    """Whether a job of ``spec`` is created waiting (as :func:`jobs.create` decides it),
-    without asking the database's clock: neither held nor given a start to come."""
+    """Whether a job of ``spec`` is surely created waiting, without asking the database's
+    clock: neither held nor given any start (a ``delay`` of 0 or a ``not_before`` past is
+    waiting too, but only :func:`jobs.create` knows: such a job takes the usual path)."""
     return not spec.held and spec.not_before is None and spec.delay is None
 
 
@@ -723,7 +724,7 @@ _OTHERS_WAIT = (
         J.c.worker_class_id == sa.bindparam("b_class"),
         J.c.id != sa.bindparam("b_new"),
     )
-    .correlate_except(J)  # one probe of the queue's index, not one per worker row
+    .correlate_except(J)  # uncorrelated: one probe of the queue's index, not one a worker
     .label("others_wait")
 )
 _CLASS_CANDIDATES_OF_ONE = _CLASS_CANDIDATES.add_columns(_OTHERS_WAIT)
@@ -791,7 +792,8 @@ def _candidates_of_one(
     """:func:`_candidates` of a submission of one job (``job_id``, just inserted), and
     whether another job of its class waits: if none, its queue is that job alone and the
     pass need not read it (a round trip less on every such submission). Read in the same
-    statement, under the assign lock, as the queue would have been."""
+    statement, under the assign lock, as the queue would have been; known only when a
+    worker with a free slot came back (else there is no queue to read anyway)."""
     by_class: dict[int, list[Candidate]] = {}
     others_wait = False
     params = {"b_classes": [class_id], "b_class": class_id, "b_new": job_id}

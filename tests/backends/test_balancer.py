@@ -184,6 +184,13 @@ def test_a_lone_job_into_an_empty_queue_is_assigned_without_reading_the_queue(
         later = submit_one(engine, delay=3600.0)
         assert get(engine, later).state == State.DELAYED and queue_reads() == 1
         assert worker_of(engine, [third]) == [w2]  # the queue it read gave w2 the third job
+        # And a job that fits no worker waits while a slot is free: a lone job after it
+        # reads the queue, passes it over and takes the slot
+        w3 = worker_factory("w3", max_jobs=1)
+        picky = submit_one(engine, constraints={"site": "nowhere"})
+        seen.clear()
+        fourth = submit_one(engine)
+        assert queue_reads() == 1 and worker_of(engine, [picky, fourth]) == [None, w3]
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
 
