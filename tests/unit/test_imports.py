@@ -29,6 +29,15 @@ def test_a_worker_loads_no_cryptography_until_a_job_has_a_secret() -> None:
     assert _loaded_by_worker("cryptography") == {"cryptography": False}
 
 
+def test_a_process_loads_postgresql_s_dialect_only_to_use_it() -> None:
+    # About 2 MiB, on every SQLite and MariaDB host; an engine imports its own dialect.
+    # (MariaDB's is loaded everywhere: db/types.py's column variants name its types.)
+    for entry in (_WORKER, _SERVER):
+        assert _loaded(entry, ("sqlalchemy.dialects.postgresql",)) == {
+            "sqlalchemy.dialects.postgresql": False
+        }, entry
+
+
 def test_a_worker_loads_no_web_stack() -> None:
     loaded = _loaded_by_worker("fastapi", "starlette", "jinja2", "uvicorn", "httpx")
     assert not any(loaded.values()), loaded

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-import sqlalchemy.dialects.mysql
-import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.mysql  # db/types.py's column types load it anyway
 import sqlalchemy.dialects.sqlite
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -241,7 +240,11 @@ class PostgreSQL(Backend):
     notifies = True
 
     def _insert(self, table: sa.Table) -> Any:
-        return sa.dialects.postgresql.insert(table)
+        # Imported here, as an engine imports its own dialect: a process on SQLite or
+        # MariaDB never loads it (about 2 MiB).
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
 
     def engine(self, url: URL, pool_size: int) -> sa.Engine:
         return sa.create_engine(url, connect_args=postgres_connect_args(), **self._pool(pool_size))
