@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
-_PR_GET_NO_NEW_PRIVS = 39
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
@@ -54,32 +53,16 @@ def no_new_privs() -> bool:
     return False
 
 
-_no_new_privs_seen = False  # once set it stays set: only a "yes" is kept
-
-
-def has_no_new_privs() -> bool:
-    """Whether ``PR_SET_NO_NEW_PRIVS`` is set on this process (so on all it starts)."""
-    global _no_new_privs_seen
-    if not _no_new_privs_seen:
-        _no_new_privs_seen = _prctl_result(_PR_GET_NO_NEW_PRIVS, 0) == 1
-    return _no_new_privs_seen
-
-
 def _prctl(option: int, value: int) -> bool:
     """prctl(option, value) on this process (Linux); True if it took."""
-    return _prctl_result(option, value) == 0
-
-
-def _prctl_result(option: int, value: int) -> int | None:
-    """What prctl(option, value, 0, 0, 0) returned (Linux); None where it cannot be called."""
     if not sys.platform.startswith("linux"):
-        return None
+        return False
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(option, value, 0, 0, 0))
-    return None
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
+    return False
 
 
 def private_umask() -> int:

@@ -121,13 +121,3 @@ def test_the_file_appears_only_once_whole(tmp_path: Path, monkeypatch: pytest.Mo
     assert procsec.create_whole(path, text, sync=True) is True
     assert seen == [(False, text)]
     assert path.read_text() == text
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux prctl")
-def test_has_no_new_privs_says_whether_it_is_set() -> None:
-    # In a process of its own: no_new_privs is for good.
-    code = "from jobbalancer import procsec as p; print(p.has_no_new_privs(), end=' '); "
-    code += "p.no_new_privs(); print(p.has_no_new_privs())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-
-    assert out.split() == ["False", "True"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import glob
 import itertools
 import json
@@ -29,7 +28,6 @@ from typing import Any
 import psutil
 import pytest
 
-from jobbalancer import procsec
 from jobbalancer.worker import cgroups, jobenv, runner, spawn, uids
 
 pytestmark = pytest.mark.timeout(30)
@@ -1320,77 +1318,6 @@ def test_the_uid_is_released_before_the_directory_is_removed(
     assert jobs.run(jobs.spec("true", uid_pool=pool)).outcome.exit_code == 0
 
     assert order == ["release", "remove"]  # no process of the uid is left to swap links
-
-
-# --- a job that cannot leave its cgroup -------------------------------------------------
-
-
-def test_only_a_job_of_another_unprivileged_uid_with_no_new_privs_is_confined(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    group = cgroups.JobCgroup("/nonexistent")
-    other = uids.Identity(os.geteuid() + 1 if os.geteuid() else 70001, 70001, "jb", "/")
-    monkeypatch.setattr(procsec, "has_no_new_privs", lambda: True)
-
-    assert runner._confined(group, other) is True
-    assert runner._confined(None, other) is False  # no cgroup: nothing to trust
-    assert runner._confined(group, None) is False  # the worker's own uid
-    assert runner._confined(group, dataclasses.replace(other, uid=0)) is False
-    assert runner._confined(group, dataclasses.replace(other, uid=os.geteuid())) is False
-    monkeypatch.setattr(procsec, "has_no_new_privs", lambda: False)
-    assert runner._confined(group, other) is False  # a setuid program could make it root
-
-
-def _walks(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record each look at the worker's children (runner._no_young_strays)."""
-    calls: list[float] = []
-    real = runner._no_young_strays
-
-    def recording(born: float) -> bool:
-        calls.append(born)
-        return real(born)
-
-    monkeypatch.setattr(runner, "_no_young_strays", recording)
-    return calls
-
-
-@needs_root
-def test_a_confined_job_ends_when_its_cgroup_empties_without_a_look_at_the_workers_children(
-    cgroup_jobs: Jobs, pool: uids.UidPool, monkeypatch: pytest.MonkeyPatch, subreaper: bool
-) -> None:
-    monkeypatch.setattr(procsec, "has_no_new_privs", lambda: True)  # as a dynamic-uid worker
-    walks = _walks(monkeypatch)
-
-    result = cgroup_jobs.run(cgroup_jobs.spec("echo hi", uid_pool=pool))
-
-    assert (result.outcome.exit_code, result.out) == (0, b"hi\n")
-    assert walks == []
-    # Not so for a job of the worker's own uid, which may move a process out
-    result = cgroup_jobs.run(cgroup_jobs.spec("echo hi"))
-    assert result.outcome.exit_code == 0
-    assert len(walks) == (1 if subreaper else 0)  # a worker that is no subreaper walks /proc
-
-
-@needs_root
-def test_a_dynamic_uid_job_cannot_move_itself_out_of_its_cgroup(
-    cgroup_jobs: Jobs, pool: uids.UidPool
-) -> None:
-    # What _confined rests on: the worker's cgroup (above the job's) and the hierarchy's
-    # root are not the job's to write; a process it leaves behind stays in its cgroup.
-    root = next(mount for mount, _ in cgroups._cgroup2_mounts())
-    command = (
-        'for d in "$CGROOT" "$ROOT"; do '
-        '[ -f "$d/cgroup.procs" ] || echo "missing $d"; '
-        'if { echo $$ > "$d/cgroup.procs"; } 2>/dev/null; then echo moved; else echo refused; fi; '
-        "done; sleep 300 & echo $!"
-    )
-    env = {"CGROOT": cgroups.base_dir() or "", "ROOT": root}
-
-    result = cgroup_jobs.run(cgroup_jobs.spec(command, env=env, uid_pool=pool))
-
-    said = result.out.decode().split()
-    assert said[:2] == ["refused", "refused"], said
-    assert gone(int(said[2]))  # the one left behind was found in its cgroup, and killed
 
 
 # --- no setuid program gives a job another uid ----------------------------------------

@@ -27,7 +27,6 @@ from typing import Final
 
 import psutil
 
-from jobbalancer import procsec
 from jobbalancer.worker import cgroups, jobenv, pipes, procs, spawn, uids
 
 # Read here by callers and tests; they live where they are used.
@@ -282,7 +281,7 @@ class JobProcess:
                 limits = _move_into_limits(limits, proc.pid)
             if gate is not None:
                 gate.open()
-            tree = _Tree(spec.job_id, self._tag, proc.pid, group, confined=_confined(group, user))
+            tree = _Tree(spec.job_id, self._tag, proc.pid, group)
             self._run = _Run(proc, workdir, tree, self._on_output, lease)
             self._run.limits = limits
         except BaseException:
@@ -575,11 +574,10 @@ class _JobWatch:
         """
         if self._run.tree.in_cgroup():
             return False  # one read of the cgroup's own answer
-        # Empty (or no cgroup): the checks below also find a process that left it; a job
-        # that cannot leave its cgroup (confined) has nothing left then.
+        # Empty (or no cgroup): the checks below also find a process that left it.
         if self._run.tree.alive():
             return False
-        if cheap and (self._run.tree.confined or self._run.tree.surely_gone()):
+        if cheap and self._run.tree.surely_gone():
             return True
         self._scan(deep=True)  # a last look before saying so
         return not self._run.tree.alive()
@@ -662,21 +660,13 @@ class _Tree:
     """Every process known to belong to one job, except its main process."""
 
     def __init__(
-        self,
-        job_id: int,
-        tag: str,
-        leader: int,
-        cgroup: cgroups.JobCgroup | None = None,
-        *,
-        confined: bool = False,
+        self, job_id: int, tag: str, leader: int, cgroup: cgroups.JobCgroup | None = None
     ) -> None:
         self._job_id = str(job_id)
         self._tag = tag
         self._leader = leader
         # With a cgroup of its own, everything of the job is in it: no /proc walks needed.
         self.cgroup = cgroup
-        # And no process of the job can leave it (see _confined): its emptiness is the end.
-        self.confined = confined and cgroup is not None
         # The leader is our unreaped child, so its row is there; if not, scan() retries.
         row = _process_row(leader)
         self._born: float | None = row.born if row is not None else None
@@ -815,21 +805,6 @@ def _process_row(pid: int) -> procs.Row | None:
         return procs.Row(proc.ppid(), os.getsid(pid), proc.create_time())
     except (psutil.Error, OSError):
         return None
-
-
-def _confined(group: cgroups.JobCgroup | None, user: uids.Identity | None) -> bool:
-    """Whether no process of a job run as ``user`` in ``group`` can ever leave that cgroup,
-    so that its being empty means the job has no process left (no walk needed to be sure).
-
-    Moving a process to another cgroup takes write access to the ``cgroup.procs`` of both
-    cgroups' common ancestor, and the worker's cgroups (and those above them) are written
-    only by the worker's own uid and root: so a job run under a uid that is neither, with
-    ``no_new_privs`` (no setuid program can make it another uid), cannot move a process
-    out. A job of the worker's own uid (``user`` None) or of root can, and is walked for.
-    """
-    if group is None or user is None or user.uid in (0, os.geteuid()):
-        return False
-    return procsec.has_no_new_privs()
 
 
 # --- the worker's own children --------------------------------------------------------
