@@ -69,9 +69,9 @@ class Attack:
         )
         return job, {"uid": said[1], "pid": said[2], "dir": said[3]}
 
-    def attack(self, command: str) -> str:
+    def attack(self, command: str, **spec: Any) -> str:
         """Run mallory's job to its end; its whole output."""
-        job = self.submit(self.mallory, command)
+        job = self.submit(self.mallory, command, **spec)
         state = self.cluster.wait_job(job)["state"]
         assert state in ("done", "failed"), state
         return self.cluster.log(job)
@@ -206,6 +206,18 @@ def test_no_job_can_gain_a_uid_through_a_setuid_program(attack: Attack) -> None:
     out = attack.attack("grep NoNewPrivs /proc/self/status")
 
     assert out.split() == ["NoNewPrivs:", "1"]
+
+
+def test_nothing_a_job_sets_runs_before_it_is_in_its_cgroup(attack: Attack) -> None:
+    # LD_PRELOAD (or LD_AUDIT…) would run the attacker's code in the job's shell before
+    # the worker moves it into the job's cgroup: a process forked then, in a session of
+    # its own, would outlive the job unseen, keeping its uid for the next job. LD_DEBUG
+    # shows whether that shell's loader saw the job's variables: it must not.
+    out = attack.attack("echo in-the-job; /bin/true", env={"LD_DEBUG": "libs"})
+
+    before, _, after = out.partition("in-the-job")
+    assert "library" not in before, out
+    assert "libc.so" in after  # what the job then starts has it
 
 
 def test_a_job_sees_no_setting_of_the_worker_in_its_environment(attack: Attack) -> None:

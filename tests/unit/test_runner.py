@@ -641,6 +641,78 @@ def test_gated_command_gets_dev_null_as_stdin(cgroup_jobs: Jobs) -> None:
     assert b"/dev/null" in result.out
 
 
+# What the loader or the shell would act on as the gated shell starts comes after the gate.
+AT_START = {
+    "LD_LIBRARY_PATH": " /a b/'q'\\x ",
+    "LD_BIND_NOT": "",
+    "PS4": "+$(echo) ",
+    "GCONV_PATH": "é/ü",
+    "MALLOC_ARENA_MAX": "2",
+}
+
+
+def test_a_gated_job_gets_the_variables_that_act_at_start_after_its_gate(
+    jobs: Jobs,
+) -> None:
+    names = sorted(AT_START)
+    shown = "; ".join(f'printf "%s|" "${n}"' for n in names)
+    spec = jobs.spec(f"{shown}; env", env={**AT_START, "PLAIN": "p"})
+
+    result = jobs.run(spec)
+
+    assert result.outcome.exit_code == 0, result.err
+    said, _, env = result.out.decode().partition("\n")
+    assert said.split("|")[:-1] == [AT_START[n] for n in names]
+    exported = env.splitlines()
+    assert all(f"{n}={AT_START[n]}" in exported for n in names)  # in the programs' env too
+    assert "PLAIN=p" in exported
+
+
+def test_the_loader_of_a_gated_shell_sees_none_of_the_jobs_variables(jobs: Jobs) -> None:
+    # LD_DEBUG makes the loader of every process that has it say what it loads. The gated
+    # shell (in a cgroup) starts without it and gets it after its gate: its own start says
+    # nothing, and only a program it then starts does. (Ungated, the shell has it at once:
+    # the control that shows the probe works.)
+    spec = jobs.spec("echo in-the-job >&2; /bin/true", env={"LD_DEBUG": "libs"})
+
+    result = jobs.run(spec)
+
+    assert result.outcome.exit_code == 0
+    before, _, after = result.err.partition(b"in-the-job\n")
+    assert (before == b"") is jobs.cgroup, result.err
+    assert b"libc.so" in after
+
+
+def test_a_line_break_in_a_variable_that_acts_at_start_is_a_start_error(
+    cgroup_jobs: Jobs,
+) -> None:
+    spec = cgroup_jobs.spec("true", env={"LD_LIBRARY_PATH": "/a\n/b"})
+
+    with pytest.raises(runner.StartError, match="LD_LIBRARY_PATH must not contain a line break"):
+        cgroup_jobs.start(spec)
+    assert job_cgroups(spec) == []
+
+
+def test_the_gate_reads_only_valid_names() -> None:
+    assert spawn.gate([]) == spawn.GATE
+    assert "IFS= read -r LD_PRELOAD; export LD_PRELOAD; " in spawn.gate(["LD_PRELOAD"])
+    with pytest.raises(spawn.StartError, match="not a valid name"):
+        spawn.gate(["LD_X; rm -rf /"])
+
+
+@pytest.mark.parametrize(
+    ("name", "acts"),
+    [
+        ("LD_PRELOAD", True), ("LD_AUDIT", True), ("BASH_ENV", True), ("ENV", True),
+        ("PS4", True), ("GCONV_PATH", True), ("BASH_FUNC_f", True), ("MALLOC_TRACE", True),
+        ("PATH", False), ("HOME", False), ("LANG", False), ("JOB_LD_PRELOAD", False),
+        ("LD", False), ("ENVIRONMENT", False),
+    ],
+)  # fmt: skip
+def test_which_variables_act_at_start(name: str, acts: bool) -> None:
+    assert jobenv.acts_at_start(name) is acts
+
+
 def test_an_untraceable_process_dies_with_its_job_in_a_cgroup(cgroup_jobs: Jobs) -> None:
     spec = cgroup_jobs.spec(f"{UNTRACEABLE}\n{WAIT_FOR_PIDS.format(n=1)}\necho started")
 
@@ -1318,6 +1390,51 @@ def test_the_uid_is_released_before_the_directory_is_removed(
     assert jobs.run(jobs.spec("true", uid_pool=pool)).outcome.exit_code == 0
 
     assert order == ["release", "remove"]  # no process of the uid is left to swap links
+
+
+@needs_root
+def test_a_process_forked_by_ld_preload_before_the_gate_cannot_outlive_the_job(
+    cgroup_jobs: Jobs, pool: uids.UidPool, tmp_path: Path
+) -> None:
+    # A job's LD_PRELOAD library runs in every process of the job that loads it: were the
+    # gated shell to load it, a process forked before the move into the job's cgroup,
+    # in a session of its own, would outlive the job unseen.
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler to build the library")
+    source = tmp_path / "fork.c"
+    source.write_text(
+        "#include <stdlib.h>\n#include <unistd.h>\n#include <stdio.h>\n"
+        "__attribute__((constructor)) static void stray(void) {\n"
+        '  if (getenv("STRAY_DONE")) return;\n  setenv("STRAY_DONE", "1", 1);\n'
+        '  if (fork() == 0) { setsid(); unsetenv("LD_PRELOAD");\n'
+        '    FILE *f = fopen(getenv("STRAY_FILE"), "a");\n'
+        '    if (f) { fprintf(f, "%d\\n", getpid()); fclose(f); }\n'
+        '    execl("/bin/sleep", "sleep", "300", (char *)0); _exit(1); }\n}\n'
+    )
+    place = Path(tempfile.mkdtemp(prefix="jbtest-preload-", dir="/var/tmp"))
+    try:
+        place.chmod(0o755)
+        library, pids = place / "fork.so", place / "pids"
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", library, source], check=True)
+        pids.touch(mode=0o666)
+        pids.chmod(0o666)
+        env = {"LD_PRELOAD": str(library), "STRAY_FILE": str(pids)}
+
+        result = cgroup_jobs.run(cgroup_jobs.spec("echo ran", env=env, uid_pool=pool))
+
+        assert (result.outcome.exit_code, result.out) == (0, b"ran\n")
+        strays = [int(pid) for pid in pids.read_text().split()]
+        assert strays == [], "the gated shell loaded the job's LD_PRELOAD"
+        # And a program the job starts does load it: the library works
+        result = cgroup_jobs.run(cgroup_jobs.spec("/bin/true", env=env, uid_pool=pool))
+        strays = [int(pid) for pid in pids.read_text().split()]
+        assert len(strays) == 1
+        deadline = time.monotonic() + 5
+        while not gone(strays[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(strays[0])  # forked inside the cgroup: killed with the job
+    finally:
+        shutil.rmtree(place)
 
 
 # --- no setuid program gives a job another uid ----------------------------------------

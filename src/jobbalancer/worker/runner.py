@@ -258,10 +258,16 @@ class JobProcess:
         group = cgroups.create(spec.owner, spec.job_id, self._tag) if spec.cgroup else None
         limits = self._limits(group) if spec.cgroup and (spec.cpus or spec.memory) else None
         gate: spawn.Gate | None = None
+        later: dict[str, str] = {}
         try:
             if group is not None or limits is not None:
                 gate = spawn.Gate()
-            argv = _argv(spec, interpreter, workdir, user, gated=gate is not None)
+                # Nothing of the job's choosing may run before the gate: not even what the
+                # loader or the shell would run as the shell starts (LD_PRELOAD…).
+                later = _after_gate(env)
+                env = {k: v for k, v in env.items() if k not in later}
+            shell_gate = spawn.gate(later) if gate is not None else None
+            argv = _argv(spec, interpreter, workdir, user, gate=shell_gate)
             # Never spec.workdir here: Popen enters cwd as root, before it switches to the
             # job's user, following links; the job's own shell enters it (see _argv).
             proc = spawn.popen(argv, env, workdir, user, stdin=gate.read_end if gate else None)
@@ -280,7 +286,7 @@ class JobProcess:
             if limits is not None:
                 limits = _move_into_limits(limits, proc.pid)
             if gate is not None:
-                gate.open()
+                gate.open(later.values())
             tree = _Tree(spec.job_id, self._tag, proc.pid, group)
             self._run = _Run(proc, workdir, tree, self._on_output, lease)
             self._run.limits = limits
@@ -362,15 +368,25 @@ def _check_spec(spec: RunSpec) -> None:
         raise StartError(f"job {spec.job_id}: an interpreter goes with a script, not a command")
 
 
+def _after_gate(env: Mapping[str, str]) -> dict[str, str]:
+    """What a gated job's shell reads from its gate (jobenv.after_gate): a line each."""
+    later = jobenv.after_gate(env)
+    for name, value in later.items():
+        if "\n" in value:
+            raise StartError(f"environment variable {name} must not contain a line break")
+    return later
+
+
 def _argv(
     spec: RunSpec,
     interpreter: str | None,
     workdir: str,
     user: uids.Identity | None,
     *,
-    gated: bool = False,
+    gate: str | None = None,
 ) -> list[str]:
-    gate = spawn.GATE if gated else ""
+    """The job's argv; ``gate``: the shell text it waits at first (spawn.gate), if gated."""
+    gate = gate or ""
     # The job's workdir is entered by its shell, as its user: checked before the start,
     # the path may be a link swapped since, and root must never follow it (see popen).
     enter = f"cd -- {shlex.quote(spec.workdir)} || exit 126; " if spec.workdir else ""

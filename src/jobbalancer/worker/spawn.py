@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 from jobbalancer.worker import cgroups, jobenv, uids
@@ -28,8 +29,22 @@ SCRIPT_NAME: Final = "job-script"
 # Put before a command run in a cgroup (a script is run by a shell doing the same, then
 # exec'ing it): the shell waits for a line on stdin (a pipe the worker writes once it has
 # moved the shell into the job's cgroup), then takes /dev/null as stdin. So nothing of
-# the job can start outside its cgroup.
+# the job can start outside its cgroup. The variables that would run code as the shell
+# itself starts (jobenv.acts_at_start: LD_PRELOAD…) are not in its environment: they
+# follow on the pipe, a line each, and are exported then (see gate).
 GATE: Final = "read _; exec 0<>/dev/null; "
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def gate(later: Iterable[str]) -> str:
+    """GATE, reading the variables named ``later`` (in that order) after the first line."""
+    reads = []
+    for name in later:
+        if not _NAME.fullmatch(name):
+            raise StartError(f"environment variable name {name!r} is not a valid name")
+        reads.append(f"IFS= read -r {name}; export {name}; ")
+    return "read _; " + "".join(reads) + "exec 0<>/dev/null; "
+
 
 # Pids of main processes that a running JobProcess will reap itself (through Popen).
 # reap_orphans() must never wait for these, or Popen would lose the exit status. Other
@@ -140,9 +155,12 @@ class Gate:
             raise StartError(f"cannot make a pipe for the job: {exc}") from exc
         self._closed = False
 
-    def open(self) -> None:
+    def open(self, values: Iterable[str] = ()) -> None:
+        """Let the shell go on, giving it ``values`` (what ``gate(later)`` reads)."""
+        data = b"\n" + b"".join(os.fsencode(v) + b"\n" for v in values)
         with contextlib.suppress(OSError):  # the shell is gone already: nothing to wait for
-            os.write(self._write_end, b"\n")
+            while data:  # a blocking pipe: more than it holds is written as the shell reads
+                data = data[os.write(self._write_end, data) :]
 
     def close(self) -> None:
         """Idempotent; closing without open() lets the shell go on too (it reads nothing)."""
