@@ -693,6 +693,17 @@ def test_a_line_break_in_a_variable_that_acts_at_start_is_a_start_error(
     assert job_cgroups(spec) == []
 
 
+def test_variables_that_act_at_start_may_not_overfill_the_gate(cgroup_jobs: Jobs) -> None:
+    # Written to the gate's pipe at once, they must fit in it: a bounded write.
+    big = "x" * (spawn.GATE_MAX_BYTES // 2)
+    spec = cgroup_jobs.spec("true", env={"LD_A": big, "LD_B": big})
+
+    with pytest.raises(runner.StartError, match=r"LD_A, LD_B are \d+ bytes together"):
+        cgroup_jobs.start(spec)
+    just = cgroup_jobs.spec('printf %s "$LD_A" | wc -c', env={"LD_A": big + big[:-100]})
+    assert cgroup_jobs.run(just).out.strip() == str(len(big) * 2 - 100).encode()
+
+
 def test_the_gate_reads_only_valid_names() -> None:
     assert spawn.gate([]) == spawn.GATE
     assert "IFS= read -r LD_PRELOAD; export LD_PRELOAD; " in spawn.gate(["LD_PRELOAD"])

@@ -369,11 +369,19 @@ def _check_spec(spec: RunSpec) -> None:
 
 
 def _after_gate(env: Mapping[str, str]) -> dict[str, str]:
-    """What a gated job's shell reads from its gate (jobenv.after_gate): a line each."""
+    """What a gated job's shell reads from its gate (jobenv.after_gate): a line each, all
+    of it within what the gate's pipe holds, so that writing it never waits for the shell."""
     later = jobenv.after_gate(env)
     for name, value in later.items():
         if "\n" in value:
             raise StartError(f"environment variable {name} must not contain a line break")
+    size = sum(len(os.fsencode(v)) + 1 for v in later.values())
+    if size > spawn.GATE_MAX_BYTES:
+        names = ", ".join(later)
+        raise StartError(
+            f"the values of {names} are {size} bytes together, more than the "
+            f"{spawn.GATE_MAX_BYTES} a job may give the variables that act as it starts"
+        )
     return later
 
 

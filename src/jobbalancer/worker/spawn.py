@@ -34,6 +34,9 @@ SCRIPT_NAME: Final = "job-script"
 # follow on the pipe, a line each, and are exported then (see gate).
 GATE: Final = "read _; exec 0<>/dev/null; "
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What the gate's pipe is given, at most (a pipe holds 64 KiB): written at once, it never
+# waits for the shell, which reads it only if nothing stopped it.
+GATE_MAX_BYTES: Final = 32 * 1024
 
 
 def gate(later: Iterable[str]) -> str:
