@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,49 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+
+
+# What the dynamic loader, the C library and a shell (dash, bash) act on as a process
+# starts, before its first command runs: the loader's LD_* (LD_PRELOAD, LD_AUDIT: code of
+# the caller's choosing), the variables glibc ignores in a setuid program (unsecvars.h),
+# gettext's LANGUAGE (a path to message catalogues, whose strings are printf formats),
+# musl's locale path, and a shell's start-up files, functions and read timeout (bash's
+# TMOUT). A job behind a gate gets these only once its gate opens, inside its cgroup
+# (worker/spawn.py), so none of them may hold a line break, and together they are kept
+# small enough to pass through the gate's pipe at once (AT_START_MAX_BYTES).
+_AT_START_PREFIXES = ("LD_", "BASH_FUNC_", "MALLOC_")
+_AT_START = frozenset(
+    {
+        "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
+        "LOCPATH", "MUSL_LOCPATH", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS",
+        "TZDIR", "LANGUAGE", "BASH_ENV", "ENV", "PS4", "PROMPT_COMMAND", "TMOUT",
+    }
+)  # fmt: skip
+AT_START_MAX_BYTES = 32 * 1024
+
+
+def acts_at_start(name: str) -> bool:
+    """Whether an environment variable can make code run as a process starts."""
+    return name in _AT_START or name.startswith(_AT_START_PREFIXES)
+
+
+def at_start_problem(env: Mapping[str, str]) -> str | None:
+    """Why ``env``'s variables that act at start cannot be given after a gate, if they
+    cannot: a line break in one, or more than AT_START_MAX_BYTES of them (names, which
+    the gate's text holds twice, and values)."""
+    size = 0
+    for name, value in env.items():
+        if acts_at_start(name):
+            if "\n" in value:
+                return f"the value of {name} must not contain a line break"
+            size += 2 * len(name) + len(os.fsencode(value)) + 1
+    if size > AT_START_MAX_BYTES:
+        names = ", ".join(n for n in env if acts_at_start(n))
+        return (
+            f"the variables {names} take {size} bytes, more than the {AT_START_MAX_BYTES} "
+            "a job's variables that act as a process starts may take together"
+        )
+    return None
 
 
 def make_undumpable() -> bool:

@@ -64,6 +64,30 @@ def test_a_scripts_only_users_job_names_pass_and_others_keep_full_env(api: Api) 
     assert submit(api.client(op), script="greet", env={"BASH_ENV": "x"})["env"]
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"LD_LIBRARY_PATH": "/a\n/b"},
+            "the value of LD_LIBRARY_PATH must not contain a line break",
+        ),
+        ({"LD_A": "x" * 20_000, "TMOUT": "y" * 20_000}, "the variables LD_A, TMOUT take 40"),
+    ],
+)
+def test_variables_that_act_as_a_process_starts_must_pass_a_gate(
+    api: Api, env: dict[str, str], message: str
+) -> None:
+    # A worker gives them to a job only after the job is in its cgroup, through a pipe,
+    # a line each (docs/api.md, Limits): what it could not start is refused at once.
+    r = api.admin.post("/api/v1/jobs", json={"command": "true", "env": env})
+
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "env" and message in r.json()["message"]
+    assert _count(api) == 0
+    ok = {"LD_LIBRARY_PATH": "/a:/b", "OTHER": "line\nbreak", "MANY": "x" * 100_000}
+    assert submit(api.admin, command="true", env=ok)["env"]
+
+
 def test_a_bad_env_in_a_batch_names_the_job_and_submits_none(api: Api) -> None:
     _script(api)
     _, sam = api.user("sam", commands_allowed=False)

@@ -213,7 +213,7 @@ def test_nothing_a_job_sets_runs_before_it_is_in_its_cgroup(attack: Attack) -> N
     # the worker moves it into the job's cgroup: a process forked then, in a session of
     # its own, would outlive the job unseen, keeping its uid for the next job. LD_DEBUG
     # shows whether that shell's loader saw the job's variables: it must not.
-    out = attack.attack("echo in-the-job; /bin/true", env={"LD_DEBUG": "libs"})
+    out = attack.attack("echo in-the-job >&2; /bin/true", env={"LD_DEBUG": "libs"})
 
     before, _, after = out.partition("in-the-job")
     assert "library" not in before, out

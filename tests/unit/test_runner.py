@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import glob
 import itertools
 import json
@@ -28,6 +29,7 @@ from typing import Any
 import psutil
 import pytest
 
+from jobbalancer import procsec
 from jobbalancer.worker import cgroups, jobenv, runner, spawn, uids
 
 pytestmark = pytest.mark.timeout(30)
@@ -688,27 +690,79 @@ def test_a_line_break_in_a_variable_that_acts_at_start_is_a_start_error(
 ) -> None:
     spec = cgroup_jobs.spec("true", env={"LD_LIBRARY_PATH": "/a\n/b"})
 
-    with pytest.raises(runner.StartError, match="LD_LIBRARY_PATH must not contain a line break"):
+    with pytest.raises(
+        runner.StartError, match="the value of LD_LIBRARY_PATH must not contain a line break"
+    ):
         cgroup_jobs.start(spec)
     assert job_cgroups(spec) == []
 
 
 def test_variables_that_act_at_start_may_not_overfill_the_gate(cgroup_jobs: Jobs) -> None:
     # Written to the gate's pipe at once, they must fit in it: a bounded write.
-    big = "x" * (spawn.GATE_MAX_BYTES // 2)
+    big = "x" * (procsec.AT_START_MAX_BYTES // 2)
     spec = cgroup_jobs.spec("true", env={"LD_A": big, "LD_B": big})
 
-    with pytest.raises(runner.StartError, match=r"LD_A, LD_B are \d+ bytes together"):
+    with pytest.raises(runner.StartError, match=r"the variables LD_A, LD_B take \d+ bytes"):
         cgroup_jobs.start(spec)
-    just = cgroup_jobs.spec('printf %s "$LD_A" | wc -c', env={"LD_A": big + big[:-100]})
-    assert cgroup_jobs.run(just).out.strip() == str(len(big) * 2 - 100).encode()
+    assert job_cgroups(spec) == []
+    just = cgroup_jobs.spec('printf %s "$LD_A" | wc -c', env={"LD_A": big + big[:-200]})
+    assert cgroup_jobs.run(just).out.strip() == str(len(big) * 2 - 200).encode()
 
 
 def test_the_gate_reads_only_valid_names() -> None:
-    assert spawn.gate([]) == spawn.GATE
-    assert "IFS= read -r LD_PRELOAD; export LD_PRELOAD; " in spawn.gate(["LD_PRELOAD"])
+    assert spawn.gate() == "read _ || exit 125; exec 0<>/dev/null; "
+    assert "IFS= read -r LD_PRELOAD || exit 125; export LD_PRELOAD; " in spawn.gate(["LD_PRELOAD"])
     with pytest.raises(spawn.StartError, match="not a valid name"):
         spawn.gate(["LD_X; rm -rf /"])
+
+
+def _gated(gate: spawn.Gate, names: list[str], command: str) -> subprocess.Popen[bytes]:
+    text = spawn.gate(names) + command
+    return subprocess.Popen(["/bin/sh", "-c", text], stdin=gate.read_end, stdout=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("names", [[], ["LD_X"]])
+def test_a_gate_closed_without_its_line_ends_the_shell(names: list[str]) -> None:
+    # As when the worker gives up on a start, or a read times out (bash's TMOUT): the
+    # shell must never go on ungated.
+    gate = spawn.Gate()
+    shell = _gated(gate, names, "echo ran")
+    gate.close()
+
+    out, _ = shell.communicate(timeout=10)
+
+    assert (shell.returncode, out) == (125, b"")
+
+
+def test_a_gate_opened_gives_the_shell_its_variables() -> None:
+    gate = spawn.Gate()
+    shell = _gated(gate, ["LD_X", "PS4"], 'printf "%s|%s|" "$LD_X" "$PS4"; env | grep ^LD_X=')
+    gate.open([" a\\b ", ""])
+    gate.close()
+
+    out, _ = shell.communicate(timeout=10)
+
+    assert (shell.returncode, out) == (0, b" a\\b ||LD_X= a\\b \n")
+
+
+def test_a_shell_that_does_not_read_its_gate_is_a_start_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A small pipe (an unprivileged worker over its pipe quota) and a shell stopped by
+    # another process of its uid: the worker waits a while, then gives up on the start.
+    monkeypatch.setattr(spawn, "_GATE_WAIT", 0.3)
+    gate = spawn.Gate()
+    fcntl.fcntl(gate.read_end, 1031, 4096)  # F_SETPIPE_SZ: one page
+    stopped = subprocess.Popen(["sleep", "30"], stdin=gate.read_end)  # never reads it
+    try:
+        began = time.monotonic()
+        with pytest.raises(spawn.StartError, match="did not read its gate"):
+            gate.open(["x" * 20_000])
+        assert time.monotonic() - began < 5
+    finally:
+        gate.close()
+        stopped.kill()
+        stopped.wait()
 
 
 @pytest.mark.parametrize(
@@ -716,12 +770,13 @@ def test_the_gate_reads_only_valid_names() -> None:
     [
         ("LD_PRELOAD", True), ("LD_AUDIT", True), ("BASH_ENV", True), ("ENV", True),
         ("PS4", True), ("GCONV_PATH", True), ("BASH_FUNC_f", True), ("MALLOC_TRACE", True),
+        ("TMOUT", True), ("LANGUAGE", True), ("MUSL_LOCPATH", True),
         ("PATH", False), ("HOME", False), ("LANG", False), ("JOB_LD_PRELOAD", False),
         ("LD", False), ("ENVIRONMENT", False),
     ],
 )  # fmt: skip
 def test_which_variables_act_at_start(name: str, acts: bool) -> None:
-    assert jobenv.acts_at_start(name) is acts
+    assert procsec.acts_at_start(name) is acts
 
 
 def test_an_untraceable_process_dies_with_its_job_in_a_cgroup(cgroup_jobs: Jobs) -> None:
@@ -1417,10 +1472,11 @@ def test_a_process_forked_by_ld_preload_before_the_gate_cannot_outlive_the_job(
         "#include <stdlib.h>\n#include <unistd.h>\n#include <stdio.h>\n"
         "__attribute__((constructor)) static void stray(void) {\n"
         '  if (getenv("STRAY_DONE")) return;\n  setenv("STRAY_DONE", "1", 1);\n'
-        '  if (fork() == 0) { setsid(); unsetenv("LD_PRELOAD");\n'
-        '    FILE *f = fopen(getenv("STRAY_FILE"), "a");\n'
-        '    if (f) { fprintf(f, "%d\\n", getpid()); fclose(f); }\n'
-        '    execl("/bin/sleep", "sleep", "300", (char *)0); _exit(1); }\n}\n'
+        "  pid_t pid = fork();\n"
+        '  if (pid == 0) { setsid(); unsetenv("LD_PRELOAD");\n'
+        '    execl("/bin/sleep", "sleep", "300", (char *)0); _exit(1); }\n'
+        '  FILE *f = fopen(getenv("STRAY_FILE"), "a");\n'
+        '  if (f) { fprintf(f, "%d\\n", (int)pid); fclose(f); }\n}\n'
     )
     place = Path(tempfile.mkdtemp(prefix="jbtest-preload-", dir="/var/tmp"))
     try:
@@ -1445,6 +1501,10 @@ def test_a_process_forked_by_ld_preload_before_the_gate_cannot_outlive_the_job(
             time.sleep(0.05)
         assert gone(strays[0])  # forked inside the cgroup: killed with the job
     finally:
+        with contextlib.suppress(OSError, ValueError):
+            for pid in (place / "pids").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
         shutil.rmtree(place)
 
 

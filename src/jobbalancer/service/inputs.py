@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from jobbalancer import auth, classes, cron, jobs, refs, resources
+from jobbalancer import auth, classes, cron, jobs, procsec, refs, resources
 from jobbalancer.chains import MAX_PARENTS
 from jobbalancer.refs import MAX_ID
 
@@ -124,6 +124,9 @@ def _env(value: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"{key!r} is not a valid environment variable name")
         if len(key.encode()) + len(item.encode()) + 1 > ARG_MAX_BYTES:
             raise ValueError(f"{key} must be at most 128 KiB: the OS refuses longer entries")
+    problem = procsec.at_start_problem(value)  # as a worker would refuse to start it
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

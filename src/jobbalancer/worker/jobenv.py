@@ -22,6 +22,7 @@ import stat
 from collections.abc import Mapping
 from typing import Final
 
+from jobbalancer import procsec
 from jobbalancer.worker.uids import Identity
 
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -69,29 +70,10 @@ def job_env(
     return env
 
 
-# What the dynamic loader, the C library and a shell act on as a process starts, before
-# its first command runs: the loader's LD_* (LD_PRELOAD, LD_AUDIT: code of the caller's
-# choosing), glibc's other variables it ignores in a setuid program (unsecvars.h), and a
-# shell's start-up files and functions. A job started behind a gate (spawn.GATE) gets
-# these only once its gate opens, inside its cgroup (see after_gate).
-_AT_START_PREFIXES: Final = ("LD_", "BASH_FUNC_", "MALLOC_")
-_AT_START: Final = frozenset(
-    {
-        "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN",
-        "LOCPATH", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TZDIR",
-        "BASH_ENV", "ENV", "PS4", "PROMPT_COMMAND",
-    }
-)  # fmt: skip
-
-
-def acts_at_start(name: str) -> bool:
-    """Whether a variable can make code run as a process starts (see _AT_START)."""
-    return name in _AT_START or name.startswith(_AT_START_PREFIXES)
-
-
 def after_gate(env: Mapping[str, str]) -> dict[str, str]:
-    """The variables of ``env`` a gated job gets only after its gate (acts_at_start)."""
-    return {name: value for name, value in env.items() if acts_at_start(name)}
+    """The variables of ``env`` a gated job gets only after its gate, inside its cgroup
+    (procsec.acts_at_start: what the loader, libc or the shell would act on as it starts)."""
+    return {name: value for name, value in env.items() if procsec.acts_at_start(name)}
 
 
 def find_interpreter(name: str, path: str, ident: Identity | None) -> str:

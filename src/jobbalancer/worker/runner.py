@@ -27,6 +27,7 @@ from typing import Final
 
 import psutil
 
+from jobbalancer import procsec
 from jobbalancer.worker import cgroups, jobenv, pipes, procs, spawn, uids
 
 # Read here by callers and tests; they live where they are used.
@@ -264,7 +265,7 @@ class JobProcess:
                 gate = spawn.Gate()
                 # Nothing of the job's choosing may run before the gate: not even what the
                 # loader or the shell would run as the shell starts (LD_PRELOAD…).
-                later = _after_gate(env)
+                later = _held_for_gate(env)
                 env = {k: v for k, v in env.items() if k not in later}
             shell_gate = spawn.gate(later) if gate is not None else None
             argv = _argv(spec, interpreter, workdir, user, gate=shell_gate)
@@ -368,21 +369,13 @@ def _check_spec(spec: RunSpec) -> None:
         raise StartError(f"job {spec.job_id}: an interpreter goes with a script, not a command")
 
 
-def _after_gate(env: Mapping[str, str]) -> dict[str, str]:
-    """What a gated job's shell reads from its gate (jobenv.after_gate): a line each, all
-    of it within what the gate's pipe holds, so that writing it never waits for the shell."""
-    later = jobenv.after_gate(env)
-    for name, value in later.items():
-        if "\n" in value:
-            raise StartError(f"environment variable {name} must not contain a line break")
-    size = sum(len(os.fsencode(v)) + 1 for v in later.values())
-    if size > spawn.GATE_MAX_BYTES:
-        names = ", ".join(later)
-        raise StartError(
-            f"the values of {names} are {size} bytes together, more than the "
-            f"{spawn.GATE_MAX_BYTES} a job may give the variables that act as it starts"
-        )
-    return later
+def _held_for_gate(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables a gated job's shell gets only from its gate (jobenv.after_gate), a
+    line each; a start error if they cannot be given so (procsec.at_start_problem)."""
+    problem = procsec.at_start_problem(env)
+    if problem is not None:
+        raise StartError(f"environment: {problem}")
+    return jobenv.after_gate(env)
 
 
 def _argv(

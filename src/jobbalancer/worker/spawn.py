@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import shutil
 import stat
 import subprocess
@@ -30,23 +31,22 @@ SCRIPT_NAME: Final = "job-script"
 # exec'ing it): the shell waits for a line on stdin (a pipe the worker writes once it has
 # moved the shell into the job's cgroup), then takes /dev/null as stdin. So nothing of
 # the job can start outside its cgroup. The variables that would run code as the shell
-# itself starts (jobenv.acts_at_start: LD_PRELOAD…) are not in its environment: they
-# follow on the pipe, a line each, and are exported then (see gate).
-GATE: Final = "read _; exec 0<>/dev/null; "
+# itself starts (procsec.acts_at_start: LD_PRELOAD…) are not in its environment: they
+# follow on the pipe, a line each, and are exported then. A read that gets no line (the
+# worker gave up on the start; a read timeout) ends the shell: it never goes on ungated.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# What the gate's pipe is given, at most (a pipe holds 64 KiB): written at once, it never
-# waits for the shell, which reads it only if nothing stopped it.
-GATE_MAX_BYTES: Final = 32 * 1024
+_GATE_WAIT = 10.0  # seconds the worker waits for a stopped shell to take its variables
 
 
-def gate(later: Iterable[str]) -> str:
-    """GATE, reading the variables named ``later`` (in that order) after the first line."""
+def gate(later: Iterable[str] = ()) -> str:
+    """The shell text of the gate, reading the variables named ``later`` (in that order)
+    after its first line."""
     reads = []
     for name in later:
         if not _NAME.fullmatch(name):
             raise StartError(f"environment variable name {name!r} is not a valid name")
-        reads.append(f"IFS= read -r {name}; export {name}; ")
-    return "read _; " + "".join(reads) + "exec 0<>/dev/null; "
+        reads.append(f"IFS= read -r {name} || exit 125; export {name}; ")
+    return "read _ || exit 125; " + "".join(reads) + "exec 0<>/dev/null; "
 
 
 # Pids of main processes that a running JobProcess will reap itself (through Popen).
@@ -149,27 +149,49 @@ def popen(
 
 
 class Gate:
-    """The pipe a gated command waits on (see GATE) until the worker opens it."""
+    """The pipe a gated command waits on (see gate) until the worker opens it."""
 
     def __init__(self) -> None:
         try:
             self.read_end, self._write_end = os.pipe()
         except OSError as exc:
             raise StartError(f"cannot make a pipe for the job: {exc}") from exc
-        self._closed = False
+        self._read_closed = self._closed = False
 
     def open(self, values: Iterable[str] = ()) -> None:
-        """Let the shell go on, giving it ``values`` (what ``gate(later)`` reads)."""
+        """Let the shell go on, giving it ``values`` (what ``gate(later)`` reads).
+
+        The worker's copy of the read end is closed first, so a shell that is gone makes
+        the write fail at once (nothing to wait for then). A pipe holds 64 KiB and the
+        values are kept below half that (procsec.AT_START_MAX_BYTES); a smaller pipe (an
+        unprivileged worker over its pipe quota) is written as the shell reads, for up to
+        _GATE_WAIT seconds: a shell stopped by someone else is a start error, not a hang.
+        """
+        self._close_read()
         data = b"\n" + b"".join(os.fsencode(v) + b"\n" for v in values)
-        with contextlib.suppress(OSError):  # the shell is gone already: nothing to wait for
-            while data:  # a blocking pipe: more than it holds is written as the shell reads
-                data = data[os.write(self._write_end, data) :]
+        deadline = time.monotonic() + _GATE_WAIT
+        try:
+            os.set_blocking(self._write_end, False)
+            while data:
+                try:
+                    data = data[os.write(self._write_end, data) :]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([], [self._write_end], [], left)[1]:
+                        raise StartError("the job's shell did not read its gate") from None
+        except OSError:
+            pass  # the shell is gone (or cannot be given its values: it exits at its gate)
+
+    def _close_read(self) -> None:
+        if not self._read_closed:
+            self._read_closed = True
+            os.close(self.read_end)
 
     def close(self) -> None:
-        """Idempotent; closing without open() lets the shell go on too (it reads nothing)."""
+        """Idempotent; closing without open() ends the shell at its gate (it reads nothing)."""
         if not self._closed:
             self._closed = True
-            os.close(self.read_end)
+            self._close_read()
             os.close(self._write_end)
 
 
