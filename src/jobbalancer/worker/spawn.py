@@ -177,7 +177,9 @@ class Gate:
                     data = data[os.write(self._write_end, data) :]
                 except BlockingIOError:
                     left = deadline - time.monotonic()
-                    if left <= 0 or not select.select([], [self._write_end], [], left)[1]:
+                    writable = select.poll()  # poll, not select: any fd number
+                    writable.register(self._write_end, select.POLLOUT)
+                    if left <= 0 or not writable.poll(left * 1000):
                         raise StartError("the job's shell did not read its gate") from None
         except OSError:
             pass  # the shell is gone (or cannot be given its values: it exits at its gate)
