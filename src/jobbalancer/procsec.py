@@ -26,12 +26,13 @@ PRIVATE_FILE_MODE = 0o600
 
 # What the dynamic loader, the C library and a shell (dash, bash) act on as a process
 # starts, before its first command runs: the loader's LD_* (LD_PRELOAD, LD_AUDIT: code of
-# the caller's choosing), the variables glibc ignores in a setuid program (unsecvars.h),
-# gettext's LANGUAGE (a path to message catalogues, whose strings are printf formats),
-# musl's locale path, and a shell's start-up files, functions and read timeout (bash's
-# TMOUT). A job behind a gate gets these only once its gate opens, inside its cgroup
-# (worker/spawn.py), so none of them may hold a line break, and together they are kept
-# small enough to pass through the gate's pipe at once (AT_START_MAX_BYTES).
+# the caller's choosing), the other variables glibc ignores in a setuid program
+# (unsecvars.h, but TMPDIR, which the worker sets itself), gettext's LANGUAGE (a path to
+# message catalogues, whose strings are printf formats), musl's locale path, and a
+# shell's start-up files, functions and read timeout (bash's TMOUT). A job behind a gate
+# gets these only once its gate opens, inside its cgroup (worker/spawn.py), so none of
+# them may hold a line break, and together they are kept small enough to pass through
+# the gate's pipe at once (AT_START_MAX_BYTES).
 _AT_START_PREFIXES = ("LD_", "BASH_FUNC_", "MALLOC_")
 _AT_START = frozenset(
     {

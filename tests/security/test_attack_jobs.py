@@ -20,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from jobbalancer.worker import cgroups
 from tests.conftest import BACKENDS, Databases
 from tests.e2e.conftest import FAST_ENV, Cluster, _admin_key
 
@@ -213,6 +214,8 @@ def test_nothing_a_job_sets_runs_before_it_is_in_its_cgroup(attack: Attack) -> N
     # the worker moves it into the job's cgroup: a process forked then, in a session of
     # its own, would outlive the job unseen, keeping its uid for the next job. LD_DEBUG
     # shows whether that shell's loader saw the job's variables: it must not.
+    if cgroups.base_dir() is None:
+        pytest.skip("this host lets the worker make no cgroups (no gate without them)")
     out = attack.attack("echo in-the-job >&2; /bin/true", env={"LD_DEBUG": "libs"})
 
     before, _, after = out.partition("in-the-job")

@@ -710,15 +710,17 @@ def test_variables_that_act_at_start_may_not_overfill_the_gate(cgroup_jobs: Jobs
 
 
 def test_the_gate_reads_only_valid_names() -> None:
-    assert spawn.gate() == "read _ || exit 125; exec 0<>/dev/null; "
-    assert "IFS= read -r LD_PRELOAD || exit 125; export LD_PRELOAD; " in spawn.gate(["LD_PRELOAD"])
+    assert spawn.gate().startswith("{ read _; } || { echo ")
+    assert " && IFS= read -r LD_PRELOAD && export LD_PRELOAD; }" in spawn.gate(["LD_PRELOAD"])
     with pytest.raises(spawn.StartError, match="not a valid name"):
         spawn.gate(["LD_X; rm -rf /"])
 
 
 def _gated(gate: spawn.Gate, names: list[str], command: str) -> subprocess.Popen[bytes]:
     text = spawn.gate(names) + command
-    return subprocess.Popen(["/bin/sh", "-c", text], stdin=gate.read_end, stdout=subprocess.PIPE)
+    return subprocess.Popen(
+        ["/bin/sh", "-c", text], stdin=gate.read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 @pytest.mark.parametrize("names", [[], ["LD_X"]])
@@ -729,9 +731,10 @@ def test_a_gate_closed_without_its_line_ends_the_shell(names: list[str]) -> None
     shell = _gated(gate, names, "echo ran")
     gate.close()
 
-    out, _ = shell.communicate(timeout=10)
+    out, err = shell.communicate(timeout=10)
 
     assert (shell.returncode, out) == (125, b"")
+    assert b"was not let through its start gate" in err
 
 
 def test_a_gate_opened_gives_the_shell_its_variables() -> None:
@@ -777,6 +780,12 @@ def test_a_shell_that_does_not_read_its_gate_is_a_start_error_not_a_hang(
 )  # fmt: skip
 def test_which_variables_act_at_start(name: str, acts: bool) -> None:
     assert procsec.acts_at_start(name) is acts
+
+
+def test_tmout_comes_last_through_the_gate() -> None:
+    # bash times out each read after it with it: the values before it must be in already.
+    later = jobenv.after_gate({"TMOUT": "0.01", "LD_A": "a", "PATH": "/bin", "PS4": "+"})
+    assert list(later) == ["LD_A", "PS4", "TMOUT"]
 
 
 def test_an_untraceable_process_dies_with_its_job_in_a_cgroup(cgroup_jobs: Jobs) -> None:

@@ -73,7 +73,10 @@ def job_env(
 def after_gate(env: Mapping[str, str]) -> dict[str, str]:
     """The variables of ``env`` a gated job gets only after its gate, inside its cgroup
     (procsec.acts_at_start: what the loader, libc or the shell would act on as it starts)."""
-    return {name: value for name, value in env.items() if procsec.acts_at_start(name)}
+    later = {name: value for name, value in env.items() if procsec.acts_at_start(name)}
+    if "TMOUT" in later:  # last: bash times out every read after it with it
+        later["TMOUT"] = later.pop("TMOUT")
+    return later
 
 
 def find_interpreter(name: str, path: str, ident: Identity | None) -> str:

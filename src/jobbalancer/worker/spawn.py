@@ -36,6 +36,7 @@ SCRIPT_NAME: Final = "job-script"
 # worker gave up on the start; a read timeout) ends the shell: it never goes on ungated.
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GATE_WAIT = 10.0  # seconds the worker waits for a stopped shell to take its variables
+_SHUT: Final = "{ echo 'jobbalancer: the job was not let through its start gate' >&2; exit 125; }"
 
 
 def gate(later: Iterable[str] = ()) -> str:
@@ -45,8 +46,8 @@ def gate(later: Iterable[str] = ()) -> str:
     for name in later:
         if not _NAME.fullmatch(name):
             raise StartError(f"environment variable name {name!r} is not a valid name")
-        reads.append(f"IFS= read -r {name} || exit 125; export {name}; ")
-    return "read _ || exit 125; " + "".join(reads) + "exec 0<>/dev/null; "
+        reads.append(f" && IFS= read -r {name} && export {name}")
+    return f"{{ read _{''.join(reads)}; }} || {_SHUT}; exec 0<>/dev/null; "
 
 
 # Pids of main processes that a running JobProcess will reap itself (through Popen).
